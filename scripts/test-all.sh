@@ -16,6 +16,7 @@ for pair in \
     "/bin/busybox:busybox-static" \
     "ip:iproute2" \
     "nft:nftables" \
+    "ping:iputils-ping" \
     "nix-instantiate:nix-bin"; do
     probe=${pair%%:*} package=${pair##*:}
     if [[ $probe == /* ]]; then [[ -e $probe ]] || need_apt+=("$package")

@@ -1,1 +1,15 @@
 //! Multi-node cluster harness for shoal.
+//!
+//! Each node is its own host: a network namespace with one veth into a shared
+//! bridge namespace, its own address, state directory and `shoal daemon`
+//! process. Fault controls cut links the way a real network fails (link down,
+//! pairwise firewall drops, netem delay and loss), and a checker in the Jepsen
+//! spirit compares what every node converged to against what was acknowledged.
+//!
+//! Everything the harness creates is owned by a guard and removed on drop, also
+//! when a test panics; namespaces left over by a killed run are swept the next
+//! time a lab starts.
+
+pub mod command;
+pub mod lab;
+pub mod netns;

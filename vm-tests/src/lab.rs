@@ -1,0 +1,278 @@
+//! The simulated network: one namespace per host, all wired to a bridge that
+//! lives in a namespace of its own, with controls to cut and heal links.
+//!
+//! Host `i` has address `10.231.0.(10 + i)/24` on `eth0`. The addresses exist
+//! only inside this lab's namespaces; nothing here is routed to the real network.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use crate::command::{self, CommandError};
+use crate::netns::{self, Netns};
+
+/// Most hosts a lab holds; the address plan and veth names assume it.
+pub const HOSTS_MAX: usize = 16;
+
+static LAB_SEQUENCE: AtomicU32 = AtomicU32::new(0);
+
+/// One host of the lab: its namespace and address.
+#[derive(Debug)]
+pub struct Host {
+    pub netns: Netns,
+    pub address: Ipv4Addr,
+}
+
+/// A set of hosts on one bridge. Dropping it removes every namespace, veth and
+/// the bridge (the veths go with their namespaces).
+#[derive(Debug)]
+pub struct Lab {
+    // Hosts are declared before the bridge so they are dropped first.
+    hosts: Vec<Host>,
+    bridge: Netns,
+}
+
+impl Lab {
+    /// Creates `host_count` hosts wired to one bridge.
+    pub fn create(host_count: usize) -> Result<Self, CommandError> {
+        assert!(
+            (1..=HOSTS_MAX).contains(&host_count),
+            "a lab holds 1..={HOSTS_MAX} hosts, asked for {host_count}"
+        );
+        netns::sweep_stale();
+        let prefix = format!(
+            "{}{}-{}",
+            netns::NAME_PREFIX,
+            std::process::id(),
+            LAB_SEQUENCE.fetch_add(1, Ordering::Relaxed)
+        );
+        let bridge = Netns::create(&format!("{prefix}-br"))?;
+        let bridge_name = bridge.name().to_owned();
+        command::run(
+            "ip",
+            &["-n", &bridge_name, "link", "add", "br0", "type", "bridge"],
+        )?;
+        command::run("ip", &["-n", &bridge_name, "link", "set", "br0", "up"])?;
+        let mut lab = Lab {
+            hosts: Vec::with_capacity(host_count),
+            bridge,
+        };
+        for index in 0..host_count {
+            let netns = Netns::create(&format!("{prefix}-n{index}"))?;
+            let address = host_address(index);
+            let port = format!("h{index}");
+            let name = netns.name().to_owned();
+            lab.hosts.push(Host { netns, address });
+            command::run(
+                "ip",
+                &[
+                    "link",
+                    "add",
+                    "eth0",
+                    "netns",
+                    &name,
+                    "type",
+                    "veth",
+                    "peer",
+                    "name",
+                    &port,
+                    "netns",
+                    &bridge_name,
+                ],
+            )?;
+            command::run(
+                "ip",
+                &["-n", &bridge_name, "link", "set", &port, "master", "br0"],
+            )?;
+            command::run("ip", &["-n", &bridge_name, "link", "set", &port, "up"])?;
+            let cidr = format!("{address}/24");
+            command::run("ip", &["-n", &name, "addr", "add", &cidr, "dev", "eth0"])?;
+            command::run("ip", &["-n", &name, "link", "set", "eth0", "up"])?;
+            // The pairwise cuts live in this table; it exists from the start so
+            // cutting and healing are plain rule edits.
+            command::run_in(&name, "nft", &["add", "table", "inet", "shoal_lab"])?;
+            for hook in ["input", "output"] {
+                let spec = format!("{{ type filter hook {hook} priority 0 ; policy accept ; }}");
+                command::run_in(
+                    &name,
+                    "nft",
+                    &["add", "chain", "inet", "shoal_lab", hook, &spec],
+                )?;
+            }
+        }
+        Ok(lab)
+    }
+
+    pub fn hosts(&self) -> &[Host] {
+        &self.hosts
+    }
+
+    pub fn host(&self, index: usize) -> &Host {
+        &self.hosts[index]
+    }
+
+    /// Takes host `index` off the network (its bridge port goes down).
+    pub fn isolate(&self, index: usize) -> Result<(), CommandError> {
+        self.set_port(index, "down")
+    }
+
+    /// Puts an isolated host back on the network.
+    pub fn rejoin(&self, index: usize) -> Result<(), CommandError> {
+        self.set_port(index, "up")
+    }
+
+    /// Drops all traffic between hosts `a` and `b` only, in both directions,
+    /// with firewall rules inside both hosts.
+    pub fn cut(&self, a: usize, b: usize) -> Result<(), CommandError> {
+        assert_ne!(a, b, "cannot cut a host from itself");
+        self.drop_between(a, b)?;
+        self.drop_between(b, a)
+    }
+
+    /// Drops `percent` of the packets host `index` sends or receives, at random.
+    pub fn lossy(&self, index: usize, percent: u8) -> Result<(), CommandError> {
+        assert!(percent <= 100);
+        let name = self.hosts[index].netns.name();
+        for hook in ["input", "output"] {
+            let threshold = percent.to_string();
+            command::run_in(
+                name,
+                "nft",
+                &[
+                    "add",
+                    "rule",
+                    "inet",
+                    "shoal_lab",
+                    hook,
+                    "iifname",
+                    "!=",
+                    "lo",
+                    "numgen",
+                    "random",
+                    "mod",
+                    "100",
+                    "<",
+                    &threshold,
+                    "drop",
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Removes every cut and loss rule and brings every host back on the network.
+    pub fn heal(&self) -> Result<(), CommandError> {
+        for (index, host) in self.hosts.iter().enumerate() {
+            let name = host.netns.name();
+            for hook in ["input", "output"] {
+                command::run_in(name, "nft", &["flush", "chain", "inet", "shoal_lab", hook])?;
+            }
+            self.set_port(index, "up")?;
+        }
+        Ok(())
+    }
+
+    fn drop_between(&self, from: usize, to: usize) -> Result<(), CommandError> {
+        let name = self.hosts[from].netns.name();
+        let peer = self.hosts[to].address.to_string();
+        command::run_in(
+            name,
+            "nft",
+            &[
+                "add",
+                "rule",
+                "inet",
+                "shoal_lab",
+                "input",
+                "ip",
+                "saddr",
+                &peer,
+                "drop",
+            ],
+        )?;
+        command::run_in(
+            name,
+            "nft",
+            &[
+                "add",
+                "rule",
+                "inet",
+                "shoal_lab",
+                "output",
+                "ip",
+                "daddr",
+                &peer,
+                "drop",
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn set_port(&self, index: usize, state: &str) -> Result<(), CommandError> {
+        assert!(index < self.hosts.len(), "no host {index}");
+        let port = format!("h{index}");
+        command::run(
+            "ip",
+            &["-n", self.bridge.name(), "link", "set", &port, state],
+        )?;
+        Ok(())
+    }
+}
+
+/// The address of host `index` inside every lab.
+pub fn host_address(index: usize) -> Ipv4Addr {
+    assert!(index < HOSTS_MAX);
+    Ipv4Addr::new(10, 231, 0, 10 + index as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ping(lab: &Lab, from: usize, to: usize) -> bool {
+        let target = lab.host(to).address.to_string();
+        command::run_in(
+            lab.host(from).netns.name(),
+            "ping",
+            &["-c", "1", "-W", "1", &target],
+        )
+        .is_ok()
+    }
+
+    /// Needs root and iproute2/nftables; the test script provides both and
+    /// runs this as root, so a failure here is a real failure.
+    #[test]
+    fn hosts_reach_each_other_and_cuts_are_pairwise() {
+        let lab = Lab::create(3).expect("lab");
+        assert!(ping(&lab, 0, 1) && ping(&lab, 1, 2) && ping(&lab, 0, 2));
+
+        lab.cut(0, 2).expect("cut");
+        assert!(!ping(&lab, 0, 2), "0 still reaches 2 through a cut");
+        assert!(!ping(&lab, 2, 0), "2 still reaches 0 through a cut");
+        assert!(ping(&lab, 0, 1) && ping(&lab, 1, 2), "cut spilled over");
+
+        lab.isolate(1).expect("isolate");
+        assert!(!ping(&lab, 0, 1) && !ping(&lab, 2, 1));
+
+        lab.heal().expect("heal");
+        assert!(ping(&lab, 0, 2) && ping(&lab, 1, 0));
+    }
+
+    #[test]
+    fn dropping_the_lab_removes_its_namespaces() {
+        let names: Vec<String> = {
+            let lab = Lab::create(2).expect("lab");
+            let mut names: Vec<String> = lab
+                .hosts()
+                .iter()
+                .map(|h| h.netns.name().to_owned())
+                .collect();
+            names.push(lab.bridge.name().to_owned());
+            names
+        };
+        let listed = command::run("ip", &["netns", "list"]).expect("list");
+        let listed = String::from_utf8_lossy(&listed.stdout);
+        for name in names {
+            assert!(!listed.contains(&name), "{name} survived the lab");
+        }
+    }
+}
