@@ -5,7 +5,7 @@
 # not exist is an error, and so is a file set that reaches outside `root`.
 { lib }:
 let
-  inherit (lib) any hasPrefix isPath toString;
+  inherit (lib) any hasPrefix isPath;
 
   isFileset = x: builtins.isAttrs x && (x._type or null) == "fileset";
 

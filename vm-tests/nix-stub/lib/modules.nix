@@ -9,7 +9,7 @@
 { lib }:
 let
   inherit (lib)
-    all any attrNames concatLists concatMap concatStringsSep elem filter foldl' functionArgs
+    all attrNames concatLists concatMap concatStringsSep elem filter foldl' functionArgs
     genAttrs hasPrefix head isAttrs isBool isDerivation isFloat isFunction isInt isList isPath
     isString length mapAttrs optional recursiveUpdate setAttrByPath sort tail toJSON unique;
 

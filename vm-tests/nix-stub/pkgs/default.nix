@@ -59,7 +59,7 @@ let
 
     formats = import ./formats.nix { inherit lib; inherit (final) writeText; };
 
-    rustPlatform.buildRustPackage = import ./rust.nix { inherit lib mkStub requireOnly; };
+    rustPlatform.buildRustPackage = import ./rust.nix { inherit mkStub requireOnly; };
 
     mkShell = attrs:
       let a = requireOnly "mkShell" [ "name" "packages" "inputsFrom" "nativeBuildInputs" "buildInputs" "shellHook" "env" ] attrs; in

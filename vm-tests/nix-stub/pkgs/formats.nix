@@ -43,7 +43,7 @@ let
     || (isTable v && all (k: valueCheck v.${k}) (attrNames v));
 in
 {
-  toml = { }: {
+  toml = {}: {
     type = mkOptionType {
       name = "toml";
       description = "TOML value";

@@ -1,7 +1,7 @@
 # The stub `rustPlatform.buildRustPackage`: checks what a real build would
 # need first (a lock file that exists, a source, a name and version) and
 # returns a derivation that cannot be built.
-{ lib, mkStub, requireOnly }:
+{ mkStub, requireOnly }:
 attrs:
 let
   a = requireOnly "buildRustPackage"

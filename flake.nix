@@ -1,0 +1,57 @@
+{
+  description = "shoal: a leaderless container orchestrator (CRDT cluster state synced over mutually authenticated HTTP/3)";
+
+  # No flake.lock is committed: see nixos-module/README.md.
+  inputs.nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
+
+  outputs = { self, nixpkgs }:
+    let
+      inherit (nixpkgs) lib;
+      systems = [ "x86_64-linux" "aarch64-linux" ];
+      forAllSystems = f: lib.genAttrs systems (system: f (import nixpkgs {
+        inherit system;
+        overlays = [ self.overlays.default ];
+      }));
+      vmTests = [ "deploy" "isolate" "pairwise-cut" "restart" "rogue" ];
+    in
+    {
+      overlays.default = final: prev: {
+        shoal = prev.callPackage ./nixos-module/package.nix { };
+        shoal-example-image = final.callPackage ./nixos-module/examples/image.nix { };
+      };
+
+      packages = forAllSystems (pkgs: {
+        default = pkgs.shoal;
+        shoal = pkgs.shoal;
+        example-image = pkgs.shoal-example-image;
+      });
+
+      nixosModules.default = { lib, pkgs, ... }: {
+        imports = [ ./nixos-module ];
+        services.shoal.package = lib.mkDefault self.packages.${pkgs.stdenv.hostPlatform.system}.default;
+      };
+
+      checks = forAllSystems (pkgs:
+        { package = pkgs.shoal; }
+        // lib.genAttrs vmTests (test: import ./vm-tests/nix/${test}.nix { inherit pkgs; }));
+
+      devShells = forAllSystems (pkgs: {
+        default = pkgs.mkShell {
+          inputsFrom = [ pkgs.shoal ];
+          packages = [
+            pkgs.cargo
+            pkgs.rustc
+            pkgs.clippy
+            pkgs.rustfmt
+            pkgs.rust-analyzer
+            pkgs.deadnix
+            pkgs.nixpkgs-fmt
+            pkgs.nftables
+            pkgs.iproute2
+            pkgs.skopeo
+            pkgs.runc
+          ];
+        };
+      });
+    };
+}

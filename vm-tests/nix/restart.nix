@@ -1,0 +1,41 @@
+# Scenarios 4 and 5: a rolling restart of every daemon restarts no container
+# and loses no state; a daemon killed with SIGKILL is restarted by systemd
+# (Restart=on-failure) and re-converges.
+{ pkgs }:
+let
+  common = import ./common.nix { inherit pkgs; };
+in
+pkgs.testers.runNixOSTest {
+  name = "shoal-restart";
+  nodes = common.cluster [ "a" "b" "c" ];
+  testScript = ''
+    ${common.prelude}
+
+    machines = [a, b, c]
+    start_all()
+    for machine in machines:
+        machine.wait_for_unit("shoal.service")
+    wait_converged(machines, 3)
+    a.succeed("shoal service apply -f ${common.spec { replicas = 3; }}")
+    wait_replicas(machines, "web", 3)
+    before = containers(a, "web")
+    digest = status(a)["digest"]
+
+    with subtest("rolling restart, one daemon at a time"):
+        for machine in machines:
+            machine.succeed("systemctl restart shoal.service")
+            machine.wait_for_unit("shoal.service")
+            wait_converged(machines, 3)
+        assert status(a)["digest"] == digest, "state changed across restarts"
+        for machine in machines:
+            assert containers(machine, "web") == before, "a container was restarted"
+
+    with subtest("kill -9 one daemon: systemd restarts it and it re-converges"):
+        b.succeed("systemctl kill --signal=SIGKILL shoal.service")
+        b.wait_until_succeeds("systemctl show -P NRestarts shoal.service | grep -qx 1")
+        b.wait_for_unit("shoal.service")
+        wait_converged(machines, 3)
+        assert "web" in services(b)
+        wait_replicas(machines, "web", 3)
+  '';
+}
