@@ -65,7 +65,9 @@ let
         lf = stringLength suf;
       in
       lf <= ls && substring (ls - lf) lf s == suf;
-    hasInfix = infix: s: match ".*${escapeRegex infix}.*" s != null;
+    hasInfix = infix: s:
+      let plain = builtins.unsafeDiscardStringContext; in
+      match ".*${escapeRegex (plain infix)}.*" (plain s) != null;
     removePrefix = pref: s:
       if hasPrefix pref s then substring (stringLength pref) (stringLength s) s else s;
     concatMapStringsSep = sep: f: list: concatStringsSep sep (map f list);
