@@ -2,7 +2,8 @@
 # Offline checks of everything Nix in the repository (flake.nix, nixos-module/,
 # vm-tests/nix/, vm-tests/nix-stub/), runnable without nixpkgs or network:
 #   1. every .nix file parses (first: the linters exit 0 on files that do not);
-#   2. deadnix --fail and nixpkgs-fmt --check (installed with cargo if missing);
+#   2. deadnix --fail and nixpkgs-fmt --check (installed with cargo if missing),
+#      and pyflakes on the VM test scripts (installed with pip if missing);
 #   3. `nix flake check --no-build` with nixpkgs overridden by the stub in
 #      vm-tests/nix-stub, on a copy of the files git sees (tracked or not
 #      ignored), so it works from a clean clone and before a commit;
@@ -32,6 +33,10 @@ for tool in nix nix-instantiate python3 git; do
         || fail "$tool is not installed (Debian: apt-get install nix-bin python3 git)"
 done
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+if ! python3 -m pyflakes --version >/dev/null 2>&1; then
+    step "installing pyflakes from PyPI"
+    python3 -m pip install --quiet pyflakes || fail "pip install pyflakes failed"
+fi
 for tool in deadnix nixpkgs-fmt; do
     if ! command -v "$tool" >/dev/null 2>&1; then
         step "installing $tool from crates.io"
@@ -88,6 +93,24 @@ for system, names in checks.items():
     assert set(names) == expected, f"{system}: {sorted(names)} != {sorted(expected)}"
 print(f"checks: {sorted(expected)} on {sorted(systems)}")
 PY
+
+# The VM test scripts as the NixOS test driver lints them: pyflakes with the
+# driver's globals and the machine names as builtins.
+step "pyflakes on the VM test scripts"
+driver_globals="start_all,test_script,machines,vlans,driver,log,os,create_machine,subtest,run_tests,join_all,retry,serial_stdout_off,serial_stdout_on,polling_condition,Machine"
+for test in deploy isolate pairwise-cut restart rogue; do
+    attr="path:$tree#checks.x86_64-linux.$test"
+    nix "${nix_flags[@]}" eval --raw --no-write-lock-file \
+        --override-input nixpkgs "path:$tree/vm-tests/nix-stub" "$attr.testScript" \
+        >"$work/$test.py" 2>/dev/null || fail "cannot render the test script of $test"
+    machines=$(nix "${nix_flags[@]}" eval --raw --no-write-lock-file \
+        --override-input nixpkgs "path:$tree/vm-tests/nix-stub" "$attr.nodes" \
+        --apply 'nodes: builtins.concatStringsSep "," (builtins.attrNames nodes)' 2>/dev/null) \
+        || fail "cannot list the machines of $test"
+    PYFLAKES_BUILTINS="$driver_globals,$machines" python3 -m pyflakes "$work/$test.py" \
+        || fail "vm-tests/nix/$test.nix: its test script does not pass pyflakes (above)"
+    echo "$test: machines $machines, script clean"
+done
 
 # ---- 4. drift test ------------------------------------------------------------
 step "drift test: the module's config against the daemon"
