@@ -12,7 +12,7 @@
         inherit system;
         overlays = [ self.overlays.default ];
       }));
-      vmTests = [ "deploy" "isolate" "pairwise-cut" "restart" "rogue" ];
+      vmTests = [ "deploy" "isolate" "partition" "pairwise-cut" "restart" "rogue" "tombstones" ];
     in
     {
       overlays.default = final: prev: {

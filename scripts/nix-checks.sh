@@ -86,7 +86,7 @@ nix "${nix_flags[@]}" eval --json --no-write-lock-file \
 python3 - "$work/checks.json" <<'PY' || fail "the flake's checks are not the expected set"
 import json, sys
 checks = json.load(open(sys.argv[1]))
-expected = {"package", "deploy", "isolate", "pairwise-cut", "restart", "rogue"}
+expected = {"package", "deploy", "isolate", "partition", "pairwise-cut", "restart", "rogue", "tombstones"}
 systems = {"x86_64-linux", "aarch64-linux"}
 assert set(checks) == systems, f"systems {sorted(checks)} != {sorted(systems)}"
 for system, names in checks.items():
@@ -98,7 +98,7 @@ PY
 # driver's globals and the machine names as builtins.
 step "pyflakes on the VM test scripts"
 driver_globals="start_all,test_script,machines,vlans,driver,log,os,create_machine,subtest,run_tests,join_all,retry,serial_stdout_off,serial_stdout_on,polling_condition,Machine"
-for test in deploy isolate pairwise-cut restart rogue; do
+for test in deploy isolate partition pairwise-cut restart rogue tombstones; do
     attr="path:$tree#checks.x86_64-linux.$test"
     nix "${nix_flags[@]}" eval --raw --no-write-lock-file \
         --override-input nixpkgs "path:$tree/vm-tests/nix-stub" "$attr.testScript" \
