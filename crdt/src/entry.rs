@@ -1,0 +1,281 @@
+//! The primitive every CRDT here is built from: a table of HLC-stamped entries.
+//!
+//! Each key holds one `Entry`: the value (or a tombstone), the HLC of the write
+//! that produced it and that write's dot. Merging keeps, per key, the entry with
+//! the greater `(hlc, dot)`. That order is total (a dot names its node, and a
+//! node never reuses a dot), so merge is a join: commutative, associative and
+//! idempotent, and equal HLCs from different nodes still resolve the same way
+//! everywhere.
+//!
+//! The five ADR types are tables with different keys:
+//! - LWW-Register per service and LWW-Map of node metadata: key = name.
+//! - OR-Set (containers, IPs): key = (element, add-dot). An add writes a fresh
+//!   key; a remove writes a tombstone on exactly the add-dots it observed, so a
+//!   concurrent add (another add-dot) survives: add-wins.
+//! - PN-Counter: key = (node, resource), value = (increments, decrements),
+//!   written only by its node, so every write is later and larger: LWW = max.
+//!
+//! Why not `crdts::{Orswot, LWWReg, PNCounter}` directly: they have no delta
+//! mutators (sync would ship whole objects); `Orswot`'s remove context from
+//! `derive_rm_ctx` does not advance the clock, so a remove relayed through a
+//! third replica can be dropped (crdts issue 160); `LWWReg::validate_update`
+//! fails on equal markers with different values, which two nodes with equal
+//! clocks produce; `PNCounter` counts in `BigInt`. One dot per write from a
+//! single per-node counter lets one version vector (`crdts::VClock`, which we
+//! do use) summarise the whole document.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use uhlc::Timestamp;
+
+use crate::NodeId;
+
+/// The identity of one write: the writer and its per-node write counter (from 1).
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Dot {
+    pub node: NodeId,
+    pub counter: u64,
+}
+
+impl fmt::Debug for Dot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.node, self.counter)
+    }
+}
+
+/// A key's current write: its value, or `None` for a tombstone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Entry<V> {
+    pub hlc: Timestamp,
+    pub dot: Dot,
+    pub value: Option<V>,
+}
+
+impl<V> Entry<V> {
+    /// Whether this entry replaces `other` at the same key: greater `(hlc, dot)`.
+    pub fn supersedes(&self, other: &Entry<V>) -> bool {
+        (self.hlc, &self.dot) > (other.hlc, &other.dot)
+    }
+
+    pub fn is_tombstone(&self) -> bool {
+        self.value.is_none()
+    }
+}
+
+/// A state-based CRDT.
+///
+/// Laws (checked by property tests): for all a, b, c
+/// - commutative: `a ⊔ b == b ⊔ a`
+/// - associative: `(a ⊔ b) ⊔ c == a ⊔ (b ⊔ c)`
+/// - idempotent:  `a ⊔ a == a`
+pub trait Merge {
+    fn merge(&mut self, other: &Self);
+}
+
+/// What happened to one incoming entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MergeOutcome {
+    /// Stored; it replaced the entry with this dot, if any.
+    Stored { replaced: Option<Dot> },
+    /// The table already holds a greater or equal write.
+    Ignored,
+}
+
+/// A map from keys to LWW entries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Table<K: Ord, V> {
+    entries: BTreeMap<K, Entry<V>>,
+}
+
+impl<K: Ord, V> Default for Table<K, V> {
+    fn default() -> Self {
+        Self {
+            entries: BTreeMap::new(),
+        }
+    }
+}
+
+impl<K: Ord + Clone, V: Clone + PartialEq> Table<K, V> {
+    pub fn get(&self, key: &K) -> Option<&Entry<V>> {
+        self.entries.get(key)
+    }
+
+    /// The live value at `key`, if it is not a tombstone.
+    pub fn value(&self, key: &K) -> Option<&V> {
+        self.entries.get(key).and_then(|entry| entry.value.as_ref())
+    }
+
+    /// Keeps `entry` if it supersedes what is stored at `key`.
+    pub fn merge_entry(&mut self, key: K, entry: Entry<V>) -> MergeOutcome {
+        match self.entries.get_mut(&key) {
+            Some(current) if !entry.supersedes(current) => {
+                debug_assert!(
+                    current.dot != entry.dot || current == &entry,
+                    "one dot, two writes at {:?}",
+                    entry.dot
+                );
+                MergeOutcome::Ignored
+            }
+            Some(current) => {
+                let replaced = std::mem::replace(current, entry);
+                MergeOutcome::Stored {
+                    replaced: Some(replaced.dot),
+                }
+            }
+            None => {
+                self.entries.insert(key, entry);
+                MergeOutcome::Stored { replaced: None }
+            }
+        }
+    }
+
+    /// Removes a key outright (tombstone collection, snapshot replacement).
+    pub fn remove(&mut self, key: &K) -> Option<Entry<V>> {
+        self.entries.remove(key)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &Entry<V>)> {
+        self.entries.iter()
+    }
+
+    /// Live entries only, in key order.
+    pub fn live(&self) -> impl Iterator<Item = (&K, &Entry<V>, &V)> {
+        self.entries
+            .iter()
+            .filter_map(|(key, entry)| entry.value.as_ref().map(|value| (key, entry, value)))
+    }
+
+    pub fn range<R: std::ops::RangeBounds<K>>(
+        &self,
+        range: R,
+    ) -> impl Iterator<Item = (&K, &Entry<V>)> {
+        self.entries.range(range)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn tombstone_count(&self) -> usize {
+        self.entries
+            .values()
+            .filter(|entry| entry.is_tombstone())
+            .count()
+    }
+}
+
+impl<K: Ord + Clone, V: Clone + PartialEq> Merge for Table<K, V> {
+    fn merge(&mut self, other: &Self) {
+        for (key, entry) in &other.entries {
+            self.merge_entry(key.clone(), entry.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use uhlc::NTP64;
+
+    pub fn node(index: u8) -> NodeId {
+        format!("n{index}").parse().unwrap()
+    }
+
+    /// Writes as a real history would make them: each node's counter and HLC
+    /// increase together, so one dot never names two different writes.
+    fn history() -> impl Strategy<Value = Vec<(u8, u8, Option<u8>, u64)>> {
+        prop::collection::vec((0u8..3, 0u8..4, prop::option::of(0u8..5), 0u64..4), 0..24)
+    }
+
+    fn replay(writes: &[(u8, u8, Option<u8>, u64)], keep: impl Fn(usize) -> bool) -> Table<u8, u8> {
+        let mut counters = [0u64; 3];
+        let mut times = [0u64; 3];
+        let mut table = Table::default();
+        for (index, (writer, key, value, time)) in writes.iter().enumerate() {
+            let writer_index = usize::from(*writer);
+            counters[writer_index] += 1;
+            // Physical times collide across nodes on purpose: equal HLC times.
+            times[writer_index] = (times[writer_index] + 1).max(*time);
+            let entry = Entry {
+                hlc: Timestamp::new(NTP64(times[writer_index]), node(*writer).hlc_id()),
+                dot: Dot {
+                    node: node(*writer),
+                    counter: counters[writer_index],
+                },
+                value: *value,
+            };
+            if keep(index) {
+                table.merge_entry(*key, entry);
+            }
+        }
+        table
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn table_merge_is_a_join(writes in history(), split_a in any::<u32>(), split_b in any::<u32>()) {
+            let a = replay(&writes, |i| split_a >> (i % 32) & 1 == 1);
+            let b = replay(&writes, |i| split_b >> (i % 32) & 1 == 1);
+            let c = replay(&writes, |i| (split_a ^ split_b) >> (i % 32) & 1 == 1);
+            let mut ab = a.clone();
+            ab.merge(&b);
+            let mut ba = b.clone();
+            ba.merge(&a);
+            prop_assert_eq!(&ab, &ba);
+            let mut ab_c = ab.clone();
+            ab_c.merge(&c);
+            let mut bc = b.clone();
+            bc.merge(&c);
+            let mut a_bc = a.clone();
+            a_bc.merge(&bc);
+            prop_assert_eq!(&ab_c, &a_bc);
+            let mut aa = a.clone();
+            aa.merge(&a);
+            prop_assert_eq!(&aa, &a);
+            // Merging all parts equals having seen everything.
+            let all = replay(&writes, |_| true);
+            let mut parts = replay(&writes, |i| i % 2 == 0);
+            parts.merge(&replay(&writes, |i| i % 2 == 1));
+            prop_assert_eq!(parts, all);
+        }
+    }
+
+    #[test]
+    fn equal_hlc_from_different_nodes_resolves_the_same_everywhere() {
+        // crdts' LWWReg refuses equal markers with different values; here the dot breaks the tie.
+        let hlc = Timestamp::new(NTP64(7), node(0).hlc_id());
+        let first = Entry {
+            hlc,
+            dot: Dot {
+                node: node(1),
+                counter: 1,
+            },
+            value: Some("one"),
+        };
+        let second = Entry {
+            hlc,
+            dot: Dot {
+                node: node(2),
+                counter: 1,
+            },
+            value: Some("two"),
+        };
+        let mut left = Table::default();
+        left.merge_entry("k", first.clone());
+        left.merge_entry("k", second.clone());
+        let mut right = Table::default();
+        right.merge_entry("k", second);
+        right.merge_entry("k", first);
+        assert_eq!(left, right);
+        assert_eq!(left.value(&"k"), Some(&"two"));
+    }
+}

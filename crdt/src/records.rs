@@ -1,0 +1,419 @@
+//! The typed records stored in the cluster state: service specs, container
+//! records, node metadata, subnets and resource kinds. TOML-friendly serde.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use uhlc::Timestamp;
+
+use crate::{ContainerId, NodeId, ServiceName};
+
+/// A service spec field that failed validation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("invalid field `{field}`: {reason}")]
+    Field { field: String, reason: String },
+}
+
+fn field_error(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
+    SpecError::Field {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// What to do when a container exits.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    Never,
+    #[default]
+    OnFailure,
+    Always,
+}
+
+/// Limits for one container of a service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Resources {
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+    pub pids_max: u32,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Self {
+            cpu_millis: 100,
+            memory_bytes: 64 * 1024 * 1024,
+            pids_max: 256,
+        }
+    }
+}
+
+fn default_replicas() -> u32 {
+    1
+}
+
+/// Upper bounds that keep one spec small on the wire and in memory.
+pub const SPEC_REPLICAS_MAX: u32 = 10_000;
+pub const SPEC_STRING_BYTES_MAX: usize = 4096;
+pub const SPEC_LIST_LEN_MAX: usize = 256;
+pub const SPEC_MEMORY_BYTES_MIN: u64 = 1024 * 1024;
+
+/// The desired state of a service: what to run and how many.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// Path to an OCI layout directory, an oci-archive or a docker-archive.
+    pub image: String,
+    /// "sha256:<64 hex>" when given.
+    #[serde(default)]
+    pub image_digest: Option<String>,
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+}
+
+impl ServiceSpec {
+    /// A spec with defaults for everything but the image.
+    pub fn new(image: impl Into<String>) -> Self {
+        Self {
+            image: image.into(),
+            image_digest: None,
+            command: Vec::new(),
+            env: BTreeMap::new(),
+            replicas: default_replicas(),
+            resources: Resources::default(),
+            restart: RestartPolicy::default(),
+        }
+    }
+
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), SpecError> {
+        check_string("image", &self.image)?;
+        if self.image.is_empty() {
+            return Err(field_error("image", "must not be empty"));
+        }
+        if let Some(digest) = &self.image_digest {
+            let hex = digest.strip_prefix("sha256:").ok_or_else(|| {
+                field_error(
+                    "image_digest",
+                    format!("{digest:?} does not start with \"sha256:\""),
+                )
+            })?;
+            if hex.len() != 64
+                || !hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return Err(field_error(
+                    "image_digest",
+                    format!("{digest:?} is not sha256:<64 lowercase hex>"),
+                ));
+            }
+        }
+        if self.command.len() > SPEC_LIST_LEN_MAX {
+            return Err(field_error(
+                "command",
+                format!("has more than {SPEC_LIST_LEN_MAX} elements"),
+            ));
+        }
+        for (index, argument) in self.command.iter().enumerate() {
+            check_string(&format!("command[{index}]"), argument)?;
+        }
+        if self.env.len() > SPEC_LIST_LEN_MAX {
+            return Err(field_error(
+                "env",
+                format!("has more than {SPEC_LIST_LEN_MAX} variables"),
+            ));
+        }
+        for (key, value) in &self.env {
+            let field = format!("env.{key}");
+            if key.is_empty() || key.contains('=') {
+                return Err(field_error(
+                    field,
+                    "variable name must be non-empty and contain no '='",
+                ));
+            }
+            check_string(&field, key)?;
+            check_string(&field, value)?;
+        }
+        if self.replicas > SPEC_REPLICAS_MAX {
+            return Err(field_error(
+                "replicas",
+                format!("{} is more than {SPEC_REPLICAS_MAX}", self.replicas),
+            ));
+        }
+        if self.resources.cpu_millis == 0 {
+            return Err(field_error("resources.cpu_millis", "must be at least 1"));
+        }
+        if self.resources.memory_bytes < SPEC_MEMORY_BYTES_MIN {
+            return Err(field_error(
+                "resources.memory_bytes",
+                format!(
+                    "{} is less than {SPEC_MEMORY_BYTES_MIN}",
+                    self.resources.memory_bytes
+                ),
+            ));
+        }
+        if self.resources.pids_max == 0 {
+            return Err(field_error("resources.pids_max", "must be at least 1"));
+        }
+        Ok(())
+    }
+}
+
+fn check_string(field: &str, value: &str) -> Result<(), SpecError> {
+    if value.len() > SPEC_STRING_BYTES_MAX {
+        return Err(field_error(
+            field,
+            format!("is longer than {SPEC_STRING_BYTES_MAX} bytes"),
+        ));
+    }
+    if value.contains('\0') {
+        return Err(field_error(field, "contains a NUL byte"));
+    }
+    Ok(())
+}
+
+/// A container that a node runs (an element of the container OR-Set).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerRecord {
+    pub id: ContainerId,
+    pub service: ServiceName,
+    pub node: NodeId,
+    /// The version (HLC) of the service spec the container was started from.
+    pub spec_version: Timestamp,
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+}
+
+/// Why a subnet was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubnetError {
+    #[error("subnet {input:?} is not of the form a.b.c.d/len")]
+    Syntax { input: String },
+    #[error("subnet {input:?}: prefix length {prefix_len} is outside 8..=30")]
+    PrefixLength { input: String, prefix_len: u8 },
+    #[error("subnet {input:?} has host bits set")]
+    HostBits { input: String },
+}
+
+/// An IPv4 subnet a node allocates container addresses from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Subnet {
+    pub addr: Ipv4Addr,
+    pub prefix_len: u8,
+}
+
+impl Subnet {
+    /// A checked subnet: prefix length 8..=30, no host bits.
+    pub fn new(addr: Ipv4Addr, prefix_len: u8) -> Result<Self, SubnetError> {
+        let input = format!("{addr}/{prefix_len}");
+        if !(8..=30).contains(&prefix_len) {
+            return Err(SubnetError::PrefixLength { input, prefix_len });
+        }
+        let subnet = Self { addr, prefix_len };
+        if u32::from(addr) & !subnet.mask() != 0 {
+            return Err(SubnetError::HostBits { input });
+        }
+        Ok(subnet)
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX << (32 - u32::from(self.prefix_len))
+    }
+
+    /// Whether `ip` is inside this subnet.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.addr)
+    }
+
+    /// Whether the two subnets share any address.
+    pub fn overlaps(&self, other: &Subnet) -> bool {
+        let shorter = self.prefix_len.min(other.prefix_len);
+        let mask = u32::MAX << (32 - u32::from(shorter));
+        u32::from(self.addr) & mask == u32::from(other.addr) & mask
+    }
+
+    /// The gateway address (first host), used by the node's bridge.
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) + 1)
+    }
+
+    /// Addresses containers may get: every host address except the gateway,
+    /// in ascending order.
+    pub fn container_addresses(&self) -> impl Iterator<Item = Ipv4Addr> {
+        let base = u32::from(self.addr);
+        let broadcast = base | !self.mask();
+        (base + 2..broadcast).map(Ipv4Addr::from)
+    }
+}
+
+impl FromStr for Subnet {
+    type Err = SubnetError;
+    fn from_str(input: &str) -> Result<Self, SubnetError> {
+        let syntax = || SubnetError::Syntax {
+            input: input.to_owned(),
+        };
+        let (addr, len) = input.split_once('/').ok_or_else(syntax)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| syntax())?;
+        let len: u8 = len.parse().map_err(|_| syntax())?;
+        Self::new(addr, len)
+    }
+}
+
+impl TryFrom<String> for Subnet {
+    type Error = SubnetError;
+    fn try_from(value: String) -> Result<Self, SubnetError> {
+        value.parse()
+    }
+}
+
+impl From<Subnet> for String {
+    fn from(value: Subnet) -> String {
+        value.to_string()
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// What a node offers to containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Capacity {
+    pub cpu_millis: u32,
+    pub memory_bytes: u64,
+}
+
+/// A node's entry in the node-metadata LWW-Map.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeMeta {
+    /// Where peers reach this node's sync endpoint.
+    pub address: SocketAddr,
+    pub capacity: Capacity,
+    #[serde(default)]
+    pub subnet: Option<Subnet>,
+    /// Set by `Replica::put_node_meta` to the HLC of the write: liveness.
+    pub heartbeat: Timestamp,
+}
+
+/// A per-node resource counter (PN-Counter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Resource {
+    CpuMillis,
+    MemoryBytes,
+    Containers,
+}
+
+/// One IP allocation as seen by queries.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IpAllocation {
+    pub ip: Ipv4Addr,
+    pub container: ContainerId,
+    pub node: NodeId,
+    /// HLC of the allocation; earlier wins a conflict.
+    pub allocated: Timestamp,
+}
+
+/// Two or more live allocations of one IP. The winner is the earliest
+/// allocation (HLC, then node id); the losers must release it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IpConflict {
+    pub ip: Ipv4Addr,
+    pub winner: IpAllocation,
+    pub losers: Vec<IpAllocation>,
+}
+
+/// Two or more live nodes claiming overlapping subnets. The winner is the
+/// earliest claim (HLC of the first write with that subnet, then node id).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SubnetConflict {
+    pub subnet: Subnet,
+    pub winner: NodeId,
+    pub losers: Vec<NodeId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subnet_parsing() {
+        let subnet: Subnet = "10.88.1.0/24".parse().unwrap();
+        assert_eq!(subnet.to_string(), "10.88.1.0/24");
+        assert!("10.88.1.1/24".parse::<Subnet>().is_err());
+        assert!("10.88.1.0/31".parse::<Subnet>().is_err());
+        assert!("10.88.1.0".parse::<Subnet>().is_err());
+        assert!(subnet.contains("10.88.1.77".parse().unwrap()));
+        assert!(!subnet.contains("10.88.2.1".parse().unwrap()));
+        assert!(subnet.overlaps(&"10.88.0.0/16".parse().unwrap()));
+        assert!(!subnet.overlaps(&"10.88.2.0/24".parse().unwrap()));
+        assert_eq!(subnet.container_addresses().count(), 253);
+        assert_eq!(
+            subnet.container_addresses().next(),
+            Some("10.88.1.2".parse().unwrap())
+        );
+    }
+
+    fn check_spec(mutate: impl FnOnce(&mut ServiceSpec), field: Option<&str>) {
+        let mut spec = ServiceSpec::new("/images/web");
+        mutate(&mut spec);
+        match (spec.validate(), field) {
+            (Ok(()), None) => {}
+            (Err(SpecError::Field { field: got, .. }), Some(want)) => assert_eq!(got, want),
+            (result, want) => panic!("got {result:?}, want error on {want:?}"),
+        }
+    }
+
+    #[test]
+    fn spec_validation_names_the_field() {
+        check_spec(|_| {}, None);
+        check_spec(|s| s.image.clear(), Some("image"));
+        check_spec(
+            |s| s.image_digest = Some("md5:00".into()),
+            Some("image_digest"),
+        );
+        check_spec(
+            |s| s.image_digest = Some(format!("sha256:{}", "a".repeat(64))),
+            None,
+        );
+        check_spec(
+            |s| s.image_digest = Some(format!("sha256:{}", "A".repeat(64))),
+            Some("image_digest"),
+        );
+        check_spec(|s| s.command = vec!["a\0".into()], Some("command[0]"));
+        check_spec(
+            |s| _ = s.env.insert("A=B".into(), "x".into()),
+            Some("env.A=B"),
+        );
+        check_spec(|s| s.replicas = SPEC_REPLICAS_MAX + 1, Some("replicas"));
+        check_spec(|s| s.resources.cpu_millis = 0, Some("resources.cpu_millis"));
+        check_spec(
+            |s| s.resources.memory_bytes = 1,
+            Some("resources.memory_bytes"),
+        );
+        check_spec(|s| s.resources.pids_max = 0, Some("resources.pids_max"));
+    }
+}

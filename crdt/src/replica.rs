@@ -1,0 +1,856 @@
+//! `Replica`: one node's view of the cluster. Local operations stamp writes
+//! with the node's HLC and next dot and return the delta holding exactly that
+//! change; remote deltas are validated in full before anything changes; peers'
+//! summaries drive tombstone collection.
+//!
+//! Tombstone GC (causal stability). For every member `m` (live nodes in the
+//! node-metadata map, other than this one) the replica keeps the latest summary
+//! `S_m` it has received and the latest one it has itself caught up with
+//! (`own vv >= S_m`, called stable). A tombstone with dot `d` is dropped once
+//! every member's stable summary covers `d`. Why that is safe:
+//! - every member has the tombstone (or a write superseding it), so none will
+//!   send the overwritten value as new; its dot is covered everywhere, and a
+//!   covered dot is ignored on apply;
+//! - this replica has seen every write the members had when they covered `d`;
+//!   any write a member makes later was stamped after it observed the
+//!   tombstone's HLC, so it legitimately wins over the removal;
+//! - a peer whose summary lacks a collected dot (below `gc_floor`) gets a full
+//!   snapshot instead of a delta, and applying a snapshot drops local entries
+//!   the sender has seen and no longer holds.
+//! Evicting a node (tombstoning its metadata) removes it from the members, so
+//! a dead node stops blocking GC. The price, as in any such scheme: a node that
+//! was evicted, or that wrote before any member knew of it, must not reappear
+//! holding writes concurrent with a collected removal; the daemon makes an
+//! evicted node rejoin with an empty state.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use uhlc::{NTP64, Timestamp};
+
+use crate::clock::{Clock, ClockError};
+use crate::delta::{Delta, DeltaBase, OriginRange, Summary};
+use crate::entry::{Dot, Entry, MergeOutcome};
+use crate::state::{Change, ClusterState, Counts, IpClaim, NodeRecord};
+use crate::{
+    ContainerId, ContainerRecord, NodeId, NodeMeta, Resource, ServiceName, ServiceSpec, SpecError,
+    Subnet, VersionVector,
+};
+
+/// A local operation was refused; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReplicaError {
+    #[error("{what} not found")]
+    NotFound { what: String },
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("{what} belongs to node {owner}, not to this node")]
+    NotOwner { what: String, owner: NodeId },
+    #[error("node {node} has no subnet in its metadata")]
+    NoSubnet { node: NodeId },
+    #[error("subnet {subnet} is held by node {winner} (earlier claim)")]
+    SubnetConflict { subnet: Subnet, winner: NodeId },
+    #[error("subnet {subnet} has no free address")]
+    SubnetExhausted { subnet: Subnet },
+    #[error("counter {resource:?} would overflow")]
+    CounterOverflow { resource: Resource },
+    #[error("a node cannot evict itself ({node})")]
+    EvictSelf { node: NodeId },
+}
+
+/// A remote delta or a snapshot was refused; nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    #[error(
+        "delta from {from} starts at {origin}:{since} but this replica has only {origin}:{have}; pull again"
+    )]
+    StaleBase {
+        from: NodeId,
+        origin: NodeId,
+        since: u64,
+        have: u64,
+    },
+    #[error("delta from {from} refused: {source}")]
+    ClockDrift {
+        from: NodeId,
+        #[source]
+        source: ClockError,
+    },
+    #[error("invalid delta or snapshot: {0}")]
+    Invalid(String),
+}
+
+/// What applying a delta did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Entries stored.
+    pub entries_applied: usize,
+    /// Entries already seen or superseded.
+    pub entries_ignored: usize,
+}
+
+/// What this replica knows of one peer's progress.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerView {
+    /// The latest summary received.
+    pub latest: Summary,
+    /// The latest summary this replica had caught up with; drives GC.
+    pub stable: Option<Summary>,
+}
+
+/// A full image of a replica for persistence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub node: NodeId,
+    pub(crate) changes: Vec<Change>,
+    pub(crate) vv: VersionVector,
+    pub(crate) gc_floor: VersionVector,
+    pub(crate) clock_last: NTP64,
+    pub(crate) peers: BTreeMap<NodeId, PeerView>,
+}
+
+impl Snapshot {
+    /// Entries held, tombstones included.
+    pub fn entry_count(&self) -> usize {
+        self.changes.len()
+    }
+}
+
+/// One node's view: the state, its clock, its node id and its peers' summaries.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    node: NodeId,
+    max_drift: Duration,
+    clock: Clock,
+    state: ClusterState,
+    vv: VersionVector,
+    /// Per origin, the highest counter of a tombstone this replica collected.
+    gc_floor: VersionVector,
+    peers: BTreeMap<NodeId, PeerView>,
+}
+
+/// Whether `a` covers every write `b` covers.
+fn covers(a: &VersionVector, b: &VersionVector) -> bool {
+    b.dots.iter().all(|(node, counter)| a.get(node) >= *counter)
+}
+
+fn covers_dot(vv: &VersionVector, dot: &Dot) -> bool {
+    vv.get(&dot.node) >= dot.counter
+}
+
+impl Replica {
+    pub fn new(node: NodeId, max_drift: Duration) -> Self {
+        Self {
+            clock: Clock::new(&node, max_drift),
+            node,
+            max_drift,
+            state: ClusterState::default(),
+            vv: VersionVector::new(),
+            gc_floor: VersionVector::new(),
+            peers: BTreeMap::new(),
+        }
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    pub fn state(&self) -> &ClusterState {
+        &self.state
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// This replica's version vector.
+    pub fn version_vector(&self) -> &VersionVector {
+        &self.vv
+    }
+
+    /// What this replica knows of its peers.
+    pub fn peers(&self) -> &BTreeMap<NodeId, PeerView> {
+        &self.peers
+    }
+
+    // ---- local operations ----
+
+    /// Stamps one local write: the next HLC and the next dot.
+    fn stamp(&mut self, now: NTP64) -> (Timestamp, Dot) {
+        let hlc = self.clock.now(now);
+        let counter = self.vv.get(&self.node) + 1;
+        self.vv.dots.insert(self.node.clone(), counter);
+        (
+            hlc,
+            Dot {
+                node: self.node.clone(),
+                counter,
+            },
+        )
+    }
+
+    /// Applies local writes made with `stamp` and wraps them as one delta.
+    fn commit(&mut self, since: u64, changes: Vec<Change>) -> Delta {
+        let until = self.vv.get(&self.node);
+        assert_eq!(
+            until - since,
+            changes.len() as u64,
+            "one dot per local write"
+        );
+        for change in &changes {
+            debug_assert!(
+                change.validate().is_ok(),
+                "local write is invalid: {change:?}"
+            );
+            let outcome = self.state.apply_change(change.clone());
+            assert!(
+                matches!(outcome, MergeOutcome::Stored { .. }),
+                "local write was superseded: {change:?}"
+            );
+        }
+        if changes.is_empty() {
+            return Delta::ranges(Vec::new(), Vec::new());
+        }
+        Delta::ranges(
+            vec![OriginRange {
+                node: self.node.clone(),
+                since,
+                until,
+            }],
+            changes,
+        )
+    }
+
+    pub fn put_service(
+        &mut self,
+        now: NTP64,
+        name: ServiceName,
+        spec: ServiceSpec,
+    ) -> Result<Delta, ReplicaError> {
+        spec.validate()?;
+        let since = self.vv.get(&self.node);
+        let (hlc, dot) = self.stamp(now);
+        Ok(self.commit(
+            since,
+            vec![Change::Service {
+                name,
+                entry: Entry {
+                    hlc,
+                    dot,
+                    value: Some(spec),
+                },
+            }],
+        ))
+    }
+
+    pub fn remove_service(
+        &mut self,
+        now: NTP64,
+        name: &ServiceName,
+    ) -> Result<Delta, ReplicaError> {
+        if self.state.service(name).is_none() {
+            return Err(ReplicaError::NotFound {
+                what: format!("service {name}"),
+            });
+        }
+        let since = self.vv.get(&self.node);
+        let (hlc, dot) = self.stamp(now);
+        Ok(self.commit(
+            since,
+            vec![Change::Service {
+                name: name.clone(),
+                entry: Entry {
+                    hlc,
+                    dot,
+                    value: None,
+                },
+            }],
+        ))
+    }
+
+    /// Writes this node's metadata. `meta.heartbeat` is set to the write's HLC.
+    pub fn put_node_meta(&mut self, now: NTP64, mut meta: NodeMeta) -> Result<Delta, ReplicaError> {
+        let since = self.vv.get(&self.node);
+        let (hlc, dot) = self.stamp(now);
+        meta.heartbeat = hlc;
+        let previous = self
+            .state
+            .node_entry(&self.node)
+            .and_then(|entry| entry.value.as_ref());
+        let subnet_claimed = match (meta.subnet, previous) {
+            (Some(subnet), Some(old)) if old.meta.subnet == Some(subnet) => old.subnet_claimed,
+            (Some(_), _) => Some(hlc),
+            (None, _) => None,
+        };
+        let record = NodeRecord {
+            meta,
+            subnet_claimed,
+        };
+        Ok(self.commit(
+            since,
+            vec![Change::Node {
+                node: self.node.clone(),
+                entry: Entry {
+                    hlc,
+                    dot,
+                    value: Some(record),
+                },
+            }],
+        ))
+    }
+
+    /// Removes a node from the member set (so it stops blocking GC).
+    pub fn evict_node(&mut self, now: NTP64, node: &NodeId) -> Result<Delta, ReplicaError> {
+        if node == &self.node {
+            return Err(ReplicaError::EvictSelf { node: node.clone() });
+        }
+        if self.state.node(node).is_none() {
+            return Err(ReplicaError::NotFound {
+                what: format!("node {node}"),
+            });
+        }
+        let since = self.vv.get(&self.node);
+        let (hlc, dot) = self.stamp(now);
+        self.peers.remove(node);
+        Ok(self.commit(
+            since,
+            vec![Change::Node {
+                node: node.clone(),
+                entry: Entry {
+                    hlc,
+                    dot,
+                    value: None,
+                },
+            }],
+        ))
+    }
+
+    /// Adds a container this node runs; replaces an earlier record with the same id.
+    pub fn add_container(
+        &mut self,
+        now: NTP64,
+        record: ContainerRecord,
+    ) -> Result<Delta, ReplicaError> {
+        if record.node != self.node {
+            return Err(ReplicaError::NotOwner {
+                what: format!("container {}", record.id),
+                owner: record.node,
+            });
+        }
+        let since = self.vv.get(&self.node);
+        let mut changes = Vec::new();
+        for (add, _) in self.state.container_adds(&record.id) {
+            let (hlc, dot) = self.stamp(now);
+            changes.push(Change::Container {
+                id: record.id.clone(),
+                add,
+                entry: Entry {
+                    hlc,
+                    dot,
+                    value: None,
+                },
+            });
+        }
+        let (hlc, dot) = self.stamp(now);
+        changes.push(Change::Container {
+            id: record.id.clone(),
+            add: dot.clone(),
+            entry: Entry {
+                hlc,
+                dot,
+                value: Some(record),
+            },
+        });
+        Ok(self.commit(since, changes))
+    }
+
+    /// Removes every add of `id` this replica has observed (add-wins against concurrent adds).
+    pub fn remove_container(
+        &mut self,
+        now: NTP64,
+        id: &ContainerId,
+    ) -> Result<Delta, ReplicaError> {
+        let adds = self.state.container_adds(id);
+        if adds.is_empty() {
+            return Err(ReplicaError::NotFound {
+                what: format!("container {id}"),
+            });
+        }
+        let since = self.vv.get(&self.node);
+        let mut changes = Vec::new();
+        for (add, _) in adds {
+            let (hlc, dot) = self.stamp(now);
+            changes.push(Change::Container {
+                id: id.clone(),
+                add,
+                entry: Entry {
+                    hlc,
+                    dot,
+                    value: None,
+                },
+            });
+        }
+        Ok(self.commit(since, changes))
+    }
+
+    /// Adds `amount` (negative: subtracts) to this node's own counter.
+    pub fn adjust_resource(
+        &mut self,
+        now: NTP64,
+        resource: Resource,
+        amount: i64,
+    ) -> Result<Delta, ReplicaError> {
+        let mut counts: Counts = self.state.counter(&self.node, resource);
+        let magnitude = amount.unsigned_abs();
+        let slot = if amount >= 0 {
+            &mut counts.increments
+        } else {
+            &mut counts.decrements
+        };
+        *slot = slot
+            .checked_add(magnitude)
+            .ok_or(ReplicaError::CounterOverflow { resource })?;
+        let since = self.vv.get(&self.node);
+        if amount == 0 {
+            return Ok(self.commit(since, Vec::new()));
+        }
+        let (hlc, dot) = self.stamp(now);
+        Ok(self.commit(
+            since,
+            vec![Change::Counter {
+                node: self.node.clone(),
+                resource,
+                entry: Entry {
+                    hlc,
+                    dot,
+                    value: Some(counts),
+                },
+            }],
+        ))
+    }
+
+    /// Allocates the lowest free address of this node's subnet to `container`.
+    /// Returns the existing address (and an empty delta) if it already has one.
+    pub fn allocate_ip(
+        &mut self,
+        now: NTP64,
+        container: &ContainerId,
+    ) -> Result<(Ipv4Addr, Delta), ReplicaError> {
+        let subnet = self
+            .state
+            .node(&self.node)
+            .and_then(|meta| meta.subnet)
+            .ok_or_else(|| ReplicaError::NoSubnet {
+                node: self.node.clone(),
+            })?;
+        match self.state.subnet_owner(&subnet) {
+            Some(owner) if owner == self.node => {}
+            Some(winner) => return Err(ReplicaError::SubnetConflict { subnet, winner }),
+            None => {
+                return Err(ReplicaError::NoSubnet {
+                    node: self.node.clone(),
+                });
+            }
+        }
+        let allocations = self.state.ip_allocations();
+        if let Some(existing) = allocations
+            .iter()
+            .find(|a| &a.container == container && a.node == self.node && subnet.contains(a.ip))
+        {
+            let since = self.vv.get(&self.node);
+            return Ok((existing.ip, self.commit(since, Vec::new())));
+        }
+        let taken: BTreeSet<Ipv4Addr> = allocations.iter().map(|a| a.ip).collect();
+        let ip = subnet
+            .container_addresses()
+            .find(|ip| !taken.contains(ip))
+            .ok_or(ReplicaError::SubnetExhausted { subnet })?;
+        let since = self.vv.get(&self.node);
+        let (hlc, dot) = self.stamp(now);
+        let claim = IpClaim {
+            container: container.clone(),
+            node: self.node.clone(),
+        };
+        let change = Change::Ip {
+            ip,
+            add: dot.clone(),
+            entry: Entry {
+                hlc,
+                dot,
+                value: Some(claim),
+            },
+        };
+        Ok((ip, self.commit(since, vec![change])))
+    }
+
+    /// Releases this node's allocations of `ip`.
+    pub fn release_ip(&mut self, now: NTP64, ip: Ipv4Addr) -> Result<Delta, ReplicaError> {
+        let adds = self.state.ip_adds(ip);
+        let Some((_, first)) = adds.first() else {
+            return Err(ReplicaError::NotFound {
+                what: format!("ip allocation {ip}"),
+            });
+        };
+        let owner = first.node.clone();
+        let mine: Vec<Dot> = adds
+            .into_iter()
+            .filter(|(_, claim)| claim.node == self.node)
+            .map(|(add, _)| add)
+            .collect();
+        if mine.is_empty() {
+            return Err(ReplicaError::NotOwner {
+                what: format!("ip allocation {ip}"),
+                owner,
+            });
+        }
+        let since = self.vv.get(&self.node);
+        let mut changes = Vec::new();
+        for add in mine {
+            let (hlc, dot) = self.stamp(now);
+            changes.push(Change::Ip {
+                ip,
+                add,
+                entry: Entry {
+                    hlc,
+                    dot,
+                    value: None,
+                },
+            });
+        }
+        Ok(self.commit(since, changes))
+    }
+
+    // ---- sync ----
+
+    pub fn summary(&self) -> Summary {
+        Summary {
+            vv: self.vv.clone(),
+        }
+    }
+
+    /// Everything `theirs` lacks: entries for the dot ranges it has not seen,
+    /// found through the by-dot index (no scan of the state). A full snapshot
+    /// if `theirs` is missing a tombstone this replica already collected.
+    pub fn delta_for(&self, theirs: &Summary) -> Delta {
+        let below_floor = self
+            .gc_floor
+            .dots
+            .iter()
+            .any(|(node, counter)| theirs.vv.get(node) < *counter);
+        if below_floor {
+            return Delta {
+                base: DeltaBase::Full {
+                    vv: self.vv.clone(),
+                    gc_floor: self.gc_floor.clone(),
+                },
+                changes: self.state.all_changes(),
+            };
+        }
+        let mut ranges = Vec::new();
+        let mut changes = Vec::new();
+        for (node, until) in &self.vv.dots {
+            let since = theirs.vv.get(node);
+            if since >= *until {
+                continue;
+            }
+            for key in self.state.keys_in_range(node, since, *until) {
+                changes.push(self.state.change_at(key).expect("indexed key is stored"));
+            }
+            ranges.push(OriginRange {
+                node: node.clone(),
+                since,
+                until: *until,
+            });
+        }
+        Delta::ranges(ranges, changes)
+    }
+
+    /// Applies a remote delta: all of it or, on error, nothing.
+    pub fn apply_delta(
+        &mut self,
+        now: NTP64,
+        from: &NodeId,
+        delta: &Delta,
+    ) -> Result<Applied, ApplyError> {
+        self.validate_delta(now, from, delta)?;
+        if let Some(max) = delta.max_timestamp() {
+            self.clock
+                .observe(now, &max)
+                .map_err(|source| ApplyError::ClockDrift {
+                    from: from.clone(),
+                    source,
+                })?;
+        }
+        let mut applied = Applied::default();
+        match &delta.base {
+            DeltaBase::Ranges(ranges) => {
+                self.merge_changes(&delta.changes, &mut applied);
+                for range in ranges {
+                    let current = self.vv.get(&range.node);
+                    self.vv
+                        .dots
+                        .insert(range.node.clone(), current.max(range.until));
+                }
+            }
+            DeltaBase::Full { vv, gc_floor } => {
+                let held: HashSet<&Dot> = delta.changes.iter().map(Change::dot).collect();
+                let mut dropped = Vec::new();
+                for (node, until) in &vv.dots {
+                    for key in self.state.keys_in_range(node, 0, *until) {
+                        let change = self.state.change_at(key).expect("indexed key is stored");
+                        if !held.contains(change.dot()) {
+                            dropped.push(key.clone());
+                        }
+                    }
+                }
+                for key in dropped {
+                    self.state.remove_key(&key);
+                }
+                self.merge_changes(&delta.changes, &mut applied);
+                for (node, counter) in &vv.dots {
+                    let current = self.vv.get(node);
+                    self.vv.dots.insert(node.clone(), current.max(*counter));
+                }
+                for (node, counter) in &gc_floor.dots {
+                    let current = self.gc_floor.get(node);
+                    self.gc_floor
+                        .dots
+                        .insert(node.clone(), current.max(*counter));
+                }
+            }
+        }
+        self.promote_stable_summaries();
+        Ok(applied)
+    }
+
+    fn merge_changes(&mut self, changes: &[Change], applied: &mut Applied) {
+        for change in changes {
+            // Covered dot: this replica holds that write or one that superseded
+            // it (possibly a tombstone since collected). Ignoring it is what
+            // keeps removed things from coming back.
+            if covers_dot(&self.vv, change.dot()) {
+                applied.entries_ignored += 1;
+                continue;
+            }
+            match self.state.apply_change(change.clone()) {
+                MergeOutcome::Stored { .. } => applied.entries_applied += 1,
+                MergeOutcome::Ignored => applied.entries_ignored += 1,
+            }
+        }
+    }
+
+    fn validate_delta(&self, now: NTP64, from: &NodeId, delta: &Delta) -> Result<(), ApplyError> {
+        let mut dots = HashSet::with_capacity(delta.changes.len());
+        let mut keys = HashSet::with_capacity(delta.changes.len());
+        for change in &delta.changes {
+            change.validate().map_err(ApplyError::Invalid)?;
+            if !dots.insert(change.dot()) {
+                return Err(ApplyError::Invalid(format!(
+                    "dot {:?} appears twice",
+                    change.dot()
+                )));
+            }
+            if !keys.insert(change.key()) {
+                return Err(ApplyError::Invalid(format!(
+                    "key {:?} appears twice",
+                    change.key()
+                )));
+            }
+        }
+        match &delta.base {
+            DeltaBase::Ranges(ranges) => {
+                let mut by_origin: BTreeMap<&NodeId, &OriginRange> = BTreeMap::new();
+                for range in ranges {
+                    if range.since >= range.until {
+                        return Err(ApplyError::Invalid(format!(
+                            "range of {} is empty ({}, {}]",
+                            range.node, range.since, range.until
+                        )));
+                    }
+                    if by_origin.insert(&range.node, range).is_some() {
+                        return Err(ApplyError::Invalid(format!(
+                            "origin {} has two ranges",
+                            range.node
+                        )));
+                    }
+                }
+                for change in &delta.changes {
+                    let dot = change.dot();
+                    let inside = by_origin
+                        .get(&dot.node)
+                        .is_some_and(|r| r.since < dot.counter && dot.counter <= r.until);
+                    if !inside {
+                        return Err(ApplyError::Invalid(format!(
+                            "entry {dot:?} is outside the delta's ranges"
+                        )));
+                    }
+                }
+                for range in ranges {
+                    let have = self.vv.get(&range.node);
+                    if range.since > have {
+                        return Err(ApplyError::StaleBase {
+                            from: from.clone(),
+                            origin: range.node.clone(),
+                            since: range.since,
+                            have,
+                        });
+                    }
+                }
+            }
+            DeltaBase::Full { vv, gc_floor } => {
+                if let Some(change) = delta.changes.iter().find(|c| !covers_dot(vv, c.dot())) {
+                    return Err(ApplyError::Invalid(format!(
+                        "snapshot entry {:?} is outside its vv",
+                        change.dot()
+                    )));
+                }
+                if !covers(vv, gc_floor) {
+                    return Err(ApplyError::Invalid(
+                        "snapshot gc floor is ahead of its vv".to_owned(),
+                    ));
+                }
+            }
+        }
+        if let Some(max) = delta.max_timestamp() {
+            self.clock
+                .check(now, &max)
+                .map_err(|source| ApplyError::ClockDrift {
+                    from: from.clone(),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Records a peer's summary (received from that peer).
+    pub fn observe_summary(&mut self, peer: &NodeId, summary: &Summary) {
+        if peer == &self.node {
+            return;
+        }
+        let view = self.peers.entry(peer.clone()).or_default();
+        view.latest = summary.clone();
+        if covers(&self.vv, &summary.vv) {
+            view.stable = Some(summary.clone());
+        }
+    }
+
+    fn promote_stable_summaries(&mut self) {
+        for view in self.peers.values_mut() {
+            if covers(&self.vv, &view.latest.vv) && view.stable.as_ref() != Some(&view.latest) {
+                view.stable = Some(view.latest.clone());
+            }
+        }
+    }
+
+    /// The writes every member is known to have seen, and this replica too.
+    fn stable_vv(&self) -> Option<VersionVector> {
+        let mut stable = self.vv.clone();
+        for (member, _) in self.state.nodes() {
+            if member == &self.node {
+                continue;
+            }
+            let summary = self.peers.get(member)?.stable.as_ref()?;
+            stable.glb(&summary.vv);
+        }
+        Some(stable)
+    }
+
+    /// Drops causally stable tombstones (see the module comment); returns how many.
+    pub fn collect_garbage(&mut self) -> usize {
+        let evicted: Vec<NodeId> = self
+            .peers
+            .keys()
+            .filter(|peer| self.state.is_evicted(peer))
+            .cloned()
+            .collect();
+        for peer in evicted {
+            self.peers.remove(&peer);
+        }
+        let Some(stable) = self.stable_vv() else {
+            return 0;
+        };
+        let mut collected = 0;
+        for (key, dot) in self.state.tombstones() {
+            if covers_dot(&stable, &dot) {
+                self.state.remove_key(&key);
+                let current = self.gc_floor.get(&dot.node);
+                self.gc_floor
+                    .dots
+                    .insert(dot.node.clone(), current.max(dot.counter));
+                collected += 1;
+            }
+        }
+        collected
+    }
+
+    /// Digest of the replicated state only.
+    pub fn digest(&self) -> [u8; 32] {
+        self.state.digest()
+    }
+
+    // ---- persistence ----
+
+    pub fn to_snapshot(&self) -> Snapshot {
+        Snapshot {
+            node: self.node.clone(),
+            changes: self.state.all_changes(),
+            vv: self.vv.clone(),
+            gc_floor: self.gc_floor.clone(),
+            clock_last: *self.clock.last().get_time(),
+            peers: self.peers.clone(),
+        }
+    }
+
+    pub fn from_snapshot(
+        node: NodeId,
+        max_drift: Duration,
+        snapshot: Snapshot,
+    ) -> Result<Self, ApplyError> {
+        if snapshot.node != node {
+            return Err(ApplyError::Invalid(format!(
+                "snapshot is of node {}, not {node}",
+                snapshot.node
+            )));
+        }
+        if !covers(&snapshot.vv, &snapshot.gc_floor) {
+            return Err(ApplyError::Invalid(
+                "snapshot gc floor is ahead of its vv".to_owned(),
+            ));
+        }
+        let mut state = ClusterState::default();
+        let mut clock_last = snapshot.clock_last;
+        for change in snapshot.changes {
+            change.validate().map_err(ApplyError::Invalid)?;
+            if !covers_dot(&snapshot.vv, change.dot()) {
+                return Err(ApplyError::Invalid(format!(
+                    "snapshot entry {:?} is outside its vv",
+                    change.dot()
+                )));
+            }
+            if state.holds_dot(change.dot()) || state.change_at(&change.key()).is_some() {
+                return Err(ApplyError::Invalid(format!(
+                    "snapshot holds {:?} twice",
+                    change.key()
+                )));
+            }
+            clock_last = clock_last.max(*change.hlc().get_time());
+            state.apply_change(change);
+        }
+        Ok(Self {
+            clock: Clock::resume(&node, max_drift, clock_last),
+            node,
+            max_drift,
+            state,
+            vv: snapshot.vv,
+            gc_floor: snapshot.gc_floor,
+            peers: snapshot.peers,
+        })
+    }
+
+    /// The configured maximum clock drift.
+    pub fn max_drift(&self) -> Duration {
+        self.max_drift
+    }
+}

@@ -1,0 +1,566 @@
+//! `ClusterState`: the replicated document. Five entry tables (services,
+//! node metadata, containers, resource counters, IP allocations), a per-origin
+//! index of entries by dot, and the read-only queries the scheduler uses.
+//!
+//! Queries are deterministic: the same entries give the same answers in the
+//! same order on every node, conflicts included.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uhlc::Timestamp;
+
+use crate::entry::{Dot, Entry, MergeOutcome, Table};
+use crate::{
+    ContainerId, ContainerRecord, IpAllocation, IpConflict, NodeId, NodeMeta, Resource,
+    ServiceName, ServiceSpec, Subnet, SubnetConflict,
+};
+
+/// Node metadata as stored: the meta plus when this node first claimed its
+/// current subnet (heartbeats rewrite the meta but keep the claim time, so
+/// the earliest claim keeps winning a subnet conflict).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeRecord {
+    pub meta: NodeMeta,
+    pub subnet_claimed: Option<Timestamp>,
+}
+
+/// A PN-Counter entry: totals of increments and decrements by its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct Counts {
+    pub increments: u64,
+    pub decrements: u64,
+}
+
+/// The element of the IP OR-Set.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct IpClaim {
+    pub container: ContainerId,
+    pub node: NodeId,
+}
+
+/// Where an entry lives.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Key {
+    Service(ServiceName),
+    Node(NodeId),
+    Container(ContainerId, Dot),
+    Counter(NodeId, Resource),
+    Ip(Ipv4Addr, Dot),
+}
+
+/// One entry with its key: the unit of deltas and snapshots.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Change {
+    Service {
+        name: ServiceName,
+        entry: Entry<ServiceSpec>,
+    },
+    Node {
+        node: NodeId,
+        entry: Entry<NodeRecord>,
+    },
+    Container {
+        id: ContainerId,
+        add: Dot,
+        entry: Entry<ContainerRecord>,
+    },
+    Counter {
+        node: NodeId,
+        resource: Resource,
+        entry: Entry<Counts>,
+    },
+    Ip {
+        ip: Ipv4Addr,
+        add: Dot,
+        entry: Entry<IpClaim>,
+    },
+}
+
+impl Change {
+    pub fn dot(&self) -> &Dot {
+        match self {
+            Change::Service { entry, .. } => &entry.dot,
+            Change::Node { entry, .. } => &entry.dot,
+            Change::Container { entry, .. } => &entry.dot,
+            Change::Counter { entry, .. } => &entry.dot,
+            Change::Ip { entry, .. } => &entry.dot,
+        }
+    }
+
+    pub fn hlc(&self) -> Timestamp {
+        match self {
+            Change::Service { entry, .. } => entry.hlc,
+            Change::Node { entry, .. } => entry.hlc,
+            Change::Container { entry, .. } => entry.hlc,
+            Change::Counter { entry, .. } => entry.hlc,
+            Change::Ip { entry, .. } => entry.hlc,
+        }
+    }
+
+    pub fn is_tombstone(&self) -> bool {
+        match self {
+            Change::Service { entry, .. } => entry.is_tombstone(),
+            Change::Node { entry, .. } => entry.is_tombstone(),
+            Change::Container { entry, .. } => entry.is_tombstone(),
+            Change::Counter { entry, .. } => entry.is_tombstone(),
+            Change::Ip { entry, .. } => entry.is_tombstone(),
+        }
+    }
+
+    pub fn key(&self) -> Key {
+        match self {
+            Change::Service { name, .. } => Key::Service(name.clone()),
+            Change::Node { node, .. } => Key::Node(node.clone()),
+            Change::Container { id, add, .. } => Key::Container(id.clone(), add.clone()),
+            Change::Counter { node, resource, .. } => Key::Counter(node.clone(), *resource),
+            Change::Ip { ip, add, .. } => Key::Ip(*ip, add.clone()),
+        }
+    }
+
+    /// Checks what every replica relies on: the HLC carries the writer's id,
+    /// owner-only entries are written by their owner, adds use their own dot
+    /// as add-dot, counters never hold tombstones, specs are valid.
+    pub fn validate(&self) -> Result<(), String> {
+        let dot = self.dot();
+        if dot.counter == 0 {
+            return Err(format!("entry {dot:?} has counter 0"));
+        }
+        if self.hlc().get_id() != &dot.node.hlc_id() {
+            return Err(format!(
+                "entry {dot:?} carries an hlc id that is not its writer's"
+            ));
+        }
+        match self {
+            Change::Service { name, entry } => {
+                if let Some(spec) = &entry.value {
+                    spec.validate()
+                        .map_err(|error| format!("service {name}: {error}"))?;
+                }
+            }
+            Change::Node { node, entry } => {
+                if let Some(record) = &entry.value {
+                    if &entry.dot.node != node {
+                        return Err(format!("node meta of {node} written by {}", entry.dot.node));
+                    }
+                    if record.meta.subnet.is_some() != record.subnet_claimed.is_some() {
+                        return Err(format!(
+                            "node meta of {node}: subnet and claim time disagree"
+                        ));
+                    }
+                }
+            }
+            Change::Container { id, add, entry } => {
+                if let Some(record) = &entry.value {
+                    if add != &entry.dot || &record.id != id || record.node != add.node {
+                        return Err(format!("container add {id} at {add:?} is inconsistent"));
+                    }
+                }
+            }
+            Change::Counter {
+                node,
+                resource,
+                entry,
+            } => {
+                if &entry.dot.node != node || entry.value.is_none() {
+                    return Err(format!(
+                        "counter {node}/{resource:?} written by {} or removed",
+                        entry.dot.node
+                    ));
+                }
+            }
+            Change::Ip { ip, add, entry } => {
+                if let Some(claim) = &entry.value {
+                    if add != &entry.dot || claim.node != add.node {
+                        return Err(format!("ip add {ip} at {add:?} is inconsistent"));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The replicated document.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClusterState {
+    services: Table<ServiceName, ServiceSpec>,
+    nodes: Table<NodeId, NodeRecord>,
+    containers: Table<(ContainerId, Dot), ContainerRecord>,
+    counters: Table<(NodeId, Resource), Counts>,
+    ips: Table<(Ipv4Addr, Dot), IpClaim>,
+    /// origin -> counter -> key of the entry holding that dot. Lets a delta
+    /// be computed from the missing dot ranges without scanning the state.
+    by_dot: BTreeMap<NodeId, BTreeMap<u64, Key>>,
+}
+
+impl ClusterState {
+    /// Merges one entry; keeps the by-dot index in step.
+    pub(crate) fn apply_change(&mut self, change: Change) -> MergeOutcome {
+        let key = change.key();
+        let dot = change.dot().clone();
+        let outcome = match change {
+            Change::Service { name, entry } => self.services.merge_entry(name, entry),
+            Change::Node { node, entry } => self.nodes.merge_entry(node, entry),
+            Change::Container { id, add, entry } => self.containers.merge_entry((id, add), entry),
+            Change::Counter {
+                node,
+                resource,
+                entry,
+            } => self.counters.merge_entry((node, resource), entry),
+            Change::Ip { ip, add, entry } => self.ips.merge_entry((ip, add), entry),
+        };
+        if let MergeOutcome::Stored { replaced } = &outcome {
+            if let Some(old) = replaced {
+                self.unindex(old);
+            }
+            let previous = self
+                .by_dot
+                .entry(dot.node.clone())
+                .or_default()
+                .insert(dot.counter, key);
+            assert!(previous.is_none(), "dot {dot:?} indexed twice");
+        }
+        outcome
+    }
+
+    fn unindex(&mut self, dot: &Dot) {
+        if let Some(counters) = self.by_dot.get_mut(&dot.node) {
+            counters.remove(&dot.counter);
+            if counters.is_empty() {
+                self.by_dot.remove(&dot.node);
+            }
+        }
+    }
+
+    /// The entry stored at `key`, as a change.
+    pub(crate) fn change_at(&self, key: &Key) -> Option<Change> {
+        Some(match key {
+            Key::Service(name) => Change::Service {
+                name: name.clone(),
+                entry: self.services.get(name)?.clone(),
+            },
+            Key::Node(node) => Change::Node {
+                node: node.clone(),
+                entry: self.nodes.get(node)?.clone(),
+            },
+            Key::Container(id, add) => Change::Container {
+                id: id.clone(),
+                add: add.clone(),
+                entry: self.containers.get(&(id.clone(), add.clone()))?.clone(),
+            },
+            Key::Counter(node, resource) => Change::Counter {
+                node: node.clone(),
+                resource: *resource,
+                entry: self.counters.get(&(node.clone(), *resource))?.clone(),
+            },
+            Key::Ip(ip, add) => Change::Ip {
+                ip: *ip,
+                add: add.clone(),
+                entry: self.ips.get(&(*ip, add.clone()))?.clone(),
+            },
+        })
+    }
+
+    /// Drops the entry at `key` entirely (tombstone collection, snapshot).
+    pub(crate) fn remove_key(&mut self, key: &Key) -> Option<Change> {
+        let change = self.change_at(key)?;
+        match key {
+            Key::Service(name) => _ = self.services.remove(name),
+            Key::Node(node) => _ = self.nodes.remove(node),
+            Key::Container(id, add) => _ = self.containers.remove(&(id.clone(), add.clone())),
+            Key::Counter(node, resource) => _ = self.counters.remove(&(node.clone(), *resource)),
+            Key::Ip(ip, add) => _ = self.ips.remove(&(*ip, add.clone())),
+        }
+        self.unindex(change.dot());
+        Some(change)
+    }
+
+    /// Keys of the entries written by `origin` with counters in `(since, until]`.
+    pub(crate) fn keys_in_range(
+        &self,
+        origin: &NodeId,
+        since: u64,
+        until: u64,
+    ) -> impl Iterator<Item = &Key> {
+        let lower = since.saturating_add(1);
+        self.by_dot
+            .get(origin)
+            .filter(|_| lower <= until)
+            .into_iter()
+            .flat_map(move |counters| counters.range(lower..=until).map(|(_, key)| key))
+    }
+
+    /// Whether an entry with exactly this dot is stored.
+    pub(crate) fn holds_dot(&self, dot: &Dot) -> bool {
+        self.by_dot
+            .get(&dot.node)
+            .is_some_and(|counters| counters.contains_key(&dot.counter))
+    }
+
+    /// Every entry, tombstones included, in key order per table.
+    pub(crate) fn all_changes(&self) -> Vec<Change> {
+        let mut changes = Vec::with_capacity(self.entry_count());
+        for counters in self.by_dot.values() {
+            for key in counters.values() {
+                changes.push(self.change_at(key).expect("indexed key is stored"));
+            }
+        }
+        changes
+    }
+
+    /// Tombstones with their keys and dots (GC candidates).
+    pub(crate) fn tombstones(&self) -> Vec<(Key, Dot)> {
+        let mut found = Vec::new();
+        let mut collect = |key: Key, dot: &Dot| found.push((key, dot.clone()));
+        for (name, entry) in self.services.iter().filter(|(_, e)| e.is_tombstone()) {
+            collect(Key::Service(name.clone()), &entry.dot);
+        }
+        for (node, entry) in self.nodes.iter().filter(|(_, e)| e.is_tombstone()) {
+            collect(Key::Node(node.clone()), &entry.dot);
+        }
+        for ((id, add), entry) in self.containers.iter().filter(|(_, e)| e.is_tombstone()) {
+            collect(Key::Container(id.clone(), add.clone()), &entry.dot);
+        }
+        for ((ip, add), entry) in self.ips.iter().filter(|(_, e)| e.is_tombstone()) {
+            collect(Key::Ip(*ip, add.clone()), &entry.dot);
+        }
+        found
+    }
+
+    pub(crate) fn node_entry(&self, node: &NodeId) -> Option<&Entry<NodeRecord>> {
+        self.nodes.get(node)
+    }
+
+    pub(crate) fn counter(&self, node: &NodeId, resource: Resource) -> Counts {
+        self.counters
+            .value(&(node.clone(), resource))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// Live add-dots of a container id.
+    pub(crate) fn container_adds(&self, id: &ContainerId) -> Vec<(Dot, ContainerRecord)> {
+        self.containers
+            .live()
+            .filter(|((key_id, _), _, _)| key_id == id)
+            .map(|((_, add), _, record)| (add.clone(), record.clone()))
+            .collect()
+    }
+
+    /// Live add-dots of an IP.
+    pub(crate) fn ip_adds(&self, ip: Ipv4Addr) -> Vec<(Dot, IpClaim)> {
+        let lower = (
+            ip,
+            Dot {
+                node: min_node(),
+                counter: 0,
+            },
+        );
+        self.ips
+            .range(lower..)
+            .take_while(|((key_ip, _), _)| *key_ip == ip)
+            .filter_map(|((_, add), entry)| {
+                entry
+                    .value
+                    .as_ref()
+                    .map(|claim| (add.clone(), claim.clone()))
+            })
+            .collect()
+    }
+
+    // ---- queries ----
+
+    /// Live services with the HLC of their current definition (their version).
+    pub fn services(&self) -> impl Iterator<Item = (&ServiceName, &ServiceSpec, Timestamp)> {
+        self.services
+            .live()
+            .map(|(name, entry, spec)| (name, spec, entry.hlc))
+    }
+
+    /// One live service and its version.
+    pub fn service(&self, name: &ServiceName) -> Option<(&ServiceSpec, Timestamp)> {
+        self.services
+            .get(name)
+            .and_then(|entry| entry.value.as_ref().map(|spec| (spec, entry.hlc)))
+    }
+
+    /// Live containers, one per id (the latest add if an id was re-added), by id.
+    pub fn containers(&self) -> impl Iterator<Item = &ContainerRecord> {
+        let mut latest: BTreeMap<&ContainerId, (Timestamp, &ContainerRecord)> = BTreeMap::new();
+        for ((id, _), entry, record) in self.containers.live() {
+            let slot = latest.entry(id).or_insert((entry.hlc, record));
+            if entry.hlc > slot.0 {
+                *slot = (entry.hlc, record);
+            }
+        }
+        latest.into_values().map(|(_, record)| record)
+    }
+
+    /// One live container.
+    pub fn container(&self, id: &ContainerId) -> Option<&ContainerRecord> {
+        self.containers().find(|record| &record.id == id)
+    }
+
+    /// Live (not evicted) nodes and their metadata, by node id.
+    pub fn nodes(&self) -> impl Iterator<Item = (&NodeId, &NodeMeta)> {
+        self.nodes
+            .live()
+            .map(|(node, _, record)| (node, &record.meta))
+    }
+
+    pub fn node(&self, node: &NodeId) -> Option<&NodeMeta> {
+        self.nodes.value(node).map(|record| &record.meta)
+    }
+
+    /// Whether `node` was evicted (its metadata entry is a tombstone).
+    pub fn is_evicted(&self, node: &NodeId) -> bool {
+        self.nodes
+            .get(node)
+            .is_some_and(|entry| entry.is_tombstone())
+    }
+
+    /// A node's PN-Counter value: increments minus decrements.
+    pub fn resource_used(&self, node: &NodeId, resource: Resource) -> i64 {
+        let counts = self.counter(node, resource);
+        let value = i128::from(counts.increments) - i128::from(counts.decrements);
+        i64::try_from(value).unwrap_or(if value < 0 { i64::MIN } else { i64::MAX })
+    }
+
+    /// All live allocations, grouped by IP, earliest (the winner) first.
+    fn allocations_by_ip(&self) -> BTreeMap<Ipv4Addr, Vec<IpAllocation>> {
+        let mut by_ip: BTreeMap<Ipv4Addr, Vec<IpAllocation>> = BTreeMap::new();
+        for ((ip, _), entry, claim) in self.ips.live() {
+            by_ip.entry(*ip).or_default().push(IpAllocation {
+                ip: *ip,
+                container: claim.container.clone(),
+                node: claim.node.clone(),
+                allocated: entry.hlc,
+            });
+        }
+        for allocations in by_ip.values_mut() {
+            allocations.sort_by(|a, b| {
+                (a.allocated, &a.node, &a.container).cmp(&(b.allocated, &b.node, &b.container))
+            });
+        }
+        by_ip
+    }
+
+    /// The winning allocation of every allocated IP, by IP.
+    pub fn ip_allocations(&self) -> Vec<IpAllocation> {
+        self.allocations_by_ip()
+            .into_values()
+            .filter_map(|mut list| (!list.is_empty()).then(|| list.remove(0)))
+            .collect()
+    }
+
+    /// IPs with more than one live allocation; the earliest wins everywhere.
+    pub fn ip_conflicts(&self) -> Vec<IpConflict> {
+        self.allocations_by_ip()
+            .into_iter()
+            .filter(|(_, list)| list.len() > 1)
+            .map(|(ip, mut list)| {
+                let winner = list.remove(0);
+                IpConflict {
+                    ip,
+                    winner,
+                    losers: list,
+                }
+            })
+            .collect()
+    }
+
+    /// Live nodes' subnet claims, earliest first: `(claimed, node, subnet)`.
+    fn subnet_claims(&self) -> Vec<(Timestamp, &NodeId, Subnet)> {
+        let mut claims: Vec<_> = self
+            .nodes
+            .live()
+            .filter_map(|(node, _, record)| {
+                Some((record.subnet_claimed?, node, record.meta.subnet?))
+            })
+            .collect();
+        claims.sort();
+        claims
+    }
+
+    /// Who may allocate from `subnet`: the earliest live claim overlapping it,
+    /// if that claim is for exactly this subnet.
+    pub fn subnet_owner(&self, subnet: &Subnet) -> Option<NodeId> {
+        let (_, node, claimed) = self
+            .subnet_claims()
+            .into_iter()
+            .find(|(_, _, claimed)| claimed.overlaps(subnet))?;
+        (claimed == *subnet).then(|| node.clone())
+    }
+
+    /// Claims that overlap an earlier claim, grouped by the earlier claim.
+    pub fn subnet_conflicts(&self) -> Vec<SubnetConflict> {
+        let claims = self.subnet_claims();
+        let mut conflicts: Vec<SubnetConflict> = Vec::new();
+        for (index, (_, node, subnet)) in claims.iter().enumerate() {
+            let beaten_by = claims[..index]
+                .iter()
+                .find(|(_, _, earlier)| earlier.overlaps(subnet));
+            if let Some((_, winner, winning_subnet)) = beaten_by {
+                match conflicts.iter_mut().find(|c| &c.winner == *winner) {
+                    Some(conflict) => conflict.losers.push((*node).clone()),
+                    None => conflicts.push(SubnetConflict {
+                        subnet: *winning_subnet,
+                        winner: (*winner).clone(),
+                        losers: vec![(*node).clone()],
+                    }),
+                }
+            }
+        }
+        conflicts
+    }
+
+    /// Tombstones currently held (bounded by GC).
+    pub fn tombstone_count(&self) -> usize {
+        self.services.tombstone_count()
+            + self.nodes.tombstone_count()
+            + self.containers.tombstone_count()
+            + self.ips.tombstone_count()
+    }
+
+    /// All stored entries, tombstones included.
+    pub fn entry_count(&self) -> usize {
+        self.services.len()
+            + self.nodes.len()
+            + self.containers.len()
+            + self.counters.len()
+            + self.ips.len()
+    }
+
+    /// SHA-256 over the live entries (key, value, HLC, dot) in key order.
+    /// Tombstones are left out so that when GC runs does not change it.
+    pub fn digest(&self) -> [u8; 32] {
+        fn feed<K: Serialize + Ord, V: Serialize>(hasher: &mut Sha256, tag: u8, table: &Table<K, V>)
+        where
+            K: Clone,
+            V: Clone + PartialEq,
+        {
+            hasher.update([tag]);
+            for (key, entry) in table.iter().filter(|(_, entry)| !entry.is_tombstone()) {
+                let bytes =
+                    postcard::to_allocvec(&(key, entry)).expect("in-memory entries serialize");
+                hasher.update((bytes.len() as u64).to_le_bytes());
+                hasher.update(&bytes);
+            }
+        }
+        let mut hasher = Sha256::new();
+        feed(&mut hasher, 1, &self.services);
+        feed(&mut hasher, 2, &self.nodes);
+        feed(&mut hasher, 3, &self.containers);
+        feed(&mut hasher, 4, &self.counters);
+        feed(&mut hasher, 5, &self.ips);
+        hasher.finalize().into()
+    }
+}
+
+fn min_node() -> NodeId {
+    // The smallest valid node id in string order ("0" < "00" < ... < "a").
+    "0".parse().expect("\"0\" is a valid node id")
+}
