@@ -4,7 +4,8 @@
 #   1. every .nix file parses (first: the linters exit 0 on files that do not);
 #   2. deadnix --fail and nixpkgs-fmt --check (installed with cargo if missing),
 #      and pyflakes on the VM test scripts (installed with pip if missing);
-#   3. `nix flake check --no-build` with nixpkgs overridden by the stub in
+#   3. the stub's self-test (vm-tests/nix-stub/tests.nix), then
+#      `nix flake check --no-build` with nixpkgs overridden by the stub in
 #      vm-tests/nix-stub, on a copy of the files git sees (tracked or not
 #      ignored), so it works from a clean clone and before a commit;
 #   4. the drift test: the module's config for a sample host
@@ -65,7 +66,21 @@ deadnix --fail "${files[@]}" || fail "deadnix found unused code (deadnix -e fixe
 step "nixpkgs-fmt --check"
 nixpkgs-fmt --check "${files[@]}" || fail "not formatted (run: nixpkgs-fmt FILE...)"
 
-# ---- 3. flake check against the stub nixpkgs ---------------------------------
+# ---- 3. the stub's own semantics, then the flake check against it -----------
+step "stub nixpkgs self-test (vm-tests/nix-stub/tests.nix)"
+nix-instantiate --read-write-mode --eval --strict --json vm-tests/nix-stub/tests.nix >"$work/stub-tests.json" \
+    || fail "the stub's self-test does not evaluate"
+python3 - "$work/stub-tests.json" <<'PY' || fail "the stub nixpkgs does not behave like nixpkgs (cases above)"
+import json, sys
+cases = json.load(open(sys.argv[1]))
+failing = [case["name"] for case in cases if not case["ok"]]
+for name in failing:
+    print(f"  failing: {name}")
+print(f"{len(cases) - len(failing)}/{len(cases)} stub cases hold")
+sys.exit(1 if failing else 0)
+PY
+
+# ---- 3b. flake check against the stub nixpkgs ---------------------------------
 step "nix flake check --no-build (nixpkgs = vm-tests/nix-stub)"
 tree="$work/tree"
 mkdir -p "$tree"
