@@ -10,6 +10,8 @@
 //! when a test panics; namespaces left over by a killed run are swept the next
 //! time a lab starts.
 
+pub mod checker;
+pub mod cluster;
 pub mod command;
 pub mod lab;
 pub mod netns;

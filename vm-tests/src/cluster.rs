@@ -1,0 +1,506 @@
+//! A cluster of real `shoal daemon` processes, one per lab host, with real
+//! certificates from `shoal ca init` / `shoal cert issue`.
+//!
+//! The harness talks to each node through the real CLI over the node's API
+//! socket (`shoal --socket … --json`), exactly as an operator would.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::command::CommandError;
+use crate::lab::Lab;
+
+/// UDP port every node listens on, inside its own namespace.
+pub const SYNC_PORT: u16 = 7443;
+
+/// Why the harness could not do what a test asked.
+#[derive(Debug, thiserror::Error)]
+pub enum HarnessError {
+    #[error(transparent)]
+    Command(#[from] CommandError),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "shoal binary not found at {0}; build it first (`cargo build -p shoal`) or set SHOAL_BIN"
+    )]
+    NoBinary(PathBuf),
+    #[error("node {node}: `shoal {args}` failed: {stderr}")]
+    Cli {
+        node: String,
+        args: String,
+        stderr: String,
+    },
+    #[error("node {node}: `shoal {args}` printed invalid JSON: {error}")]
+    Json {
+        node: String,
+        args: String,
+        error: serde_json::Error,
+    },
+    #[error("timed out after {waited_ms} ms waiting for {what}")]
+    Timeout { what: String, waited_ms: u128 },
+}
+
+/// Tunables for a test cluster. Intervals are short so scenarios run quickly.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub nodes: usize,
+    pub sync_interval_ms: u64,
+    pub heartbeat_interval_ms: u64,
+    pub down_after_ms: u64,
+    pub evict_after_ms: u64,
+    /// The last node gets a certificate from a CA of its own: a rogue that
+    /// sits on the same network and knows the others' addresses.
+    pub rogue_last: bool,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        ClusterOptions {
+            nodes: 3,
+            sync_interval_ms: 300,
+            heartbeat_interval_ms: 300,
+            down_after_ms: 3_000,
+            evict_after_ms: 86_400_000,
+            rogue_last: false,
+        }
+    }
+}
+
+/// One node: its files and, while it runs, its process.
+#[derive(Debug)]
+pub struct ClusterNode {
+    pub name: String,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub log: PathBuf,
+    netns: String,
+    process: Option<Child>,
+}
+
+impl ClusterNode {
+    pub fn is_running(&self) -> bool {
+        self.process.is_some()
+    }
+}
+
+/// Running nodes in a lab. Dropping it kills every daemon, then removes the
+/// lab's namespaces and the temporary directory.
+pub struct Cluster {
+    // Field order is drop order: processes first, then files, then namespaces.
+    nodes: Vec<ClusterNode>,
+    dir: tempfile::TempDir,
+    lab: Lab,
+    shoal: PathBuf,
+}
+
+impl Cluster {
+    /// Creates a lab, a CA and one certificate per node, writes the configs and
+    /// starts every daemon; returns once every node answers on its API socket.
+    pub fn start(options: ClusterOptions) -> Result<Cluster, HarnessError> {
+        let shoal = shoal_binary()?;
+        let lab = Lab::create(options.nodes)?;
+        let dir = tempfile::Builder::new()
+            .prefix("shoal-cluster-")
+            .tempdir()
+            .map_err(|source| HarnessError::Io {
+                path: std::env::temp_dir(),
+                source,
+            })?;
+        let ca_dir = dir.path().join("ca");
+        run_shoal(
+            &shoal,
+            "harness",
+            &["ca", "init", "--dir", path_str(&ca_dir)],
+        )?;
+        let rogue_ca_dir = dir.path().join("rogue-ca");
+        if options.rogue_last {
+            run_shoal(
+                &shoal,
+                "harness",
+                &["ca", "init", "--dir", path_str(&rogue_ca_dir)],
+            )?;
+        }
+
+        let mut nodes = Vec::with_capacity(options.nodes);
+        for (index, host) in lab.hosts().iter().enumerate() {
+            let name = format!("n{index}");
+            let node_dir = dir.path().join(&name);
+            let address = host.address.to_string();
+            let is_rogue = options.rogue_last && index + 1 == options.nodes;
+            let ca_dir = if is_rogue { &rogue_ca_dir } else { &ca_dir };
+            run_shoal(
+                &shoal,
+                &name,
+                &[
+                    "cert",
+                    "issue",
+                    "--node",
+                    &name,
+                    "--ca-dir",
+                    path_str(ca_dir),
+                    "--out-dir",
+                    path_str(&node_dir.join("tls")),
+                    "--address",
+                    &address,
+                ],
+            )?;
+            // Every node but the first is seeded with the first only, so the
+            // rest of the membership must be learned through node metadata.
+            let seed = if index == 0 { 1 } else { 0 };
+            let seeds = if options.nodes > 1 {
+                format!("[\"{}:{SYNC_PORT}\"]", lab.host(seed).address)
+            } else {
+                "[]".to_owned()
+            };
+            let socket = node_dir.join("state").join("shoal.sock");
+            let config = node_dir.join("shoal.toml");
+            let text = format!(
+                "node_name = \"{name}\"\n\
+                 state_dir = \"{state}\"\n\
+                 listen = \"{address}:{SYNC_PORT}\"\n\
+                 peers = {seeds}\n\
+                 [tls]\n\
+                 ca_file = \"{ca}\"\n\
+                 cert_file = \"{cert}\"\n\
+                 key_file = \"{key}\"\n\
+                 [sync]\n\
+                 interval_ms = {interval}\n\
+                 jitter_ms = {jitter}\n\
+                 heartbeat_interval_ms = {heartbeat}\n\
+                 down_after_ms = {down}\n\
+                 evict_after_ms = {evict}\n",
+                state = node_dir.join("state").display(),
+                ca = ca_dir.join("ca.pem").display(),
+                cert = node_dir.join("tls").join(format!("{name}.pem")).display(),
+                key = node_dir.join("tls").join(format!("{name}.key")).display(),
+                interval = options.sync_interval_ms,
+                jitter = options.sync_interval_ms / 4,
+                heartbeat = options.heartbeat_interval_ms,
+                down = options.down_after_ms,
+                evict = options.evict_after_ms,
+            );
+            write_file(&config, &text)?;
+            nodes.push(ClusterNode {
+                name,
+                config,
+                socket,
+                log: node_dir.join("daemon.log"),
+                netns: host.netns.name().to_owned(),
+                process: None,
+            });
+        }
+        let mut cluster = Cluster {
+            nodes,
+            dir,
+            lab,
+            shoal,
+        };
+        for index in 0..cluster.nodes.len() {
+            cluster.spawn(index)?;
+        }
+        for index in 0..cluster.nodes.len() {
+            cluster.wait_ready(index, Duration::from_secs(30))?;
+        }
+        Ok(cluster)
+    }
+
+    pub fn lab(&self) -> &Lab {
+        &self.lab
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn node(&self, index: usize) -> &ClusterNode {
+        &self.nodes[index]
+    }
+
+    /// The harness's scratch directory (certificates, configs, state, logs).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts the daemon of node `index` inside its namespace.
+    pub fn spawn(&mut self, index: usize) -> Result<(), HarnessError> {
+        let node = &mut self.nodes[index];
+        assert!(node.process.is_none(), "{} is already running", node.name);
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .map_err(|source| HarnessError::Io {
+                path: node.log.clone(),
+                source,
+            })?;
+        let log_err = log.try_clone().map_err(|source| HarnessError::Io {
+            path: node.log.clone(),
+            source,
+        })?;
+        // `ip netns exec` execs the daemon, so the child's pid is the daemon's.
+        let child = Command::new("ip")
+            .args(["netns", "exec", &node.netns])
+            .arg(&self.shoal)
+            .args(["daemon", "--config"])
+            .arg(&node.config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn()
+            .map_err(|source| HarnessError::Io {
+                path: self.shoal.clone(),
+                source,
+            })?;
+        node.process = Some(child);
+        Ok(())
+    }
+
+    /// Kills node `index` with SIGKILL and reaps it.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].process.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops node `index` with SIGTERM, as systemd would, and waits for it.
+    pub fn stop(&mut self, index: usize) -> Result<(), HarnessError> {
+        let Some(mut child) = self.nodes[index].process.take() else {
+            return Ok(());
+        };
+        let pid = child.id().to_string();
+        crate::command::run("kill", &["-TERM", &pid])?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(HarnessError::Timeout {
+                    what: format!("{} to stop on SIGTERM", self.nodes[index].name),
+                    waited_ms: 15_000,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Restarts node `index` (after kill or stop) and waits until it answers.
+    pub fn restart(&mut self, index: usize) -> Result<(), HarnessError> {
+        self.kill(index);
+        self.spawn(index)?;
+        self.wait_ready(index, Duration::from_secs(30))
+    }
+
+    /// Waits until node `index` answers `status` on its API socket.
+    pub fn wait_ready(&self, index: usize, timeout: Duration) -> Result<(), HarnessError> {
+        let started = Instant::now();
+        loop {
+            if self.cli_json(index, &["status"]).is_ok() {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                return Err(HarnessError::Timeout {
+                    what: format!(
+                        "{} to answer on {}",
+                        self.nodes[index].name,
+                        self.nodes[index].socket.display()
+                    ),
+                    waited_ms: started.elapsed().as_millis(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Runs `shoal --socket <node's socket> --json ARGS` and parses its output.
+    pub fn cli_json(&self, index: usize, args: &[&str]) -> Result<Value, HarnessError> {
+        let node = &self.nodes[index];
+        let mut full = vec!["--socket", path_str(&node.socket), "--json"];
+        full.extend_from_slice(args);
+        let stdout = run_shoal(&self.shoal, &node.name, &full)?;
+        serde_json::from_str(&stdout).map_err(|error| HarnessError::Json {
+            node: node.name.clone(),
+            args: args.join(" "),
+            error,
+        })
+    }
+
+    /// Writes a spec file and applies it on node `index`; returns the daemon's
+    /// answer (the applied services with their versions).
+    pub fn apply(&self, index: usize, spec_toml: &str) -> Result<Value, HarnessError> {
+        static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let sequence = SEQUENCE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = self.dir.path().join(format!("spec-{sequence}.toml"));
+        write_file(&path, spec_toml)?;
+        self.cli_json(index, &["service", "apply", "-f", path_str(&path)])
+    }
+
+    /// Indices of the nodes whose daemon is running.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].is_running())
+            .collect()
+    }
+
+    /// Waits until the nodes `among` list the same services with the same
+    /// versions; returns how long that took. (Heartbeats keep changing node
+    /// metadata, so the comparison is on what settles once writes stop.)
+    pub fn wait_converged(
+        &self,
+        among: &[usize],
+        timeout: Duration,
+    ) -> Result<Duration, HarnessError> {
+        assert!(!among.is_empty());
+        let started = Instant::now();
+        loop {
+            let listings: Vec<Option<Value>> = among
+                .iter()
+                .map(|&i| self.cli_json(i, &["service", "ls"]).ok())
+                .collect();
+            let all_answered = listings.iter().all(Option::is_some);
+            if all_answered && listings.windows(2).all(|pair| pair[0] == pair[1]) {
+                return Ok(started.elapsed());
+            }
+            if started.elapsed() > timeout {
+                return Err(HarnessError::Timeout {
+                    what: format!("service listings of nodes {among:?} to converge: {listings:?}"),
+                    waited_ms: started.elapsed().as_millis(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until `check` holds for node `index`'s `status --json`.
+    pub fn wait_status(
+        &self,
+        index: usize,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&Value) -> bool,
+    ) -> Result<Value, HarnessError> {
+        let started = Instant::now();
+        loop {
+            let status = self.cli_json(index, &["status"]);
+            if let Ok(status) = &status {
+                if check(status) {
+                    return Ok(status.clone());
+                }
+            }
+            if started.elapsed() > timeout {
+                return Err(HarnessError::Timeout {
+                    what: format!(
+                        "{what} on {}: last status {status:?}",
+                        self.nodes[index].name
+                    ),
+                    waited_ms: started.elapsed().as_millis(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The last `lines` lines of every node's daemon log, for failure reports.
+    pub fn log_tails(&self, lines: usize) -> String {
+        let mut out = String::new();
+        for node in &self.nodes {
+            let text = fs::read_to_string(&node.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            out.push_str(&format!("---- {} ({})\n", node.name, node.log.display()));
+            for line in tail.into_iter().rev() {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("cluster logs at failure:\n{}", self.log_tails(40));
+        }
+        for index in 0..self.nodes.len() {
+            self.kill(index);
+        }
+    }
+}
+
+/// The `shoal` binary under test: `SHOAL_BIN`, else the one cargo built next
+/// to this test executable.
+pub fn shoal_binary() -> Result<PathBuf, HarnessError> {
+    let path = match std::env::var_os("SHOAL_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let exe = std::env::current_exe().map_err(|source| HarnessError::Io {
+                path: PathBuf::from("/proc/self/exe"),
+                source,
+            })?;
+            // target/<profile>/deps/<test> -> target/<profile>/shoal
+            let profile_dir = exe
+                .parent()
+                .and_then(Path::parent)
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            profile_dir.join("shoal")
+        }
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(HarnessError::NoBinary(path))
+    }
+}
+
+fn run_shoal(shoal: &Path, node: &str, args: &[&str]) -> Result<String, HarnessError> {
+    let output = Command::new(shoal)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|source| HarnessError::Io {
+            path: shoal.to_path_buf(),
+            source,
+        })?;
+    if !output.status.success() {
+        return Err(HarnessError::Cli {
+            node: node.to_owned(),
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), HarnessError> {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(|source| HarnessError::Io {
+            path: parent.to_path_buf(),
+            source,
+        })?;
+    }
+    fs::write(path, text).map_err(|source| HarnessError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+fn path_str(path: &Path) -> &str {
+    // The harness makes every path itself under a UTF-8 temp dir.
+    path.to_str().expect("harness paths are UTF-8")
+}
