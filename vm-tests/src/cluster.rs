@@ -397,10 +397,10 @@ impl Cluster {
         let started = Instant::now();
         loop {
             let status = self.cli_json(index, &["status"]);
-            if let Ok(status) = &status {
-                if check(status) {
-                    return Ok(status.clone());
-                }
+            if let Ok(status) = &status
+                && check(status)
+            {
+                return Ok(status.clone());
             }
             if started.elapsed() > timeout {
                 return Err(HarnessError::Timeout {
