@@ -1,1 +1,28 @@
-//! OCI images and containers for shoal.
+//! OCI images and containers for shoal: images from OCI layouts and archives into a
+//! content-addressed layer cache, container root filesystems built from it, and a
+//! `Runtime` seam whose real implementation runs containers in-process through youki's
+//! libcontainer.
+
+pub mod bundle;
+pub mod container_log;
+pub mod digest;
+pub mod image;
+pub mod image_source;
+pub mod layer_cache;
+pub mod layer_unpack;
+pub mod libcontainer_runtime;
+pub mod restart_policy;
+pub mod rootfs;
+pub mod runtime;
+pub mod seccomp_profile;
+
+pub use bundle::Limits;
+pub use digest::Digest;
+pub use image::{ImageError, ImageStore, PreparedImage};
+pub use libcontainer_runtime::{LibcontainerRuntime, RuntimeSettings};
+pub use restart_policy::{RestartDecision, RestartPolicy, RestartTracker};
+pub use rootfs::{Rootfs, RootfsError, RootfsMode};
+pub use runtime::{
+    AdoptionReport, ContainerConfig, ContainerState, ContainerStatus, ExitStatus, Runtime,
+    RuntimeError,
+};
