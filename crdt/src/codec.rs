@@ -105,3 +105,110 @@ pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
 pub fn decode_snapshot(bytes: &[u8], max_bytes: usize) -> Result<Snapshot, DecodeError> {
     decode(Kind::Snapshot, bytes, max_bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::{NTP64, Replica, Resource, ServiceSpec};
+
+    fn sample_delta() -> Delta {
+        let mut replica = Replica::new("a".parse().unwrap(), Duration::from_secs(1));
+        let now = NTP64::from(Duration::from_millis(5));
+        replica
+            .put_service(now, "web".parse().unwrap(), ServiceSpec::new("/img"))
+            .unwrap();
+        replica
+            .adjust_resource(now, Resource::CpuMillis, -3)
+            .unwrap();
+        replica.delta_for(&Summary::default())
+    }
+
+    #[test]
+    fn round_trips() {
+        let delta = sample_delta();
+        assert_eq!(decode_delta(&encode_delta(&delta), 1 << 20).unwrap(), delta);
+        let summary = Summary::default();
+        assert_eq!(
+            decode_summary(&encode_summary(&summary), 1 << 20).unwrap(),
+            summary
+        );
+    }
+
+    #[test]
+    fn header_errors() {
+        let bytes = encode_delta(&sample_delta());
+        assert_eq!(
+            decode_delta(&bytes, 10),
+            Err(DecodeError::TooLarge {
+                size: bytes.len(),
+                max: 10
+            })
+        );
+        assert_eq!(
+            decode_delta(b"NOPE\x01\x01\x00", 100),
+            Err(DecodeError::BadMagic)
+        );
+        assert_eq!(decode_delta(b"SHO", 100), Err(DecodeError::BadMagic));
+        assert!(matches!(
+            decode_summary(&bytes, 1 << 20),
+            Err(DecodeError::WrongKind {
+                expected: Kind::Summary,
+                found: 1
+            })
+        ));
+        let mut future = bytes.clone();
+        future[5] = 9;
+        assert_eq!(
+            decode_delta(&future, 1 << 20),
+            Err(DecodeError::UnsupportedVersion {
+                found: 9,
+                supported: 1
+            })
+        );
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert_eq!(
+            decode_delta(&trailing, 1 << 20),
+            Err(DecodeError::TrailingBytes)
+        );
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let bytes = encode_delta(&sample_delta());
+        for length in 0..bytes.len() {
+            assert!(
+                decode_delta(&bytes[..length], 1 << 20).is_err(),
+                "length {length}"
+            );
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn random_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256), kind in 1u8..4) {
+            let mut bytes = b"SHOL".to_vec();
+            bytes.push(kind);
+            bytes.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+            bytes.extend_from_slice(&body);
+            let _ = decode_delta(&bytes, 1 << 20);
+            let _ = decode_summary(&bytes, 1 << 20);
+            let _ = decode_snapshot(&bytes, 1 << 20);
+            let _ = decode_delta(&body, 1 << 20);
+        }
+
+        #[test]
+        fn flipped_bytes_never_panic(index in any::<usize>(), value in any::<u8>()) {
+            let mut bytes = encode_delta(&sample_delta());
+            let position = index % bytes.len();
+            bytes[position] = value;
+            let _ = decode_delta(&bytes, 1 << 20);
+        }
+    }
+}

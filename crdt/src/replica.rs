@@ -854,3 +854,381 @@ impl Replica {
         self.max_drift
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Capacity;
+
+    const DRIFT: Duration = Duration::from_secs(1);
+
+    fn node(name: &str) -> NodeId {
+        name.parse().unwrap()
+    }
+
+    fn ms(value: u64) -> NTP64 {
+        NTP64::from(Duration::from_millis(value))
+    }
+
+    fn replica(name: &str) -> Replica {
+        Replica::new(node(name), DRIFT)
+    }
+
+    fn meta(subnet: &str) -> NodeMeta {
+        NodeMeta {
+            address: "127.0.0.1:7000".parse().unwrap(),
+            capacity: Capacity {
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+            },
+            subnet: Some(subnet.parse().unwrap()),
+            heartbeat: Timestamp::new(NTP64(0), node("x").hlc_id()),
+        }
+    }
+
+    fn record(id: &str, owner: &str) -> ContainerRecord {
+        ContainerRecord {
+            id: id.parse().unwrap(),
+            service: "web".parse().unwrap(),
+            node: node(owner),
+            spec_version: Timestamp::new(NTP64(1), node(owner).hlc_id()),
+            ip: None,
+        }
+    }
+
+    /// `to` pulls everything it lacks from `from`.
+    fn pull(from: &Replica, to: &mut Replica, now: NTP64) -> Applied {
+        let delta = from.delta_for(&to.summary());
+        to.apply_delta(now, from.node(), &delta).unwrap()
+    }
+
+    #[test]
+    fn remove_relayed_through_a_third_replica_is_not_lost() {
+        // crdts issue 160: a remove whose context did not advance the clock was
+        // dropped when gossiped on. Here a remove is a write with its own dot.
+        let (mut a, mut b, mut c) = (replica("a"), replica("b"), replica("c"));
+        a.add_container(ms(1), record("web-1", "a")).unwrap();
+        pull(&a, &mut b, ms(2));
+        pull(&a, &mut c, ms(2));
+        b.remove_container(ms(3), &"web-1".parse().unwrap())
+            .unwrap();
+        pull(&b, &mut c, ms(4)); // c learns the remove from b
+        pull(&c, &mut a, ms(5)); // a learns it from c, never from b
+        for replica in [&a, &b, &c] {
+            assert_eq!(
+                replica.state().containers().count(),
+                0,
+                "{}",
+                replica.node()
+            );
+        }
+        assert_eq!(a.digest(), b.digest());
+        assert_eq!(b.digest(), c.digest());
+    }
+
+    #[test]
+    fn concurrent_add_survives_a_remove_that_did_not_see_it() {
+        let (mut a, mut b) = (replica("a"), replica("b"));
+        a.add_container(ms(1), record("web-1", "a")).unwrap();
+        pull(&a, &mut b, ms(2));
+        a.add_container(ms(3), record("web-1", "a")).unwrap(); // re-add: new add-dot
+        b.remove_container(ms(4), &"web-1".parse().unwrap())
+            .unwrap(); // saw only the first add
+        pull(&a, &mut b, ms(5));
+        pull(&b, &mut a, ms(5));
+        assert_eq!(a.digest(), b.digest());
+        assert_eq!(a.state().containers().count(), 1, "add-wins");
+    }
+
+    #[test]
+    fn removed_service_does_not_come_back_after_gc() {
+        let (mut a, mut b) = (replica("a"), replica("b"));
+        a.put_node_meta(ms(1), meta("10.88.1.0/24")).unwrap();
+        b.put_node_meta(ms(1), meta("10.88.2.0/24")).unwrap();
+        let put = a
+            .put_service(ms(2), "web".parse().unwrap(), ServiceSpec::new("/img"))
+            .unwrap();
+        pull(&a, &mut b, ms(3));
+        pull(&b, &mut a, ms(3));
+        a.remove_service(ms(4), &"web".parse().unwrap()).unwrap();
+        pull(&a, &mut b, ms(5));
+        a.observe_summary(b.node(), &b.summary());
+        b.observe_summary(a.node(), &a.summary());
+        assert_eq!(a.collect_garbage(), 1);
+        assert_eq!(b.collect_garbage(), 1);
+        assert_eq!(a.state().tombstone_count(), 0);
+        // A duplicate of the old put arrives late: its dot is covered, so it is ignored.
+        let applied = b.apply_delta(ms(6), a.node(), &put).unwrap();
+        assert_eq!(
+            applied,
+            Applied {
+                entries_applied: 0,
+                entries_ignored: 1
+            }
+        );
+        assert!(b.state().service(&"web".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn gc_waits_for_every_member_and_eviction_unblocks_it() {
+        let (mut a, mut b, mut dead) = (replica("a"), replica("b"), replica("dead"));
+        a.put_node_meta(ms(1), meta("10.88.1.0/24")).unwrap();
+        b.put_node_meta(ms(1), meta("10.88.2.0/24")).unwrap();
+        dead.put_node_meta(ms(1), meta("10.88.3.0/24")).unwrap();
+        pull(&dead, &mut a, ms(2));
+        pull(&b, &mut a, ms(2));
+        pull(&a, &mut b, ms(2));
+        a.put_service(ms(3), "web".parse().unwrap(), ServiceSpec::new("/img"))
+            .unwrap();
+        a.remove_service(ms(4), &"web".parse().unwrap()).unwrap();
+        pull(&a, &mut b, ms(5));
+        a.observe_summary(b.node(), &b.summary());
+        assert_eq!(a.collect_garbage(), 0, "no summary from member dead yet");
+        a.observe_summary(dead.node(), &dead.summary());
+        assert_eq!(a.collect_garbage(), 0, "dead has not seen the tombstone");
+        a.evict_node(ms(6), dead.node()).unwrap();
+        // The eviction is itself a tombstone that b must see before it is collected.
+        assert_eq!(a.collect_garbage(), 1);
+        assert_eq!(a.state().tombstone_count(), 1);
+        pull(&a, &mut b, ms(7));
+        a.observe_summary(b.node(), &b.summary());
+        assert_eq!(a.collect_garbage(), 1);
+        assert_eq!(a.state().tombstone_count(), 0);
+    }
+
+    #[test]
+    fn a_peer_below_the_gc_floor_gets_a_snapshot_that_removes_what_it_missed() {
+        let (mut a, mut b, mut late) = (replica("a"), replica("b"), replica("late"));
+        a.put_node_meta(ms(1), meta("10.88.1.0/24")).unwrap();
+        b.put_node_meta(ms(1), meta("10.88.2.0/24")).unwrap();
+        pull(&b, &mut a, ms(2));
+        a.add_container(ms(2), record("web-1", "a")).unwrap();
+        pull(&a, &mut b, ms(3));
+        pull(&a, &mut late, ms(3)); // late (not a member) holds the add
+        b.remove_container(ms(4), &"web-1".parse().unwrap())
+            .unwrap();
+        pull(&b, &mut a, ms(5));
+        a.observe_summary(b.node(), &b.summary());
+        assert_eq!(a.collect_garbage(), 1);
+        let delta = a.delta_for(&late.summary());
+        assert!(delta.is_full());
+        late.apply_delta(ms(6), a.node(), &delta).unwrap();
+        assert_eq!(late.state().containers().count(), 0);
+        assert_eq!(late.digest(), a.digest());
+    }
+
+    #[test]
+    fn clock_drift_is_refused_and_changes_nothing() {
+        let (mut a, mut b) = (replica("a"), replica("b"));
+        let delta = a
+            .put_service(ms(10_000), "web".parse().unwrap(), ServiceSpec::new("/img"))
+            .unwrap();
+        let before = (b.digest(), b.summary(), b.clock().last());
+        let error = b.apply_delta(ms(8_000), a.node(), &delta).unwrap_err();
+        assert!(matches!(error, ApplyError::ClockDrift { .. }), "{error}");
+        assert_eq!((b.digest(), b.summary(), b.clock().last()), before);
+        b.apply_delta(ms(9_500), a.node(), &delta).unwrap();
+        assert!(b.state().service(&"web".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn a_delta_with_a_gap_is_refused_as_stale() {
+        let (mut a, mut b) = (replica("a"), replica("b"));
+        a.put_service(ms(1), "one".parse().unwrap(), ServiceSpec::new("/img"))
+            .unwrap();
+        let second = a
+            .put_service(ms(2), "two".parse().unwrap(), ServiceSpec::new("/img"))
+            .unwrap();
+        let before = b.digest();
+        let error = b.apply_delta(ms(3), a.node(), &second).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                ApplyError::StaleBase {
+                    since: 1,
+                    have: 0,
+                    ..
+                }
+            ),
+            "{error}"
+        );
+        assert_eq!(b.digest(), before);
+        pull(&a, &mut b, ms(4));
+        assert_eq!(b.digest(), a.digest());
+    }
+
+    #[test]
+    fn invalid_deltas_are_refused_whole() {
+        let (mut a, mut b) = (replica("a"), replica("b"));
+        let mut delta = a
+            .put_service(ms(1), "one".parse().unwrap(), ServiceSpec::new("/img"))
+            .unwrap();
+        a.adjust_resource(ms(2), Resource::CpuMillis, 5).unwrap();
+        // A counter entry claiming to be b's, written by a: owner-only is enforced.
+        let mut forged = a.delta_for(&Summary::default());
+        if let Some(Change::Counter { node: owner, .. }) = forged.changes.last_mut() {
+            *owner = node("b");
+        }
+        let before = b.digest();
+        assert!(matches!(
+            b.apply_delta(ms(3), a.node(), &forged),
+            Err(ApplyError::Invalid(_))
+        ));
+        if let Some(Change::Service { entry, .. }) = delta.changes.first_mut() {
+            entry.value = Some(ServiceSpec::new(""));
+        }
+        assert!(matches!(
+            b.apply_delta(ms(3), a.node(), &delta),
+            Err(ApplyError::Invalid(_))
+        ));
+        assert_eq!(b.digest(), before);
+    }
+
+    #[test]
+    fn owner_only_operations() {
+        let mut a = replica("a");
+        let error = a.add_container(ms(1), record("web-1", "b")).unwrap_err();
+        assert!(matches!(error, ReplicaError::NotOwner { .. }));
+        assert!(matches!(
+            a.evict_node(ms(1), &node("a")),
+            Err(ReplicaError::EvictSelf { .. })
+        ));
+        assert!(matches!(
+            a.remove_service(ms(1), &"web".parse().unwrap()),
+            Err(ReplicaError::NotFound { .. })
+        ));
+        assert!(matches!(
+            a.allocate_ip(ms(1), &"c".parse().unwrap()),
+            Err(ReplicaError::NoSubnet { .. })
+        ));
+    }
+
+    #[test]
+    fn counters_are_machine_integers_with_checked_overflow() {
+        // crdts' PNCounter counts in BigInt; ours is u64 per direction.
+        let (mut a, mut b) = (replica("a"), replica("b"));
+        a.adjust_resource(ms(1), Resource::MemoryBytes, 1 << 40)
+            .unwrap();
+        a.adjust_resource(ms(2), Resource::MemoryBytes, -(1 << 20))
+            .unwrap();
+        b.adjust_resource(ms(1), Resource::MemoryBytes, 7).unwrap();
+        pull(&a, &mut b, ms(3));
+        pull(&b, &mut a, ms(3));
+        assert_eq!(
+            a.state().resource_used(&node("a"), Resource::MemoryBytes),
+            (1 << 40) - (1 << 20)
+        );
+        assert_eq!(
+            a.state().resource_used(&node("b"), Resource::MemoryBytes),
+            7
+        );
+        assert_eq!(a.digest(), b.digest());
+        a.adjust_resource(ms(4), Resource::Containers, i64::MAX)
+            .unwrap();
+        a.adjust_resource(ms(5), Resource::Containers, i64::MAX)
+            .unwrap();
+        let before = a.digest();
+        let error = a
+            .adjust_resource(ms(6), Resource::Containers, i64::MAX)
+            .unwrap_err();
+        assert_eq!(
+            error,
+            ReplicaError::CounterOverflow {
+                resource: Resource::Containers
+            }
+        );
+        assert_eq!(a.digest(), before);
+    }
+
+    #[test]
+    fn ips_come_from_the_own_subnet_and_conflicts_resolve_the_same_everywhere() {
+        let (mut a, mut b) = (replica("a"), replica("b"));
+        a.put_node_meta(ms(1), meta("10.88.1.0/24")).unwrap();
+        let (ip, _) = a.allocate_ip(ms(2), &"c1".parse().unwrap()).unwrap();
+        assert_eq!(ip, "10.88.1.2".parse::<Ipv4Addr>().unwrap());
+        let (again, delta) = a.allocate_ip(ms(3), &"c1".parse().unwrap()).unwrap();
+        assert_eq!((again, delta.is_empty()), (ip, true));
+        // b claims the same subnet later (concurrently): a's earlier claim wins.
+        b.put_node_meta(ms(5), meta("10.88.1.0/24")).unwrap();
+        let (b_ip, _) = b.allocate_ip(ms(6), &"c9".parse().unwrap()).unwrap();
+        assert_eq!(b_ip, ip);
+        pull(&a, &mut b, ms(7));
+        pull(&b, &mut a, ms(7));
+        assert_eq!(a.digest(), b.digest());
+        for replica in [&a, &b] {
+            let state = replica.state();
+            assert_eq!(
+                state.subnet_owner(&"10.88.1.0/24".parse().unwrap()),
+                Some(node("a"))
+            );
+            let conflicts = state.subnet_conflicts();
+            assert_eq!(conflicts.len(), 1);
+            assert_eq!(
+                (conflicts[0].winner.clone(), conflicts[0].losers.clone()),
+                (node("a"), vec![node("b")])
+            );
+            let ip_conflicts = state.ip_conflicts();
+            assert_eq!(ip_conflicts.len(), 1);
+            assert_eq!(ip_conflicts[0].winner.node, node("a"));
+            assert_eq!(ip_conflicts[0].losers[0].node, node("b"));
+        }
+        assert!(matches!(
+            b.allocate_ip(ms(8), &"c8".parse().unwrap()),
+            Err(ReplicaError::SubnetConflict { .. })
+        ));
+        // The loser releases; the conflict is gone on both after sync.
+        b.release_ip(ms(9), ip).unwrap();
+        pull(&b, &mut a, ms(10));
+        assert!(a.state().ip_conflicts().is_empty());
+        assert_eq!(a.state().ip_allocations().len(), 1);
+    }
+
+    #[test]
+    fn heartbeats_keep_the_subnet_claim_time() {
+        let mut a = replica("a");
+        a.put_node_meta(ms(1), meta("10.88.1.0/24")).unwrap();
+        let claimed = a
+            .state()
+            .node_entry(&node("a"))
+            .unwrap()
+            .value
+            .as_ref()
+            .unwrap()
+            .subnet_claimed;
+        a.put_node_meta(ms(2), meta("10.88.1.0/24")).unwrap();
+        let record = a
+            .state()
+            .node_entry(&node("a"))
+            .unwrap()
+            .value
+            .clone()
+            .unwrap();
+        assert_eq!(record.subnet_claimed, claimed);
+        assert_eq!(record.meta.heartbeat, a.clock().last());
+    }
+
+    #[test]
+    fn snapshot_round_trip_restores_everything() {
+        let (mut a, mut b) = (replica("a"), replica("b"));
+        a.put_node_meta(ms(1), meta("10.88.1.0/24")).unwrap();
+        a.put_service(ms(2), "web".parse().unwrap(), ServiceSpec::new("/img"))
+            .unwrap();
+        a.remove_service(ms(3), &"web".parse().unwrap()).unwrap();
+        a.observe_summary(&node("b"), &b.summary());
+        pull(&a, &mut b, ms(3));
+        let bytes = crate::codec::encode_snapshot(&a.to_snapshot());
+        let restored = Replica::from_snapshot(
+            node("a"),
+            DRIFT,
+            crate::codec::decode_snapshot(&bytes, 1 << 20).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(restored.digest(), a.digest());
+        assert_eq!(restored.summary(), a.summary());
+        assert_eq!(restored.peers(), a.peers());
+        assert_eq!(restored.state().tombstone_count(), 1);
+        assert_eq!(restored.clock().last(), a.clock().last());
+        let wrong = Replica::from_snapshot(node("b"), DRIFT, a.to_snapshot());
+        assert!(matches!(wrong, Err(ApplyError::Invalid(_))));
+    }
+}
