@@ -1,2 +1,76 @@
-//! The `shoal` binary: parses the command line and dispatches to the library.
-fn main() {}
+//! The `shoal` binary: parses the command line and dispatches to the library. The only place
+//! (with `cli.rs`) where errors become `anyhow` and then an exit status.
+
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use shoal::cli::{self, Cli, Command};
+use shoal::config::LogFormat;
+use shoal::{demo, run};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match dispatch(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: &Cli) -> Result<()> {
+    match &cli.command {
+        Command::Daemon(args) => {
+            if cli::daemon_config_modes(args)? {
+                return Ok(());
+            }
+            let config = cli::load_daemon_config(args)?;
+            init_logging(config.log_format);
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            runtime.block_on(async {
+                // Signal handlers are installed before READY=1 is sent, so a SIGTERM right
+                // after start is a graceful stop, not the default kill.
+                let shutdown = shutdown_signal().context("cannot install signal handlers")?;
+                run::run(config, shutdown)
+                    .await
+                    .map_err(anyhow::Error::from)
+            })
+        }
+        Command::Service(command) => cli::service(cli, command),
+        Command::Nodes => cli::nodes(cli),
+        Command::Status => cli::status(cli),
+        Command::Ca(command) => cli::ca(cli, command),
+        Command::Cert(command) => cli::cert(cli, command),
+        Command::Demo(args) => demo::run(args),
+    }
+}
+
+/// Completes on the first SIGTERM or SIGINT.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received"),
+        }
+    })
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,543 @@
+//! The daemon's TOML configuration: the structs, their defaults, loading with errors that
+//! name the key and the file, semantic checks, and the key list and example derived from
+//! the structs (the NixOS module's option drift test compares against `config_keys()`).
+//!
+//! The key set is a contract with the NixOS module (`services.shoal.settings`); every
+//! table denies unknown keys.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use shoal_crdt::NodeId;
+
+/// Largest accepted sync body; bigger values are refused so a typo cannot disable the bound.
+pub const BODY_BYTES_LIMIT: usize = 1 << 30;
+
+/// Largest config file read, so a wrong path (a device, a huge file) fails fast.
+const CONFIG_FILE_BYTES_MAX: u64 = 1 << 20;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// This node's id; must equal the node id in its certificate.
+    pub node_name: NodeId,
+    /// Directory of the redb database, the API socket and later the container state.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// UDP address of the HTTP/3 sync endpoint.
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Address peers use to reach us; defaults to `listen`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub advertise: Option<SocketAddr>,
+    /// Seed peers contacted until members are learnt from node metadata.
+    #[serde(default)]
+    pub peers: Vec<SocketAddr>,
+    /// Log line format.
+    #[serde(default)]
+    pub log_format: LogFormat,
+    /// Certificate files (required).
+    pub tls: TlsFiles,
+    /// Sync timing and limits.
+    #[serde(default)]
+    pub sync: SyncSettings,
+    /// Local operator API.
+    #[serde(default)]
+    pub api: ApiSettings,
+    /// Resources this node offers; detected from the host when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacitySettings>,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+/// PEM files of the cluster CA and this node's certificate and key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+/// Sync timing and limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SyncSettings {
+    pub interval_ms: u64,
+    pub jitter_ms: u64,
+    pub fanout: usize,
+    pub heartbeat_interval_ms: u64,
+    pub down_after_ms: u64,
+    pub evict_after_ms: u64,
+    pub max_clock_drift_ms: u64,
+    pub body_bytes_max: usize,
+    pub request_timeout_ms: u64,
+    pub eager_push: bool,
+}
+
+impl Default for SyncSettings {
+    fn default() -> Self {
+        Self {
+            interval_ms: 1000,
+            jitter_ms: 200,
+            fanout: 3,
+            heartbeat_interval_ms: 1000,
+            down_after_ms: 5000,
+            evict_after_ms: 86_400_000,
+            max_clock_drift_ms: 1000,
+            body_bytes_max: 8 * 1024 * 1024,
+            request_timeout_ms: 5000,
+            eager_push: true,
+        }
+    }
+}
+
+/// Local operator API.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Unix socket path; default `<state_dir>/shoal.sock`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub socket: Option<PathBuf>,
+}
+
+/// Resources this node offers to containers.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CapacitySettings {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpu_millis: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory_bytes: Option<u64>,
+}
+
+/// Why a configuration was refused. Every message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is {size} bytes, more than the {max} allowed")]
+    TooLarge { path: PathBuf, size: u64, max: u64 },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config file {path}: key `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/shoal")
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 7443))
+}
+
+impl Config {
+    /// Reads, parses and checks the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let read_error = |source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(read_error)?.len();
+        if size > CONFIG_FILE_BYTES_MAX {
+            return Err(ConfigError::TooLarge {
+                path: path.to_path_buf(),
+                size,
+                max: CONFIG_FILE_BYTES_MAX,
+            });
+        }
+        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        Config::parse(&text, path)
+    }
+
+    /// Parses and checks `text`; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: describe_toml_error(&error),
+        })?;
+        config.check(path)?;
+        Ok(config)
+    }
+
+    /// Semantic checks serde cannot express.
+    fn check(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        if self.listen.ip().is_unspecified() && self.advertise.is_none() {
+            return Err(invalid(
+                "advertise",
+                format!(
+                    "required when listen ({}) is an unspecified address",
+                    self.listen
+                ),
+            ));
+        }
+        if let Some(advertise) = self.advertise
+            && (advertise.ip().is_unspecified() || advertise.port() == 0)
+        {
+            return Err(invalid(
+                "advertise",
+                format!("{advertise} is not an address peers can reach"),
+            ));
+        }
+        for (key, value) in [
+            ("tls.ca_file", &self.tls.ca_file),
+            ("tls.cert_file", &self.tls.cert_file),
+            ("tls.key_file", &self.tls.key_file),
+        ] {
+            if value.as_os_str().is_empty() {
+                return Err(invalid(key, "must not be empty".to_string()));
+            }
+        }
+        if self.state_dir.as_os_str().is_empty() {
+            return Err(invalid("state_dir", "must not be empty".to_string()));
+        }
+        let sync = &self.sync;
+        for (key, value) in [
+            ("sync.interval_ms", sync.interval_ms),
+            ("sync.heartbeat_interval_ms", sync.heartbeat_interval_ms),
+            ("sync.down_after_ms", sync.down_after_ms),
+            ("sync.evict_after_ms", sync.evict_after_ms),
+            ("sync.max_clock_drift_ms", sync.max_clock_drift_ms),
+            ("sync.request_timeout_ms", sync.request_timeout_ms),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0".to_string()));
+            }
+        }
+        if sync.fanout == 0 {
+            return Err(invalid("sync.fanout", "must be at least 1".to_string()));
+        }
+        if sync.down_after_ms <= sync.heartbeat_interval_ms {
+            return Err(invalid(
+                "sync.down_after_ms",
+                format!(
+                    "must be greater than sync.heartbeat_interval_ms ({})",
+                    sync.heartbeat_interval_ms
+                ),
+            ));
+        }
+        if sync.evict_after_ms < sync.down_after_ms {
+            return Err(invalid(
+                "sync.evict_after_ms",
+                format!(
+                    "must be at least sync.down_after_ms ({})",
+                    sync.down_after_ms
+                ),
+            ));
+        }
+        if sync.body_bytes_max < 4096 || sync.body_bytes_max > BODY_BYTES_LIMIT {
+            return Err(invalid(
+                "sync.body_bytes_max",
+                format!("must be between 4096 and {BODY_BYTES_LIMIT}"),
+            ));
+        }
+        if let Some(capacity) = &self.capacity {
+            if capacity.cpu_millis == Some(0) {
+                return Err(invalid(
+                    "capacity.cpu_millis",
+                    "must be greater than 0".to_string(),
+                ));
+            }
+            if capacity.memory_bytes == Some(0) {
+                return Err(invalid(
+                    "capacity.memory_bytes",
+                    "must be greater than 0".to_string(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The address peers should use to reach this node.
+    pub fn advertised_address(&self) -> SocketAddr {
+        self.advertise.unwrap_or(self.listen)
+    }
+
+    /// The Unix socket of the local API.
+    pub fn api_socket(&self) -> PathBuf {
+        self.api
+            .socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("shoal.sock"))
+    }
+
+    /// The redb database file.
+    pub fn database_path(&self) -> PathBuf {
+        self.state_dir.join("state.redb")
+    }
+
+    /// A configuration with every key set, used for the example and the key list.
+    pub fn example() -> Config {
+        Config {
+            node_name: "node-a".parse().expect("valid example node id"),
+            state_dir: default_state_dir(),
+            listen: default_listen(),
+            advertise: Some(SocketAddr::from(([192, 0, 2, 10], 7443))),
+            peers: vec![SocketAddr::from(([192, 0, 2, 11], 7443))],
+            log_format: LogFormat::Text,
+            tls: TlsFiles {
+                ca_file: PathBuf::from("/etc/shoal/ca.pem"),
+                cert_file: PathBuf::from("/etc/shoal/node.pem"),
+                key_file: PathBuf::from("/etc/shoal/node.key"),
+            },
+            sync: SyncSettings::default(),
+            api: ApiSettings {
+                socket: Some(PathBuf::from("/var/lib/shoal/shoal.sock")),
+            },
+            capacity: Some(CapacitySettings {
+                cpu_millis: Some(4000),
+                memory_bytes: Some(8 * 1024 * 1024 * 1024),
+            }),
+        }
+    }
+}
+
+/// Turns a toml/serde error into one line-oriented message that keeps the key and position.
+fn describe_toml_error(error: &toml::de::Error) -> String {
+    // toml's Display already quotes the offending line (and so the key); keep it whole but
+    // drop the trailing newline so the message composes.
+    error.to_string().trim_end().to_string()
+}
+
+/// Every config key, dotted, sorted; derived by serialising `Config::example()`, which sets
+/// every optional key, so adding a field to a struct adds it here.
+pub fn config_keys() -> Vec<String> {
+    let value = toml::Value::try_from(Config::example()).expect("the example config serialises");
+    let mut keys = Vec::new();
+    collect_keys(&value, "", &mut keys);
+    keys.sort();
+    keys
+}
+
+fn collect_keys(value: &toml::Value, prefix: &str, keys: &mut Vec<String>) {
+    if let toml::Value::Table(table) = value {
+        for (key, child) in table {
+            let dotted = if prefix.is_empty() {
+                key.clone()
+            } else {
+                format!("{prefix}.{key}")
+            };
+            match child {
+                toml::Value::Table(_) => collect_keys(child, &dotted, keys),
+                _ => keys.push(dotted),
+            }
+        }
+    }
+}
+
+/// A commented example configuration; it parses back to `Config::example()`.
+pub fn example_config_text() -> String {
+    let body = toml::to_string_pretty(&Config::example()).expect("the example config serialises");
+    let mut text = String::from(
+        "# shoal daemon configuration (TOML). Unknown keys are errors.\n\
+         # Every key but node_name and [tls] has a default; see `shoal daemon --print-config-keys`.\n\
+         # node_name must equal the node id in the certificate (tls.cert_file).\n\
+         # advertise is required when listen is 0.0.0.0 or [::].\n\
+         # [sync] intervals are milliseconds; body_bytes_max bounds every sync body.\n\
+         # [capacity] is optional: without it the host's CPUs and memory are offered.\n\n",
+    );
+    text.push_str(&body);
+    text
+}
+
+/// The host's CPUs (in millis) and memory (bytes), used when `[capacity]` leaves them out.
+pub fn detect_capacity() -> (u32, u64) {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let cpu_millis = u32::try_from(cpus.saturating_mul(1000)).unwrap_or(u32::MAX);
+    let memory_bytes = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map(|kib| kib.saturating_mul(1024))
+        .unwrap_or(1 << 30);
+    (cpu_millis, memory_bytes)
+}
+
+impl Config {
+    /// The capacity this node advertises: configured values, else the host's.
+    pub fn effective_capacity(&self) -> (u32, u64) {
+        let (cpu, memory) = detect_capacity();
+        let configured = self.capacity.clone().unwrap_or_default();
+        (
+            configured.cpu_millis.unwrap_or(cpu),
+            configured.memory_bytes.unwrap_or(memory),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+node_name = "node-a"
+[tls]
+ca_file = "/etc/shoal/ca.pem"
+cert_file = "/etc/shoal/node.pem"
+key_file = "/etc/shoal/node.key"
+"#;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/shoal/shoal.toml"))
+    }
+
+    fn check_error(text: &str, expected: &[&str]) {
+        let message = parse(text).expect_err("config must be refused").to_string();
+        for fragment in expected {
+            assert!(
+                message.contains(fragment),
+                "error {message:?} lacks {fragment:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn minimal_config_gets_the_documented_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.node_name.as_ref(), "node-a");
+        assert_eq!(config.state_dir, PathBuf::from("/var/lib/shoal"));
+        assert_eq!(config.listen, "127.0.0.1:7443".parse().unwrap());
+        assert_eq!(config.advertised_address(), config.listen);
+        assert_eq!(config.sync, SyncSettings::default());
+        assert_eq!(config.sync.interval_ms, 1000);
+        assert_eq!(config.sync.body_bytes_max, 8_388_608);
+        assert_eq!(
+            config.api_socket(),
+            PathBuf::from("/var/lib/shoal/shoal.sock")
+        );
+        assert_eq!(config.log_format, LogFormat::Text);
+    }
+
+    #[test]
+    fn example_text_parses_back_to_the_example() {
+        assert_eq!(parse(&example_config_text()).unwrap(), Config::example());
+    }
+
+    #[test]
+    fn keys_cover_every_documented_key() {
+        let keys = config_keys();
+        for key in [
+            "node_name",
+            "state_dir",
+            "listen",
+            "advertise",
+            "peers",
+            "log_format",
+            "tls.ca_file",
+            "tls.cert_file",
+            "tls.key_file",
+            "sync.interval_ms",
+            "sync.jitter_ms",
+            "sync.fanout",
+            "sync.heartbeat_interval_ms",
+            "sync.down_after_ms",
+            "sync.evict_after_ms",
+            "sync.max_clock_drift_ms",
+            "sync.body_bytes_max",
+            "sync.request_timeout_ms",
+            "sync.eager_push",
+            "api.socket",
+            "capacity.cpu_millis",
+            "capacity.memory_bytes",
+        ] {
+            assert!(keys.contains(&key.to_string()), "missing {key}");
+        }
+        assert_eq!(keys.len(), 22, "{keys:?}");
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(keys, sorted);
+    }
+
+    #[test]
+    fn refusals_name_the_key_and_the_file() {
+        check_error(
+            &format!("{MINIMAL}\n[sync]\nintervall_ms = 5\n"),
+            &["/etc/shoal/shoal.toml", "intervall_ms"],
+        );
+        check_error(
+            "node_name = \"node-a\"\n",
+            &["/etc/shoal/shoal.toml", "tls"],
+        );
+        check_error(
+            &format!("listen = \"not-an-address\"\n{MINIMAL}"),
+            &["/etc/shoal/shoal.toml", "listen"],
+        );
+        check_error(
+            &MINIMAL.replace("node-a", "Node_A"),
+            &["/etc/shoal/shoal.toml", "node_name"],
+        );
+        check_error(
+            &format!("listen = \"0.0.0.0:7443\"\n{MINIMAL}"),
+            &["/etc/shoal/shoal.toml", "advertise"],
+        );
+        check_error(
+            &format!("{MINIMAL}\n[sync]\nfanout = 0\n"),
+            &["/etc/shoal/shoal.toml", "sync.fanout"],
+        );
+        check_error(
+            &format!("{MINIMAL}\n[sync]\ndown_after_ms = 500\n"),
+            &["sync.down_after_ms"],
+        );
+        check_error(
+            &format!("{MINIMAL}\n[sync]\nbody_bytes_max = 10\n"),
+            &["sync.body_bytes_max"],
+        );
+        check_error(
+            &format!("{MINIMAL}\nlog_format = \"xml\"\n"),
+            &["log_format"],
+        );
+    }
+
+    #[test]
+    fn unspecified_listen_with_advertise_is_accepted() {
+        let config = parse(&format!(
+            "listen = \"0.0.0.0:7443\"\nadvertise = \"192.0.2.1:7443\"\n{MINIMAL}"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.advertised_address(),
+            "192.0.2.1:7443".parse().unwrap()
+        );
+    }
+
+    #[test]
+    fn detected_capacity_is_positive() {
+        let (cpu, memory) = detect_capacity();
+        assert!(cpu >= 1000);
+        assert!(memory > 0);
+    }
+}

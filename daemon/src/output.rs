@@ -1,0 +1,188 @@
+//! Human output of the CLI: aligned tables and the status summary. `--json` bypasses this
+//! module and prints the API's view types as they are.
+
+use std::fmt::Write as _;
+
+use crate::api::{NodeView, ServiceView, StatusView};
+
+/// A text table with a header row; columns are padded to their widest cell.
+#[derive(Debug, Default)]
+pub struct Table {
+    headers: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(headers: &[&str]) -> Table {
+        Table {
+            headers: headers.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        assert_eq!(
+            cells.len(),
+            self.headers.len(),
+            "a row has one cell per column"
+        );
+        self.rows.push(cells);
+    }
+
+    pub fn render(&self) -> String {
+        let mut widths: Vec<usize> = self.headers.iter().map(|h| h.chars().count()).collect();
+        for row in &self.rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let mut text = String::new();
+        for line in std::iter::once(&self.headers).chain(&self.rows) {
+            let mut rendered = String::new();
+            for (index, (cell, width)) in line.iter().zip(&widths).enumerate() {
+                if index + 1 == line.len() {
+                    rendered.push_str(cell);
+                } else {
+                    let _ = write!(rendered, "{cell:<width$}  ");
+                }
+            }
+            text.push_str(rendered.trim_end());
+            text.push('\n');
+        }
+        text
+    }
+}
+
+/// `shoal service ls`.
+pub fn services(services: &[ServiceView]) -> String {
+    let mut table = Table::new(&["NAME", "REPLICAS", "IMAGE", "VERSION"]);
+    for service in services {
+        table.row(vec![
+            service.name.to_string(),
+            service.spec.replicas.to_string(),
+            service.spec.image.clone(),
+            service.version.clone(),
+        ]);
+    }
+    table.render()
+}
+
+/// A duration in ms as a short human age.
+pub fn age(milliseconds: Option<u64>) -> String {
+    match milliseconds {
+        None => "never".to_string(),
+        Some(ms) if ms < 1000 => format!("{ms}ms"),
+        Some(ms) if ms < 120_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        Some(ms) if ms < 7_200_000 => format!("{}m", ms / 60_000),
+        Some(ms) => format!("{}h", ms / 3_600_000),
+    }
+}
+
+/// `shoal nodes`.
+pub fn nodes(nodes: &[NodeView]) -> String {
+    let mut table = Table::new(&[
+        "ID",
+        "ADDRESS",
+        "LIVE",
+        "HEARTBEAT",
+        "SUBNET",
+        "CPU",
+        "MEMORY",
+    ]);
+    for node in nodes {
+        let id = if node.is_self {
+            format!("{} (self)", node.id)
+        } else {
+            node.id.to_string()
+        };
+        table.row(vec![
+            id,
+            node.address.clone(),
+            if node.live { "yes" } else { "no" }.to_string(),
+            age(node.heartbeat_age_ms),
+            node.subnet.clone().unwrap_or_else(|| "-".to_string()),
+            format!("{}m", node.cpu_millis),
+            format!("{}MiB", node.memory_bytes / (1024 * 1024)),
+        ]);
+    }
+    table.render()
+}
+
+/// `shoal status`.
+pub fn status(status: &StatusView) -> String {
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
+        "node:        {} (shoal {})",
+        status.node, status.version
+    );
+    let _ = writeln!(text, "uptime:      {}", age(Some(status.uptime_ms)));
+    let _ = writeln!(
+        text,
+        "state:       {} services, {} nodes, {} tombstones",
+        status.services, status.nodes, status.tombstones
+    );
+    let _ = writeln!(text, "digest:      {}", status.digest);
+    let vector: Vec<String> = status
+        .version_vector
+        .iter()
+        .map(|(node, counter)| format!("{node}={counter}"))
+        .collect();
+    let _ = writeln!(text, "seen:        {}", vector.join(" "));
+    let _ = writeln!(text, "clock:       {}", status.hlc_last);
+    let _ = writeln!(
+        text,
+        "converged:   {}",
+        if status.converged {
+            "yes, every live peer's last summary equals ours"
+        } else {
+            "not yet, as far as this node knows"
+        }
+    );
+    if status.peers.is_empty() {
+        text.push_str("peers:       none known yet\n");
+        return text;
+    }
+    text.push('\n');
+    let mut table = Table::new(&[
+        "PEER",
+        "ADDRESS",
+        "LIVE",
+        "LAST SYNC",
+        "SAME STATE",
+        "LAST ERROR",
+    ]);
+    for peer in &status.peers {
+        table.row(vec![
+            peer.id.to_string(),
+            peer.address.clone(),
+            if peer.live { "yes" } else { "no" }.to_string(),
+            age(peer.last_sync_ms_ago),
+            if peer.same_summary { "yes" } else { "no" }.to_string(),
+            peer.last_error.clone().unwrap_or_else(|| "-".to_string()),
+        ]);
+    }
+    text.push_str(&table.render());
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_columns_and_trim_lines() {
+        let mut table = Table::new(&["A", "LONG HEADER", "C"]);
+        table.row(vec!["wide cell".into(), "x".into(), "".into()]);
+        assert_eq!(table.render(), "A          LONG HEADER  C\nwide cell  x\n");
+    }
+
+    #[test]
+    fn ages_are_short() {
+        assert_eq!(age(None), "never");
+        assert_eq!(age(Some(15)), "15ms");
+        assert_eq!(age(Some(1500)), "1.5s");
+        assert_eq!(age(Some(600_000)), "10m");
+        assert_eq!(age(Some(36_000_000)), "10h");
+    }
+}

@@ -1,0 +1,293 @@
+//! The daemon's main loop: load the state, bind the HTTP/3 endpoint and the API socket,
+//! tell systemd READY=1, run the sync server, gossip, API, heartbeat and watchdog tasks, and
+//! on shutdown stop them within a bound and close the database.
+//!
+//! Order matters: READY=1 is sent only after the state is loaded and both listeners are
+//! bound, so `systemctl start` returning means the node answers. At shutdown, STOPPING=1 is
+//! sent first, then every task is told to stop through one watch channel; tasks get
+//! `SHUTDOWN_GRACE_MS` to finish in-flight work and are aborted after that. The database is
+//! closed when the last `Arc<Node>` is dropped, which `run` checks before returning.
+
+use std::future::Future;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_crdt::Capacity;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::api;
+use crate::config::Config;
+use crate::node::{Node, NodeError, NodeOptions};
+use crate::notify::{self, Notifier};
+use crate::sync::{self, GossipConfig, SyncLimits, TlsMaterial};
+
+/// Time given to tasks to finish after shutdown begins, before they are aborted.
+pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
+/// Concurrent sync connections served.
+pub const SYNC_CONNECTIONS_MAX: usize = 256;
+/// How often the STATUS= line is refreshed.
+const STATUS_INTERVAL_MS: u64 = 2_000;
+
+/// Why the daemon could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("tls files (tls.ca_file {ca}, tls.cert_file {cert}, tls.key_file {key}): {message}")]
+    Tls {
+        ca: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+        message: String,
+    },
+    #[error(
+        "node_name {configured} does not match the node id {certified} in tls.cert_file {cert}"
+    )]
+    NodeMismatch {
+        configured: String,
+        certified: String,
+        cert: PathBuf,
+    },
+    #[error("state_dir {path}: {source}")]
+    StateDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Node(#[from] NodeError),
+    #[error("listen {listen}: {message}")]
+    Bind {
+        listen: std::net::SocketAddr,
+        message: String,
+    },
+    #[error("api: {0}")]
+    Api(#[from] api::ApiError),
+}
+
+/// A future that completes when the watch flips to true (or its sender is gone).
+async fn stopped(mut receiver: watch::Receiver<bool>) {
+    let _ = receiver.wait_for(|stop| *stop).await;
+}
+
+/// Runs the daemon until `shutdown` completes.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
+    let tls = TlsMaterial::load(
+        &config.tls.ca_file,
+        &config.tls.cert_file,
+        &config.tls.key_file,
+    )
+    .map_err(|error| RunError::Tls {
+        ca: config.tls.ca_file.clone(),
+        cert: config.tls.cert_file.clone(),
+        key: config.tls.key_file.clone(),
+        message: error.to_string(),
+    })?;
+    if tls.node_id() != &config.node_name {
+        return Err(RunError::NodeMismatch {
+            configured: config.node_name.to_string(),
+            certified: tls.node_id().to_string(),
+            cert: config.tls.cert_file.clone(),
+        });
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(&config.state_dir)
+        .map_err(|source| RunError::StateDir {
+            path: config.state_dir.clone(),
+            source,
+        })?;
+
+    let (cpu_millis, memory_bytes) = config.effective_capacity();
+    let options = NodeOptions {
+        node: config.node_name.clone(),
+        database: config.database_path(),
+        max_clock_drift: Duration::from_millis(config.sync.max_clock_drift_ms),
+        seeds: config.peers.clone(),
+        address: config.advertised_address(),
+        capacity: Capacity {
+            cpu_millis,
+            memory_bytes,
+        },
+        down_after_ms: config.sync.down_after_ms,
+    };
+    let node = Arc::new(
+        tokio::task::spawn_blocking(move || Node::open(options))
+            .await
+            .map_err(|error| {
+                NodeError::Refused(format!("loading the state panicked: {error}"))
+            })??,
+    );
+    tracing::info!(node = %node.node_id(), digest = %hex::encode(node.digest()), "state loaded");
+
+    let endpoint = sync::bind_endpoint(config.listen, &tls).map_err(|error| RunError::Bind {
+        listen: config.listen,
+        message: error.to_string(),
+    })?;
+    let api_socket = config.api_socket();
+    let api_listener = api::bind(&api_socket)?;
+
+    // Our metadata is in the state before anyone can ask for it.
+    {
+        let node = node.clone();
+        tokio::task::spawn_blocking(move || node.heartbeat())
+            .await
+            .map_err(|error| NodeError::Refused(format!("heartbeat panicked: {error}")))??;
+    }
+
+    let (stop_sender, stop_receiver) = watch::channel(false);
+    let limits = SyncLimits {
+        body_bytes_max: config.sync.body_bytes_max,
+        request_timeout_ms: config.sync.request_timeout_ms,
+        connections_max: SYNC_CONNECTIONS_MAX,
+    };
+    let gossip = GossipConfig {
+        interval_ms: config.sync.interval_ms,
+        jitter_ms: config.sync.jitter_ms,
+        fanout: config.sync.fanout,
+        down_after_ms: config.sync.down_after_ms,
+        rng_seed: rng_seed(),
+        eager_push: config.sync.eager_push,
+        ..GossipConfig::default()
+    };
+    let mut tasks = JoinSet::new();
+    {
+        let endpoint = endpoint.clone();
+        let node = node.clone();
+        let limits = limits.clone();
+        let stop = stopped(stop_receiver.clone());
+        tasks.spawn(async move {
+            if let Err(error) = sync::serve(endpoint, node, limits, stop).await {
+                tracing::error!(%error, "sync server stopped");
+            }
+        });
+    }
+    {
+        let endpoint = endpoint.clone();
+        let node = node.clone();
+        let stop = stopped(stop_receiver.clone());
+        tasks.spawn(async move { sync::run_gossip(endpoint, node, gossip, limits, stop).await });
+    }
+    tasks.spawn(api::serve(
+        api_listener,
+        node.clone(),
+        stopped(stop_receiver.clone()),
+    ));
+    tasks.spawn(heartbeat_loop(
+        node.clone(),
+        Duration::from_millis(config.sync.heartbeat_interval_ms),
+        stopped(stop_receiver.clone()),
+    ));
+    let notifier = Notifier;
+    tasks.spawn(watchdog_loop(
+        node.clone(),
+        notifier,
+        notify::watchdog_interval(),
+        stopped(stop_receiver.clone()),
+    ));
+
+    notifier.ready();
+    notifier.status(&format!("running; {}", node.status_line()));
+    tracing::info!(
+        listen = %config.listen,
+        api = %api_socket.display(),
+        "shoal daemon ready"
+    );
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    notifier.stopping();
+    notifier.status("stopping");
+    let _ = stop_sender.send(true);
+    let grace = tokio::time::sleep(Duration::from_millis(SHUTDOWN_GRACE_MS));
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            _ = &mut grace => {
+                tracing::warn!(tasks = tasks.len(), "tasks did not stop in time; aborting them");
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                break;
+            }
+            next = tasks.join_next() => if next.is_none() { break },
+        }
+    }
+    endpoint.close(0u32.into(), b"shutdown");
+    let _ = tokio::time::timeout(Duration::from_millis(1_000), endpoint.wait_idle()).await;
+    drop(endpoint);
+    let _ = std::fs::remove_file(&api_socket);
+    // Every task has ended, so this is the last reference: dropping it closes redb.
+    let references = Arc::strong_count(&node);
+    if references != 1 {
+        tracing::warn!(references, "node still referenced at shutdown");
+    }
+    drop(node);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn rng_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
+    (nanos as u64) ^ (u64::from(std::process::id()) << 32)
+}
+
+async fn heartbeat_loop(node: Arc<Node>, every: Duration, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = ticker.tick() => {}
+        }
+        let node = node.clone();
+        match tokio::task::spawn_blocking(move || node.heartbeat()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "heartbeat failed"),
+            Err(error) => tracing::error!(%error, "heartbeat panicked"),
+        }
+    }
+}
+
+/// Refreshes STATUS= and pings the watchdog; a ping is sent only when the node answers, so
+/// a wedged node lets systemd restart it.
+async fn watchdog_loop(
+    node: Arc<Node>,
+    notifier: Notifier,
+    watchdog: Option<Duration>,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let status_every = Duration::from_millis(STATUS_INTERVAL_MS);
+    let every = watchdog.map_or(status_every, |w| w.min(status_every));
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_status = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = ticker.tick() => {}
+        }
+        let probe = {
+            let node = node.clone();
+            tokio::task::spawn_blocking(move || node.status_line())
+        };
+        let answer = tokio::time::timeout(every, probe).await;
+        let Ok(Ok(line)) = answer else {
+            tracing::warn!("node did not answer the watchdog probe");
+            continue;
+        };
+        if watchdog.is_some() {
+            notifier.watchdog();
+        }
+        if last_status.elapsed() >= status_every {
+            notifier.status(&format!("running; {line}"));
+            last_status = tokio::time::Instant::now();
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! Service spec files for `shoal service apply -f FILE`: either one service (`name = ...`
+//! next to the spec fields) or several as `[[service]]` tables. Parsed and validated on the
+//! client, so a mistake is reported with the file, the service and the field before anything
+//! is sent to the daemon.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use shoal_crdt::{ServiceName, ServiceSpec};
+
+/// Largest spec file read.
+pub const SPEC_FILE_BYTES_MAX: u64 = 1 << 20;
+
+/// Most services in one file (and so in one apply request).
+pub const SERVICES_PER_FILE_MAX: usize = 256;
+
+/// One named service as sent to the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedSpec {
+    pub name: ServiceName,
+    pub spec: ServiceSpec,
+}
+
+/// Why a spec file was refused; every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecFileError {
+    #[error("cannot read spec file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("spec file {path} is {size} bytes, more than the {max} allowed")]
+    TooLarge { path: PathBuf, size: u64, max: u64 },
+    #[error("spec file {path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+/// Reads and validates the spec file at `path`.
+pub fn load(path: &Path) -> Result<Vec<NamedSpec>, SpecFileError> {
+    let read_error = |source| SpecFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let size = std::fs::metadata(path).map_err(read_error)?.len();
+    if size > SPEC_FILE_BYTES_MAX {
+        return Err(SpecFileError::TooLarge {
+            path: path.to_path_buf(),
+            size,
+            max: SPEC_FILE_BYTES_MAX,
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(read_error)?;
+    parse(&text).map_err(|message| SpecFileError::Invalid {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// Parses and validates spec text; the error is a message without the file name.
+pub fn parse(text: &str) -> Result<Vec<NamedSpec>, String> {
+    let table: toml::Table =
+        toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+    let tables = match table.get("service") {
+        Some(toml::Value::Array(items)) => {
+            if table.len() != 1 {
+                let extra: Vec<&str> = table
+                    .keys()
+                    .filter(|k| k.as_str() != "service")
+                    .map(String::as_str)
+                    .collect();
+                return Err(format!(
+                    "keys {extra:?} are not allowed next to [[service]] tables"
+                ));
+            }
+            let mut tables = Vec::with_capacity(items.len());
+            for (index, item) in items.iter().enumerate() {
+                match item {
+                    toml::Value::Table(t) => tables.push(t.clone()),
+                    _ => return Err(format!("service[{index}] is not a table")),
+                }
+            }
+            tables
+        }
+        _ => vec![table],
+    };
+    if tables.is_empty() {
+        return Err("no service in the file".to_string());
+    }
+    if tables.len() > SERVICES_PER_FILE_MAX {
+        return Err(format!(
+            "{} services, more than the {SERVICES_PER_FILE_MAX} allowed in one file",
+            tables.len()
+        ));
+    }
+    let mut services: Vec<NamedSpec> = Vec::with_capacity(tables.len());
+    for (index, mut table) in tables.into_iter().enumerate() {
+        let name_value = table
+            .remove("name")
+            .ok_or_else(|| format!("service #{}: missing field `name`", index + 1))?;
+        let name_text = name_value
+            .as_str()
+            .ok_or_else(|| format!("service #{}: field `name` must be a string", index + 1))?;
+        let name: ServiceName = name_text
+            .parse()
+            .map_err(|e| format!("service #{}: field `name`: {e}", index + 1))?;
+        let spec: ServiceSpec =
+            toml::Value::Table(table)
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    format!("service {name}: {}", e.to_string().trim_end())
+                })?;
+        spec.validate()
+            .map_err(|e| format!("service {name}: {e}"))?;
+        if services.iter().any(|s| s.name == name) {
+            return Err(format!("service {name} is defined twice"));
+        }
+        services.push(NamedSpec { name, spec });
+    }
+    Ok(services)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_error(text: &str, fragments: &[&str]) {
+        let message = parse(text).expect_err("spec must be refused");
+        for fragment in fragments {
+            assert!(message.contains(fragment), "{message:?} lacks {fragment:?}");
+        }
+    }
+
+    #[test]
+    fn a_single_service_parses_with_defaults() {
+        let services = parse(
+            r#"
+name = "web"
+image = "/var/lib/images/web.tar"
+command = ["/bin/httpd", "-f"]
+env = { GREETING = "hello" }
+"#,
+        )
+        .unwrap();
+        assert_eq!(services.len(), 1);
+        assert_eq!(services[0].name.as_ref(), "web");
+        assert_eq!(services[0].spec.replicas, 1);
+        assert_eq!(services[0].spec.env["GREETING"], "hello");
+    }
+
+    #[test]
+    fn several_services_parse_in_order() {
+        let services = parse(
+            r#"
+[[service]]
+name = "web"
+image = "/img/web.tar"
+replicas = 2
+[service.resources]
+cpu_millis = 250
+
+[[service]]
+name = "db"
+image = "/img/db.tar"
+restart = "always"
+"#,
+        )
+        .unwrap();
+        let names: Vec<&str> = services.iter().map(|s| s.name.as_ref()).collect();
+        assert_eq!(names, ["web", "db"]);
+        assert_eq!(services[0].spec.resources.cpu_millis, 250);
+        assert_eq!(services[0].spec.replicas, 2);
+    }
+
+    #[test]
+    fn mistakes_name_the_service_and_the_field() {
+        check_error("image = \"/i\"\n", &["name"]);
+        check_error("name = \"Bad Name\"\nimage = \"/i\"\n", &["name"]);
+        check_error(
+            "name = \"web\"\nimage = \"/i\"\nreplica = 3\n",
+            &["web", "replica"],
+        );
+        check_error(
+            "name = \"web\"\nimage = \"/i\"\nrestart = \"sometimes\"\n",
+            &["web", "sometimes"],
+        );
+        check_error(
+            "[[service]]\nname = \"a\"\nimage = \"/i\"\n[[service]]\nname = \"a\"\nimage = \"/i\"\n",
+            &["a", "twice"],
+        );
+        check_error(
+            "name = \"web\"\nimage = \"/i\"\nreplicas = -1\n",
+            &["web", "replicas"],
+        );
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("spec.toml");
+        std::fs::write(&path, "name = \"web\"\nimage = \"/i\"\nbogus = 1\n").unwrap();
+        let message = load(&path).unwrap_err().to_string();
+        assert!(
+            message.contains("spec.toml") && message.contains("bogus"),
+            "{message}"
+        );
+    }
+}
