@@ -1,0 +1,94 @@
+//! Runs the deterministic simulator over many seeds (issue 2's CI check).
+//!
+//! `SHOAL_SIM_SEEDS=N` sets how many seeds (default 1000, starting at
+//! `SHOAL_SIM_FIRST_SEED`, default 0); `SHOAL_SIM_SEED=S` replays exactly one
+//! seed with its full event trace. A failing seed is printed with the command
+//! that replays it.
+
+use shoal_crdt::sim::{Config, Failure, run};
+
+const SEEDS_DEFAULT: u64 = 1000;
+
+fn env_u64(name: &str) -> Option<u64> {
+    let value = std::env::var(name).ok()?;
+    Some(
+        value
+            .trim()
+            .parse()
+            .unwrap_or_else(|error| panic!("{name}={value:?} is not a u64: {error}")),
+    )
+}
+
+fn replay_command(seed: u64) -> String {
+    format!(
+        "SHOAL_SIM_SEED={seed} cargo test -p shoal-crdt --release --test simulator -- --nocapture"
+    )
+}
+
+fn report(failure: &Failure) -> String {
+    format!("{failure}\nreplay with: {}", replay_command(failure.seed))
+}
+
+#[test]
+fn seeds_converge_and_keep_every_acknowledged_write() {
+    if let Some(seed) = env_u64("SHOAL_SIM_SEED") {
+        let config = Config {
+            trace: true,
+            ..Config::default()
+        };
+        match run(seed, &config) {
+            Ok(outcome) => {
+                for line in &outcome.trace {
+                    println!("{line}");
+                }
+                println!("seed {seed} passed: {:?}", outcome.stats);
+            }
+            Err(failure) => {
+                for line in &failure.trace {
+                    println!("{line}");
+                }
+                panic!("{}", report(&failure));
+            }
+        }
+        return;
+    }
+    let seeds = env_u64("SHOAL_SIM_SEEDS").unwrap_or(SEEDS_DEFAULT);
+    let first = env_u64("SHOAL_SIM_FIRST_SEED").unwrap_or(0);
+    assert!(seeds > 0, "SHOAL_SIM_SEEDS must be at least 1");
+    let config = Config::default();
+    let mut failures = Vec::new();
+    let mut totals = (0usize, 0usize, 0usize, 0usize, 0usize, 0usize);
+    for seed in first..first + seeds {
+        match run(seed, &config) {
+            Ok(outcome) => {
+                let stats = &outcome.stats;
+                totals.0 += stats.writes_acknowledged;
+                totals.1 += stats.refused_drift;
+                totals.2 += stats.crashes;
+                totals.3 += stats.partitions;
+                totals.4 += stats.tombstones_collected;
+                totals.5 += stats.messages_lost;
+            }
+            Err(failure) => {
+                eprintln!("{}", report(&failure));
+                failures.push(failure.seed);
+            }
+        }
+    }
+    println!(
+        "{seeds} seeds: {} writes, {} drift refusals, {} crashes, {} partitions, {} tombstones collected, {} messages lost",
+        totals.0, totals.1, totals.2, totals.3, totals.4, totals.5
+    );
+    assert!(
+        failures.is_empty(),
+        "{} of {seeds} seeds failed: {failures:?}; replay one with: {}",
+        failures.len(),
+        replay_command(failures[0])
+    );
+    // The faults must really have happened across the seeds.
+    assert!(
+        seeds < 50
+            || (totals.1 > 0 && totals.2 > 0 && totals.3 > 0 && totals.4 > 0 && totals.5 > 0),
+        "faults not exercised: {totals:?}"
+    );
+}
