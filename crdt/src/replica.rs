@@ -454,15 +454,15 @@ impl Replica {
                 });
             }
         }
-        let allocations = self.state.ip_allocations();
-        if let Some(existing) = allocations
+        let allocations = self.state.allocations_in(&subnet);
+        if let Some((ip, _)) = allocations
             .iter()
-            .find(|a| &a.container == container && a.node == self.node && subnet.contains(a.ip))
+            .find(|(_, claim)| &claim.container == container && claim.node == self.node)
         {
             let since = self.vv.get(&self.node);
-            return Ok((existing.ip, self.commit(since, Vec::new())));
+            return Ok((*ip, self.commit(since, Vec::new())));
         }
-        let taken: BTreeSet<Ipv4Addr> = allocations.iter().map(|a| a.ip).collect();
+        let taken: BTreeSet<Ipv4Addr> = allocations.iter().map(|(ip, _)| *ip).collect();
         let ip = subnet
             .container_addresses()
             .find(|ip| !taken.contains(ip))

@@ -343,10 +343,22 @@ impl ClusterState {
 
     /// Live add-dots of a container id.
     pub(crate) fn container_adds(&self, id: &ContainerId) -> Vec<(Dot, ContainerRecord)> {
+        let lower = (
+            id.clone(),
+            Dot {
+                node: min_node(),
+                counter: 0,
+            },
+        );
         self.containers
-            .live()
-            .filter(|((key_id, _), _, _)| key_id == id)
-            .map(|((_, add), _, record)| (add.clone(), record.clone()))
+            .range(lower..)
+            .take_while(|((key_id, _), _)| key_id == id)
+            .filter_map(|((_, add), entry)| {
+                entry
+                    .value
+                    .as_ref()
+                    .map(|record| (add.clone(), record.clone()))
+            })
             .collect()
     }
 
@@ -368,6 +380,22 @@ impl ClusterState {
                     .as_ref()
                     .map(|claim| (add.clone(), claim.clone()))
             })
+            .collect()
+    }
+
+    /// Live allocations of addresses inside `subnet` (by anyone), by IP.
+    pub(crate) fn allocations_in(&self, subnet: &Subnet) -> Vec<(Ipv4Addr, IpClaim)> {
+        let lower = (
+            subnet.addr,
+            Dot {
+                node: min_node(),
+                counter: 0,
+            },
+        );
+        self.ips
+            .range(lower..)
+            .take_while(|((ip, _), _)| subnet.contains(*ip))
+            .filter_map(|((ip, _), entry)| entry.value.as_ref().map(|claim| (*ip, claim.clone())))
             .collect()
     }
 

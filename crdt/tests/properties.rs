@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use shoal_crdt::{
-    Capacity, ContainerId, ContainerRecord, Delta, NTP64, NodeId, NodeMeta, Replica, Resource,
-    ServiceName, ServiceSpec, Subnet, Summary, Timestamp,
+    ApplyError, Capacity, ContainerId, ContainerRecord, Delta, NTP64, NodeId, NodeMeta, Replica,
+    Resource, ServiceName, ServiceSpec, Subnet, Summary, Timestamp,
 };
 
 const REPLICAS: usize = 3;
@@ -236,7 +236,7 @@ impl Cluster {
 }
 
 fn history() -> impl Strategy<Value = Vec<Step>> {
-    prop::collection::vec(step(), 1..60)
+    prop::collection::vec(step(), 1..80)
 }
 
 /// `into` merged with `other`, by the delta `other` computes for `into`.
@@ -254,7 +254,7 @@ fn same(a: &Replica, b: &Replica) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(48))]
+    #![proptest_config(ProptestConfig::with_cases(96))]
 
     #[test]
     fn merge_is_commutative_associative_idempotent(steps in history()) {
@@ -285,7 +285,14 @@ proptest! {
     #[test]
     fn lossy_reordered_duplicated_delivery_then_anti_entropy_converges(steps in history()) {
         let mut cluster = Cluster::new();
-        cluster.run(&steps);
+        // A replica that is not a member syncs once, halfway, and comes back
+        // after GC: it must get what it missed, removals included.
+        let half = steps.len() / 2;
+        cluster.run(&steps[..half]);
+        let mut late = Replica::new("late".parse().unwrap(), DRIFT);
+        let early = cluster.replicas[0].delta_for(&late.summary());
+        late.apply_delta(ms(cluster.time_ms), &node(0), &early).unwrap();
+        cluster.run(&steps[half..]);
         cluster.anti_entropy(0..=REPLICAS - 1);
         let digest = cluster.replicas[0].digest();
         for replica in &cluster.replicas[..REPLICAS] {
@@ -310,5 +317,48 @@ proptest! {
             prop_assert_eq!(replica.digest(), visible);
             prop_assert_eq!(replica.state().tombstone_count(), 0);
         }
+        // Every old message arrives again, late: nothing removed comes back.
+        for message in 0..cluster.pool.len() {
+            for to in 0..REPLICAS {
+                cluster.deliver(message, to);
+            }
+        }
+        cluster.anti_entropy(0..=REPLICAS - 1);
+        for replica in &cluster.replicas[..REPLICAS] {
+            prop_assert_eq!(replica.digest(), visible);
+        }
+        let now = ms(cluster.time_ms);
+        let catch_up = cluster.replicas[0].delta_for(&late.summary());
+        late.apply_delta(now, &node(0), &catch_up).unwrap();
+        prop_assert_eq!(late.digest(), visible);
+    }
+
+    #[test]
+    fn a_delta_from_beyond_the_drift_limit_is_refused_and_changes_nothing(
+        steps in history(),
+        ahead_ms in 1u64..100_000,
+    ) {
+        let mut cluster = Cluster::new();
+        cluster.run(&steps);
+        // Replica 1 runs ahead by more than the drift limit and writes.
+        let drift_ms = u64::try_from(DRIFT.as_millis()).unwrap();
+        let future = ms(cluster.time_ms + drift_ms + ahead_ms);
+        let delta = cluster.replicas[1]
+            .put_service(future, "skewed".parse().unwrap(), ServiceSpec::new("/images/skewed"))
+            .unwrap();
+        let pulled = cluster.replicas[1].delta_for(&cluster.replicas[0].summary());
+        let receiver = &mut cluster.replicas[0];
+        let before = (receiver.digest(), receiver.summary(), receiver.clock().last());
+        let now = ms(cluster.time_ms);
+        for candidate in [&delta, &pulled] {
+            let result = receiver.apply_delta(now, &node(1), candidate);
+            // The eager delta may also be stale; either way nothing changes.
+            let refused = matches!(result, Err(ApplyError::ClockDrift { .. }) | Err(ApplyError::StaleBase { .. }));
+            prop_assert!(refused, "result: {:?}", result);
+            prop_assert_eq!(&(receiver.digest(), receiver.summary(), receiver.clock().last()), &before);
+        }
+        let again = receiver.apply_delta(now, &node(1), &pulled);
+        let is_drift = matches!(again, Err(ApplyError::ClockDrift { .. }));
+        prop_assert!(is_drift, "pulled delta: {:?}", again);
     }
 }
