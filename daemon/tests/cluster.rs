@@ -1,0 +1,75 @@
+//! Three real daemons on loopback (real certificates, HTTP/3, redb): a service applied on
+//! one node is listed on the others, and concurrent applies of one service on two nodes end
+//! with the same winner (spec and HLC version) everywhere.
+
+mod host_support;
+
+use host_support::{Cluster, wait_for};
+use shoal_crdt::Timestamp;
+
+const CONVERGE_TIMEOUT_MS: u64 = 20_000;
+
+#[test]
+fn a_service_applied_on_a_is_listed_on_b_and_c() {
+    let mut cluster = Cluster::new(3, "");
+    cluster.start_all();
+    let applied = cluster.nodes[0].apply("web", "/images/web.tar");
+    for node in &cluster.nodes[1..] {
+        let listed = wait_for(&format!("web on {}", node.name), CONVERGE_TIMEOUT_MS, || {
+            node.services().into_iter().find(|s| s.name == applied.name)
+        });
+        assert_eq!(listed, applied, "{} lists a different web", node.name);
+    }
+    // Every node knows every member.
+    for node in &cluster.nodes {
+        wait_for(&format!("{} to know 3 members", node.name), CONVERGE_TIMEOUT_MS, || {
+            (node.status().nodes == 3).then_some(())
+        });
+    }
+    for node in &mut cluster.nodes {
+        assert!(node.stop().success(), "{}:\n{}", node.name, node.log());
+    }
+}
+
+#[test]
+fn concurrent_applies_of_one_service_end_with_the_same_winner_everywhere() {
+    // Anti-entropy only, so the two writes are truly concurrent (neither node has seen the
+    // other's before writing its own).
+    let mut cluster = Cluster::new(3, "[sync]\neager_push = false\ninterval_ms = 300\njitter_ms = 50\n");
+    cluster.start_all();
+    let (first, second) = std::thread::scope(|scope| {
+        let a = &cluster.nodes[0];
+        let b = &cluster.nodes[1];
+        let first = scope.spawn(move || a.apply("db", "/images/db-from-a.tar"));
+        let second = scope.spawn(move || b.apply("db", "/images/db-from-b.tar"));
+        (first.join().unwrap(), second.join().unwrap())
+    });
+    assert_ne!(first.version, second.version, "two writes got the same HLC");
+    assert_ne!(first.spec, second.spec);
+    let first_hlc: Timestamp = first.version.parse().unwrap();
+    let second_hlc: Timestamp = second.version.parse().unwrap();
+    let expected = if first_hlc > second_hlc { &first } else { &second };
+    let winners: Vec<_> = cluster
+        .nodes
+        .iter()
+        .map(|node| {
+            wait_for(&format!("{} to settle on db", node.name), CONVERGE_TIMEOUT_MS, || {
+                let views = node.services();
+                let db = views.into_iter().find(|s| s.name.as_str() == "db")?;
+                // LWW: the write with the higher HLC wins on every node.
+                (db.version == expected.version).then_some(db)
+            })
+        })
+        .collect();
+    for winner in &winners {
+        assert_eq!(winner, expected);
+    }
+    // The loser is gone everywhere: a second look still shows the winner.
+    for node in &cluster.nodes {
+        let db = node.services().into_iter().find(|s| s.name.as_str() == "db").unwrap();
+        assert_eq!(&db, expected, "{} flipped back", node.name);
+    }
+    for node in &mut cluster.nodes {
+        assert!(node.stop().success(), "{}:\n{}", node.name, node.log());
+    }
+}
