@@ -1,0 +1,340 @@
+//! The gossip driver: anti-entropy rounds on a jittered interval plus eager push of local
+//! changes. Peer choice is [`super::membership::PeerSelector`]; this file only drives it.
+//!
+//! - Anti-entropy: every `interval_ms + jitter`, [`sync_once`] with the chosen targets, each
+//!   exchange as its own task, at most one in flight per address (a slow or dead peer never
+//!   delays the next round).
+//! - Eager push: local changes from `Node::subscribe_changes` go into a bounded queue of
+//!   `push_queue_max` deltas; when it is full (or the broadcast lagged) the change is dropped
+//!   and counted: anti-entropy delivers it within an interval anyway. A pusher sends each delta
+//!   to every live member concurrently; a peer that lacks the delta's base (409) gets a full
+//!   push-pull instead.
+//! - Liveness: a member is live when the node says so (HLC heartbeat in node metadata within
+//!   `down_after_ms`) or we synced with it successfully within `down_after_ms`.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use shoal_crdt::Delta;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinSet;
+
+use super::SyncError;
+use super::SyncLimits;
+use super::client::{push, sync_once};
+use super::membership::{Member, PeerSelector, Target};
+use crate::node::Node;
+
+/// How the gossip loop behaves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GossipConfig {
+    /// Anti-entropy period.
+    pub interval_ms: u64,
+    /// Uniform random extra wait per round, from the seeded RNG.
+    pub jitter_ms: u64,
+    /// Peers per anti-entropy round.
+    pub fanout: usize,
+    /// Silence after which a member counts as down.
+    pub down_after_ms: u64,
+    pub rng_seed: u64,
+    /// Push local changes to live peers as they happen (else anti-entropy only).
+    pub eager_push: bool,
+    /// Local changes waiting to be pushed; beyond this they are dropped (and counted).
+    pub push_queue_max: usize,
+}
+
+impl Default for GossipConfig {
+    fn default() -> Self {
+        Self {
+            interval_ms: 1_000,
+            jitter_ms: 200,
+            fanout: 3,
+            down_after_ms: 5_000,
+            rng_seed: 0,
+            eager_push: true,
+            push_queue_max: 256,
+        }
+    }
+}
+
+/// Counters of the gossip loop, for status and benchmarks.
+#[derive(Debug, Default)]
+pub struct GossipCounters {
+    pub rounds: AtomicU64,
+    pub syncs_ok: AtomicU64,
+    pub syncs_failed: AtomicU64,
+    pub pushes_ok: AtomicU64,
+    pub pushes_failed: AtomicU64,
+    /// Local changes not pushed eagerly because the queue was full or the broadcast lagged.
+    pub pushes_dropped: AtomicU64,
+}
+
+impl GossipCounters {
+    fn add(counter: &AtomicU64, amount: u64) {
+        counter.fetch_add(amount, Ordering::Relaxed);
+    }
+
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}
+
+/// Runs anti-entropy and eager push until `shutdown` completes; in-flight exchanges are then
+/// given `request_timeout_ms` to finish and aborted after that.
+pub async fn run_gossip(
+    endpoint: quinn::Endpoint,
+    node: Arc<Node>,
+    cfg: GossipConfig,
+    limits: SyncLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let counters = Arc::new(GossipCounters::default());
+    run_gossip_with_counters(endpoint, node, cfg, limits, counters, shutdown).await;
+}
+
+/// [`run_gossip`], reporting into `counters`.
+pub async fn run_gossip_with_counters(
+    endpoint: quinn::Endpoint,
+    node: Arc<Node>,
+    cfg: GossipConfig,
+    limits: SyncLimits,
+    counters: Arc<GossipCounters>,
+    shutdown: impl Future<Output = ()>,
+) {
+    assert!(cfg.fanout > 0, "fanout must be positive");
+    assert!(cfg.push_queue_max > 0, "push_queue_max must be positive");
+    let (stop_sender, stop) = watch::channel(false);
+    let driver = Driver {
+        endpoint,
+        node,
+        cfg,
+        limits,
+        counters: counters.clone(),
+        selector: Arc::new(std::sync::Mutex::new(PeerSelector::new(0))),
+    };
+    *driver.selector.lock().expect("selector lock") = PeerSelector::new(driver.cfg.rng_seed);
+    let (queue_sender, queue) = mpsc::channel::<Arc<Delta>>(driver.cfg.push_queue_max);
+    let changes = driver.node.subscribe_changes();
+    let work = async {
+        tokio::join!(
+            driver.anti_entropy(stop.clone()),
+            driver.forward_changes(changes, queue_sender, stop.clone()),
+            driver.pusher(queue, stop.clone()),
+        );
+    };
+    let stopper = async {
+        shutdown.await;
+        let _ = stop_sender.send(true);
+    };
+    tokio::join!(work, stopper);
+    tracing::info!(
+        rounds = GossipCounters::get(&counters.rounds),
+        syncs_ok = GossipCounters::get(&counters.syncs_ok),
+        syncs_failed = GossipCounters::get(&counters.syncs_failed),
+        pushes_ok = GossipCounters::get(&counters.pushes_ok),
+        pushes_failed = GossipCounters::get(&counters.pushes_failed),
+        pushes_dropped = GossipCounters::get(&counters.pushes_dropped),
+        "gossip stopped"
+    );
+}
+
+struct Driver {
+    endpoint: quinn::Endpoint,
+    node: Arc<Node>,
+    cfg: GossipConfig,
+    limits: SyncLimits,
+    counters: Arc<GossipCounters>,
+    selector: Arc<std::sync::Mutex<PeerSelector>>,
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    // An error means the sender is gone, which also means stop.
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+impl Driver {
+    fn members(&self) -> Vec<Member> {
+        self.node
+            .peers()
+            .into_iter()
+            .map(|peer| Member {
+                live: peer.live
+                    || peer
+                        .last_sync_ms_ago
+                        .is_some_and(|ago| ago < self.cfg.down_after_ms),
+                node: peer.node,
+                address: peer.address,
+            })
+            .collect()
+    }
+
+    fn note_result(
+        &self,
+        target: &Target,
+        result: &Result<super::SyncStats, SyncError>,
+        pushed: bool,
+    ) {
+        let (ok, failed) = if pushed {
+            (&self.counters.pushes_ok, &self.counters.pushes_failed)
+        } else {
+            (&self.counters.syncs_ok, &self.counters.syncs_failed)
+        };
+        match result {
+            Ok(_) => GossipCounters::add(ok, 1),
+            Err(SyncError::SelfConnection { peer }) => {
+                self.selector
+                    .lock()
+                    .expect("selector lock")
+                    .mark_self(*peer);
+                tracing::debug!(address = %peer, "seed is this node itself; not dialing it again");
+            }
+            Err(error) => {
+                GossipCounters::add(failed, 1);
+                tracing::debug!(address = %target.address, reason = %error, pushed, "sync failed");
+            }
+        }
+    }
+
+    async fn anti_entropy(&self, mut stop: watch::Receiver<bool>) {
+        let mut exchanges: JoinSet<(Target, Result<super::SyncStats, SyncError>)> = JoinSet::new();
+        let mut in_flight: BTreeSet<SocketAddr> = BTreeSet::new();
+        loop {
+            let delay_ms = {
+                let mut selector = self.selector.lock().expect("selector lock");
+                selector.next_delay_ms(self.cfg.interval_ms, self.cfg.jitter_ms)
+            };
+            let sleep = tokio::time::sleep(Duration::from_millis(delay_ms));
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    () = stopped(&mut stop) => {
+                        self.finish(exchanges).await;
+                        return;
+                    }
+                    () = &mut sleep => break,
+                    Some(joined) = exchanges.join_next(), if !exchanges.is_empty() => {
+                        if let Ok((target, result)) = joined {
+                            in_flight.remove(&target.address);
+                            self.note_result(&target, &result, false);
+                        }
+                    }
+                }
+            }
+            GossipCounters::add(&self.counters.rounds, 1);
+            let members: Vec<Member> = self
+                .members()
+                .into_iter()
+                .filter(|member| !in_flight.contains(&member.address))
+                .collect();
+            let seeds: Vec<SocketAddr> = self
+                .node
+                .seed_peers()
+                .into_iter()
+                .filter(|seed| !in_flight.contains(seed))
+                .collect();
+            let targets = self.selector.lock().expect("selector lock").round_targets(
+                &members,
+                &seeds,
+                self.cfg.fanout,
+            );
+            for target in targets {
+                in_flight.insert(target.address);
+                let endpoint = self.endpoint.clone();
+                let node = self.node.clone();
+                let limits = self.limits.clone();
+                exchanges.spawn(async move {
+                    let result = sync_once(
+                        &endpoint,
+                        &node,
+                        target.address,
+                        target.expected.as_ref(),
+                        &limits,
+                    )
+                    .await;
+                    (target, result)
+                });
+            }
+        }
+    }
+
+    async fn finish<T: 'static>(&self, mut tasks: JoinSet<T>) {
+        let drain = async { while tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(self.limits.request_timeout(), drain)
+            .await
+            .is_err()
+        {
+            tasks.shutdown().await;
+        }
+    }
+
+    async fn forward_changes(
+        &self,
+        mut changes: broadcast::Receiver<Arc<Delta>>,
+        queue: mpsc::Sender<Arc<Delta>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        if !self.cfg.eager_push {
+            return;
+        }
+        loop {
+            let received = tokio::select! {
+                () = stopped(&mut stop) => return,
+                received = changes.recv() => received,
+            };
+            match received {
+                Ok(delta) => {
+                    if queue.try_send(delta).is_err() {
+                        GossipCounters::add(&self.counters.pushes_dropped, 1);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    GossipCounters::add(&self.counters.pushes_dropped, missed);
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    async fn pusher(&self, mut queue: mpsc::Receiver<Arc<Delta>>, mut stop: watch::Receiver<bool>) {
+        loop {
+            let delta = tokio::select! {
+                () = stopped(&mut stop) => return,
+                delta = queue.recv() => match delta {
+                    Some(delta) => delta,
+                    None => return,
+                },
+            };
+            let targets = {
+                let selector = self.selector.lock().expect("selector lock");
+                selector.push_targets(&self.members(), &self.node.seed_peers())
+            };
+            let pushes = targets.iter().map(|target| {
+                let delta = delta.clone();
+                async move {
+                    let result = push(
+                        &self.endpoint,
+                        &self.node,
+                        target.address,
+                        target.expected.as_ref(),
+                        &delta,
+                        &self.limits,
+                    )
+                    .await;
+                    (target, result)
+                }
+            });
+            let all = futures::future::join_all(pushes);
+            let results = tokio::select! {
+                () = stopped(&mut stop) => return,
+                results = all => results,
+            };
+            for (target, result) in results {
+                self.note_result(target, &result, true);
+            }
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! State sync between nodes over mutually authenticated HTTP/3 (quinn + h3 + rustls).
+//!
+//! - [`wire`]: the protocol: versioned paths, body framing, status codes.
+//! - [`server`]: [`serve`] answers `POST /v1/sync` and `POST /v1/push` on the endpoint.
+//! - [`client`]: [`sync_once`] (one push-pull with a peer) and [`push`] (eager push).
+//! - [`membership`]: sans-IO choice of whom to sync with, with seeded randomness.
+//! - [`gossip`]: [`run_gossip`], the anti-entropy loop plus eager push of local changes.
+//!
+//! One UDP socket ([`bind_endpoint`]) serves both directions: the endpoint accepts peers'
+//! connections and dials peers with our certificate. *Invariant:* the peer's node id used for
+//! any state operation comes from its verified certificate, never from a body.
+
+pub mod client;
+pub mod gossip;
+pub mod membership;
+pub mod server;
+pub mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_crdt::NodeId;
+
+pub use crate::tls::{TlsError, TlsMaterial, node_id_from_cert};
+pub use client::{PeerSession, Reply, SyncStats, connect, push, sync_once};
+pub use gossip::{GossipConfig, GossipCounters, run_gossip};
+pub use server::serve;
+
+/// Bounds of the sync protocol, for both the server and the client side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncLimits {
+    /// Largest request or response body accepted; larger ones are refused (413) unread.
+    pub body_bytes_max: usize,
+    /// Deadline for one request (server) or one whole push-pull (client), handshake included.
+    pub request_timeout_ms: u64,
+    /// Concurrent incoming connections; more are refused at once.
+    pub connections_max: usize,
+}
+
+impl Default for SyncLimits {
+    fn default() -> Self {
+        Self {
+            body_bytes_max: 8 * 1024 * 1024,
+            request_timeout_ms: 5_000,
+            connections_max: 256,
+        }
+    }
+}
+
+impl SyncLimits {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+/// Concurrent request streams one peer may open on a connection (QUIC flow control enforces it).
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 8;
+/// A connection with no traffic for this long is closed.
+pub const IDLE_TIMEOUT_MS: u32 = 10_000;
+
+/// Errors of the sync layer. Each names the peer (address or node id) or the address at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("bind {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("connect to {peer}: {reason}")]
+    Connect { peer: SocketAddr, reason: String },
+    #[error("peer {peer} is node {found}, expected {expected}")]
+    UnexpectedPeer {
+        peer: SocketAddr,
+        expected: NodeId,
+        found: NodeId,
+    },
+    #[error("peer {peer} is this node itself")]
+    SelfConnection { peer: SocketAddr },
+    #[error("http/3 with {peer}: {reason}")]
+    Http { peer: SocketAddr, reason: String },
+    #[error("{peer}: no answer within {timeout_ms} ms")]
+    Timeout { peer: SocketAddr, timeout_ms: u64 },
+    #[error("{peer} answered {path} with status {status}: {message}")]
+    Status {
+        peer: SocketAddr,
+        path: &'static str,
+        status: u16,
+        message: String,
+    },
+    #[error("{peer}: response body over {body_bytes_max} bytes")]
+    ResponseTooLarge {
+        peer: SocketAddr,
+        body_bytes_max: usize,
+    },
+    #[error("{peer}: bad response body: {source}")]
+    Decode {
+        peer: SocketAddr,
+        #[source]
+        source: wire::WireError,
+    },
+    #[error("applying the delta from {peer} failed: {reason}")]
+    Apply { peer: NodeId, reason: String },
+}
+
+/// Binds the node's UDP socket: an HTTP/3 server requiring client certificates, and the
+/// default client config that presents ours, on the same endpoint.
+pub fn bind_endpoint(listen: SocketAddr, tls: &TlsMaterial) -> Result<quinn::Endpoint, SyncError> {
+    let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.server_config()?)
+        .map_err(|error| TlsError::Config(error.to_string()))?;
+    let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
+    server_config.transport_config(transport_config());
+    let mut endpoint =
+        quinn::Endpoint::server(server_config, listen).map_err(|source| SyncError::Bind {
+            address: listen,
+            source,
+        })?;
+    endpoint.set_default_client_config(client_config(tls)?);
+    Ok(endpoint)
+}
+
+/// The quinn client config that presents our certificate; [`bind_endpoint`] installs it.
+pub fn client_config(tls: &TlsMaterial) -> Result<quinn::ClientConfig, SyncError> {
+    let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.client_config()?)
+        .map_err(|error| TlsError::Config(error.to_string()))?;
+    let mut config = quinn::ClientConfig::new(Arc::new(client_crypto));
+    config.transport_config(transport_config());
+    Ok(config)
+}
+
+fn transport_config() -> Arc<quinn::TransportConfig> {
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(STREAMS_PER_CONNECTION_MAX.into())
+        // HTTP/3 needs a control and two QPACK streams per side; a few spare.
+        .max_concurrent_uni_streams(8u32.into())
+        .max_idle_timeout(Some(quinn::VarInt::from_u32(IDLE_TIMEOUT_MS).into()));
+    Arc::new(transport)
+}

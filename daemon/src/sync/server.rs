@@ -1,0 +1,355 @@
+//! The answering side of sync: accepts mutually authenticated HTTP/3 connections and serves
+//! `POST /v1/sync` and `POST /v1/push` (see [`super::wire`]).
+//!
+//! Bounds: at most `connections_max` connections at once (more are refused before the
+//! handshake), `STREAMS_PER_CONNECTION_MAX` concurrent requests per connection (QUIC stream
+//! credit), bodies up to `body_bytes_max` (a larger Content-Length is refused with 413 before any
+//! byte of the body is read; a streamed body is cut off at the limit), and `request_timeout_ms`
+//! per request. A connection whose certificate fails verification ends in the handshake, so it
+//! never reaches a handler; the refusal is logged with the peer address and reason.
+//!
+//! Shutdown: when `shutdown` completes, no new connection is accepted; in-flight connections
+//! get `request_timeout_ms` to finish, then are aborted. The endpoint itself is left open (the
+//! gossip loop dials through it); the caller closes it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Buf, Bytes, BytesMut};
+use h3::server::RequestStream;
+use http::StatusCode;
+use shoal_crdt::NodeId;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+use super::wire::{self, CONTENT_TYPE, Route};
+use super::{SyncError, SyncLimits};
+use crate::node::{Node, NodeError};
+use crate::tls::peer_node_id;
+
+type ServerStream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
+
+/// Serves sync requests on `endpoint` until `shutdown` completes or the endpoint is closed.
+pub async fn serve(
+    endpoint: quinn::Endpoint,
+    node: Arc<Node>,
+    limits: SyncLimits,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), SyncError> {
+    assert!(
+        limits.connections_max > 0,
+        "connections_max must be positive"
+    );
+    assert!(limits.body_bytes_max > 0, "body_bytes_max must be positive");
+    let permits = Arc::new(Semaphore::new(limits.connections_max));
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            incoming = endpoint.accept() => {
+                let Some(incoming) = incoming else { break };
+                match permits.clone().try_acquire_owned() {
+                    Ok(permit) => {
+                        connections.spawn(serve_connection(incoming, node.clone(), limits.clone(), permit));
+                    }
+                    Err(_) => {
+                        tracing::warn!(
+                            remote = %incoming.remote_address(),
+                            connections_max = limits.connections_max,
+                            "refused connection: too many connections"
+                        );
+                        incoming.refuse();
+                    }
+                }
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    let drain = async { while connections.join_next().await.is_some() {} };
+    if tokio::time::timeout(limits.request_timeout(), drain)
+        .await
+        .is_err()
+    {
+        tracing::info!(
+            remaining = connections.len(),
+            "sync server: aborting connections still open at shutdown"
+        );
+        connections.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    node: Arc<Node>,
+    limits: SyncLimits,
+    _permit: OwnedSemaphorePermit,
+) {
+    let remote = incoming.remote_address();
+    let connection = match tokio::time::timeout(limits.request_timeout(), incoming).await {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(error)) => {
+            tracing::warn!(%remote, reason = %error, "refused connection: handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%remote, "refused connection: handshake timed out");
+            return;
+        }
+    };
+    let peer = match peer_node_id(&connection) {
+        Ok(peer) => peer,
+        Err(error) => {
+            // Unreachable with our verifier (it refuses certificates without a node id), kept
+            // so that no request is ever served without a certificate-derived identity.
+            tracing::warn!(%remote, reason = %error, "refused connection: no node id");
+            connection.close(0u32.into(), b"no node id");
+            return;
+        }
+    };
+    tracing::debug!(%remote, %peer, "sync connection accepted");
+    let mut h3_connection = match h3::server::Connection::<_, Bytes>::new(
+        h3_quinn::Connection::new(connection),
+    )
+    .await
+    {
+        Ok(h3_connection) => h3_connection,
+        Err(error) => {
+            tracing::debug!(%remote, %peer, reason = %error, "http/3 setup failed");
+            return;
+        }
+    };
+    let mut requests = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = h3_connection.accept() => match accepted {
+                Ok(Some(resolver)) => {
+                    let context = RequestContext {
+                        node: node.clone(),
+                        peer: peer.clone(),
+                        remote,
+                        limits: limits.clone(),
+                    };
+                    requests.spawn(async move {
+                        match resolver.resolve_request().await {
+                            Ok((request, stream)) => context.handle(request, stream).await,
+                            Err(error) => tracing::debug!(%remote, reason = %error, "bad request headers"),
+                        }
+                    });
+                }
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::debug!(%remote, %peer, reason = %error, "sync connection ended");
+                    break;
+                }
+            },
+            Some(_) = requests.join_next(), if !requests.is_empty() => {}
+        }
+    }
+    while requests.join_next().await.is_some() {}
+}
+
+struct RequestContext {
+    node: Arc<Node>,
+    peer: NodeId,
+    remote: SocketAddr,
+    limits: SyncLimits,
+}
+
+/// A refusal: status and a reason for the caller.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+/// How reading a request body ended, when it did not yield the body.
+enum BodyError {
+    TooLarge,
+    Stream(String),
+}
+
+impl RequestContext {
+    async fn handle(self, request: http::Request<()>, mut stream: ServerStream) {
+        let path = request.uri().path().to_owned();
+        let answer = tokio::time::timeout(
+            self.limits.request_timeout(),
+            self.answer(&request, &mut stream),
+        )
+        .await;
+        let (status, body) = match answer {
+            Ok(Ok(Some((status, body)))) => (status, body),
+            Ok(Ok(None)) => return, // the stream broke; nobody to answer
+            Ok(Err(refusal)) => {
+                tracing::warn!(
+                    peer = %self.peer,
+                    remote = %self.remote,
+                    %path,
+                    status = refusal.status.as_u16(),
+                    reason = %refusal.message,
+                    "refused sync request"
+                );
+                (refusal.status, Bytes::from(refusal.message))
+            }
+            Err(_) => {
+                tracing::warn!(peer = %self.peer, %path, "sync request timed out");
+                return;
+            }
+        };
+        if let Err(error) = respond(&mut stream, status, body).await {
+            tracing::debug!(peer = %self.peer, %path, reason = %error, "response not delivered");
+        }
+    }
+
+    /// The response to send, a refusal, or `None` when the stream failed.
+    async fn answer(
+        &self,
+        request: &http::Request<()>,
+        stream: &mut ServerStream,
+    ) -> Result<Option<(StatusCode, Bytes)>, Refusal> {
+        let route = wire::route(request.method(), request.uri().path())
+            .map_err(|error| Refusal::new(error.status, error.message))?;
+        let max = self.limits.body_bytes_max;
+        if let Some(length) = declared_length(request)?
+            && length > max as u64
+        {
+            stream.stop_sending(h3::error::Code::H3_REQUEST_REJECTED);
+            return Err(Refusal::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("body of {length} bytes exceeds the limit of {max} bytes"),
+            ));
+        }
+        let body = match read_body(stream, max).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                stream.stop_sending(h3::error::Code::H3_REQUEST_REJECTED);
+                return Err(Refusal::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("body exceeds the limit of {max} bytes"),
+                ));
+            }
+            Err(BodyError::Stream(reason)) => {
+                tracing::debug!(peer = %self.peer, %reason, "request body not received");
+                return Ok(None);
+            }
+        };
+        let decode_refusal =
+            |error: wire::WireError| Refusal::new(error.status(), error.to_string());
+        match route {
+            Route::Sync => {
+                let theirs = wire::decode_summary(&body, max).map_err(decode_refusal)?;
+                let delta = self.node.delta_for(&self.peer, &theirs);
+                let response = wire::encode_sync_response(&delta, &self.node.summary());
+                if response.len() > max {
+                    tracing::error!(
+                        peer = %self.peer,
+                        bytes = response.len(),
+                        body_bytes_max = max,
+                        "delta for peer exceeds body_bytes_max; raise the limit on every node"
+                    );
+                    return Err(Refusal::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!(
+                            "the delta for you is {} bytes, over the limit of {max} bytes",
+                            response.len()
+                        ),
+                    ));
+                }
+                Ok(Some((StatusCode::OK, Bytes::from(response))))
+            }
+            Route::Push => {
+                let delta = wire::decode_delta(&body, max).map_err(decode_refusal)?;
+                let node = self.node.clone();
+                let peer = self.peer.clone();
+                // apply_remote commits to redb (fsync) before applying: off the async workers.
+                let applied = tokio::task::spawn_blocking(move || node.apply_remote(&peer, delta))
+                    .await
+                    .map_err(|error| {
+                        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+                    })?;
+                applied.map_err(|error| Refusal::new(status_for(&error), error.to_string()))?;
+                Ok(Some((StatusCode::NO_CONTENT, Bytes::new())))
+            }
+        }
+    }
+}
+
+/// The status a node refusal maps to.
+fn status_for(error: &NodeError) -> StatusCode {
+    match error {
+        NodeError::StaleBase { .. } => StatusCode::CONFLICT,
+        NodeError::ClockDrift { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        NodeError::Invalid { .. } | NodeError::Refused(_) | NodeError::NotFound(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        NodeError::Storage(_) | NodeError::Poisoned | NodeError::Load { .. } => {
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+    }
+}
+
+fn declared_length(request: &http::Request<()>) -> Result<Option<u64>, Refusal> {
+    let Some(value) = request.headers().get(http::header::CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|text| text.parse::<u64>().ok())
+        .map(Some)
+        .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "content-length is not a number"))
+}
+
+async fn read_body(stream: &mut ServerStream, body_bytes_max: usize) -> Result<Bytes, BodyError> {
+    let mut body = BytesMut::new();
+    loop {
+        let chunk = stream
+            .recv_data()
+            .await
+            .map_err(|error| BodyError::Stream(error.to_string()))?;
+        let Some(mut chunk) = chunk else { break };
+        if body.len() + chunk.remaining() > body_bytes_max {
+            return Err(BodyError::TooLarge);
+        }
+        while chunk.has_remaining() {
+            let part = chunk.chunk();
+            let length = part.len();
+            body.extend_from_slice(part);
+            chunk.advance(length);
+        }
+    }
+    Ok(body.freeze())
+}
+
+async fn respond(
+    stream: &mut ServerStream,
+    status: StatusCode,
+    body: Bytes,
+) -> Result<(), h3::error::StreamError> {
+    let content_type = if status.is_success() {
+        CONTENT_TYPE
+    } else {
+        "text/plain; charset=utf-8"
+    };
+    let response = http::Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, content_type)
+        .header(http::header::CONTENT_LENGTH, body.len())
+        .body(())
+        .expect("a response from a valid status and headers");
+    stream.send_response(response).await?;
+    if !body.is_empty() {
+        stream.send_data(body).await?;
+    }
+    stream.finish().await
+}

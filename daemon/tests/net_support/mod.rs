@@ -1,0 +1,192 @@
+//! Shared setup of daemon-net's integration tests: a CA, nodes with real certificates and a
+//! real redb database in a temp dir, and HTTP/3 sync servers on 127.0.0.1 port 0.
+#![allow(dead_code)] // each test file uses a different part
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal::node::{Node, NodeOptions};
+use shoal::pki::{self, NodePaths, Validity};
+use shoal::sync::{self, SyncLimits, TlsMaterial};
+use shoal::tls::ClusterServerVerifier;
+use shoal_crdt::{Capacity, NodeId};
+use tokio::sync::oneshot;
+
+pub fn node_id(name: &str) -> NodeId {
+    name.parse().unwrap()
+}
+
+pub fn limits() -> SyncLimits {
+    SyncLimits {
+        body_bytes_max: 64 * 1024,
+        request_timeout_ms: 5_000,
+        connections_max: 16,
+    }
+}
+
+/// A temp dir holding the cluster CA.
+pub struct Pki {
+    pub dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        pki::init_ca(&dir.path().join("ca"), false).unwrap();
+        Self { dir }
+    }
+
+    pub fn ca_dir(&self) -> PathBuf {
+        self.dir.path().join("ca")
+    }
+
+    pub fn ca_cert(&self) -> PathBuf {
+        self.ca_dir().join(pki::CA_CERT_FILE)
+    }
+
+    pub fn issue(&self, name: &str) -> NodePaths {
+        let out = self.dir.path().join("certs");
+        pki::issue_node_cert(
+            &self.ca_dir(),
+            &node_id(name),
+            &["127.0.0.1".to_owned()],
+            30,
+            &out,
+            false,
+        )
+        .unwrap()
+    }
+
+    pub fn issue_with(&self, name: &str, validity: Validity) -> NodePaths {
+        let out = self.dir.path().join("certs");
+        pki::issue_node_cert_with(&self.ca_dir(), &node_id(name), &[], validity, &out, false)
+            .unwrap()
+    }
+
+    pub fn material(&self, name: &str) -> TlsMaterial {
+        let paths = self.issue(name);
+        TlsMaterial::load(&self.ca_cert(), &paths.cert, &paths.key).unwrap()
+    }
+}
+
+pub fn open_node(dir: &Path, name: &str, address: SocketAddr) -> Arc<Node> {
+    Arc::new(
+        Node::open(NodeOptions {
+            node: node_id(name),
+            database: dir.join(format!("{name}.redb")),
+            max_clock_drift: Duration::from_secs(1),
+            seeds: Vec::new(),
+            address,
+            capacity: Capacity {
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+            },
+            down_after_ms: 5_000,
+        })
+        .unwrap(),
+    )
+}
+
+pub fn apply_service(node: &Node, name: &str, image: &str) {
+    let text = format!("name = \"{name}\"\nimage = \"{image}\"\n");
+    let specs = shoal::spec_file::parse(&text).unwrap();
+    node.apply_services(specs).unwrap();
+}
+
+/// A node serving sync on its own endpoint.
+pub struct Server {
+    pub node: Arc<Node>,
+    pub endpoint: quinn::Endpoint,
+    pub address: SocketAddr,
+    pub database: PathBuf,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    pub async fn start(pki: &Pki, dir: &Path, name: &str) -> Self {
+        Self::start_with(&pki.material(name), dir, name, limits()).await
+    }
+
+    pub async fn start_with(tls: &TlsMaterial, dir: &Path, name: &str, limits: SyncLimits) -> Self {
+        let endpoint = sync::bind_endpoint("127.0.0.1:0".parse().unwrap(), tls).unwrap();
+        let address = endpoint.local_addr().unwrap();
+        let node = open_node(dir, name, address);
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(sync::serve(endpoint.clone(), node.clone(), limits, async {
+            let _ = stopped.await;
+        }));
+        let task = tokio::spawn(async move {
+            task.await.unwrap().unwrap();
+        });
+        Self {
+            node,
+            endpoint,
+            address,
+            database: dir.join(format!("{name}.redb")),
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// What must not change when a request is refused: the state digest, the summary and
+    /// the database file's bytes.
+    pub fn fingerprint(&self) -> (String, String, Vec<u8>) {
+        (
+            hex(&self.node.digest()),
+            format!("{:?}", self.node.summary()),
+            std::fs::read(&self.database).unwrap(),
+        )
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.unwrap();
+        }
+        self.endpoint.close(0u32.into(), b"test over");
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// A client endpoint built from raw parts, bypassing `TlsMaterial::load`'s checks, so a test
+/// can present no certificate, a foreign one or an expired one. It verifies the server against
+/// `ca_cert` like a real node does.
+pub fn raw_client(ca_cert: &Path, identity: Option<&NodePaths>) -> quinn::Endpoint {
+    let ca_pem = std::fs::read(ca_cert).unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(shoal::tls::provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ClusterServerVerifier::new(Arc::new(roots))));
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(paths) => {
+            let cert_pem = std::fs::read(&paths.cert).unwrap();
+            let key_pem = std::fs::read(&paths.key).unwrap();
+            let chain = rustls_pemfile::certs(&mut &cert_pem[..])
+                .collect::<Result<Vec<_>, _>>()
+                .unwrap();
+            let key = rustls_pemfile::private_key(&mut &key_pem[..])
+                .unwrap()
+                .unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    config.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(config).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    endpoint
+}

@@ -1,0 +1,270 @@
+//! Bad bodies over real mutual-TLS HTTP/3 against a real node (redb in a temp dir): malformed,
+//! truncated, oversized (declared and streamed), wrong-version, stale-base and future-clock
+//! bodies are refused with their status and leave the digest, summary and database file
+//! unchanged; wrong paths and methods are refused too. A valid push, last, does change state.
+
+mod net_support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use net_support::{Pki, Server, apply_service, limits, node_id};
+use shoal::node::physical_now;
+use shoal::sync::{self, PeerSession, wire};
+use shoal_crdt::{NTP64, Replica, codec};
+
+fn service(name: &str) -> shoal::spec_file::NamedSpec {
+    shoal::spec_file::parse(&format!("name = \"{name}\"\nimage = \"/images/{name}\"\n"))
+        .unwrap()
+        .remove(0)
+}
+
+/// A replica named like the client's certificate, so its deltas are the client's own writes.
+fn client_replica() -> Replica {
+    Replica::new(node_id("client"), Duration::from_secs(1))
+}
+
+fn put(replica: &mut Replica, now: NTP64, name: &str) -> shoal_crdt::Delta {
+    let spec = service(name);
+    replica.put_service(now, spec.name, spec.spec).unwrap()
+}
+
+async fn session(pki: &Pki, server: &Server) -> (quinn::Endpoint, PeerSession) {
+    let tls = pki.material("client");
+    let endpoint = sync::bind_endpoint("127.0.0.1:0".parse().unwrap(), &tls).unwrap();
+    let session = sync::connect(
+        &endpoint,
+        server.address,
+        Some(&node_id("server")),
+        &limits(),
+    )
+    .await
+    .unwrap();
+    (endpoint, session)
+}
+
+#[tokio::test]
+async fn bad_bodies_are_refused_with_their_status_and_change_nothing() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&pki, dir.path(), "server").await;
+    apply_service(&server.node, "web", "/images/web");
+    let before = server.fingerprint();
+    let (_endpoint, mut session) = session(&pki, &server).await;
+
+    let mut replica = client_replica();
+    let valid = codec::encode_delta(&put(&mut replica, physical_now(), "api"));
+    let max = limits().body_bytes_max;
+
+    let mut wrong_version = valid.clone();
+    wrong_version[5..7].copy_from_slice(&99u16.to_le_bytes());
+    let mut summary_wrong_version = codec::encode_summary(&client_replica().summary());
+    summary_wrong_version[5..7].copy_from_slice(&99u16.to_le_bytes());
+
+    // Two changes; pushing only the second one lacks its base.
+    let mut stale_replica = client_replica();
+    put(&mut stale_replica, physical_now(), "first");
+    let stale = codec::encode_delta(&put(&mut stale_replica, physical_now(), "second"));
+
+    // Written with a clock an hour ahead: beyond the one-second drift the server allows.
+    let mut future_replica = client_replica();
+    let an_hour = NTP64::from(Duration::from_secs(3600));
+    let future = codec::encode_delta(&put(
+        &mut future_replica,
+        physical_now() + an_hour,
+        "future",
+    ));
+
+    let cases: Vec<(&str, &str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "malformed push",
+            wire::PATH_PUSH,
+            b"this is not a delta".to_vec(),
+            StatusCode::BAD_REQUEST,
+            "magic",
+        ),
+        (
+            "malformed sync",
+            wire::PATH_SYNC,
+            vec![0xff; 40],
+            StatusCode::BAD_REQUEST,
+            "magic",
+        ),
+        (
+            "empty push",
+            wire::PATH_PUSH,
+            Vec::new(),
+            StatusCode::BAD_REQUEST,
+            "",
+        ),
+        (
+            "truncated push",
+            wire::PATH_PUSH,
+            valid[..valid.len() / 2].to_vec(),
+            StatusCode::BAD_REQUEST,
+            "malformed",
+        ),
+        (
+            "summary as delta",
+            wire::PATH_PUSH,
+            codec::encode_summary(&client_replica().summary()),
+            StatusCode::BAD_REQUEST,
+            "kind",
+        ),
+        (
+            "wrong version push",
+            wire::PATH_PUSH,
+            wrong_version,
+            StatusCode::BAD_REQUEST,
+            "version 99",
+        ),
+        (
+            "wrong version sync",
+            wire::PATH_SYNC,
+            summary_wrong_version,
+            StatusCode::BAD_REQUEST,
+            "version 99",
+        ),
+        (
+            "oversized push",
+            wire::PATH_PUSH,
+            vec![0u8; max + 1],
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "exceeds the limit",
+        ),
+        (
+            "stale base",
+            wire::PATH_PUSH,
+            stale,
+            StatusCode::CONFLICT,
+            "",
+        ),
+        (
+            "future clock",
+            wire::PATH_PUSH,
+            future,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "",
+        ),
+        (
+            "other protocol version",
+            "/v2/push",
+            valid.clone(),
+            StatusCode::NOT_FOUND,
+            "unsupported protocol version",
+        ),
+        (
+            "unknown path",
+            "/v1/nothing",
+            valid.clone(),
+            StatusCode::NOT_FOUND,
+            "no such endpoint",
+        ),
+    ];
+    for (what, path, body, status, message) in cases {
+        let reply = session.post(path, body).await.unwrap();
+        assert_eq!(reply.status, status, "{what}: {}", reply.message());
+        assert!(
+            reply.message().contains(message),
+            "{what}: {:?} lacks {message:?}",
+            reply.message()
+        );
+        assert_eq!(
+            server.fingerprint(),
+            before,
+            "{what} changed the server's state"
+        );
+    }
+
+    // A body over the limit without a Content-Length is cut off while streaming.
+    let reply = session
+        .post_unsized(wire::PATH_PUSH, vec![7u8; 4 * max])
+        .await
+        .unwrap();
+    assert_eq!(
+        reply.status,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "{}",
+        reply.message()
+    );
+    assert_eq!(
+        server.fingerprint(),
+        before,
+        "streamed oversized body changed state"
+    );
+
+    // Positive control, on the same connection: the valid delta is applied and persisted.
+    let reply = session.post(wire::PATH_PUSH, valid.clone()).await.unwrap();
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.message());
+    let after = server.fingerprint();
+    assert_ne!(after.0, before.0, "digest");
+    assert_ne!(after.2, before.2, "database file");
+    // Re-delivery is idempotent and harmless.
+    let reply = session.post(wire::PATH_PUSH, valid).await.unwrap();
+    assert_eq!(reply.status, StatusCode::NO_CONTENT);
+    assert_eq!(server.fingerprint().0, after.0);
+    session.close();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn sync_returns_what_the_caller_lacks_and_the_server_summary() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&pki, dir.path(), "server").await;
+    apply_service(&server.node, "web", "/images/web");
+    apply_service(&server.node, "db", "/images/db");
+    let (_endpoint, mut session) = session(&pki, &server).await;
+
+    let replica = client_replica();
+    let reply = session
+        .post(wire::PATH_SYNC, codec::encode_summary(&replica.summary()))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.message());
+    let (delta, theirs) = wire::decode_sync_response(&reply.body, limits().body_bytes_max).unwrap();
+    assert_eq!(theirs, server.node.summary());
+    let mut replica = replica;
+    replica
+        .apply_delta(physical_now(), &node_id("server"), &delta)
+        .unwrap();
+    assert_eq!(replica.digest(), server.node.digest());
+
+    // Caught up: the next delta is empty.
+    let reply = session
+        .post(wire::PATH_SYNC, codec::encode_summary(&replica.summary()))
+        .await
+        .unwrap();
+    let (delta, _) = wire::decode_sync_response(&reply.body, limits().body_bytes_max).unwrap();
+    assert!(delta.is_empty(), "{delta:?}");
+    session.close();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn connections_over_the_limit_are_refused() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let mut tight = limits();
+    tight.connections_max = 1;
+    let server = Server::start_with(&pki.material("server"), dir.path(), "server", tight).await;
+    let (_first_endpoint, mut first) = session(&pki, &server).await;
+    let tls = pki.material("client-2");
+    let second = sync::bind_endpoint("127.0.0.1:0".parse().unwrap(), &tls).unwrap();
+    let error = sync::connect(&second, server.address, None, &limits()).await;
+    assert!(
+        error.is_err(),
+        "a second connection was accepted over connections_max = 1"
+    );
+    // The first connection still works.
+    let reply = first
+        .post(
+            wire::PATH_SYNC,
+            codec::encode_summary(&client_replica().summary()),
+        )
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK);
+    first.close();
+    server.stop().await;
+}
