@@ -15,16 +15,20 @@ fn a_service_applied_on_a_is_listed_on_b_and_c() {
     cluster.start_all();
     let applied = cluster.nodes[0].apply("web", "/images/web.tar");
     for node in &cluster.nodes[1..] {
-        let listed = wait_for(&format!("web on {}", node.name), CONVERGE_TIMEOUT_MS, || {
-            node.services().into_iter().find(|s| s.name == applied.name)
-        });
+        let listed = wait_for(
+            &format!("web on {}", node.name),
+            CONVERGE_TIMEOUT_MS,
+            || node.services().into_iter().find(|s| s.name == applied.name),
+        );
         assert_eq!(listed, applied, "{} lists a different web", node.name);
     }
     // Every node knows every member.
     for node in &cluster.nodes {
-        wait_for(&format!("{} to know 3 members", node.name), CONVERGE_TIMEOUT_MS, || {
-            (node.status().nodes == 3).then_some(())
-        });
+        wait_for(
+            &format!("{} to know 3 members", node.name),
+            CONVERGE_TIMEOUT_MS,
+            || (node.status().nodes == 3).then_some(()),
+        );
     }
     for node in &mut cluster.nodes {
         assert!(node.stop().success(), "{}:\n{}", node.name, node.log());
@@ -35,7 +39,10 @@ fn a_service_applied_on_a_is_listed_on_b_and_c() {
 fn concurrent_applies_of_one_service_end_with_the_same_winner_everywhere() {
     // Anti-entropy only, so the two writes are truly concurrent (neither node has seen the
     // other's before writing its own).
-    let mut cluster = Cluster::new(3, "[sync]\neager_push = false\ninterval_ms = 300\njitter_ms = 50\n");
+    let mut cluster = Cluster::new(
+        3,
+        "[sync]\neager_push = false\ninterval_ms = 300\njitter_ms = 50\n",
+    );
     cluster.start_all();
     let (first, second) = std::thread::scope(|scope| {
         let a = &cluster.nodes[0];
@@ -48,17 +55,25 @@ fn concurrent_applies_of_one_service_end_with_the_same_winner_everywhere() {
     assert_ne!(first.spec, second.spec);
     let first_hlc: Timestamp = first.version.parse().unwrap();
     let second_hlc: Timestamp = second.version.parse().unwrap();
-    let expected = if first_hlc > second_hlc { &first } else { &second };
+    let expected = if first_hlc > second_hlc {
+        &first
+    } else {
+        &second
+    };
     let winners: Vec<_> = cluster
         .nodes
         .iter()
         .map(|node| {
-            wait_for(&format!("{} to settle on db", node.name), CONVERGE_TIMEOUT_MS, || {
-                let views = node.services();
-                let db = views.into_iter().find(|s| s.name.as_str() == "db")?;
-                // LWW: the write with the higher HLC wins on every node.
-                (db.version == expected.version).then_some(db)
-            })
+            wait_for(
+                &format!("{} to settle on db", node.name),
+                CONVERGE_TIMEOUT_MS,
+                || {
+                    let views = node.services();
+                    let db = views.into_iter().find(|s| s.name.as_str() == "db")?;
+                    // LWW: the write with the higher HLC wins on every node.
+                    (db.version == expected.version).then_some(db)
+                },
+            )
         })
         .collect();
     for winner in &winners {
@@ -66,7 +81,11 @@ fn concurrent_applies_of_one_service_end_with_the_same_winner_everywhere() {
     }
     // The loser is gone everywhere: a second look still shows the winner.
     for node in &cluster.nodes {
-        let db = node.services().into_iter().find(|s| s.name.as_str() == "db").unwrap();
+        let db = node
+            .services()
+            .into_iter()
+            .find(|s| s.name.as_str() == "db")
+            .unwrap();
         assert_eq!(&db, expected, "{} flipped back", node.name);
     }
     for node in &mut cluster.nodes {

@@ -21,13 +21,20 @@ pub fn wait_for<T>(what: &str, timeout_ms: u64, mut check: impl FnMut() -> Optio
         if let Some(value) = check() {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout_ms} ms waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout_ms} ms waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
 
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// One node's files and, when running, its process.
@@ -123,7 +130,9 @@ impl Daemon {
         self.signal(nix::sys::signal::Signal::SIGTERM);
         let mut child = self.child.take().unwrap();
         let name = self.name.clone();
-        wait_for(&format!("{name} to exit"), 20_000, || child.try_wait().unwrap())
+        wait_for(&format!("{name} to exit"), 20_000, || {
+            child.try_wait().unwrap()
+        })
     }
 
     pub fn log(&self) -> String {
