@@ -11,7 +11,7 @@
 //!
 //! The log holds one `LogRecord` per accepted change: the node it came from and the delta
 //! encoded by `shoal_crdt::codec`. Startup decodes the snapshot and replays the log in
-//! order; every `COMPACT_EVERY_ENTRIES` appends, the snapshot is rewritten and the log
+//! order; every `compact_every_entries` appends (default `COMPACT_EVERY_ENTRIES`), the snapshot is rewritten and the log
 //! cleared in one transaction.
 
 use std::collections::BTreeMap;
@@ -31,7 +31,7 @@ use crate::api::{NodeView, PeerView, ServiceView, StatusView};
 use crate::spec_file::NamedSpec;
 use crate::store::{Store, StoreError};
 
-/// Appends between two compactions of the log into the snapshot.
+/// Default number of appends between two compactions of the log into the snapshot.
 pub const COMPACT_EVERY_ENTRIES: u64 = 1000;
 /// Local changes buffered for the eager push; a slow subscriber loses the oldest and relies
 /// on anti-entropy.
@@ -49,6 +49,8 @@ pub struct NodeOptions {
     pub address: SocketAddr,
     pub capacity: Capacity,
     pub down_after_ms: u64,
+    /// Log entries after which the log is folded into a new snapshot.
+    pub compact_every_entries: u64,
 }
 
 /// A peer as the gossip loop sees it.
@@ -250,7 +252,7 @@ impl Node {
         match result {
             Ok(length) => {
                 inner.log_entries = length;
-                if length >= COMPACT_EVERY_ENTRIES {
+                if length >= self.options.compact_every_entries.max(1) {
                     self.compact(inner);
                 }
                 Ok(())
@@ -570,6 +572,11 @@ impl Node {
     pub fn digest(&self) -> [u8; 32] {
         self.lock().replica.digest()
     }
+
+    /// Log entries written since the last compaction.
+    pub fn log_entries(&self) -> u64 {
+        self.lock().log_entries
+    }
 }
 
 use SyncOutcome::Failed;
@@ -589,5 +596,140 @@ fn map_apply_error(peer: &NodeId, error: shoal_crdt::ApplyError) -> NodeError {
             peer: peer.clone(),
             message,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec_file::NamedSpec;
+    use shoal_crdt::ServiceSpec;
+
+    fn options(dir: &std::path::Path, name: &str, compact_every_entries: u64) -> NodeOptions {
+        NodeOptions {
+            node: name.parse().unwrap(),
+            database: dir.join(format!("{name}.redb")),
+            max_clock_drift: Duration::from_secs(1),
+            seeds: Vec::new(),
+            address: "127.0.0.1:7443".parse().unwrap(),
+            capacity: Capacity {
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+            },
+            down_after_ms: 5000,
+            compact_every_entries,
+        }
+    }
+
+    fn spec(name: &str, image: &str) -> NamedSpec {
+        NamedSpec {
+            name: name.parse().unwrap(),
+            spec: ServiceSpec::new(image),
+        }
+    }
+
+    #[test]
+    fn local_changes_survive_reopen_across_compactions() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = options(dir.path(), "node-a", 4);
+        let node = Node::open(options.clone()).unwrap();
+        node.heartbeat().unwrap();
+        for index in 0..10 {
+            node.apply_services(vec![spec(&format!("svc-{index}"), "/i.tar")])
+                .unwrap();
+        }
+        node.remove_service(&"svc-3".parse().unwrap()).unwrap();
+        let services = node.services();
+        let digest = node.digest();
+        let clock = node.lock().replica.clock().last();
+        assert!(node.log_entries() < 4, "the log was compacted");
+        drop(node);
+        let reopened = Node::open(options).unwrap();
+        assert_eq!(reopened.services(), services);
+        assert_eq!(reopened.services().len(), 9);
+        assert_eq!(reopened.digest(), digest);
+        assert!(reopened.lock().replica.clock().last() >= clock);
+        // The next local write is stamped after everything written before the restart.
+        let after = reopened
+            .apply_services(vec![spec("after", "/i.tar")])
+            .unwrap();
+        let after: Timestamp = after[0].version.parse().unwrap();
+        assert!(after > clock);
+    }
+
+    #[test]
+    fn remote_deltas_are_durable_and_refused_ones_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Node::open(options(dir.path(), "node-a", 1000)).unwrap();
+        let b_options = options(dir.path(), "node-b", 1000);
+        let b = Node::open(b_options.clone()).unwrap();
+        let mut a_changes = a.subscribe_changes();
+        a.apply_services(vec![spec("web", "/web.tar")]).unwrap();
+        let first = a_changes.try_recv().expect("local change broadcast");
+        let applied = b.apply_remote(a.node_id(), (*first).clone()).unwrap();
+        assert_eq!(applied.entries_applied, 1);
+
+        // Two more changes on a; b receives only the last one: its base is missing.
+        a.apply_services(vec![spec("db", "/db.tar")]).unwrap();
+        a.apply_services(vec![spec("cache", "/cache.tar")]).unwrap();
+        let _skipped = a_changes.try_recv().unwrap();
+        let last = a_changes.try_recv().unwrap();
+        let before = b.digest();
+        let error = b.apply_remote(a.node_id(), (*last).clone()).unwrap_err();
+        assert!(matches!(error, NodeError::StaleBase { .. }), "{error}");
+        assert_eq!(b.digest(), before);
+        let stored_entries = b.log_entries();
+        drop(b);
+
+        let b = Node::open(b_options).unwrap();
+        assert_eq!(
+            b.digest(),
+            before,
+            "the refused delta did not reach the disk"
+        );
+        assert_eq!(b.log_entries(), stored_entries);
+        let names: Vec<String> = b.services().iter().map(|s| s.name.to_string()).collect();
+        assert_eq!(names, ["web"]);
+
+        // Anti-entropy then brings b up to date.
+        let delta = a.delta_for(b.node_id(), &b.summary());
+        b.apply_remote(a.node_id(), delta).unwrap();
+        assert_eq!(b.services(), a.services());
+    }
+
+    #[test]
+    fn a_database_of_another_node_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a_options = options(dir.path(), "node-a", 1);
+        let a = Node::open(a_options.clone()).unwrap();
+        a.apply_services(vec![spec("web", "/web.tar")]).unwrap();
+        drop(a);
+        let mut wrong = options(dir.path(), "node-b", 1);
+        wrong.database = a_options.database.clone();
+        let error = Node::open(wrong).unwrap_err();
+        assert!(error.to_string().contains("node-a.redb"), "{error}");
+    }
+
+    #[test]
+    fn status_reports_self_and_convergence_as_far_as_known() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Node::open(options(dir.path(), "node-a", 1000)).unwrap();
+        let b = Node::open(options(dir.path(), "node-b", 1000)).unwrap();
+        a.heartbeat().unwrap();
+        b.heartbeat().unwrap();
+        b.apply_remote(a.node_id(), a.delta_for(b.node_id(), &b.summary()))
+            .unwrap();
+        a.apply_remote(b.node_id(), b.delta_for(a.node_id(), &a.summary()))
+            .unwrap();
+        // a has not yet heard b's summary since b applied a's changes.
+        let status = a.status();
+        assert_eq!(status.nodes, 2);
+        assert_eq!(status.peers.len(), 1);
+        assert!(!status.converged);
+        let _ = b.delta_for(a.node_id(), &a.summary());
+        let _ = a.delta_for(b.node_id(), &b.summary());
+        let status = a.status();
+        assert!(status.converged, "{status:?}");
+        assert_eq!(status.digest, hex::encode(b.digest()));
     }
 }
