@@ -43,7 +43,23 @@ step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 # ---- tests ---------------------------------------------------------------
-step "cargo test (workspace)"
-cargo test --workspace --locked
+# Unit, property and integration tests of every crate but the cluster
+# scenarios; the simulator runs a short smoke here and its full seed count in
+# release below.
+step "cargo test (workspace, except cluster scenarios)"
+SHOAL_SIM_SEEDS=${SHOAL_SIM_SEEDS_DEBUG:-50} \
+    cargo test --workspace --locked --exclude shoal-vm-tests
+
+step "simulator: 1000 seeds (release)"
+cargo test -p shoal-crdt --release --locked --test simulator
+
+step "nix checks (flake, module, VM tests, drift)"
+scripts/nix-checks.sh "${CARGO_TARGET_DIR:-target}/debug/shoal"
+
+# The cluster scenarios start real daemons in network namespaces; one at a
+# time, so two cores are not shared between clusters.
+step "cluster scenarios in network namespaces"
+cargo build -p shoal --locked
+cargo test -p shoal-vm-tests --locked -- --test-threads 1
 
 step "all checks passed"
