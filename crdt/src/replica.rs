@@ -17,6 +17,7 @@
 //! - a peer whose summary lacks a collected dot (below `gc_floor`) gets a full
 //!   snapshot instead of a delta, and applying a snapshot drops local entries
 //!   the sender has seen and no longer holds.
+//!
 //! Evicting a node (tombstoning its metadata) removes it from the members, so
 //! a dead node stops blocking GC. The price, as in any such scheme: a node that
 //! was evicted, or that wrote before any member knew of it, must not reappear

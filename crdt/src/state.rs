@@ -153,10 +153,10 @@ impl Change {
                 }
             }
             Change::Container { id, add, entry } => {
-                if let Some(record) = &entry.value {
-                    if add != &entry.dot || &record.id != id || record.node != add.node {
-                        return Err(format!("container add {id} at {add:?} is inconsistent"));
-                    }
+                if let Some(record) = &entry.value
+                    && (add != &entry.dot || &record.id != id || record.node != add.node)
+                {
+                    return Err(format!("container add {id} at {add:?} is inconsistent"));
                 }
             }
             Change::Counter {
@@ -172,10 +172,10 @@ impl Change {
                 }
             }
             Change::Ip { ip, add, entry } => {
-                if let Some(claim) = &entry.value {
-                    if add != &entry.dot || claim.node != add.node {
-                        return Err(format!("ip add {ip} at {add:?} is inconsistent"));
-                    }
+                if let Some(claim) = &entry.value
+                    && (add != &entry.dot || claim.node != add.node)
+                {
+                    return Err(format!("ip add {ip} at {add:?} is inconsistent"));
                 }
             }
         }
@@ -565,10 +565,10 @@ impl ClusterState {
     /// SHA-256 over the live entries (key, value, HLC, dot) in key order.
     /// Tombstones are left out so that when GC runs does not change it.
     pub fn digest(&self) -> [u8; 32] {
-        fn feed<K: Serialize + Ord, V: Serialize>(hasher: &mut Sha256, tag: u8, table: &Table<K, V>)
+        fn feed<K, V>(hasher: &mut Sha256, tag: u8, table: &Table<K, V>)
         where
-            K: Clone,
-            V: Clone + PartialEq,
+            K: Serialize + Ord + Clone,
+            V: Serialize + Clone + PartialEq,
         {
             hasher.update([tag]);
             for (key, entry) in table.iter().filter(|(_, entry)| !entry.is_tombstone()) {
