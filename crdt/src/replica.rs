@@ -19,10 +19,12 @@
 //!   the sender has seen and no longer holds.
 //!
 //! Evicting a node (tombstoning its metadata) removes it from the members, so
-//! a dead node stops blocking GC. The price, as in any such scheme: a node that
-//! was evicted, or that wrote before any member knew of it, must not reappear
-//! holding writes concurrent with a collected removal; the daemon makes an
-//! evicted node rejoin with an empty state.
+//! a dead node stops blocking GC. The price, as in any such scheme: a write by a
+//! node that is not a member (evicted but alive, or writing before any member
+//! knew it) that is concurrent with an already collected removal is kept by the
+//! replicas that collected it and dropped by the others, so they diverge on that
+//! key. Hence a node publishes its metadata and syncs before writing anything
+//! else, and an evicted node rejoins with an empty state.
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::net::Ipv4Addr;

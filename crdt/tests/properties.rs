@@ -2,6 +2,7 @@
 //! delta merge equals full-state merge, and convergence of random histories
 //! delivered with reordering, duplication and loss followed by anti-entropy.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use proptest::prelude::*;
@@ -86,6 +87,11 @@ struct Cluster {
     replicas: Vec<Replica>,
     pool: Vec<(usize, Delta)>,
     time_ms: u64,
+    /// Oracle: per service name, the acknowledged write with the highest HLC
+    /// (`Some(replicas)` for a put, `None` for a remove).
+    services: BTreeMap<u8, (Timestamp, Option<u32>)>,
+    /// Oracle: per (replica, resource), the sum of acknowledged adjustments.
+    counters: BTreeMap<(usize, u8), i64>,
 }
 
 impl Cluster {
@@ -101,6 +107,8 @@ impl Cluster {
             replicas,
             pool: Vec::new(),
             time_ms: 10,
+            services: BTreeMap::new(),
+            counters: BTreeMap::new(),
         };
         cluster.anti_entropy(0..=GHOST);
         for to in 0..=GHOST {
@@ -170,6 +178,23 @@ impl Cluster {
                 replica.release_ip(now, ip).ok()
             }
         };
+        if delta.is_some() {
+            let hlc = replica.clock().last();
+            let written = match op {
+                Op::PutService { name, replicas } => Some((*name, Some(*replicas))),
+                Op::RemoveService { name } => Some((*name, None)),
+                _ => None,
+            };
+            if let Some((name, value)) = written {
+                let slot = self.services.entry(name).or_insert((hlc, value));
+                if hlc >= slot.0 {
+                    *slot = (hlc, value);
+                }
+            }
+            if let Op::Adjust { resource, amount } = op {
+                *self.counters.entry((index, *resource)).or_default() += i64::from(*amount);
+            }
+        }
         if let Some(delta) = delta {
             if !delta.is_empty() {
                 self.pool.push((index, delta));
@@ -298,6 +323,19 @@ proptest! {
         for replica in &cluster.replicas[..REPLICAS] {
             prop_assert_eq!(replica.digest(), digest);
             prop_assert_eq!(replica.version_vector(), cluster.replicas[0].version_vector());
+        }
+        // Every acknowledged write is reflected: LWW services, PN-Counters.
+        let state = cluster.replicas[0].state();
+        for name in 0u8..4 {
+            let found = state.service(&format!("s{name}").parse().unwrap()).map(|(spec, version)| (version, spec.replicas));
+            let expected = cluster.services.get(&name).and_then(|(hlc, value)| value.map(|replicas| (*hlc, replicas)));
+            prop_assert_eq!(found, expected, "service s{}", name);
+        }
+        for index in 0..REPLICAS {
+            for (resource_index, resource) in [Resource::CpuMillis, Resource::MemoryBytes, Resource::Containers].into_iter().enumerate() {
+                let expected = cluster.counters.get(&(index, resource_index as u8)).copied().unwrap_or(0);
+                prop_assert_eq!(state.resource_used(&node(index), resource), expected);
+            }
         }
         // Evict the dead ghost everywhere; then GC must empty the tombstones
         // without changing what is visible.
