@@ -195,7 +195,11 @@ pub fn service(cli: &Cli, command: &ServiceCommand) -> Result<()> {
                 return print_json(&views);
             }
             for view in views {
-                println!("applied {} (version {})", view.name, view.version);
+                println!(
+                    "applied {} (version {})",
+                    view.name,
+                    output::hlc(&view.version)
+                );
             }
         }
         ServiceCommand::Ls => {

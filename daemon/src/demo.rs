@@ -229,7 +229,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let applied_at = Instant::now();
     println!(
         "applied service hello on node-1 (version {})",
-        applied[0].version
+        output::hlc(&applied[0].version)
     );
     for node in &nodes[1..] {
         let deadline = Instant::now() + Duration::from_millis(CONVERGE_TIMEOUT_MS);

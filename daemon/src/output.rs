@@ -53,6 +53,19 @@ impl Table {
     }
 }
 
+/// An HLC timestamp (`time/id`) as RFC 3339 time plus the first 8 hex digits of the node's
+/// clock id; the exact value stays available through `--json`.
+pub fn hlc(version: &str) -> String {
+    match version.parse::<shoal_crdt::Timestamp>() {
+        Ok(timestamp) => {
+            let id = timestamp.get_id().to_string();
+            let short: String = id.chars().take(8).collect();
+            format!("{}/{short}", timestamp.get_time().to_string_rfc3339_lossy())
+        }
+        Err(_) => version.to_string(),
+    }
+}
+
 /// `shoal service ls`.
 pub fn services(services: &[ServiceView]) -> String {
     let mut table = Table::new(&["NAME", "REPLICAS", "IMAGE", "VERSION"]);
@@ -61,7 +74,7 @@ pub fn services(services: &[ServiceView]) -> String {
             service.name.to_string(),
             service.spec.replicas.to_string(),
             service.spec.image.clone(),
-            service.version.clone(),
+            hlc(&service.version),
         ]);
     }
     table.render()
@@ -129,7 +142,7 @@ pub fn status(status: &StatusView) -> String {
         .map(|(node, counter)| format!("{node}={counter}"))
         .collect();
     let _ = writeln!(text, "seen:        {}", vector.join(" "));
-    let _ = writeln!(text, "clock:       {}", status.hlc_last);
+    let _ = writeln!(text, "clock:       {}", hlc(&status.hlc_last));
     let _ = writeln!(
         text,
         "converged:   {}",
@@ -175,6 +188,15 @@ mod tests {
         let mut table = Table::new(&["A", "LONG HEADER", "C"]);
         table.row(vec!["wide cell".into(), "x".into(), "".into()]);
         assert_eq!(table.render(), "A          LONG HEADER  C\nwide cell  x\n");
+    }
+
+    #[test]
+    fn hlc_versions_read_as_times() {
+        let version = "7712156301874424501/48e0420efe8255894a02bbe9e61b9735";
+        let shown = hlc(version);
+        assert!(shown.starts_with("2026-"), "{shown}");
+        assert!(shown.ends_with("/48e0420e"), "{shown}");
+        assert_eq!(hlc("not-a-timestamp"), "not-a-timestamp");
     }
 
     #[test]
