@@ -307,7 +307,7 @@ fn resolve_oci(path: &Path, source: BlobSource) -> Result<ResolvedImage, SourceE
     let mut manifest_bytes;
     let mut depth = 0;
     loop {
-        let digest = parse_digest(path, &descriptor.digest().to_string())?;
+        let digest = parse_digest(path, descriptor.digest().as_ref())?;
         let name = blob_name(&digest);
         manifest_bytes = source.read_small(path, &name)?;
         check_digest(path, &name, &manifest_bytes, &digest)?;
@@ -330,10 +330,10 @@ fn resolve_oci(path: &Path, source: BlobSource) -> Result<ResolvedImage, SourceE
             .ok_or_else(|| invalid(format!("{name} lists no manifest")))?;
         depth += 1;
     }
-    let manifest_digest = parse_digest(path, &descriptor.digest().to_string())?;
+    let manifest_digest = parse_digest(path, descriptor.digest().as_ref())?;
     let manifest: ImageManifest = parse_json(path, &blob_name(&manifest_digest), &manifest_bytes)?;
 
-    let config_digest = parse_digest(path, &manifest.config().digest().to_string())?;
+    let config_digest = parse_digest(path, manifest.config().digest().as_ref())?;
     let config_name = blob_name(&config_digest);
     let config_bytes = source.read_small(path, &config_name)?;
     check_digest(path, &config_name, &config_bytes, &config_digest)?;
@@ -349,7 +349,7 @@ fn resolve_oci(path: &Path, source: BlobSource) -> Result<ResolvedImage, SourceE
     }
     let mut layers = Vec::with_capacity(diff_ids.len());
     for (layer, diff_id) in manifest.layers().iter().zip(diff_ids) {
-        let digest = parse_digest(path, &layer.digest().to_string())?;
+        let digest = parse_digest(path, layer.digest().as_ref())?;
         layers.push(LayerRef {
             blob_name: blob_name(&digest),
             blob_digest: Some((digest, layer.size())),
