@@ -49,6 +49,8 @@ pub struct NodeOptions {
     pub address: SocketAddr,
     pub capacity: Capacity,
     pub down_after_ms: u64,
+    /// Silence after which a member is evicted, so it stops blocking tombstone GC.
+    pub evict_after_ms: u64,
     /// Log entries after which the log is folded into a new snapshot.
     pub compact_every_entries: u64,
 }
@@ -417,9 +419,40 @@ impl Node {
                 .map_err(|e| NodeError::Refused(e.to_string()))?;
             Ok(((), delta))
         })?;
+        self.evict_silent_members()?;
         let collected = self.lock().replica.collect_garbage();
         if collected > 0 {
             tracing::debug!(collected, "collected tombstones");
+        }
+        Ok(())
+    }
+
+    /// Evicts every member whose heartbeat is older than `evict_after_ms`. An evicted node
+    /// that comes back re-adds itself with its next heartbeat.
+    fn evict_silent_members(&self) -> Result<(), NodeError> {
+        let now = physical_now();
+        let silent: Vec<NodeId> = {
+            let inner = self.lock();
+            inner
+                .replica
+                .state()
+                .nodes()
+                .filter(|(id, meta)| {
+                    *id != &self.options.node
+                        && millis_between(now, *meta.heartbeat.get_time())
+                            > self.options.evict_after_ms
+                })
+                .map(|(id, _)| id.clone())
+                .collect()
+        };
+        for node in silent {
+            tracing::info!(%node, evict_after_ms = self.options.evict_after_ms, "evicting a silent member");
+            self.commit_local(|replica, now| {
+                let delta = replica
+                    .evict_node(now, &node)
+                    .map_err(|e| NodeError::Refused(format!("evict {node}: {e}")))?;
+                Ok(((), delta))
+            })?;
         }
         Ok(())
     }
@@ -617,6 +650,7 @@ mod tests {
                 memory_bytes: 1 << 30,
             },
             down_after_ms: 5000,
+            evict_after_ms: 60_000,
             compact_every_entries,
         }
     }
@@ -731,5 +765,23 @@ mod tests {
         let status = a.status();
         assert!(status.converged, "{status:?}");
         assert_eq!(status.digest, hex::encode(b.digest()));
+    }
+
+    #[test]
+    fn silent_members_are_evicted_after_evict_after_ms() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a_options = options(dir.path(), "node-a", 1000);
+        a_options.evict_after_ms = 300;
+        let a = Node::open(a_options).unwrap();
+        let b = Node::open(options(dir.path(), "node-b", 1000)).unwrap();
+        b.heartbeat().unwrap();
+        a.apply_remote(b.node_id(), b.delta_for(a.node_id(), &a.summary()))
+            .unwrap();
+        a.heartbeat().unwrap();
+        assert_eq!(a.nodes().len(), 2, "b is still a member");
+        std::thread::sleep(Duration::from_millis(400));
+        a.heartbeat().unwrap();
+        let members: Vec<String> = a.nodes().iter().map(|n| n.id.to_string()).collect();
+        assert_eq!(members, ["node-a"]);
     }
 }

@@ -111,6 +111,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             memory_bytes,
         },
         down_after_ms: config.sync.down_after_ms,
+        evict_after_ms: config.sync.evict_after_ms,
         compact_every_entries: crate::node::COMPACT_EVERY_ENTRIES,
     };
     let node = Arc::new(
