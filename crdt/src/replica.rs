@@ -645,20 +645,34 @@ impl Replica {
     }
 
     fn validate_delta(&self, now: NTP64, from: &NodeId, delta: &Delta) -> Result<(), ApplyError> {
-        let mut dots = HashSet::with_capacity(delta.changes.len());
-        let mut keys = HashSet::with_capacity(delta.changes.len());
+        // Writers' HLC ids, computed once per writer (a delta has few writers).
+        let mut writer_ids: Vec<(&NodeId, uhlc::ID)> = Vec::new();
         for change in &delta.changes {
-            change.validate().map_err(ApplyError::Invalid)?;
-            if !dots.insert(change.dot()) {
+            let writer = &change.dot().node;
+            let id = match writer_ids.iter().find(|(node, _)| *node == writer) {
+                Some((_, id)) => *id,
+                None => {
+                    let id = writer.hlc_id();
+                    writer_ids.push((writer, id));
+                    id
+                }
+            };
+            change
+                .validate_with_writer_id(&id)
+                .map_err(ApplyError::Invalid)?;
+        }
+        // One dot names one write. (Two entries for one key are harmless: the
+        // merge keeps the greater, as it would across two deltas.)
+        if delta.changes.len() > 1 {
+            let mut dots = HashSet::with_capacity(delta.changes.len());
+            if let Some(change) = delta
+                .changes
+                .iter()
+                .find(|change| !dots.insert(change.dot()))
+            {
                 return Err(ApplyError::Invalid(format!(
                     "dot {:?} appears twice",
                     change.dot()
-                )));
-            }
-            if !keys.insert(change.key()) {
-                return Err(ApplyError::Invalid(format!(
-                    "key {:?} appears twice",
-                    change.key()
                 )));
             }
         }

@@ -124,11 +124,17 @@ impl Change {
     /// owner-only entries are written by their owner, adds use their own dot
     /// as add-dot, counters never hold tombstones, specs are valid.
     pub fn validate(&self) -> Result<(), String> {
+        self.validate_with_writer_id(&self.dot().node.hlc_id())
+    }
+
+    /// `validate` with the writer's HLC id already computed (it is a hash, and
+    /// a delta carries many entries of few writers).
+    pub fn validate_with_writer_id(&self, writer_id: &uhlc::ID) -> Result<(), String> {
         let dot = self.dot();
         if dot.counter == 0 {
             return Err(format!("entry {dot:?} has counter 0"));
         }
-        if self.hlc().get_id() != &dot.node.hlc_id() {
+        if self.hlc().get_id() != writer_id {
             return Err(format!(
                 "entry {dot:?} carries an hlc id that is not its writer's"
             ));
