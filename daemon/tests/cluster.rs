@@ -92,3 +92,24 @@ fn concurrent_applies_of_one_service_end_with_the_same_winner_everywhere() {
         assert!(node.stop().success(), "{}:\n{}", node.name, node.log());
     }
 }
+
+#[test]
+fn a_second_daemon_on_the_same_state_is_refused_and_the_first_keeps_serving() {
+    let mut cluster = Cluster::new(1, "");
+    cluster.start_all();
+    let first = &cluster.nodes[0];
+    let output = std::process::Command::new(host_support::BINARY)
+        .args(["daemon", "--config"])
+        .arg(&first.config)
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{message}");
+    assert!(message.contains("state.redb"), "{message}");
+    // The live daemon's socket was left alone and still answers.
+    assert_eq!(first.status().node.as_str(), "node-a");
+    for node in &mut cluster.nodes {
+        assert!(node.stop().success(), "{}:\n{}", node.name, node.log());
+    }
+}
