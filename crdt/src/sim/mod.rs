@@ -30,3 +30,43 @@ mod world;
 
 pub use scenario::Scenario;
 pub use world::{Config, Failure, Outcome, Stats, run};
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn traced() -> Config {
+        Config {
+            trace: true,
+            duration_ms: 3_000,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn same_seed_gives_identical_trace_and_state() {
+        for seed in [1, 4, 42] {
+            let first = run(seed, &traced()).unwrap_or_else(|failure| panic!("{failure}"));
+            let second = run(seed, &traced()).unwrap_or_else(|failure| panic!("{failure}"));
+            assert!(
+                first.trace.len() > 20,
+                "seed {seed} traced only {} events",
+                first.trace.len()
+            );
+            assert_eq!(
+                first.trace, second.trace,
+                "seed {seed} is not deterministic"
+            );
+            assert_eq!(first.digest, second.digest);
+            assert_eq!(first.stats, second.stats);
+        }
+    }
+
+    #[test]
+    fn different_seeds_give_different_runs() {
+        let one = run(1, &traced()).unwrap_or_else(|failure| panic!("{failure}"));
+        let two = run(2, &traced()).unwrap_or_else(|failure| panic!("{failure}"));
+        assert_ne!(one.trace, two.trace);
+        assert_ne!(one.digest, two.digest);
+    }
+}

@@ -313,3 +313,75 @@ impl History {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn node(name: &str) -> NodeId {
+        name.parse().expect("valid node id")
+    }
+
+    /// The checker must fail when a replica lacks an acknowledged write, or
+    /// shows a value the history says was overwritten.
+    #[test]
+    fn checker_catches_a_lost_or_stale_write() {
+        let a = node("a");
+        let mut writer = Replica::new(a.clone(), Duration::from_millis(500));
+        let name: ServiceName = "web".parse().expect("valid name");
+        let mut history = History::default();
+        let mut stale = None;
+        for (second, image) in [(1, "/images/one"), (2, "/images/two")] {
+            let observed = writer.version_vector().clone();
+            let before = observed.get(&a);
+            let spec = ServiceSpec::new(image);
+            let now = crate::NTP64::from(Duration::from_secs(1_700_000_000 + second));
+            let delta = writer
+                .put_service(now, name.clone(), spec.clone())
+                .expect("valid spec");
+            history.record(Write {
+                node: a.clone(),
+                first_counter: before + 1,
+                last_counter: writer.version_vector().get(&a),
+                hlc: delta.max_timestamp().expect("one entry"),
+                observed,
+                op: Op::PutService {
+                    name: name.clone(),
+                    spec,
+                },
+            });
+            if second == 1 {
+                stale = Some(writer.clone());
+            }
+        }
+        assert_eq!(history.check(&writer, std::slice::from_ref(&a)), Ok(()));
+        // A replica that only has the first write: the second is not covered,
+        // so the checker expects exactly the first and is satisfied...
+        let stale = stale.expect("kept");
+        assert_eq!(history.check(&stale, std::slice::from_ref(&a)), Ok(()));
+        // ...but a replica claiming to cover both while showing the first fails.
+        let mut forged = stale.clone();
+        let delta = writer.delta_for(&forged.summary());
+        let mut stripped = writer.clone();
+        stripped
+            .remove_service(
+                crate::NTP64::from(Duration::from_secs(1_700_000_010)),
+                &name,
+            )
+            .expect("present");
+        forged
+            .apply_delta(
+                crate::NTP64::from(Duration::from_secs(1_700_000_010)),
+                &a,
+                &delta,
+            )
+            .expect("applies");
+        assert_eq!(history.check(&forged, std::slice::from_ref(&a)), Ok(()));
+        let error = history
+            .check(&stripped, &[a])
+            .expect_err("the service was removed without a recorded remove");
+        assert!(error.contains("web"), "{error}");
+    }
+}

@@ -734,11 +734,11 @@ impl World {
     /// so every member's summary is current, then GC, then the checks.
     fn final_sync(&mut self) -> Result<[u8; 32], String> {
         assert!(self.queue.is_empty(), "the network is drained");
-        if let Some((dead, _)) = self.scenario.dead {
-            if !self.evicted {
-                self.evict(dead)?;
-                self.queue.clear();
-            }
+        if let Some((dead, _)) = self.scenario.dead
+            && !self.evicted
+        {
+            self.evict(dead)?;
+            self.queue.clear();
         }
         let participants: Vec<usize> = (0..self.scenario.replicas)
             .filter(|node| self.is_up(*node))
