@@ -36,6 +36,8 @@ pub const COMPACT_EVERY_ENTRIES: u64 = 1000;
 /// Local changes buffered for the eager push; a slow subscriber loses the oldest and relies
 /// on anti-entropy.
 pub const CHANGES_CAPACITY: usize = 1024;
+/// Default silence after which a member is evicted (`sync.evict_after_ms`).
+pub const EVICT_AFTER_MS: u64 = 86_400_000;
 /// Largest snapshot or log record decoded at startup.
 pub const STORED_BYTES_MAX: usize = 1 << 30;
 
@@ -49,8 +51,6 @@ pub struct NodeOptions {
     pub address: SocketAddr,
     pub capacity: Capacity,
     pub down_after_ms: u64,
-    /// Silence after which a member is evicted, so it stops blocking tombstone GC.
-    pub evict_after_ms: u64,
     /// Log entries after which the log is folded into a new snapshot.
     pub compact_every_entries: u64,
 }
@@ -124,6 +124,8 @@ struct Inner {
 /// The node's state and everything that makes it durable and observable.
 pub struct Node {
     options: NodeOptions,
+    /// Silence after which a member is evicted, so it stops blocking tombstone GC.
+    evict_after_ms: u64,
     inner: Mutex<Inner>,
     changes: broadcast::Sender<Arc<Delta>>,
     started: Instant,
@@ -219,6 +221,7 @@ impl Node {
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
         Ok(Node {
             options,
+            evict_after_ms: EVICT_AFTER_MS,
             inner: Mutex::new(Inner {
                 replica,
                 store,
@@ -229,6 +232,13 @@ impl Node {
             changes,
             started: Instant::now(),
         })
+    }
+
+    /// Sets the silence after which members are evicted (default `EVICT_AFTER_MS`).
+    pub fn with_evict_after_ms(mut self, evict_after_ms: u64) -> Node {
+        assert!(evict_after_ms > 0, "evict_after_ms must be positive");
+        self.evict_after_ms = evict_after_ms;
+        self
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -439,14 +449,13 @@ impl Node {
                 .nodes()
                 .filter(|(id, meta)| {
                     *id != &self.options.node
-                        && millis_between(now, *meta.heartbeat.get_time())
-                            > self.options.evict_after_ms
+                        && millis_between(now, *meta.heartbeat.get_time()) > self.evict_after_ms
                 })
                 .map(|(id, _)| id.clone())
                 .collect()
         };
         for node in silent {
-            tracing::info!(%node, evict_after_ms = self.options.evict_after_ms, "evicting a silent member");
+            tracing::info!(%node, evict_after_ms = self.evict_after_ms, "evicting a silent member");
             self.commit_local(|replica, now| {
                 let delta = replica
                     .evict_node(now, &node)
@@ -650,7 +659,6 @@ mod tests {
                 memory_bytes: 1 << 30,
             },
             down_after_ms: 5000,
-            evict_after_ms: 60_000,
             compact_every_entries,
         }
     }
@@ -770,9 +778,9 @@ mod tests {
     #[test]
     fn silent_members_are_evicted_after_evict_after_ms() {
         let dir = tempfile::tempdir().unwrap();
-        let mut a_options = options(dir.path(), "node-a", 1000);
-        a_options.evict_after_ms = 300;
-        let a = Node::open(a_options).unwrap();
+        let a = Node::open(options(dir.path(), "node-a", 1000))
+            .unwrap()
+            .with_evict_after_ms(300);
         let b = Node::open(options(dir.path(), "node-b", 1000)).unwrap();
         b.heartbeat().unwrap();
         a.apply_remote(b.node_id(), b.delta_for(a.node_id(), &a.summary()))

@@ -111,15 +111,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             memory_bytes,
         },
         down_after_ms: config.sync.down_after_ms,
-        evict_after_ms: config.sync.evict_after_ms,
         compact_every_entries: crate::node::COMPACT_EVERY_ENTRIES,
     };
+    let evict_after_ms = config.sync.evict_after_ms;
     let node = Arc::new(
-        tokio::task::spawn_blocking(move || Node::open(options))
-            .await
-            .map_err(|error| {
-                NodeError::Refused(format!("loading the state panicked: {error}"))
-            })??,
+        tokio::task::spawn_blocking(move || {
+            Node::open(options).map(|node| node.with_evict_after_ms(evict_after_ms))
+        })
+        .await
+        .map_err(|error| NodeError::Refused(format!("loading the state panicked: {error}")))??,
     );
     tracing::info!(node = %node.node_id(), digest = %hex::encode(node.digest()), "state loaded");
 
