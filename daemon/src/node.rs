@@ -118,7 +118,23 @@ struct Inner {
     store: Store,
     peers: BTreeMap<NodeId, PeerRecord>,
     log_entries: u64,
+    /// Physical time passed to the replica is never below this (see `Inner::now`).
+    clock_floor: NTP64,
     poisoned: bool,
+}
+
+impl Inner {
+    /// The physical time for the replica: the wall clock, but after the HLC timestamp stored
+    /// at the last run, so the clock never goes backwards across restarts even when the
+    /// wall clock did.
+    fn now(&self) -> NTP64 {
+        let physical = physical_now();
+        if physical > self.clock_floor {
+            physical
+        } else {
+            NTP64(self.clock_floor.0.saturating_add(1))
+        }
+    }
 }
 
 /// The node's state and everything that makes it durable and observable.
@@ -160,8 +176,16 @@ fn encode_timestamp(timestamp: &Timestamp) -> Vec<u8> {
     postcard::to_allocvec(timestamp).unwrap_or_default()
 }
 
+/// What `load_replica` rebuilt.
+struct LoadedReplica {
+    replica: Replica,
+    log_entries: u64,
+    /// The stored HLC last timestamp when it is ahead of what the replay restored, else 0.
+    clock_floor: NTP64,
+}
+
 /// Rebuilds the replica from the database: snapshot, then every logged delta in order.
-fn load_replica(options: &NodeOptions, store: &Store) -> Result<(Replica, u64), NodeError> {
+fn load_replica(options: &NodeOptions, store: &Store) -> Result<LoadedReplica, NodeError> {
     let load_error = |message: String| NodeError::Load {
         path: options.database.clone(),
         message,
@@ -201,23 +225,35 @@ fn load_replica(options: &NodeOptions, store: &Store) -> Result<(Replica, u64), 
             .apply_delta(now, &record.origin, &delta)
             .map_err(|e| load_error(format!("log entry {index} from {}: {e}", record.origin)))?;
     }
+    let mut clock_floor = NTP64(0);
     if let Some(bytes) = &loaded.hlc_last {
         let stored: Timestamp =
             postcard::from_bytes(bytes).map_err(|e| load_error(format!("stored clock: {e}")))?;
         let loaded_last = replica.clock().last();
         if stored > loaded_last {
-            // TODO(crdt restore_clock): raise the clock to `stored` once the replica offers it.
-            tracing::warn!(%stored, %loaded_last, "stored clock is ahead of the replayed state");
+            // The clock observed a timestamp no replayed write carries (e.g. from a delta
+            // whose entries were all superseded). The replica cannot be told directly, so
+            // the physical time we pass in is floored at it: see `Node::now`.
+            tracing::info!(%stored, %loaded_last, "stored clock is ahead of the replayed state");
+            clock_floor = *stored.get_time();
         }
     }
-    Ok((replica, loaded.log.len() as u64))
+    Ok(LoadedReplica {
+        replica,
+        log_entries: loaded.log.len() as u64,
+        clock_floor,
+    })
 }
 
 impl Node {
     /// Opens the database and loads the replica from it.
     pub fn open(options: NodeOptions) -> Result<Node, NodeError> {
         let store = Store::open(&options.database)?;
-        let (replica, log_entries) = load_replica(&options, &store)?;
+        let LoadedReplica {
+            replica,
+            log_entries,
+            clock_floor,
+        } = load_replica(&options, &store)?;
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
         Ok(Node {
             options,
@@ -227,6 +263,7 @@ impl Node {
                 store,
                 peers: BTreeMap::new(),
                 log_entries,
+                clock_floor,
                 poisoned: false,
             }),
             changes,
@@ -272,9 +309,10 @@ impl Node {
             Err(error) => {
                 tracing::error!(%error, "cannot persist a change; reloading the state from the database");
                 match load_replica(&self.options, &inner.store) {
-                    Ok((replica, log_entries)) => {
-                        inner.replica = replica;
-                        inner.log_entries = log_entries;
+                    Ok(reloaded) => {
+                        inner.replica = reloaded.replica;
+                        inner.log_entries = reloaded.log_entries;
+                        inner.clock_floor = inner.clock_floor.max(reloaded.clock_floor);
                     }
                     Err(reload) => {
                         tracing::error!(error = %reload, "cannot reload the state; refusing further changes");
@@ -309,7 +347,8 @@ impl Node {
         if inner.poisoned {
             return Err(NodeError::Poisoned);
         }
-        let (value, delta) = operation(&mut inner.replica, physical_now())?;
+        let now = inner.now();
+        let (value, delta) = operation(&mut inner.replica, now)?;
         let origin = self.options.node.clone();
         self.persist(&mut inner, &origin, &delta)?;
         drop(inner);
@@ -345,9 +384,10 @@ impl Node {
             return Err(NodeError::Poisoned);
         }
         let before = inner.replica.summary();
+        let now = inner.now();
         let applied = inner
             .replica
-            .apply_delta(physical_now(), peer, &delta)
+            .apply_delta(now, peer, &delta)
             .map_err(|error| map_apply_error(peer, error))?;
         if applied.entries_applied > 0 || inner.replica.summary() != before {
             self.persist(&mut inner, peer, &delta)?;
@@ -791,5 +831,30 @@ mod tests {
         a.heartbeat().unwrap();
         let members: Vec<String> = a.nodes().iter().map(|n| n.id.to_string()).collect();
         assert_eq!(members, ["node-a"]);
+    }
+
+    #[test]
+    fn the_clock_never_goes_back_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = options(dir.path(), "node-a", 1000);
+        let node = Node::open(options.clone()).unwrap();
+        node.apply_services(vec![spec("web", "/web.tar")]).unwrap();
+        let snapshot = codec::encode_snapshot(&node.lock().replica.to_snapshot());
+        drop(node);
+        // As if the clock had observed a timestamp an hour ahead of this host's wall clock
+        // that no stored write carries.
+        let ahead = Timestamp::new(
+            physical_now() + NTP64::from(Duration::from_secs(3600)),
+            options.node.hlc_id(),
+        );
+        let store = Store::open(&options.database).unwrap();
+        store
+            .compact(&snapshot, &postcard::to_allocvec(&ahead).unwrap())
+            .unwrap();
+        drop(store);
+        let node = Node::open(options).unwrap();
+        let written = node.apply_services(vec![spec("db", "/db.tar")]).unwrap();
+        let version: Timestamp = written[0].version.parse().unwrap();
+        assert!(version > ahead, "{version} is not after the stored {ahead}");
     }
 }
