@@ -84,6 +84,7 @@ pub fn open_node(dir: &Path, name: &str, address: SocketAddr) -> Arc<Node> {
                 memory_bytes: 1 << 30,
             },
             down_after_ms: 5_000,
+            compact_every_entries: shoal::node::COMPACT_EVERY_ENTRIES,
         })
         .unwrap(),
     )
