@@ -115,6 +115,8 @@ pub struct StatusView {
     pub peers: Vec<PeerView>,
     /// Every live peer's last known summary equals ours.
     pub converged: bool,
+    /// A peer evicted this node after a long silence; see the daemon log.
+    pub evicted: bool,
 }
 
 /// Why an API call failed.

@@ -142,6 +142,8 @@ pub struct Node {
     options: NodeOptions,
     /// Silence after which a member is evicted, so it stops blocking tombstone GC.
     evict_after_ms: u64,
+    /// A peer evicted this node (see `heartbeat`).
+    evicted: std::sync::atomic::AtomicBool,
     inner: Mutex<Inner>,
     changes: broadcast::Sender<Arc<Delta>>,
     started: Instant,
@@ -258,6 +260,7 @@ impl Node {
         Ok(Node {
             options,
             evict_after_ms: EVICT_AFTER_MS,
+            evicted: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 replica,
                 store,
@@ -453,11 +456,22 @@ impl Node {
         let capacity = self.options.capacity;
         let node = self.options.node.clone();
         self.commit_local(|replica, now| {
-            let subnet = replica
-                .state()
-                .nodes()
-                .find(|(id, _)| *id == &node)
-                .and_then(|(_, m)| m.subnet);
+            let own = replica.state().nodes().find(|(id, _)| *id == &node);
+            // Our first write ever is a heartbeat, so a state with writes of ours but without
+            // our metadata means a peer evicted us (silent longer than evict_after_ms).
+            if own.is_none()
+                && replica.version_vector().get(&node) > 0
+                && !self
+                    .evicted
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+            {
+                tracing::error!(
+                    "this node was evicted by a peer; writes of ours concurrent with removals \
+                     the cluster already collected may diverge: stop the daemon, empty its \
+                     state_dir and start it again to rejoin with a clean state"
+                );
+            }
+            let subnet = own.and_then(|(_, m)| m.subnet);
             let meta = NodeMeta {
                 address,
                 capacity,
@@ -636,6 +650,7 @@ impl Node {
             hlc_last: inner.replica.clock().last().to_string(),
             peers,
             converged,
+            evicted: self.evicted.load(std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -856,5 +871,25 @@ mod tests {
         let written = node.apply_services(vec![spec("db", "/db.tar")]).unwrap();
         let version: Timestamp = written[0].version.parse().unwrap();
         assert!(version > ahead, "{version} is not after the stored {ahead}");
+    }
+
+    #[test]
+    fn a_node_learns_that_it_was_evicted() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Node::open(options(dir.path(), "node-a", 1000))
+            .unwrap()
+            .with_evict_after_ms(200);
+        let b = Node::open(options(dir.path(), "node-b", 1000)).unwrap();
+        b.heartbeat().unwrap();
+        a.apply_remote(b.node_id(), b.delta_for(a.node_id(), &a.summary()))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        a.heartbeat().unwrap();
+        assert!(!b.status().evicted);
+        b.apply_remote(a.node_id(), a.delta_for(b.node_id(), &b.summary()))
+            .unwrap();
+        b.heartbeat().unwrap();
+        assert!(b.status().evicted);
+        assert!(!a.status().evicted);
     }
 }

@@ -152,6 +152,11 @@ pub fn status(status: &StatusView) -> String {
             "not yet, as far as this node knows"
         }
     );
+    if status.evicted {
+        text.push_str(
+            "warning:     this node was evicted by a peer; empty its state_dir and restart it\n",
+        );
+    }
     if status.peers.is_empty() {
         text.push_str("peers:       none known yet\n");
         return text;
