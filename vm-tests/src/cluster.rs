@@ -208,6 +208,14 @@ impl Cluster {
         for index in 0..cluster.nodes.len() {
             cluster.wait_ready(index, Duration::from_secs(30))?;
         }
+        let honest = if options.rogue_last {
+            options.nodes - 1
+        } else {
+            options.nodes
+        };
+        for index in 0..honest {
+            cluster.wait_members(index, honest, Duration::from_secs(30))?;
+        }
         Ok(cluster)
     }
 
@@ -319,6 +327,38 @@ impl Cluster {
                         "{} to answer on {}",
                         self.nodes[index].name,
                         self.nodes[index].socket.display()
+                    ),
+                    waited_ms: started.elapsed().as_millis(),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until node `index` lists `count` live members (itself included):
+    /// the cluster has formed, through seeds and node metadata.
+    pub fn wait_members(
+        &self,
+        index: usize,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<(), HarnessError> {
+        let started = Instant::now();
+        loop {
+            let nodes = self.cli_json(index, &["nodes"]);
+            let live = nodes
+                .as_ref()
+                .ok()
+                .and_then(Value::as_array)
+                .map(|list| list.iter().filter(|n| n["live"] == true).count());
+            if live == Some(count) {
+                return Ok(());
+            }
+            if started.elapsed() > timeout {
+                return Err(HarnessError::Timeout {
+                    what: format!(
+                        "{} to see {count} live members: {nodes:?}",
+                        self.nodes[index].name
                     ),
                     waited_ms: started.elapsed().as_millis(),
                 });
