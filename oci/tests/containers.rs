@@ -102,7 +102,8 @@ fn exit_code_is_recorded_and_output_reaches_the_log() {
     }
     let fixture = fixture();
     let id = unique_id("exit");
-    let config = config(&fixture, &id, "echo \"$GREETING\"; echo oops >&2; exit 7");
+    let mut config = config(&fixture, &id, "echo \"$GREETING\"; echo oops >&2; exit 7");
+    config.limits.cpu_millis = Some(250);
     assert_eq!(run(&fixture, &config, 10_000), ExitStatus::Code(7));
     assert_eq!(
         fixture.runtime.state(&id).unwrap().status,
@@ -112,6 +113,13 @@ fn exit_code_is_recorded_and_output_reaches_the_log() {
     let (_, stderr) = fixture.runtime.log_paths(&id);
     assert_eq!(fs::read_to_string(stderr).unwrap(), "oops\n");
     assert!(memory_cgroup(&id).exists());
+    let cpu_cgroup = Path::new("/sys/fs/cgroup/cpu/shoal-test").join(&id);
+    assert_eq!(
+        fs::read_to_string(cpu_cgroup.join("cpu.cfs_quota_us"))
+            .unwrap()
+            .trim(),
+        "25000"
+    );
 
     fixture.runtime.delete(&id).unwrap();
     assert!(!memory_cgroup(&id).exists(), "cgroup removed");
@@ -383,4 +391,110 @@ fn a_new_runtime_adopts_running_containers_and_reports_dead_ones() {
     fixture.runtime.delete(&dead).unwrap();
     assert!(!memory_cgroup(&running).exists());
     assert!(!memory_cgroup(&dead).exists());
+}
+
+#[test]
+fn logs_are_capped_by_rotation() {
+    if !require_root() {
+        return;
+    }
+    let fixture = fixture();
+    let root = fixture.root.join("small-logs");
+    let mut small = settings(&root);
+    small.log_bytes_max = 4096;
+    let (runtime, _) = LibcontainerRuntime::open(small).unwrap();
+    let id = unique_id("rotate");
+    // 100 KiB of output, 25 times the cap.
+    let config = config(
+        &fixture,
+        &id,
+        "head -c 102400 /dev/zero | tr '\\0' x; echo; echo last",
+    );
+    runtime.create(&config).unwrap();
+    runtime.start(&id).unwrap();
+    assert_eq!(
+        runtime.wait(&id, 10_000).unwrap(),
+        Some(ExitStatus::Code(0))
+    );
+    let (stdout, _) = runtime.log_paths(&id);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !fs::read_to_string(&stdout)
+        .unwrap_or_default()
+        .ends_with("last\n")
+    {
+        assert!(Instant::now() < deadline, "log never got the last line");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let current = fs::metadata(&stdout).unwrap().len();
+    let mut rotated_name = stdout.clone().into_os_string();
+    rotated_name.push(".1");
+    let rotated = fs::metadata(PathBuf::from(rotated_name)).unwrap().len();
+    assert!(
+        current <= 4096 && rotated == 4096,
+        "current {current}, rotated {rotated}"
+    );
+    runtime.delete(&id).unwrap();
+}
+
+#[test]
+fn a_container_joins_the_given_network_namespace() {
+    if !require_root() {
+        return;
+    }
+    let fixture = fixture();
+    let namespace = format!("shoal-oci-test-{}", std::process::id());
+    let ip = |args: &[&str]| {
+        let status = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip {args:?}");
+    };
+    ip(&["netns", "add", &namespace]);
+    struct DeleteOnDrop(String);
+    impl Drop for DeleteOnDrop {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "delete", &self.0])
+                .status();
+        }
+    }
+    let _namespace_guard = DeleteOnDrop(namespace.clone());
+    ip(&[
+        "-n",
+        &namespace,
+        "link",
+        "add",
+        "shoaltest0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "shoaltest1",
+    ]);
+    let id = unique_id("netns");
+    let mut config = config(&fixture, &id, "ip link");
+    config.netns_path = Some(PathBuf::from("/run/netns").join(&namespace));
+    let exit = run(&fixture, &config, 10_000);
+    let output = stdout_of(&fixture, &id);
+    fixture.runtime.delete(&id).unwrap();
+    assert_eq!(exit, ExitStatus::Code(0));
+    assert!(output.contains("shoaltest0"), "{output}");
+
+    // Without a path the container gets a fresh namespace with only loopback.
+    let fresh = unique_id("netns-fresh");
+    assert_eq!(
+        run(&fixture, &config_without_netns(&fixture, &fresh), 10_000),
+        ExitStatus::Code(0)
+    );
+    let output = stdout_of(&fixture, &fresh);
+    assert!(
+        output.contains("lo:") && !output.contains("shoaltest0"),
+        "{output}"
+    );
+    fixture.runtime.delete(&fresh).unwrap();
+}
+
+fn config_without_netns(fixture: &Fixture, id: &str) -> ContainerConfig {
+    config(fixture, id, "ip link")
 }

@@ -95,8 +95,8 @@ pub fn busybox_layer() -> Vec<u8> {
         Entry::File("bin/busybox", busybox, 0o755),
     ];
     for applet in [
-        "sh", "echo", "cat", "sleep", "true", "dd", "head", "tr", "grep", "seq", "unshare", "ls",
-        "test",
+        "sh", "echo", "cat", "sleep", "true", "dd", "head", "tr", "grep", "seq", "unshare", "ip",
+        "ls", "test",
     ] {
         entries.push(Entry::Symlink(
             Box::leak(format!("bin/{applet}").into_boxed_str()),
