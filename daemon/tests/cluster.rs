@@ -113,3 +113,37 @@ fn a_second_daemon_on_the_same_state_is_refused_and_the_first_keeps_serving() {
         assert!(node.stop().success(), "{}:\n{}", node.name, node.log());
     }
 }
+
+#[test]
+fn the_demo_runs_a_cluster_shows_convergence_and_cleans_up() {
+    let output = std::process::Command::new(host_support::BINARY)
+        .arg("demo")
+        .env_remove("NOTIFY_SOCKET")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for needle in [
+        "node-2 lists it after",
+        "node-3 lists it after",
+        "== shoal status on node-3 ==",
+        "all daemons stopped cleanly; demo directory removed",
+    ] {
+        assert!(
+            stdout.contains(needle),
+            "demo output lacks {needle:?}:\n{stdout}"
+        );
+    }
+    let directory = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("shoal demo in "))
+        .expect("the demo names its directory");
+    assert!(
+        !std::path::Path::new(directory).exists(),
+        "{directory} left behind"
+    );
+}
