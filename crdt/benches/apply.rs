@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use shoal_crdt::{Replica, ServiceSpec};
 
@@ -36,9 +38,15 @@ fn map_set(c: &mut Criterion) {
     let mut group = c.benchmark_group("remote_apply_lww_map_set_1000_ops");
     group.throughput(Throughput::Elements(small as u64));
     group.sample_size(10);
-    group.bench_function("crdts_lwwreg_btreemap", |b| b.iter(|| crdts_apply(&crdts_small)));
-    group.bench_function("shoal_replica", |b| b.iter(|| shoal_apply(&shoal_small, late)));
-    group.bench_function("automerge", |b| b.iter(|| automerge_apply(&automerge_small)));
+    group.bench_function("crdts_lwwreg_btreemap", |b| {
+        b.iter(|| crdts_apply(&crdts_small))
+    });
+    group.bench_function("shoal_replica", |b| {
+        b.iter(|| shoal_apply(&shoal_small, late))
+    });
+    group.bench_function("automerge", |b| {
+        b.iter(|| automerge_apply(&automerge_small))
+    });
     group.finish();
 }
 
@@ -88,5 +96,10 @@ fn delta_for_one_change(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, map_set, or_set, delta_for_one_change);
+criterion_group! {
+    name = benches;
+    // Short windows keep `cargo bench -p shoal-crdt` well under five minutes.
+    config = Criterion::default().warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    targets = map_set, or_set, delta_for_one_change
+}
 criterion_main!(benches);

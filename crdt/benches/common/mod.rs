@@ -132,6 +132,16 @@ pub fn automerge_apply(changes: &[automerge::Change]) -> automerge::Automerge {
     target
 }
 
+/// All changes in one `apply_changes` call: automerge's favourable case
+/// (what its sync protocol does after a partition), shown for fairness.
+pub fn automerge_apply_batch(changes: &[automerge::Change]) -> automerge::Automerge {
+    let mut target = automerge::Automerge::new();
+    target
+        .apply_changes(changes.to_vec())
+        .expect("changes apply");
+    target
+}
+
 /// OR-Set workload: add containers, and remove every third one just added.
 fn container_record(source: &NodeId, index: usize) -> ContainerRecord {
     ContainerRecord {
