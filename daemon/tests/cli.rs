@@ -254,3 +254,53 @@ fn help_teaches_with_examples() {
         assert!(help.contains(needle), "--help lacks {needle:?}");
     }
 }
+
+#[test]
+fn the_daemon_refuses_missing_tls_files_and_a_name_that_is_not_in_the_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let config = GOOD.replace(
+        "[tls]",
+        &format!("state_dir = \"{}\"\n[tls]", state.display()),
+    );
+    let output = check_config(dir.path(), "missing.toml", &config);
+    assert!(output.status.success(), "{}", text(&output));
+    let path = dir.path().join("missing.toml");
+    let run = shoal(&["daemon", "--config", path.to_str().unwrap()]);
+    let message = text(&run);
+    assert_eq!(run.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("tls.cert_file") && message.contains("/etc/shoal/node.pem"),
+        "{message}"
+    );
+    assert!(
+        !state.join("state.redb").exists(),
+        "nothing is created before tls loads"
+    );
+
+    let ca = dir.path().join("ca");
+    shoal::pki::init_ca(&ca, false).unwrap();
+    let paths = shoal::pki::issue_node_cert(
+        &ca,
+        &"node-b".parse().unwrap(),
+        &["127.0.0.1".to_string()],
+        1,
+        dir.path(),
+        false,
+    )
+    .unwrap();
+    let config = config
+        .replace("/etc/shoal/ca.pem", paths.ca_cert.to_str().unwrap())
+        .replace("/etc/shoal/node.pem", paths.cert.to_str().unwrap())
+        .replace("/etc/shoal/node.key", paths.key.to_str().unwrap());
+    let output = check_config(dir.path(), "mismatch.toml", &config);
+    assert!(output.status.success(), "{}", text(&output));
+    let path = dir.path().join("mismatch.toml");
+    let run = shoal(&["daemon", "--config", path.to_str().unwrap()]);
+    let message = text(&run);
+    assert_eq!(run.status.code(), Some(1), "{message}");
+    assert!(
+        message.contains("node_name node-a") && message.contains("node-b"),
+        "{message}"
+    );
+}
