@@ -6,6 +6,7 @@
 pub mod bundle;
 pub mod container_log;
 pub mod digest;
+pub mod fake_runtime;
 pub mod image;
 pub mod image_source;
 pub mod layer_cache;
@@ -18,6 +19,7 @@ pub mod seccomp_profile;
 
 pub use bundle::Limits;
 pub use digest::Digest;
+pub use fake_runtime::FakeRuntime;
 pub use image::{ImageError, ImageStore, PreparedImage};
 pub use libcontainer_runtime::{LibcontainerRuntime, RuntimeSettings};
 pub use restart_policy::{RestartDecision, RestartPolicy, RestartTracker};
