@@ -520,12 +520,23 @@ impl Node {
         Ok(())
     }
 
-    /// Applies services in order; each is its own durable change.
+    /// Applies services in order; each is its own durable change. Every spec is validated
+    /// before the first is written, so bad input changes nothing.
     pub fn apply_services(&self, services: Vec<NamedSpec>) -> Result<Vec<ServiceView>, NodeError> {
-        let mut views = Vec::with_capacity(services.len());
-        for NamedSpec { name, spec } in services {
+        for (index, NamedSpec { name, spec }) in services.iter().enumerate() {
             spec.validate()
                 .map_err(|e| NodeError::Refused(format!("service {name}: {e}")))?;
+            if services[..index]
+                .iter()
+                .any(|earlier| &earlier.name == name)
+            {
+                return Err(NodeError::Refused(format!(
+                    "service {name} appears twice in one request"
+                )));
+            }
+        }
+        let mut views = Vec::with_capacity(services.len());
+        for NamedSpec { name, spec } in services {
             let view = self.commit_local(|replica, now| {
                 let delta = replica
                     .put_service(now, name.clone(), spec.clone())
@@ -891,5 +902,25 @@ mod tests {
         b.heartbeat().unwrap();
         assert!(b.status().evicted);
         assert!(!a.status().evicted);
+    }
+
+    #[test]
+    fn a_request_with_one_bad_spec_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Node::open(options(dir.path(), "node-a", 1000)).unwrap();
+        node.heartbeat().unwrap();
+        let before = node.digest();
+        let mut bad = spec("db", "/db.tar");
+        bad.spec.image_digest = Some("md5:nope".to_string());
+        let error = node
+            .apply_services(vec![spec("web", "/web.tar"), bad])
+            .unwrap_err();
+        assert!(error.to_string().contains("db"), "{error}");
+        let twice = node
+            .apply_services(vec![spec("web", "/a.tar"), spec("web", "/b.tar")])
+            .unwrap_err();
+        assert!(twice.to_string().contains("twice"), "{twice}");
+        assert_eq!(node.digest(), before);
+        assert!(node.services().is_empty());
     }
 }
