@@ -337,6 +337,14 @@ fn resolve_oci(path: &Path, source: BlobSource) -> Result<ResolvedImage, SourceE
     let config_name = blob_name(&config_digest);
     let config_bytes = source.read_small(path, &config_name)?;
     check_digest(path, &config_name, &config_bytes, &config_digest)?;
+    if config_bytes.len() as u64 != manifest.config().size() {
+        return Err(SourceError::SizeMismatch {
+            path: path.to_owned(),
+            name: config_name,
+            expected: manifest.config().size(),
+            actual: config_bytes.len() as u64,
+        });
+    }
     let config: ImageConfiguration = parse_json(path, &config_name, &config_bytes)?;
 
     let diff_ids = config.rootfs().diff_ids();

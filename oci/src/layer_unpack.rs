@@ -199,6 +199,10 @@ fn unpack_entry<R: Read>(entry: &mut tar::Entry<'_, R>, root: &Path) -> Result<(
         return Ok(());
     }
     if let Some(hidden) = file_name.strip_prefix(WHITEOUT_PREFIX) {
+        // `.wh..` would name the parent directory: a whiteout may only hide a sibling.
+        if hidden.is_empty() || hidden == "." || hidden == ".." {
+            return Err(UnpackError::PathEscapes { entry: name });
+        }
         let hidden_path = target.with_file_name(hidden);
         return make_whiteout(&hidden_path).map_err(|source| entry_error(&name, source));
     }

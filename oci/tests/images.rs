@@ -225,6 +225,9 @@ fn escaping_paths_symlink_tricks_and_devices_are_refused() {
     let error = unpack_error(vec![Entry::RawFile("/etc/escaped", b"x".to_vec())]);
     assert!(matches!(&error, UnpackError::PathEscapes { .. }), "{error}");
 
+    let error = unpack_error(vec![Entry::File("a/.wh...", Vec::new(), 0o644)]);
+    assert!(matches!(&error, UnpackError::PathEscapes { .. }), "{error}");
+
     let outside = tempfile::tempdir().unwrap();
     let outside_path: &'static str = Box::leak(
         outside
