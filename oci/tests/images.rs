@@ -323,3 +323,63 @@ fn whiteouts_work_with_copy_and_overlay() {
     assert_whiteouts_applied(&auto.path);
     remove_rootfs(&auto).unwrap();
 }
+
+/// Runs skopeo; it must be installed under CI (the test script installs it).
+fn skopeo(args: &[&str]) -> bool {
+    match std::process::Command::new("skopeo").args(args).output() {
+        Ok(output) => {
+            assert!(
+                output.status.success(),
+                "skopeo {args:?}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            true
+        }
+        Err(error) => {
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "skopeo is needed under CI: {error}"
+            );
+            eprintln!("skopeo not installed: skipping");
+            false
+        }
+    }
+}
+
+#[test]
+fn archives_written_by_skopeo_prepare() {
+    if !require_root() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path());
+    let layout = busybox_image(&dir.path().join("layout"), &["/bin/true"]);
+    let ours = store.prepare(&layout.path, None).unwrap();
+    let source = format!("oci:{}", layout.path.display());
+    let docker_archive = dir.path().join("docker.tar");
+    let oci_archive = dir.path().join("oci.tar");
+    let docker_target = format!(
+        "docker-archive:{}:shoal/test:latest",
+        docker_archive.display()
+    );
+    let oci_target = format!("oci-archive:{}", oci_archive.display());
+    if !skopeo(&[
+        "--insecure-policy",
+        "copy",
+        "--quiet",
+        &source,
+        &docker_target,
+    ]) {
+        return;
+    }
+    skopeo(&["--insecure-policy", "copy", "--quiet", &source, &oci_target]);
+
+    let from_docker = store.prepare(&docker_archive, None).unwrap();
+    assert_eq!(
+        from_docker.layer_dirs, ours.layer_dirs,
+        "same diff id, same cache entry"
+    );
+    assert_busybox_rootfs(&from_docker.layer_dirs[0]);
+    let from_oci = store.prepare(&oci_archive, None).unwrap();
+    assert_eq!(from_oci.layer_dirs, ours.layer_dirs);
+}
