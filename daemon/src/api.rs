@@ -463,4 +463,97 @@ mod tests {
         assert!(matches!(bind(&regular), Err(ApiError::NotASocket { .. })));
         assert_eq!(std::fs::read(&regular).unwrap(), b"x");
     }
+
+    fn raw_call(path: &Path, line: &[u8]) -> String {
+        let mut stream = std::os::unix::net::UnixStream::connect(path).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // The server may close after reading only part of an oversized line.
+        let _ = stream.write_all(line);
+        let mut reader = BufReader::new(stream);
+        let mut response = String::new();
+        reader.read_line(&mut response).unwrap();
+        response
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_requests_get_clear_errors_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Arc::new(
+            Node::open(crate::node::NodeOptions {
+                node: "node-a".parse().unwrap(),
+                database: dir.path().join("state.redb"),
+                max_clock_drift: Duration::from_secs(1),
+                seeds: Vec::new(),
+                address: "127.0.0.1:7443".parse().unwrap(),
+                capacity: shoal_crdt::Capacity {
+                    cpu_millis: 1000,
+                    memory_bytes: 1 << 30,
+                },
+                down_after_ms: 5000,
+                compact_every_entries: 1000,
+            })
+            .unwrap(),
+        );
+        let path = dir.path().join("shoal.sock");
+        let listener = bind(&path).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, node.clone(), async move {
+            let _ = stopped.await;
+        }));
+        let digest = node.digest();
+        let socket = path.clone();
+        let responses = tokio::task::spawn_blocking(move || {
+            let mut oversized = vec![b' '; REQUEST_BYTES_MAX + 10];
+            oversized.push(b'\n');
+            vec![
+                raw_call(&socket, b"{not json\n"),
+                raw_call(&socket, b"{\"version\":2,\"request\":{\"op\":\"status\"}}\n"),
+                raw_call(&socket, b"{\"version\":1,\"request\":{\"op\":\"service_apply\",\"services\":[]}}\n"),
+                raw_call(
+                    &socket,
+                    b"{\"version\":1,\"request\":{\"op\":\"service_apply\",\"services\":[{\"name\":\"Bad Name\",\"spec\":{\"image\":\"/i\"}}]}}\n",
+                ),
+                raw_call(&socket, &oversized),
+            ]
+        })
+        .await
+        .unwrap();
+        let expected = [
+            "malformed request",
+            "unsupported api version 2",
+            "1 to 256 services",
+            "malformed request",
+            "larger than",
+        ];
+        for (response, fragment) in responses.iter().zip(expected) {
+            assert!(response.starts_with("{\"error\""), "{response}");
+            assert!(
+                response.contains(fragment),
+                "{response:?} lacks {fragment:?}"
+            );
+        }
+        assert_eq!(node.digest(), digest, "bad requests changed the state");
+
+        // A good request on the same server still works.
+        let socket = path.clone();
+        let services: Vec<ServiceView> = tokio::task::spawn_blocking(move || {
+            let mut client = Client::connect(&socket, Duration::from_secs(10)).unwrap();
+            client
+                .call(Request::ServiceApply {
+                    services: vec![NamedSpec {
+                        name: "web".parse().unwrap(),
+                        spec: ServiceSpec::new("/web.tar"),
+                    }],
+                })
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(services[0].name.as_str(), "web");
+        assert_ne!(node.digest(), digest);
+        stop.send(()).unwrap();
+        server.await.unwrap();
+    }
 }
