@@ -5,6 +5,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -107,7 +108,8 @@ macro_rules! validated_name {
         $(#[$doc])*
         #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
         #[serde(try_from = "String", into = "String")]
-        pub struct $name(String);
+        // Shared, because names are cloned into every dot, key and index entry.
+        pub struct $name(Arc<str>);
 
         impl $name {
             /// The name as a string slice.
@@ -120,7 +122,7 @@ macro_rules! validated_name {
             type Error = NameError;
             fn try_from(value: String) -> Result<Self, NameError> {
                 $check($kind, &value)?;
-                Ok(Self(value))
+                Ok(Self(Arc::from(value)))
             }
         }
 
@@ -140,7 +142,7 @@ macro_rules! validated_name {
 
         impl From<$name> for String {
             fn from(value: $name) -> String {
-                value.0
+                value.0.to_string()
             }
         }
 

@@ -132,7 +132,11 @@ pub struct Replica {
     /// Per origin, the highest counter of a tombstone this replica collected.
     gc_floor: VersionVector,
     peers: BTreeMap<NodeId, PeerView>,
+    /// Writers' HLC ids, so validating an entry does not hash its writer's name.
+    hlc_ids: BTreeMap<NodeId, uhlc::ID>,
 }
+
+const HLC_ID_CACHE_ENTRIES_MAX: usize = 4096;
 
 /// Whether `a` covers every write `b` covers.
 fn covers(a: &VersionVector, b: &VersionVector) -> bool {
@@ -153,6 +157,7 @@ impl Replica {
             vv: VersionVector::new(),
             gc_floor: VersionVector::new(),
             peers: BTreeMap::new(),
+            hlc_ids: BTreeMap::new(),
         }
     }
 
@@ -577,6 +582,7 @@ impl Replica {
         from: &NodeId,
         delta: &Delta,
     ) -> Result<Applied, ApplyError> {
+        self.remember_writer_ids(delta);
         self.validate_delta(now, from, delta)?;
         if let Some(max) = delta.max_timestamp() {
             self.clock
@@ -644,18 +650,26 @@ impl Replica {
         }
     }
 
-    fn validate_delta(&self, now: NTP64, from: &NodeId, delta: &Delta) -> Result<(), ApplyError> {
-        // Writers' HLC ids, computed once per writer (a delta has few writers).
-        let mut writer_ids: Vec<(&NodeId, uhlc::ID)> = Vec::new();
+    /// Caches the HLC id (a SHA-256 of the name) of every writer in `delta`;
+    /// a cluster has few writers, and the cache is bounded anyway.
+    fn remember_writer_ids(&mut self, delta: &Delta) {
         for change in &delta.changes {
             let writer = &change.dot().node;
-            let id = match writer_ids.iter().find(|(node, _)| *node == writer) {
-                Some((_, id)) => *id,
-                None => {
-                    let id = writer.hlc_id();
-                    writer_ids.push((writer, id));
-                    id
+            if !self.hlc_ids.contains_key(writer) {
+                if self.hlc_ids.len() >= HLC_ID_CACHE_ENTRIES_MAX {
+                    self.hlc_ids.clear();
                 }
+                self.hlc_ids.insert(writer.clone(), writer.hlc_id());
+            }
+        }
+    }
+
+    fn validate_delta(&self, now: NTP64, from: &NodeId, delta: &Delta) -> Result<(), ApplyError> {
+        for change in &delta.changes {
+            let writer = &change.dot().node;
+            let id = match self.hlc_ids.get(writer) {
+                Some(id) => *id,
+                None => writer.hlc_id(),
             };
             change
                 .validate_with_writer_id(&id)
@@ -863,6 +877,7 @@ impl Replica {
             vv: snapshot.vv,
             gc_floor: snapshot.gc_floor,
             peers: snapshot.peers,
+            hlc_ids: BTreeMap::new(),
         })
     }
 

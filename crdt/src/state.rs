@@ -222,11 +222,11 @@ impl ClusterState {
             if let Some(old) = replaced {
                 self.unindex(old);
             }
-            let previous = self
-                .by_dot
-                .entry(dot.node.clone())
-                .or_default()
-                .insert(dot.counter, key);
+            let counters = match self.by_dot.get_mut(&dot.node) {
+                Some(counters) => counters,
+                None => self.by_dot.entry(dot.node.clone()).or_default(),
+            };
+            let previous = counters.insert(dot.counter, key);
             assert!(previous.is_none(), "dot {dot:?} indexed twice");
         }
         outcome

@@ -195,10 +195,10 @@ impl Cluster {
                 *self.counters.entry((index, *resource)).or_default() += i64::from(*amount);
             }
         }
-        if let Some(delta) = delta {
-            if !delta.is_empty() {
-                self.pool.push((index, delta));
-            }
+        if let Some(delta) = delta
+            && !delta.is_empty()
+        {
+            self.pool.push((index, delta));
         }
     }
 
