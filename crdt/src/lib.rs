@@ -12,10 +12,10 @@ pub mod entry;
 mod ids;
 mod records;
 mod replica;
-pub mod state;
 /// Deterministic simulator (owned by the simulator work; see `sim` module docs).
 #[cfg(feature = "sim")]
 pub mod sim;
+pub mod state;
 
 pub use clock::{Clock, ClockError};
 pub use delta::{Delta, DeltaBase, OriginRange, Summary};

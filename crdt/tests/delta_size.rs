@@ -12,7 +12,12 @@ fn one_change_in_a_large_state_encodes_under_one_kib() {
     let mut b = Replica::new("node-b".parse().unwrap(), Duration::from_secs(1));
     for index in 0..ENTRIES {
         let now = NTP64::from(Duration::from_micros(index));
-        a.put_service(now, format!("service-{index}").parse().unwrap(), ServiceSpec::new("/images/app")).unwrap();
+        a.put_service(
+            now,
+            format!("service-{index}").parse().unwrap(),
+            ServiceSpec::new("/images/app"),
+        )
+        .unwrap();
     }
     let now = NTP64::from(Duration::from_secs(1));
     let full = a.delta_for(&b.summary());
@@ -22,13 +27,19 @@ fn one_change_in_a_large_state_encodes_under_one_kib() {
 
     let mut spec = ServiceSpec::new("/images/app");
     spec.replicas = 3;
-    let eager = a.put_service(now, "service-7".parse().unwrap(), spec).unwrap();
+    let eager = a
+        .put_service(now, "service-7".parse().unwrap(), spec)
+        .unwrap();
     let pulled = a.delta_for(&b.summary());
     assert_eq!(pulled, eager, "the pulled delta is exactly the one change");
     let bytes = codec::encode_delta(&pulled);
     let full_bytes = codec::encode_delta(&full).len();
-    eprintln!("1-change delta: {} bytes; full state: {full_bytes} bytes", bytes.len());
+    eprintln!(
+        "1-change delta: {} bytes; full state: {full_bytes} bytes",
+        bytes.len()
+    );
     assert!(bytes.len() < 1024, "{} bytes", bytes.len());
-    b.apply_delta(now, a.node(), &codec::decode_delta(&bytes, 1024).unwrap()).unwrap();
+    b.apply_delta(now, a.node(), &codec::decode_delta(&bytes, 1024).unwrap())
+        .unwrap();
     assert_eq!(b.digest(), a.digest());
 }
