@@ -137,6 +137,8 @@ pub struct Replica {
 }
 
 const HLC_ID_CACHE_ENTRIES_MAX: usize = 4096;
+/// Up to this many origins, a delta's ranges are searched linearly.
+const SMALL_RANGE_COUNT: usize = 8;
 
 /// Whether `a` covers every write `b` covers.
 fn covers(a: &VersionVector, b: &VersionVector) -> bool {
@@ -692,25 +694,45 @@ impl Replica {
         }
         match &delta.base {
             DeltaBase::Ranges(ranges) => {
-                let mut by_origin: BTreeMap<&NodeId, &OriginRange> = BTreeMap::new();
-                for range in ranges {
+                for (index, range) in ranges.iter().enumerate() {
                     if range.since >= range.until {
                         return Err(ApplyError::Invalid(format!(
                             "range of {} is empty ({}, {}]",
                             range.node, range.since, range.until
                         )));
                     }
-                    if by_origin.insert(&range.node, range).is_some() {
+                    if ranges.len() <= SMALL_RANGE_COUNT
+                        && ranges[..index].iter().any(|other| other.node == range.node)
+                    {
                         return Err(ApplyError::Invalid(format!(
                             "origin {} has two ranges",
                             range.node
                         )));
                     }
                 }
+                // Deltas usually carry one or a few origins: a linear search
+                // beats building a map for every (often one-entry) delta.
+                let mut by_origin: BTreeMap<&NodeId, &OriginRange> = BTreeMap::new();
+                if ranges.len() > SMALL_RANGE_COUNT {
+                    for range in ranges {
+                        if by_origin.insert(&range.node, range).is_some() {
+                            return Err(ApplyError::Invalid(format!(
+                                "origin {} has two ranges",
+                                range.node
+                            )));
+                        }
+                    }
+                }
+                let find = |node: &NodeId| -> Option<&OriginRange> {
+                    if ranges.len() <= SMALL_RANGE_COUNT {
+                        ranges.iter().find(|range| &range.node == node)
+                    } else {
+                        by_origin.get(node).copied()
+                    }
+                };
                 for change in &delta.changes {
                     let dot = change.dot();
-                    let inside = by_origin
-                        .get(&dot.node)
+                    let inside = find(&dot.node)
                         .is_some_and(|r| r.since < dot.counter && dot.counter <= r.until);
                     if !inside {
                         return Err(ApplyError::Invalid(format!(
@@ -1114,6 +1136,51 @@ mod tests {
             Err(ApplyError::Invalid(_))
         ));
         assert_eq!(b.digest(), before);
+    }
+
+    #[test]
+    fn malformed_ranges_are_refused() {
+        let (mut a, mut b) = (replica("a"), replica("b"));
+        a.put_service(ms(1), "one".parse().unwrap(), ServiceSpec::new("/img"))
+            .unwrap();
+        let good = a.delta_for(&Summary::default());
+        let range = |node_name: &str, since, until| OriginRange {
+            node: node(node_name),
+            since,
+            until,
+        };
+        let with_ranges = |ranges: Vec<OriginRange>| Delta {
+            base: DeltaBase::Ranges(ranges),
+            changes: good.changes.clone(),
+        };
+        let many: Vec<OriginRange> = (0..SMALL_RANGE_COUNT + 2)
+            .map(|i| range(&format!("x{i}"), 0, 1))
+            .collect();
+        let mut many_with_duplicate = many.clone();
+        many_with_duplicate.push(range("a", 0, 1));
+        many_with_duplicate.push(range("a", 0, 1));
+        let mut many_with_a = many;
+        many_with_a.push(range("a", 0, 1));
+        let cases = [
+            with_ranges(vec![range("a", 0, 1), range("a", 0, 1)]),
+            with_ranges(vec![range("a", 1, 1)]),
+            with_ranges(vec![range("b", 0, 1)]),
+            with_ranges(vec![range("a", 1, 2)]),
+            with_ranges(many_with_duplicate),
+        ];
+        let before = (b.digest(), b.summary());
+        for delta in &cases {
+            let result = b.apply_delta(ms(2), a.node(), delta);
+            assert!(
+                matches!(result, Err(ApplyError::Invalid(_))),
+                "{delta:?}: {result:?}"
+            );
+            assert_eq!((b.digest(), b.summary()), before);
+        }
+        // The large-delta path accepts a valid delta with many origins.
+        b.apply_delta(ms(2), a.node(), &with_ranges(many_with_a))
+            .unwrap();
+        assert_eq!(b.digest(), a.digest());
     }
 
     #[test]
