@@ -19,6 +19,17 @@ use shoal_oci::bundle::{BundleOptions, Limits, runtime_spec};
 use shoal_oci::rootfs::{RootfsMode, build_rootfs};
 use shoal_oci::{ContainerConfig, ImageStore, LibcontainerRuntime, Runtime, RuntimeSettings};
 
+fn tar_header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(kind);
+    header.set_size(size);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_mtime(0);
+    header
+}
+
 fn sha256(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
@@ -27,27 +38,18 @@ fn sha256(bytes: &[u8]) -> String {
 fn busybox_layout(dir: &Path) -> PathBuf {
     let mut builder = tar::Builder::new(Vec::new());
     let busybox = fs::read("/bin/busybox").expect("busybox-static is installed");
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(tar::EntryType::Regular);
-    header.set_size(busybox.len() as u64);
-    header.set_mode(0o755);
+    let mut header = tar_header(tar::EntryType::Regular, busybox.len() as u64, 0o755);
     builder
         .append_data(&mut header, "bin/busybox", &busybox[..])
         .unwrap();
     for applet in ["true", "sh"] {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Symlink);
-        header.set_size(0);
-        header.set_mode(0o777);
+        let mut header = tar_header(tar::EntryType::Symlink, 0, 0o777);
         builder
             .append_link(&mut header, format!("bin/{applet}"), "busybox")
             .unwrap();
     }
     for directory in ["proc/", "dev/", "sys/", "tmp/"] {
-        let mut header = tar::Header::new_gnu();
-        header.set_entry_type(tar::EntryType::Directory);
-        header.set_size(0);
-        header.set_mode(0o755);
+        let mut header = tar_header(tar::EntryType::Directory, 0, 0o755);
         builder
             .append_data(&mut header, directory, &[][..])
             .unwrap();
