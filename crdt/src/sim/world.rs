@@ -64,12 +64,54 @@ pub struct Stats {
     pub messages_partitioned: usize,
     pub message_bytes: usize,
     pub deltas_applied: usize,
+    /// Full-state deltas, sent to a peer below the sender's GC floor.
+    pub snapshots_applied: usize,
     pub refused_stale: usize,
     pub refused_drift: usize,
     pub partitions: usize,
     pub crashes: usize,
     pub tombstones_collected: usize,
     pub sync_rounds: usize,
+}
+
+impl Stats {
+    /// Adds another run's counts (for totals over many seeds).
+    pub fn accumulate(&mut self, other: &Stats) {
+        let Stats {
+            events,
+            writes_acknowledged,
+            operations_refused,
+            messages_sent,
+            messages_lost,
+            messages_duplicated,
+            messages_partitioned,
+            message_bytes,
+            deltas_applied,
+            snapshots_applied,
+            refused_stale,
+            refused_drift,
+            partitions,
+            crashes,
+            tombstones_collected,
+            sync_rounds,
+        } = other;
+        self.events += events;
+        self.writes_acknowledged += writes_acknowledged;
+        self.operations_refused += operations_refused;
+        self.messages_sent += messages_sent;
+        self.messages_lost += messages_lost;
+        self.messages_duplicated += messages_duplicated;
+        self.messages_partitioned += messages_partitioned;
+        self.message_bytes += message_bytes;
+        self.deltas_applied += deltas_applied;
+        self.snapshots_applied += snapshots_applied;
+        self.refused_stale += refused_stale;
+        self.refused_drift += refused_drift;
+        self.partitions += partitions;
+        self.crashes += crashes;
+        self.tombstones_collected += tombstones_collected;
+        self.sync_rounds += sync_rounds;
+    }
 }
 
 /// A run that passed every check.
@@ -124,6 +166,13 @@ struct Node {
     replica: Option<Replica>,
     /// The last persisted snapshot, encoded as on disk.
     persisted: Vec<u8>,
+    /// The replica changed since `persisted` was encoded. Encoding is deferred
+    /// until just before the next change that is not persisted (an observed
+    /// summary, a GC) or a crash: the same image as encoding after every
+    /// write, at a fraction of the cost.
+    dirty: bool,
+    /// Digest of the replicated state, while known to be current.
+    digest: Option<[u8; 32]>,
     skew_ms: i64,
 }
 
@@ -194,6 +243,8 @@ impl World {
                     id,
                     replica: Some(replica),
                     persisted,
+                    dirty: false,
+                    digest: None,
                     skew_ms: scenario.skews_ms[index],
                 }
             })
@@ -510,6 +561,7 @@ impl World {
     }
 
     fn anti_entropy(&mut self, node: usize) {
+        self.flush(node);
         let replica = self.nodes[node]
             .replica
             .as_mut()
@@ -517,6 +569,9 @@ impl World {
         let collected = replica.collect_garbage();
         let summary = codec::encode_summary(&replica.summary());
         self.stats.tombstones_collected += collected;
+        if collected > 0 {
+            self.nodes[node].digest = None;
+        }
         let replicas = self.scenario.replicas;
         let peer = (node + self.rng.gen_range(1..replicas)) % replicas;
         trace!(
@@ -572,6 +627,7 @@ impl World {
                 let summary = codec::decode_summary(&summary, limit)
                     .map_err(|error| format!("summary: {error}"))?;
                 let from_id = self.nodes[from].id.clone();
+                self.flush(to);
                 let replica = self.nodes[to].replica.as_mut().expect("checked up");
                 replica.observe_summary(&from_id, &summary);
                 let delta = codec::encode_delta(&replica.delta_for(&summary));
@@ -597,6 +653,7 @@ impl World {
                 let summary = codec::decode_summary(&summary, limit)
                     .map_err(|error| format!("summary: {error}"))?;
                 let from_id = self.nodes[from].id.clone();
+                self.flush(to);
                 let replica = self.nodes[to].replica.as_mut().expect("checked up");
                 replica.observe_summary(&from_id, &summary);
                 let back = replica.delta_for(&summary);
@@ -621,15 +678,17 @@ impl World {
         let now = self.physical(to);
         let from_id = self.nodes[from].id.clone();
         let to_id = self.nodes[to].id.clone();
+        let digest_before = self.digest(to);
         let replica = self.nodes[to]
             .replica
             .as_mut()
             .expect("caller checked the node is up");
-        let digest_before = replica.digest();
         let vv_before = replica.version_vector().clone();
         match replica.apply_delta(now, &from_id, &delta) {
             Ok(applied) => {
-                let changed = replica.version_vector() != &vv_before || applied.entries_applied > 0;
+                let changed = replica.version_vector() != &vv_before
+                    || applied.entries_applied > 0
+                    || delta.is_full();
                 trace!(
                     self,
                     "{from_id} -> {to_id}: delta of {} entries{}: applied {}, ignored {}",
@@ -639,6 +698,7 @@ impl World {
                     applied.entries_ignored
                 );
                 self.stats.deltas_applied += 1;
+                self.stats.snapshots_applied += usize::from(delta.is_full());
                 if changed {
                     self.persist(to);
                 }
@@ -684,15 +744,36 @@ impl World {
         }
     }
 
+    /// Called after every acknowledged write and every applied delta.
     fn persist(&mut self, node: usize) {
-        let replica = self.nodes[node]
-            .replica
-            .as_ref()
-            .expect("only an up node persists");
-        self.nodes[node].persisted = codec::encode_snapshot(&replica.to_snapshot());
+        assert!(self.is_up(node), "only an up node persists");
+        self.nodes[node].dirty = true;
+        self.nodes[node].digest = None;
+    }
+
+    /// Encodes the pending persisted image (see `Node::dirty`).
+    fn flush(&mut self, node: usize) {
+        if self.nodes[node].dirty {
+            let replica = self.nodes[node]
+                .replica
+                .as_ref()
+                .expect("only an up node persists");
+            self.nodes[node].persisted = codec::encode_snapshot(&replica.to_snapshot());
+            self.nodes[node].dirty = false;
+        }
+    }
+
+    fn digest(&mut self, node: usize) -> [u8; 32] {
+        let Node {
+            replica, digest, ..
+        } = &mut self.nodes[node];
+        let replica = replica.as_ref().expect("only an up node has a digest");
+        *digest.get_or_insert_with(|| replica.digest())
     }
 
     fn crash(&mut self, node: usize) -> Result<(), String> {
+        self.flush(node);
+        self.nodes[node].digest = None;
         let replica = self.nodes[node]
             .replica
             .take()
@@ -785,6 +866,7 @@ impl World {
         // One more round so every summary each replica holds is current (stable).
         self.sync_round(&participants)?;
         for node in &participants {
+            self.flush(*node);
             let replica = self.nodes[*node]
                 .replica
                 .as_mut()
@@ -807,11 +889,13 @@ impl World {
                 let a_id = self.nodes[a].id.clone();
                 let b_id = self.nodes[b].id.clone();
                 let summary_a = self.nodes[a].replica.as_ref().expect("up").summary();
+                self.flush(b);
                 let replica_b = self.nodes[b].replica.as_mut().expect("up");
                 replica_b.observe_summary(&a_id, &summary_a);
                 let delta = codec::encode_delta(&replica_b.delta_for(&summary_a));
                 let summary_b = replica_b.summary();
                 self.receive_delta(a, b, &delta)?;
+                self.flush(a);
                 self.nodes[a]
                     .replica
                     .as_mut()
