@@ -1,0 +1,293 @@
+//! An in-memory `Runtime` for the daemon's scheduler tests and simulator: it keeps the same
+//! state machine as the real runtime (created -> running -> stopped, delete removes) and
+//! enforces the same rules, but runs nothing. The test decides when a container ends with
+//! `finish`, and can make the next operations fail with `fail_next` to exercise error paths.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use crate::bundle;
+use crate::runtime::{
+    ContainerConfig, ContainerState, ContainerStatus, ExitStatus, Runtime, RuntimeError,
+};
+
+/// What the fake runtime was asked to do, in order, for assertions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FakeCall {
+    Create(String),
+    Start(String),
+    Stop(String),
+    Delete(String),
+}
+
+#[derive(Default)]
+struct FakeState {
+    containers: BTreeMap<String, ContainerStatus>,
+    calls: Vec<FakeCall>,
+    failures: VecDeque<String>,
+}
+
+#[derive(Default)]
+pub struct FakeRuntime {
+    state: Mutex<FakeState>,
+    changed: Condvar,
+}
+
+impl FakeRuntime {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, FakeState> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Ends a running container with `exit`, as if its process had exited.
+    pub fn finish(&self, id: &str, exit: ExitStatus) -> Result<(), RuntimeError> {
+        let mut state = self.lock();
+        let status = state
+            .containers
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::NotFound { id: id.to_owned() })?;
+        if *status != ContainerStatus::Running {
+            return Err(RuntimeError::WrongState {
+                id: id.to_owned(),
+                action: "finish",
+                status: *status,
+            });
+        }
+        *status = ContainerStatus::Stopped(exit);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    /// Makes the next create/start/stop/delete fail with this message.
+    pub fn fail_next(&self, message: &str) {
+        self.lock().failures.push_back(message.to_owned());
+    }
+
+    pub fn calls(&self) -> Vec<FakeCall> {
+        self.lock().calls.clone()
+    }
+
+    fn record(
+        &self,
+        state: &mut FakeState,
+        call: FakeCall,
+        id: &str,
+        action: &'static str,
+    ) -> Result<(), RuntimeError> {
+        state.calls.push(call);
+        match state.failures.pop_front() {
+            Some(message) => Err(RuntimeError::Libcontainer {
+                id: id.to_owned(),
+                action,
+                message,
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Runtime for FakeRuntime {
+    fn create(&self, config: &ContainerConfig) -> Result<(), RuntimeError> {
+        let id = config.id.as_str();
+        bundle::validate_id(id).map_err(|source| RuntimeError::Bundle {
+            id: id.to_owned(),
+            source,
+        })?;
+        let mut state = self.lock();
+        if state.containers.contains_key(id) {
+            return Err(RuntimeError::AlreadyExists { id: id.to_owned() });
+        }
+        self.record(&mut state, FakeCall::Create(id.to_owned()), id, "create")?;
+        state
+            .containers
+            .insert(id.to_owned(), ContainerStatus::Created);
+        Ok(())
+    }
+
+    fn start(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut state = self.lock();
+        let status = *state
+            .containers
+            .get(id)
+            .ok_or_else(|| RuntimeError::NotFound { id: id.to_owned() })?;
+        if status != ContainerStatus::Created {
+            return Err(RuntimeError::WrongState {
+                id: id.to_owned(),
+                action: "start",
+                status,
+            });
+        }
+        self.record(&mut state, FakeCall::Start(id.to_owned()), id, "start")?;
+        state
+            .containers
+            .insert(id.to_owned(), ContainerStatus::Running);
+        Ok(())
+    }
+
+    /// A fake process obeys SIGTERM at once and ends with signal 15.
+    fn stop(&self, id: &str, _grace_ms: u64) -> Result<ExitStatus, RuntimeError> {
+        let mut state = self.lock();
+        let status = *state
+            .containers
+            .get(id)
+            .ok_or_else(|| RuntimeError::NotFound { id: id.to_owned() })?;
+        if let ContainerStatus::Stopped(exit) = status {
+            return Ok(exit);
+        }
+        self.record(&mut state, FakeCall::Stop(id.to_owned()), id, "stop")?;
+        let exit = ExitStatus::Signal(libc::SIGTERM);
+        state
+            .containers
+            .insert(id.to_owned(), ContainerStatus::Stopped(exit));
+        self.changed.notify_all();
+        Ok(exit)
+    }
+
+    fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        let mut state = self.lock();
+        if !state.containers.contains_key(id) {
+            return Err(RuntimeError::NotFound { id: id.to_owned() });
+        }
+        self.record(&mut state, FakeCall::Delete(id.to_owned()), id, "delete")?;
+        state.containers.remove(id);
+        self.changed.notify_all();
+        Ok(())
+    }
+
+    fn state(&self, id: &str) -> Result<ContainerState, RuntimeError> {
+        let state = self.lock();
+        let status = *state
+            .containers
+            .get(id)
+            .ok_or_else(|| RuntimeError::NotFound { id: id.to_owned() })?;
+        Ok(ContainerState {
+            id: id.to_owned(),
+            status,
+            pid: None,
+        })
+    }
+
+    fn wait(&self, id: &str, timeout_ms: u64) -> Result<Option<ExitStatus>, RuntimeError> {
+        let deadline = Instant::now() + Duration::from_millis(timeout_ms);
+        let mut state = self.lock();
+        loop {
+            match state.containers.get(id) {
+                None => return Err(RuntimeError::NotFound { id: id.to_owned() }),
+                Some(ContainerStatus::Stopped(exit)) => return Ok(Some(*exit)),
+                Some(_) => {}
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(None);
+            }
+            state = self
+                .changed
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .0;
+        }
+    }
+
+    fn list(&self) -> Vec<String> {
+        self.lock().containers.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bundle::Limits;
+    use crate::digest::Digest;
+    use crate::image::PreparedImage;
+    use crate::rootfs::RootfsMode;
+
+    fn config(id: &str) -> ContainerConfig {
+        let image_config = serde_json::from_value(serde_json::json!({
+            "architecture": "amd64", "os": "linux",
+            "rootfs": { "type": "layers", "diff_ids": [] },
+        }))
+        .unwrap();
+        ContainerConfig {
+            id: id.to_owned(),
+            image: PreparedImage {
+                path: "/images/none".into(),
+                manifest_digest: None,
+                config_digest: Digest::of_bytes(b"x"),
+                config: image_config,
+                layer_dirs: Vec::new(),
+            },
+            command: None,
+            env: Vec::new(),
+            limits: Limits::default(),
+            netns_path: None,
+            rootfs_mode: RootfsMode::Auto,
+        }
+    }
+
+    #[test]
+    fn follows_the_lifecycle_and_its_rules() {
+        let runtime = FakeRuntime::new();
+        runtime.create(&config("a")).unwrap();
+        assert!(matches!(
+            runtime.create(&config("a")),
+            Err(RuntimeError::AlreadyExists { .. })
+        ));
+        assert!(matches!(
+            runtime.create(&config("../a")),
+            Err(RuntimeError::Bundle { .. })
+        ));
+        assert_eq!(runtime.state("a").unwrap().status, ContainerStatus::Created);
+        runtime.start("a").unwrap();
+        assert!(matches!(
+            runtime.start("a"),
+            Err(RuntimeError::WrongState { .. })
+        ));
+        assert_eq!(runtime.wait("a", 0).unwrap(), None);
+        runtime.finish("a", ExitStatus::Code(2)).unwrap();
+        assert_eq!(runtime.wait("a", 0).unwrap(), Some(ExitStatus::Code(2)));
+        assert_eq!(runtime.stop("a", 1_000).unwrap(), ExitStatus::Code(2));
+        runtime.delete("a").unwrap();
+        assert!(matches!(
+            runtime.state("a"),
+            Err(RuntimeError::NotFound { .. })
+        ));
+        assert_eq!(
+            runtime.calls(),
+            [
+                FakeCall::Create("a".into()),
+                FakeCall::Start("a".into()),
+                FakeCall::Delete("a".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn injected_failures_change_nothing() {
+        let runtime = FakeRuntime::new();
+        runtime.fail_next("disk full");
+        let error = runtime.create(&config("a")).unwrap_err();
+        assert!(error.to_string().contains("disk full"), "{error}");
+        assert!(runtime.list().is_empty());
+        runtime.create(&config("a")).unwrap();
+        assert_eq!(runtime.list(), ["a"]);
+    }
+
+    #[test]
+    fn wait_wakes_when_another_thread_finishes_the_container() {
+        let runtime = std::sync::Arc::new(FakeRuntime::new());
+        runtime.create(&config("a")).unwrap();
+        runtime.start("a").unwrap();
+        let waiter = {
+            let runtime = runtime.clone();
+            std::thread::spawn(move || runtime.wait("a", 60_000).unwrap())
+        };
+        runtime.finish("a", ExitStatus::Code(0)).unwrap();
+        assert_eq!(waiter.join().unwrap(), Some(ExitStatus::Code(0)));
+    }
+}
