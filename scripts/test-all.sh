@@ -17,6 +17,7 @@ for pair in \
     "ip:iproute2" \
     "nft:nftables" \
     "ping:iputils-ping" \
+    "skopeo:skopeo" \
     "nix-instantiate:nix-bin"; do
     probe=${pair%%:*} package=${pair##*:}
     if [[ $probe == /* ]]; then [[ -e $probe ]] || need_apt+=("$package")
