@@ -1,7 +1,7 @@
 //! The gossip driver: anti-entropy rounds on a jittered interval plus eager push of local
 //! changes. Peer choice is [`super::membership::PeerSelector`]; this file only drives it.
 //!
-//! - Anti-entropy: every `interval_ms + jitter`, [`sync_once`] with the chosen targets, each
+//! - Anti-entropy: at start (after the jitter) and then every `interval_ms + jitter`, [`sync_once`] with the chosen targets, each
 //!   exchange as its own task, at most one in flight per address (a slow or dead peer never
 //!   delays the next round).
 //! - Eager push: local changes from `Node::subscribe_changes` go into a bounded queue of
@@ -108,15 +108,15 @@ pub async fn run_gossip_with_counters(
     assert!(cfg.fanout > 0, "fanout must be positive");
     assert!(cfg.push_queue_max > 0, "push_queue_max must be positive");
     let (stop_sender, stop) = watch::channel(false);
+    let selector = Arc::new(std::sync::Mutex::new(PeerSelector::new(cfg.rng_seed)));
     let driver = Driver {
         endpoint,
         node,
         cfg,
         limits,
         counters: counters.clone(),
-        selector: Arc::new(std::sync::Mutex::new(PeerSelector::new(0))),
+        selector,
     };
-    *driver.selector.lock().expect("selector lock") = PeerSelector::new(driver.cfg.rng_seed);
     let (queue_sender, queue) = mpsc::channel::<Arc<Delta>>(driver.cfg.push_queue_max);
     let changes = driver.node.subscribe_changes();
     let work = async {
@@ -202,10 +202,14 @@ impl Driver {
     async fn anti_entropy(&self, mut stop: watch::Receiver<bool>) {
         let mut exchanges: JoinSet<(Target, Result<super::SyncStats, SyncError>)> = JoinSet::new();
         let mut in_flight: BTreeSet<SocketAddr> = BTreeSet::new();
+        // The first round comes after the jitter only: a starting node catches up at once.
+        let mut first = true;
         loop {
             let delay_ms = {
                 let mut selector = self.selector.lock().expect("selector lock");
-                selector.next_delay_ms(self.cfg.interval_ms, self.cfg.jitter_ms)
+                let interval_ms = if first { 0 } else { self.cfg.interval_ms };
+                first = false;
+                selector.next_delay_ms(interval_ms, self.cfg.jitter_ms)
             };
             let sleep = tokio::time::sleep(Duration::from_millis(delay_ms));
             tokio::pin!(sleep);

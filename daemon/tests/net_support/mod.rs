@@ -191,3 +191,121 @@ pub fn raw_client(ca_cert: &Path, identity: Option<&NodePaths>) -> quinn::Endpoi
     endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
     endpoint
 }
+
+/// In-process nodes running serve + gossip + heartbeats (every 200 ms) until stopped.
+pub struct GossipCluster {
+    pub nodes: Vec<Arc<Node>>,
+    pub addresses: Vec<SocketAddr>,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+async fn wait_stop(mut stop: tokio::sync::watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stop| *stop).await;
+}
+
+impl GossipCluster {
+    /// Starts nodes `names`; node i is seeded with the addresses of `seeds[i]` (indices).
+    pub async fn start(
+        pki: &Pki,
+        dir: &Path,
+        names: &[&str],
+        seeds: &[Vec<usize>],
+        gossip: sync::GossipConfig,
+    ) -> Self {
+        let endpoints: Vec<quinn::Endpoint> = names
+            .iter()
+            .map(|name| {
+                sync::bind_endpoint("127.0.0.1:0".parse().unwrap(), &pki.material(name)).unwrap()
+            })
+            .collect();
+        let addresses: Vec<SocketAddr> =
+            endpoints.iter().map(|e| e.local_addr().unwrap()).collect();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut nodes = Vec::new();
+        for (index, name) in names.iter().enumerate() {
+            let node = Arc::new(
+                Node::open(NodeOptions {
+                    node: node_id(name),
+                    database: dir.join(format!("{name}.redb")),
+                    max_clock_drift: Duration::from_secs(1),
+                    seeds: seeds[index].iter().map(|seed| addresses[*seed]).collect(),
+                    address: addresses[index],
+                    capacity: Capacity {
+                        cpu_millis: 1000,
+                        memory_bytes: 1 << 30,
+                    },
+                    down_after_ms: 5_000,
+                    compact_every_entries: shoal::node::COMPACT_EVERY_ENTRIES,
+                })
+                .unwrap(),
+            );
+            node.heartbeat().unwrap();
+            let serve = sync::serve(
+                endpoints[index].clone(),
+                node.clone(),
+                limits(),
+                wait_stop(stopped.clone()),
+            );
+            tasks.spawn(async move { serve.await.unwrap() });
+            let cfg = sync::GossipConfig {
+                rng_seed: index as u64 + 1,
+                ..gossip.clone()
+            };
+            tasks.spawn(sync::run_gossip(
+                endpoints[index].clone(),
+                node.clone(),
+                cfg,
+                limits(),
+                wait_stop(stopped.clone()),
+            ));
+            let beating = node.clone();
+            let mut beat_stop = stopped.clone();
+            tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = beat_stop.wait_for(|stop| *stop) => return,
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                    }
+                    let node = beating.clone();
+                    tokio::task::spawn_blocking(move || node.heartbeat())
+                        .await
+                        .unwrap()
+                        .unwrap();
+                }
+            });
+            nodes.push(node);
+        }
+        Self {
+            nodes,
+            addresses,
+            stop,
+            tasks,
+        }
+    }
+
+    /// Waits until `done` holds, or panics after `deadline`.
+    pub async fn wait_until(
+        &self,
+        what: &str,
+        deadline: Duration,
+        done: impl Fn(&[Arc<Node>]) -> bool,
+    ) {
+        let started = std::time::Instant::now();
+        while !done(&self.nodes) {
+            assert!(
+                started.elapsed() < deadline,
+                "{what}: not within {deadline:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    pub async fn stop(mut self) {
+        let _ = self.stop.send(true);
+        while let Some(joined) = self.tasks.join_next().await {
+            joined.unwrap();
+        }
+    }
+}
