@@ -6,6 +6,9 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
+/// The longest a late duplicate can trail its original.
+const LATE_DUPLICATE_MS_MAX: u64 = 5_000;
+
 /// What replicas say to each other; every field is `codec`-encoded bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Payload {
@@ -123,9 +126,16 @@ impl Network {
             return Fate::Lost;
         }
         let first_ms = now_ms + rng.gen_range(1..=self.latency_ms_max);
-        let duplicate_ms = rng
-            .gen_ratio(self.duplicate_percent, 100)
-            .then(|| now_ms + rng.gen_range(1..=self.latency_ms_max));
+        // A third of the duplicates are very late (a re-push after a
+        // reconnect, a stuck retransmission): they arrive after the change was
+        // overwritten or removed, and its tombstone possibly collected.
+        let duplicate_ms = rng.gen_ratio(self.duplicate_percent, 100).then(|| {
+            if rng.gen_ratio(1, 3) {
+                now_ms + rng.gen_range(1..=LATE_DUPLICATE_MS_MAX)
+            } else {
+                now_ms + rng.gen_range(1..=self.latency_ms_max)
+            }
+        });
         Fate::Deliver {
             first_ms,
             duplicate_ms,

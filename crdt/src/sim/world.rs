@@ -722,10 +722,11 @@ impl World {
                     ApplyError::ClockDrift { .. } => {
                         self.stats.refused_drift += 1;
                         let carries_rogue = self.scenario.rogue.is_some_and(|rogue| {
+                            // Entries, not ranges: a full snapshot has no ranges.
                             delta
-                                .origin_ranges()
+                                .changes()
                                 .iter()
-                                .any(|r| r.node == self.nodes[rogue].id)
+                                .any(|change| change.dot().node == self.nodes[rogue].id)
                         });
                         if !carries_rogue {
                             return Err(format!(
