@@ -12,6 +12,7 @@ pub mod image_source;
 pub mod layer_cache;
 pub mod layer_unpack;
 pub mod libcontainer_runtime;
+pub mod network;
 pub mod restart_policy;
 pub mod rootfs;
 pub mod runtime;

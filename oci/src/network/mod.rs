@@ -1,0 +1,81 @@
+//! Container networking on one node: the node bridge with the subnet's gateway
+//! address, a network namespace per container with a veth into that bridge, and
+//! routes to the other nodes' container subnets. Everything is done by running
+//! iproute2's `ip` in the caller's network namespace, so a node that is itself a
+//! network namespace (the netns cluster) works exactly like a real host.
+//!
+//! All calls block (they wait for `ip`); async callers use `spawn_blocking`.
+
+mod command;
+mod interface;
+mod names;
+pub mod node;
+pub mod routes;
+
+pub use names::{HOST_INTERFACE_PREFIX, NETNS_DIR, ROUTE_PROTOCOL};
+pub use node::{Attachment, CONTAINER_INTERFACE, NodeNetwork};
+pub use routes::RouteReport;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use shoal_crdt::Subnet;
+
+/// What went wrong while setting up or tearing down container networking.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("cannot run `{command}`: {source}")]
+    Spawn {
+        command: String,
+        source: std::io::Error,
+    },
+    #[error("`{command}` failed ({status}): {stderr}")]
+    Command {
+        command: String,
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+    #[error("`{command}` printed output that is not the expected json: {reason}")]
+    Output { command: String, reason: String },
+    #[error("interface name {name:?} is invalid: 1..=15 characters of [A-Za-z0-9_.-]")]
+    InterfaceName { name: String },
+    #[error(
+        "netns prefix {prefix:?} is invalid: 1..=64 characters of [A-Za-z0-9_.-], not starting with '-' or '.'"
+    )]
+    NetnsPrefix { prefix: String },
+    #[error(
+        "container id {id:?} is invalid: 1..=128 characters of [A-Za-z0-9_.-], not starting with '-' or '.'"
+    )]
+    ContainerId { id: String },
+    #[error("address {ip} is not a container address of subnet {subnet}")]
+    AddressOutsideSubnet { ip: Ipv4Addr, subnet: Subnet },
+    #[error("container {id} is already attached with address {existing}, refusing {requested}")]
+    AlreadyAttached {
+        id: String,
+        existing: String,
+        requested: Ipv4Addr,
+    },
+    #[error("interface {name} exists and is not container {id}'s veth (its alias is {alias:?})")]
+    InterfaceTaken {
+        name: String,
+        id: String,
+        alias: Option<String>,
+    },
+    #[error("link {name} exists and is not a bridge (kind {kind:?})")]
+    NotABridge { name: String, kind: Option<String> },
+    #[error("cannot {action} {path}: {source}")]
+    Sysctl {
+        action: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot list {path}: {source}")]
+    NetnsDirectory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("peer subnets {first} and {second} overlap")]
+    OverlappingPeers { first: Subnet, second: Subnet },
+    #[error("node address {address} for subnet {subnet} is not IPv4")]
+    NodeAddressNotIpv4 { subnet: Subnet, address: IpAddr },
+}
