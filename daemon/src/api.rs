@@ -9,7 +9,8 @@
 //! once; an idle connection is closed after `IDLE_TIMEOUT_MS`.
 //!
 //! Operations (`op`): `service_apply {services:[{name,spec}]}`, `service_list`,
-//! `service_remove {name}`, `nodes`, `status`. Results are the view types below.
+//! `service_remove {name}`, `nodes`, `status`, `ps`, `logs {target, offsets}`. Results are the
+//! view types below (and `reconcile::PsView`, `reconcile::LogChunk`).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -24,6 +25,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::node::Node;
+use crate::reconcile::Reconciler;
 use crate::spec_file::{NamedSpec, SERVICES_PER_FILE_MAX};
 
 /// Version of the request envelope.
@@ -46,11 +48,24 @@ const SOCKET_MODE: u32 = 0o660;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
-    ServiceApply { services: Vec<NamedSpec> },
+    ServiceApply {
+        services: Vec<NamedSpec>,
+    },
     ServiceList,
-    ServiceRemove { name: ServiceName },
+    ServiceRemove {
+        name: ServiceName,
+    },
     Nodes,
     Status,
+    /// Containers cluster-wide, with this node's runtime states.
+    Ps,
+    /// New log output of a container or of a service's containers on this node.
+    Logs {
+        target: String,
+        /// container -> (stdout offset, stderr offset) from the previous call.
+        #[serde(default)]
+        offsets: BTreeMap<String, (u64, u64)>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -117,6 +132,9 @@ pub struct StatusView {
     pub converged: bool,
     /// A peer evicted this node after a long silence; see the daemon log.
     pub evicted: bool,
+    /// service -> why this node cannot run its share of it (bad image, no room, ...).
+    #[serde(default)]
+    pub service_errors: BTreeMap<String, String>,
 }
 
 /// Why an API call failed.
@@ -186,6 +204,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
 pub async fn serve(
     listener: UnixListener,
     node: Arc<Node>,
+    containers: Option<Arc<Reconciler>>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
@@ -211,8 +230,9 @@ pub async fn serve(
             },
         };
         let node = node.clone();
+        let containers = containers.clone();
         tasks.spawn(async move {
-            if let Err(error) = serve_connection(stream, node).await {
+            if let Err(error) = serve_connection(stream, node, containers).await {
                 tracing::debug!(%error, "api connection ended");
             }
             drop(permit);
@@ -233,7 +253,11 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection(stream: UnixStream, node: Arc<Node>) -> std::io::Result<()> {
+async fn serve_connection(
+    stream: UnixStream,
+    node: Arc<Node>,
+    containers: Option<Arc<Reconciler>>,
+) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = tokio::io::BufReader::new(read);
     loop {
@@ -268,8 +292,10 @@ async fn serve_connection(stream: UnixStream, node: Arc<Node>) -> std::io::Resul
             )),
             Ok(envelope) => {
                 let node = node.clone();
+                let containers = containers.clone();
                 // Node operations commit to redb (fsync); keep them off the async workers.
-                match tokio::task::spawn_blocking(move || handle(&node, envelope.request)).await {
+                let work = move || handle(&node, containers.as_deref(), envelope.request);
+                match tokio::task::spawn_blocking(work).await {
                     Ok(reply) => reply,
                     Err(error) => Reply::Error(format!("request failed: {error}")),
                 }
@@ -297,7 +323,10 @@ fn to_value<T: Serialize>(value: &T) -> Reply {
 }
 
 /// Runs one request against the node.
-fn handle(node: &Node, request: Request) -> Reply {
+/// Largest `offsets` map a `logs` request may carry.
+const LOG_OFFSETS_MAX: usize = 1024;
+
+fn handle(node: &Node, containers: Option<&Reconciler>, request: Request) -> Reply {
     match request {
         Request::ServiceApply { services } => {
             if services.is_empty() || services.len() > SERVICES_PER_FILE_MAX {
@@ -317,7 +346,36 @@ fn handle(node: &Node, request: Request) -> Reply {
             Err(error) => Reply::Error(error.to_string()),
         },
         Request::Nodes => to_value(&node.nodes()),
-        Request::Status => to_value(&node.status()),
+        Request::Status => {
+            let mut status = node.status();
+            if let Some(containers) = containers {
+                status.service_errors = containers.errors();
+            }
+            to_value(&status)
+        }
+        Request::Ps => match containers {
+            Some(containers) => to_value(&containers.ps()),
+            None => Reply::Error(
+                "containers are disabled on this node (containers.enabled = false)".to_string(),
+            ),
+        },
+        Request::Logs { target, offsets } => {
+            if offsets.len() > LOG_OFFSETS_MAX {
+                return Reply::Error(format!(
+                    "logs takes at most {LOG_OFFSETS_MAX} offsets, got {}",
+                    offsets.len()
+                ));
+            }
+            match containers {
+                Some(containers) => match containers.logs(&target, &offsets) {
+                    Ok(chunks) => to_value(&chunks),
+                    Err(error) => Reply::Error(error.to_string()),
+                },
+                None => Reply::Error(
+                    "containers are disabled on this node (containers.enabled = false)".to_string(),
+                ),
+            }
+        }
     }
 }
 
@@ -499,7 +557,7 @@ mod tests {
         let path = dir.path().join("shoal.sock");
         let listener = bind(&path).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, node.clone(), async move {
+        let server = tokio::spawn(serve(listener, node.clone(), None, async move {
             let _ = stopped.await;
         }));
         let digest = node.digest();

@@ -12,6 +12,7 @@ use shoal_crdt::{NodeId, ServiceName};
 
 use crate::api::{Client, NodeView, Request, ServiceView, StatusView};
 use crate::config::{self, Config};
+use crate::reconcile::{LogChunk, PsView};
 use crate::{output, pki, spec_file};
 
 /// Default path of the daemon's API socket.
@@ -64,6 +65,19 @@ pub enum Command {
     /// This node's summary: what it has seen, state digest, peers and last successful sync,
     /// tombstones, and whether it is converged as far as it knows.
     Status,
+    /// List containers cluster-wide: node, service, id, state, IP, since when. States of other
+    /// nodes' containers are what the replicated state records; errors of this node's share
+    /// (bad image, no room) are listed below the table.
+    #[command(
+        after_help = "Examples:\n  shoal ps\n  shoal ps --json | jq '.containers[] | select(.state != \"running\")'"
+    )]
+    Ps,
+    /// Print the output of a container, or of every container of a service, that runs on
+    /// this node (stdout, then stderr). Containers on other nodes: run it there.
+    #[command(
+        after_help = "Examples:\n  shoal logs web              output of web's containers on this node\n  shoal logs web-1a2b3c4d -f  follow one container"
+    )]
+    Logs(LogsArgs),
     /// Manage the cluster certificate authority.
     #[command(subcommand)]
     Ca(CaCommand),
@@ -163,6 +177,18 @@ pub enum CertCommand {
 }
 
 #[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// A service name or a container id.
+    pub target: String,
+    /// Keep printing new output until interrupted.
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+}
+
+/// How often `logs -f` asks for new output.
+const FOLLOW_INTERVAL_MS: u64 = 500;
+
+#[derive(Debug, Args)]
 pub struct DemoArgs {
     /// Keep the cluster running until Ctrl-C.
     #[arg(long)]
@@ -239,6 +265,56 @@ pub fn status(cli: &Cli) -> Result<()> {
     }
     print!("{}", output::status(&view));
     Ok(())
+}
+
+/// `shoal ps`.
+pub fn ps(cli: &Cli) -> Result<()> {
+    let view: PsView = client(&cli.socket)?.call(Request::Ps)?;
+    if cli.json {
+        return print_json(&view);
+    }
+    print!("{}", output::ps(&view));
+    Ok(())
+}
+
+/// `shoal logs TARGET [-f]`.
+pub fn logs(cli: &Cli, args: &LogsArgs) -> Result<()> {
+    use std::io::Write;
+    let mut client = client(&cli.socket)?;
+    let mut offsets: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    loop {
+        let chunks: Vec<LogChunk> = client
+            .call(Request::Logs {
+                target: args.target.clone(),
+                offsets: offsets.clone(),
+            })
+            .with_context(|| format!("logs of {}", args.target))?;
+        let several = chunks.len() > 1;
+        let mut stdout = std::io::stdout().lock();
+        let mut stderr = std::io::stderr().lock();
+        for chunk in &chunks {
+            for (text, sink) in [
+                (&chunk.stdout, &mut stdout as &mut dyn Write),
+                (&chunk.stderr, &mut stderr as &mut dyn Write),
+            ] {
+                for line in text.split_inclusive('\n') {
+                    if several {
+                        write!(sink, "{} | ", chunk.container)?;
+                    }
+                    write!(sink, "{line}")?;
+                }
+            }
+            offsets.insert(
+                chunk.container.clone(),
+                (chunk.stdout_offset, chunk.stderr_offset),
+            );
+        }
+        stdout.flush()?;
+        if !args.follow {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(FOLLOW_INTERVAL_MS));
+    }
 }
 
 /// `shoal ca ...`.

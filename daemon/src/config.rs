@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use shoal_crdt::NodeId;
+use shoal_crdt::{NodeId, Subnet};
 
 /// Largest accepted sync body; bigger values are refused so a typo cannot disable the bound.
 pub const BODY_BYTES_LIMIT: usize = 1 << 30;
@@ -49,6 +49,42 @@ pub struct Config {
     /// Resources this node offers; detected from the host when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<CapacitySettings>,
+    /// Running this node's share of the services' containers.
+    #[serde(default)]
+    pub containers: ContainerSettings,
+}
+
+/// The container runtime and the reconcile loop.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ContainerSettings {
+    /// Run containers at all; when false the node still syncs state but places nothing.
+    pub enabled: bool,
+    /// Runtime state (bundles, logs, libcontainer state); default `<state_dir>/containers`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime_dir: Option<PathBuf>,
+    /// How often the loop compares placement with what runs (it also runs on every change).
+    pub reconcile_interval_ms: u64,
+    /// Time between SIGTERM and SIGKILL when a container is stopped.
+    pub stop_grace_ms: u64,
+    /// Each of a container's stdout and stderr keeps at most twice this (one rotation).
+    pub log_bytes_max: u64,
+    /// This node's container subnet, e.g. "10.88.1.0/24"; containers get addresses from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<Subnet>,
+}
+
+impl Default for ContainerSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            runtime_dir: None,
+            reconcile_interval_ms: 1000,
+            stop_grace_ms: 10_000,
+            log_bytes_max: 8 * 1024 * 1024,
+            subnet: None,
+        }
+    }
 }
 
 /// Log line format.
@@ -254,6 +290,33 @@ impl Config {
                 format!("must be between 4096 and {BODY_BYTES_LIMIT}"),
             ));
         }
+        let containers = &self.containers;
+        if containers.reconcile_interval_ms == 0 {
+            return Err(invalid(
+                "containers.reconcile_interval_ms",
+                "must be greater than 0".to_string(),
+            ));
+        }
+        if containers.log_bytes_max < 4096 {
+            return Err(invalid(
+                "containers.log_bytes_max",
+                "must be at least 4096".to_string(),
+            ));
+        }
+        if containers.stop_grace_ms > 600_000 {
+            return Err(invalid(
+                "containers.stop_grace_ms",
+                "must be at most 600000 (10 minutes)".to_string(),
+            ));
+        }
+        if let Some(dir) = &containers.runtime_dir
+            && !dir.is_absolute()
+        {
+            return Err(invalid(
+                "containers.runtime_dir",
+                format!("{} must be an absolute path", dir.display()),
+            ));
+        }
         if let Some(capacity) = &self.capacity {
             if capacity.cpu_millis == Some(0) {
                 return Err(invalid(
@@ -284,6 +347,19 @@ impl Config {
             .unwrap_or_else(|| self.state_dir.join("shoal.sock"))
     }
 
+    /// The container runtime's directory.
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.containers
+            .runtime_dir
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("containers"))
+    }
+
+    /// The image layer cache.
+    pub fn image_cache_dir(&self) -> PathBuf {
+        self.state_dir.join("images")
+    }
+
     /// The redb database file.
     pub fn database_path(&self) -> PathBuf {
         self.state_dir.join("state.redb")
@@ -311,6 +387,11 @@ impl Config {
                 cpu_millis: Some(4000),
                 memory_bytes: Some(8 * 1024 * 1024 * 1024),
             }),
+            containers: ContainerSettings {
+                runtime_dir: Some(PathBuf::from("/var/lib/shoal/containers")),
+                subnet: Some("10.88.1.0/24".parse().expect("valid example subnet")),
+                ..ContainerSettings::default()
+            },
         }
     }
 }
@@ -473,10 +554,16 @@ key_file = "/etc/shoal/node.key"
             "api.socket",
             "capacity.cpu_millis",
             "capacity.memory_bytes",
+            "containers.enabled",
+            "containers.runtime_dir",
+            "containers.reconcile_interval_ms",
+            "containers.stop_grace_ms",
+            "containers.log_bytes_max",
+            "containers.subnet",
         ] {
             assert!(keys.contains(&key.to_string()), "missing {key}");
         }
-        assert_eq!(keys.len(), 22, "{keys:?}");
+        assert_eq!(keys.len(), 28, "{keys:?}");
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
@@ -519,6 +606,18 @@ key_file = "/etc/shoal/node.key"
         check_error(
             &format!("{MINIMAL}\nlog_format = \"xml\"\n"),
             &["log_format"],
+        );
+        check_error(
+            &format!("{MINIMAL}\n[containers]\nsubnet = \"10.88.1.1/24\"\n"),
+            &["/etc/shoal/shoal.toml", "subnet", "host bits"],
+        );
+        check_error(
+            &format!("{MINIMAL}\n[containers]\nreconcile_interval_ms = 0\n"),
+            &["containers.reconcile_interval_ms"],
+        );
+        check_error(
+            &format!("{MINIMAL}\n[containers]\nruntime = \"runc\"\n"),
+            &["/etc/shoal/shoal.toml", "runtime"],
         );
     }
 

@@ -7,7 +7,9 @@ pub mod demo;
 pub mod node;
 pub mod notify;
 pub mod output;
+pub mod reconcile;
 pub mod run;
+pub mod scheduler;
 pub mod spec_file;
 pub mod store;
 

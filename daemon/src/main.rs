@@ -44,6 +44,8 @@ fn dispatch(cli: &Cli) -> Result<()> {
         Command::Service(command) => cli::service(cli, command),
         Command::Nodes => cli::nodes(cli),
         Command::Status => cli::status(cli),
+        Command::Ps => cli::ps(cli),
+        Command::Logs(args) => cli::logs(cli, args),
         Command::Ca(command) => cli::ca(cli, command),
         Command::Cert(command) => cli::cert(cli, command),
         Command::Demo(args) => demo::run(args),

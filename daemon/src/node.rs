@@ -22,8 +22,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 use shoal_crdt::{
-    Applied, Capacity, Delta, NTP64, NodeId, NodeMeta, Replica, ServiceName, Summary, Timestamp,
-    codec,
+    Applied, Capacity, ClusterState, Delta, NTP64, NodeId, NodeMeta, Replica, ReplicaError,
+    ServiceName, Subnet, Summary, Timestamp, codec,
 };
 use tokio::sync::broadcast;
 
@@ -142,6 +142,8 @@ pub struct Node {
     options: NodeOptions,
     /// Silence after which a member is evicted, so it stops blocking tombstone GC.
     evict_after_ms: u64,
+    /// The container subnet this node claims in its metadata (`containers.subnet`).
+    subnet: Option<Subnet>,
     /// A peer evicted this node (see `heartbeat`).
     evicted: std::sync::atomic::AtomicBool,
     inner: Mutex<Inner>,
@@ -260,6 +262,7 @@ impl Node {
         Ok(Node {
             options,
             evict_after_ms: EVICT_AFTER_MS,
+            subnet: None,
             evicted: std::sync::atomic::AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 replica,
@@ -275,6 +278,12 @@ impl Node {
     }
 
     /// Sets the silence after which members are evicted (default `EVICT_AFTER_MS`).
+    /// Claims `subnet` for this node's containers with the next heartbeat.
+    pub fn with_subnet(mut self, subnet: Option<Subnet>) -> Node {
+        self.subnet = subnet;
+        self
+    }
+
     pub fn with_evict_after_ms(mut self, evict_after_ms: u64) -> Node {
         assert!(evict_after_ms > 0, "evict_after_ms must be positive");
         self.evict_after_ms = evict_after_ms;
@@ -471,7 +480,7 @@ impl Node {
                      state_dir and start it again to rejoin with a clean state"
                 );
             }
-            let subnet = own.and_then(|(_, m)| m.subnet);
+            let subnet = self.subnet.or(own.and_then(|(_, m)| m.subnet));
             let meta = NodeMeta {
                 address,
                 capacity,
@@ -662,6 +671,7 @@ impl Node {
             peers,
             converged,
             evicted: self.evicted.load(std::sync::atomic::Ordering::Relaxed),
+            service_errors: BTreeMap::new(),
         }
     }
 
@@ -674,6 +684,44 @@ impl Node {
             Some(ms) => format!("peers {live}/{} live, last sync {ms} ms ago", peers.len()),
             None => format!("peers {live}/{} live, no sync yet", peers.len()),
         }
+    }
+
+    /// Reads the replicated state under the lock; `read` must be quick.
+    pub fn read_state<T>(&self, read: impl FnOnce(&ClusterState) -> T) -> T {
+        read(self.lock().replica.state())
+    }
+
+    /// Runs one local operation of the reconcile loop (containers, counters, IPs) durably:
+    /// applied, written to redb, then broadcast. `what` names it in the error.
+    pub fn write_local<T>(
+        &self,
+        what: &str,
+        operation: impl FnOnce(&mut Replica, NTP64) -> Result<(T, Delta), ReplicaError>,
+    ) -> Result<T, NodeError> {
+        self.commit_local(|replica, now| {
+            operation(replica, now).map_err(|error| NodeError::Refused(format!("{what}: {error}")))
+        })
+    }
+
+    /// Members whose heartbeat is recent (and this node), with their capacity.
+    pub fn live_nodes(&self) -> Vec<(NodeId, Capacity)> {
+        let inner = self.lock();
+        let now = physical_now();
+        inner
+            .replica
+            .state()
+            .nodes()
+            .filter(|(id, meta)| {
+                *id == &self.options.node
+                    || millis_between(now, *meta.heartbeat.get_time()) < self.options.down_after_ms
+            })
+            .map(|(id, meta)| (id.clone(), meta.capacity))
+            .collect()
+    }
+
+    /// The capacity this node advertises.
+    pub fn capacity(&self) -> Capacity {
+        self.options.capacity
     }
 
     /// Digest of the replicated state.

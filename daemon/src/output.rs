@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use crate::api::{NodeView, ServiceView, StatusView};
+use crate::reconcile::PsView;
 
 /// A text table with a header row; columns are padded to their widest cell.
 #[derive(Debug, Default)]
@@ -157,6 +158,9 @@ pub fn status(status: &StatusView) -> String {
             "warning:     this node was evicted by a peer; empty its state_dir and restart it\n",
         );
     }
+    for (service, error) in &status.service_errors {
+        let _ = writeln!(text, "error:       service {service}: {error}");
+    }
     if status.peers.is_empty() {
         text.push_str("peers:       none known yet\n");
         return text;
@@ -181,6 +185,50 @@ pub fn status(status: &StatusView) -> String {
         ]);
     }
     text.push_str(&table.render());
+    text
+}
+
+/// Unix milliseconds as an RFC 3339 time (UTC, seconds).
+fn unix_time(unix_ms: u64) -> String {
+    let time = shoal_crdt::NTP64::from(std::time::Duration::from_millis(unix_ms));
+    time.to_string_rfc3339_lossy()
+}
+
+/// `shoal ps`.
+pub fn ps(view: &PsView) -> String {
+    let mut table = Table::new(&["NODE", "SERVICE", "CONTAINER", "STATE", "IP", "SINCE"]);
+    for container in &view.containers {
+        let node = if container.node == view.node {
+            format!("{} (self)", container.node)
+        } else {
+            container.node.clone()
+        };
+        let state = if container.restarts > 0 {
+            format!("{} ({} restarts)", container.state, container.restarts)
+        } else {
+            container.state.clone()
+        };
+        table.row(vec![
+            node,
+            container.service.clone(),
+            container.id.clone(),
+            state,
+            container.ip.clone().unwrap_or_else(|| "-".to_string()),
+            container
+                .since_unix_ms
+                .map_or_else(|| "-".to_string(), unix_time),
+        ]);
+    }
+    let mut text = table.render();
+    for (service, error) in &view.errors {
+        let _ = writeln!(text, "error: service {service} on {}: {error}", view.node);
+    }
+    for (service, count) in &view.unplaced {
+        let _ = writeln!(
+            text,
+            "unplaced: service {service}: {count} replicas find no live node with room"
+        );
+    }
     text
 }
 

@@ -22,7 +22,9 @@ use crate::api;
 use crate::config::Config;
 use crate::node::{Node, NodeError, NodeOptions};
 use crate::notify::{self, Notifier};
+use crate::reconcile::{LogPaths, ReconcileSettings, Reconciler};
 use crate::sync::{self, GossipConfig, SyncLimits, TlsMaterial};
+use shoal_oci::{LibcontainerRuntime, RuntimeSettings};
 
 /// Time given to tasks to finish after shutdown begins, before they are aborted.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
@@ -63,6 +65,8 @@ pub enum RunError {
     },
     #[error("api: {0}")]
     Api(#[from] api::ApiError),
+    #[error("container runtime {path}: {message}")]
+    Runtime { path: PathBuf, message: String },
 }
 
 /// A future that completes when the watch flips to true (or its sender is gone).
@@ -114,9 +118,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         compact_every_entries: crate::node::COMPACT_EVERY_ENTRIES,
     };
     let evict_after_ms = config.sync.evict_after_ms;
+    let subnet = config.containers.subnet;
     let node = Arc::new(
         tokio::task::spawn_blocking(move || {
-            Node::open(options).map(|node| node.with_evict_after_ms(evict_after_ms))
+            Node::open(options)
+                .map(|node| node.with_evict_after_ms(evict_after_ms).with_subnet(subnet))
         })
         .await
         .map_err(|error| NodeError::Refused(format!("loading the state panicked: {error}")))??,
@@ -137,6 +143,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             .await
             .map_err(|error| NodeError::Refused(format!("heartbeat panicked: {error}")))??;
     }
+
+    let containers = if config.containers.enabled {
+        Some(open_containers(&config, node.clone()).await?)
+    } else {
+        tracing::info!("containers disabled (containers.enabled = false)");
+        None
+    };
 
     let (stop_sender, stop_receiver) = watch::channel(false);
     let limits = SyncLimits {
@@ -174,8 +187,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     tasks.spawn(api::serve(
         api_listener,
         node.clone(),
+        containers.clone(),
         stopped(stop_receiver.clone()),
     ));
+    if let Some(containers) = &containers {
+        tasks.spawn(containers.clone().run(stopped(stop_receiver.clone())));
+    }
     tasks.spawn(heartbeat_loop(
         node.clone(),
         Duration::from_millis(config.sync.heartbeat_interval_ms),
@@ -219,6 +236,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let _ = tokio::time::timeout(Duration::from_millis(1_000), endpoint.wait_idle()).await;
     drop(endpoint);
     let _ = std::fs::remove_file(&api_socket);
+    // Containers keep running; the next daemon adopts them.
+    drop(containers);
     // Every task has ended, so this is the last reference: dropping it closes redb.
     let references = Arc::strong_count(&node);
     if references != 1 {
@@ -227,6 +246,43 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     drop(node);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Opens the container runtime (adopting running containers, removing dead ones) and the
+/// reconciler that drives it.
+async fn open_containers(config: &Config, node: Arc<Node>) -> Result<Arc<Reconciler>, RunError> {
+    let runtime_dir = config.runtime_dir();
+    let mut runtime_settings = RuntimeSettings::new(&runtime_dir);
+    runtime_settings.log_bytes_max = config.containers.log_bytes_max;
+    runtime_settings.cgroup_parent = format!("shoal/{}", config.node_name);
+    let settings = ReconcileSettings {
+        image_cache_dir: config.image_cache_dir(),
+        interval_ms: config.containers.reconcile_interval_ms,
+        stop_grace_ms: config.containers.stop_grace_ms,
+    };
+    let runtime_error = |message: String| RunError::Runtime {
+        path: runtime_dir.clone(),
+        message,
+    };
+    tokio::task::spawn_blocking(move || {
+        let (runtime, report) =
+            LibcontainerRuntime::open(runtime_settings).map_err(|error| error.to_string())?;
+        tracing::info!(
+            running = report.running.len(),
+            dead = report.dead.len(),
+            "container runtime opened; running containers adopted"
+        );
+        let runtime = Arc::new(runtime);
+        let logs = runtime.clone();
+        let log_paths: LogPaths = Arc::new(move |id: &str| logs.log_paths(id));
+        let reconciler = Reconciler::new(node, runtime, log_paths, settings)
+            .map_err(|error| error.to_string())?;
+        reconciler.clean_dead(&report.dead);
+        Ok::<_, String>(Arc::new(reconciler))
+    })
+    .await
+    .map_err(|error| runtime_error(format!("opening the runtime panicked: {error}")))?
+    .map_err(runtime_error)
 }
 
 fn rng_seed() -> u64 {

@@ -1,0 +1,405 @@
+//! Leaderless placement, sans-IO and deterministic: every node computes, from the same
+//! converged view (services with replicas and resources, live nodes with capacity), the same
+//! number of replicas of each service per node. No clock, no I/O, no hash map iteration, no
+//! process-seeded hashing: the same input in any order gives the same placement everywhere.
+//!
+//! The rule (rendezvous hashing with capacity):
+//! - services are placed in name order; for a service, live nodes are ranked by
+//!   `sha256(service, node)` (highest first, node id breaks ties), so each service has its own
+//!   stable preference list;
+//! - replicas are dealt round by round over that ranking: each round gives one replica to
+//!   every node, in rank order, that still has room for one more (cpu, memory and
+//!   `CONTAINERS_PER_NODE_MAX`), until the replica count is met or a round places nothing;
+//! - room is the node's advertised capacity minus what earlier placements of this same
+//!   computation reserved on it. The PN-counter usage is not subtracted: it records the
+//!   containers this placement itself describes, so subtracting it would count them twice
+//!   and make placements flap. The reconcile loop instead checks its own counters before it
+//!   starts anything, so a node's own reservations never exceed its capacity.
+//!
+//! Consequences (property-tested below): replicas spread over distinct nodes first; with
+//! room to spare, removing a node only moves the replicas that were on it (a surviving node
+//! never loses a replica), because the other nodes keep their relative rank.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+use shoal_crdt::{Capacity, NodeId, Resources, ServiceName};
+
+/// Containers one node runs at most, whatever its capacity.
+pub const CONTAINERS_PER_NODE_MAX: u32 = 256;
+
+/// A live node as the scheduler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeInput {
+    pub id: NodeId,
+    pub capacity: Capacity,
+}
+
+/// A service to place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInput {
+    pub name: ServiceName,
+    pub replicas: u32,
+    pub resources: Resources,
+}
+
+/// The desired replica count of every service on every node, and what could not be placed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Placement {
+    /// service -> node -> replicas; nodes with zero replicas are absent.
+    pub replicas: BTreeMap<ServiceName, BTreeMap<NodeId, u32>>,
+    /// service -> replicas that found no node with room.
+    pub unplaced: BTreeMap<ServiceName, u32>,
+}
+
+impl Placement {
+    /// Replicas of `service` placed on `node`.
+    pub fn on(&self, service: &ServiceName, node: &NodeId) -> u32 {
+        self.replicas
+            .get(service)
+            .and_then(|nodes| nodes.get(node))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Every service with at least one replica on `node`, with its count.
+    pub fn for_node(&self, node: &NodeId) -> BTreeMap<ServiceName, u32> {
+        self.replicas
+            .iter()
+            .filter_map(|(service, nodes)| nodes.get(node).map(|count| (service.clone(), *count)))
+            .collect()
+    }
+}
+
+/// The rendezvous score of `node` for `service`: the first 8 bytes of
+/// `sha256(service || 0x00 || node)`, stable across builds and machines.
+pub fn score(service: &ServiceName, node: &NodeId) -> u64 {
+    let mut hasher = Sha256::new();
+    hasher.update(service.as_str().as_bytes());
+    hasher.update([0u8]);
+    hasher.update(node.as_str().as_bytes());
+    let digest = hasher.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Reserved {
+    cpu_millis: u64,
+    memory_bytes: u64,
+    containers: u32,
+}
+
+impl Reserved {
+    fn fits(&self, capacity: &Capacity, resources: &Resources) -> bool {
+        self.containers < CONTAINERS_PER_NODE_MAX
+            && self.cpu_millis + u64::from(resources.cpu_millis) <= u64::from(capacity.cpu_millis)
+            && self.memory_bytes.saturating_add(resources.memory_bytes) <= capacity.memory_bytes
+    }
+
+    fn add(&mut self, resources: &Resources) {
+        self.cpu_millis += u64::from(resources.cpu_millis);
+        self.memory_bytes = self.memory_bytes.saturating_add(resources.memory_bytes);
+        self.containers += 1;
+    }
+}
+
+/// Computes the placement. Input order does not matter; duplicate names keep the first.
+pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
+    let nodes: BTreeMap<&NodeId, &Capacity> = nodes
+        .iter()
+        .rev()
+        .map(|node| (&node.id, &node.capacity))
+        .collect();
+    let services: BTreeMap<&ServiceName, &ServiceInput> = services
+        .iter()
+        .rev()
+        .map(|service| (&service.name, service))
+        .collect();
+    let mut reserved: BTreeMap<&NodeId, Reserved> =
+        nodes.keys().map(|id| (*id, Reserved::default())).collect();
+    let mut placement = Placement::default();
+    for (name, service) in services {
+        let mut ranking: Vec<(u64, &NodeId)> =
+            nodes.keys().map(|id| (score(name, id), *id)).collect();
+        ranking.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        let mut counts: BTreeMap<NodeId, u32> = BTreeMap::new();
+        let mut placed = 0u32;
+        while placed < service.replicas {
+            let placed_before = placed;
+            for (_, id) in &ranking {
+                if placed == service.replicas {
+                    break;
+                }
+                let capacity = nodes[id];
+                let room = reserved.get_mut(id).expect("every node has a reservation");
+                if room.fits(capacity, &service.resources) {
+                    room.add(&service.resources);
+                    *counts.entry((*id).clone()).or_default() += 1;
+                    placed += 1;
+                }
+            }
+            if placed == placed_before {
+                break;
+            }
+        }
+        if placed < service.replicas {
+            placement
+                .unplaced
+                .insert(name.clone(), service.replicas - placed);
+        }
+        if !counts.is_empty() {
+            placement.replicas.insert(name.clone(), counts);
+        }
+    }
+    placement
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn node(name: &str, cpu_millis: u32, memory_mib: u64) -> NodeInput {
+        NodeInput {
+            id: name.parse().unwrap(),
+            capacity: Capacity {
+                cpu_millis,
+                memory_bytes: memory_mib << 20,
+            },
+        }
+    }
+
+    fn service(name: &str, replicas: u32, cpu_millis: u32, memory_mib: u64) -> ServiceInput {
+        ServiceInput {
+            name: name.parse().unwrap(),
+            replicas,
+            resources: Resources {
+                cpu_millis,
+                memory_bytes: memory_mib << 20,
+                pids_max: 64,
+            },
+        }
+    }
+
+    fn total(placement: &Placement, service: &str) -> u32 {
+        placement
+            .replicas
+            .get(&service.parse::<ServiceName>().unwrap())
+            .map_or(0, |nodes| nodes.values().sum())
+    }
+
+    #[test]
+    fn scores_are_stable_across_builds() {
+        // Pinned: a change here would move every replica of every cluster on upgrade.
+        let service: ServiceName = "web".parse().unwrap();
+        let node: NodeId = "node-a".parse().unwrap();
+        let mut hasher = Sha256::new();
+        hasher.update(b"web\0node-a");
+        let digest = hasher.finalize();
+        assert_eq!(
+            score(&service, &node),
+            u64::from_be_bytes(digest[..8].try_into().unwrap())
+        );
+        assert_ne!(score(&service, &node), score(&"db".parse().unwrap(), &node));
+    }
+
+    #[test]
+    fn replicas_spread_over_distinct_nodes_first() {
+        let nodes = [
+            node("a", 4000, 4096),
+            node("b", 4000, 4096),
+            node("c", 4000, 4096),
+        ];
+        let placement = place(&[service("web", 3, 100, 64)], &nodes);
+        let web = &placement.replicas[&"web".parse::<ServiceName>().unwrap()];
+        assert_eq!(web.len(), 3);
+        assert!(web.values().all(|count| *count == 1));
+        let placement = place(&[service("web", 7, 100, 64)], &nodes);
+        let web = &placement.replicas[&"web".parse::<ServiceName>().unwrap()];
+        let mut counts: Vec<u32> = web.values().copied().collect();
+        counts.sort();
+        assert_eq!(counts, [2, 2, 3]);
+    }
+
+    #[test]
+    fn what_does_not_fit_is_reported_unplaced() {
+        let nodes = [node("a", 1000, 1024), node("b", 500, 1024)];
+        let placement = place(&[service("big", 4, 400, 64)], &nodes);
+        assert_eq!(total(&placement, "big"), 3);
+        assert_eq!(
+            placement.unplaced[&"big".parse::<ServiceName>().unwrap()],
+            1
+        );
+        let placement = place(&[service("huge", 1, 100, 2048)], &nodes);
+        assert!(placement.replicas.is_empty());
+        assert_eq!(
+            placement.unplaced[&"huge".parse::<ServiceName>().unwrap()],
+            1
+        );
+        assert_eq!(place(&[service("none", 2, 100, 64)], &[]).unplaced.len(), 1);
+    }
+
+    #[test]
+    fn zero_replicas_place_nothing() {
+        let placement = place(&[service("web", 0, 100, 64)], &[node("a", 1000, 1024)]);
+        assert_eq!(placement, Placement::default());
+    }
+
+    fn arbitrary_nodes() -> impl Strategy<Value = Vec<NodeInput>> {
+        proptest::collection::btree_map("[a-z][a-z0-9]{0,6}", (100u32..8000, 64u64..8192), 0..8)
+            .prop_map(|nodes| {
+                nodes
+                    .into_iter()
+                    .map(|(name, (cpu, mib))| node(&name, cpu, mib))
+                    .collect()
+            })
+    }
+
+    fn arbitrary_services() -> impl Strategy<Value = Vec<ServiceInput>> {
+        proptest::collection::btree_map(
+            "[a-z][a-z0-9]{0,6}",
+            (0u32..12, 1u32..2000, 1u64..1024),
+            0..8,
+        )
+        .prop_map(|services| {
+            services
+                .into_iter()
+                .map(|(name, (replicas, cpu, mib))| service(&name, replicas, cpu, mib))
+                .collect()
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn the_same_input_in_any_order_gives_the_same_placement(
+            nodes in arbitrary_nodes(),
+            services in arbitrary_services(),
+            seed in any::<u64>(),
+        ) {
+            let expected = place(&services, &nodes);
+            let mut nodes = nodes;
+            let mut services = services;
+            // A deterministic shuffle from the seed: rotate and reverse.
+            if !nodes.is_empty() {
+                let by = (seed as usize) % nodes.len();
+                nodes.rotate_left(by);
+            }
+            if seed & 1 == 1 {
+                services.reverse();
+            }
+            if !services.is_empty() {
+                let by = (seed as usize >> 8) % services.len();
+                services.rotate_left(by);
+            }
+            prop_assert_eq!(place(&services, &nodes), expected);
+        }
+
+        #[test]
+        fn no_node_is_given_more_than_its_capacity(
+            nodes in arbitrary_nodes(),
+            services in arbitrary_services(),
+        ) {
+            let placement = place(&services, &nodes);
+            for node in &nodes {
+                let (mut cpu, mut memory, mut containers) = (0u64, 0u64, 0u32);
+                for service in &services {
+                    let count = placement.on(&service.name, &node.id);
+                    cpu += u64::from(count) * u64::from(service.resources.cpu_millis);
+                    memory += u64::from(count) * service.resources.memory_bytes;
+                    containers += count;
+                }
+                prop_assert!(cpu <= u64::from(node.capacity.cpu_millis));
+                prop_assert!(memory <= node.capacity.memory_bytes);
+                prop_assert!(containers <= CONTAINERS_PER_NODE_MAX);
+            }
+            for service in &services {
+                let placed = placement
+                    .replicas
+                    .get(&service.name)
+                    .map_or(0, |nodes| nodes.values().sum::<u32>());
+                let unplaced = placement.unplaced.get(&service.name).copied().unwrap_or(0);
+                prop_assert_eq!(placed + unplaced, service.replicas);
+            }
+        }
+
+        #[test]
+        fn replica_counts_are_met_when_capacity_allows(
+            nodes in arbitrary_nodes(),
+            services in arbitrary_services(),
+        ) {
+            // Each node can hold every replica of every service at once.
+            let cpu: u32 = services.iter().map(|s| s.replicas * s.resources.cpu_millis).sum();
+            let memory: u64 = services
+                .iter()
+                .map(|s| u64::from(s.replicas) * s.resources.memory_bytes)
+                .sum();
+            let roomy: Vec<NodeInput> = nodes
+                .iter()
+                .map(|n| NodeInput {
+                    id: n.id.clone(),
+                    capacity: Capacity { cpu_millis: cpu.max(1), memory_bytes: memory.max(1) },
+                })
+                .collect();
+            let placement = place(&services, &roomy);
+            if roomy.is_empty() {
+                prop_assert!(placement.replicas.is_empty());
+            } else {
+                prop_assert!(placement.unplaced.is_empty(), "{:?}", placement.unplaced);
+                for service in &services {
+                    let counts = placement.replicas.get(&service.name);
+                    let placed: u32 = counts.map_or(0, |nodes| nodes.values().sum());
+                    prop_assert_eq!(placed, service.replicas);
+                    // Spread: no two nodes differ by more than one replica.
+                    if let Some(counts) = counts {
+                        let most = counts.values().max().copied().unwrap_or(0);
+                        let least = if counts.len() < roomy.len() {
+                            0
+                        } else {
+                            counts.values().min().copied().unwrap_or(0)
+                        };
+                        prop_assert!(most - least <= 1, "{:?}", counts);
+                    }
+                }
+            }
+        }
+
+        #[test]
+        fn removing_a_node_only_moves_its_replicas(
+            nodes in arbitrary_nodes(),
+            services in arbitrary_services(),
+            victim in any::<prop::sample::Index>(),
+        ) {
+            prop_assume!(!nodes.is_empty());
+            let roomy: Vec<NodeInput> = nodes
+                .iter()
+                .map(|n| NodeInput {
+                    id: n.id.clone(),
+                    capacity: Capacity { cpu_millis: u32::MAX, memory_bytes: u64::MAX },
+                })
+                .collect();
+            let before = place(&services, &roomy);
+            let victim = victim.index(roomy.len());
+            let mut survivors = roomy.clone();
+            let gone = survivors.remove(victim);
+            let after = place(&services, &survivors);
+            for service in &services {
+                for node in &survivors {
+                    // A surviving node never loses a replica: only the victim's move.
+                    prop_assert!(
+                        after.on(&service.name, &node.id) >= before.on(&service.name, &node.id),
+                        "{} lost a replica of {} when {} left", node.id, service.name, gone.id
+                    );
+                }
+                let moved: u32 = survivors
+                    .iter()
+                    .map(|n| after.on(&service.name, &n.id) - before.on(&service.name, &n.id))
+                    .sum();
+                if !survivors.is_empty() {
+                    prop_assert_eq!(moved, before.on(&service.name, &gone.id));
+                }
+            }
+        }
+    }
+}

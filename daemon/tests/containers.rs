@@ -1,0 +1,372 @@
+//! Real containers through real daemons: services in the replicated state become busybox
+//! containers run by libcontainer on the nodes the placement picks; `shoal ps`, `service rm`,
+//! daemon restarts (SIGTERM and kill -9) adopting running containers, a tampered image, and
+//! three daemons spreading three replicas. Needs root (mounts, cgroups).
+
+mod host_support;
+#[path = "../../oci/tests/common/mod.rs"]
+mod image_support;
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::Command;
+
+use host_support::{BINARY, Cluster, Daemon, wait_for};
+use shoal::api::{Request, ServiceView, StatusView};
+use shoal::reconcile::{ContainerView, PsView};
+use shoal::spec_file::NamedSpec;
+use shoal_crdt::ServiceSpec;
+
+const CONTAINERS_CONFIG: &str =
+    "\n[containers]\nreconcile_interval_ms = 200\nstop_grace_ms = 500\n";
+
+fn busybox(dir: &Path) -> String {
+    let layout = dir.join("busybox-image");
+    image_support::busybox_image(&layout, &["/bin/busybox", "sleep", "3600"]);
+    layout.display().to_string()
+}
+
+fn apply(daemon: &Daemon, name: &str, image: &str, replicas: u32) -> ServiceView {
+    let mut spec = ServiceSpec::new(image);
+    spec.replicas = replicas;
+    spec.command = vec!["/bin/busybox".into(), "sleep".into(), "3600".into()];
+    let mut views: Vec<ServiceView> = daemon
+        .client()
+        .call(Request::ServiceApply {
+            services: vec![NamedSpec {
+                name: name.parse().unwrap(),
+                spec,
+            }],
+        })
+        .unwrap();
+    views.pop().unwrap()
+}
+
+/// `shoal ps --json` through the real CLI.
+fn ps(daemon: &Daemon) -> PsView {
+    let output = Command::new(BINARY)
+        .args(["ps", "--json", "--socket"])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "shoal ps failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn running_of(view: &PsView, service: &str) -> Vec<ContainerView> {
+    view.containers
+        .iter()
+        .filter(|c| c.service == service && c.state == "running")
+        .cloned()
+        .collect()
+}
+
+fn wait_running(daemon: &Daemon, service: &str, count: usize) -> Vec<ContainerView> {
+    wait_for(
+        &format!("{count} running containers of {service}"),
+        60_000,
+        || {
+            let view = ps(daemon);
+            let running = running_of(&view, service);
+            (running.len() == count
+                && view
+                    .containers
+                    .iter()
+                    .filter(|c| c.service == service)
+                    .count()
+                    == count)
+                .then_some(running)
+        },
+    )
+}
+
+fn runtime_containers(daemon: &Daemon) -> Vec<String> {
+    let dir = daemon.dir.join("state/containers/containers");
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn process_alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[test]
+fn a_service_runs_its_replicas_and_service_rm_removes_them() {
+    if !image_support::require_root() {
+        return;
+    }
+    let mut cluster = Cluster::new(1, CONTAINERS_CONFIG);
+    cluster.start_all();
+    let image = busybox(cluster.root.path());
+    let daemon = &cluster.nodes[0];
+    apply(daemon, "sleeper", &image, 2);
+    let running = wait_running(daemon, "sleeper", 2);
+    for container in &running {
+        assert_eq!(container.node, "node-a");
+        assert!(process_alive(
+            container.pid.expect("running containers have a pid")
+        ));
+        assert!(container.since_unix_ms.is_some());
+    }
+    let view = wait_for("counters to follow the records", 10_000, || {
+        let view = ps(daemon);
+        (view.usage["node-a"].containers == 2).then_some(view)
+    });
+    let usage = &view.usage["node-a"];
+    assert_eq!(usage.cpu_millis, 200);
+    assert_eq!(usage.memory_bytes, 2 * 64 * 1024 * 1024);
+    assert!(view.errors.is_empty(), "{:?}", view.errors);
+    assert_eq!(runtime_containers(daemon).len(), 2);
+
+    // The human table names both containers.
+    let table = Command::new(BINARY)
+        .args(["ps", "--socket"])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    for container in &running {
+        assert!(table.contains(&container.id), "{table}");
+    }
+
+    let removed = Command::new(BINARY)
+        .args(["service", "rm", "sleeper", "--socket"])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    assert!(removed.status.success());
+    wait_for("the containers to be removed", 30_000, || {
+        let view = ps(daemon);
+        (view.containers.is_empty() && view.usage["node-a"] == Default::default()).then_some(())
+    });
+    wait_for("the runtime to forget them", 10_000, || {
+        runtime_containers(daemon).is_empty().then_some(())
+    });
+    for container in &running {
+        assert!(!process_alive(container.pid.unwrap()));
+    }
+}
+
+#[test]
+fn a_restarted_daemon_adopts_running_containers_without_restarting_them() {
+    if !image_support::require_root() {
+        return;
+    }
+    let mut cluster = Cluster::new(1, CONTAINERS_CONFIG);
+    cluster.start_all();
+    let image = busybox(cluster.root.path());
+    apply(&cluster.nodes[0], "steady", &image, 1);
+    let before = wait_running(&cluster.nodes[0], "steady", 1);
+    let pid = before[0].pid.unwrap();
+
+    // Graceful stop: containers keep running.
+    assert!(cluster.nodes[0].stop().success());
+    assert!(process_alive(pid));
+    cluster.nodes[0].start();
+    cluster.nodes[0].wait_ready();
+    let after = wait_running(&cluster.nodes[0], "steady", 1);
+    assert_eq!(after[0].id, before[0].id);
+    assert_eq!(after[0].pid, Some(pid), "the container was restarted");
+
+    // kill -9: the same.
+    cluster.nodes[0].kill9();
+    assert!(process_alive(pid));
+    cluster.nodes[0].start();
+    cluster.nodes[0].wait_ready();
+    // A few passes must go by without a restart.
+    std::thread::sleep(std::time::Duration::from_millis(1_000));
+    let after = wait_running(&cluster.nodes[0], "steady", 1);
+    assert_eq!(after[0].id, before[0].id);
+    assert_eq!(after[0].pid, Some(pid), "the container was restarted");
+
+    cluster.nodes[0]
+        .client()
+        .call::<ServiceView>(Request::ServiceRemove {
+            name: "steady".parse().unwrap(),
+        })
+        .unwrap();
+    wait_for("removal", 30_000, || {
+        ps(&cluster.nodes[0]).containers.is_empty().then_some(())
+    });
+}
+
+#[test]
+fn a_tampered_or_missing_image_is_an_error_on_the_service_not_a_crash() {
+    if !image_support::require_root() {
+        return;
+    }
+    let mut cluster = Cluster::new(1, CONTAINERS_CONFIG);
+    cluster.start_all();
+    let image = busybox(cluster.root.path());
+    // Flip bytes in the largest blob (the busybox layer): its digest no longer matches.
+    let blobs = Path::new(&image).join("blobs/sha256");
+    let largest = std::fs::read_dir(&blobs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .max_by_key(|p| std::fs::metadata(p).unwrap().len())
+        .unwrap();
+    let mut bytes = std::fs::read(&largest).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(&largest, bytes).unwrap();
+    let daemon = &cluster.nodes[0];
+    apply(daemon, "tampered", &image, 1);
+    apply(daemon, "missing", "/nonexistent/image", 1);
+
+    let view = wait_for("both errors in ps", 30_000, || {
+        let view = ps(daemon);
+        (view.errors.contains_key("tampered") && view.errors.contains_key("missing"))
+            .then_some(view)
+    });
+    assert!(view.containers.is_empty(), "{:?}", view.containers);
+    assert!(
+        view.errors["tampered"].contains(&image),
+        "{}",
+        view.errors["tampered"]
+    );
+    assert!(
+        view.errors["missing"].contains("/nonexistent/image"),
+        "{}",
+        view.errors["missing"]
+    );
+    let status: StatusView = daemon.client().call(Request::Status).unwrap();
+    assert!(status.service_errors.contains_key("tampered"));
+    let status_text = Command::new(BINARY)
+        .args(["status", "--socket"])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    let status_text = String::from_utf8(status_text.stdout).unwrap();
+    assert!(status_text.contains("service tampered"), "{status_text}");
+    // Still serving, nothing recorded for the bad services.
+    assert_eq!(view.usage["node-a"], Default::default());
+    assert_eq!(daemon.services().len(), 2);
+    assert!(runtime_containers(daemon).is_empty());
+}
+
+#[test]
+fn three_daemons_spread_three_replicas_one_per_node() {
+    if !image_support::require_root() {
+        return;
+    }
+    let mut cluster = Cluster::new(3, CONTAINERS_CONFIG);
+    cluster.start_all();
+    let image = busybox(cluster.root.path());
+    // Wait until every node knows every other (else each places on its own view).
+    wait_for("every node to see 3 live nodes", 30_000, || {
+        cluster
+            .nodes
+            .iter()
+            .all(|n| n.status().nodes == 3)
+            .then_some(())
+    });
+    apply(&cluster.nodes[0], "spread", &image, 3);
+    for daemon in &cluster.nodes {
+        let view = wait_for(
+            &format!("{} to see 3 containers", daemon.name),
+            60_000,
+            || {
+                let view = ps(daemon);
+                let nodes: BTreeSet<&str> = view
+                    .containers
+                    .iter()
+                    .filter(|c| c.service == "spread")
+                    .map(|c| c.node.as_str())
+                    .collect();
+                let own_running = view
+                    .containers
+                    .iter()
+                    .filter(|c| c.node == daemon.name && c.state == "running")
+                    .count();
+                (nodes.len() == 3 && view.containers.len() == 3 && own_running == 1).then_some(view)
+            },
+        );
+        assert!(view.errors.is_empty(), "{:?}", view.errors);
+    }
+    // Logs of a container on another node are refused with a clear message.
+    let view = ps(&cluster.nodes[0]);
+    let remote = view.containers.iter().find(|c| c.node != "node-a").unwrap();
+    let output = Command::new(BINARY)
+        .args(["logs", &remote.id, "--socket"])
+        .arg(&cluster.nodes[0].socket)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(message.contains(&remote.node), "{message}");
+
+    cluster.nodes[1]
+        .client()
+        .call::<ServiceView>(Request::ServiceRemove {
+            name: "spread".parse().unwrap(),
+        })
+        .unwrap();
+    for daemon in &cluster.nodes {
+        wait_for("removal everywhere", 30_000, || {
+            (ps(daemon).containers.is_empty() && runtime_containers(daemon).is_empty())
+                .then_some(())
+        });
+    }
+}
+
+#[test]
+fn logs_show_a_containers_output() {
+    if !image_support::require_root() {
+        return;
+    }
+    let mut cluster = Cluster::new(1, CONTAINERS_CONFIG);
+    cluster.start_all();
+    let image = busybox(cluster.root.path());
+    let daemon = &cluster.nodes[0];
+    let mut spec = ServiceSpec::new(&image);
+    spec.command = vec![
+        "/bin/busybox".into(),
+        "sh".into(),
+        "-c".into(),
+        "echo hello from the log; sleep 3600".into(),
+    ];
+    daemon
+        .client()
+        .call::<Vec<ServiceView>>(Request::ServiceApply {
+            services: vec![NamedSpec {
+                name: "talker".parse().unwrap(),
+                spec,
+            }],
+        })
+        .unwrap();
+    wait_running(daemon, "talker", 1);
+    wait_for("the output in shoal logs", 20_000, || {
+        let output = Command::new(BINARY)
+            .args(["logs", "talker", "--socket"])
+            .arg(&daemon.socket)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .contains("hello from the log")
+            .then_some(())
+    });
+    let output = Command::new(BINARY)
+        .args(["logs", "nosuch", "--socket"])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("nosuch"));
+    daemon
+        .client()
+        .call::<ServiceView>(Request::ServiceRemove {
+            name: "talker".parse().unwrap(),
+        })
+        .unwrap();
+    wait_for("removal", 30_000, || {
+        ps(daemon).containers.is_empty().then_some(())
+    });
+}
