@@ -11,10 +11,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use std::process::Command;
 
-use common::require_root;
+use common::{busybox_image, require_root};
 use nix::sched::{CloneFlags, setns};
 use shoal_crdt::Subnet;
 use shoal_oci::network::{self, NetworkError, NodeNetwork, ROUTE_PROTOCOL};
+use shoal_oci::{
+    ContainerConfig, ExitStatus, ImageStore, LibcontainerRuntime, Limits, RootfsMode, Runtime,
+    RuntimeSettings,
+};
 
 /// Every namespace these tests make starts with this, then the test process's pid.
 const TEST_PREFIX: &str = "shoal-ntest-";
@@ -76,6 +80,24 @@ impl Drop for Netns {
     }
 }
 
+/// Deletes every namespace whose name starts with the prefix when dropped: the
+/// container namespaces a failed test did not detach.
+struct DeletePrefixed(String);
+
+impl Drop for DeletePrefixed {
+    fn drop(&mut self) {
+        let Ok(entries) = std::fs::read_dir(network::NETNS_DIR) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&self.0) {
+                let _ = Command::new("ip").args(["netns", "delete", &name]).status();
+            }
+        }
+    }
+}
+
 /// Deletes test namespaces left by runs whose process is gone (SIGKILL-ed).
 fn sweep_stale() {
     let Ok(entries) = std::fs::read_dir(network::NETNS_DIR) else {
@@ -100,6 +122,7 @@ fn unique(name: &str) -> String {
 /// One node of the test cluster: its namespace, its address on the link between
 /// nodes, and the prefix of its containers' namespaces.
 struct Node {
+    _containers: DeletePrefixed,
     netns: Netns,
     address: Ipv4Addr,
     subnet: Subnet,
@@ -151,6 +174,7 @@ fn cluster(name: &str) -> Cluster {
         netns.ip(&["link", "set", "eth0", "up"]);
         let netns_prefix = format!("{}.n{index}.", netns.name());
         nodes.push(Node {
+            _containers: DeletePrefixed(netns_prefix.clone()),
             netns,
             address,
             subnet: format!("10.88.{index}.0/24").parse().unwrap(),
@@ -325,6 +349,7 @@ fn attach_is_idempotent_refuses_a_second_address_and_repairs_a_half_made_one() {
     let netns = Netns::create(unique("attach"));
     let subnet: Subnet = "10.88.1.0/24".parse().unwrap();
     let prefix = format!("{}.", netns.name());
+    let _containers = DeletePrefixed(prefix.clone());
     let network = netns
         .run(|| NodeNetwork::ensure(BRIDGE, subnet, &prefix))
         .unwrap();
@@ -455,4 +480,103 @@ fn attach_is_idempotent_refuses_a_second_address_and_repairs_a_half_made_one() {
     netns.ip(&["link", "del", "dev", &taken_name]);
     let veths = netns.ip(&["-o", "link", "show", "type", "veth"]);
     assert_eq!(veths.trim(), "", "veths left behind");
+}
+
+/// Deletes the container when the test ends, passed or not.
+struct DeleteContainer<'a>(&'a LibcontainerRuntime, String);
+
+impl Drop for DeleteContainer<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.delete(&self.1);
+    }
+}
+
+#[test]
+fn a_real_container_in_its_attached_namespace_reaches_a_container_on_the_other_node() {
+    if !require_root() {
+        return;
+    }
+    let cluster = cluster("real");
+    let [one, two] = &cluster.nodes[..] else {
+        unreachable!()
+    };
+    let network_one = one.network();
+    let network_two = two.network();
+    let address_b = Ipv4Addr::new(10, 88, 2, 7);
+    let a = one
+        .netns
+        .run(|| network_one.attach("real-a", Ipv4Addr::new(10, 88, 1, 7)))
+        .unwrap();
+    two.netns
+        .run(|| network_two.attach("real-b", address_b))
+        .unwrap();
+    one.netns
+        .run(|| network::routes::sync(&[peer(two)]))
+        .unwrap();
+    two.netns
+        .run(|| network::routes::sync(&[peer(one)]))
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let layout = busybox_image(&dir.path().join("image"), &["/bin/true"]);
+    let image = ImageStore::open(&dir.path().join("cache"))
+        .unwrap()
+        .prepare(&layout.path, None)
+        .unwrap();
+    let mut settings = RuntimeSettings::new(&dir.path().join("runtime"));
+    settings.cgroup_parent = "shoal-test".to_owned();
+    let (runtime, _) = LibcontainerRuntime::open(settings).unwrap();
+    let id = format!("net-real-{}", std::process::id());
+    let _delete = DeleteContainer(&runtime, id.clone());
+    // Unprivileged containers lack CAP_NET_RAW, so busybox ping cannot run in
+    // them: the container sends a line over TCP to a listener in B's namespace.
+    let b_path = network_two.netns_path("real-b").unwrap();
+    let mut listener = Command::new("nsenter")
+        .arg(format!("--net={}", b_path.display()))
+        .args(["busybox", "nc", "-l", "-p", "7000"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let script = format!(
+        "ip -o -4 addr show dev eth0; for try in 1 2 3 4 5; do echo hello from a | nc {address_b} 7000 && exit 0; sleep 1; done; exit 1"
+    );
+    let config = ContainerConfig {
+        id: id.clone(),
+        image,
+        command: Some(vec!["/bin/sh".to_owned(), "-c".to_owned(), script]),
+        env: Vec::new(),
+        limits: Limits::default(),
+        netns_path: Some(a.netns_path.clone()),
+        rootfs_mode: RootfsMode::Auto,
+    };
+    runtime.create(&config).unwrap();
+    runtime.start(&id).unwrap();
+    let exit = runtime
+        .wait(&id, 20_000)
+        .unwrap()
+        .expect("ping ends in time");
+    let (stdout_path, stderr_path) = runtime.log_paths(&id);
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert_eq!(exit, ExitStatus::Code(0), "stderr: {stderr}");
+    // The listener ends when the connection closes; a listener that got nothing is killed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while listener.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let _ = listener.kill();
+    let received = listener.wait_with_output().unwrap().stdout;
+    assert_eq!(String::from_utf8_lossy(&received), "hello from a\n");
+    // The log thread may still be draining the pipe right after the exit.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut stdout = String::new();
+    while !stdout.contains("inet ") && std::time::Instant::now() < deadline {
+        stdout = std::fs::read_to_string(&stdout_path).unwrap_or_default();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(stdout.contains("inet 10.88.1.7/24"), "{stdout}");
+
+    runtime.delete(&id).unwrap();
+    one.netns.run(|| network_one.detach("real-a")).unwrap();
+    two.netns.run(|| network_two.detach("real-b")).unwrap();
+    assert!(!a.netns_path.exists() && !b_path.exists());
 }
