@@ -7,14 +7,18 @@
 //! All calls block (they wait for `ip`); async callers use `spawn_blocking`.
 
 mod command;
+pub mod fake;
 mod interface;
 mod names;
 pub mod node;
 pub mod routes;
+mod seam;
 
+pub use fake::{FakeNetwork, FakeNetworkCall};
 pub use names::{HOST_INTERFACE_PREFIX, NETNS_DIR, ROUTE_PROTOCOL};
 pub use node::{Attachment, CONTAINER_INTERFACE, NodeNetwork};
 pub use routes::RouteReport;
+pub use seam::ContainerNetwork;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -78,4 +82,7 @@ pub enum NetworkError {
     OverlappingPeers { first: Subnet, second: Subnet },
     #[error("node address {address} for subnet {subnet} is not IPv4")]
     NodeAddressNotIpv4 { subnet: Subnet, address: IpAddr },
+    /// Only from `FakeNetwork::fail_next`.
+    #[error("injected failure: {message}")]
+    Injected { message: String },
 }

@@ -102,7 +102,9 @@ impl NodeNetwork {
     /// Attaching an attached container again with the same address returns the
     /// same namespace (`created: false`); with another address it is refused
     /// and nothing changes. A half-made attachment (a crash in the middle) is
-    /// removed and made again. A failure removes what this call made.
+    /// removed and made again; a container still running in the old namespace
+    /// keeps it and must be restarted to use the new one. A failure removes what
+    /// this call made.
     pub fn attach(
         &self,
         container_id: &str,
@@ -291,7 +293,7 @@ enum Existing {
 }
 
 /// A host address of the subnet other than the gateway.
-fn is_container_address(subnet: Subnet, address: Ipv4Addr) -> bool {
+pub(crate) fn is_container_address(subnet: Subnet, address: Ipv4Addr) -> bool {
     let network = u32::from(subnet.addr);
     let broadcast = network | (u32::MAX >> subnet.prefix_len);
     let value = u32::from(address);

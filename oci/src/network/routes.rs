@@ -24,11 +24,43 @@ pub struct RouteReport {
 }
 
 /// One route as listed by `ip -json route show`.
-#[derive(Debug, Clone, Default, Deserialize)]
-struct Route {
-    dst: String,
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+pub(crate) struct Route {
+    pub dst: String,
     #[serde(default)]
-    gateway: Option<String>,
+    pub gateway: Option<String>,
+}
+
+/// What `sync` has to do to go from the owned routes present to the wanted ones.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(crate) struct Plan {
+    pub remove: Vec<Route>,
+    pub add: Vec<(Subnet, Ipv4Addr)>,
+    pub unchanged: usize,
+}
+
+/// Removes every present route that is not wanted exactly (destination and
+/// gateway), adds every wanted one not present. Pure, so the fake shares it.
+pub(crate) fn plan(present: &[Route], wanted: &[(Subnet, Ipv4Addr)]) -> Plan {
+    let mut plan = Plan::default();
+    let mut kept = BTreeSet::new();
+    for route in present {
+        let is_wanted = wanted.iter().any(|(subnet, gateway)| {
+            route.dst == subnet.to_string()
+                && route.gateway.as_deref() == Some(gateway.to_string().as_str())
+        });
+        if is_wanted && kept.insert(route.dst.clone()) {
+            plan.unchanged += 1;
+        } else {
+            plan.remove.push(route.clone());
+        }
+    }
+    plan.add = wanted
+        .iter()
+        .filter(|(subnet, _)| !kept.contains(&subnet.to_string()))
+        .copied()
+        .collect();
+    plan
 }
 
 /// Makes this namespace's main table hold exactly one owned route per peer:
@@ -42,19 +74,13 @@ struct Route {
 pub fn sync(peers: &[(Subnet, IpAddr)]) -> Result<RouteReport, NetworkError> {
     let wanted = check_peers(peers)?;
     let protocol = ROUTE_PROTOCOL.to_string();
-    let current: Vec<Route> = ip_json(&["route", "show", "proto", &protocol])?;
-    let mut report = RouteReport::default();
-    let mut present = BTreeSet::new();
-    for route in &current {
-        let owned_and_wanted = wanted.iter().any(|(subnet, gateway)| {
-            route.dst == subnet.to_string()
-                && route.gateway.as_deref() == Some(gateway.to_string().as_str())
-        });
-        if owned_and_wanted {
-            present.insert(route.dst.clone());
-            report.unchanged += 1;
-            continue;
-        }
+    let present: Vec<Route> = ip_json(&["route", "show", "proto", &protocol])?;
+    let plan = plan(&present, &wanted);
+    let mut report = RouteReport {
+        unchanged: plan.unchanged,
+        ..RouteReport::default()
+    };
+    for route in plan.remove {
         let mut args = vec!["route", "del", route.dst.as_str()];
         if let Some(gateway) = &route.gateway {
             args.extend(["via", gateway.as_str()]);
@@ -63,11 +89,8 @@ pub fn sync(peers: &[(Subnet, IpAddr)]) -> Result<RouteReport, NetworkError> {
         ip(&args)?;
         report.removed.push(route.dst.clone());
     }
-    for (subnet, gateway) in &wanted {
+    for (subnet, gateway) in plan.add {
         let destination = subnet.to_string();
-        if present.contains(&destination) {
-            continue;
-        }
         let gateway = gateway.to_string();
         ip(&[
             "route",
@@ -78,13 +101,15 @@ pub fn sync(peers: &[(Subnet, IpAddr)]) -> Result<RouteReport, NetworkError> {
             "proto",
             &protocol,
         ])?;
-        report.added.push(*subnet);
+        report.added.push(subnet);
     }
     Ok(report)
 }
 
 /// The peers as IPv4 routes, after checking that no two subnets overlap.
-fn check_peers(peers: &[(Subnet, IpAddr)]) -> Result<Vec<(Subnet, Ipv4Addr)>, NetworkError> {
+pub(crate) fn check_peers(
+    peers: &[(Subnet, IpAddr)],
+) -> Result<Vec<(Subnet, Ipv4Addr)>, NetworkError> {
     let mut wanted = Vec::with_capacity(peers.len());
     for (index, (subnet, address)) in peers.iter().enumerate() {
         let IpAddr::V4(gateway) = address else {
@@ -113,6 +138,37 @@ mod tests {
 
     fn peer(subnet: &str, address: &str) -> (Subnet, IpAddr) {
         (subnet.parse().unwrap(), address.parse().unwrap())
+    }
+
+    fn route(dst: &str, gateway: &str) -> Route {
+        Route {
+            dst: dst.to_owned(),
+            gateway: Some(gateway.to_owned()),
+        }
+    }
+
+    #[test]
+    fn plan_keeps_exact_matches_replaces_moved_gateways_and_removes_the_rest() {
+        let wanted = check_peers(&[
+            peer("10.88.1.0/24", "10.0.0.1"),
+            peer("10.88.2.0/24", "10.0.0.2"),
+            peer("10.88.3.0/24", "10.0.0.3"),
+        ])
+        .unwrap();
+        let present = [
+            route("10.88.1.0/24", "10.0.0.1"),
+            route("10.88.2.0/24", "10.0.0.9"),
+            route("10.88.4.0/24", "10.0.0.4"),
+            Route {
+                dst: "default".to_owned(),
+                gateway: None,
+            },
+        ];
+        let plan = plan(&present, &wanted);
+        assert_eq!(plan.unchanged, 1);
+        assert_eq!(plan.remove, present[1..].to_vec());
+        assert_eq!(plan.add, wanted[1..].to_vec());
+        assert_eq!(super::plan(&[], &[]), Plan::default());
     }
 
     #[test]
