@@ -580,3 +580,59 @@ fn a_real_container_in_its_attached_namespace_reaches_a_container_on_the_other_n
     two.netns.run(|| network_two.detach("real-b")).unwrap();
     assert!(!a.netns_path.exists() && !b_path.exists());
 }
+
+#[test]
+fn parallel_attaches_and_detaches_on_one_node_do_not_interfere() {
+    if !require_root() {
+        return;
+    }
+    sweep_stale();
+    let netns = Netns::create(unique("parallel"));
+    let subnet: Subnet = "10.88.1.0/24".parse().unwrap();
+    let prefix = format!("{}.", netns.name());
+    let _containers = DeletePrefixed(prefix.clone());
+    let network = netns
+        .run(|| NodeNetwork::ensure(BRIDGE, subnet, &prefix))
+        .unwrap();
+    let ids: Vec<String> = (0..8).map(|index| format!("web-{index}")).collect();
+    let attachments: Vec<_> = std::thread::scope(|scope| {
+        let handles: Vec<_> = ids
+            .iter()
+            .enumerate()
+            .map(|(index, id)| {
+                let (netns, network) = (&netns, &network);
+                scope.spawn(move || {
+                    let address = Ipv4Addr::new(10, 88, 1, 10 + index as u8);
+                    netns.run(|| network.attach(id, address)).unwrap()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().unwrap())
+            .collect()
+    });
+    assert_eq!(netns.run(|| network.attached()).unwrap(), ids);
+    let ports = netns.ip(&["-o", "link", "show", "master", BRIDGE]);
+    for attachment in &attachments {
+        assert!(attachment.created);
+        assert!(ports.contains(&attachment.host_interface), "{ports}");
+    }
+    // Every container reaches every other through the bridge.
+    for attachment in &attachments[1..] {
+        assert!(
+            reaches(&attachments[0].netns_path, attachment.address),
+            "{} unreachable",
+            attachment.address
+        );
+    }
+    std::thread::scope(|scope| {
+        for id in &ids {
+            let (netns, network) = (&netns, &network);
+            scope.spawn(move || netns.run(|| network.detach(id)).unwrap());
+        }
+    });
+    assert!(netns.run(|| network.attached()).unwrap().is_empty());
+    let veths = netns.ip(&["-o", "link", "show", "type", "veth"]);
+    assert_eq!(veths.trim(), "", "veths left behind");
+}
