@@ -51,7 +51,7 @@ pub struct UnpackDigests {
 
 enum Decompressed<R: BufRead> {
     Plain(R),
-    Gzip(GzDecoder<R>),
+    Gzip(Box<GzDecoder<R>>),
 }
 
 impl<R: BufRead> Read for Decompressed<R> {
@@ -78,7 +78,7 @@ pub fn unpack_layer(blob: impl Read, destination: &Path) -> Result<UnpackDigests
     let mut buffered = BufReader::new(HashingReader::new(blob));
     let head = buffered.fill_buf().map_err(UnpackError::Read)?;
     let decompressed = if head.starts_with(&[0x1f, 0x8b]) {
-        Decompressed::Gzip(GzDecoder::new(buffered))
+        Decompressed::Gzip(Box::new(GzDecoder::new(buffered)))
     } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) || head.starts_with(b"BZh") {
         return Err(UnpackError::UnsupportedCompression);
     } else {
