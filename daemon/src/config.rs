@@ -72,6 +72,8 @@ pub struct ContainerSettings {
     /// This node's container subnet, e.g. "10.88.1.0/24"; containers get addresses from it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub subnet: Option<Subnet>,
+    /// The node bridge that holds the subnet's gateway (used only with `subnet`).
+    pub bridge: String,
 }
 
 impl Default for ContainerSettings {
@@ -83,6 +85,7 @@ impl Default for ContainerSettings {
             stop_grace_ms: 10_000,
             log_bytes_max: 8 * 1024 * 1024,
             subnet: None,
+            bridge: "shoal0".to_string(),
         }
     }
 }
@@ -307,6 +310,22 @@ impl Config {
             return Err(invalid(
                 "containers.stop_grace_ms",
                 "must be at most 600000 (10 minutes)".to_string(),
+            ));
+        }
+        let bridge_valid = (1..=15).contains(&containers.bridge.len())
+            && containers
+                .bridge
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && containers.bridge != "."
+            && containers.bridge != "..";
+        if !bridge_valid {
+            return Err(invalid(
+                "containers.bridge",
+                format!(
+                    "{:?} must be 1 to 15 characters of a-z, A-Z, 0-9, '-', '_' or '.'",
+                    containers.bridge
+                ),
             ));
         }
         if let Some(dir) = &containers.runtime_dir
@@ -560,10 +579,11 @@ key_file = "/etc/shoal/node.key"
             "containers.stop_grace_ms",
             "containers.log_bytes_max",
             "containers.subnet",
+            "containers.bridge",
         ] {
             assert!(keys.contains(&key.to_string()), "missing {key}");
         }
-        assert_eq!(keys.len(), 28, "{keys:?}");
+        assert_eq!(keys.len(), 29, "{keys:?}");
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);

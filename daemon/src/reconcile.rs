@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 use shoal_crdt::{
     ContainerId, ContainerRecord, NodeId, Resource, Resources, ServiceName, ServiceSpec, Timestamp,
 };
+use shoal_oci::network::ContainerNetwork;
 use shoal_oci::{
     ContainerConfig, ContainerStatus, Digest, ExitStatus, ImageStore, Limits, PreparedImage,
     RestartDecision, RestartPolicy, RestartTracker, RootfsMode, Runtime, RuntimeError,
@@ -154,6 +155,8 @@ struct Shared {
 pub struct Reconciler {
     node: Arc<Node>,
     runtime: Arc<dyn Runtime>,
+    /// The node's bridge and container namespaces, when it has a subnet.
+    network: Option<Arc<dyn ContainerNetwork>>,
     log_paths: LogPaths,
     images: ImageStore,
     settings: ReconcileSettings,
@@ -216,6 +219,7 @@ impl Reconciler {
         node: Arc<Node>,
         runtime: Arc<dyn Runtime>,
         log_paths: LogPaths,
+        network: Option<Arc<dyn ContainerNetwork>>,
         settings: ReconcileSettings,
     ) -> Result<Reconciler, ReconcileError> {
         let images = ImageStore::open(&settings.image_cache_dir).map_err(|error| {
@@ -227,6 +231,7 @@ impl Reconciler {
         Ok(Reconciler {
             node,
             runtime,
+            network,
             log_paths,
             images,
             settings,
@@ -361,6 +366,7 @@ impl Reconciler {
         if self.stopping() {
             return;
         }
+        self.sync_network(&recorded);
         for (service, records) in &kept {
             let Some((spec, _)) = snapshot.services.get(service) else {
                 continue;
@@ -433,6 +439,11 @@ impl Reconciler {
         match self.runtime.delete(id) {
             Ok(()) | Err(RuntimeError::NotFound { .. }) => {}
             Err(error) => tracing::warn!(container = %id, %error, "cannot delete a container"),
+        }
+        if let Some(network) = &self.network
+            && let Err(error) = network.detach(id)
+        {
+            tracing::warn!(container = %id, %error, "cannot detach a container's network");
         }
         self.shared().locals.remove(id);
     }
@@ -565,15 +576,63 @@ impl Reconciler {
             .map_err(|error| format!("image {}: {error}", spec.image))
     }
 
-    /// The network seam: prepares the container's network namespace (veth into the node
-    /// bridge with `ip`) and returns its path. Until node networking lands, containers get
-    /// a fresh, empty network namespace from the runtime.
+    /// The network seam: gives the container its network namespace with a veth into the
+    /// node bridge holding `ip`, and returns its path. Without a node subnet (no network or
+    /// no address) the runtime gives the container a fresh, empty namespace.
     fn prepare_network(
         &self,
-        _id: &ContainerId,
-        _ip: Option<std::net::Ipv4Addr>,
+        id: &ContainerId,
+        ip: Option<std::net::Ipv4Addr>,
     ) -> Result<Option<PathBuf>, String> {
-        Ok(None)
+        match (&self.network, ip) {
+            (Some(network), Some(ip)) => network
+                .attach(id.as_str(), ip)
+                .map(|attachment| Some(attachment.netns_path))
+                .map_err(|error| format!("network of container {id}: {error}")),
+            _ => Ok(None),
+        }
+    }
+
+    /// Routes to the other live nodes' container subnets (those that won their claims), and
+    /// removal of namespaces left by containers this node no longer records.
+    fn sync_network(&self, recorded: &BTreeSet<String>) {
+        let Some(network) = &self.network else {
+            return;
+        };
+        let me = self.node.node_id().clone();
+        let live: BTreeSet<NodeId> = self
+            .node
+            .live_nodes()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let peers: Vec<(shoal_crdt::Subnet, std::net::IpAddr)> = self.node.read_state(|state| {
+            state
+                .nodes()
+                .filter(|(id, _)| **id != me && live.contains(*id))
+                .filter_map(|(id, meta)| {
+                    let subnet = meta.subnet?;
+                    (state.subnet_owner(&subnet).as_ref() == Some(id))
+                        .then_some((subnet, meta.address.ip()))
+                })
+                .collect()
+        });
+        if let Err(error) = network.sync_routes(&peers) {
+            tracing::warn!(%error, "cannot update the routes to other nodes' containers");
+        }
+        match network.attached() {
+            Ok(attached) => {
+                for id in attached.iter().filter(|id| !recorded.contains(*id)) {
+                    if self.runtime.state(id).is_ok() {
+                        continue;
+                    }
+                    if let Err(error) = network.detach(id) {
+                        tracing::warn!(container = %id, %error, "cannot detach a leftover namespace");
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot list container namespaces"),
+        }
     }
 
     fn create_and_start(

@@ -24,6 +24,7 @@ use crate::node::{Node, NodeError, NodeOptions};
 use crate::notify::{self, Notifier};
 use crate::reconcile::{LogPaths, ReconcileSettings, Reconciler};
 use crate::sync::{self, GossipConfig, SyncLimits, TlsMaterial};
+use shoal_oci::network::{ContainerNetwork, NodeNetwork};
 use shoal_oci::{LibcontainerRuntime, RuntimeSettings};
 
 /// Time given to tasks to finish after shutdown begins, before they are aborted.
@@ -264,6 +265,11 @@ async fn open_containers(config: &Config, node: Arc<Node>) -> Result<Arc<Reconci
         path: runtime_dir.clone(),
         message,
     };
+    let network_settings = config
+        .containers
+        .subnet
+        .map(|subnet| (config.containers.bridge.clone(), subnet));
+    let netns_prefix = format!("shoal.{}.", config.node_name);
     tokio::task::spawn_blocking(move || {
         let (runtime, report) =
             LibcontainerRuntime::open(runtime_settings).map_err(|error| error.to_string())?;
@@ -275,7 +281,16 @@ async fn open_containers(config: &Config, node: Arc<Node>) -> Result<Arc<Reconci
         let runtime = Arc::new(runtime);
         let logs = runtime.clone();
         let log_paths: LogPaths = Arc::new(move |id: &str| logs.log_paths(id));
-        let reconciler = Reconciler::new(node, runtime, log_paths, settings)
+        let network: Option<Arc<dyn ContainerNetwork>> = match network_settings {
+            Some((bridge, subnet)) => {
+                let network = NodeNetwork::ensure(&bridge, subnet, &netns_prefix)
+                    .map_err(|error| format!("containers.bridge {bridge}: {error}"))?;
+                tracing::info!(%bridge, %subnet, "container network ready");
+                Some(Arc::new(network))
+            }
+            None => None,
+        };
+        let reconciler = Reconciler::new(node, runtime, log_paths, network, settings)
             .map_err(|error| error.to_string())?;
         reconciler.clean_dead(&report.dead);
         Ok::<_, String>(Arc::new(reconciler))

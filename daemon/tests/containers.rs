@@ -370,3 +370,121 @@ fn logs_show_a_containers_output() {
         ps(daemon).containers.is_empty().then_some(())
     });
 }
+
+/// A network namespace for one test, removed on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: &str) -> Netns {
+        let status = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip netns add {name}");
+        let netns = Netns(name.to_string());
+        netns.exec(&["ip", "link", "set", "lo", "up"]);
+        netns
+    }
+
+    fn exec(&self, command: &[&str]) -> std::process::Output {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", self.0))
+            .args(command)
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn with_a_subnet_a_container_gets_its_address_on_the_node_bridge() {
+    if !image_support::require_root() {
+        return;
+    }
+    // The node runs in its own network namespace, so its bridge and routes stay there.
+    let netns = Netns::new(&format!("shoal-place-{}", std::process::id()));
+    let mut cluster = Cluster::new(
+        1,
+        &format!("{CONTAINERS_CONFIG}subnet = \"10.77.1.0/24\"\nbridge = \"shoaltest0\"\n"),
+    );
+    let image = busybox(cluster.root.path());
+    {
+        let daemon = &mut cluster.nodes[0];
+        let log = std::fs::File::create(daemon.dir.join("daemon.log")).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", netns.0))
+            .arg(BINARY)
+            .args(["daemon", "--config"])
+            .arg(&daemon.config)
+            .env_remove("NOTIFY_SOCKET")
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        daemon.child = Some(child);
+        daemon.wait_ready();
+    }
+    let daemon = &cluster.nodes[0];
+    let mut spec = ServiceSpec::new(&image);
+    spec.command = vec![
+        "/bin/busybox".into(),
+        "sh".into(),
+        "-c".into(),
+        "/bin/busybox ip -4 addr show dev eth0; sleep 3600".into(),
+    ];
+    daemon
+        .client()
+        .call::<Vec<ServiceView>>(Request::ServiceApply {
+            services: vec![NamedSpec {
+                name: "addressed".parse().unwrap(),
+                spec,
+            }],
+        })
+        .unwrap();
+    let running = wait_running(daemon, "addressed", 1);
+    let ip = running[0]
+        .ip
+        .clone()
+        .expect("a node with a subnet gives addresses");
+    assert!(ip.starts_with("10.77.1."), "{ip}");
+    wait_for("the address in the container's own output", 20_000, || {
+        let output = Command::new(BINARY)
+            .args(["logs", "addressed", "--socket"])
+            .arg(&daemon.socket)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .contains(&format!("inet {ip}/24"))
+            .then_some(())
+    });
+    // The node reaches the container through its bridge.
+    let ping = netns.exec(&["ping", "-c", "1", "-W", "2", &ip]);
+    assert!(
+        ping.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ping.stdout)
+    );
+    let netns_file = format!("/run/netns/shoal.node-a.{}", running[0].id);
+    assert!(Path::new(&netns_file).exists());
+
+    daemon
+        .client()
+        .call::<ServiceView>(Request::ServiceRemove {
+            name: "addressed".parse().unwrap(),
+        })
+        .unwrap();
+    wait_for("removal", 30_000, || {
+        ps(daemon).containers.is_empty().then_some(())
+    });
+    wait_for("the namespace to go", 10_000, || {
+        (!Path::new(&netns_file).exists()).then_some(())
+    });
+}
