@@ -142,6 +142,16 @@ struct Local {
     /// The exit already handed to the tracker (so one exit is counted once).
     exit_seen: bool,
     since_unix_ms: u64,
+    /// The spec it was started from, replicas left out: a new spec version that only
+    /// changes the replica count does not replace it.
+    started_spec: Option<ServiceSpec>,
+}
+
+fn without_replicas(spec: &ServiceSpec) -> ServiceSpec {
+    ServiceSpec {
+        replicas: 0,
+        ..spec.clone()
+    }
 }
 
 #[derive(Default)]
@@ -343,9 +353,23 @@ impl Reconciler {
         for (service, mut records) in by_service {
             let current = snapshot.services.get(&service);
             let want = desired.get(&service).copied().unwrap_or(0) as usize;
+            let outdated = |record: &ContainerRecord| -> bool {
+                let Some((spec, version)) = current else {
+                    return true;
+                };
+                if record.spec_version == *version {
+                    return false;
+                }
+                let shared = self.shared();
+                let started = shared
+                    .locals
+                    .get(record.id.as_str())
+                    .and_then(|local| local.started_spec.as_ref());
+                started.is_none_or(|started| *started != without_replicas(spec))
+            };
             // Current-spec containers first, running before stopped, then by id.
             records.sort_by_key(|record| {
-                let outdated = current.is_none_or(|(_, version)| record.spec_version != *version);
+                let outdated = outdated(record);
                 let running = matches!(
                     self.runtime.state(record.id.as_str()).map(|s| s.status),
                     Ok(ContainerStatus::Running)
@@ -353,8 +377,7 @@ impl Reconciler {
                 (outdated, !running, record.id.clone())
             });
             for (index, record) in records.into_iter().enumerate() {
-                let outdated = current.is_none_or(|(_, version)| record.spec_version != *version);
-                if index < want && !outdated {
+                if index < want && !outdated(&record) {
                     kept.entry(service.clone()).or_default().push(record);
                 } else {
                     surplus.push(record);
@@ -495,6 +518,7 @@ impl Reconciler {
                             gave_up: false,
                             exit_seen: false,
                             since_unix_ms: unix_ms(),
+                            started_spec: Some(without_replicas(spec)),
                         }
                     });
                 return;
@@ -512,6 +536,7 @@ impl Reconciler {
                     gave_up: false,
                     exit_seen: false,
                     since_unix_ms: unix_ms(),
+                    started_spec: Some(without_replicas(spec)),
                 });
             if !local.exit_seen {
                 local.exit_seen = true;
@@ -547,6 +572,7 @@ impl Reconciler {
                     local.restart_at_ms = None;
                     local.exit_seen = false;
                     local.since_unix_ms = unix_ms();
+                    local.started_spec = Some(without_replicas(spec));
                 }
                 shared.errors.remove(&record.service);
             }
@@ -736,6 +762,7 @@ impl Reconciler {
                 gave_up: false,
                 exit_seen: false,
                 since_unix_ms: unix_ms(),
+                started_spec: Some(without_replicas(spec)),
             },
         );
         tracing::info!(container = %id, %service, "container started");

@@ -488,3 +488,119 @@ fn with_a_subnet_a_container_gets_its_address_on_the_node_bridge() {
         (!Path::new(&netns_file).exists()).then_some(())
     });
 }
+
+fn apply_spec(daemon: &Daemon, name: &str, spec: ServiceSpec) {
+    daemon
+        .client()
+        .call::<Vec<ServiceView>>(Request::ServiceApply {
+            services: vec![NamedSpec {
+                name: name.parse().unwrap(),
+                spec,
+            }],
+        })
+        .unwrap();
+}
+
+#[test]
+fn scaling_keeps_the_running_containers_and_adjusts_the_counters() {
+    if !image_support::require_root() {
+        return;
+    }
+    let mut cluster = Cluster::new(1, CONTAINERS_CONFIG);
+    cluster.start_all();
+    let image = busybox(cluster.root.path());
+    let daemon = &cluster.nodes[0];
+    apply(daemon, "scaled", &image, 2);
+    let two = wait_running(daemon, "scaled", 2);
+    apply(daemon, "scaled", &image, 1);
+    let one = wait_running(daemon, "scaled", 1);
+    assert!(
+        two.iter().any(|c| c.id == one[0].id && c.pid == one[0].pid),
+        "scaling down replaced the container that stays: {two:?} -> {one:?}"
+    );
+    wait_for("counters for one container", 10_000, || {
+        (ps(daemon).usage["node-a"].containers == 1).then_some(())
+    });
+    wait_for("the removed one to leave the runtime", 10_000, || {
+        (runtime_containers(daemon).len() == 1).then_some(())
+    });
+    apply(daemon, "scaled", &image, 3);
+    let three = wait_running(daemon, "scaled", 3);
+    assert!(
+        three
+            .iter()
+            .any(|c| c.id == one[0].id && c.pid == one[0].pid)
+    );
+    // A real spec change (the command) replaces them.
+    let mut spec = ServiceSpec::new(&image);
+    spec.replicas = 3;
+    spec.command = vec!["/bin/busybox".into(), "sleep".into(), "3599".into()];
+    apply_spec(daemon, "scaled", spec);
+    wait_for("three new containers", 60_000, || {
+        let running = running_of(&ps(daemon), "scaled");
+        (running.len() == 3
+            && running
+                .iter()
+                .all(|c| three.iter().all(|old| old.id != c.id)))
+        .then_some(())
+    });
+}
+
+#[test]
+fn restart_policies_restart_failures_and_leave_successes() {
+    if !image_support::require_root() {
+        return;
+    }
+    let mut cluster = Cluster::new(1, CONTAINERS_CONFIG);
+    cluster.start_all();
+    let image = busybox(cluster.root.path());
+    let daemon = &cluster.nodes[0];
+    let mut failing = ServiceSpec::new(&image);
+    failing.command = vec![
+        "/bin/busybox".into(),
+        "sh".into(),
+        "-c".into(),
+        "exit 3".into(),
+    ];
+    failing.restart = shoal_crdt::RestartPolicy::OnFailure;
+    apply_spec(daemon, "failing", failing);
+    let mut done = ServiceSpec::new(&image);
+    done.command = vec!["/bin/busybox".into(), "true".into()];
+    done.restart = shoal_crdt::RestartPolicy::OnFailure;
+    apply_spec(daemon, "done", done);
+
+    let view = wait_for("failing to be restarted twice", 30_000, || {
+        let view = ps(daemon);
+        view.containers
+            .iter()
+            .any(|c| c.service == "failing" && c.restarts >= 2)
+            .then_some(view)
+    });
+    let failing_ids: BTreeSet<&str> = view
+        .containers
+        .iter()
+        .filter(|c| c.service == "failing")
+        .map(|c| c.id.as_str())
+        .collect();
+    assert_eq!(failing_ids.len(), 1, "restarts keep the container id");
+    let done = wait_for("done to exit with 0", 20_000, || {
+        ps(daemon)
+            .containers
+            .into_iter()
+            .find(|c| c.service == "done" && c.state == "exited(0)")
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1_000));
+    let later = ps(daemon);
+    let still = later.containers.iter().find(|c| c.id == done.id).unwrap();
+    assert_eq!(still.state, "exited(0)");
+    assert_eq!(still.restarts, 0);
+    assert_eq!(
+        later
+            .containers
+            .iter()
+            .filter(|c| c.service == "done")
+            .count(),
+        1,
+        "a finished container still fills its replica"
+    );
+}
