@@ -81,6 +81,10 @@ pub struct ReconcileSettings {
     pub image_cache_dir: PathBuf,
     pub interval_ms: u64,
     pub stop_grace_ms: u64,
+    /// After startup, placement waits for a first successful sync with a peer, or this long
+    /// (`sync.down_after_ms`): a restarted node's stored view says every peer is silent, and
+    /// placing on it would start replicas only to stop them again.
+    pub startup_grace_ms: u64,
 }
 
 /// A container as `shoal ps` shows it.
@@ -967,6 +971,15 @@ impl Reconciler {
             .collect()
     }
 
+    /// Whether this node's view of the cluster is fresh enough to place on: it knows no
+    /// other member, has synced with one since startup, or waited out the grace period.
+    fn view_is_fresh(&self) -> bool {
+        let peers = self.node.peers();
+        peers.is_empty()
+            || peers.iter().any(|peer| peer.last_sync_ms_ago.is_some())
+            || self.now_ms() >= self.settings.startup_grace_ms
+    }
+
     /// Runs passes until `shutdown`: every `interval_ms` and after every local change.
     pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
         tokio::pin!(shutdown);
@@ -982,6 +995,9 @@ impl Reconciler {
             }
             // Changes that arrived meanwhile are covered by this pass.
             while changes.try_recv().is_ok() {}
+            if !self.view_is_fresh() {
+                continue;
+            }
             let reconciler = self.clone();
             let pass = tokio::task::spawn_blocking(move || reconciler.reconcile_once());
             tokio::select! {

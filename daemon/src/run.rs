@@ -260,6 +260,7 @@ async fn open_containers(config: &Config, node: Arc<Node>) -> Result<Arc<Reconci
         image_cache_dir: config.image_cache_dir(),
         interval_ms: config.containers.reconcile_interval_ms,
         stop_grace_ms: config.containers.stop_grace_ms,
+        startup_grace_ms: config.sync.down_after_ms,
     };
     let runtime_error = |message: String| RunError::Runtime {
         path: runtime_dir.clone(),

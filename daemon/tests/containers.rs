@@ -17,6 +17,84 @@ use shoal::reconcile::{ContainerView, PsView};
 use shoal::spec_file::NamedSpec;
 use shoal_crdt::ServiceSpec;
 
+/// A cluster whose containers are removed when the test ends, passed or not: services are
+/// removed through the API while the daemons run, and whatever is left is killed through
+/// its cgroups and unmounted.
+struct Guarded(Cluster);
+
+impl Guarded {
+    fn new(count: usize, extra_config: &str) -> Guarded {
+        Guarded(Cluster::new(count, extra_config))
+    }
+}
+
+impl std::ops::Deref for Guarded {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Guarded {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        &mut self.0
+    }
+}
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        for daemon in self.0.nodes.iter().filter(|d| d.child.is_some()) {
+            let Ok(mut client) =
+                shoal::api::Client::connect(&daemon.socket, std::time::Duration::from_secs(5))
+            else {
+                continue;
+            };
+            let services: Vec<ServiceView> = client.call(Request::ServiceList).unwrap_or_default();
+            for service in services {
+                let _ = client.call::<ServiceView>(Request::ServiceRemove { name: service.name });
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline
+            && self
+                .0
+                .nodes
+                .iter()
+                .any(|d| d.child.is_some() && !runtime_containers(d).is_empty())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        for daemon in &mut self.0.nodes {
+            daemon.kill9();
+            for id in runtime_containers(daemon) {
+                reap(&daemon.name, &id, &daemon.dir);
+            }
+        }
+    }
+}
+
+/// Kills every process of a leftover container and unmounts its rootfs.
+fn reap(node: &str, id: &str, dir: &Path) {
+    for procs in [
+        format!("/sys/fs/cgroup/pids/shoal/{node}/{id}/cgroup.procs"),
+        format!("/sys/fs/cgroup/shoal/{node}/{id}/cgroup.procs"),
+    ] {
+        if let Ok(text) = std::fs::read_to_string(&procs) {
+            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let rootfs = dir
+        .join("state/containers/containers")
+        .join(id)
+        .join("rootfs");
+    let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+}
+
 const CONTAINERS_CONFIG: &str =
     "\n[containers]\nreconcile_interval_ms = 200\nstop_grace_ms = 500\n";
 
@@ -94,6 +172,17 @@ fn runtime_containers(daemon: &Daemon) -> Vec<String> {
     }
 }
 
+trait LiveNodes {
+    fn nodes_live(&self) -> usize;
+}
+
+impl LiveNodes for Daemon {
+    fn nodes_live(&self) -> usize {
+        let nodes: Vec<shoal::api::NodeView> = self.client().call(Request::Nodes).unwrap();
+        nodes.iter().filter(|n| n.live).count()
+    }
+}
+
 fn process_alive(pid: i32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -103,7 +192,7 @@ fn a_service_runs_its_replicas_and_service_rm_removes_them() {
     if !image_support::require_root() {
         return;
     }
-    let mut cluster = Cluster::new(1, CONTAINERS_CONFIG);
+    let mut cluster = Guarded::new(1, CONTAINERS_CONFIG);
     cluster.start_all();
     let image = busybox(cluster.root.path());
     let daemon = &cluster.nodes[0];
@@ -160,7 +249,7 @@ fn a_restarted_daemon_adopts_running_containers_without_restarting_them() {
     if !image_support::require_root() {
         return;
     }
-    let mut cluster = Cluster::new(1, CONTAINERS_CONFIG);
+    let mut cluster = Guarded::new(1, CONTAINERS_CONFIG);
     cluster.start_all();
     let image = busybox(cluster.root.path());
     apply(&cluster.nodes[0], "steady", &image, 1);
@@ -203,7 +292,7 @@ fn a_tampered_or_missing_image_is_an_error_on_the_service_not_a_crash() {
     if !image_support::require_root() {
         return;
     }
-    let mut cluster = Cluster::new(1, CONTAINERS_CONFIG);
+    let mut cluster = Guarded::new(1, CONTAINERS_CONFIG);
     cluster.start_all();
     let image = busybox(cluster.root.path());
     // Flip bytes in the largest blob (the busybox layer): its digest no longer matches.
@@ -257,7 +346,7 @@ fn three_daemons_spread_three_replicas_one_per_node() {
     if !image_support::require_root() {
         return;
     }
-    let mut cluster = Cluster::new(3, CONTAINERS_CONFIG);
+    let mut cluster = Guarded::new(3, CONTAINERS_CONFIG);
     cluster.start_all();
     let image = busybox(cluster.root.path());
     // Wait until every node knows every other (else each places on its own view).
@@ -322,7 +411,7 @@ fn logs_show_a_containers_output() {
     if !image_support::require_root() {
         return;
     }
-    let mut cluster = Cluster::new(1, CONTAINERS_CONFIG);
+    let mut cluster = Guarded::new(1, CONTAINERS_CONFIG);
     cluster.start_all();
     let image = busybox(cluster.root.path());
     let daemon = &cluster.nodes[0];
@@ -410,7 +499,7 @@ fn with_a_subnet_a_container_gets_its_address_on_the_node_bridge() {
     }
     // The node runs in its own network namespace, so its bridge and routes stay there.
     let netns = Netns::new(&format!("shoal-place-{}", std::process::id()));
-    let mut cluster = Cluster::new(
+    let mut cluster = Guarded::new(
         1,
         &format!("{CONTAINERS_CONFIG}subnet = \"10.77.1.0/24\"\nbridge = \"shoaltest0\"\n"),
     );
@@ -506,7 +595,7 @@ fn scaling_keeps_the_running_containers_and_adjusts_the_counters() {
     if !image_support::require_root() {
         return;
     }
-    let mut cluster = Cluster::new(1, CONTAINERS_CONFIG);
+    let mut cluster = Guarded::new(1, CONTAINERS_CONFIG);
     cluster.start_all();
     let image = busybox(cluster.root.path());
     let daemon = &cluster.nodes[0];
@@ -551,7 +640,7 @@ fn restart_policies_restart_failures_and_leave_successes() {
     if !image_support::require_root() {
         return;
     }
-    let mut cluster = Cluster::new(1, CONTAINERS_CONFIG);
+    let mut cluster = Guarded::new(1, CONTAINERS_CONFIG);
     cluster.start_all();
     let image = busybox(cluster.root.path());
     let daemon = &cluster.nodes[0];
@@ -602,5 +691,80 @@ fn restart_policies_restart_failures_and_leave_successes() {
             .count(),
         1,
         "a finished container still fills its replica"
+    );
+}
+
+#[test]
+fn a_lost_nodes_replica_moves_and_the_surplus_goes_when_it_returns() {
+    if !image_support::require_root() {
+        return;
+    }
+    let config = format!(
+        "\n[sync]\nheartbeat_interval_ms = 200\ndown_after_ms = 1500\ninterval_ms = 300\n\
+         {CONTAINERS_CONFIG}"
+    );
+    let mut cluster = Guarded::new(3, &config);
+    cluster.start_all();
+    let image = busybox(cluster.root.path());
+    wait_for("every node to see 3 live nodes", 30_000, || {
+        cluster
+            .nodes
+            .iter()
+            .all(|n| n.nodes_live() == 3)
+            .then_some(())
+    });
+    apply(&cluster.nodes[0], "moving", &image, 2);
+    let placed = wait_for("2 replicas on 2 nodes", 60_000, || {
+        let view = ps(&cluster.nodes[0]);
+        let nodes: BTreeSet<String> = view.containers.iter().map(|c| c.node.clone()).collect();
+        (view.containers.len() == 2 && nodes.len() == 2).then_some(nodes)
+    });
+    // Lose a node that runs a replica (not node-a, which we ask).
+    let victim_name = placed.iter().find(|n| *n != "node-a").unwrap().clone();
+    let victim = cluster
+        .nodes
+        .iter()
+        .position(|n| n.name == victim_name)
+        .unwrap();
+    let own_running = |daemon: &Daemon| {
+        ps(daemon)
+            .containers
+            .into_iter()
+            .find(|c| c.node == daemon.name && c.state == "running")
+    };
+    let victim_pid = wait_for("the victim's container", 30_000, || {
+        own_running(&cluster.nodes[victim])
+    })
+    .pid
+    .unwrap();
+    cluster.nodes[victim].kill9();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != victim).collect();
+    // The survivors run 2 replicas between them while the victim's record shows node-down.
+    wait_for("the replica to move to the survivors", 60_000, || {
+        let view = ps(&cluster.nodes[survivors[0]]);
+        let running_on_survivors = view
+            .containers
+            .iter()
+            .filter(|c| c.node != victim_name && c.state != "node-down")
+            .count();
+        let down = view.containers.iter().any(|c| c.state == "node-down");
+        (running_on_survivors == 2 && down).then_some(())
+    });
+    // The victim comes back: it adopts its container, placement is as before, and the
+    // survivor that took over stops its surplus.
+    cluster.nodes[victim].start();
+    cluster.nodes[victim].wait_ready();
+    wait_for("the count to return to the spec", 60_000, || {
+        let view = ps(&cluster.nodes[victim]);
+        let nodes: BTreeSet<String> = view.containers.iter().map(|c| c.node.clone()).collect();
+        (view.containers.len() == 2 && nodes == placed).then_some(())
+    });
+    let back = wait_for("the victim's container", 30_000, || {
+        own_running(&cluster.nodes[victim])
+    });
+    assert_eq!(
+        back.pid,
+        Some(victim_pid),
+        "the returning node restarted its container"
     );
 }
