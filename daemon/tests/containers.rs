@@ -442,6 +442,26 @@ fn logs_show_a_containers_output() {
             .contains("hello from the log")
             .then_some(())
     });
+    // `-f` prints what is there and keeps following.
+    let mut follow = Command::new(BINARY)
+        .args(["logs", "talker", "-f", "--socket"])
+        .arg(&daemon.socket)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(follow.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "hello from the log\n");
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "logs -f must keep running"
+    );
+    follow.kill().unwrap();
+    follow.wait().unwrap();
     let output = Command::new(BINARY)
         .args(["logs", "nosuch", "--socket"])
         .arg(&daemon.socket)
