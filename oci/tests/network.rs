@@ -24,6 +24,18 @@ use shoal_oci::{
 const TEST_PREFIX: &str = "shoal-ntest-";
 const BRIDGE: &str = "shoal0";
 
+/// The tests in this file run one at a time. libcontainer clones its container
+/// processes from the calling thread and the clone then takes Rust's environment
+/// lock; if another thread held that lock at the moment of the clone (as
+/// `Command::spawn` does while it forks `ip`), the container's init deadlocks.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 fn ip(args: &[&str]) -> String {
     let output = Command::new("ip").args(args).output().unwrap();
     assert!(
@@ -224,6 +236,7 @@ fn containers_on_two_nodes_reach_each_other_once_routes_are_synced() {
     if !require_root() {
         return;
     }
+    let _serial = serial();
     let cluster = cluster("ping");
     let [one, two] = &cluster.nodes[..] else {
         unreachable!()
@@ -345,6 +358,7 @@ fn attach_is_idempotent_refuses_a_second_address_and_repairs_a_half_made_one() {
     if !require_root() {
         return;
     }
+    let _serial = serial();
     sweep_stale();
     let netns = Netns::create(unique("attach"));
     let subnet: Subnet = "10.88.1.0/24".parse().unwrap();
@@ -496,6 +510,7 @@ fn a_real_container_in_its_attached_namespace_reaches_a_container_on_the_other_n
     if !require_root() {
         return;
     }
+    let _serial = serial();
     let cluster = cluster("real");
     let [one, two] = &cluster.nodes[..] else {
         unreachable!()
@@ -586,6 +601,7 @@ fn parallel_attaches_and_detaches_on_one_node_do_not_interfere() {
     if !require_root() {
         return;
     }
+    let _serial = serial();
     sweep_stale();
     let netns = Netns::create(unique("parallel"));
     let subnet: Subnet = "10.88.1.0/24".parse().unwrap();
