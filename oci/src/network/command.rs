@@ -1,11 +1,10 @@
 //! Running iproute2's `ip` with errors that name the whole command line, and
 //! decoding its `-json` output.
 
-use std::process::Command;
-
 use serde::de::DeserializeOwned;
 
 use super::NetworkError;
+use super::spawn;
 
 /// The iproute2 binary, looked up in `PATH`.
 const IP: &str = "ip";
@@ -15,26 +14,16 @@ const STDERR_BYTES_MAX: usize = 2048;
 
 /// Runs `ip args...` to completion and returns its standard output.
 pub(crate) fn ip(args: &[&str]) -> Result<Vec<u8>, NetworkError> {
-    let output = Command::new(IP)
-        .args(args)
-        .output()
-        .map_err(|source| NetworkError::Spawn {
+    let output =
+        spawn::run(IP, args, STDERR_BYTES_MAX as u64).map_err(|source| NetworkError::Spawn {
             command: command_line(args),
             source,
         })?;
     if !output.status.success() {
-        let mut stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
-        if stderr.len() > STDERR_BYTES_MAX {
-            let mut end = STDERR_BYTES_MAX;
-            while !stderr.is_char_boundary(end) {
-                end -= 1;
-            }
-            stderr.truncate(end);
-        }
         return Err(NetworkError::Command {
             command: command_line(args),
             status: output.status,
-            stderr,
+            stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         });
     }
     Ok(output.stdout)

@@ -13,6 +13,7 @@ mod names;
 pub mod node;
 pub mod routes;
 mod seam;
+mod spawn;
 
 pub use fake::{FakeNetwork, FakeNetworkCall};
 pub use names::{HOST_INTERFACE_PREFIX, NETNS_DIR, ROUTE_PROTOCOL};
