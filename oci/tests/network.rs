@@ -652,3 +652,66 @@ fn parallel_attaches_and_detaches_on_one_node_do_not_interfere() {
     let veths = netns.ip(&["-o", "link", "show", "type", "veth"]);
     assert_eq!(veths.trim(), "", "veths left behind");
 }
+
+#[test]
+fn network_calls_run_while_containers_are_created_without_deadlock() {
+    if !require_root() {
+        return;
+    }
+    let _serial = serial();
+    sweep_stale();
+    let netns = Netns::create(unique("concurrent"));
+    let subnet: Subnet = "10.88.1.0/24".parse().unwrap();
+    let prefix = format!("{}.", netns.name());
+    let _containers = DeletePrefixed(prefix.clone());
+    let network = netns
+        .run(|| NodeNetwork::ensure(BRIDGE, subnet, &prefix))
+        .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let layout = busybox_image(&dir.path().join("image"), &["/bin/true"]);
+    let image = ImageStore::open(&dir.path().join("cache"))
+        .unwrap()
+        .prepare(&layout.path, None)
+        .unwrap();
+    let mut settings = RuntimeSettings::new(&dir.path().join("runtime"));
+    settings.cgroup_parent = "shoal-test".to_owned();
+    let (runtime, _) = LibcontainerRuntime::open(settings).unwrap();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let network_calls = std::thread::scope(|scope| {
+        // Network calls spawn `ip` over and over while the other thread clones
+        // container processes.
+        let caller = scope.spawn(|| {
+            netns.run(|| {
+                let mut calls = 0u32;
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    network.attach("busy", Ipv4Addr::new(10, 88, 1, 9)).unwrap();
+                    network.detach("busy").unwrap();
+                    calls += 1;
+                }
+                calls
+            })
+        });
+        for round in 0..10 {
+            let id = format!("net-busy-{}-{round}", std::process::id());
+            let _delete = DeleteContainer(&runtime, id.clone());
+            let config = ContainerConfig {
+                id: id.clone(),
+                image: image.clone(),
+                command: None,
+                env: Vec::new(),
+                limits: Limits::default(),
+                netns_path: None,
+                rootfs_mode: RootfsMode::Auto,
+            };
+            runtime.create(&config).unwrap();
+            runtime.start(&id).unwrap();
+            let exit = runtime.wait(&id, 10_000).unwrap();
+            assert_eq!(exit, Some(ExitStatus::Code(0)), "round {round}");
+        }
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        caller.join().unwrap()
+    });
+    assert!(network_calls > 0);
+    assert!(netns.run(|| network.attached()).unwrap().is_empty());
+}
