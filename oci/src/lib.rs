@@ -22,7 +22,7 @@ pub use bundle::Limits;
 pub use digest::Digest;
 pub use fake_runtime::FakeRuntime;
 pub use image::{ImageError, ImageStore, PreparedImage};
-pub use libcontainer_runtime::{LibcontainerRuntime, RuntimeSettings};
+pub use libcontainer_runtime::{LibcontainerRuntime, RuntimeSettings, outside_container_creation};
 pub use restart_policy::{RestartDecision, RestartPolicy, RestartTracker};
 pub use rootfs::{Rootfs, RootfsError, RootfsMode};
 pub use runtime::{

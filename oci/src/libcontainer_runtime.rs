@@ -46,6 +46,18 @@ fn libcontainer_lock() -> MutexGuard<'static, ()> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Holds off libcontainer's `build()`/`start()`/`delete()` while the caller runs.
+///
+/// libcontainer clones the container's init from the calling thread, and the clone then
+/// changes the environment. If another thread held Rust's environment lock at that instant
+/// (`std::process::Command::spawn` does while it forks, `std::env::var` briefly), the
+/// clone inherits the lock held and its init hangs forever. A process that runs containers
+/// therefore spawns processes and reads the environment only inside this section.
+pub fn outside_container_creation<T>(work: impl FnOnce() -> T) -> T {
+    let _guard = libcontainer_lock();
+    work()
+}
+
 /// How long a watcher sleeps between checks of its stop flag.
 const WATCH_POLL_MS: u16 = 100;
 /// How long `stop` waits for the processes to go after SIGKILL.
