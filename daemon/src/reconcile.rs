@@ -162,6 +162,9 @@ fn without_replicas(spec: &ServiceSpec) -> ServiceSpec {
 struct Shared {
     locals: BTreeMap<String, Local>,
     errors: BTreeMap<ServiceName, String>,
+    /// When a start of the service last failed: the next try waits `interval_ms`, so a
+    /// failure (whose undo is a write, which triggers a pass) cannot spin.
+    failed_at_ms: BTreeMap<ServiceName, u64>,
     unplaced: BTreeMap<ServiceName, u32>,
 }
 
@@ -411,6 +414,14 @@ impl Reconciler {
                 continue;
             };
             let have = kept.get(service).map_or(0, Vec::len);
+            let recently_failed = self
+                .shared()
+                .failed_at_ms
+                .get(service)
+                .is_some_and(|at| self.now_ms() < at.saturating_add(self.settings.interval_ms));
+            if recently_failed {
+                continue;
+            }
             for _ in have..(*want as usize) {
                 if starts >= STARTS_PER_PASS_MAX || self.stopping() {
                     break;
@@ -418,10 +429,15 @@ impl Reconciler {
                 starts += 1;
                 if let Err(message) = self.start_new(service, spec, *version) {
                     tracing::warn!(%service, error = %message, "cannot start a container");
-                    self.shared().errors.insert(service.clone(), message);
+                    let now_ms = self.now_ms();
+                    let mut shared = self.shared();
+                    shared.errors.insert(service.clone(), message);
+                    shared.failed_at_ms.insert(service.clone(), now_ms);
                     break;
                 }
-                self.shared().errors.remove(service);
+                let mut shared = self.shared();
+                shared.errors.remove(service);
+                shared.failed_at_ms.remove(service);
             }
         }
         // Errors of services that are no longer ours to run are stale.
@@ -429,6 +445,9 @@ impl Reconciler {
             let mut shared = self.shared();
             shared
                 .errors
+                .retain(|service, _| desired.contains_key(service));
+            shared
+                .failed_at_ms
                 .retain(|service, _| desired.contains_key(service));
         }
         if let Err(error) = self.sync_counters() {
@@ -1009,7 +1028,8 @@ impl Reconciler {
                     tracing::error!(%error, "reconcile pass panicked");
                 }
             }
-            while changes.try_recv().is_ok() {}
+            // Changes made during the pass (an apply, or the pass's own writes) are not
+            // drained here: they trigger one more pass, which settles when nothing changes.
         }
         self.stop();
     }
