@@ -13,7 +13,11 @@ pub struct Notifier;
 
 impl Notifier {
     fn send(&self, state: &[NotifyState]) {
-        if let Err(error) = sd_notify::notify(false, state) {
+        // sd_notify reads NOTIFY_SOCKET from the environment on every call; in a process that
+        // clones containers that read must not overlap a clone (see the oci crate's
+        // `outside_container_creation`).
+        let sent = shoal_oci::outside_container_creation(|| sd_notify::notify(false, state));
+        if let Err(error) = sent {
             tracing::warn!(%error, "cannot send a notification to the service manager");
         }
     }
