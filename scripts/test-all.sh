@@ -58,9 +58,9 @@ step "nix checks (flake, module, VM tests, drift)"
 scripts/nix-checks.sh "${CARGO_TARGET_DIR:-target}/debug/shoal"
 
 # The cluster scenarios start real daemons in network namespaces; one at a
-# time, so two cores are not shared between clusters.
+# time, so two cores are not shared between clusters. They use the
+# target/debug/shoal that the workspace tests built.
 step "cluster scenarios in network namespaces"
-cargo build -p shoal --locked
 cargo test -p shoal-vm-tests --locked -- --test-threads 1
 
 step "all checks passed"
