@@ -84,7 +84,8 @@ rec {
 
   # Python helpers. The JSON shapes are the CLI's: `status --json` is the
   # daemon's StatusView, `service ls --json` a list of ServiceView, and
-  # `ps --json` a list of container records ({id, service, node, ...}).
+  # `ps --json` an object whose `containers` lists the container OR-Set
+  # ({id, service, node, state, ip, ...}) cluster-wide.
   prelude = ''
     import json
     from concurrent.futures import ThreadPoolExecutor
@@ -108,7 +109,7 @@ rec {
 
 
     def containers(machine, service):
-        records = json.loads(machine.succeed("shoal ps --json"))
+        records = json.loads(machine.succeed("shoal ps --json"))["containers"]
         return sorted(record["id"] for record in records if record["service"] == service)
 
 
