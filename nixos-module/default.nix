@@ -296,6 +296,8 @@ in
       # daemon anyway; the trigger says so explicitly.
       restartTriggers = [ configFile ];
       environment.SHOAL_SOCKET = socketPath;
+      # Container networking (node bridge, veths, routes) runs `ip`.
+      path = [ pkgs.iproute2 ];
 
       serviceConfig = {
         Type = "notify";
