@@ -58,6 +58,9 @@ pub struct ClusterOptions {
     /// The last node gets a certificate from a CA of its own: a rogue that
     /// sits on the same network and knows the others' addresses.
     pub rogue_last: bool,
+    /// Give node `i` the container subnet `10.88.(i + 1).0/24`, so its
+    /// containers get addresses and routes to the other nodes' containers.
+    pub container_subnets: bool,
 }
 
 impl Default for ClusterOptions {
@@ -69,6 +72,7 @@ impl Default for ClusterOptions {
             down_after_ms: 3_000,
             evict_after_ms: 86_400_000,
             rogue_last: false,
+            container_subnets: false,
         }
     }
 }
@@ -175,7 +179,8 @@ impl Cluster {
                  jitter_ms = {jitter}\n\
                  heartbeat_interval_ms = {heartbeat}\n\
                  down_after_ms = {down}\n\
-                 evict_after_ms = {evict}\n",
+                 evict_after_ms = {evict}\n\
+                 {containers}",
                 state = node_dir.join("state").display(),
                 ca = ca_dir.join("ca.pem").display(),
                 cert = node_dir.join("tls").join(format!("{name}.pem")).display(),
@@ -185,6 +190,11 @@ impl Cluster {
                 heartbeat = options.heartbeat_interval_ms,
                 down = options.down_after_ms,
                 evict = options.evict_after_ms,
+                containers = if options.container_subnets {
+                    format!("[containers]\nsubnet = \"10.88.{}.0/24\"\n", index + 1)
+                } else {
+                    String::new()
+                },
             );
             write_file(&config, &text)?;
             nodes.push(ClusterNode {
@@ -256,9 +266,11 @@ impl Cluster {
             path: node.log.clone(),
             source,
         })?;
-        // `ip netns exec` execs the daemon, so the child's pid is the daemon's.
-        let child = Command::new("ip")
-            .args(["netns", "exec", &node.netns])
+        // nsenter enters only the network namespace (`ip netns exec` would also
+        // remount /sys and hide the cgroup hierarchies the containers need) and
+        // execs the daemon, so the child's pid is the daemon's.
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", node.netns))
             .arg(&self.shoal)
             .args(["daemon", "--config"])
             .arg(&node.config)
@@ -476,10 +488,117 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             eprintln!("cluster logs at failure:\n{}", self.log_tails(40));
         }
+        self.remove_all_services();
         for index in 0..self.nodes.len() {
             self.kill(index);
         }
+        self.sweep_container_leftovers();
     }
+}
+
+impl Cluster {
+    /// Removes every service through a running node and waits (bounded) until
+    /// no running node lists a container: containers outlive their daemon by
+    /// design, so they must be stopped before the daemons are killed.
+    fn remove_all_services(&self) {
+        let running = self.running();
+        let Some(&first) = running.first() else {
+            return;
+        };
+        let Ok(listing) = self.cli_json(first, &["service", "ls"]) else {
+            return;
+        };
+        let names: Vec<String> = listing
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter_map(|s| s["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if names.is_empty() {
+            return;
+        }
+        for name in &names {
+            let _ = self.cli_json(first, &["service", "rm", name]);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let left: usize = running
+                .iter()
+                .map(|&i| {
+                    self.cli_json(i, &["ps"])
+                        .ok()
+                        .and_then(|ps| ps["containers"].as_array().map(Vec::len))
+                        .unwrap_or(0)
+                })
+                .sum();
+            if left == 0 {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        eprintln!("warning: containers still listed 30 s after removing every service");
+    }
+
+    /// Last resort after a failed test: kills processes left in this
+    /// cluster's container cgroups, deletes its container namespaces and
+    /// unmounts what is still mounted under its directory.
+    fn sweep_container_leftovers(&self) {
+        for node in &self.nodes {
+            for hierarchy in fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let parent = hierarchy.path().join("shoal").join(&node.name);
+                for procs in walk_files(&parent, "cgroup.procs") {
+                    for pid in fs::read_to_string(&procs).unwrap_or_default().lines() {
+                        let _ = crate::command::run("kill", &["-KILL", pid.trim()]);
+                    }
+                }
+            }
+            let prefix = format!("shoal.{}.", node.name);
+            if let Ok(list) = crate::command::run("ip", &["netns", "list"]) {
+                for line in String::from_utf8_lossy(&list.stdout).lines() {
+                    if let Some(name) = line.split_whitespace().next()
+                        && name.starts_with(&prefix)
+                    {
+                        let _ = crate::command::run("ip", &["netns", "delete", name]);
+                    }
+                }
+            }
+        }
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let mut ours: Vec<&str> = mounts
+            .lines()
+            .filter_map(|line| line.split_whitespace().nth(1))
+            .filter(|point| point.starts_with(&dir))
+            .collect();
+        // Deepest first.
+        ours.sort_by_key(|point| std::cmp::Reverse(point.len()));
+        for point in ours {
+            let _ = crate::command::run("umount", &["-l", point]);
+        }
+    }
+}
+
+/// Every file named `name` below `dir`, depth first (cgroup trees are shallow).
+fn walk_files(dir: &Path, name: &str) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            found.extend(walk_files(&path, name));
+        } else if path.file_name().is_some_and(|n| n == name) {
+            found.push(path);
+        }
+    }
+    found
 }
 
 /// The `shoal` binary under test: `SHOAL_BIN`, else the one cargo built next
