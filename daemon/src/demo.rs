@@ -1,8 +1,12 @@
 //! `shoal demo`: a real three-node cluster on 127.0.0.1 in a temporary directory. It makes a
-//! CA and three node certificates, writes three configs, starts three `shoal daemon` child
-//! processes of this same binary, applies a service on node 1, shows it arriving on nodes 2
-//! and 3 with the time it took, prints every node's status and stops the daemons with
-//! SIGTERM (or keeps them until Ctrl-C with `--keep`). The directory is removed at the end.
+//! CA and three node certificates, writes three configs, builds a tiny OCI image from the
+//! host's static `/bin/busybox`, starts three `shoal daemon` child processes of this same
+//! binary, applies a three-replica service on node 1, shows it arriving on nodes 2 and 3 with
+//! the time it took, waits until `shoal ps` shows one running container per node, prints
+//! every node's status, removes the service and waits until no container is left, and stops
+//! the daemons with SIGTERM (or keeps them until Ctrl-C with `--keep`). Without root or
+//! without `/bin/busybox` it says so and runs the state-only part (containers disabled).
+//! The directory is removed at the end.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -13,8 +17,11 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
+use sha2::{Digest as _, Sha256};
+
 use crate::api::{Client, Request, ServiceView, StatusView};
 use crate::cli::DemoArgs;
+use crate::reconcile::PsView;
 use crate::{output, pki, spec_file};
 
 /// Nodes in the demo cluster.
@@ -26,14 +33,110 @@ const CONVERGE_TIMEOUT_MS: u64 = 30_000;
 /// How long a daemon gets to stop after SIGTERM before it is killed.
 const STOP_TIMEOUT_MS: u64 = 10_000;
 
-const DEMO_SPEC: &str = r#"name = "hello"
-image = "/var/lib/shoal/images/hello.tar"
-command = ["/bin/echo", "hello from shoal"]
-replicas = 2
-[resources]
-cpu_millis = 100
-memory_bytes = 16777216
-"#;
+/// How long to wait for the containers to run, and to be gone after `service rm`.
+const CONTAINERS_TIMEOUT_MS: u64 = 30_000;
+/// The host's static busybox the demo image is made of (Debian: busybox-static).
+const BUSYBOX: &str = "/bin/busybox";
+/// Replicas of the demo service: one per node.
+const REPLICAS: usize = NODES;
+
+/// The demo service, running `image` (an OCI layout directory).
+fn demo_spec(image: &str) -> String {
+    format!(
+        "name = \"hello\"\nimage = {image:?}\n\
+         command = [\"/bin/busybox\", \"sleep\", \"3600\"]\nreplicas = {REPLICAS}\n\
+         [resources]\ncpu_millis = 100\nmemory_bytes = 16777216\n"
+    )
+}
+
+/// Why this host cannot run the demo's containers, if it cannot.
+fn containers_unavailable() -> Option<String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Some("not running as root (containers need mounts and cgroups)".to_string());
+    }
+    if !Path::new(BUSYBOX).is_file() {
+        return Some(format!(
+            "{BUSYBOX} is missing (install the busybox-static package)"
+        ));
+    }
+    None
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Writes `bytes` as a blob of the OCI layout at `dir` and returns its descriptor.
+fn write_blob(dir: &Path, media_type: &str, bytes: &[u8]) -> Result<serde_json::Value> {
+    let hex = sha256_hex(bytes);
+    let path = dir.join("blobs").join("sha256").join(&hex);
+    std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(serde_json::json!({
+        "mediaType": media_type,
+        "digest": format!("sha256:{hex}"),
+        "size": bytes.len(),
+    }))
+}
+
+/// One uncompressed layer: `/bin/busybox`, a `sh` link and the directories a container needs.
+fn busybox_layer() -> Result<Vec<u8>> {
+    use shoal_oci::tar::{Builder, EntryType, Header};
+    let busybox = std::fs::read(BUSYBOX).with_context(|| format!("cannot read {BUSYBOX}"))?;
+    let header = |kind: EntryType, size: usize, mode: u32| {
+        let mut header = Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_size(size as u64);
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(0);
+        header
+    };
+    let mut builder = Builder::new(Vec::new());
+    for dir in ["bin/", "proc/", "dev/", "sys/", "tmp/", "etc/", "root/"] {
+        builder.append_data(&mut header(EntryType::Directory, 0, 0o755), dir, &[][..])?;
+    }
+    builder.append_data(
+        &mut header(EntryType::Regular, busybox.len(), 0o755),
+        "bin/busybox",
+        &busybox[..],
+    )?;
+    builder.append_link(
+        &mut header(EntryType::Symlink, 0, 0o777),
+        "bin/sh",
+        "busybox",
+    )?;
+    Ok(builder.into_inner()?)
+}
+
+/// Builds a one-layer busybox OCI image layout at `dir`.
+fn build_busybox_image(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir.join("blobs").join("sha256"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    let layer = busybox_layer()?;
+    let diff_id = format!("sha256:{}", sha256_hex(&layer));
+    let layer = write_blob(dir, "application/vnd.oci.image.layer.v1.tar", &layer)?;
+    let config = serde_json::to_vec(&serde_json::json!({
+        "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
+        "os": "linux",
+        "config": { "Cmd": [BUSYBOX, "sleep", "3600"], "Env": ["PATH=/bin"], "WorkingDir": "/" },
+        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
+    }))?;
+    let config = write_blob(dir, "application/vnd.oci.image.config.v1+json", &config)?;
+    let manifest = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": config,
+        "layers": [layer],
+    }))?;
+    let manifest = write_blob(dir, "application/vnd.oci.image.manifest.v1+json", &manifest)?;
+    let index = serde_json::json!({ "schemaVersion": 2, "manifests": [manifest] });
+    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)
+        .with_context(|| format!("cannot write {}", dir.join("index.json").display()))?;
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .with_context(|| format!("cannot write {}", dir.join("oci-layout").display()))?;
+    Ok(())
+}
 
 /// One daemon of the demo.
 struct DemoNode {
@@ -102,20 +205,24 @@ fn write_config(
     name: &str,
     listen: SocketAddr,
     peers: &[SocketAddr],
-    ca: &Path,
-    cert: &Path,
-    key: &Path,
+    tls: &pki::NodePaths,
+    containers: bool,
 ) -> Result<PathBuf> {
     let peers: Vec<String> = peers.iter().map(|p| format!("\"{p}\"")).collect();
     let text = format!(
         "node_name = \"{name}\"\nstate_dir = \"{state}\"\nlisten = \"{listen}\"\npeers = [{peers}]\n\n\
          [tls]\nca_file = \"{ca}\"\ncert_file = \"{cert}\"\nkey_file = \"{key}\"\n\n\
-         [sync]\ninterval_ms = 1000\nheartbeat_interval_ms = 1000\n",
+         [sync]\ninterval_ms = 1000\nheartbeat_interval_ms = 1000\n\n[containers]\n{containers}",
         state = dir.join("state").display(),
         peers = peers.join(", "),
-        ca = ca.display(),
-        cert = cert.display(),
-        key = key.display(),
+        ca = tls.ca_cert.display(),
+        cert = tls.cert.display(),
+        key = tls.key.display(),
+        containers = if containers {
+            "reconcile_interval_ms = 200\nstop_grace_ms = 500\n"
+        } else {
+            "enabled = false\n"
+        },
     );
     let path = dir.join("shoal.toml");
     std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
@@ -144,6 +251,164 @@ fn wait_until_answers(node: &mut DemoNode) -> Result<()> {
     }
 }
 
+fn wait_all_live(nodes: &[DemoNode]) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_millis(CONVERGE_TIMEOUT_MS);
+    for node in nodes {
+        loop {
+            let status: StatusView = node.client()?.call(Request::Status)?;
+            if status.nodes == NODES {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not see all {NODES} nodes within {CONVERGE_TIMEOUT_MS} ms",
+                    node.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+/// Every node's `shoal ps`.
+fn ps_all(nodes: &[DemoNode]) -> Result<Vec<PsView>> {
+    nodes
+        .iter()
+        .map(|node| Ok(node.client()?.call::<PsView>(Request::Ps)?))
+        .collect()
+}
+
+/// Waits until each node runs one container of the service, then prints `shoal ps`.
+fn wait_containers_running(nodes: &[DemoNode]) -> Result<()> {
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(CONTAINERS_TIMEOUT_MS);
+    loop {
+        let views = ps_all(nodes)?;
+        let running_per_node: Vec<usize> = views
+            .iter()
+            .map(|view| {
+                view.containers
+                    .iter()
+                    .filter(|c| c.node == view.node && c.state == "running")
+                    .count()
+            })
+            .collect();
+        if running_per_node.iter().all(|running| *running == 1)
+            && views.iter().all(|view| view.containers.len() == REPLICAS)
+        {
+            println!(
+                "\n{REPLICAS} containers running, one per node, {} ms after the apply",
+                started.elapsed().as_millis()
+            );
+            for (node, view) in nodes.iter().zip(&views) {
+                println!("\n== shoal ps on {} ==", node.name);
+                print!("{}", output::ps(view));
+            }
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let errors: Vec<String> = views
+                .iter()
+                .flat_map(|view| {
+                    view.errors
+                        .iter()
+                        .map(move |(service, error)| format!("{}: {service}: {error}", view.node))
+                })
+                .collect();
+            bail!(
+                "the containers did not all run within {CONTAINERS_TIMEOUT_MS} ms \
+                 (running per node: {running_per_node:?}; errors: {errors:?})"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `service rm` on node 1, then waits until no node's `shoal ps` shows a container.
+fn remove_containers(nodes: &[DemoNode]) -> Result<()> {
+    println!("\nremoving service hello");
+    let _: ServiceView = nodes[0].client()?.call(Request::ServiceRemove {
+        name: "hello".parse().context("demo service name")?,
+    })?;
+    let started = Instant::now();
+    let deadline = started + Duration::from_millis(CONTAINERS_TIMEOUT_MS);
+    loop {
+        let left: usize = ps_all(nodes)?
+            .iter()
+            .map(|view| view.containers.len())
+            .sum();
+        if left == 0 {
+            println!(
+                "no container left on any node after {} ms",
+                started.elapsed().as_millis()
+            );
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{left} containers still listed {CONTAINERS_TIMEOUT_MS} ms after service rm");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Shows the applied service reaching the other nodes, its containers (when enabled) and
+/// every node's status; with `keep`, waits for Ctrl-C.
+fn show(nodes: &[DemoNode], applied: &ServiceView, containers: bool, keep: bool) -> Result<()> {
+    let applied_at = Instant::now();
+    println!(
+        "applied service hello on node-1 (version {})",
+        output::hlc(&applied.version)
+    );
+    for node in &nodes[1..] {
+        let deadline = Instant::now() + Duration::from_millis(CONVERGE_TIMEOUT_MS);
+        loop {
+            let listed: Vec<ServiceView> = node.client()?.call(Request::ServiceList)?;
+            if listed
+                .iter()
+                .any(|s| s.name == applied.name && s.version == applied.version)
+            {
+                println!(
+                    "{} lists it after {} ms:",
+                    node.name,
+                    applied_at.elapsed().as_millis()
+                );
+                print!("{}", output::services(&listed));
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not list the service within {CONVERGE_TIMEOUT_MS} ms",
+                    node.name
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    if containers {
+        wait_containers_running(nodes)?;
+    }
+    // Let one anti-entropy round pass so the summaries reflect each other.
+    std::thread::sleep(Duration::from_millis(1500));
+    for node in nodes {
+        let status: StatusView = node.client()?.call(Request::Status)?;
+        println!("\n== shoal status on {} ==", node.name);
+        print!("{}", output::status(&status));
+    }
+    if keep {
+        println!("\nthe cluster keeps running; try:");
+        for node in nodes {
+            println!("  shoal --socket {} status", node.socket.display());
+        }
+        println!("press Ctrl-C to stop it");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        runtime.block_on(tokio::signal::ctrl_c())?;
+    }
+    Ok(())
+}
+
 /// Runs the demo.
 pub fn run(args: &DemoArgs) -> Result<()> {
     let temp = tempfile::Builder::new()
@@ -168,6 +433,19 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         .iter()
         .map(|port| SocketAddr::from(([127, 0, 0, 1], *port)))
         .collect();
+    let image = root.join("busybox-image");
+    let unavailable = containers_unavailable();
+    let containers = match &unavailable {
+        None => {
+            build_busybox_image(&image)?;
+            println!("built a busybox OCI image at {}", image.display());
+            true
+        }
+        Some(reason) => {
+            println!("containers skipped: {reason}; running the state-only part");
+            false
+        }
+    };
     let executable = std::env::current_exe().context("cannot find this executable")?;
     let mut nodes = Vec::with_capacity(NODES);
     for (index, address) in addresses.iter().enumerate() {
@@ -188,15 +466,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
             .filter(|a| *a != address)
             .copied()
             .collect();
-        let config = write_config(
-            &dir,
-            &name,
-            *address,
-            &peers,
-            &paths.ca_cert,
-            &paths.cert,
-            &paths.key,
-        )?;
+        let config = write_config(&dir, &name, *address, &peers, &paths, containers)?;
         let log = std::fs::File::create(dir.join("daemon.log"))?;
         let child = Command::new(&executable)
             .arg("daemon")
@@ -222,59 +492,21 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
     println!("all {NODES} daemons answer on their API sockets\n");
 
-    let services = spec_file::parse(DEMO_SPEC).map_err(anyhow::Error::msg)?;
+    if containers {
+        // Placement needs every node to know the others, else each places on its own view.
+        wait_all_live(&nodes)?;
+    }
+    let spec = demo_spec(&image.display().to_string());
+    let services = spec_file::parse(&spec).map_err(anyhow::Error::msg)?;
     let applied: Vec<ServiceView> = nodes[0]
         .client()?
         .call(Request::ServiceApply { services })?;
-    let applied_at = Instant::now();
-    println!(
-        "applied service hello on node-1 (version {})",
-        output::hlc(&applied[0].version)
-    );
-    for node in &nodes[1..] {
-        let deadline = Instant::now() + Duration::from_millis(CONVERGE_TIMEOUT_MS);
-        loop {
-            let listed: Vec<ServiceView> = node.client()?.call(Request::ServiceList)?;
-            if listed
-                .iter()
-                .any(|s| s.name == applied[0].name && s.version == applied[0].version)
-            {
-                println!(
-                    "{} lists it after {} ms:",
-                    node.name,
-                    applied_at.elapsed().as_millis()
-                );
-                print!("{}", output::services(&listed));
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!(
-                    "{} did not list the service within {CONVERGE_TIMEOUT_MS} ms",
-                    node.name
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-    // Let one anti-entropy round pass so the summaries reflect each other.
-    std::thread::sleep(Duration::from_millis(1500));
-    for node in &nodes {
-        let status: StatusView = node.client()?.call(Request::Status)?;
-        println!("\n== shoal status on {} ==", node.name);
-        print!("{}", output::status(&status));
-    }
-
-    if args.keep {
-        println!("\nthe cluster keeps running; try:");
-        for node in &nodes {
-            println!("  shoal --socket {} status", node.socket.display());
-        }
-        println!("press Ctrl-C to stop it");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        runtime.block_on(tokio::signal::ctrl_c())?;
-    }
+    let shown = show(&nodes, &applied[0], containers, args.keep);
+    let removed = if containers {
+        remove_containers(&nodes)
+    } else {
+        Ok(())
+    };
     println!("\nstopping the daemons");
     let mut failures = Vec::new();
     for node in &mut nodes {
@@ -284,6 +516,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     }
     drop(nodes);
     temp.close().context("cannot remove the demo directory")?;
+    shown?;
+    removed?;
     if !failures.is_empty() {
         bail!("{}", failures.join("; "));
     }

@@ -138,6 +138,32 @@ fn the_demo_runs_a_cluster_shows_convergence_and_cleans_up() {
             "demo output lacks {needle:?}:\n{stdout}"
         );
     }
+    if nix::unistd::Uid::effective().is_root() && std::path::Path::new("/bin/busybox").is_file() {
+        // Real containers: one running on each node, then all removed.
+        for needle in [
+            "3 containers running, one per node",
+            "no container left on any node",
+        ] {
+            assert!(
+                stdout.contains(needle),
+                "demo output lacks {needle:?}:\n{stdout}"
+            );
+        }
+        for node in ["node-1", "node-2", "node-3"] {
+            let own_running = stdout
+                .lines()
+                .filter(|line| {
+                    line.starts_with(&format!("{node} (self)")) && line.contains(" running ")
+                })
+                .count();
+            assert_eq!(own_running, 1, "{node} ran no container:\n{stdout}");
+        }
+    } else {
+        assert!(
+            stdout.contains("containers skipped: "),
+            "the demo does not say why it ran no containers:\n{stdout}"
+        );
+    }
     let directory = stdout
         .lines()
         .find_map(|line| line.strip_prefix("shoal demo in "))

@@ -29,3 +29,4 @@ pub use runtime::{
     AdoptionReport, ContainerConfig, ContainerState, ContainerStatus, ExitStatus, Runtime,
     RuntimeError,
 };
+pub use tar;
