@@ -175,3 +175,131 @@ fn node_loss_moves_its_replica_and_its_return_stops_the_surplus() {
         "n2 did not keep its adopted container {lost_id}: {after:?}"
     );
 }
+
+/// A 3-node cluster with container subnets running `replicas` busybox
+/// `sleep`s as service `web`.
+fn cluster_with_web(nodes: usize, replicas: usize) -> (Cluster, String) {
+    let cluster = Cluster::start(ClusterOptions {
+        nodes,
+        container_subnets: true,
+        ..ClusterOptions::default()
+    })
+    .expect("cluster");
+    let image = image_support::busybox_image(&cluster.dir().join("image"), &["/bin/sleep", "3600"]);
+    let spec = format!(
+        "name = \"web\"\nimage = \"{}\"\ncommand = [\"/bin/sleep\", \"3600\"]\nreplicas = {replicas}\n",
+        image.path.display()
+    );
+    cluster.apply(0, &spec).expect("apply");
+    wait_running(&cluster, "web", replicas);
+    (cluster, image.path.display().to_string())
+}
+
+/// Each node's own containers as it reports them: (node, id, pid).
+fn own_pids(cluster: &Cluster) -> BTreeSet<(String, String, i64)> {
+    (0..cluster.len())
+        .flat_map(|i| {
+            let ps = cluster.cli_json(i, &["ps"]).expect("ps");
+            let node = format!("n{i}");
+            ps["containers"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .filter(move |c| c["node"] == node.as_str())
+                .map(|c| {
+                    (
+                        c["node"].as_str().unwrap_or_default().to_owned(),
+                        c["id"].as_str().unwrap_or_default().to_owned(),
+                        c["pid"].as_i64().unwrap_or(-1),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Scenario 5: restart every daemon one by one (SIGTERM, as systemd does):
+/// no container is restarted (same ids, same pids) and no state is lost.
+#[test]
+fn rolling_restart_restarts_no_container_and_loses_no_state() {
+    if !image_support::require_root() {
+        return;
+    }
+    let (mut cluster, _) = cluster_with_web(3, 3);
+    let all = [0, 1, 2];
+    let before = own_pids(&cluster);
+    assert_eq!(before.len(), 3, "{before:?}");
+    let services_before = cluster.cli_json(0, &["service", "ls"]).expect("ls");
+
+    for index in all {
+        cluster.stop(index).expect("graceful stop");
+        cluster.spawn(index).expect("start again");
+        cluster.wait_ready(index, TIMEOUT).expect("ready");
+        cluster.wait_members(index, 3, TIMEOUT).expect("rejoined");
+    }
+    cluster.wait_converged(&all, TIMEOUT).expect("converged");
+    wait_running(&cluster, "web", 3);
+    assert_eq!(own_pids(&cluster), before, "a container was restarted");
+    for index in all {
+        let services = cluster.cli_json(index, &["service", "ls"]).expect("ls");
+        assert_eq!(services, services_before, "node {index} lost state");
+    }
+}
+
+/// Scenario 3: a 2|3 partition of 5 nodes. Both sides keep serving, accept
+/// writes and run the service's replicas on their own side; after the heal
+/// the replica count returns to the spec and both sides' writes are kept.
+#[test]
+fn partition_both_sides_serve_then_surplus_replicas_stop_after_heal() {
+    if !image_support::require_root() {
+        return;
+    }
+    let (cluster, image) = cluster_with_web(5, 3);
+    let (left, right) = ([0usize, 1], [2usize, 3, 4]);
+    for a in left {
+        for b in right {
+            cluster.lab().cut(a, b).expect("cut");
+        }
+    }
+    // Each side accepts a write of its own.
+    for (index, name) in [(0, "left"), (2, "right")] {
+        let spec = format!(
+            "name = \"{name}\"\nimage = \"{image}\"\ncommand = [\"/bin/sleep\", \"3600\"]\nreplicas = 1\n"
+        );
+        cluster
+            .apply(index, &spec)
+            .expect("write during the partition");
+    }
+    // Each side runs all three replicas of web itself.
+    for (viewer, side) in [(0usize, &left[..]), (2, &right[..])] {
+        let started = Instant::now();
+        loop {
+            let own_side: Vec<_> = containers(&cluster, viewer, "web")
+                .into_iter()
+                .filter(|(node, _, _)| side.iter().any(|i| *node == format!("n{i}")))
+                .collect();
+            if own_side.len() == 3 {
+                break;
+            }
+            assert!(
+                started.elapsed() < TIMEOUT,
+                "side of n{viewer} does not run 3 replicas: {own_side:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    let healed = Instant::now();
+    cluster.lab().heal().expect("heal");
+    let after = wait_running(&cluster, "web", 3);
+    eprintln!("replica count back to 3 after {:?}", healed.elapsed());
+    let nodes: BTreeSet<&str> = after.iter().map(|(node, _, _)| node.as_str()).collect();
+    assert_eq!(nodes.len(), 3, "replicas not spread after heal: {after:?}");
+    cluster
+        .wait_converged(&[0, 1, 2, 3, 4], TIMEOUT)
+        .expect("state converged after heal");
+    for name in ["left", "right"] {
+        wait_running(&cluster, name, 1);
+    }
+}
