@@ -72,18 +72,7 @@ fn deploy_spreads_replicas_and_containers_reach_each_other_across_nodes() {
     if !image_support::require_root() {
         return;
     }
-    let cluster = Cluster::start(ClusterOptions {
-        container_subnets: true,
-        ..ClusterOptions::default()
-    })
-    .expect("cluster");
-    let image = image_support::busybox_image(&cluster.dir().join("image"), &["/bin/sleep", "3600"]);
-    let spec = format!(
-        "name = \"web\"\nimage = \"{}\"\ncommand = [\"/bin/sleep\", \"3600\"]\nreplicas = 3\n",
-        image.path.display()
-    );
-    cluster.apply(0, &spec).expect("apply");
-
+    let (cluster, _) = cluster_with_web(3, 3);
     let placed = wait_running(&cluster, "web", 3);
     let nodes: BTreeSet<&str> = placed.iter().map(|(node, _, _)| node.as_str()).collect();
     assert_eq!(
@@ -124,17 +113,7 @@ fn node_loss_moves_its_replica_and_its_return_stops_the_surplus() {
     if !image_support::require_root() {
         return;
     }
-    let mut cluster = Cluster::start(ClusterOptions {
-        container_subnets: true,
-        ..ClusterOptions::default()
-    })
-    .expect("cluster");
-    let image = image_support::busybox_image(&cluster.dir().join("image"), &["/bin/sleep", "3600"]);
-    let spec = format!(
-        "name = \"web\"\nimage = \"{}\"\ncommand = [\"/bin/sleep\", \"3600\"]\nreplicas = 3\n",
-        image.path.display()
-    );
-    cluster.apply(0, &spec).expect("apply");
+    let (mut cluster, _) = cluster_with_web(3, 3);
     let before = wait_running(&cluster, "web", 3);
     let lost_id = before
         .iter()
@@ -176,8 +155,8 @@ fn node_loss_moves_its_replica_and_its_return_stops_the_surplus() {
     );
 }
 
-/// A 3-node cluster with container subnets running `replicas` busybox
-/// `sleep`s as service `web`.
+/// A cluster of `nodes` with container subnets, running `replicas` busybox
+/// `sleep`s as service `web`; returns it and the image's path.
 fn cluster_with_web(nodes: usize, replicas: usize) -> (Cluster, String) {
     let cluster = Cluster::start(ClusterOptions {
         nodes,
