@@ -1,12 +1,17 @@
-//! Convergence time after a heal, measured on real daemons in network
-//! namespaces: `cargo bench -p shoal-vm-tests --bench convergence`.
+//! Cluster figures on real daemons in network namespaces:
+//! `cargo bench -p shoal-vm-tests --bench convergence`. Needs root.
 //!
-//! For 3 and 5 nodes: isolate the last node, write on both sides, heal, and
-//! time until every node lists the same services. Reported as p50/p99 over
-//! repeated runs and as a ratio to the configured sync interval, the baseline
-//! a leaderless anti-entropy design is bounded by. Needs root.
+//! - Convergence after a heal, for 3 and 5 nodes: isolate the last node, write
+//!   on both sides, heal, and time until every node lists the same services.
+//! - Apply on node 0 to a container running on node 2 (one replica per node).
+//!
+//! Reported as p50/p99 over repeated runs and as a ratio to the configured
+//! sync interval, the baseline a leaderless anti-entropy design is bounded by.
 
 use std::time::{Duration, Instant};
+
+#[path = "../../oci/tests/common/mod.rs"]
+mod image_support;
 
 use shoal_vm_tests::checker::spec_with_marker;
 use shoal_vm_tests::cluster::{Cluster, ClusterOptions};
@@ -52,6 +57,47 @@ fn measure(nodes: usize) -> Vec<Duration> {
     times
 }
 
+/// Times `service apply` on node 0 until node 2 reports its replica running.
+fn measure_apply_to_running() -> Vec<Duration> {
+    let cluster = Cluster::start(ClusterOptions {
+        container_subnets: true,
+        sync_interval_ms: SYNC_INTERVAL_MS,
+        ..ClusterOptions::default()
+    })
+    .expect("cluster");
+    let image = image_support::busybox_image(&cluster.dir().join("image"), &["/bin/sleep", "3600"]);
+    let mut times = Vec::with_capacity(ROUNDS);
+    for round in 0..ROUNDS {
+        let name = format!("probe{round}");
+        let spec = format!(
+            "name = \"{name}\"\nimage = \"{}\"\ncommand = [\"/bin/sleep\", \"3600\"]\nreplicas = 3\n",
+            image.path.display()
+        );
+        let applied = Instant::now();
+        cluster.apply(0, &spec).expect("apply");
+        loop {
+            let ps = cluster.cli_json(2, &["ps"]).expect("ps");
+            let running = ps["containers"].as_array().is_some_and(|list| {
+                list.iter().any(|c| {
+                    c["service"] == name.as_str() && c["node"] == "n2" && c["state"] == "running"
+                })
+            });
+            if running {
+                break;
+            }
+            assert!(
+                applied.elapsed() < Duration::from_secs(60),
+                "{name} never ran on n2"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        times.push(applied.elapsed());
+        cluster.cli_json(0, &["service", "rm", &name]).expect("rm");
+    }
+    times.sort();
+    times
+}
+
 fn main() {
     // `cargo bench` passes --bench; this binary has no filters of its own.
     println!(
@@ -72,4 +118,15 @@ fn main() {
             p99.as_millis() as f64 / interval
         );
     }
+    let times = measure_apply_to_running();
+    println!("\napply on n0 to container running on n2 (3 nodes, {ROUNDS} services)\n");
+    println!("| p50 ms | p99 ms | p50 / interval |");
+    println!("|-------:|-------:|---------------:|");
+    let p50 = percentile(&times, 0.50);
+    println!(
+        "| {} | {} | {:.2} |",
+        p50.as_millis(),
+        percentile(&times, 0.99).as_millis(),
+        p50.as_millis() as f64 / SYNC_INTERVAL_MS as f64
+    );
 }

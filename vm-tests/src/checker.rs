@@ -117,3 +117,112 @@ pub fn spec_with_marker(service: &str, marker: &str, replicas: u32) -> String {
          {MARKER_KEY} = \"{marker}\"\n"
     )
 }
+
+/// Checks one node's `ps --json` against `service ls --json`: no address is
+/// held by two containers, and every node's resource counters (PN-counters)
+/// equal what the containers recorded on it reserve. Returns every violation.
+pub fn check_containers(node: usize, ps: &Value, services: &Value) -> Vec<String> {
+    let mut violations = Vec::new();
+    let specs: BTreeMap<&str, &Value> = services
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .filter_map(|s| Some((s["name"].as_str()?, &s["spec"])))
+                .collect()
+        })
+        .unwrap_or_default();
+    let containers = ps["containers"].as_array().cloned().unwrap_or_default();
+    let mut holders: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for container in &containers {
+        if let Some(ip) = container["ip"].as_str() {
+            let id = container["id"].as_str().unwrap_or_default();
+            holders.entry(ip).or_default().push(id);
+        }
+    }
+    for (ip, ids) in holders {
+        if ids.len() > 1 {
+            violations.push(format!("node {node}: {ip} is held by {ids:?}"));
+        }
+    }
+    // node -> (containers, cpu_millis, memory_bytes) the records reserve
+    let mut reserved: BTreeMap<&str, (i64, i64, i64)> = BTreeMap::new();
+    for container in &containers {
+        let owner = container["node"].as_str().unwrap_or_default();
+        let spec = specs
+            .get(container["service"].as_str().unwrap_or_default())
+            .copied();
+        let entry = reserved.entry(owner).or_default();
+        entry.0 += 1;
+        entry.1 += spec
+            .and_then(|s| s["resources"]["cpu_millis"].as_i64())
+            .unwrap_or(0);
+        entry.2 += spec
+            .and_then(|s| s["resources"]["memory_bytes"].as_i64())
+            .unwrap_or(0);
+    }
+    let usage = ps["usage"].as_object().cloned().unwrap_or_default();
+    let owners: std::collections::BTreeSet<&str> = reserved
+        .keys()
+        .copied()
+        .chain(usage.keys().map(String::as_str))
+        .collect();
+    for owner in owners {
+        let (count, cpu, memory) = reserved.get(owner).copied().unwrap_or_default();
+        let counted = &usage.get(owner).cloned().unwrap_or(Value::Null);
+        let field = |name: &str| counted[name].as_i64().unwrap_or(0);
+        if (
+            field("containers"),
+            field("cpu_millis"),
+            field("memory_bytes"),
+        ) != (count, cpu, memory)
+        {
+            violations.push(format!(
+                "node {node}: counters of {owner} say {counted}, its containers reserve \
+                 containers={count} cpu_millis={cpu} memory_bytes={memory}"
+            ));
+        }
+    }
+    violations
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn services() -> Value {
+        json!([{ "name": "web", "spec": { "resources": { "cpu_millis": 100, "memory_bytes": 64 } } }])
+    }
+
+    fn ps(second_ip: &str, n1_containers: i64) -> Value {
+        json!({
+            "containers": [
+                { "id": "a", "service": "web", "node": "n0", "ip": "10.88.1.2" },
+                { "id": "b", "service": "web", "node": "n1", "ip": second_ip },
+            ],
+            "usage": {
+                "n0": { "containers": 1, "cpu_millis": 100, "memory_bytes": 64 },
+                "n1": { "containers": n1_containers, "cpu_millis": 100 * n1_containers, "memory_bytes": 64 * n1_containers },
+            }
+        })
+    }
+
+    #[test]
+    fn consistent_containers_pass() {
+        assert_eq!(
+            check_containers(0, &ps("10.88.2.2", 1), &services()),
+            Vec::<String>::new()
+        );
+    }
+
+    #[test]
+    fn an_address_held_twice_and_drifted_counters_are_reported() {
+        let violations = check_containers(0, &ps("10.88.1.2", 2), &services());
+        assert_eq!(violations.len(), 2, "{violations:?}");
+        assert!(
+            violations[0].contains("10.88.1.2 is held by"),
+            "{violations:?}"
+        );
+        assert!(violations[1].contains("counters of n1"), "{violations:?}");
+    }
+}

@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use shoal_vm_tests::checker::check_containers;
 use shoal_vm_tests::cluster::{Cluster, ClusterOptions};
 use shoal_vm_tests::command;
 
@@ -33,8 +34,9 @@ fn containers(cluster: &Cluster, index: usize, service: &str) -> Vec<(String, St
         .unwrap_or_default()
 }
 
-/// Waits until every node's own containers of `service` run and all nodes
-/// agree on `replicas` records; returns them.
+/// Waits until every node's own containers of `service` run, all nodes agree
+/// on `replicas` records, no address is held twice and every node's counters
+/// match its containers; returns the records.
 fn wait_running(
     cluster: &Cluster,
     service: &str,
@@ -54,12 +56,23 @@ fn wait_running(
         });
         let listed = containers(cluster, 0, service);
         let agree = (1..cluster.len()).all(|i| containers(cluster, i, service) == listed);
-        if own_running && agree && listed.len() == replicas {
+        // Every node's view: no address twice, counters equal the containers.
+        let violations: Vec<String> = views
+            .iter()
+            .enumerate()
+            .flat_map(|(i, ps)| {
+                let services = cluster
+                    .cli_json(i, &["service", "ls"])
+                    .unwrap_or(Value::Null);
+                check_containers(i, ps, &services)
+            })
+            .collect();
+        if own_running && agree && listed.len() == replicas && violations.is_empty() {
             return listed;
         }
         assert!(
             started.elapsed() < TIMEOUT,
-            "{replicas} running replicas of {service} not reached: {views:?}"
+            "{replicas} running replicas of {service} not reached: {violations:?} {views:?}"
         );
         std::thread::sleep(Duration::from_millis(200));
     }
