@@ -18,6 +18,10 @@ use shoal_vm_tests::cluster::{Cluster, ClusterOptions};
 
 const ROUNDS: usize = 15;
 const SYNC_INTERVAL_MS: u64 = 300;
+/// A service that stops on SIGTERM (a plain `sleep` as PID 1 ignores it and
+/// would wait out the stop grace period).
+const SERVICE_COMMAND: &str =
+    r#"["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#;
 
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     assert!(!sorted.is_empty());
@@ -70,7 +74,7 @@ fn measure_apply_to_running() -> Vec<Duration> {
     for round in 0..ROUNDS {
         let name = format!("probe{round}");
         let spec = format!(
-            "name = \"{name}\"\nimage = \"{}\"\ncommand = [\"/bin/sleep\", \"3600\"]\nreplicas = 3\n",
+            "name = \"{name}\"\nimage = \"{}\"\ncommand = {SERVICE_COMMAND}\nreplicas = 3\n",
             image.path.display()
         );
         let applied = Instant::now();
@@ -93,6 +97,21 @@ fn measure_apply_to_running() -> Vec<Duration> {
         }
         times.push(applied.elapsed());
         cluster.cli_json(0, &["service", "rm", &name]).expect("rm");
+        // Measure each apply on a cluster with nothing else to do.
+        let removed = Instant::now();
+        while (0..cluster.len()).any(|i| {
+            cluster.cli_json(i, &["ps"]).is_ok_and(|ps| {
+                ps["containers"]
+                    .as_array()
+                    .is_some_and(|list| list.iter().any(|c| c["service"] == name.as_str()))
+            })
+        }) {
+            assert!(
+                removed.elapsed() < Duration::from_secs(60),
+                "{name} never went away"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     times.sort();
     times
