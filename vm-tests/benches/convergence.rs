@@ -29,7 +29,28 @@ fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     sorted[rank]
 }
 
-fn measure(nodes: usize) -> Vec<Duration> {
+/// Per heal: time to converge and bytes every host sent meanwhile.
+struct Heal {
+    time: Duration,
+    bytes: u64,
+}
+
+fn sent_by_all(cluster: &Cluster) -> u64 {
+    (0..cluster.len())
+        .map(|i| cluster.lab().sent_bytes(i).expect("tx counter"))
+        .sum()
+}
+
+/// Bytes all hosts send per second when nothing changes (heartbeats and
+/// anti-entropy rounds): the baseline for the bytes of a heal.
+fn idle_bytes_per_second(cluster: &Cluster) -> f64 {
+    let window = Duration::from_secs(3);
+    let before = sent_by_all(cluster);
+    std::thread::sleep(window);
+    (sent_by_all(cluster) - before) as f64 / window.as_secs_f64()
+}
+
+fn measure(nodes: usize) -> (Vec<Heal>, f64) {
     let cluster = Cluster::start(ClusterOptions {
         nodes,
         sync_interval_ms: SYNC_INTERVAL_MS,
@@ -38,7 +59,8 @@ fn measure(nodes: usize) -> Vec<Duration> {
     .expect("cluster");
     let all: Vec<usize> = (0..nodes).collect();
     let cut = nodes - 1;
-    let mut times = Vec::with_capacity(ROUNDS);
+    let idle = idle_bytes_per_second(&cluster);
+    let mut heals = Vec::with_capacity(ROUNDS);
     for round in 0..ROUNDS {
         cluster.lab().isolate(cut).expect("isolate");
         cluster
@@ -50,15 +72,19 @@ fn measure(nodes: usize) -> Vec<Duration> {
         cluster
             .apply(cut, &spec_with_marker(&format!("s{round}"), "b", 1))
             .expect("apply on the isolated node");
+        let sent_before = sent_by_all(&cluster);
         let healed = Instant::now();
         cluster.lab().heal().expect("heal");
         cluster
             .wait_converged(&all, Duration::from_secs(60))
             .expect("convergence");
-        times.push(healed.elapsed());
+        heals.push(Heal {
+            time: healed.elapsed(),
+            bytes: sent_by_all(&cluster) - sent_before,
+        });
     }
-    times.sort();
-    times
+    heals.sort_by_key(|heal| heal.time);
+    (heals, idle)
 }
 
 /// Times `service apply` on node 0 until node 2 reports its replica running.
@@ -122,19 +148,26 @@ fn main() {
     println!(
         "convergence after heal, sync interval {SYNC_INTERVAL_MS} ms, {ROUNDS} heals per size\n"
     );
-    println!("| nodes | p50 ms | p99 ms | p50 / interval | p99 / interval |");
-    println!("|------:|-------:|-------:|---------------:|---------------:|");
+    println!(
+        "| nodes | p50 ms | p99 ms | p50 / interval | p99 / interval | bytes per heal (median) | idle bytes in as long |"
+    );
+    println!("|------:|-------:|-------:|------:|------:|------:|------:|");
     for nodes in [3, 5] {
-        let times = measure(nodes);
+        let (heals, idle) = measure(nodes);
+        let times: Vec<Duration> = heals.iter().map(|heal| heal.time).collect();
         let p50 = percentile(&times, 0.50);
         let p99 = percentile(&times, 0.99);
+        let mut bytes: Vec<u64> = heals.iter().map(|heal| heal.bytes).collect();
+        bytes.sort();
         let interval = SYNC_INTERVAL_MS as f64;
         println!(
-            "| {nodes} | {} | {} | {:.2} | {:.2} |",
+            "| {nodes} | {} | {} | {:.2} | {:.2} | {} | {:.0} |",
             p50.as_millis(),
             p99.as_millis(),
             p50.as_millis() as f64 / interval,
-            p99.as_millis() as f64 / interval
+            p99.as_millis() as f64 / interval,
+            bytes[bytes.len() / 2],
+            idle * p50.as_secs_f64(),
         );
     }
     let times = measure_apply_to_running();

@@ -171,6 +171,21 @@ impl Lab {
         Ok(())
     }
 
+    /// Bytes host `index` has sent on its link so far (`eth0` tx counter).
+    pub fn sent_bytes(&self, index: usize) -> Result<u64, CommandError> {
+        // `ip netns exec` mounts the namespace's own sysfs, so this reads the
+        // host's eth0, not the machine's.
+        let output = command::run_in(
+            self.hosts[index].netns.name(),
+            "cat",
+            &["/sys/class/net/eth0/statistics/tx_bytes"],
+        )?;
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0))
+    }
+
     fn drop_between(&self, from: usize, to: usize) -> Result<(), CommandError> {
         let name = self.hosts[from].netns.name();
         let peer = self.hosts[to].address.to_string();
