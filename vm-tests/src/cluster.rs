@@ -557,6 +557,7 @@ impl Cluster {
                         let _ = crate::command::run("kill", &["-KILL", pid.trim()]);
                     }
                 }
+                remove_cgroup_tree(&parent);
             }
             let prefix = format!("shoal.{}.", node.name);
             if let Ok(list) = crate::command::run("ip", &["netns", "list"]) {
@@ -582,6 +583,17 @@ impl Cluster {
             let _ = crate::command::run("umount", &["-l", point]);
         }
     }
+}
+
+/// Removes a cgroup directory and its children, deepest first (a cgroup
+/// directory is removed with rmdir once it has no processes).
+fn remove_cgroup_tree(dir: &Path) {
+    for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.path().is_dir() {
+            remove_cgroup_tree(&entry.path());
+        }
+    }
+    let _ = fs::remove_dir(dir);
 }
 
 /// Every file named `name` below `dir`, depth first (cgroup trees are shallow).
