@@ -128,33 +128,22 @@ impl Lab {
         self.drop_between(b, a)
     }
 
-    /// Drops `percent` of the packets host `index` sends or receives, at random.
+    /// Drops `percent` of the packets host `index` sends or receives on its
+    /// link, at random (loopback traffic is spared).
     pub fn lossy(&self, index: usize, percent: u8) -> Result<(), CommandError> {
         assert!(percent <= 100);
-        let name = self.hosts[index].netns.name();
-        for hook in ["input", "output"] {
-            let threshold = percent.to_string();
-            command::run_in(
-                name,
-                "nft",
-                &[
-                    "add",
-                    "rule",
-                    "inet",
-                    "shoal_lab",
-                    hook,
-                    "iifname",
-                    "!=",
-                    "lo",
-                    "numgen",
-                    "random",
-                    "mod",
-                    "100",
-                    "<",
-                    &threshold,
-                    "drop",
-                ],
-            )?;
+        let threshold = percent.to_string();
+        // nftables' random numbers are 0..=99, so "all" is an unconditional drop.
+        let chance: &[&str] = if percent == 100 {
+            &[]
+        } else {
+            &["numgen", "random", "mod", "100", "<", &threshold]
+        };
+        for (hook, interface) in [("input", "iifname"), ("output", "oifname")] {
+            let mut rule = vec![interface, "!=", "lo"];
+            rule.extend_from_slice(chance);
+            rule.push("drop");
+            self.add_rule(index, hook, &rule)?;
         }
         Ok(())
     }
@@ -187,38 +176,16 @@ impl Lab {
     }
 
     fn drop_between(&self, from: usize, to: usize) -> Result<(), CommandError> {
-        let name = self.hosts[from].netns.name();
         let peer = self.hosts[to].address.to_string();
-        command::run_in(
-            name,
-            "nft",
-            &[
-                "add",
-                "rule",
-                "inet",
-                "shoal_lab",
-                "input",
-                "ip",
-                "saddr",
-                &peer,
-                "drop",
-            ],
-        )?;
-        command::run_in(
-            name,
-            "nft",
-            &[
-                "add",
-                "rule",
-                "inet",
-                "shoal_lab",
-                "output",
-                "ip",
-                "daddr",
-                &peer,
-                "drop",
-            ],
-        )?;
+        self.add_rule(from, "input", &["ip", "saddr", &peer, "drop"])?;
+        self.add_rule(from, "output", &["ip", "daddr", &peer, "drop"])
+    }
+
+    /// Appends `rule` to the `hook` chain of host `index`'s lab table.
+    fn add_rule(&self, index: usize, hook: &str, rule: &[&str]) -> Result<(), CommandError> {
+        let mut args = vec!["add", "rule", "inet", "shoal_lab", hook];
+        args.extend_from_slice(rule);
+        command::run_in(self.hosts[index].netns.name(), "nft", &args)?;
         Ok(())
     }
 
@@ -270,6 +237,17 @@ mod tests {
 
         lab.heal().expect("heal");
         assert!(ping(&lab, 0, 2) && ping(&lab, 1, 0));
+
+        lab.lossy(0, 100).expect("lossy");
+        assert!(
+            !ping(&lab, 0, 1),
+            "a host losing every packet still answers"
+        );
+        lab.heal().expect("heal");
+        assert!(ping(&lab, 0, 1));
+        // Partial loss is random, so only its rule is checked: nft accepts it.
+        lab.lossy(0, 30).expect("partial loss rule");
+        lab.heal().expect("heal");
     }
 
     #[test]
