@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use serde_json::Value;
 
 use crate::command::CommandError;
@@ -45,6 +47,13 @@ pub enum HarnessError {
     },
     #[error("timed out after {waited_ms} ms waiting for {what}")]
     Timeout { what: String, waited_ms: u128 },
+    #[error("cannot send {signal} to {node} (pid {pid}): {source}")]
+    Signal {
+        node: String,
+        pid: i32,
+        signal: Signal,
+        source: nix::Error,
+    },
 }
 
 /// Tunables for a test cluster. Intervals are short so scenarios run quickly.
@@ -300,8 +309,14 @@ impl Cluster {
         let Some(mut child) = self.nodes[index].process.take() else {
             return Ok(());
         };
-        let pid = child.id().to_string();
-        crate::command::run("kill", &["-TERM", &pid])?;
+        // A syscall, not a spawned `kill`: a minimal Debian has no kill binary.
+        let pid = i32::try_from(child.id()).expect("pids fit in i32");
+        kill(Pid::from_raw(pid), Signal::SIGTERM).map_err(|source| HarnessError::Signal {
+            node: self.nodes[index].name.clone(),
+            pid,
+            signal: Signal::SIGTERM,
+            source,
+        })?;
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(Some(_)) = child.try_wait() {
@@ -554,7 +569,9 @@ impl Cluster {
                 let parent = hierarchy.path().join("shoal").join(&node.name);
                 for procs in walk_files(&parent, "cgroup.procs") {
                     for pid in fs::read_to_string(&procs).unwrap_or_default().lines() {
-                        let _ = crate::command::run("kill", &["-KILL", pid.trim()]);
+                        if let Ok(pid) = pid.trim().parse::<i32>() {
+                            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+                        }
                     }
                 }
                 remove_cgroup_tree(&parent);
@@ -580,7 +597,7 @@ impl Cluster {
         // Deepest first.
         ours.sort_by_key(|point| std::cmp::Reverse(point.len()));
         for point in ours {
-            let _ = crate::command::run("umount", &["-l", point]);
+            let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }
