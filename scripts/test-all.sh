@@ -1,41 +1,20 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md's Quickstart runs it and .ci/run calls it.
-# Installs what it needs when missing; under CI=true a prerequisite that cannot
-# be set up is a failure, never a skip.
+# Installs what it needs when missing (scripts/setup-host.sh); a prerequisite
+# that cannot be set up is a failure, never a skip. One `step` per part: a new
+# part is one more step below.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 step() { printf '\n==> %s\n' "$*"; }
-fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
 # ---- prerequisites -------------------------------------------------------
-need_apt=()
-for pair in \
-    "pkg-config:pkg-config" \
-    "/usr/include/seccomp.h:libseccomp-dev" \
-    "/bin/busybox:busybox-static" \
-    "ip:iproute2" \
-    "nft:nftables" \
-    "ping:iputils-ping" \
-    "skopeo:skopeo" \
-    "nix-instantiate:nix-bin"; do
-    probe=${pair%%:*} package=${pair##*:}
-    if [[ $probe == /* ]]; then [[ -e $probe ]] || need_apt+=("$package")
-    else command -v "$probe" >/dev/null 2>&1 || need_apt+=("$package"); fi
-done
-if ((${#need_apt[@]})); then
-    step "installing ${need_apt[*]}"
-    if [[ $(id -u) -ne 0 ]]; then
-        [[ ${CI:-} == true ]] && fail "need root to install ${need_apt[*]}"
-        echo "warning: not root, cannot install ${need_apt[*]}; tests that need them will fail" >&2
-    else
-        export DEBIAN_FRONTEND=noninteractive
-        apt-get update -qq || true
-        apt-get install -y -qq "${need_apt[@]}" >/dev/null \
-            || fail "apt-get install ${need_apt[*]} failed"
-    fi
-fi
-rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt clippy
+# The one setup path, shared with scripts/demo.sh: Debian packages, rustup
+# components and the Nix linters; it fails, naming what is missing, when it
+# cannot set something up.
+step "setting up the host (scripts/setup-host.sh)"
+scripts/setup-host.sh
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
 # ---- static checks -------------------------------------------------------
 step "cargo fmt --check"
