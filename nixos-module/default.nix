@@ -3,15 +3,22 @@
 # typed), the TLS files reach the daemon through systemd credentials, and
 # the services declared in `services.shoal.services` are applied once the
 # daemon reports ready. See README.md next to this file.
-{ config, lib, pkgs, ... }:
+{ config, options, lib, pkgs, ... }:
 let
   inherit (lib) mkEnableOption mkIf mkOption literalExpression types;
 
   cfg = config.services.shoal;
   settingsFormat = pkgs.formats.toml { };
 
-  # Where systemd puts the files named in LoadCredential.
-  credentialsDir = "/run/credentials/shoal.service";
+  # The credential names of LoadCredential=. The config file names them
+  # relative: the daemon resolves a relative tls.* path against
+  # $CREDENTIALS_DIRECTORY, which systemd sets for the unit, so a renamed
+  # unit or a second instance finds its own files.
+  credentials = {
+    ca = "ca.pem";
+    cert = "node.pem";
+    key = "node.key";
+  };
 
   # Unset typed options are null: leaving them out lets the daemon use its
   # own default, so the module never repeats (and never drifts from) them.
@@ -23,15 +30,31 @@ let
     if cfg.settings.api.socket != null then cfg.settings.api.socket
     else "${cfg.settings.state_dir}/shoal.sock";
 
-  listenPort =
-    let parsed = builtins.match ".*:([0-9]+)" cfg.settings.listen; in
-    if parsed == null then null else lib.toInt (builtins.head parsed);
+  # The port of a socket address as the daemon reads it ("IPv4:port" or
+  # "[IPv6]:port"), or null when `address` is not one: a host name, no
+  # port, a port out of 1-65535 or with leading zeros. Never an evaluation
+  # error, so the assertions below can name the option.
+  octet = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+  ipPattern = "(${octet}\\.${octet}\\.${octet}\\.${octet}|\\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*])";
+  portOf = address:
+    let parsed = builtins.match "${ipPattern}:([1-9][0-9]{0,4})" address; in
+    if parsed == null then null
+    else
+      let port = lib.toInt (lib.last parsed); in
+      if port <= 65535 then port else null;
+  addressRule = "IP:port (an IPv4 address or a bracketed IPv6 address, no host name, and a port from 1 to 65535 without leading zeros)";
+
+  listenPort = portOf cfg.settings.listen;
+  badPeers = builtins.filter (peer: portOf peer == null) cfg.settings.peers;
 
   listenIsUnspecified = builtins.match "(0\\.0\\.0\\.0|\\[::]):[0-9]+" cfg.settings.listen != null;
 
   serviceSpec = name: service: withoutNulls {
     inherit name;
-    image = toString service.image;
+    # A Nix path literal is copied to the store (so it exists on a node
+    # deployed from another machine); a derivation gives its store path; a
+    # string is a path on the node, taken as written.
+    image = "${service.image}";
     image_digest = service.imageDigest;
     inherit (service) command replicas restart resources;
     env = if service.env == { } then null else service.env;
@@ -55,7 +78,10 @@ let
           The image: an OCI image layout directory, an oci-archive or a
           docker-archive tar (for instance a `dockerTools.buildImage` result
           with `compressor = "none"`). It must exist on every node that may
-          run a replica, which a store path built in the host's closure does.
+          run a replica: a derivation or a Nix path literal (`./web.tar`) is
+          in the store and in the host's closure; a string
+          (`"/var/lib/images/web.tar"`) is a path on the node, which you
+          put there.
         '';
       };
       imageDigest = mkOption {
@@ -98,11 +124,15 @@ in
   options.services.shoal = {
     enable = mkEnableOption "the shoal container orchestrator node";
 
-    package = mkOption {
-      type = types.package;
-      default = pkgs.shoal;
-      defaultText = literalExpression "pkgs.shoal";
-      description = "The shoal package (the flake's `nixosModules.default` sets it to the flake's own).";
+    # shoal is not in nixpkgs: the flake's nixosModules.default sets this
+    # (mkDefault), and so does its overlay through pkgs.shoal. Without
+    # either, an assertion below says so before the default is needed.
+    package = lib.mkPackageOption pkgs "shoal" {
+      extraDescription = ''
+        shoal is not in nixpkgs: the flake's `nixosModules.default` sets this
+        to the flake's package; a module imported from the file needs the
+        flake's `overlays.default` (for `pkgs.shoal`) or this option set.
+      '';
     };
 
     nodeName = mkOption {
@@ -138,22 +168,22 @@ in
             type = types.str;
             default = "0.0.0.0:7443";
             example = "[::]:7443";
-            description = "The UDP address of the HTTP/3 sync endpoint (IP:port).";
+            description = "The UDP address of the HTTP/3 sync endpoint: ${addressRule}.";
           };
           advertise = mkOption {
             type = types.nullOr types.str;
             default = null;
             example = "192.0.2.10:7443";
             description = ''
-              The address peers use to reach this node; required when
-              `listen` is an unspecified address (0.0.0.0 or [::]).
+              The address peers use to reach this node (${addressRule});
+              required when `listen` is an unspecified address (0.0.0.0 or [::]).
             '';
           };
           peers = mkOption {
             type = types.listOf types.str;
             default = [ ];
             example = [ "192.0.2.11:7443" "192.0.2.12:7443" ];
-            description = "Seed peers (IP:port); the rest are learned from the cluster state.";
+            description = "Seed peers, each ${addressRule}; the rest are learned from the cluster state.";
           };
           log_format = mkOption {
             type = types.nullOr (types.enum [ "text" "json" ]);
@@ -193,23 +223,29 @@ in
       };
     };
 
+    # Certificates are public: a path literal or a store path is fine (it
+    # reaches the node in the closure). The key is not: see keyFile.
     tls = {
       caFile = mkOption {
-        type = types.str;
+        type = types.path;
         example = "/var/lib/shoal-keys/ca.pem";
-        description = "The cluster CA certificate (`shoal ca init`).";
+        description = "The cluster CA certificate (`shoal ca init`), an absolute path; public, so it may be in the store.";
       };
       certFile = mkOption {
-        type = types.str;
+        type = types.path;
         example = "/var/lib/shoal-keys/node.pem";
-        description = "This node's certificate (`shoal cert issue`).";
+        description = "This node's certificate (`shoal cert issue`), an absolute path; public, so it may be in the store.";
       };
       keyFile = mkOption {
-        type = types.str;
+        type = types.externalPath;
         example = "/var/lib/shoal-keys/node.key";
         description = ''
-          This node's private key. A string, not a Nix path: a path would be
-          copied into the world-readable Nix store, which an assertion refuses.
+          This node's private key: an absolute path on the node, as a string
+          outside the Nix store (every local user can read the store). The
+          type refuses a Nix path literal (`./node.key`) before anything
+          copies it. It cannot undo `"''${./node.key}"`: evaluating that
+          string copies the key into the store, world-readable, before the
+          type refuses it; delete that store path and replace the key.
         '';
       };
     };
@@ -243,15 +279,19 @@ in
     };
   };
 
+  meta = {
+    # Only people in nixpkgs' maintainer list can be named here; shoal's
+    # maintainers are this repository's.
+    maintainers = [ ];
+    doc = ./README.md;
+  };
+
   config = mkIf cfg.enable {
     assertions = [
       {
-        assertion = !(lib.hasPrefix "${builtins.storeDir}/" cfg.tls.keyFile);
-        message = "services.shoal.tls.keyFile (${cfg.tls.keyFile}) is in the Nix store, which every local user can read; put the key elsewhere";
-      }
-      {
-        assertion = lib.all (path: lib.hasPrefix "/" path) [ cfg.tls.caFile cfg.tls.certFile cfg.tls.keyFile ];
-        message = "services.shoal.tls.caFile, certFile and keyFile must be absolute paths";
+        # Only the default is left (priority 1500) and pkgs has no shoal.
+        assertion = pkgs ? shoal || options.services.shoal.package.highestPrio < 1500;
+        message = "services.shoal.package is not set and pkgs.shoal does not exist (shoal is not in nixpkgs): import the flake's nixosModules.default, add its overlays.default, or set services.shoal.package";
       }
       {
         assertion = builtins.match "[a-z0-9]([a-z0-9-]*[a-z0-9])?" cfg.nodeName != null
@@ -260,7 +300,15 @@ in
       }
       {
         assertion = listenPort != null;
-        message = "services.shoal.settings.listen (${cfg.settings.listen}) must be IP:port";
+        message = "services.shoal.settings.listen (\"${cfg.settings.listen}\") must be ${addressRule}";
+      }
+      {
+        assertion = cfg.settings.advertise == null || portOf cfg.settings.advertise != null;
+        message = "services.shoal.settings.advertise (\"${toString cfg.settings.advertise}\") must be ${addressRule}";
+      }
+      {
+        assertion = badPeers == [ ];
+        message = "services.shoal.settings.peers: ${lib.concatMapStringsSep ", " (peer: "\"${peer}\"") badPeers} must each be ${addressRule}";
       }
       {
         assertion = !listenIsUnspecified || cfg.settings.advertise != null;
@@ -274,10 +322,11 @@ in
 
     services.shoal.settings = {
       node_name = cfg.nodeName;
+      # Relative: resolved against $CREDENTIALS_DIRECTORY by the daemon.
       tls = {
-        ca_file = "${credentialsDir}/ca.pem";
-        cert_file = "${credentialsDir}/node.pem";
-        key_file = "${credentialsDir}/node.key";
+        ca_file = credentials.ca;
+        cert_file = credentials.cert;
+        key_file = credentials.key;
       };
     };
 
@@ -292,6 +341,10 @@ in
       wantedBy = [ "multi-user.target" ];
       wants = [ "network-online.target" ];
       after = [ "network-online.target" ];
+      # Restart=on-failure, but a daemon that fails 5 times within 2 minutes
+      # (a bad key, a port in use) stays failed instead of looping.
+      startLimitBurst = 5;
+      startLimitIntervalSec = 120;
       # The unit file names the config file, so a change restarts the
       # daemon anyway; the trigger says so explicitly.
       restartTriggers = [ configFile ];
@@ -313,9 +366,9 @@ in
         StateDirectory = lib.removePrefix "/var/lib/" cfg.settings.state_dir;
         StateDirectoryMode = "0700";
         LoadCredential = [
-          "ca.pem:${cfg.tls.caFile}"
-          "node.pem:${cfg.tls.certFile}"
-          "node.key:${cfg.tls.keyFile}"
+          "${credentials.ca}:${cfg.tls.caFile}"
+          "${credentials.cert}:${cfg.tls.certFile}"
+          "${credentials.key}:${cfg.tls.keyFile}"
         ];
 
         # Containers get their own cgroups below the unit's.

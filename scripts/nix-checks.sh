@@ -2,21 +2,30 @@
 # Offline checks of everything Nix in the repository (flake.nix, nixos-module/,
 # vm-tests/nix/, vm-tests/nix-stub/), runnable without nixpkgs or network:
 #   1. every .nix file parses (first: the linters exit 0 on files that do not);
-#   2. deadnix --fail and nixpkgs-fmt --check (installed with cargo if missing),
-#      and pyflakes on the VM test scripts (installed with pip if missing);
-#   3. the stub's self-test (vm-tests/nix-stub/tests.nix), then
+#   2. deadnix --fail and nixpkgs-fmt --check, and pyflakes on the VM test
+#      scripts;
+#   3. the stub's self-test (vm-tests/nix-stub/tests.nix: it behaves like the
+#      real lib where the project relies on it), then
 #      `nix flake check --no-build` with nixpkgs overridden by the stub in
 #      vm-tests/nix-stub, on a copy of the files git sees (tracked or not
 #      ignored), so it works from a clean clone and before a commit;
 #   4. the drift test: the module's config for a sample host
-#      (vm-tests/nix/drift.nix) must pass `shoal daemon --check-config`, every
-#      typed settings option must be a key of `shoal daemon --print-config-keys`,
-#      and the rendered services spec must pass the CLI's own spec validation;
-#      plus the failures these checks exist for (an unknown key, a key in the
-#      store) must actually fail.
+#      (vm-tests/nix/drift.nix), turned to TOML from the value the generator
+#      gets, as nixpkgs does, must pass `shoal daemon --check-config` (with
+#      $CREDENTIALS_DIRECTORY set, as systemd does), every typed settings
+#      option must be a key of `shoal daemon --print-config-keys`, and the
+#      rendered services spec must pass the CLI's own spec validation;
+#   5. the failures the module must catch are caught, each with a message
+#      naming the option: an unknown key, a key file in the store or given as
+#      a path literal, malformed addresses, a missing package.
 # Usage: scripts/nix-checks.sh [SHOAL_BIN]   (or env SHOAL_BIN; default: the
 # debug build in ${CARGO_TARGET_DIR:-target}, built with cargo when missing).
-# Under CI=true a missing tool is a failure, never a skip.
+# Its tools come from scripts/setup-host.sh, which the README's commands run;
+# a missing one is an error naming it (under CI=true as anywhere).
+#
+# The Nix here is Debian 12's nix-bin 2.8, enough for these offline checks
+# against the stub. It cannot evaluate the real nixpkgs, which needs Nix 2.18
+# or later: see nixos-module/README.md.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -29,23 +38,21 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/shoal-nix-checks.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
 # ---- tools -------------------------------------------------------------------
-for tool in nix nix-instantiate python3 git; do
-    command -v "$tool" >/dev/null 2>&1 \
-        || fail "$tool is not installed (Debian: apt-get install nix-bin python3 git)"
-done
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
-if ! python3 -m pyflakes --version >/dev/null 2>&1; then
-    step "installing pyflakes from PyPI"
-    python3 -m pip install --quiet pyflakes || fail "pip install pyflakes failed"
-fi
-for tool in deadnix nixpkgs-fmt; do
-    if ! command -v "$tool" >/dev/null 2>&1; then
-        step "installing $tool from crates.io"
-        command -v cargo >/dev/null 2>&1 || fail "$tool is missing and cargo is not installed"
-        CARGO_TARGET_DIR="${NIX_TOOLS_TARGET_DIR:-$root/target/nixtools}" \
-            cargo install --locked "$tool" >/dev/null || fail "cargo install $tool failed"
+for tool in nix nix-instantiate git tar deadnix nixpkgs-fmt; do
+    command -v "$tool" >/dev/null 2>&1 || fail "$tool is not installed: run scripts/setup-host.sh"
+done
+# Debian's python3 with Debian's pyflakes and tomli-w (a python3 first on
+# PATH, e.g. from pyenv, does not see Debian's modules).
+python=""
+for candidate in python3 /usr/bin/python3; do
+    if "$candidate" -c 'import pyflakes, tomli_w' >/dev/null 2>&1; then
+        python=$candidate
+        break
     fi
 done
+[[ -n $python ]] || fail "no python3 with pyflakes and tomli_w (Debian: python3-pyflakes python3-tomli-w): run scripts/setup-host.sh"
+echo "$(nix --version), $($python --version) with pyflakes $($python -m pyflakes --version | cut -d" " -f1)"
 
 # The files git would commit: tracked, plus untracked ones not ignored.
 mapfile -t files < <(git ls-files --cached --others --exclude-standard -- '*.nix' | sort -u)
@@ -70,7 +77,7 @@ nixpkgs-fmt --check "${files[@]}" || fail "not formatted (run: nixpkgs-fmt FILE.
 step "stub nixpkgs self-test (vm-tests/nix-stub/tests.nix)"
 nix-instantiate --read-write-mode --eval --strict --json vm-tests/nix-stub/tests.nix >"$work/stub-tests.json" \
     || fail "the stub's self-test does not evaluate"
-python3 - "$work/stub-tests.json" <<'PY' || fail "the stub nixpkgs does not behave like nixpkgs (cases above)"
+"$python" - "$work/stub-tests.json" <<'PY' || fail "the stub nixpkgs does not behave like nixpkgs (cases above)"
 import json, sys
 cases = json.load(open(sys.argv[1]))
 failing = [case["name"] for case in cases if not case["ok"]]
@@ -98,7 +105,7 @@ nix "${nix_flags[@]}" eval --json --no-write-lock-file \
     --override-input nixpkgs "path:$tree/vm-tests/nix-stub" "path:$tree#checks" \
     --apply 'checks: builtins.mapAttrs (_: builtins.attrNames) checks' 2>/dev/null >"$work/checks.json" \
     || fail "cannot list the flake's checks"
-python3 - "$work/checks.json" <<'PY' || fail "the flake's checks are not the expected set"
+"$python" - "$work/checks.json" <<'PY' || fail "the flake's checks are not the expected set"
 import json, sys
 checks = json.load(open(sys.argv[1]))
 expected = {"package", "deploy", "isolate", "partition", "pairwise-cut", "restart", "rogue", "tombstones"}
@@ -122,7 +129,7 @@ for test in deploy isolate partition pairwise-cut restart rogue tombstones; do
         --override-input nixpkgs "path:$tree/vm-tests/nix-stub" "$attr.nodes" \
         --apply 'nodes: builtins.concatStringsSep "," (builtins.attrNames nodes)' 2>/dev/null) \
         || fail "cannot list the machines of $test"
-    PYFLAKES_BUILTINS="$driver_globals,$machines" python3 -m pyflakes "$work/$test.py" \
+    PYFLAKES_BUILTINS="$driver_globals,$machines" "$python" -m pyflakes "$work/$test.py" \
         || fail "vm-tests/nix/$test.nix: its test script does not pass pyflakes (above)"
     echo "$test: machines $machines, script clean"
 done
@@ -140,11 +147,35 @@ fi
 [[ -x $shoal_bin ]] || fail "shoal binary $shoal_bin is not executable"
 echo "shoal binary: $shoal_bin"
 
-render() { # render OUT_JSON NIX_ARGS
-    nix-instantiate --eval --strict --json -E "import $root/vm-tests/nix/drift.nix { $2 }" >"$1" \
-        || fail "rendering the module's config failed ($2)"
+# render OUT_JSON NIX_ARGS [ATTRIBUTE]: drift.nix (or one of its attributes)
+# evaluated with those arguments.
+render() {
+    nix-instantiate --eval --strict --json \
+        -E "(import $root/vm-tests/nix/drift.nix { $2 })${3:+.$3}" >"$1" 2>"$1.err" \
+        || { cat "$1.err" >&2; fail "rendering the module's config failed ($2)"; }
 }
-field() { python3 -c 'import json, sys; v = json.load(open(sys.argv[1]))[sys.argv[2]]; print(v if isinstance(v, str) else json.dumps(v))' "$1" "$2"; }
+# refused NIX_ARGS WANTED: evaluating the module with those arguments must fail
+# with an error that contains WANTED (a type error naming the option).
+refused() {
+    if nix-instantiate --eval --strict --json -E "(import $root/vm-tests/nix/drift.nix { $1 }).load_credential" \
+        >"$work/refused.out" 2>"$work/refused.err"; then
+        fail "the module accepted $1"
+    fi
+    grep -qF "$2" "$work/refused.err" || { cat "$work/refused.err" >&2; fail "$1 failed without naming $2 (above)"; }
+    echo "refused: $1"
+}
+# asserts NIX_ARGS WANTED: evaluating the module's assertions with those
+# arguments succeeds, and a failed assertion's message contains WANTED.
+asserts() {
+    render "$work/asserts.json" "$1" assertion_failures
+    "$python" -c 'import json, sys; sys.exit(not any(sys.argv[2] in m for m in json.load(open(sys.argv[1]))))' \
+        "$work/asserts.json" "$2" || fail "$1 fails no assertion naming $2: $(cat "$work/asserts.json")"
+    echo "assertion: $1"
+}
+field() { "$python" -c 'import json, sys; v = json.load(open(sys.argv[1]))[sys.argv[2]]; print(v if isinstance(v, str) else json.dumps(v))' "$1" "$2"; }
+# to_toml JSON_TEXT_FILE OUT: JSON to TOML, as the converter behind
+# pkgs.formats.toml's generate does.
+to_toml() { "$python" -c 'import json, sys, tomli_w; sys.stdout.write(tomli_w.dumps(json.load(open(sys.argv[1]))))' "$1" >"$2"; }
 
 render "$work/sample.json" ""
 [[ $(field "$work/sample.json" assertion_failures) == "[]" ]] \
@@ -153,15 +184,35 @@ render "$work/sample.json" ""
     || fail "the units do not run the rendered config/spec files"
 [[ $(field "$work/sample.json" firewall_udp_ports) == "[7443]" ]] \
     || fail "openFirewall does not open the listen port: $(field "$work/sample.json" firewall_udp_ports)"
-field "$work/sample.json" config_toml >"$work/shoal.toml"
-field "$work/sample.json" services_toml >"$work/services.toml"
+[[ $(field "$work/sample.json" start_limit) == '{"startLimitBurst": 5, "startLimitIntervalSec": 120}' ]] \
+    || fail "the unit has no start limit: $(field "$work/sample.json" start_limit)"
+[[ $(field "$work/sample.json" meta_doc) == '["README.md"]' ]] \
+    || fail "the module's meta.doc is not its README: $(field "$work/sample.json" meta_doc)"
+field "$work/sample.json" config_json >"$work/shoal.json"
+field "$work/sample.json" services_json >"$work/services.json"
+to_toml "$work/shoal.json" "$work/shoal.toml"
+to_toml "$work/services.json" "$work/services.toml"
 
-"$shoal_bin" daemon --check-config "$work/shoal.toml" \
+# TLS paths are the credential names, relative, so the daemon resolves them
+# against $CREDENTIALS_DIRECTORY whatever the unit is called.
+"$python" - "$work/shoal.json" "$work/sample.json" <<'PY' || fail "the config's tls paths are not the unit's credentials"
+import json, sys
+tls = json.load(open(sys.argv[1]))["tls"]
+credentials = dict(entry.split(":", 1) for entry in json.load(open(sys.argv[2]))["load_credential"])
+for key, value in tls.items():
+    assert not value.startswith("/"), f"tls.{key} = {value} is absolute, not a credential name"
+    assert value in credentials, f"tls.{key} = {value} is not a LoadCredential name ({sorted(credentials)})"
+print(f"tls files are the credentials {sorted(tls.values())}")
+PY
+
+credentials="$work/credentials"
+mkdir -p "$credentials"
+CREDENTIALS_DIRECTORY="$credentials" "$shoal_bin" daemon --check-config "$work/shoal.toml" \
     || { cat "$work/shoal.toml" >&2; fail "the daemon refuses the module's config (above)"; }
 
 "$shoal_bin" daemon --print-config-keys >"$work/daemon-keys"
 [[ -s $work/daemon-keys ]] || fail "shoal daemon --print-config-keys printed nothing"
-python3 - "$work/sample.json" "$work/daemon-keys" <<'PY' || fail "module options and daemon keys drifted apart"
+"$python" - "$work/sample.json" "$work/daemon-keys" <<'PY' || fail "module options and daemon keys drifted apart"
 import json, sys
 typed = set(json.load(open(sys.argv[1]))["typed_keys"])
 daemon = {line.strip() for line in open(sys.argv[2]) if line.strip()}
@@ -174,6 +225,17 @@ untyped = sorted(daemon - typed - set_by_module)
 print(f"{len(typed)} typed options, all daemon keys; daemon keys left to freeform settings: {untyped or 'none'}")
 PY
 
+# A service image given as a Nix path literal is a store path in the spec (it
+# must exist on a node deployed from another machine); a string stays as written.
+"$python" - "$work/services.json" <<'PY' || fail "service images are not rendered as they must be"
+import json, sys
+images = {service["name"]: service["image"] for service in json.load(open(sys.argv[1]))["service"]}
+store = "/nix/store/"
+assert images["local"].startswith(store), f"a path literal image was rendered as {images['local']}, not a store path"
+assert images["web"] == "/var/lib/images/web.tar", f"a string image was changed to {images['web']}"
+print(f"images: {images}")
+PY
+
 # The spec is validated by the CLI before it connects: with no daemon, a
 # valid spec fails only at the connection.
 if output=$(SHOAL_SOCKET="$work/no-daemon.sock" "$shoal_bin" service apply -f "$work/services.toml" 2>&1); then
@@ -182,17 +244,44 @@ fi
 grep -q "cannot connect to the daemon" <<<"$output" \
     || { cat "$work/services.toml" >&2; fail "the CLI refuses the module's services spec: $output"; }
 
-step "drift test: the failures it guards against are caught"
+# ---- 5. what the module refuses ----------------------------------------------
+step "the module refuses what it must, naming the option"
 render "$work/unknown.json" 'extraSettings = { sync.no_such_key_ms = 1; };'
-field "$work/unknown.json" config_toml >"$work/unknown.toml"
+field "$work/unknown.json" config_json >"$work/unknown-config.json"
+to_toml "$work/unknown-config.json" "$work/unknown.toml"
 grep -q no_such_key_ms "$work/unknown.toml" || fail "a freeform key was not rendered"
-if output=$("$shoal_bin" daemon --check-config "$work/unknown.toml" 2>&1); then
+if output=$(CREDENTIALS_DIRECTORY="$credentials" "$shoal_bin" daemon --check-config "$work/unknown.toml" 2>&1); then
     fail "the daemon accepted an unknown key: $output"
 fi
 grep -q no_such_key_ms <<<"$output" || fail "the daemon's error does not name the unknown key: $output"
+echo "refused by the daemon: an unknown key (sync.no_such_key_ms)"
 
-render "$work/store-key.json" 'keyFile = "${builtins.storeDir}/0000000000000000000000000000000-node.key";'
-grep -q "tls.keyFile" <<<"$(field "$work/store-key.json" assertion_failures)" \
-    || fail "a key in the Nix store does not fail an assertion"
+# The key file: a string outside the store only (types.externalPath).
+# shellcheck disable=SC2016 # a Nix expression, expanded by Nix
+refused 'keyFile = "${builtins.storeDir}/00000000000000000000000000000000-node.key";' "services.shoal.tls.keyFile"
+refused 'keyFile = /var/lib/shoal-keys/node.key;' "services.shoal.tls.keyFile"
+refused 'keyFile = "node.key";' "services.shoal.tls.keyFile"
+
+# Addresses: assertions that name the option, never an evaluation error.
+asserts 'listen = "10.0.0.1:07443";' 'services.shoal.settings.listen ("10.0.0.1:07443")'
+asserts 'listen = "10.0.0.1:70000";' 'services.shoal.settings.listen ("10.0.0.1:70000")'
+asserts 'listen = "localhost:7443";' 'services.shoal.settings.listen ("localhost:7443")'
+asserts 'listen = "10.0.0.256:7443";' 'services.shoal.settings.listen ("10.0.0.256:7443")'
+asserts 'listen = "10.0.0.1";' 'services.shoal.settings.listen ("10.0.0.1")'
+asserts 'advertise = "node-a:7443";' 'services.shoal.settings.advertise ("node-a:7443")'
+asserts 'peers = [ "192.0.2.11:7443" "node-b:7443" ];' 'services.shoal.settings.peers: "node-b:7443"'
+render "$work/port.json" 'listen = "10.0.0.1:70000";' firewall_udp_ports
+[[ $(cat "$work/port.json") == "[]" ]] || fail "an invalid port reached the firewall: $(cat "$work/port.json")"
+render "$work/v6.json" 'listen = "[::]:7443"; peers = [ "[2001:db8::1]:7443" ];' assertion_failures
+[[ $(cat "$work/v6.json") == "[]" ]] || fail "IPv6 addresses were refused: $(cat "$work/v6.json")"
+
+# The package: shoal is not in nixpkgs, so the module file alone needs it set.
+asserts 'withPackage = false;' 'services.shoal.package is not set and pkgs.shoal does not exist'
+
+# ---- 6. Nix versions -----------------------------------------------------------
+# Users evaluate the real nixpkgs, which needs Nix 2.18 or later; the README
+# must say so, since this script's Nix (2.8) cannot show it.
+grep -q 'Nix 2.18 or later' nixos-module/README.md \
+    || fail "nixos-module/README.md does not say that the real nixpkgs needs Nix 2.18 or later"
 
 step "nix checks passed"

@@ -1,13 +1,43 @@
-# The module rendered offline for a sample host, with the stub nixpkgs: the
-# daemon config file and services spec it generates, the typed option names
-# under `settings` (dotted), and the failed assertions. scripts/nix-checks.sh
-# feeds these to `shoal daemon --check-config` and compares the names with
-# `shoal daemon --print-config-keys`.
-{ keyFile ? "/var/lib/shoal-keys/node.key", extraSettings ? { } }:
+# The module evaluated for a sample host: what its config file and services
+# spec hold, the typed option names under `settings` (dotted), the unit's
+# settings that the checks look at, and the failed assertions of the module.
+# scripts/nix-checks.sh turns the values to TOML, feeds them to
+# `shoal daemon --check-config` and `shoal service apply`, and compares the
+# names with `shoal daemon --print-config-keys`.
+#
+# It uses only what the real nixpkgs has, so it also runs against it (Nix 2.18
+# or later, with a nixpkgs checkout or the nixpkgs.lib-free full tree):
+#   nix-instantiate --eval --strict --json -E 'import ./vm-tests/nix/drift.nix { nixpkgs = /path/to/nixpkgs; }'
+# (with the stub, the default, it runs offline). The generated files are
+# derivations built by a converter at build time, so their contents cannot be
+# read during evaluation; instead an overlay records the value each
+# `formats.toml` generate call gets, which is what the real converter turns
+# into TOML (`builtins.toJSON value`, then JSON to TOML).
+{ nixpkgs ? ../nix-stub
+, keyFile ? "/var/lib/shoal-keys/node.key"
+, listen ? "0.0.0.0:7443"
+, advertise ? "192.0.2.10:7443"
+, peers ? [ "192.0.2.11:7443" "192.0.2.12:7443" ]
+, extraSettings ? { }
+  # false: pkgs has no shoal and the host does not set the package, as when
+  # the module file is imported without the flake.
+, withPackage ? true
+}:
 let
-  pkgs = import ../nix-stub {
+  recordGenerate = _final: prev: {
+    formats = prev.formats // {
+      toml = args:
+        let format = prev.formats.toml args; in
+        format // {
+          generate = name: value: format.generate name value // { shoalDriftJSON = builtins.toJSON value; };
+        };
+    };
+  };
+  addPackage = _final: prev: { shoal = prev.callPackage ../../nixos-module/package.nix { }; };
+
+  pkgs = import nixpkgs {
     system = "x86_64-linux";
-    overlays = [ (_final: prev: { shoal = prev.callPackage ../../nixos-module/package.nix { }; }) ];
+    overlays = [ recordGenerate ] ++ (if withPackage then [ addPackage ] else [ ]);
   };
   inherit (pkgs) lib;
 
@@ -26,9 +56,7 @@ let
       settings = lib.mkMerge [
         {
           state_dir = "/var/lib/shoal";
-          listen = "0.0.0.0:7443";
-          advertise = "192.0.2.10:7443";
-          peers = [ "192.0.2.11:7443" "192.0.2.12:7443" ];
+          inherit listen advertise peers;
           log_format = "json";
           sync = {
             interval_ms = 500;
@@ -50,23 +78,32 @@ let
         }
         extraSettings
       ];
-      services.web = {
-        image = "/var/lib/images/web.tar";
-        command = [ "/bin/httpd" "-f" "-p" "8080" ];
-        env.GREETING = "hello";
-        replicas = 2;
-        restart = "always";
-        resources = {
-          cpu_millis = 250;
-          memory_bytes = 67108864;
-          pids_max = 128;
+      services = {
+        # A string: a path on the node, taken as written.
+        web = {
+          image = "/var/lib/images/web.tar";
+          command = [ "/bin/httpd" "-f" "-p" "8080" ];
+          env.GREETING = "hello";
+          replicas = 2;
+          restart = "always";
+          resources = {
+            cpu_millis = 250;
+            memory_bytes = 67108864;
+            pids_max = 128;
+          };
         };
+        # A Nix path literal: must be rendered as a store path.
+        local.image = ./drift-image;
       };
     };
   };
 
-  evaluated = pkgs.nixos [ host ];
-  inherit (evaluated) config;
+  evaluated = import (nixpkgs + "/nixos/lib/eval-config.nix") {
+    system = "x86_64-linux";
+    inherit pkgs;
+    modules = [ host ];
+  };
+  inherit (evaluated) config options;
 
   optionNames = prefix: options:
     lib.concatMap
@@ -80,15 +117,29 @@ let
   configFile = builtins.head unit.restartTriggers;
   servicesUnit = config.systemd.services.shoal-services;
   servicesFile = builtins.head servicesUnit.restartTriggers;
+
+  # This module's assertions only: every message names its option. (A real
+  # NixOS evaluation has others, e.g. about the root file system.)
+  shoalAssertions = builtins.filter (a: lib.hasPrefix "services.shoal." a.message) config.assertions;
 in
 {
-  assertion_failures = evaluated.assertionFailures;
-  typed_keys = optionNames [ ] (evaluated.options.services.shoal.settings.type.getSubOptions [ ]);
-  config_toml = configFile.text;
-  services_toml = servicesFile.text;
+  assertion_failures = map (a: a.message) (builtins.filter (a: !a.assertion) shoalAssertions);
+  # `_module.*` are the module system's own options, in every submodule.
+  typed_keys = builtins.filter (name: !(lib.hasPrefix "_module." name))
+    (optionNames [ ] (options.services.shoal.settings.type.getSubOptions [ ]));
+  config_json = configFile.shoalDriftJSON;
+  services_json = servicesFile.shoalDriftJSON;
   # The units run exactly the files rendered above.
   units_use_rendered_files =
     lib.hasInfix "${configFile}" unit.serviceConfig.ExecStart
     && lib.hasInfix "${servicesFile}" servicesUnit.serviceConfig.ExecStart;
-  firewall_udp_ports = config.networking.firewall.allowedUDPPorts;
+  load_credential = unit.serviceConfig.LoadCredential;
+  start_limit = {
+    startLimitBurst = unit.startLimitBurst or null;
+    startLimitIntervalSec = unit.startLimitIntervalSec or null;
+  };
+  # (`or`: the stub NixOS declares no firewall options, so no default.)
+  firewall_udp_ports = config.networking.firewall.allowedUDPPorts or [ ];
+  # meta.doc's merge keeps every definition: { file, value } each.
+  meta_doc = map (definition: baseNameOf (toString definition.value)) config.meta.doc;
 }

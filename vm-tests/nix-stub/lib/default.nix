@@ -73,10 +73,13 @@ let
     concatMapStringsSep = sep: f: list: concatStringsSep sep (map f list);
     concatMapStrings = f: list: concatStringsSep "" (map f list);
     concatStrings = concatStringsSep "";
+    # As the real one, a leading zero is an error (octal or zero-padded?).
     toInt = s:
-      let parsed = builtins.fromJSON s; in
-      if match "-?[0-9]+" s != null && isInt parsed then parsed
-      else throw "could not convert '${s}' to an integer";
+      let stripped = match "[[:space:]]*(-?[0-9]+)[[:space:]]*" s; in
+      if stripped == null then throw "toInt: Could not convert ${toJSON s} to int."
+      else if match "0[0-9]+" (head stripped) != null then
+        throw "toInt: Ambiguity in interpretation of ${toJSON s} between octal and zero padded integer."
+      else builtins.fromJSON (head stripped);
     escapeShellArg = arg:
       let s = builtins.toString arg; in
       if match "[[:alnum:],._+:@%/-]+" s != null then s
@@ -89,6 +92,11 @@ let
       let s = builtins.toString x; in
       isString s && hasPrefix "${builtins.storeDir}/" s;
     strings = { inherit hasPrefix hasSuffix isStorePath; };
+    # lib.path.hasStorePathPrefix: the path is a store path or below one
+    # (the real one takes only path values; types.pathWith converts strings).
+    path.hasStorePathPrefix = x:
+      let s = builtins.unsafeDiscardStringContext (builtins.toString x); in
+      hasPrefix "${builtins.storeDir}/" s && stringLength s > stringLength builtins.storeDir + 1;
 
     # attribute sets
     attrByPath = path: default: set:

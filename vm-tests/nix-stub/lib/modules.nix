@@ -10,7 +10,7 @@
 let
   inherit (lib)
     all attrNames concatLists concatMap concatStringsSep elem filter foldl' functionArgs
-    genAttrs hasPrefix head isAttrs isBool isDerivation isFloat isFunction isInt isList isPath
+    genAttrs head isAttrs isBool isDerivation isFloat isFunction isInt isList isPath
     isString length mapAttrs optional recursiveUpdate setAttrByPath sort tail toJSON unique;
 
   showLoc = loc: concatStringsSep "." loc;
@@ -65,14 +65,24 @@ let
     example = true;
     description = "Whether to enable ${name}.";
   };
-  mkPackageOption = pkgs: name: { default ? [ name ], ... }:
-    let path = if isList default then default else [ default ]; in
-    mkOption {
-      type = types.package;
-      default = lib.getAttrFromPath path pkgs;
-      defaultText = lib.literalExpression "pkgs.${showLoc path}";
-      description = "The ${name} package to use.";
-    };
+  # As the real one: the default is looked up lazily and throws
+  # "NAME cannot be found in pkgs" only when it is needed.
+  mkPackageOption = pkgs: name: { nullable ? false, default ? name, example ? null, extraDescription ? "", pkgsText ? "pkgs" }:
+    let
+      name' = if isList name then lib.last name else name;
+      path = if isList default then default else [ default ];
+      defaultText = showLoc path;
+      defaults =
+        if default != null then {
+          default = lib.attrByPath path (throw "${defaultText} cannot be found in ${pkgsText}") pkgs;
+          defaultText = lib.literalExpression "${pkgsText}.${defaultText}";
+        }
+        else lib.optionalAttrs nullable { default = null; };
+    in
+    mkOption (defaults // {
+      description = "The ${name'} package to use." + (if extraDescription == "" then "" else " ") + extraDescription;
+      type = (if nullable then types.nullOr else lib.id) types.package;
+    } // lib.optionalAttrs (example != null) { example = lib.literalExpression example; });
 
   # The value of one option from its definitions: { isDefined, value }.
   evalOptionValue = loc: opt: defs:
@@ -95,6 +105,9 @@ let
     in
     {
       isDefined = chosen != [ ];
+      # As the real option attribute: the winning priority (1500 when only
+      # the default is left, 9999 when nothing is defined).
+      highestPrio = best;
       value =
         if chosen == [ ] then throw "the option `${showLoc loc}' is used but not defined"
         else if badDefs != [ ] then
@@ -171,11 +184,27 @@ let
     int = mkOptionType { name = "int"; description = "signed integer"; check = isInt; };
     float = mkOptionType { name = "float"; description = "floating point number"; check = isFloat; };
     port = ints.u16;
-    path = mkOptionType {
-      name = "path";
-      description = "absolute path";
-      check = x: isStringLike x && hasPrefix "/" (toString x);
-    };
+    # As the real pathWith: `inStore = false` takes only strings (a path
+    # literal would be copied to the store by whatever uses it), and a
+    # string with a store path prefix is in the store.
+    pathWith = { inStore ? null, absolute ? null }:
+      mkOptionType {
+        name = "path";
+        description =
+          (if absolute == null then "" else if absolute then "absolute " else "relative ")
+          + "path"
+          + (if inStore == null then "" else if inStore then " in the Nix store" else " not in the Nix store");
+        check = x:
+          let
+            isInStore = lib.path.hasStorePathPrefix (if isPath x then x else builtins.unsafeDiscardStringContext x);
+            isAbsolute = builtins.substring 0 1 (toString x) == "/";
+            isExpectedType = if inStore == null || inStore then isStringLike x else isString x;
+          in
+          isExpectedType && (inStore == null || inStore == isInStore) && (absolute == null || absolute == isAbsolute);
+      };
+    path = pathWith { absolute = true; };
+    pathInStore = pathWith { inStore = true; };
+    externalPath = pathWith { absolute = true; inStore = false; };
     package = mkOptionType {
       name = "package";
       description = "package";
@@ -291,13 +320,16 @@ let
             else imported;
           structured = called ? options || called ? config;
           unknown = filter (n: !(elem n moduleKeywords)) (attrNames called);
+          # A top-level `meta` is a definition of config.meta, as in the
+          # real module system (NixOS declares meta.maintainers, meta.doc).
+          withMeta = c: if called ? meta then mkMerge [ c { inherit (called) meta; } ] else c;
           module = {
             file = called._file or file;
             options = called.options or { };
             config =
-              if !structured then removeAttrs called moduleKeywords
+              if !structured then removeAttrs called (lib.filter (k: k != "meta") moduleKeywords)
               else if unknown != [ ] then throw "module ${file} has unsupported top-level attributes: ${concatStringsSep ", " unknown}"
-              else called.config or { };
+              else withMeta (called.config or { });
             freeformType = called.freeformType or null;
             imports = called.imports or [ ];
           };
@@ -305,7 +337,20 @@ let
         if !(isAttrs called) then throw "module ${file} is a ${builtins.typeOf called}, not an attribute set or a function"
         else [ module ] ++ concatMap (load module.file) module.imports;
 
-      collected = concatMap (load "<inline module>") modules;
+      # The options every real evaluation has, under `_module` (a
+      # submodule's getSubOptions lists them too); the returned config
+      # leaves `_module` out, as the real one does.
+      internalModule = {
+        _file = "lib/modules.nix";
+        options._module = {
+          args = mkOption { type = types.attrsOf types.raw; default = { }; internal = true; description = "Arguments passed to each module."; };
+          check = mkOption { type = types.bool; default = true; internal = true; description = "Whether to check whether all option definitions have matching declarations."; };
+          freeformType = mkOption { type = types.nullOr types.raw; default = null; internal = true; description = "The type of unmatched definitions."; };
+          specialArgs = mkOption { type = types.attrsOf types.raw; default = specialArgs; readOnly = true; internal = true; description = "Externally provided module arguments."; };
+        };
+      };
+
+      collected = concatMap (load "<inline module>") ([ internalModule ] ++ modules);
 
       mergeDeclarations = loc: a: b:
         a // mapAttrs
@@ -325,13 +370,16 @@ let
           defNames = unique (concatMap (d: attrNames d.value) pushed);
           results = mapAttrs
             (n: decl:
-              if isOption decl then { value = (evalOptionValue (loc ++ [ n ]) decl (subDefs n)).value; unmatched = [ ]; }
+              if isOption decl then
+                let r = evalOptionValue (loc ++ [ n ]) decl (subDefs n); in
+                { inherit (r) value; unmatched = [ ]; details = { inherit (r) isDefined highestPrio; }; }
               else evalTree (loc ++ [ n ]) decl (subDefs n))
             decls;
           undeclared = filter (n: !(decls ? ${n})) defNames;
         in
         {
           value = mapAttrs (_: r: r.value) results;
+          details = mapAttrs (_: r: r.details) results;
           unmatched = concatMap (n: results.${n}.unmatched) (attrNames decls)
             ++ concatMap (n: map (d: d // { path = loc ++ [ n ]; }) (subDefs n)) undeclared;
         };
@@ -339,7 +387,7 @@ let
       root = evalTree prefix declarations (map (m: { inherit (m) file; value = m.config; }) collected);
       relative = path: lib.genList (i: builtins.elemAt path (length prefix + i)) (length path - length prefix);
 
-      config =
+      fullConfig =
         if root.unmatched == [ ] then root.value
         else if freeforms == [ ] then
           let u = head root.unmatched; in
@@ -349,6 +397,8 @@ let
             ((head freeforms).merge prefix (map (u: { inherit (u) file; value = setAttrByPath (relative u.path) u.value; }) root.unmatched))
             root.value;
 
+      config = removeAttrs fullConfig [ "_module" ];
+
       annotate = loc: decls:
         mapAttrs
           (n: decl:
@@ -356,8 +406,8 @@ let
               decl // {
                 loc = loc ++ [ n ];
                 type = decl.type or types.anything;
-                value = lib.getAttrFromPath (relative (loc ++ [ n ])) config;
-              }
+                value = lib.getAttrFromPath (relative (loc ++ [ n ])) fullConfig;
+              } // lib.getAttrFromPath (relative (loc ++ [ n ])) root.details
             else annotate (loc ++ [ n ]) decl)
           decls;
       options = annotate prefix declarations;

@@ -22,7 +22,13 @@ let
     ];
     specialArgs = { inherit nodes; };
   };
-  nodes = lib.genAttrs names (name: (evalNode name).checked);
+  evaluated = lib.genAttrs names evalNode;
+  # What node modules and the test script see as `nodes`: the configurations,
+  # lazily, without checking assertions (as the real framework; checking
+  # them here would recurse when one node's assertions read another's
+  # address). The derivation below holds the checked ones.
+  nodes = lib.mapAttrs (_: node: node.config) evaluated;
+  checkedNodes = lib.mapAttrs (_: node: node.checked) evaluated;
   script = if builtins.isFunction args.testScript then args.testScript { inherit nodes; } else args.testScript;
 in
 if a != { } then throw "runNixOSTest ${args.name}: unexpected argument(s) ${builtins.concatStringsSep ", " (builtins.attrNames a)}"
@@ -31,7 +37,7 @@ else
   mkStub "vm-test-run-${args.name}"
     {
       testScript = script;
-      nodeUnits = builtins.toJSON (lib.mapAttrs (_: c: { inherit (c) systemd networking environment; }) nodes);
+      nodeUnits = builtins.toJSON (lib.mapAttrs (_: c: { inherit (c) systemd networking environment; }) checkedNodes);
     } // {
     inherit nodes;
   }

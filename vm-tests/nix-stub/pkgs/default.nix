@@ -57,7 +57,7 @@ let
       mkStub name (removeAttrs (requireOnly "runCommand ${name}" [ "nativeBuildInputs" "buildInputs" "meta" ] env) [ "meta" ]
         // { inherit buildCommand; });
 
-    formats = import ./formats.nix { inherit lib; inherit (final) writeText; };
+    formats = import ./formats.nix { inherit lib mkStub; };
 
     rustPlatform.buildRustPackage = import ./rust.nix { inherit mkStub requireOnly; };
 
@@ -90,9 +90,6 @@ let
       };
 
     testers.runNixOSTest = import ../nixos/test.nix { inherit lib mkStub; pkgs = final; };
-
-    # evaluate a NixOS configuration with the stub NixOS options
-    nixos = modules: import ../nixos/eval.nix { inherit lib; pkgs = final; } { inherit modules; };
   };
 
   pkgs = lib.fix (final: builtins.foldl' (prev: overlay: prev // overlay final prev) (base final) overlays);
