@@ -73,10 +73,12 @@ esac
 
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 
-# present KIND NAME: whether the requirement holds on this machine.
+# present KIND NAME: whether the requirement holds on this machine. Commands
+# are looked up in the sbin directories too, which are not on a user's PATH
+# on Debian (nft is /usr/sbin/nft).
 present() {
     case $1 in
-        command) command -v "$2" >/dev/null 2>&1 ;;
+        command) PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin" command -v "$2" >/dev/null 2>&1 ;;
         file) [[ -e $2 ]] ;;
         python-module) [[ -x /usr/bin/python3 ]] && /usr/bin/python3 -c "import $2" >/dev/null 2>&1 ;;
         rustup-component) cargo "$2" --version >/dev/null 2>&1 ;;
