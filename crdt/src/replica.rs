@@ -577,6 +577,35 @@ impl Replica {
         Delta::ranges(ranges, changes)
     }
 
+    /// This replica's own counter: the dot of its latest local write.
+    pub fn own_counter(&self) -> u64 {
+        self.vv.get(&self.node)
+    }
+
+    /// One delta for every local write after `since` (an earlier `own_counter`): what
+    /// several local operations' deltas carry together, minus entries a later one of them
+    /// superseded. A caller that runs a batch of operations persists and pushes this once
+    /// instead of each operation's delta.
+    pub fn own_delta_since(&self, since: u64) -> Delta {
+        let until = self.own_counter();
+        if since >= until {
+            return Delta::ranges(Vec::new(), Vec::new());
+        }
+        let changes = self
+            .state
+            .keys_in_range(&self.node, since, until)
+            .map(|key| self.state.change_at(key).expect("indexed key is stored"))
+            .collect();
+        Delta::ranges(
+            vec![OriginRange {
+                node: self.node.clone(),
+                since,
+                until,
+            }],
+            changes,
+        )
+    }
+
     /// Applies a remote delta: all of it or, on error, nothing.
     pub fn apply_delta(
         &mut self,
@@ -954,6 +983,40 @@ mod tests {
     fn pull(from: &Replica, to: &mut Replica, now: NTP64) -> Applied {
         let delta = from.delta_for(&to.summary());
         to.apply_delta(now, from.node(), &delta).unwrap()
+    }
+
+    #[test]
+    fn a_batch_of_local_writes_travels_as_one_delta() {
+        let (mut a, mut b) = (replica("a"), replica("b"));
+        a.put_node_meta(ms(1), meta("10.0.1.0/24")).unwrap();
+        pull(&a, &mut b, ms(1));
+        let since = a.own_counter();
+        assert_eq!(a.own_delta_since(since).entry_count(), 0);
+        // A batch: two records with addresses, a counter written twice, one record removed.
+        for id in ["web-1", "web-2"] {
+            let (ip, _) = a.allocate_ip(ms(2), &id.parse().unwrap()).unwrap();
+            let mut record = record(id, "a");
+            record.ip = Some(ip);
+            a.add_container(ms(2), record).unwrap();
+        }
+        a.adjust_resource(ms(3), Resource::Containers, 1).unwrap();
+        a.adjust_resource(ms(3), Resource::Containers, 1).unwrap();
+        a.remove_container(ms(4), &"web-1".parse().unwrap())
+            .unwrap();
+        let delta = a.own_delta_since(since);
+        assert_eq!(delta.origin_ranges().len(), 1);
+        assert_eq!(delta.origin_ranges()[0].since, since);
+        assert_eq!(delta.origin_ranges()[0].until, a.own_counter());
+        // Two IP claims, web-2's add, web-1's tombstone, the counter's last value: the first
+        // counter write and web-1's add were superseded inside the batch.
+        assert_eq!(delta.entry_count(), 5);
+        let applied = b.apply_delta(ms(5), a.node(), &delta).unwrap();
+        assert_eq!(applied.entries_applied, 5);
+        assert_eq!(b.digest(), a.digest());
+        assert_eq!(b.summary(), a.summary());
+        assert_eq!(b.state().resource_used(&node("a"), Resource::Containers), 2);
+        // Nothing new: an empty delta.
+        assert!(a.own_delta_since(a.own_counter()).is_empty());
     }
 
     #[test]

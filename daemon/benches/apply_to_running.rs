@@ -17,9 +17,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use host_support::{Cluster, wait_for};
+use shoal::api::NamedSpec;
+use shoal::api::PsView;
 use shoal::api::{Request, ServiceView};
-use shoal::reconcile::PsView;
-use shoal::spec_file::NamedSpec;
 use shoal_crdt::ServiceSpec;
 use shoal_oci::{
     ContainerConfig, ContainerStatus, ImageStore, LibcontainerRuntime, Limits, RootfsMode, Runtime,

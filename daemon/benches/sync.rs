@@ -11,27 +11,24 @@
 //!    against an empty summary).
 //! 3. Idle RSS and CPU of one real `shoal daemon` process (of three on loopback) over 10 s.
 
-use std::net::SocketAddr;
-use std::path::Path;
+#[path = "../tests/net_support/mod.rs"]
+mod net_support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shoal::node::{Node, NodeOptions, physical_now};
-use shoal::pki;
-use shoal::spec_file::NamedSpec;
-use shoal::sync::{self, GossipConfig, SyncLimits, TlsMaterial};
-use shoal_crdt::{Capacity, NodeId, Replica, codec};
+use net_support::{GossipCluster, Pki, node_id, open_node};
+use shoal::api::NamedSpec;
+use shoal::state::{Clock, Node, SystemClock};
+use shoal::sync::{self, GossipConfig, SyncLimits};
+use shoal_crdt::{Replica, codec};
 use tokio::sync::watch;
 
 const LATENCY_SAMPLES: usize = 20;
 const IDLE_SECONDS: u64 = 10;
 
-fn node_id(name: &str) -> NodeId {
-    name.parse().expect("valid node id")
-}
-
 fn spec(name: &str) -> NamedSpec {
-    shoal::spec_file::parse(&format!(
+    shoal::cli::spec_file::parse(&format!(
         "name = \"{name}\"\nimage = \"/images/{name}.tar\"\n"
     ))
     .expect("valid spec")
@@ -46,152 +43,35 @@ fn limits() -> SyncLimits {
     }
 }
 
-struct Ca {
-    dir: tempfile::TempDir,
-}
-
-impl Ca {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("temp dir");
-        pki::init_ca(&dir.path().join("ca"), false).expect("ca");
-        Self { dir }
-    }
-
-    fn issue(&self, name: &str) -> pki::NodePaths {
-        pki::issue_node_cert(
-            &self.dir.path().join("ca"),
-            &node_id(name),
-            &["127.0.0.1".to_owned()],
-            1,
-            &self.dir.path().join("certs"),
-            true,
-        )
-        .expect("node certificate")
-    }
-
-    fn material(&self, name: &str) -> TlsMaterial {
-        let paths = self.issue(name);
-        TlsMaterial::load(&paths.ca_cert, &paths.cert, &paths.key).expect("tls material")
-    }
-}
-
-fn open_node(dir: &Path, name: &str, address: SocketAddr, seeds: Vec<SocketAddr>) -> Arc<Node> {
-    Arc::new(
-        Node::open(NodeOptions {
-            node: node_id(name),
-            database: dir.join(format!("{name}.redb")),
-            max_clock_drift: Duration::from_secs(1),
-            seeds,
-            address,
-            capacity: Capacity {
-                cpu_millis: 1000,
-                memory_bytes: 1 << 30,
-            },
-            down_after_ms: 5_000,
-            compact_every_entries: shoal::node::COMPACT_EVERY_ENTRIES,
-        })
-        .expect("node"),
-    )
-}
-
-/// Three in-process nodes running serve + gossip + heartbeats until dropped.
+/// Three in-process nodes (the test kit's gossip cluster) and their directory.
 struct Cluster {
-    nodes: Vec<Arc<Node>>,
-    stop: watch::Sender<bool>,
-    tasks: tokio::task::JoinSet<()>,
+    inner: GossipCluster,
     _dir: tempfile::TempDir,
 }
 
-async fn wait_stop(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
-}
-
 impl Cluster {
-    async fn start(ca: &Ca, gossip: GossipConfig) -> Self {
+    async fn start(pki: &Pki, gossip: GossipConfig) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let names = ["node-a", "node-b", "node-c"];
-        let endpoints: Vec<quinn::Endpoint> = names
-            .iter()
-            .map(|name| {
-                sync::bind_endpoint("127.0.0.1:0".parse().expect("address"), &ca.material(name))
-                    .expect("endpoint")
+        let seeds = vec![vec![1, 2], vec![0, 2], vec![0, 1]];
+        let inner =
+            GossipCluster::start_with(pki, dir.path(), &names, &seeds, gossip, limits(), 500).await;
+        inner
+            .wait_until("the cluster to form", Duration::from_secs(20), |nodes| {
+                nodes
+                    .iter()
+                    .all(|node| node.peers().iter().filter(|peer| peer.live).count() == 2)
             })
-            .collect();
-        let addresses: Vec<SocketAddr> = endpoints
-            .iter()
-            .map(|endpoint| endpoint.local_addr().expect("local address"))
-            .collect();
-        let (stop, stopped) = watch::channel(false);
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut nodes = Vec::new();
-        for (index, name) in names.iter().enumerate() {
-            let seeds = addresses
-                .iter()
-                .copied()
-                .filter(|a| *a != addresses[index])
-                .collect();
-            let node = open_node(dir.path(), name, addresses[index], seeds);
-            node.heartbeat().expect("heartbeat");
-            let endpoint = endpoints[index].clone();
-            tasks.spawn({
-                let node = node.clone();
-                let endpoint = endpoint.clone();
-                let stopped = stopped.clone();
-                async move {
-                    sync::serve(endpoint, node, limits(), wait_stop(stopped))
-                        .await
-                        .expect("serve");
-                }
-            });
-            let cfg = GossipConfig {
-                rng_seed: index as u64 + 1,
-                ..gossip.clone()
-            };
-            tasks.spawn(sync::run_gossip(
-                endpoint,
-                node.clone(),
-                cfg,
-                limits(),
-                wait_stop(stopped.clone()),
-            ));
-            let beating = node.clone();
-            let mut beat_stop = stopped.clone();
-            tasks.spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = beat_stop.wait_for(|stop| *stop) => return,
-                        () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    }
-                    let node = beating.clone();
-                    let _ = tokio::task::spawn_blocking(move || node.heartbeat()).await;
-                }
-            });
-            nodes.push(node);
-        }
-        let cluster = Self {
-            nodes,
-            stop,
-            tasks,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !cluster
-            .nodes
-            .iter()
-            .all(|node| node.peers().iter().filter(|peer| peer.live).count() == 2)
-        {
-            assert!(
-                Instant::now() < deadline,
-                "cluster did not form within 20 s"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        cluster
+            .await;
+        Self { inner, _dir: dir }
     }
 
-    async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        while self.tasks.join_next().await.is_some() {}
+    fn nodes(&self) -> &[Arc<Node>] {
+        &self.inner.nodes
+    }
+
+    async fn stop(self) {
+        self.inner.stop().await;
     }
 }
 
@@ -202,14 +82,14 @@ fn percentile(sorted: &[f64], fraction: f64) -> f64 {
 
 /// Median and p90 latency in ms from an apply on A until C lists the service.
 async fn measure_latency(cluster: &Cluster, label: &str) -> (f64, f64) {
-    let (a, c) = (&cluster.nodes[0], &cluster.nodes[2]);
+    let (a, c) = (&cluster.nodes()[0], &cluster.nodes()[2]);
     let mut samples = Vec::with_capacity(LATENCY_SAMPLES);
     for index in 0..LATENCY_SAMPLES {
         let name = format!("{label}-{index}");
         let started = Instant::now();
         let node = a.clone();
         let change = spec(&name);
-        tokio::task::spawn_blocking(move || node.apply_services(vec![change]))
+        tokio::task::spawn_blocking(move || node.apply_services(vec![(change.name, change.spec)]))
             .await
             .expect("apply task")
             .expect("apply");
@@ -241,29 +121,27 @@ struct BytesRow {
     push_body_bytes: usize,
 }
 
-async fn measure_bytes(ca: &Ca, services: usize) -> BytesRow {
+async fn measure_bytes(pki: &Pki, services: usize) -> BytesRow {
     let dir = tempfile::tempdir().expect("temp dir");
     let server_endpoint = sync::bind_endpoint(
         "127.0.0.1:0".parse().expect("address"),
-        &ca.material("server"),
+        &pki.material("server"),
     )
     .expect("endpoint");
     let client_endpoint = sync::bind_endpoint(
         "127.0.0.1:0".parse().expect("address"),
-        &ca.material("client"),
+        &pki.material("client"),
     )
     .expect("endpoint");
     let server = open_node(
         dir.path(),
         "server",
         server_endpoint.local_addr().expect("address"),
-        vec![],
     );
     let client = open_node(
         dir.path(),
         "client",
         client_endpoint.local_addr().expect("address"),
-        vec![],
     );
 
     // The same state of `services` services on both, written by a third replica in one delta.
@@ -272,7 +150,7 @@ async fn measure_bytes(ca: &Ca, services: usize) -> BytesRow {
     for index in 0..services {
         let named = spec(&format!("svc-{index}"));
         replica
-            .put_service(physical_now(), named.name, named.spec)
+            .put_service(SystemClock.now(), named.name, named.spec)
             .expect("put");
     }
     let everything =
@@ -290,7 +168,7 @@ async fn measure_bytes(ca: &Ca, services: usize) -> BytesRow {
         server_endpoint.clone(),
         server.clone(),
         limits(),
-        wait_stop(stopped),
+        shoal::agent::tasks::stopped(stopped),
     ));
     // Bring the client fully up to date (including the server's own summary knowledge).
     sync::sync_once(
@@ -305,7 +183,7 @@ async fn measure_bytes(ca: &Ca, services: usize) -> BytesRow {
 
     let mut changes = server.subscribe_changes();
     server
-        .apply_services(vec![spec("changed")])
+        .apply_services(vec![(spec("changed").name, spec("changed").spec)])
         .expect("change");
     let change = changes.recv().await.expect("change delta");
     let push_body_bytes = codec::encode_delta(&change).len();
@@ -359,7 +237,7 @@ struct Idle {
     cpu_percent: f64,
 }
 
-fn measure_idle(ca: &Ca) -> Option<Idle> {
+fn measure_idle(pki: &Pki) -> Option<Idle> {
     let binary = env!("CARGO_BIN_EXE_shoal");
     let dir = tempfile::tempdir().expect("temp dir");
     let ports: Vec<u16> = (0..3)
@@ -373,7 +251,7 @@ fn measure_idle(ca: &Ca) -> Option<Idle> {
     let mut children = Vec::new();
     for (index, port) in ports.iter().enumerate() {
         let name = format!("node-{}", ["a", "b", "c"][index]);
-        let paths = ca.issue(&name);
+        let paths = pki.issue(&name);
         let state = dir.path().join(&name);
         std::fs::create_dir_all(&state).expect("state dir");
         let peers: Vec<String> = ports
@@ -440,7 +318,7 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let ca = Ca::new();
+    let pki = Pki::new();
     let (latencies, bytes) = runtime.block_on(async {
         let mut latencies = Vec::new();
         for (label, eager_push, interval_ms) in [
@@ -449,7 +327,7 @@ fn main() {
             ("anti-entropy only, interval 1000 ms", false, 1000),
         ] {
             let cluster = Cluster::start(
-                &ca,
+                &pki,
                 GossipConfig {
                     interval_ms,
                     jitter_ms: interval_ms / 5,
@@ -468,11 +346,11 @@ fn main() {
         }
         let mut bytes = Vec::new();
         for services in [10, 1_000, 10_000] {
-            bytes.push(measure_bytes(&ca, services).await);
+            bytes.push(measure_bytes(&pki, services).await);
         }
         (latencies, bytes)
     });
-    let idle = measure_idle(&ca);
+    let idle = measure_idle(&pki);
 
     println!(
         "\nshoal sync benchmark (in-process nodes, loopback HTTP/3, real redb and certificates)\n"

@@ -1,19 +1,20 @@
 //! shoal's node daemon and operator CLI as a library; `main.rs` only parses and dispatches.
+//!
+//! The rooms, from the bottom up (each imports only rooms above it in this list):
+//! - `schedule`: placement and the container planner, pure;
+//! - `state`: the node's CRDT replica, made durable in redb, with time passed in;
+//! - `api`: the local API's request and response types (a leaf), its server and client;
+//! - `sync`: HTTP/3 sync between nodes with mutual TLS, certificates (`pki`, `tls`);
+//! - `containers`: the executor and the reconcile loop that carry plans out;
+//! - `agent`: `shoal daemon`, wiring the rooms together;
+//! - `cli`: the operator commands, talking to a daemon through the API client only.
+//!
+//! `daemon/tests/architecture.rs` checks these boundaries.
 
+pub mod agent;
 pub mod api;
 pub mod cli;
-pub mod config;
-pub mod demo;
-pub mod node;
-pub mod notify;
-pub mod output;
-pub mod reconcile;
-pub mod run;
-pub mod scheduler;
-pub mod spec_file;
-pub mod store;
-
-// daemon-net's modules.
-pub mod pki;
+pub mod containers;
+pub mod schedule;
+pub mod state;
 pub mod sync;
-pub mod tls;

@@ -1,13 +1,12 @@
 //! The `shoal` binary: parses the command line and dispatches to the library. The only place
-//! (with `cli.rs`) where errors become `anyhow` and then an exit status.
+//! (with `cli/`) where errors become `anyhow` and then an exit status.
 
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::Parser;
-use shoal::cli::{self, Cli, Command};
-use shoal::config::LogFormat;
-use shoal::{demo, run};
+use shoal::agent::config::LogFormat;
+use shoal::cli::{Cli, Command, commands, demo};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -23,10 +22,10 @@ fn main() -> ExitCode {
 fn dispatch(cli: &Cli) -> Result<()> {
     match &cli.command {
         Command::Daemon(args) => {
-            if cli::daemon_config_modes(args)? {
+            if commands::daemon_config_modes(args)? {
                 return Ok(());
             }
-            let config = cli::load_daemon_config(args)?;
+            let config = commands::load_daemon_config(args)?;
             init_logging(config.log_format);
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -36,18 +35,18 @@ fn dispatch(cli: &Cli) -> Result<()> {
                 // Signal handlers are installed before READY=1 is sent, so a SIGTERM right
                 // after start is a graceful stop, not the default kill.
                 let shutdown = shutdown_signal().context("cannot install signal handlers")?;
-                run::run(config, shutdown)
+                shoal::agent::run(config, shutdown)
                     .await
                     .map_err(anyhow::Error::from)
             })
         }
-        Command::Service(command) => cli::service(cli, command),
-        Command::Nodes => cli::nodes(cli),
-        Command::Status => cli::status(cli),
-        Command::Ps => cli::ps(cli),
-        Command::Logs(args) => cli::logs(cli, args),
-        Command::Ca(command) => cli::ca(cli, command),
-        Command::Cert(command) => cli::cert(cli, command),
+        Command::Service(command) => commands::service(cli, command),
+        Command::Nodes => commands::nodes(cli),
+        Command::Status => commands::status(cli),
+        Command::Ps => commands::ps(cli),
+        Command::Logs(args) => commands::logs(cli, args),
+        Command::Ca(command) => commands::ca(cli, command),
+        Command::Cert(command) => commands::cert(cli, command),
         Command::Demo(args) => demo::run(args),
     }
 }

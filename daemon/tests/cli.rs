@@ -279,8 +279,8 @@ fn the_daemon_refuses_missing_tls_files_and_a_name_that_is_not_in_the_certificat
     );
 
     let ca = dir.path().join("ca");
-    shoal::pki::init_ca(&ca, false).unwrap();
-    let paths = shoal::pki::issue_node_cert(
+    shoal::sync::pki::init_ca(&ca, false).unwrap();
+    let paths = shoal::sync::pki::issue_node_cert(
         &ca,
         &"node-b".parse().unwrap(),
         &["127.0.0.1".to_string()],

@@ -12,9 +12,9 @@ use std::path::Path;
 use std::process::Command;
 
 use host_support::{BINARY, Cluster, Daemon, wait_for};
+use shoal::api::NamedSpec;
+use shoal::api::{ContainerView, PsView};
 use shoal::api::{Request, ServiceView, StatusView};
-use shoal::reconcile::{ContainerView, PsView};
-use shoal::spec_file::NamedSpec;
 use shoal_crdt::ServiceSpec;
 
 /// A cluster whose containers are removed when the test ends, passed or not: services are

@@ -9,13 +9,13 @@ use std::time::Duration;
 use net_support::{GossipCluster, Pki, apply_service, node_id};
 use shoal::sync::GossipConfig;
 
-fn converged(nodes: &[std::sync::Arc<shoal::node::Node>]) -> bool {
+fn converged(nodes: &[std::sync::Arc<shoal::state::Node>]) -> bool {
     nodes
         .windows(2)
         .all(|pair| pair[0].digest() == pair[1].digest())
 }
 
-fn has_service(node: &shoal::node::Node, name: &str) -> bool {
+fn has_service(node: &shoal::state::Node, name: &str) -> bool {
     node.services()
         .iter()
         .any(|service| service.name.as_ref() == name)

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use http::StatusCode;
 use net_support::{Pki, Server, apply_service, limits, node_id};
-use shoal::node::physical_now;
+use shoal::state::{Clock, SystemClock};
 use shoal::sync::{self, PeerSession, wire};
 use shoal_crdt::{NTP64, Replica, codec};
 
-fn service(name: &str) -> shoal::spec_file::NamedSpec {
-    shoal::spec_file::parse(&format!("name = \"{name}\"\nimage = \"/images/{name}\"\n"))
+fn service(name: &str) -> shoal::api::NamedSpec {
+    shoal::cli::spec_file::parse(&format!("name = \"{name}\"\nimage = \"/images/{name}\"\n"))
         .unwrap()
         .remove(0)
 }
@@ -53,7 +53,7 @@ async fn bad_bodies_are_refused_with_their_status_and_change_nothing() {
     let (_endpoint, mut session) = session(&pki, &server).await;
 
     let mut replica = client_replica();
-    let valid = codec::encode_delta(&put(&mut replica, physical_now(), "api"));
+    let valid = codec::encode_delta(&put(&mut replica, SystemClock.now(), "api"));
     let max = limits().body_bytes_max;
 
     let mut wrong_version = valid.clone();
@@ -63,15 +63,15 @@ async fn bad_bodies_are_refused_with_their_status_and_change_nothing() {
 
     // Two changes; pushing only the second one lacks its base.
     let mut stale_replica = client_replica();
-    put(&mut stale_replica, physical_now(), "first");
-    let stale = codec::encode_delta(&put(&mut stale_replica, physical_now(), "second"));
+    put(&mut stale_replica, SystemClock.now(), "first");
+    let stale = codec::encode_delta(&put(&mut stale_replica, SystemClock.now(), "second"));
 
     // Written with a clock an hour ahead: beyond the one-second drift the server allows.
     let mut future_replica = client_replica();
     let an_hour = NTP64::from(Duration::from_secs(3600));
     let future = codec::encode_delta(&put(
         &mut future_replica,
-        physical_now() + an_hour,
+        SystemClock.now() + an_hour,
         "future",
     ));
 
@@ -226,7 +226,7 @@ async fn sync_returns_what_the_caller_lacks_and_the_server_summary() {
     assert_eq!(theirs, server.node.summary());
     let mut replica = replica;
     replica
-        .apply_delta(physical_now(), &node_id("server"), &delta)
+        .apply_delta(SystemClock.now(), &node_id("server"), &delta)
         .unwrap();
     assert_eq!(replica.digest(), server.node.digest());
 

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use net_support::{Pki, Server, apply_service, limits, node_id, open_node, raw_client};
-use shoal::pki::Validity;
+use shoal::sync::pki::Validity;
 use shoal::sync::{self, SyncError, wire};
 use shoal_crdt::codec;
 
@@ -38,11 +38,15 @@ impl Capture {
 /// An encoded delta adding a service, written by a replica named `origin`.
 fn intruding_delta(origin: &str) -> Vec<u8> {
     let mut replica = shoal_crdt::Replica::new(node_id(origin), Duration::from_secs(1));
-    let spec = shoal::spec_file::parse("name = \"evil\"\nimage = \"/evil\"\n")
+    let spec = shoal::cli::spec_file::parse("name = \"evil\"\nimage = \"/evil\"\n")
         .unwrap()
         .remove(0);
     let delta = replica
-        .put_service(shoal::node::physical_now(), spec.name, spec.spec)
+        .put_service(
+            shoal::state::Clock::now(&shoal::state::SystemClock),
+            spec.name,
+            spec.spec,
+        )
         .unwrap();
     codec::encode_delta(&delta)
 }

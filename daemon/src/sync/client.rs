@@ -13,10 +13,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
 use shoal_crdt::{Delta, NodeId, codec};
 
+use super::tls::{peer_node_id, server_name_for};
 use super::wire::{self, CONTENT_TYPE, PATH_PUSH, PATH_SYNC};
 use super::{SyncError, SyncLimits};
-use crate::node::{Node, NodeError, SyncOutcome};
-use crate::tls::{peer_node_id, server_name_for};
+use crate::state::{Node, NodeError, SyncOutcome};
 
 /// What one exchange with a peer moved.
 #[derive(Debug, Clone, PartialEq, Eq)]

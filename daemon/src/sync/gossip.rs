@@ -27,7 +27,7 @@ use super::SyncError;
 use super::SyncLimits;
 use super::client::{push, sync_once};
 use super::membership::{Member, PeerSelector, Target};
-use crate::node::Node;
+use crate::state::Node;
 
 /// How the gossip loop behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -13,7 +13,9 @@
 pub mod client;
 pub mod gossip;
 pub mod membership;
+pub mod pki;
 pub mod server;
+pub mod tls;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -22,10 +24,10 @@ use std::time::Duration;
 
 use shoal_crdt::NodeId;
 
-pub use crate::tls::{TlsError, TlsMaterial, node_id_from_cert};
 pub use client::{PeerSession, Reply, SyncStats, connect, push, sync_once};
 pub use gossip::{GossipConfig, GossipCounters, run_gossip};
 pub use server::serve;
+pub use tls::{TlsError, TlsMaterial, node_id_from_cert};
 
 /// Bounds of the sync protocol, for both the server and the client side.
 #[derive(Debug, Clone, PartialEq, Eq)]

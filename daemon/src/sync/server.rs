@@ -23,10 +23,10 @@ use shoal_crdt::NodeId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use super::tls::peer_node_id;
 use super::wire::{self, CONTENT_TYPE, Route};
 use super::{SyncError, SyncLimits};
-use crate::node::{Node, NodeError};
-use crate::tls::peer_node_id;
+use crate::state::{Node, NodeError};
 
 type ServerStream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
@@ -289,12 +289,15 @@ fn status_for(error: &NodeError) -> StatusCode {
     match error {
         NodeError::StaleBase { .. } => StatusCode::CONFLICT,
         NodeError::ClockDrift { .. } => StatusCode::UNPROCESSABLE_ENTITY,
-        NodeError::Invalid { .. } | NodeError::Refused(_) | NodeError::NotFound(_) => {
-            StatusCode::BAD_REQUEST
-        }
-        NodeError::Storage(_) | NodeError::Poisoned | NodeError::Load { .. } => {
-            StatusCode::INTERNAL_SERVER_ERROR
-        }
+        NodeError::Invalid { .. }
+        | NodeError::Operation { .. }
+        | NodeError::InvalidSpec { .. }
+        | NodeError::DuplicateService(_)
+        | NodeError::NotFound(_) => StatusCode::BAD_REQUEST,
+        NodeError::Storage(_)
+        | NodeError::Poisoned
+        | NodeError::Load { .. }
+        | NodeError::Encode { .. } => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

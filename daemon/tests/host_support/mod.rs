@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use shoal::api::NamedSpec;
 use shoal::api::{Client, Request, ServiceView, StatusView};
-use shoal::spec_file::NamedSpec;
 use shoal_crdt::ServiceSpec;
 
 pub const BINARY: &str = env!("CARGO_BIN_EXE_shoal");
@@ -163,7 +163,7 @@ impl Cluster {
     pub fn new(count: usize, extra_config: &str) -> Cluster {
         let root = tempfile::tempdir().unwrap();
         let ca_dir = root.path().join("ca");
-        shoal::pki::init_ca(&ca_dir, false).unwrap();
+        shoal::sync::pki::init_ca(&ca_dir, false).unwrap();
         let addresses: Vec<SocketAddr> = (0..count)
             .map(|_| SocketAddr::from(([127, 0, 0, 1], free_udp_port())))
             .collect();
@@ -172,7 +172,7 @@ impl Cluster {
             let name = format!("node-{}", (b'a' + index as u8) as char);
             let dir = root.path().join(&name);
             std::fs::create_dir_all(&dir).unwrap();
-            let paths = shoal::pki::issue_node_cert(
+            let paths = shoal::sync::pki::issue_node_cert(
                 &ca_dir,
                 &name.parse().unwrap(),
                 &["127.0.0.1".to_string()],

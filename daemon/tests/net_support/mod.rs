@@ -1,5 +1,7 @@
-//! Shared setup of daemon-net's integration tests: a CA, nodes with real certificates and a
-//! real redb database in a temp dir, and HTTP/3 sync servers on 127.0.0.1 port 0.
+//! The in-process test kit of the sync tests and benches: a CA, nodes with real
+//! certificates and a real redb database in a temp dir, HTTP/3 sync servers on 127.0.0.1
+//! port 0, and a gossip cluster running the daemon's own sync tasks
+//! (`agent::tasks::spawn_sync_tasks`).
 #![allow(dead_code)] // each test file uses a different part
 
 use std::net::SocketAddr;
@@ -7,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use shoal::node::{Node, NodeOptions};
-use shoal::pki::{self, NodePaths, Validity};
+use shoal::state::{Node, NodeOptions, SystemClock};
+use shoal::sync::pki::{self, NodePaths, Validity};
+use shoal::sync::tls::ClusterServerVerifier;
 use shoal::sync::{self, SyncLimits, TlsMaterial};
-use shoal::tls::ClusterServerVerifier;
-use shoal_crdt::{Capacity, NodeId};
+use shoal_crdt::NodeId;
 use tokio::sync::oneshot;
 
 pub fn node_id(name: &str) -> NodeId {
@@ -54,7 +56,7 @@ impl Pki {
             &["127.0.0.1".to_owned()],
             30,
             &out,
-            false,
+            true,
         )
         .unwrap()
     }
@@ -72,28 +74,36 @@ impl Pki {
 }
 
 pub fn open_node(dir: &Path, name: &str, address: SocketAddr) -> Arc<Node> {
-    Arc::new(
-        Node::open(NodeOptions {
-            node: node_id(name),
-            database: dir.join(format!("{name}.redb")),
-            max_clock_drift: Duration::from_secs(1),
-            seeds: Vec::new(),
-            address,
-            capacity: Capacity {
-                cpu_millis: 1000,
-                memory_bytes: 1 << 30,
-            },
-            down_after_ms: 5_000,
-            compact_every_entries: shoal::node::COMPACT_EVERY_ENTRIES,
-        })
-        .unwrap(),
-    )
+    open_node_with(dir, name, address, Vec::new())
+}
+
+/// A node with the default options, seeded with `seeds`, on the system clock.
+pub fn open_node_with(
+    dir: &Path,
+    name: &str,
+    address: SocketAddr,
+    seeds: Vec<SocketAddr>,
+) -> Arc<Node> {
+    let mut options = NodeOptions::new(node_id(name), dir.join(format!("{name}.redb")), address);
+    options.seeds = seeds;
+    Arc::new(Node::open(options, Arc::new(SystemClock)).unwrap())
+}
+
+/// A one-service spec file's services.
+pub fn named_spec(
+    name: &str,
+    image: &str,
+) -> Vec<(shoal_crdt::ServiceName, shoal_crdt::ServiceSpec)> {
+    let text = format!("name = \"{name}\"\nimage = \"{image}\"\n");
+    shoal::cli::spec_file::parse(&text)
+        .unwrap()
+        .into_iter()
+        .map(|named| (named.name, named.spec))
+        .collect()
 }
 
 pub fn apply_service(node: &Node, name: &str, image: &str) {
-    let text = format!("name = \"{name}\"\nimage = \"{image}\"\n");
-    let specs = shoal::spec_file::parse(&text).unwrap();
-    node.apply_services(specs).unwrap();
+    node.apply_services(named_spec(name, image)).unwrap();
 }
 
 /// A node serving sync on its own endpoint.
@@ -166,7 +176,7 @@ pub fn raw_client(ca_cert: &Path, identity: Option<&NodePaths>) -> quinn::Endpoi
     for cert in rustls_pemfile::certs(&mut &ca_pem[..]) {
         roots.add(cert.unwrap()).unwrap();
     }
-    let builder = rustls::ClientConfig::builder_with_provider(shoal::tls::provider())
+    let builder = rustls::ClientConfig::builder_with_provider(shoal::sync::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .dangerous()
@@ -200,18 +210,27 @@ pub struct GossipCluster {
     tasks: tokio::task::JoinSet<()>,
 }
 
-async fn wait_stop(mut stop: tokio::sync::watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stop| *stop).await;
-}
-
 impl GossipCluster {
     /// Starts nodes `names`; node i is seeded with the addresses of `seeds[i]` (indices).
+    /// Each runs the daemon's sync tasks with heartbeats every `heartbeat_ms`.
     pub async fn start(
         pki: &Pki,
         dir: &Path,
         names: &[&str],
         seeds: &[Vec<usize>],
         gossip: sync::GossipConfig,
+    ) -> Self {
+        Self::start_with(pki, dir, names, seeds, gossip, limits(), 200).await
+    }
+
+    pub async fn start_with(
+        pki: &Pki,
+        dir: &Path,
+        names: &[&str],
+        seeds: &[Vec<usize>],
+        gossip: sync::GossipConfig,
+        limits: SyncLimits,
+        heartbeat_ms: u64,
     ) -> Self {
         let endpoints: Vec<quinn::Endpoint> = names
             .iter()
@@ -225,56 +244,22 @@ impl GossipCluster {
         let mut tasks = tokio::task::JoinSet::new();
         let mut nodes = Vec::new();
         for (index, name) in names.iter().enumerate() {
-            let node = Arc::new(
-                Node::open(NodeOptions {
-                    node: node_id(name),
-                    database: dir.join(format!("{name}.redb")),
-                    max_clock_drift: Duration::from_secs(1),
-                    seeds: seeds[index].iter().map(|seed| addresses[*seed]).collect(),
-                    address: addresses[index],
-                    capacity: Capacity {
-                        cpu_millis: 1000,
-                        memory_bytes: 1 << 30,
-                    },
-                    down_after_ms: 5_000,
-                    compact_every_entries: shoal::node::COMPACT_EVERY_ENTRIES,
-                })
-                .unwrap(),
-            );
+            let seeds = seeds[index].iter().map(|seed| addresses[*seed]).collect();
+            let node = open_node_with(dir, name, addresses[index], seeds);
             node.heartbeat().unwrap();
-            let serve = sync::serve(
-                endpoints[index].clone(),
-                node.clone(),
-                limits(),
-                wait_stop(stopped.clone()),
-            );
-            tasks.spawn(async move { serve.await.unwrap() });
-            let cfg = sync::GossipConfig {
+            let gossip = sync::GossipConfig {
                 rng_seed: index as u64 + 1,
                 ..gossip.clone()
             };
-            tasks.spawn(sync::run_gossip(
-                endpoints[index].clone(),
-                node.clone(),
-                cfg,
-                limits(),
-                wait_stop(stopped.clone()),
-            ));
-            let beating = node.clone();
-            let mut beat_stop = stopped.clone();
-            tasks.spawn(async move {
-                loop {
-                    tokio::select! {
-                        _ = beat_stop.wait_for(|stop| *stop) => return,
-                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
-                    }
-                    let node = beating.clone();
-                    tokio::task::spawn_blocking(move || node.heartbeat())
-                        .await
-                        .unwrap()
-                        .unwrap();
-                }
-            });
+            shoal::agent::tasks::spawn_sync_tasks(
+                &mut tasks,
+                &endpoints[index],
+                &node,
+                gossip,
+                limits.clone(),
+                Duration::from_millis(heartbeat_ms),
+                &stopped,
+            );
             nodes.push(node);
         }
         Self {

@@ -5,22 +5,15 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
 use shoal_crdt::{ServiceName, ServiceSpec};
+
+use crate::api::{NamedSpec, SERVICES_PER_REQUEST_MAX};
 
 /// Largest spec file read.
 pub const SPEC_FILE_BYTES_MAX: u64 = 1 << 20;
 
-/// Most services in one file (and so in one apply request).
-pub const SERVICES_PER_FILE_MAX: usize = 256;
-
-/// One named service as sent to the daemon.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NamedSpec {
-    pub name: ServiceName,
-    pub spec: ServiceSpec,
-}
+/// Most services in one file: as many as one apply request takes.
+pub const SERVICES_PER_FILE_MAX: usize = SERVICES_PER_REQUEST_MAX;
 
 /// Why a spec file was refused; every message names the file.
 #[derive(Debug, thiserror::Error)]
@@ -32,9 +25,18 @@ pub enum SpecFileError {
     },
     #[error("spec file {path} is {size} bytes, more than the {max} allowed")]
     TooLarge { path: PathBuf, size: u64, max: u64 },
-    #[error("spec file {path}: {message}")]
-    Invalid { path: PathBuf, message: String },
+    #[error("spec file {path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: SpecTextError,
+    },
 }
+
+/// Why spec text was refused: a message naming the service and the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct SpecTextError(String);
 
 /// Reads and validates the spec file at `path`.
 pub fn load(path: &Path) -> Result<Vec<NamedSpec>, SpecFileError> {
@@ -51,14 +53,18 @@ pub fn load(path: &Path) -> Result<Vec<NamedSpec>, SpecFileError> {
         });
     }
     let text = std::fs::read_to_string(path).map_err(read_error)?;
-    parse(&text).map_err(|message| SpecFileError::Invalid {
+    parse(&text).map_err(|source| SpecFileError::Invalid {
         path: path.to_path_buf(),
-        message,
+        source,
     })
 }
 
-/// Parses and validates spec text; the error is a message without the file name.
-pub fn parse(text: &str) -> Result<Vec<NamedSpec>, String> {
+/// Parses and validates spec text; the error names the service and field, not the file.
+pub fn parse(text: &str) -> Result<Vec<NamedSpec>, SpecTextError> {
+    parse_text(text).map_err(SpecTextError)
+}
+
+fn parse_text(text: &str) -> Result<Vec<NamedSpec>, String> {
     let table: toml::Table =
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
     let tables = match table.get("service") {
@@ -125,7 +131,7 @@ mod tests {
     use super::*;
 
     fn check_error(text: &str, fragments: &[&str]) {
-        let message = parse(text).expect_err("spec must be refused");
+        let message = parse(text).expect_err("spec must be refused").to_string();
         for fragment in fragments {
             assert!(message.contains(fragment), "{message:?} lacks {fragment:?}");
         }

@@ -23,7 +23,7 @@ use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
 use shoal_crdt::NodeId;
 
-use crate::pki::NODE_URI_PREFIX;
+use super::pki::NODE_URI_PREFIX;
 
 /// The ALPN protocol both sides require.
 pub const ALPN_H3: &[u8] = b"h3";
@@ -85,9 +85,9 @@ impl TlsMaterial {
             path: path.to_owned(),
             reason,
         };
-        let ca_certs = crate::pki::pem_certificates(ca, &ca_pem)
+        let ca_certs = super::pki::pem_certificates(ca, &ca_pem)
             .map_err(|error| bad(ca, error.to_string()))?;
-        let chain = crate::pki::pem_certificates(cert, &cert_pem)
+        let chain = super::pki::pem_certificates(cert, &cert_pem)
             .map_err(|error| bad(cert, error.to_string()))?;
         let key_der = rustls_pemfile::private_key(&mut &key_pem[..])
             .map_err(|error| bad(key, error.to_string()))?
@@ -428,7 +428,7 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, TlsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pki::{Validity, init_ca, issue_node_cert, issue_node_cert_with};
+    use crate::sync::pki::{Validity, init_ca, issue_node_cert, issue_node_cert_with};
     use std::time::{Duration, SystemTime};
 
     fn node(name: &str) -> NodeId {
@@ -451,8 +451,9 @@ mod tests {
             material.client_config().unwrap().alpn_protocols,
             [b"h3".to_vec()]
         );
-        let der = crate::pki::pem_certificates(&issued.cert, &std::fs::read(&issued.cert).unwrap())
-            .unwrap();
+        let der =
+            crate::sync::pki::pem_certificates(&issued.cert, &std::fs::read(&issued.cert).unwrap())
+                .unwrap();
         assert_eq!(node_id_from_cert(&der[0]).unwrap(), node("node-a"));
     }
 

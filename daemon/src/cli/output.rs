@@ -3,8 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::api::{NodeView, ServiceView, StatusView};
-use crate::reconcile::PsView;
+use crate::api::{NodeView, PsView, ServiceView, StatusView};
 
 /// A text table with a header row; columns are padded to their widest cell.
 #[derive(Debug, Default)]

@@ -11,10 +11,11 @@
 //!   every node, in rank order, that still has room for one more (cpu, memory and
 //!   `CONTAINERS_PER_NODE_MAX`), until the replica count is met or a round places nothing;
 //! - room is the node's advertised capacity minus what earlier placements of this same
-//!   computation reserved on it. The PN-counter usage is not subtracted: it records the
-//!   containers this placement itself describes, so subtracting it would count them twice
-//!   and make placements flap. The reconcile loop instead checks its own counters before it
-//!   starts anything, so a node's own reservations never exceed its capacity.
+//!   computation reserved on it (`room::Reserved`, the same check the planner makes). The
+//!   PN-counter usage is not subtracted: it records the containers this placement itself
+//!   describes, so subtracting it would count them twice and make placements flap. The
+//!   planner instead checks this node's kept records before it starts anything, so a
+//!   node's own reservations never exceed its capacity.
 //!
 //! Consequences (property-tested below): replicas spread over distinct nodes first; with
 //! room to spare, removing a node only moves the replicas that were on it (a surviving node
@@ -25,8 +26,7 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 use shoal_crdt::{Capacity, NodeId, Resources, ServiceName};
 
-/// Containers one node runs at most, whatever its capacity.
-pub const CONTAINERS_PER_NODE_MAX: u32 = 256;
+use super::room::Reserved;
 
 /// A live node as the scheduler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -84,27 +84,6 @@ pub fn score(service: &ServiceName, node: &NodeId) -> u64 {
     u64::from_be_bytes(first)
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct Reserved {
-    cpu_millis: u64,
-    memory_bytes: u64,
-    containers: u32,
-}
-
-impl Reserved {
-    fn fits(&self, capacity: &Capacity, resources: &Resources) -> bool {
-        self.containers < CONTAINERS_PER_NODE_MAX
-            && self.cpu_millis + u64::from(resources.cpu_millis) <= u64::from(capacity.cpu_millis)
-            && self.memory_bytes.saturating_add(resources.memory_bytes) <= capacity.memory_bytes
-    }
-
-    fn add(&mut self, resources: &Resources) {
-        self.cpu_millis += u64::from(resources.cpu_millis);
-        self.memory_bytes = self.memory_bytes.saturating_add(resources.memory_bytes);
-        self.containers += 1;
-    }
-}
-
 /// Computes the placement. Input order does not matter; duplicate names keep the first.
 pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
     let nodes: BTreeMap<&NodeId, &Capacity> = nodes
@@ -158,6 +137,7 @@ pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
 
 #[cfg(test)]
 mod tests {
+    use super::super::room::CONTAINERS_PER_NODE_MAX;
     use super::*;
     use proptest::prelude::*;
 

@@ -19,10 +19,10 @@ use nix::unistd::Pid;
 
 use sha2::{Digest as _, Sha256};
 
-use crate::api::{Client, Request, ServiceView, StatusView};
-use crate::cli::DemoArgs;
-use crate::reconcile::PsView;
-use crate::{output, pki, spec_file};
+use super::DemoArgs;
+use super::{output, spec_file};
+use crate::api::{Client, PsView, Request, ServiceView, StatusView};
+use crate::sync::pki;
 
 /// Nodes in the demo cluster.
 const NODES: usize = 3;

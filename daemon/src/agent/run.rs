@@ -1,6 +1,6 @@
-//! The daemon's main loop: load the state, bind the HTTP/3 endpoint and the API socket,
-//! tell systemd READY=1, run the sync server, gossip, API, heartbeat and watchdog tasks, and
-//! on shutdown stop them within a bound and close the database.
+//! The daemon's life: load the state, bind the HTTP/3 endpoint and the API socket, tell
+//! systemd READY=1, run the sync server, gossip, heartbeat, API, reconcile and watchdog
+//! tasks, and on shutdown stop them within a bound and close the database.
 //!
 //! Order matters: READY=1 is sent only after the state is loaded and both listeners are
 //! bound, so `systemctl start` returning means the node answers. At shutdown, STOPPING=1 is
@@ -15,34 +15,36 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_crdt::Capacity;
+use shoal_oci::network::{ContainerNetwork, NodeNetwork};
+use shoal_oci::{ImageStore, LibcontainerRuntime, RuntimeSettings};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
+use super::config::Config;
+use super::notify::{self, Notifier};
+use super::tasks::{self, stopped};
 use crate::api;
-use crate::config::Config;
-use crate::node::{Node, NodeError, NodeOptions};
-use crate::notify::{self, Notifier};
-use crate::reconcile::{LogPaths, ReconcileSettings, Reconciler};
+use crate::containers::{Executor, LogPaths, ReconcileSettings, Reconciler};
+use crate::schedule::PlannerSettings;
+use crate::schedule::plan::STARTS_PER_PASS_MAX;
+use crate::state::{Clock, Node, NodeError, NodeOptions, SystemClock};
 use crate::sync::{self, GossipConfig, SyncLimits, TlsMaterial};
-use shoal_oci::network::{ContainerNetwork, NodeNetwork};
-use shoal_oci::{LibcontainerRuntime, RuntimeSettings};
 
 /// Time given to tasks to finish after shutdown begins, before they are aborted.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
 /// Concurrent sync connections served.
 pub const SYNC_CONNECTIONS_MAX: usize = 256;
-/// How often the STATUS= line is refreshed.
-const STATUS_INTERVAL_MS: u64 = 2_000;
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("tls files (tls.ca_file {ca}, tls.cert_file {cert}, tls.key_file {key}): {message}")]
+    #[error("tls files (tls.ca_file {ca}, tls.cert_file {cert}, tls.key_file {key}): {source}")]
     Tls {
         ca: PathBuf,
         cert: PathBuf,
         key: PathBuf,
-        message: String,
+        #[source]
+        source: sync::TlsError,
     },
     #[error(
         "node_name {configured} does not match the node id {certified} in tls.cert_file {cert}"
@@ -57,22 +59,26 @@ pub enum RunError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("{0}")]
+    #[error(transparent)]
     Node(#[from] NodeError),
-    #[error("listen {listen}: {message}")]
+    #[error("listen {listen}: {source}")]
     Bind {
         listen: std::net::SocketAddr,
-        message: String,
+        #[source]
+        source: sync::SyncError,
     },
     #[error("api: {0}")]
     Api(#[from] api::ApiError),
     #[error("container runtime {path}: {message}")]
     Runtime { path: PathBuf, message: String },
+    #[error("{what} panicked: {message}")]
+    Panicked { what: &'static str, message: String },
 }
 
-/// A future that completes when the watch flips to true (or its sender is gone).
-async fn stopped(mut receiver: watch::Receiver<bool>) {
-    let _ = receiver.wait_for(|stop| *stop).await;
+/// A random seed for the gossip and the planner's container ids: the only place the
+/// daemon takes randomness from the host.
+fn rng_seed() -> u64 {
+    rand::random()
 }
 
 /// Runs the daemon until `shutdown` completes.
@@ -82,11 +88,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         &config.tls.cert_file,
         &config.tls.key_file,
     )
-    .map_err(|error| RunError::Tls {
+    .map_err(|source| RunError::Tls {
         ca: config.tls.ca_file.clone(),
         cert: config.tls.cert_file.clone(),
         key: config.tls.key_file.clone(),
-        message: error.to_string(),
+        source,
     })?;
     if tls.node_id() != &config.node_name {
         return Err(RunError::NodeMismatch {
@@ -105,44 +111,47 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         })?;
 
     let (cpu_millis, memory_bytes) = config.effective_capacity();
-    let options = NodeOptions {
-        node: config.node_name.clone(),
-        database: config.database_path(),
-        max_clock_drift: Duration::from_millis(config.sync.max_clock_drift_ms),
-        seeds: config.peers.clone(),
-        address: config.advertised_address(),
-        capacity: Capacity {
-            cpu_millis,
-            memory_bytes,
-        },
-        down_after_ms: config.sync.down_after_ms,
-        compact_every_entries: crate::node::COMPACT_EVERY_ENTRIES,
+    let mut options = NodeOptions::new(
+        config.node_name.clone(),
+        config.database_path(),
+        config.advertised_address(),
+    );
+    options.max_clock_drift = Duration::from_millis(config.sync.max_clock_drift_ms);
+    options.seeds = config.peers.clone();
+    options.capacity = Capacity {
+        cpu_millis,
+        memory_bytes,
     };
-    let evict_after_ms = config.sync.evict_after_ms;
-    let subnet = config.containers.subnet;
+    options.down_after_ms = config.sync.down_after_ms;
+    options.evict_after_ms = config.sync.evict_after_ms;
+    options.subnet = config.containers.subnet;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let node = Arc::new(
-        tokio::task::spawn_blocking(move || {
-            Node::open(options)
-                .map(|node| node.with_evict_after_ms(evict_after_ms).with_subnet(subnet))
-        })
-        .await
-        .map_err(|error| NodeError::Refused(format!("loading the state panicked: {error}")))??,
+        tokio::task::spawn_blocking(move || Node::open(options, clock))
+            .await
+            .map_err(|error| RunError::Panicked {
+                what: "loading the state",
+                message: error.to_string(),
+            })??,
     );
     tracing::info!(node = %node.node_id(), digest = %hex::encode(node.digest()), "state loaded");
 
-    let endpoint = sync::bind_endpoint(config.listen, &tls).map_err(|error| RunError::Bind {
+    let endpoint = sync::bind_endpoint(config.listen, &tls).map_err(|source| RunError::Bind {
         listen: config.listen,
-        message: error.to_string(),
+        source,
     })?;
     let api_socket = config.api_socket();
-    let api_listener = api::bind(&api_socket)?;
+    let api_listener = api::server::bind(&api_socket)?;
 
     // Our metadata is in the state before anyone can ask for it.
     {
         let node = node.clone();
         tokio::task::spawn_blocking(move || node.heartbeat())
             .await
-            .map_err(|error| NodeError::Refused(format!("heartbeat panicked: {error}")))??;
+            .map_err(|error| RunError::Panicked {
+                what: "the first heartbeat",
+                message: error.to_string(),
+            })??;
     }
 
     let containers = if config.containers.enabled {
@@ -168,24 +177,16 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         ..GossipConfig::default()
     };
     let mut tasks = JoinSet::new();
-    {
-        let endpoint = endpoint.clone();
-        let node = node.clone();
-        let limits = limits.clone();
-        let stop = stopped(stop_receiver.clone());
-        tasks.spawn(async move {
-            if let Err(error) = sync::serve(endpoint, node, limits, stop).await {
-                tracing::error!(%error, "sync server stopped");
-            }
-        });
-    }
-    {
-        let endpoint = endpoint.clone();
-        let node = node.clone();
-        let stop = stopped(stop_receiver.clone());
-        tasks.spawn(async move { sync::run_gossip(endpoint, node, gossip, limits, stop).await });
-    }
-    tasks.spawn(api::serve(
+    tasks::spawn_sync_tasks(
+        &mut tasks,
+        &endpoint,
+        &node,
+        gossip,
+        limits,
+        Duration::from_millis(config.sync.heartbeat_interval_ms),
+        &stop_receiver,
+    );
+    tasks.spawn(api::server::serve(
         api_listener,
         node.clone(),
         containers.clone(),
@@ -194,13 +195,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if let Some(containers) = &containers {
         tasks.spawn(containers.clone().run(stopped(stop_receiver.clone())));
     }
-    tasks.spawn(heartbeat_loop(
-        node.clone(),
-        Duration::from_millis(config.sync.heartbeat_interval_ms),
-        stopped(stop_receiver.clone()),
-    ));
     let notifier = Notifier;
-    tasks.spawn(watchdog_loop(
+    tasks.spawn(tasks::watchdog_loop(
         node.clone(),
         notifier,
         notify::watchdog_interval(),
@@ -249,19 +245,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-/// Opens the container runtime (adopting running containers, removing dead ones) and the
-/// reconciler that drives it.
+/// Opens the container runtime (adopting running containers, removing dead ones), the
+/// image store, the network, and the reconciler that drives them.
 async fn open_containers(config: &Config, node: Arc<Node>) -> Result<Arc<Reconciler>, RunError> {
     let runtime_dir = config.runtime_dir();
     let mut runtime_settings = RuntimeSettings::new(&runtime_dir);
     runtime_settings.log_bytes_max = config.containers.log_bytes_max;
     runtime_settings.cgroup_parent = format!("shoal/{}", config.node_name);
     let settings = ReconcileSettings {
-        image_cache_dir: config.image_cache_dir(),
         interval_ms: config.containers.reconcile_interval_ms,
-        stop_grace_ms: config.containers.stop_grace_ms,
         startup_grace_ms: config.sync.down_after_ms,
+        planner: PlannerSettings {
+            starts_per_pass_max: STARTS_PER_PASS_MAX,
+            retry_after_failure_ms: config.containers.reconcile_interval_ms,
+        },
+        rng_seed: rng_seed(),
     };
+    let stop_grace_ms = config.containers.stop_grace_ms;
+    let image_cache_dir = config.image_cache_dir();
     let runtime_error = |message: String| RunError::Runtime {
         path: runtime_dir.clone(),
         message,
@@ -282,6 +283,8 @@ async fn open_containers(config: &Config, node: Arc<Node>) -> Result<Arc<Reconci
         let runtime = Arc::new(runtime);
         let logs = runtime.clone();
         let log_paths: LogPaths = Arc::new(move |id: &str| logs.log_paths(id));
+        let images = ImageStore::open(&image_cache_dir)
+            .map_err(|error| format!("image cache {}: {error}", image_cache_dir.display()))?;
         let network: Option<Arc<dyn ContainerNetwork>> = match network_settings {
             Some((bridge, subnet)) => {
                 let network = NodeNetwork::ensure(&bridge, subnet, &netns_prefix)
@@ -291,77 +294,13 @@ async fn open_containers(config: &Config, node: Arc<Node>) -> Result<Arc<Reconci
             }
             None => None,
         };
-        let reconciler = Reconciler::new(node, runtime, log_paths, network, settings)
-            .map_err(|error| error.to_string())?;
-        reconciler.clean_dead(&report.dead);
-        Ok::<_, String>(Arc::new(reconciler))
+        let executor = Executor::new(runtime, network, Arc::new(images), stop_grace_ms);
+        executor.clean_dead(&report.dead);
+        Ok::<_, String>(Arc::new(Reconciler::new(
+            node, executor, log_paths, settings,
+        )))
     })
     .await
     .map_err(|error| runtime_error(format!("opening the runtime panicked: {error}")))?
     .map_err(runtime_error)
-}
-
-fn rng_seed() -> u64 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    (nanos as u64) ^ (u64::from(std::process::id()) << 32)
-}
-
-async fn heartbeat_loop(node: Arc<Node>, every: Duration, stop: impl Future<Output = ()>) {
-    tokio::pin!(stop);
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = ticker.tick() => {}
-        }
-        let node = node.clone();
-        match tokio::task::spawn_blocking(move || node.heartbeat()).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(%error, "heartbeat failed"),
-            Err(error) => tracing::error!(%error, "heartbeat panicked"),
-        }
-    }
-}
-
-/// Refreshes STATUS= and pings the watchdog; a ping is sent only when the node answers, so
-/// a wedged node lets systemd restart it.
-async fn watchdog_loop(
-    node: Arc<Node>,
-    notifier: Notifier,
-    watchdog: Option<Duration>,
-    stop: impl Future<Output = ()>,
-) {
-    tokio::pin!(stop);
-    let status_every = Duration::from_millis(STATUS_INTERVAL_MS);
-    let every = watchdog.map_or(status_every, |w| w.min(status_every));
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_status = tokio::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = &mut stop => return,
-            _ = ticker.tick() => {}
-        }
-        let probe = {
-            let node = node.clone();
-            tokio::task::spawn_blocking(move || node.status_line())
-        };
-        let answer = tokio::time::timeout(every, probe).await;
-        let Ok(Ok(line)) = answer else {
-            tracing::warn!("node did not answer the watchdog probe");
-            continue;
-        };
-        if watchdog.is_some() {
-            notifier.watchdog();
-        }
-        if last_status.elapsed() >= status_every {
-            notifier.status(&format!("running; {line}"));
-            last_status = tokio::time::Instant::now();
-        }
-    }
 }

@@ -1,0 +1,11 @@
+//! The node agent, `shoal daemon`: its config file (`config`), its life from startup to
+//! shutdown (`run`), its background tasks (`tasks`) and its systemd notifications
+//! (`notify`). This room wires the others together; nothing below it imports it, except
+//! the CLI, which reads the config file for `--check-config`.
+
+pub mod config;
+pub mod notify;
+pub mod run;
+pub mod tasks;
+
+pub use run::{RunError, SHUTDOWN_GRACE_MS, run};

@@ -1,0 +1,115 @@
+//! The node's background tasks: the sync server, the gossip loop and the heartbeat
+//! (`spawn_sync_tasks`, which the daemon and the in-process test clusters share), and the
+//! systemd watchdog. Each task stops when its `stop` watch flips to true.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::notify::Notifier;
+use crate::state::Node;
+use crate::sync::{self, GossipConfig, SyncLimits};
+
+/// How often the STATUS= line is refreshed.
+const STATUS_INTERVAL_MS: u64 = 2_000;
+
+/// A future that completes when the watch flips to true (or its sender is gone).
+pub async fn stopped(mut receiver: watch::Receiver<bool>) {
+    let _ = receiver.wait_for(|stop| *stop).await;
+}
+
+/// Spawns what keeps a node in sync on `endpoint`: the sync server, the gossip loop
+/// (anti-entropy and eager push) and a heartbeat every `heartbeat_every`.
+pub fn spawn_sync_tasks(
+    tasks: &mut JoinSet<()>,
+    endpoint: &quinn::Endpoint,
+    node: &Arc<Node>,
+    gossip: GossipConfig,
+    limits: SyncLimits,
+    heartbeat_every: Duration,
+    stop: &watch::Receiver<bool>,
+) {
+    {
+        let endpoint = endpoint.clone();
+        let node = node.clone();
+        let limits = limits.clone();
+        let stop = stopped(stop.clone());
+        tasks.spawn(async move {
+            if let Err(error) = sync::serve(endpoint, node, limits, stop).await {
+                tracing::error!(%error, "sync server stopped");
+            }
+        });
+    }
+    tasks.spawn(sync::run_gossip(
+        endpoint.clone(),
+        node.clone(),
+        gossip,
+        limits,
+        stopped(stop.clone()),
+    ));
+    tasks.spawn(heartbeat_loop(
+        node.clone(),
+        heartbeat_every,
+        stopped(stop.clone()),
+    ));
+}
+
+async fn heartbeat_loop(node: Arc<Node>, every: Duration, stop: impl Future<Output = ()>) {
+    tokio::pin!(stop);
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = ticker.tick() => {}
+        }
+        let node = node.clone();
+        match tokio::task::spawn_blocking(move || node.heartbeat()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "heartbeat failed"),
+            Err(error) => tracing::error!(%error, "heartbeat panicked"),
+        }
+    }
+}
+
+/// Refreshes STATUS= and pings the watchdog; a ping is sent only when the node answers, so
+/// a wedged node lets systemd restart it.
+pub async fn watchdog_loop(
+    node: Arc<Node>,
+    notifier: Notifier,
+    watchdog: Option<Duration>,
+    stop: impl Future<Output = ()>,
+) {
+    tokio::pin!(stop);
+    let status_every = Duration::from_millis(STATUS_INTERVAL_MS);
+    let every = watchdog.map_or(status_every, |w| w.min(status_every));
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_status = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = &mut stop => return,
+            _ = ticker.tick() => {}
+        }
+        let probe = {
+            let node = node.clone();
+            tokio::task::spawn_blocking(move || node.status_line())
+        };
+        let answer = tokio::time::timeout(every, probe).await;
+        let Ok(Ok(line)) = answer else {
+            tracing::warn!("node did not answer the watchdog probe");
+            continue;
+        };
+        if watchdog.is_some() {
+            notifier.watchdog();
+        }
+        if last_status.elapsed() >= status_every {
+            notifier.status(&format!("running; {line}"));
+            last_status = tokio::time::Instant::now();
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The local operator API: what the CLI and the daemon say to each other over the daemon's
+//! Unix socket. This module is the leaf both sides import: the request, the envelope and
+//! every response view. `server` (in the daemon) answers requests from the node's state;
+//! `client` (in the CLI) sends them. Neither the durable state nor the scheduler imports
+//! this module: the server builds every view here from what they return.
+//!
+//! Protocol (version `API_VERSION`): the client writes one JSON object on one line,
+//! `{"version":1,"request":{"op":"service_list"}}`, and the server answers with one JSON
+//! line, `{"ok":<result>}` or `{"error":"<message>"}`. A connection may carry several
+//! request/response pairs in sequence. A request line longer than `REQUEST_BYTES_MAX` is
+//! refused and the connection closed; at most `CONNECTIONS_MAX` connections are served at
+//! once; an idle connection is closed after `IDLE_TIMEOUT_MS`.
+
+pub mod client;
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+use shoal_crdt::{NodeId, ServiceName, ServiceSpec};
+
+pub use client::Client;
+
+/// Version of the request envelope.
+pub const API_VERSION: u32 = 1;
+/// Largest request line, newline included.
+pub const REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Largest response line the client reads.
+pub const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Connections served at the same time; more wait in the listen backlog.
+pub const CONNECTIONS_MAX: usize = 32;
+/// A connection with no request for this long is closed.
+pub const IDLE_TIMEOUT_MS: u64 = 30_000;
+/// Most services in one apply request (and so in one spec file).
+pub const SERVICES_PER_REQUEST_MAX: usize = 256;
+/// Largest `offsets` map a `logs` request may carry.
+pub const LOG_OFFSETS_MAX: usize = 1024;
+
+/// One request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    ServiceApply {
+        services: Vec<NamedSpec>,
+    },
+    ServiceList,
+    ServiceRemove {
+        name: ServiceName,
+    },
+    Nodes,
+    Status,
+    /// Containers cluster-wide, with this node's runtime states.
+    Ps,
+    /// New log output of a container or of a service's containers on this node.
+    Logs {
+        target: String,
+        /// container -> (stdout offset, stderr offset) from the previous call.
+        #[serde(default)]
+        offsets: BTreeMap<String, (u64, u64)>,
+    },
+}
+
+/// A request line: the protocol version and the request.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub version: u32,
+    pub request: Request,
+}
+
+/// A response line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reply {
+    Ok(serde_json::Value),
+    Error(String),
+}
+
+/// One named service as sent to the daemon.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NamedSpec {
+    pub name: ServiceName,
+    pub spec: ServiceSpec,
+}
+
+/// A service as listed: its spec and the HLC timestamp of the write that won.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServiceView {
+    pub name: ServiceName,
+    pub version: String,
+    pub spec: ServiceSpec,
+}
+
+/// A cluster member as this node sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    pub id: NodeId,
+    pub address: String,
+    pub live: bool,
+    pub is_self: bool,
+    pub heartbeat_age_ms: Option<u64>,
+    pub subnet: Option<String>,
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+}
+
+/// A peer with its sync history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PeerView {
+    pub id: NodeId,
+    pub address: String,
+    pub live: bool,
+    pub last_sync_ms_ago: Option<u64>,
+    pub last_error: Option<String>,
+    /// Whether the peer's last known summary equals ours.
+    pub same_summary: bool,
+}
+
+/// This node's summary of the cluster state and of how fresh it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatusView {
+    pub node: NodeId,
+    pub version: String,
+    pub uptime_ms: u64,
+    pub version_vector: BTreeMap<String, u64>,
+    pub digest: String,
+    pub services: usize,
+    pub nodes: usize,
+    pub tombstones: usize,
+    pub hlc_last: String,
+    pub peers: Vec<PeerView>,
+    /// Every live peer's last known summary equals ours.
+    pub converged: bool,
+    /// A peer evicted this node after a long silence; see the daemon log.
+    pub evicted: bool,
+    /// service -> why this node cannot run its share of it (bad image, no room, ...).
+    #[serde(default)]
+    pub service_errors: BTreeMap<String, String>,
+}
+
+/// A container as `shoal ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContainerView {
+    pub id: String,
+    pub service: String,
+    pub node: String,
+    /// `running`, `created`, `exited(<code>)`, `killed(<signal>)`, `exited(unknown)`,
+    /// `starting` (recorded, not yet started) on this node; `recorded` for other live nodes
+    /// (this node knows only the OR-Set); `node-down` when that node's heartbeat is silent.
+    pub state: String,
+    pub ip: Option<String>,
+    /// Unix milliseconds when this node last started it (this node's containers only).
+    pub since_unix_ms: Option<u64>,
+    pub pid: Option<i32>,
+    pub restarts: u32,
+}
+
+/// `shoal ps`: every container in the cluster state plus this node's problems.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PsView {
+    pub node: String,
+    pub containers: Vec<ContainerView>,
+    /// service -> why this node could not run it (bad image, no capacity, ...).
+    pub errors: BTreeMap<String, String>,
+    /// service -> replicas no live node has room for (the placement as this node sees it).
+    pub unplaced: BTreeMap<String, u32>,
+    /// node -> what its PN-counters say it reserves.
+    pub usage: BTreeMap<String, Usage>,
+}
+
+/// One node's resource PN-counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub cpu_millis: i64,
+    pub memory_bytes: i64,
+    pub containers: i64,
+}
+
+/// One container's new log output since the offsets the caller gave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogChunk {
+    pub container: String,
+    pub stdout: String,
+    pub stderr: String,
+    /// Offsets to pass next time (for `logs -f`).
+    pub stdout_offset: u64,
+    pub stderr_offset: u64,
+    pub running: bool,
+}
+
+/// Why an API call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "cannot connect to the daemon at {path}: {source} (is `shoal daemon` running? see --socket)"
+    )]
+    Connect {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("api socket {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("api socket {path}: malformed response: {message}")]
+    Malformed { path: PathBuf, message: String },
+    #[error("{0}")]
+    Refused(String),
+    #[error("api socket {path} is in use by a running daemon")]
+    InUse { path: PathBuf },
+    #[error("api socket path {path} exists and is not a socket; refusing to remove it")]
+    NotASocket { path: PathBuf },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_through_json() {
+        for request in [
+            Request::ServiceList,
+            Request::Nodes,
+            Request::Status,
+            Request::ServiceRemove {
+                name: "web".parse().unwrap(),
+            },
+        ] {
+            let text = serde_json::to_string(&Envelope {
+                version: API_VERSION,
+                request: request.clone(),
+            })
+            .unwrap();
+            let back: Envelope = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.request, request);
+        }
+        let text = serde_json::to_string(&Envelope {
+            version: 1,
+            request: Request::Status,
+        })
+        .unwrap();
+        assert_eq!(text, r#"{"version":1,"request":{"op":"status"}}"#);
+    }
+
+    #[test]
+    fn unknown_operations_and_fields_are_refused() {
+        assert!(
+            serde_json::from_str::<Envelope>(r#"{"version":1,"request":{"op":"reboot"}}"#).is_err()
+        );
+        assert!(
+            serde_json::from_str::<Envelope>(r#"{"version":1,"request":{"op":"status"},"x":1}"#)
+                .is_err()
+        );
+    }
+}

@@ -1,0 +1,407 @@
+//! The daemon's side of the local API: binds the Unix socket (mode 0660), serves request
+//! lines within the bounds `api` sets, runs each request against the node and the
+//! reconciler, and builds the response views. Every view of `api` is built here, and only
+//! here, from what the node and the reconciler return.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::{
+    API_VERSION, ApiError, CONNECTIONS_MAX, Envelope, IDLE_TIMEOUT_MS, LOG_OFFSETS_MAX, NodeView,
+    PeerView, REQUEST_BYTES_MAX, Reply, Request, SERVICES_PER_REQUEST_MAX, ServiceView, StatusView,
+};
+use crate::containers::Reconciler;
+use crate::state::{Member, Node, NodeStatus, ServiceEntry};
+
+/// Socket file mode: owner and group may talk to the daemon.
+const SOCKET_MODE: u32 = 0o660;
+
+/// Binds the API socket: refuses when a live daemon answers on it, removes a stale socket
+/// file, and sets mode 0660.
+pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
+    let io = |source| ApiError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    match std::fs::symlink_metadata(path) {
+        Ok(metadata) => {
+            if !metadata.file_type().is_socket() {
+                return Err(ApiError::NotASocket {
+                    path: path.to_path_buf(),
+                });
+            }
+            match std::os::unix::net::UnixStream::connect(path) {
+                Ok(_) => {
+                    return Err(ApiError::InUse {
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(_) => {
+                    tracing::info!(path = %path.display(), "removing stale api socket");
+                    std::fs::remove_file(path).map_err(io)?;
+                }
+            }
+        }
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io(error)),
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Serves requests until `shutdown` completes; then stops accepting, closes idle
+/// connections and waits for in-flight requests to be answered. The caller bounds that
+/// wait (the daemon's shutdown grace) and aborts the task after it.
+pub async fn serve(
+    listener: UnixListener,
+    node: Arc<Node>,
+    containers: Option<Arc<Reconciler>>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
+    let (closing, closed) = tokio::sync::watch::channel(false);
+    let mut tasks = tokio::task::JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let stream = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!(%error, "api accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let node = node.clone();
+        let containers = containers.clone();
+        let closed = closed.clone();
+        tasks.spawn(async move {
+            if let Err(error) = serve_connection(stream, node, containers, closed).await {
+                tracing::debug!(%error, "api connection ended");
+            }
+            drop(permit);
+        });
+        while tasks.try_join_next().is_some() {}
+    }
+    drop(listener);
+    let _ = closing.send(true);
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn serve_connection(
+    stream: UnixStream,
+    node: Arc<Node>,
+    containers: Option<Arc<Reconciler>>,
+    mut closed: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = tokio::io::BufReader::new(read);
+    loop {
+        let mut line = Vec::new();
+        let limit = u64::try_from(REQUEST_BYTES_MAX).unwrap_or(u64::MAX);
+        // Waiting for the next request: the daemon shutting down closes the connection.
+        let mut limited = (&mut reader).take(limit);
+        let read = tokio::select! {
+            _ = closed.wait_for(|closed| *closed) => return Ok(()),
+            read = tokio::time::timeout(
+                Duration::from_millis(IDLE_TIMEOUT_MS),
+                limited.read_until(b'\n', &mut line),
+            ) => read,
+        };
+        let count = match read {
+            Ok(result) => result?,
+            Err(_) => return Ok(()),
+        };
+        if count == 0 {
+            return Ok(());
+        }
+        if line.last() != Some(&b'\n') {
+            let reply = if line.len() >= REQUEST_BYTES_MAX {
+                Reply::Error(format!("request larger than {REQUEST_BYTES_MAX} bytes"))
+            } else {
+                Reply::Error("request must end with a newline".to_string())
+            };
+            write_reply(&mut write, &reply).await?;
+            return Ok(());
+        }
+        let reply = match serde_json::from_slice::<Envelope>(&line) {
+            Err(error) => Reply::Error(format!("malformed request: {error}")),
+            Ok(envelope) if envelope.version != API_VERSION => Reply::Error(format!(
+                "unsupported api version {}, this daemon speaks {API_VERSION}",
+                envelope.version
+            )),
+            Ok(envelope) => {
+                let node = node.clone();
+                let containers = containers.clone();
+                // Node operations commit to redb (fsync); keep them off the async workers.
+                let work = move || handle(&node, containers.as_deref(), envelope.request);
+                match tokio::task::spawn_blocking(work).await {
+                    Ok(reply) => reply,
+                    Err(error) => Reply::Error(format!("request failed: {error}")),
+                }
+            }
+        };
+        write_reply(&mut write, &reply).await?;
+    }
+}
+
+async fn write_reply(
+    write: &mut tokio::net::unix::OwnedWriteHalf,
+    reply: &Reply,
+) -> std::io::Result<()> {
+    let mut bytes = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    write.write_all(&bytes).await?;
+    write.flush().await
+}
+
+fn to_value<T: serde::Serialize>(value: &T) -> Reply {
+    match serde_json::to_value(value) {
+        Ok(value) => Reply::Ok(value),
+        Err(error) => Reply::Error(format!("cannot encode the result: {error}")),
+    }
+}
+
+const CONTAINERS_DISABLED: &str =
+    "containers are disabled on this node (containers.enabled = false)";
+
+/// Runs one request against the node and the reconciler.
+fn handle(node: &Node, containers: Option<&Reconciler>, request: Request) -> Reply {
+    match request {
+        Request::ServiceApply { services } => {
+            if services.is_empty() || services.len() > SERVICES_PER_REQUEST_MAX {
+                return Reply::Error(format!(
+                    "service_apply takes 1 to {SERVICES_PER_REQUEST_MAX} services, got {}",
+                    services.len()
+                ));
+            }
+            let services = services.into_iter().map(|s| (s.name, s.spec)).collect();
+            match node.apply_services(services) {
+                Ok(entries) => to_value(&entries.iter().map(service_view).collect::<Vec<_>>()),
+                Err(error) => Reply::Error(error.to_string()),
+            }
+        }
+        Request::ServiceList => {
+            to_value(&node.services().iter().map(service_view).collect::<Vec<_>>())
+        }
+        Request::ServiceRemove { name } => match node.remove_service(&name) {
+            Ok(entry) => to_value(&service_view(&entry)),
+            Err(error) => Reply::Error(error.to_string()),
+        },
+        Request::Nodes => to_value(&node.members().iter().map(node_view).collect::<Vec<_>>()),
+        Request::Status => {
+            let errors = containers.map(Reconciler::errors).unwrap_or_default();
+            to_value(&status_view(node.status(), errors))
+        }
+        Request::Ps => match containers {
+            Some(containers) => to_value(&containers.ps()),
+            None => Reply::Error(CONTAINERS_DISABLED.to_string()),
+        },
+        Request::Logs { target, offsets } => {
+            if offsets.len() > LOG_OFFSETS_MAX {
+                return Reply::Error(format!(
+                    "logs takes at most {LOG_OFFSETS_MAX} offsets, got {}",
+                    offsets.len()
+                ));
+            }
+            match containers {
+                Some(containers) => match containers.logs(&target, &offsets) {
+                    Ok(chunks) => to_value(&chunks),
+                    Err(error) => Reply::Error(error.to_string()),
+                },
+                None => Reply::Error(CONTAINERS_DISABLED.to_string()),
+            }
+        }
+    }
+}
+
+fn service_view(entry: &ServiceEntry) -> ServiceView {
+    ServiceView {
+        name: entry.name.clone(),
+        version: entry.version.to_string(),
+        spec: entry.spec.clone(),
+    }
+}
+
+fn node_view(member: &Member) -> NodeView {
+    NodeView {
+        id: member.id.clone(),
+        address: member.meta.address.to_string(),
+        live: member.live,
+        is_self: member.is_self,
+        heartbeat_age_ms: Some(member.heartbeat_age_ms),
+        subnet: member.meta.subnet.map(|s| s.to_string()),
+        cpu_millis: u64::from(member.meta.capacity.cpu_millis),
+        memory_bytes: member.meta.capacity.memory_bytes,
+    }
+}
+
+/// `shoal status`: the node's freshness and the reconciler's errors.
+fn status_view(status: NodeStatus, service_errors: BTreeMap<String, String>) -> StatusView {
+    StatusView {
+        node: status.node,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_ms: status.uptime_ms,
+        version_vector: status
+            .summary
+            .vv
+            .dots
+            .iter()
+            .map(|(node, counter)| (node.to_string(), *counter))
+            .collect(),
+        digest: hex::encode(status.digest),
+        services: status.services,
+        nodes: status.nodes,
+        tombstones: status.tombstones,
+        hlc_last: status.hlc_last.to_string(),
+        peers: status
+            .peers
+            .into_iter()
+            .map(|peer| PeerView {
+                id: peer.id,
+                address: peer.address.to_string(),
+                live: peer.live,
+                last_sync_ms_ago: peer.last_sync_ms_ago,
+                last_error: peer.last_error,
+                same_summary: peer.same_summary,
+            })
+            .collect(),
+        converged: status.converged,
+        evicted: status.evicted,
+        service_errors,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{Client, NamedSpec};
+    use crate::state::{NodeOptions, SystemClock};
+    use shoal_crdt::ServiceSpec;
+    use std::io::{BufRead, BufReader, Write};
+
+    #[tokio::test]
+    async fn bind_refuses_a_live_socket_and_replaces_a_stale_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shoal.sock");
+        let listener = bind(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        assert!(matches!(bind(&path), Err(ApiError::InUse { .. })));
+        drop(listener);
+        // The file is left behind by the dropped listener: stale, so it is replaced.
+        assert!(path.exists());
+        let _listener = bind(&path).unwrap();
+        let regular = dir.path().join("file");
+        std::fs::write(&regular, b"x").unwrap();
+        assert!(matches!(bind(&regular), Err(ApiError::NotASocket { .. })));
+        assert_eq!(std::fs::read(&regular).unwrap(), b"x");
+    }
+
+    fn raw_call(path: &Path, line: &[u8]) -> String {
+        let mut stream = std::os::unix::net::UnixStream::connect(path).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        // The server may close after reading only part of an oversized line.
+        let _ = stream.write_all(line);
+        let mut reader = BufReader::new(stream);
+        let mut response = String::new();
+        reader.read_line(&mut response).unwrap();
+        response
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_requests_get_clear_errors_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = Arc::new(
+            Node::open(
+                NodeOptions::new(
+                    "node-a".parse().unwrap(),
+                    dir.path().join("state.redb"),
+                    "127.0.0.1:7443".parse().unwrap(),
+                ),
+                Arc::new(SystemClock),
+            )
+            .unwrap(),
+        );
+        let path = dir.path().join("shoal.sock");
+        let listener = bind(&path).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, node.clone(), None, async move {
+            let _ = stopped.await;
+        }));
+        let digest = node.digest();
+        let socket = path.clone();
+        let responses = tokio::task::spawn_blocking(move || {
+            let mut oversized = vec![b' '; REQUEST_BYTES_MAX + 10];
+            oversized.push(b'\n');
+            vec![
+                raw_call(&socket, b"{not json\n"),
+                raw_call(&socket, b"{\"version\":2,\"request\":{\"op\":\"status\"}}\n"),
+                raw_call(&socket, b"{\"version\":1,\"request\":{\"op\":\"service_apply\",\"services\":[]}}\n"),
+                raw_call(
+                    &socket,
+                    b"{\"version\":1,\"request\":{\"op\":\"service_apply\",\"services\":[{\"name\":\"Bad Name\",\"spec\":{\"image\":\"/i\"}}]}}\n",
+                ),
+                raw_call(&socket, &oversized),
+            ]
+        })
+        .await
+        .unwrap();
+        let expected = [
+            "malformed request",
+            "unsupported api version 2",
+            "1 to 256 services",
+            "malformed request",
+            "larger than",
+        ];
+        for (response, fragment) in responses.iter().zip(expected) {
+            assert!(response.starts_with("{\"error\""), "{response}");
+            assert!(
+                response.contains(fragment),
+                "{response:?} lacks {fragment:?}"
+            );
+        }
+        assert_eq!(node.digest(), digest, "bad requests changed the state");
+
+        // A good request on the same server still works.
+        let socket = path.clone();
+        let services: Vec<ServiceView> = tokio::task::spawn_blocking(move || {
+            let mut client = Client::connect(&socket, Duration::from_secs(10)).unwrap();
+            client
+                .call(Request::ServiceApply {
+                    services: vec![NamedSpec {
+                        name: "web".parse().unwrap(),
+                        spec: ServiceSpec::new("/web.tar"),
+                    }],
+                })
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(services[0].name.as_str(), "web");
+        assert_ne!(node.digest(), digest);
+        stop.send(()).unwrap();
+        server.await.unwrap();
+    }
+}

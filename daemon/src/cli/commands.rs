@@ -1,0 +1,208 @@
+//! The operator commands: each parses nothing (clap did), calls the daemon through the API
+//! client or works on local files (certificates, config checks), and prints a table or
+//! `--json`.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::{CaCommand, CertCommand, Cli, DaemonArgs, LogsArgs, ServiceCommand};
+use super::{output, spec_file};
+use crate::agent::config::{self, Config};
+use crate::api::{Client, LogChunk, NodeView, PsView, Request, ServiceView, StatusView};
+use crate::sync::pki;
+
+/// How long the CLI waits for the daemon to answer one request.
+const CALL_TIMEOUT_MS: u64 = 30_000;
+/// How often `logs -f` asks for new output.
+const FOLLOW_INTERVAL_MS: u64 = 500;
+
+fn client(socket: &Path) -> Result<Client> {
+    Ok(Client::connect(
+        socket,
+        Duration::from_millis(CALL_TIMEOUT_MS),
+    )?)
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `shoal service ...`.
+pub fn service(cli: &Cli, command: &ServiceCommand) -> Result<()> {
+    match command {
+        ServiceCommand::Apply { file } => {
+            let services = spec_file::load(file)?;
+            let views: Vec<ServiceView> =
+                client(&cli.socket)?.call(Request::ServiceApply { services })?;
+            if cli.json {
+                return print_json(&views);
+            }
+            for view in views {
+                println!(
+                    "applied {} (version {})",
+                    view.name,
+                    output::hlc(&view.version)
+                );
+            }
+        }
+        ServiceCommand::Ls => {
+            let views: Vec<ServiceView> = client(&cli.socket)?.call(Request::ServiceList)?;
+            if cli.json {
+                return print_json(&views);
+            }
+            print!("{}", output::services(&views));
+        }
+        ServiceCommand::Rm { name } => {
+            let view: ServiceView =
+                client(&cli.socket)?.call(Request::ServiceRemove { name: name.clone() })?;
+            if cli.json {
+                return print_json(&view);
+            }
+            println!("removed {}", view.name);
+        }
+    }
+    Ok(())
+}
+
+/// `shoal nodes`.
+pub fn nodes(cli: &Cli) -> Result<()> {
+    let views: Vec<NodeView> = client(&cli.socket)?.call(Request::Nodes)?;
+    if cli.json {
+        return print_json(&views);
+    }
+    print!("{}", output::nodes(&views));
+    Ok(())
+}
+
+/// `shoal status`.
+pub fn status(cli: &Cli) -> Result<()> {
+    let view: StatusView = client(&cli.socket)?.call(Request::Status)?;
+    if cli.json {
+        return print_json(&view);
+    }
+    print!("{}", output::status(&view));
+    Ok(())
+}
+
+/// `shoal ps`.
+pub fn ps(cli: &Cli) -> Result<()> {
+    let view: PsView = client(&cli.socket)?.call(Request::Ps)?;
+    if cli.json {
+        return print_json(&view);
+    }
+    print!("{}", output::ps(&view));
+    Ok(())
+}
+
+/// `shoal logs TARGET [-f]`.
+pub fn logs(cli: &Cli, args: &LogsArgs) -> Result<()> {
+    use std::io::Write;
+    let mut client = client(&cli.socket)?;
+    let mut offsets: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    loop {
+        let chunks: Vec<LogChunk> = client
+            .call(Request::Logs {
+                target: args.target.clone(),
+                offsets: offsets.clone(),
+            })
+            .with_context(|| format!("logs of {}", args.target))?;
+        let several = chunks.len() > 1;
+        let mut stdout = std::io::stdout().lock();
+        let mut stderr = std::io::stderr().lock();
+        for chunk in &chunks {
+            for (text, sink) in [
+                (&chunk.stdout, &mut stdout as &mut dyn Write),
+                (&chunk.stderr, &mut stderr as &mut dyn Write),
+            ] {
+                for line in text.split_inclusive('\n') {
+                    if several {
+                        write!(sink, "{} | ", chunk.container)?;
+                    }
+                    write!(sink, "{line}")?;
+                }
+            }
+            offsets.insert(
+                chunk.container.clone(),
+                (chunk.stdout_offset, chunk.stderr_offset),
+            );
+        }
+        stdout.flush()?;
+        if !args.follow {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(FOLLOW_INTERVAL_MS));
+    }
+}
+
+/// `shoal ca ...`.
+pub fn ca(cli: &Cli, command: &CaCommand) -> Result<()> {
+    let CaCommand::Init { dir, force } = command;
+    let paths = pki::init_ca(dir, *force)?;
+    if cli.json {
+        return print_json(&serde_json::json!({
+            "cert": paths.cert, "key": paths.key,
+        }));
+    }
+    println!("CA certificate: {}", paths.cert.display());
+    println!("CA key (0600):  {}", paths.key.display());
+    Ok(())
+}
+
+/// `shoal cert ...`.
+pub fn cert(cli: &Cli, command: &CertCommand) -> Result<()> {
+    let CertCommand::Issue {
+        node,
+        ca_dir,
+        out_dir,
+        addresses,
+        days,
+        force,
+    } = command;
+    let paths = pki::issue_node_cert(ca_dir, node, addresses, *days, out_dir, *force)?;
+    if cli.json {
+        return print_json(&serde_json::json!({
+            "cert": paths.cert, "key": paths.key, "ca_cert": paths.ca_cert,
+        }));
+    }
+    println!("node certificate: {}", paths.cert.display());
+    println!("node key (0600):  {}", paths.key.display());
+    println!("CA certificate:   {}", paths.ca_cert.display());
+    Ok(())
+}
+
+/// The config-only modes of `shoal daemon`; returns false when the daemon should run.
+pub fn daemon_config_modes(args: &DaemonArgs) -> Result<bool> {
+    if args.print_config_keys {
+        for key in config::config_keys() {
+            println!("{key}");
+        }
+        return Ok(true);
+    }
+    if args.print_example_config {
+        print!("{}", config::example_config_text());
+        return Ok(true);
+    }
+    if let Some(path) = &args.check_config {
+        let config = Config::load(path)?;
+        println!(
+            "OK: {} is a valid config for node {}",
+            path.display(),
+            config.node_name
+        );
+        return Ok(true);
+    }
+    Ok(false)
+}
+
+/// Loads the daemon's config (for `--config`).
+pub fn load_daemon_config(args: &DaemonArgs) -> Result<Config> {
+    let path = args
+        .config
+        .as_ref()
+        .context("shoal daemon needs --config FILE")?;
+    Ok(Config::load(path)?)
+}

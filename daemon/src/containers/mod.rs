@@ -1,0 +1,24 @@
+//! This node's containers: carrying out the planner's decisions and answering for them.
+//!
+//! - `pass`: one reconcile pass (observe, plan, commit once, act), the same in the daemon
+//!   and in the cluster simulator, with the replicated state behind the `StatePort` seam;
+//! - `executor`: the doing half, through `shoal_oci::Runtime`, `ContainerNetwork` and
+//!   `images::Images`;
+//! - `reconciler`: the async loop that runs passes and answers `shoal ps`;
+//! - `logs`: `shoal logs` from the runtime's log files.
+//!
+//! *Invariant:* a node writes only its own container records, counters and addresses, and a
+//! record exists before its container starts (a record without a container is restarted,
+//! a container without a record is removed).
+
+pub mod executor;
+pub mod images;
+pub mod logs;
+pub mod pass;
+pub mod reconciler;
+
+pub use executor::{ExecError, Executor};
+pub use images::{FakeImages, ImageProblem, Images};
+pub use logs::{LogError, LogPaths};
+pub use pass::{PassReport, StatePort, run_pass};
+pub use reconciler::{ReconcileSettings, Reconciler};

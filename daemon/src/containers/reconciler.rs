@@ -1,0 +1,278 @@
+//! The reconcile loop: runs passes (`pass::run_pass`) on a blocking thread every
+//! `interval_ms`, at once when the node says its plan inputs changed (a service applied
+//! here or received from a peer, a member joining, leaving or coming back), and again at
+//! once when a pass left starts for the next one. It also answers `shoal ps` and
+//! `shoal logs` for this node's containers.
+//!
+//! After startup it places nothing until a first sync with a peer succeeded (or
+//! `startup_grace_ms` passed): the stored view says every peer is silent, and placing on
+//! it would start replicas only to stop them again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use shoal_crdt::{ContainerRecord, Resource};
+use shoal_oci::{ContainerStatus, ExitStatus, RuntimeError};
+
+use super::executor::Executor;
+use super::logs::{self, LogError, LogPaths};
+use super::pass::{PassReport, run_pass};
+use crate::api::{ContainerView, LogChunk, PsView, Usage};
+use crate::schedule::{Planner, PlannerSettings};
+use crate::state::Node;
+
+/// What the loop needs besides the node and the executor.
+#[derive(Debug, Clone)]
+pub struct ReconcileSettings {
+    pub interval_ms: u64,
+    /// After startup, placement waits for a first successful sync with a peer, or this long
+    /// (`sync.down_after_ms`).
+    pub startup_grace_ms: u64,
+    pub planner: PlannerSettings,
+    /// Seeds the planner's container ids.
+    pub rng_seed: u64,
+}
+
+/// The reconcile loop's state; shared with the API for `ps` and `logs`.
+pub struct Reconciler {
+    node: Arc<Node>,
+    executor: Executor,
+    planner: Mutex<Planner>,
+    log_paths: LogPaths,
+    settings: ReconcileSettings,
+    stopping: AtomicBool,
+    started_ms: u64,
+}
+
+/// How a container's runtime state reads in `shoal ps`.
+fn describe(status: ContainerStatus) -> String {
+    match status {
+        ContainerStatus::Created => "created".to_string(),
+        ContainerStatus::Running => "running".to_string(),
+        ContainerStatus::Stopped(ExitStatus::Code(code)) => format!("exited({code})"),
+        ContainerStatus::Stopped(ExitStatus::Signal(signal)) => format!("killed({signal})"),
+        ContainerStatus::Stopped(ExitStatus::Unknown) => "exited(unknown)".to_string(),
+    }
+}
+
+impl Reconciler {
+    pub fn new(
+        node: Arc<Node>,
+        executor: Executor,
+        log_paths: LogPaths,
+        settings: ReconcileSettings,
+    ) -> Reconciler {
+        let planner = Planner::new(node.node_id().clone(), settings.planner, settings.rng_seed);
+        let started_ms = node.clock().now_ms();
+        Reconciler {
+            node,
+            executor,
+            planner: Mutex::new(planner),
+            log_paths,
+            settings,
+            stopping: AtomicBool::new(false),
+            started_ms,
+        }
+    }
+
+    fn planner(&self) -> MutexGuard<'_, Planner> {
+        self.planner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The executor (for cleanup at startup).
+    pub fn executor(&self) -> &Executor {
+        &self.executor
+    }
+
+    /// Makes the current pass return early (shutdown); running containers keep running.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+    }
+
+    /// One pass, on the calling thread.
+    pub fn reconcile_once(&self) -> PassReport {
+        let stopping = || self.stopping.load(Ordering::SeqCst);
+        run_pass(
+            self.node.as_ref(),
+            &self.planner,
+            &self.executor,
+            self.node.clock().as_ref(),
+            &stopping,
+        )
+    }
+
+    /// Whether this node's view of the cluster is fresh enough to place on: it knows no
+    /// other member, has synced with one since startup, or waited out the grace period.
+    fn view_is_fresh(&self) -> bool {
+        let peers = self.node.peers();
+        peers.is_empty()
+            || peers.iter().any(|peer| peer.last_sync_ms_ago.is_some())
+            || self.node.clock().now_ms().saturating_sub(self.started_ms)
+                >= self.settings.startup_grace_ms
+    }
+
+    /// Runs passes until `shutdown`.
+    pub async fn run(self: Arc<Self>, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let mut inputs = self.node.subscribe_plan_inputs();
+        let mut ticker =
+            tokio::time::interval(Duration::from_millis(self.settings.interval_ms.max(1)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut again = false;
+        loop {
+            if !again {
+                tokio::select! {
+                    _ = &mut shutdown => break,
+                    _ = ticker.tick() => {}
+                    changed = inputs.changed() => if changed.is_err() { break },
+                }
+            }
+            // Changes that arrived until now are covered by this pass.
+            inputs.mark_unchanged();
+            again = false;
+            if !self.view_is_fresh() {
+                continue;
+            }
+            let reconciler = self.clone();
+            let pass = tokio::task::spawn_blocking(move || reconciler.reconcile_once());
+            tokio::select! {
+                _ = &mut shutdown => {
+                    self.stop();
+                    break;
+                }
+                result = pass => match result {
+                    Ok(report) => again = report.plan.more_to_start && !report.cut_short,
+                    Err(error) => tracing::error!(%error, "reconcile pass panicked"),
+                }
+            }
+        }
+        self.stop();
+    }
+
+    /// Errors by service, for `shoal status` and `shoal ps`.
+    pub fn errors(&self) -> BTreeMap<String, String> {
+        self.planner()
+            .errors()
+            .into_iter()
+            .map(|(service, message)| (service.to_string(), message))
+            .collect()
+    }
+
+    /// Every container in the cluster state, with this node's runtime states.
+    pub fn ps(&self) -> PsView {
+        let me = self.node.node_id().clone();
+        let (records, live, usage) = self.node.read_with_live(|state, live| {
+            let records: Vec<ContainerRecord> = state.containers().cloned().collect();
+            let usage: BTreeMap<String, Usage> = state
+                .nodes()
+                .map(|(id, _)| {
+                    let usage = Usage {
+                        cpu_millis: state.resource_used(id, Resource::CpuMillis),
+                        memory_bytes: state.resource_used(id, Resource::MemoryBytes),
+                        containers: state.resource_used(id, Resource::Containers),
+                    };
+                    (id.to_string(), usage)
+                })
+                .collect();
+            (records, live.clone(), usage)
+        });
+        let runtime = self.executor.runtime();
+        let planner = self.planner();
+        let restarts = planner.restarts();
+        let containers = records
+            .into_iter()
+            .map(|record| {
+                let id = record.id.as_str().to_string();
+                let (state, pid, since_unix_ms, restarts) = if record.node == me {
+                    let (state, pid) = match runtime.state(&id) {
+                        Ok(state) => (describe(state.status), state.pid),
+                        Err(RuntimeError::NotFound { .. }) => ("starting".to_string(), None),
+                        Err(error) => (format!("error: {error}"), None),
+                    };
+                    (
+                        state,
+                        pid,
+                        restarts.since_ms(&id),
+                        restarts.consecutive_restarts(&id),
+                    )
+                } else if live.contains(&record.node) {
+                    ("recorded".to_string(), None, None, 0)
+                } else {
+                    ("node-down".to_string(), None, None, 0)
+                };
+                ContainerView {
+                    id,
+                    service: record.service.to_string(),
+                    node: record.node.to_string(),
+                    state,
+                    ip: record.ip.map(|ip| ip.to_string()),
+                    since_unix_ms,
+                    pid,
+                    restarts,
+                }
+            })
+            .collect();
+        PsView {
+            node: me.to_string(),
+            containers,
+            errors: planner
+                .errors()
+                .into_iter()
+                .map(|(service, message)| (service.to_string(), message))
+                .collect(),
+            unplaced: planner
+                .unplaced()
+                .iter()
+                .map(|(service, count)| (service.to_string(), *count))
+                .collect(),
+            usage,
+        }
+    }
+
+    /// New output of the containers `target` names (a container id or a service) on this
+    /// node, from the given offsets (container -> (stdout, stderr)).
+    pub fn logs(
+        &self,
+        target: &str,
+        offsets: &BTreeMap<String, (u64, u64)>,
+    ) -> Result<Vec<LogChunk>, LogError> {
+        let records: Vec<ContainerRecord> = self
+            .node
+            .read_state(|state| state.containers().cloned().collect());
+        let runtime = self.executor.runtime();
+        let ids = logs::resolve(target, self.node.node_id(), &records, &runtime.list())?;
+        let distinct: BTreeSet<String> = ids.into_iter().collect();
+        distinct
+            .into_iter()
+            .map(|id| {
+                let running = matches!(
+                    runtime.state(&id).map(|s| s.status),
+                    Ok(ContainerStatus::Running)
+                );
+                logs::chunk(&id, &self.log_paths, offsets, running)
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn states_read_like_docker() {
+        assert_eq!(describe(ContainerStatus::Running), "running");
+        assert_eq!(
+            describe(ContainerStatus::Stopped(ExitStatus::Code(3))),
+            "exited(3)"
+        );
+        assert_eq!(
+            describe(ContainerStatus::Stopped(ExitStatus::Signal(9))),
+            "killed(9)"
+        );
+    }
+}

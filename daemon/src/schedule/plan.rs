@@ -1,0 +1,477 @@
+//! The container planner, sans-IO: from the converged view (`ClusterView`), what this node's
+//! runtime holds (`Observed`) and the time, it decides what one reconcile pass does on this
+//! node and returns it as a `Plan`; it never touches a runtime, a network or the state. The
+//! executor carries the plan out and reports `Outcome`s back, which update the planner's
+//! bookkeeping (restart trackers, failures). Container ids come from a seeded RNG, so one
+//! seed gives one sequence of plans (the cluster simulator relies on it).
+//!
+//! The decision, per pass:
+//! - placement (`placement::place`) says how many replicas of each service this node runs;
+//! - every runtime container without a record is an orphan: removed;
+//! - per service, this node's records are ranked current-spec first, running before not,
+//!   then by id; the first `wanted` that run the current spec are kept, the rest (surplus
+//!   after a partition healed, replicas reduced, spec replaced, service removed) removed;
+//! - a kept container that ended is restarted when its policy says so (`Restarts`);
+//! - missing replicas are started, at most `starts_per_pass_max` per pass, each only if it
+//!   fits this node's capacity next to the kept ones (`room::Reserved`, the check placement
+//!   makes), and a service whose start failed waits `retry_after_failure_ms`;
+//! - routes to the other live members' subnets, and namespaces left without a container.
+//!
+//! *Invariant:* a plan only names this node's containers and records: removals are of own
+//! records or orphans, starts are new records of this node.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use rand::{RngCore, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use shoal_crdt::{
+    ContainerId, ContainerRecord, NodeId, ServiceName, ServiceSpec, Subnet, Timestamp,
+};
+use shoal_oci::{ContainerStatus, ExitStatus};
+
+use super::placement::{self, Placement};
+use super::restarts::{AfterExit, Restarts, without_replicas};
+use super::room::Reserved;
+use super::view::{ClusterView, ServiceVersion};
+
+/// Default for `PlannerSettings::starts_per_pass_max`.
+pub const STARTS_PER_PASS_MAX: usize = 8;
+/// Longest service-name prefix of a container id (ids are at most 64 bytes).
+const ID_SERVICE_BYTES_MAX: usize = 48;
+
+/// How the planner paces itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlannerSettings {
+    /// New containers started in one pass; the rest wait for the next pass.
+    pub starts_per_pass_max: usize,
+    /// After a service's start failed, its next try waits this long.
+    pub retry_after_failure_ms: u64,
+}
+
+/// A runtime container as the executor observed it before planning.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObservedState {
+    Created,
+    Running,
+    Exited(ExitStatus),
+    /// The runtime could not say; the planner leaves the container alone this pass.
+    Unreadable(String),
+}
+
+impl From<ContainerStatus> for ObservedState {
+    fn from(status: ContainerStatus) -> Self {
+        match status {
+            ContainerStatus::Created => ObservedState::Created,
+            ContainerStatus::Running => ObservedState::Running,
+            ContainerStatus::Stopped(exit) => ObservedState::Exited(exit),
+        }
+    }
+}
+
+/// What this node's runtime and network hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Observed {
+    /// Every container the runtime knows, by id.
+    pub containers: BTreeMap<String, ObservedState>,
+    /// Container ids with a network namespace; `None` when the node has no container network.
+    pub attachments: Option<BTreeSet<String>>,
+}
+
+/// A container to stop, delete and detach; its record (if it has one) is forgotten.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Removal {
+    pub id: String,
+    /// `None` for an orphan: a runtime container without a record.
+    pub record: Option<ContainerRecord>,
+}
+
+/// A kept container that ended and is due to start again from `spec`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Restart {
+    pub record: ContainerRecord,
+    pub spec: ServiceSpec,
+}
+
+/// A new container: recorded first, then created and started.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Start {
+    pub id: ContainerId,
+    pub service: ServiceName,
+    pub spec: ServiceSpec,
+    pub version: Timestamp,
+}
+
+/// What one pass does on this node.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub removals: Vec<Removal>,
+    pub restarts: Vec<Restart>,
+    pub starts: Vec<Start>,
+    /// New containers get an address from this node's subnet.
+    pub with_ip: bool,
+    /// Routes to the other live members' container subnets (only with a container network).
+    pub routes: Option<Vec<(Subnet, IpAddr)>>,
+    /// Namespaces left by containers that have neither a record nor a runtime container.
+    pub leftover_attachments: Vec<String>,
+    /// The placement says more starts than this pass makes: plan again soon.
+    pub more_to_start: bool,
+}
+
+impl Plan {
+    /// Whether the plan changes nothing.
+    pub fn is_idle(&self) -> bool {
+        self.removals.is_empty()
+            && self.restarts.is_empty()
+            && self.starts.is_empty()
+            && self.leftover_attachments.is_empty()
+    }
+}
+
+/// What the executor reports back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Started {
+        id: String,
+        service: ServiceName,
+        spec: ServiceSpec,
+    },
+    /// A start failed before or after its record was written (the executor undoes it).
+    StartFailed {
+        service: ServiceName,
+        message: String,
+    },
+    Restarted {
+        id: String,
+        service: ServiceName,
+        spec: ServiceSpec,
+    },
+    RestartFailed {
+        id: String,
+        service: ServiceName,
+        message: String,
+    },
+    Removed {
+        id: String,
+    },
+}
+
+/// Why a service's replicas on this node do not run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Failure {
+    at_ms: u64,
+    message: String,
+}
+
+/// The planner of one node: its restart bookkeeping, its recent failures and its RNG.
+#[derive(Debug)]
+pub struct Planner {
+    me: NodeId,
+    settings: PlannerSettings,
+    rng: ChaCha8Rng,
+    restarts: Restarts,
+    failures: BTreeMap<ServiceName, Failure>,
+    unplaced: BTreeMap<ServiceName, u32>,
+}
+
+impl Planner {
+    /// A planner for node `me`; `rng_seed` seeds container ids.
+    pub fn new(me: NodeId, settings: PlannerSettings, rng_seed: u64) -> Planner {
+        Planner {
+            me,
+            settings,
+            rng: ChaCha8Rng::seed_from_u64(rng_seed),
+            restarts: Restarts::default(),
+            failures: BTreeMap::new(),
+            unplaced: BTreeMap::new(),
+        }
+    }
+
+    /// Decides one pass. Time never goes backwards between calls (a smaller `now_ms` is
+    /// treated as no time passing).
+    pub fn plan(&mut self, view: &ClusterView, observed: &Observed, now_ms: u64) -> Plan {
+        assert_eq!(view.me, self.me, "a planner plans for its own node");
+        let placement = placement::place(&view.placement_inputs(), &view.live_nodes);
+        self.unplaced = placement.unplaced.clone();
+        let desired = placement.for_node(&self.me);
+        let mut plan = Plan {
+            with_ip: view.subnet.is_some(),
+            ..Plan::default()
+        };
+
+        let recorded: BTreeSet<&str> = view.own_records.iter().map(|r| r.id.as_str()).collect();
+        for id in observed.containers.keys() {
+            if !recorded.contains(id.as_str()) {
+                plan.removals.push(Removal {
+                    id: id.clone(),
+                    record: None,
+                });
+            }
+        }
+
+        let kept = self.keep_or_remove(view, observed, &desired, &mut plan);
+        for (service, records) in &kept {
+            let Some(current) = view.services.get(service) else {
+                continue;
+            };
+            for record in records {
+                self.restart_if_due(record, &current.spec, observed, now_ms, &mut plan);
+            }
+        }
+        self.plan_starts(view, &desired, &kept, now_ms, &mut plan);
+
+        if let Some(attachments) = &observed.attachments {
+            plan.routes = Some(view.peer_subnets.clone());
+            plan.leftover_attachments = attachments
+                .iter()
+                .filter(|id| {
+                    !recorded.contains(id.as_str()) && !observed.containers.contains_key(*id)
+                })
+                .cloned()
+                .collect();
+        }
+        // Failures of services that are no longer ours to run are stale.
+        self.failures
+            .retain(|service, _| desired.contains_key(service));
+        let live: BTreeSet<&str> = recorded
+            .iter()
+            .copied()
+            .chain(observed.containers.keys().map(String::as_str))
+            .collect();
+        self.restarts.retain(|id| live.contains(id));
+        plan
+    }
+
+    /// Splits this node's records into kept ones (by service) and removals.
+    fn keep_or_remove(
+        &self,
+        view: &ClusterView,
+        observed: &Observed,
+        desired: &BTreeMap<ServiceName, u32>,
+        plan: &mut Plan,
+    ) -> BTreeMap<ServiceName, Vec<ContainerRecord>> {
+        let mut by_service: BTreeMap<&ServiceName, Vec<&ContainerRecord>> = BTreeMap::new();
+        for record in &view.own_records {
+            by_service.entry(&record.service).or_default().push(record);
+        }
+        let mut kept: BTreeMap<ServiceName, Vec<ContainerRecord>> = BTreeMap::new();
+        for (service, mut records) in by_service {
+            let current = view.services.get(service);
+            let wanted = desired.get(service).copied().unwrap_or(0) as usize;
+            // Current-spec containers first, running before the rest, then by id.
+            records.sort_by_key(|record| {
+                let running = matches!(
+                    observed.containers.get(record.id.as_str()),
+                    Some(ObservedState::Running)
+                );
+                (
+                    self.is_outdated(record, current),
+                    !running,
+                    record.id.clone(),
+                )
+            });
+            for (index, record) in records.into_iter().enumerate() {
+                if index < wanted && !self.is_outdated(record, current) {
+                    kept.entry(service.clone())
+                        .or_default()
+                        .push(record.clone());
+                } else {
+                    plan.removals.push(Removal {
+                        id: record.id.as_str().to_string(),
+                        record: Some(record.clone()),
+                    });
+                }
+            }
+        }
+        kept
+    }
+
+    /// Whether `record` runs something other than its service's current spec. A record of
+    /// an older version whose container was started from a spec equal to the current one
+    /// but for the replica count is current.
+    fn is_outdated(&self, record: &ContainerRecord, current: Option<&ServiceVersion>) -> bool {
+        let Some(current) = current else {
+            return true;
+        };
+        if record.spec_version == current.version {
+            return false;
+        }
+        self.restarts
+            .started_spec(record.id.as_str())
+            .is_none_or(|started| *started != without_replicas(&current.spec))
+    }
+
+    fn restart_if_due(
+        &mut self,
+        record: &ContainerRecord,
+        spec: &ServiceSpec,
+        observed: &Observed,
+        now_ms: u64,
+        plan: &mut Plan,
+    ) {
+        let id = record.id.as_str();
+        let exit = match observed.containers.get(id) {
+            Some(ObservedState::Running | ObservedState::Created) => {
+                self.restarts.adopt(id, spec, now_ms);
+                return;
+            }
+            Some(ObservedState::Unreadable(_)) => return,
+            Some(ObservedState::Exited(exit)) => *exit,
+            // Recorded but not in the runtime: it died while the daemon was down, or the
+            // daemon died between recording and starting it.
+            None => ExitStatus::Unknown,
+        };
+        if self.restarts.after_exit(id, spec, exit, now_ms) == AfterExit::Due {
+            plan.restarts.push(Restart {
+                record: record.clone(),
+                spec: spec.clone(),
+            });
+        }
+    }
+
+    fn plan_starts(
+        &mut self,
+        view: &ClusterView,
+        desired: &BTreeMap<ServiceName, u32>,
+        kept: &BTreeMap<ServiceName, Vec<ContainerRecord>>,
+        now_ms: u64,
+        plan: &mut Plan,
+    ) {
+        let Some(capacity) = view.my_capacity() else {
+            return;
+        };
+        let mut reserved = Reserved::default();
+        for record in kept.values().flatten() {
+            match view.services.get(&record.service) {
+                Some(service) => reserved.add(&service.spec.resources),
+                None => reserved.add_unknown(),
+            }
+        }
+        for (service, wanted) in desired {
+            let Some(current) = view.services.get(service) else {
+                continue;
+            };
+            let have = kept.get(service).map_or(0, Vec::len);
+            let recently_failed = self.failures.get(service).is_some_and(|failure| {
+                now_ms
+                    < failure
+                        .at_ms
+                        .saturating_add(self.settings.retry_after_failure_ms)
+            });
+            if recently_failed {
+                continue;
+            }
+            for _ in have..(*wanted as usize) {
+                if plan.starts.len() >= self.settings.starts_per_pass_max {
+                    plan.more_to_start = true;
+                    return;
+                }
+                // Placement already dealt these replicas within the same room; this guards
+                // that invariant rather than expecting to refuse anything.
+                if !reserved.fits(&capacity, &current.spec.resources) {
+                    let message = format!(
+                        "node {} has no room: {} cpu_millis and {} memory_bytes reserved of {} and {}",
+                        self.me,
+                        reserved.cpu_millis,
+                        reserved.memory_bytes,
+                        capacity.cpu_millis,
+                        capacity.memory_bytes
+                    );
+                    self.failures.insert(
+                        service.clone(),
+                        Failure {
+                            at_ms: now_ms,
+                            message,
+                        },
+                    );
+                    break;
+                }
+                reserved.add(&current.spec.resources);
+                plan.starts.push(Start {
+                    id: self.new_container_id(service),
+                    service: service.clone(),
+                    spec: current.spec.clone(),
+                    version: current.version,
+                });
+            }
+        }
+    }
+
+    /// A fresh container id: the service name (shortened) and 8 hex digits from the RNG.
+    fn new_container_id(&mut self, service: &ServiceName) -> ContainerId {
+        let name = service.as_str();
+        let mut cut = name.len().min(ID_SERVICE_BYTES_MAX);
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let prefix = name[..cut].trim_end_matches('-');
+        let suffix = self.rng.next_u32();
+        format!("{prefix}-{suffix:08x}")
+            .parse()
+            .expect("service names are valid container id prefixes")
+    }
+
+    /// Takes what the executor did into the bookkeeping.
+    pub fn handle_outcomes(&mut self, outcomes: impl IntoIterator<Item = Outcome>, now_ms: u64) {
+        for outcome in outcomes {
+            match outcome {
+                Outcome::Started { id, service, spec }
+                | Outcome::Restarted { id, service, spec } => {
+                    self.restarts.started(&id, &spec, now_ms);
+                    self.failures.remove(&service);
+                }
+                Outcome::StartFailed { service, message } => {
+                    self.failures.insert(
+                        service,
+                        Failure {
+                            at_ms: now_ms,
+                            message,
+                        },
+                    );
+                }
+                Outcome::RestartFailed {
+                    id,
+                    service,
+                    message,
+                } => {
+                    self.restarts.restart_failed(&id, now_ms);
+                    self.failures.insert(
+                        service,
+                        Failure {
+                            at_ms: now_ms,
+                            message,
+                        },
+                    );
+                }
+                Outcome::Removed { id } => self.restarts.forget(&id),
+            }
+        }
+    }
+
+    /// Why this node does not run its share of a service, by service.
+    pub fn errors(&self) -> BTreeMap<ServiceName, String> {
+        self.failures
+            .iter()
+            .map(|(service, failure)| (service.clone(), failure.message.clone()))
+            .collect()
+    }
+
+    /// Replicas no live node has room for, by service, as of the last plan.
+    pub fn unplaced(&self) -> &BTreeMap<ServiceName, u32> {
+        &self.unplaced
+    }
+
+    /// The restart bookkeeping (start times and restart counts for `shoal ps`).
+    pub fn restarts(&self) -> &Restarts {
+        &self.restarts
+    }
+}
+
+/// The placement this planner's view gives, for callers that show it.
+pub fn placement_of(view: &ClusterView) -> Placement {
+    placement::place(&view.placement_inputs(), &view.live_nodes)
+}
+
+#[cfg(test)]
+#[path = "plan_tests.rs"]
+mod tests;

@@ -1,0 +1,415 @@
+//! Tests of the planner: plain values in, a plan out; no runtime, no root, no clock.
+
+use super::*;
+use proptest::prelude::*;
+use shoal_crdt::{Capacity, NTP64};
+
+use crate::schedule::placement::NodeInput;
+
+const SETTINGS: PlannerSettings = PlannerSettings {
+    starts_per_pass_max: STARTS_PER_PASS_MAX,
+    retry_after_failure_ms: 1_000,
+};
+
+fn node(name: &str) -> NodeId {
+    name.parse().unwrap()
+}
+
+fn version(at: u64, writer: &str) -> Timestamp {
+    Timestamp::new(NTP64(at), node(writer).hlc_id())
+}
+
+fn spec(replicas: u32, cpu_millis: u32) -> ServiceSpec {
+    let mut spec = ServiceSpec::new("/images/web");
+    spec.replicas = replicas;
+    spec.resources.cpu_millis = cpu_millis;
+    spec.restart = shoal_crdt::RestartPolicy::Always;
+    spec
+}
+
+/// A view of node `me` in a cluster of `nodes` (1000 millicpu each) running `services`.
+fn view(me: &str, nodes: &[&str], services: &[(&str, ServiceSpec, Timestamp)]) -> ClusterView {
+    ClusterView {
+        me: node(me),
+        services: services
+            .iter()
+            .map(|(name, spec, version)| {
+                (
+                    name.parse().unwrap(),
+                    ServiceVersion {
+                        spec: spec.clone(),
+                        version: *version,
+                    },
+                )
+            })
+            .collect(),
+        live_nodes: nodes
+            .iter()
+            .map(|name| NodeInput {
+                id: node(name),
+                capacity: Capacity {
+                    cpu_millis: 1000,
+                    memory_bytes: 1 << 30,
+                },
+            })
+            .collect(),
+        own_records: Vec::new(),
+        subnet: None,
+        peer_subnets: Vec::new(),
+    }
+}
+
+fn record(id: &str, service: &str, owner: &str, version: Timestamp) -> ContainerRecord {
+    ContainerRecord {
+        id: id.parse().unwrap(),
+        service: service.parse().unwrap(),
+        node: node(owner),
+        spec_version: version,
+        ip: None,
+    }
+}
+
+fn observed(containers: &[(&str, ObservedState)]) -> Observed {
+    Observed {
+        containers: containers
+            .iter()
+            .map(|(id, state)| (id.to_string(), state.clone()))
+            .collect(),
+        attachments: None,
+    }
+}
+
+fn removed_ids(plan: &Plan) -> Vec<&str> {
+    plan.removals.iter().map(|r| r.id.as_str()).collect()
+}
+
+#[test]
+fn nothing_to_do_is_an_idle_plan() {
+    let mut planner = Planner::new(node("a"), SETTINGS, 1);
+    let plan = planner.plan(&view("a", &["a"], &[]), &Observed::default(), 0);
+    assert!(plan.is_idle(), "{plan:?}");
+    assert_eq!(plan, Plan::default());
+}
+
+#[test]
+fn each_node_starts_its_share_and_ids_come_from_the_seed() {
+    let v1 = version(10, "a");
+    let services = [("web", spec(3, 100), v1)];
+    let mut total = 0;
+    for me in ["a", "b", "c"] {
+        let mut planner = Planner::new(node(me), SETTINGS, 7);
+        let plan = planner.plan(
+            &view(me, &["a", "b", "c"], &services),
+            &Observed::default(),
+            0,
+        );
+        assert_eq!(plan.starts.len(), 1, "{me}: {plan:?}");
+        assert!(plan.starts[0].id.as_str().starts_with("web-"));
+        assert_eq!(plan.starts[0].version, v1);
+        total += plan.starts.len();
+        let again = Planner::new(node(me), SETTINGS, 7).plan(
+            &view(me, &["a", "b", "c"], &services),
+            &Observed::default(),
+            0,
+        );
+        assert_eq!(again.starts[0].id, plan.starts[0].id, "same seed, same id");
+    }
+    assert_eq!(total, 3);
+}
+
+#[test]
+fn orphans_and_surplus_are_removed_and_a_running_replica_is_kept() {
+    let v1 = version(10, "a");
+    let mut view = view("a", &["a"], &[("web", spec(1, 100), v1)]);
+    view.own_records = vec![
+        record("web-00000001", "web", "a", v1),
+        record("web-00000002", "web", "a", v1),
+    ];
+    let observed = observed(&[
+        ("web-00000001", ObservedState::Exited(ExitStatus::Code(1))),
+        ("web-00000002", ObservedState::Running),
+        ("stray-1", ObservedState::Running),
+    ]);
+    let mut planner = Planner::new(node("a"), SETTINGS, 1);
+    let plan = planner.plan(&view, &observed, 0);
+    assert_eq!(removed_ids(&plan), ["stray-1", "web-00000001"]);
+    assert!(plan.removals[0].record.is_none(), "an orphan has no record");
+    assert!(plan.removals[1].record.is_some());
+    assert!(
+        plan.starts.is_empty() && plan.restarts.is_empty(),
+        "{plan:?}"
+    );
+}
+
+#[test]
+fn a_removed_service_removes_its_containers() {
+    let v1 = version(10, "a");
+    let mut view = view("a", &["a"], &[]);
+    view.own_records = vec![record("web-00000001", "web", "a", v1)];
+    let plan = Planner::new(node("a"), SETTINGS, 1).plan(
+        &view,
+        &observed(&[("web-00000001", ObservedState::Running)]),
+        0,
+    );
+    assert_eq!(removed_ids(&plan), ["web-00000001"]);
+}
+
+#[test]
+fn a_new_spec_replaces_containers_but_a_new_replica_count_does_not() {
+    let v1 = version(10, "a");
+    let mut planner = Planner::new(node("a"), SETTINGS, 1);
+    let first = planner.plan(
+        &view("a", &["a"], &[("web", spec(1, 100), v1)]),
+        &Observed::default(),
+        0,
+    );
+    let start = first.starts[0].clone();
+    planner.handle_outcomes(
+        [Outcome::Started {
+            id: start.id.as_str().to_string(),
+            service: start.service.clone(),
+            spec: start.spec.clone(),
+        }],
+        0,
+    );
+    let running = observed(&[(start.id.as_str(), ObservedState::Running)]);
+    let own = vec![record(start.id.as_str(), "web", "a", v1)];
+
+    // Replicas 1 -> 2: the running container stays, one more starts.
+    let v2 = version(20, "a");
+    let mut scaled = view("a", &["a"], &[("web", spec(2, 100), v2)]);
+    scaled.own_records = own.clone();
+    let plan = planner.plan(&scaled, &running, 10);
+    assert!(plan.removals.is_empty(), "{plan:?}");
+    assert_eq!(plan.starts.len(), 1);
+
+    // A changed command: replaced.
+    let v3 = version(30, "a");
+    let mut changed_spec = spec(1, 100);
+    changed_spec.command = vec!["/bin/other".into()];
+    let mut changed = view("a", &["a"], &[("web", changed_spec, v3)]);
+    changed.own_records = own;
+    let plan = planner.plan(&changed, &running, 20);
+    assert_eq!(removed_ids(&plan), [start.id.as_str()]);
+    assert_eq!(plan.starts.len(), 1);
+    assert_eq!(plan.starts[0].version, v3);
+}
+
+#[test]
+fn an_ended_container_restarts_when_its_policy_says() {
+    let v1 = version(10, "a");
+    let mut view = view("a", &["a"], &[("web", spec(1, 100), v1)]);
+    view.own_records = vec![record("web-00000001", "web", "a", v1)];
+    let mut planner = Planner::new(node("a"), SETTINGS, 1);
+    let running = observed(&[("web-00000001", ObservedState::Running)]);
+    assert!(planner.plan(&view, &running, 1_000).is_idle());
+    let ended = observed(&[("web-00000001", ObservedState::Exited(ExitStatus::Code(1)))]);
+    // A quick failure backs off first: not due at once.
+    let plan = planner.plan(&view, &ended, 1_100);
+    assert!(plan.restarts.is_empty(), "{plan:?}");
+    let mut due = None;
+    for now_ms in (1_100..120_000).step_by(100) {
+        let plan = planner.plan(&view, &ended, now_ms);
+        if !plan.restarts.is_empty() {
+            due = Some(plan);
+            break;
+        }
+    }
+    let plan = due.expect("restarted within two minutes");
+    assert_eq!(plan.restarts[0].record.id.as_str(), "web-00000001");
+    assert!(plan.starts.is_empty(), "a restart is not a new replica");
+
+    // Policy never: left stopped, and not replaced either.
+    let mut never = spec(1, 100);
+    never.restart = shoal_crdt::RestartPolicy::Never;
+    let mut never_view = view.clone();
+    never_view
+        .services
+        .get_mut(&"web".parse().unwrap())
+        .unwrap()
+        .spec = never;
+    never_view
+        .services
+        .get_mut(&"web".parse().unwrap())
+        .unwrap()
+        .version = v1;
+    let mut planner = Planner::new(node("a"), SETTINGS, 1);
+    for now_ms in [0, 60_000, 600_000] {
+        let plan = planner.plan(&never_view, &ended, now_ms);
+        assert!(plan.is_idle(), "{plan:?}");
+    }
+}
+
+#[test]
+fn what_fits_nowhere_is_unplaced_and_a_failed_start_waits_the_interval() {
+    let v1 = version(10, "a");
+    let view = view(
+        "a",
+        &["a"],
+        &[("big", spec(2, 900), v1), ("small", spec(1, 200), v1)],
+    );
+    let mut planner = Planner::new(node("a"), SETTINGS, 1);
+    let plan = planner.plan(&view, &Observed::default(), 0);
+    // One big replica fits the node's 1000 millicpu; the other and small do not.
+    let started: Vec<&str> = plan.starts.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(started, ["big"]);
+    assert_eq!(
+        planner.unplaced()[&"big".parse::<ServiceName>().unwrap()],
+        1
+    );
+    assert_eq!(
+        planner.unplaced()[&"small".parse::<ServiceName>().unwrap()],
+        1
+    );
+    // The start failed (a bad image, say): an error, and no new try before the interval.
+    planner.handle_outcomes(
+        [Outcome::StartFailed {
+            service: "big".parse().unwrap(),
+            message: "image broken".into(),
+        }],
+        0,
+    );
+    assert_eq!(
+        planner.errors()[&"big".parse::<ServiceName>().unwrap()],
+        "image broken"
+    );
+    assert!(
+        planner
+            .plan(&view, &Observed::default(), 999)
+            .starts
+            .is_empty()
+    );
+    let plan = planner.plan(&view, &Observed::default(), 1_000);
+    assert_eq!(plan.starts.len(), 1);
+    // A success clears the error.
+    let start = plan.starts[0].clone();
+    planner.handle_outcomes(
+        [Outcome::Started {
+            id: start.id.as_str().to_string(),
+            service: start.service,
+            spec: start.spec,
+        }],
+        1_000,
+    );
+    assert!(planner.errors().is_empty());
+}
+
+#[test]
+fn starts_per_pass_are_bounded() {
+    let v1 = version(10, "a");
+    let settings = PlannerSettings {
+        starts_per_pass_max: 2,
+        ..SETTINGS
+    };
+    let mut planner = Planner::new(node("a"), settings, 1);
+    let plan = planner.plan(
+        &view("a", &["a"], &[("web", spec(5, 10), v1)]),
+        &Observed::default(),
+        0,
+    );
+    assert_eq!(plan.starts.len(), 2);
+    assert!(plan.more_to_start);
+}
+
+#[test]
+fn routes_and_leftover_namespaces_come_with_a_network() {
+    let mut view = view("a", &["a", "b"], &[]);
+    view.subnet = Some("10.1.1.0/24".parse().unwrap());
+    view.peer_subnets = vec![("10.1.2.0/24".parse().unwrap(), "192.0.2.2".parse().unwrap())];
+    let observed = Observed {
+        containers: [("busy-1".to_string(), ObservedState::Running)].into(),
+        attachments: Some(["busy-1".to_string(), "gone-1".to_string()].into()),
+    };
+    let plan = Planner::new(node("a"), SETTINGS, 1).plan(&view, &observed, 0);
+    assert_eq!(plan.routes, Some(view.peer_subnets.clone()));
+    assert_eq!(plan.leftover_attachments, ["gone-1"]);
+    assert!(plan.with_ip);
+    let without = Planner::new(node("a"), SETTINGS, 1).plan(&view, &Observed::default(), 0);
+    assert_eq!(without.routes, None);
+}
+
+#[test]
+fn container_ids_are_valid_and_bounded() {
+    let long: ServiceName = "a".repeat(63).parse().unwrap();
+    let mut planner = Planner::new(node("a"), SETTINGS, 3);
+    for service in [long, "web".parse().unwrap(), "x-y".parse().unwrap()] {
+        let id = planner.new_container_id(&service);
+        shoal_oci::bundle::validate_id(id.as_str()).unwrap();
+        assert!(id.as_str().len() <= shoal_oci::bundle::CONTAINER_ID_BYTES_MAX);
+        assert!(id.as_str().starts_with(&service.as_str()[..3]));
+    }
+}
+
+/// Services (name, replicas, millicpu), records (service, owner, running) and a seed.
+type Case = (Vec<(String, u32, u32)>, Vec<(String, String, bool)>, u64);
+
+fn arbitrary_case() -> impl Strategy<Value = Case> {
+    let services = proptest::collection::vec(("[a-c]", 0u32..5, 1u32..600), 0..4);
+    let records = proptest::collection::vec(("[a-c]", "[abc]", any::<bool>()), 0..8);
+    (services, records, any::<u64>())
+}
+
+proptest! {
+    /// Whatever the view, a plan names only this node's records and containers.
+    #[test]
+    fn a_plan_only_touches_this_node((services, records, seed) in arbitrary_case()) {
+        let v1 = version(10, "a");
+        let specs: Vec<(String, ServiceSpec)> = services
+            .iter()
+            .map(|(name, replicas, cpu)| (format!("svc-{name}"), spec(*replicas, *cpu)))
+            .collect();
+        let named: Vec<(&str, ServiceSpec, Timestamp)> =
+            specs.iter().map(|(n, s)| (n.as_str(), s.clone(), v1)).collect();
+        let mut view = view("a", &["a", "b", "c"], &named);
+        let mut running = Vec::new();
+        for (index, (service, owner, is_running)) in records.iter().enumerate() {
+            let id = format!("svc-{service}-{index:08x}");
+            if owner == "a" {
+                view.own_records.push(record(&id, &format!("svc-{service}"), "a", v1));
+                if *is_running {
+                    running.push(id);
+                }
+            }
+        }
+        let observed = Observed {
+            containers: running.iter().map(|id| (id.clone(), ObservedState::Running)).collect(),
+            attachments: None,
+        };
+        let plan = Planner::new(node("a"), SETTINGS, seed).plan(&view, &observed, 0);
+        for removal in &plan.removals {
+            if let Some(record) = &removal.record {
+                prop_assert_eq!(&record.node, &node("a"));
+            } else {
+                prop_assert!(observed.containers.contains_key(&removal.id));
+            }
+        }
+        let mut ids = BTreeSet::new();
+        for start in &plan.starts {
+            prop_assert!(ids.insert(start.id.clone()), "ids are unique");
+            prop_assert!(view.services.contains_key(&start.service));
+        }
+        // Kept plus started never exceeds what placement gives this node.
+        let placement = placement_of(&view);
+        for service in view.services.keys() {
+            let kept = view
+                .own_records
+                .iter()
+                .filter(|r| &r.service == service)
+                .filter(|r| !plan.removals.iter().any(|m| m.id == r.id.as_str()))
+                .count();
+            let started = plan.starts.iter().filter(|s| &s.service == service).count();
+            prop_assert!(kept + started <= placement.on(service, &node("a")) as usize);
+        }
+        // And what runs after the plan fits the node: the planner's room is placement's.
+        let mut reserved = Reserved::default();
+        for record in &view.own_records {
+            if !plan.removals.iter().any(|m| m.id == record.id.as_str()) {
+                reserved.add(&view.services[&record.service].spec.resources);
+            }
+        }
+        for start in &plan.starts {
+            reserved.add(&start.spec.resources);
+        }
+        prop_assert!(reserved.cpu_millis <= 1000, "{:?}", reserved);
+    }
+}

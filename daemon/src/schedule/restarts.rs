@@ -1,0 +1,238 @@
+//! Restart bookkeeping of this node's containers, pure and with time passed in: per
+//! container, its `RestartTracker` (policy and backoff), whether its current exit was already
+//! counted, when it may start again, and the spec it was started from. The planner reads and
+//! updates it; the executor's outcomes update it.
+
+use std::collections::BTreeMap;
+
+use shoal_crdt::ServiceSpec;
+use shoal_oci::{ExitStatus, RestartDecision, RestartPolicy, RestartTracker};
+
+/// Consecutive restarts of an `on-failure` container before it is left stopped.
+pub const ON_FAILURE_RESTARTS_MAX: u32 = 10;
+
+/// The restart policy of a service spec as the tracker takes it.
+pub fn restart_policy(policy: shoal_crdt::RestartPolicy) -> RestartPolicy {
+    match policy {
+        shoal_crdt::RestartPolicy::Never => RestartPolicy::Never,
+        shoal_crdt::RestartPolicy::OnFailure => RestartPolicy::OnFailure {
+            restarts_max: ON_FAILURE_RESTARTS_MAX,
+        },
+        shoal_crdt::RestartPolicy::Always => RestartPolicy::Always,
+    }
+}
+
+/// A spec without its replica count: a new spec version that changes only the replica
+/// count does not replace running containers.
+pub fn without_replicas(spec: &ServiceSpec) -> ServiceSpec {
+    ServiceSpec {
+        replicas: 0,
+        ..spec.clone()
+    }
+}
+
+/// The bookkeeping of one container.
+#[derive(Debug, Clone)]
+struct Tracked {
+    tracker: RestartTracker,
+    /// When it may be started again, once the policy decided.
+    restart_at_ms: Option<u64>,
+    gave_up: bool,
+    /// The exit already handed to the tracker (so one exit is counted once).
+    exit_seen: bool,
+    /// Unix milliseconds of its latest start (or of its adoption).
+    since_ms: u64,
+    /// The spec it was started from, replicas left out.
+    started_spec: ServiceSpec,
+}
+
+impl Tracked {
+    fn new(spec: &ServiceSpec, now_ms: u64) -> Tracked {
+        Tracked {
+            tracker: RestartTracker::new(restart_policy(spec.restart)),
+            restart_at_ms: None,
+            gave_up: false,
+            exit_seen: false,
+            since_ms: now_ms,
+            started_spec: without_replicas(spec),
+        }
+    }
+}
+
+/// What the policy says about an ended container now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterExit {
+    /// Start it again now.
+    Due,
+    /// Start it again at this time.
+    Waiting { at_ms: u64 },
+    /// Leave it stopped (policy `never`, or `on-failure` after too many tries).
+    GaveUp,
+}
+
+/// Restart bookkeeping of every container this node runs, by container id.
+#[derive(Debug, Clone, Default)]
+pub struct Restarts {
+    by_id: BTreeMap<String, Tracked>,
+}
+
+impl Restarts {
+    /// A container was started from `spec` at `now_ms` (a new one, or a restart).
+    pub fn started(&mut self, id: &str, spec: &ServiceSpec, now_ms: u64) {
+        let tracked = self
+            .by_id
+            .entry(id.to_string())
+            .or_insert_with(|| Tracked::new(spec, now_ms));
+        tracked.tracker.started(now_ms);
+        tracked.restart_at_ms = None;
+        tracked.exit_seen = false;
+        tracked.since_ms = now_ms;
+        tracked.started_spec = without_replicas(spec);
+    }
+
+    /// A running container this node knows nothing of (adopted after a daemon restart) is
+    /// tracked from now on, as started from `spec`.
+    pub fn adopt(&mut self, id: &str, spec: &ServiceSpec, now_ms: u64) {
+        self.by_id.entry(id.to_string()).or_insert_with(|| {
+            let mut tracked = Tracked::new(spec, now_ms);
+            tracked.tracker.started(now_ms);
+            tracked
+        });
+    }
+
+    /// The container ended with `exit` (or vanished: `ExitStatus::Unknown`). The first time
+    /// an exit is seen it is counted by the policy; then the answer is whether to start it
+    /// again now.
+    pub fn after_exit(
+        &mut self,
+        id: &str,
+        spec: &ServiceSpec,
+        exit: ExitStatus,
+        now_ms: u64,
+    ) -> AfterExit {
+        let tracked = self
+            .by_id
+            .entry(id.to_string())
+            .or_insert_with(|| Tracked::new(spec, now_ms));
+        if !tracked.exit_seen {
+            tracked.exit_seen = true;
+            match tracked.tracker.exited(now_ms, exit.success()) {
+                RestartDecision::RestartAt { at_ms } => tracked.restart_at_ms = Some(at_ms),
+                RestartDecision::GiveUp => tracked.gave_up = true,
+            }
+        }
+        if tracked.gave_up {
+            return AfterExit::GaveUp;
+        }
+        match tracked.restart_at_ms {
+            Some(at_ms) if now_ms >= at_ms => AfterExit::Due,
+            Some(at_ms) => AfterExit::Waiting { at_ms },
+            None => AfterExit::Due,
+        }
+    }
+
+    /// A restart failed: it counts as another failed run, so the tracker backs off further.
+    pub fn restart_failed(&mut self, id: &str, now_ms: u64) {
+        if let Some(tracked) = self.by_id.get_mut(id) {
+            tracked.tracker.started(now_ms);
+            tracked.exit_seen = false;
+            tracked.restart_at_ms = None;
+        }
+    }
+
+    /// The container is gone for good.
+    pub fn forget(&mut self, id: &str) {
+        self.by_id.remove(id);
+    }
+
+    /// The spec the container was started from (replicas left out), if tracked.
+    pub fn started_spec(&self, id: &str) -> Option<&ServiceSpec> {
+        self.by_id.get(id).map(|tracked| &tracked.started_spec)
+    }
+
+    /// Unix milliseconds of its latest start, if tracked.
+    pub fn since_ms(&self, id: &str) -> Option<u64> {
+        self.by_id.get(id).map(|tracked| tracked.since_ms)
+    }
+
+    /// Restarts since its last stable run.
+    pub fn consecutive_restarts(&self, id: &str) -> u32 {
+        self.by_id
+            .get(id)
+            .map_or(0, |tracked| tracked.tracker.consecutive_restarts())
+    }
+
+    /// Forgets every container not in `keep`.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.by_id.retain(|id, _| keep(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(restart: shoal_crdt::RestartPolicy) -> ServiceSpec {
+        let mut spec = ServiceSpec::new("/i");
+        spec.restart = restart;
+        spec.replicas = 3;
+        spec
+    }
+
+    #[test]
+    fn one_exit_is_counted_once_and_waits_for_its_backoff() {
+        let spec = spec(shoal_crdt::RestartPolicy::Always);
+        let mut restarts = Restarts::default();
+        restarts.started("a", &spec, 1_000);
+        let first = restarts.after_exit("a", &spec, ExitStatus::Code(1), 1_100);
+        let AfterExit::Waiting { at_ms } = first else {
+            panic!("a quick failure backs off: {first:?}");
+        };
+        assert!(at_ms > 1_100);
+        // Asked again before the time: still waiting, not counted twice.
+        assert_eq!(
+            restarts.after_exit("a", &spec, ExitStatus::Code(1), 1_101),
+            AfterExit::Waiting { at_ms }
+        );
+        assert_eq!(
+            restarts.after_exit("a", &spec, ExitStatus::Code(1), at_ms),
+            AfterExit::Due
+        );
+        restarts.started("a", &spec, at_ms);
+        assert_eq!(restarts.consecutive_restarts("a"), 1);
+        assert_eq!(restarts.since_ms("a"), Some(at_ms));
+        assert_eq!(restarts.started_spec("a"), Some(&without_replicas(&spec)));
+    }
+
+    #[test]
+    fn never_gives_up_at_once_and_success_is_not_a_failure() {
+        let never = spec(shoal_crdt::RestartPolicy::Never);
+        let mut restarts = Restarts::default();
+        restarts.started("a", &never, 0);
+        assert_eq!(
+            restarts.after_exit("a", &never, ExitStatus::Code(0), 10),
+            AfterExit::GaveUp
+        );
+        let on_failure = spec(shoal_crdt::RestartPolicy::OnFailure);
+        restarts.started("b", &on_failure, 0);
+        assert_eq!(
+            restarts.after_exit("b", &on_failure, ExitStatus::Code(0), 10),
+            AfterExit::GaveUp
+        );
+    }
+
+    #[test]
+    fn adoption_keeps_what_is_known_and_forget_drops_it() {
+        let spec = spec(shoal_crdt::RestartPolicy::Always);
+        let mut restarts = Restarts::default();
+        restarts.started("a", &spec, 5);
+        restarts.adopt("a", &spec, 99);
+        assert_eq!(restarts.since_ms("a"), Some(5));
+        restarts.adopt("b", &spec, 99);
+        assert_eq!(restarts.since_ms("b"), Some(99));
+        restarts.retain(|id| id == "b");
+        assert_eq!(restarts.since_ms("a"), None);
+        restarts.forget("b");
+        assert_eq!(restarts.started_spec("b"), None);
+    }
+}

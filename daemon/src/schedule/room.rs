@@ -1,0 +1,89 @@
+//! Room on a node: the one notion of "does one more container fit" that placement and the
+//! planner share. A `Reserved` sums what some containers reserve (cpu, memory, count);
+//! `fits` checks one more against a node's advertised capacity and the per-node cap.
+//! Placement fills a `Reserved` per node as it deals replicas; the planner fills one from
+//! this node's kept records before it starts anything, so the two cannot disagree about
+//! whether a replica fits.
+
+use shoal_crdt::{Capacity, Resources};
+
+/// Containers one node runs at most, whatever its capacity.
+pub const CONTAINERS_PER_NODE_MAX: u32 = 256;
+
+/// What a set of containers reserves on one node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reserved {
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub containers: u32,
+}
+
+impl Reserved {
+    /// Whether one more container with `resources` fits in `capacity` on top of this.
+    pub fn fits(&self, capacity: &Capacity, resources: &Resources) -> bool {
+        self.containers < CONTAINERS_PER_NODE_MAX
+            && self
+                .cpu_millis
+                .saturating_add(u64::from(resources.cpu_millis))
+                <= u64::from(capacity.cpu_millis)
+            && self.memory_bytes.saturating_add(resources.memory_bytes) <= capacity.memory_bytes
+    }
+
+    /// Adds one container with `resources`.
+    pub fn add(&mut self, resources: &Resources) {
+        self.cpu_millis = self
+            .cpu_millis
+            .saturating_add(u64::from(resources.cpu_millis));
+        self.memory_bytes = self.memory_bytes.saturating_add(resources.memory_bytes);
+        self.containers = self.containers.saturating_add(1);
+    }
+
+    /// Adds one container whose service is gone: it still counts, but reserves nothing.
+    pub fn add_unknown(&mut self) {
+        self.containers = self.containers.saturating_add(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resources(cpu_millis: u32, memory_bytes: u64) -> Resources {
+        Resources {
+            cpu_millis,
+            memory_bytes,
+            pids_max: 64,
+        }
+    }
+
+    #[test]
+    fn room_is_capacity_minus_what_is_reserved() {
+        let capacity = Capacity {
+            cpu_millis: 1000,
+            memory_bytes: 1000,
+        };
+        let mut reserved = Reserved::default();
+        assert!(reserved.fits(&capacity, &resources(1000, 1000)));
+        assert!(!reserved.fits(&capacity, &resources(1001, 1)));
+        reserved.add(&resources(600, 100));
+        assert!(reserved.fits(&capacity, &resources(400, 900)));
+        assert!(!reserved.fits(&capacity, &resources(401, 1)));
+        assert!(!reserved.fits(&capacity, &resources(1, 901)));
+        reserved.add_unknown();
+        assert_eq!(reserved.containers, 2);
+        assert_eq!(reserved.cpu_millis, 600);
+    }
+
+    #[test]
+    fn the_container_cap_holds_whatever_the_capacity() {
+        let capacity = Capacity {
+            cpu_millis: u32::MAX,
+            memory_bytes: u64::MAX,
+        };
+        let reserved = Reserved {
+            containers: CONTAINERS_PER_NODE_MAX,
+            ..Reserved::default()
+        };
+        assert!(!reserved.fits(&capacity, &resources(0, 0)));
+    }
+}

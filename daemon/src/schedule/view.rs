@@ -1,0 +1,99 @@
+//! What the planner reads of the replicated state: the converged view as one plain value,
+//! built by a pure function from a `ClusterState` and the set of live members. The daemon
+//! builds it under the node's lock; the cluster simulator from its replicas.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+use shoal_crdt::{
+    Capacity, ClusterState, ContainerRecord, NodeId, ServiceName, ServiceSpec, Subnet, Timestamp,
+};
+
+use super::placement::{NodeInput, ServiceInput};
+
+/// A service's current spec and the HLC of the write that won.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceVersion {
+    pub spec: ServiceSpec,
+    pub version: Timestamp,
+}
+
+/// The converged view one pass plans from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterView {
+    pub me: NodeId,
+    pub services: BTreeMap<ServiceName, ServiceVersion>,
+    /// Live members with their advertised capacity, this node included once its metadata
+    /// is in the state.
+    pub live_nodes: Vec<NodeInput>,
+    /// This node's container records.
+    pub own_records: Vec<ContainerRecord>,
+    /// The subnet this node claims, if any: new containers get an address from it.
+    pub subnet: Option<Subnet>,
+    /// The other live members' container subnets (those that won their claims), with the
+    /// address to route them through.
+    pub peer_subnets: Vec<(Subnet, IpAddr)>,
+}
+
+impl ClusterView {
+    /// Reads the view of node `me` from `state`, given which members are live.
+    pub fn read(state: &ClusterState, me: &NodeId, live: &BTreeSet<NodeId>) -> ClusterView {
+        let services = state
+            .services()
+            .map(|(name, spec, version)| {
+                let spec = spec.clone();
+                (name.clone(), ServiceVersion { spec, version })
+            })
+            .collect();
+        let live_nodes = state
+            .nodes()
+            .filter(|(id, _)| live.contains(*id))
+            .map(|(id, meta)| NodeInput {
+                id: id.clone(),
+                capacity: meta.capacity,
+            })
+            .collect();
+        let own_records = state
+            .containers()
+            .filter(|record| &record.node == me)
+            .cloned()
+            .collect();
+        let peer_subnets = state
+            .nodes()
+            .filter(|(id, _)| *id != me && live.contains(*id))
+            .filter_map(|(id, meta)| {
+                let subnet = meta.subnet?;
+                (state.subnet_owner(&subnet).as_ref() == Some(id))
+                    .then_some((subnet, meta.address.ip()))
+            })
+            .collect();
+        ClusterView {
+            me: me.clone(),
+            services,
+            live_nodes,
+            own_records,
+            subnet: state.node(me).and_then(|meta| meta.subnet),
+            peer_subnets,
+        }
+    }
+
+    /// This node's advertised capacity, once its metadata is in the state.
+    pub fn my_capacity(&self) -> Option<Capacity> {
+        self.live_nodes
+            .iter()
+            .find(|node| node.id == self.me)
+            .map(|node| node.capacity)
+    }
+
+    /// The services as placement takes them.
+    pub fn placement_inputs(&self) -> Vec<ServiceInput> {
+        self.services
+            .iter()
+            .map(|(name, service)| ServiceInput {
+                name: name.clone(),
+                replicas: service.spec.replicas,
+                resources: service.spec.resources,
+            })
+            .collect()
+    }
+}

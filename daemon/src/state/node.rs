@@ -1,0 +1,781 @@
+//! The node: the sans-IO `shoal_crdt::Replica` driven with time from a `Clock`, made durable
+//! by the redb `Store`, with a bounded broadcast of local changes (for eager push), a signal
+//! for the reconcile loop when its inputs change, and the sync history of every peer. Shared
+//! as `Arc<Node>` by the sync server, the gossip loop, the local API, the heartbeat and the
+//! reconcile loop.
+//!
+//! Durability: a change is applied to the replica and written to redb while the replica's
+//! mutex is held, and only then acknowledged or broadcast. Nobody can read the replica
+//! between the two steps, so no reader ever sees a change that is not durable. If the write
+//! fails, the replica is rebuilt from the database (so memory again equals disk) and the
+//! caller gets `NodeError::Storage`. The mutex is never held across an `.await`.
+//!
+//! One commit is one log record and one eager push: `write_batch` runs several local
+//! operations (the reconcile loop's records, addresses and counters of one pass) and
+//! commits them as one delta. Every `compact_every_entries` appends the snapshot is
+//! rewritten and the log cleared in one transaction (`store.rs`).
+
+use std::collections::BTreeMap;
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use shoal_crdt::state::Change;
+use shoal_crdt::{
+    Applied, ApplyError, Capacity, ClusterState, Delta, NTP64, NodeId, NodeMeta, Replica,
+    ReplicaError, ServiceName, ServiceSpec, SpecError, Subnet, Summary, Timestamp, codec,
+};
+use tokio::sync::{broadcast, watch};
+
+use super::clock::{Clock, millis_between};
+use super::load::{LogRecord, encode_timestamp, load_replica};
+use super::members::{self, Member, heartbeat_is_recent};
+use super::store::{Store, StoreError};
+
+/// Default number of appends between two compactions of the log into the snapshot.
+pub const COMPACT_EVERY_ENTRIES: u64 = 1000;
+/// Local changes buffered for the eager push; a slow subscriber loses the oldest and relies
+/// on anti-entropy.
+pub const CHANGES_CAPACITY: usize = 1024;
+/// Default silence after which a member is evicted (`sync.evict_after_ms`).
+pub const EVICT_AFTER_MS: u64 = 86_400_000;
+/// Default silence after which a member counts as down (`sync.down_after_ms`).
+pub const DOWN_AFTER_MS: u64 = 5_000;
+/// Default largest clock drift accepted from a peer (`sync.max_clock_drift_ms`).
+pub const MAX_CLOCK_DRIFT_MS: u64 = 1_000;
+
+/// What a node needs to start.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    pub node: NodeId,
+    pub database: PathBuf,
+    pub max_clock_drift: Duration,
+    pub seeds: Vec<SocketAddr>,
+    /// The address peers reach this node at, published in its metadata.
+    pub address: SocketAddr,
+    pub capacity: Capacity,
+    pub down_after_ms: u64,
+    /// Silence after which a member is evicted, so it stops blocking tombstone GC.
+    pub evict_after_ms: u64,
+    /// The container subnet this node claims in its metadata (`containers.subnet`).
+    pub subnet: Option<Subnet>,
+    /// Log entries after which the log is folded into a new snapshot.
+    pub compact_every_entries: u64,
+}
+
+impl NodeOptions {
+    /// Options with the config file's defaults: no seeds, no subnet, a 1000 millicpu and
+    /// 1 GiB capacity.
+    pub fn new(node: NodeId, database: PathBuf, address: SocketAddr) -> NodeOptions {
+        NodeOptions {
+            node,
+            database,
+            max_clock_drift: Duration::from_millis(MAX_CLOCK_DRIFT_MS),
+            seeds: Vec::new(),
+            address,
+            capacity: Capacity {
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+            },
+            down_after_ms: DOWN_AFTER_MS,
+            evict_after_ms: EVICT_AFTER_MS,
+            subnet: None,
+            compact_every_entries: COMPACT_EVERY_ENTRIES,
+        }
+    }
+}
+
+/// A peer as the gossip loop sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerInfo {
+    pub node: NodeId,
+    pub address: SocketAddr,
+    pub live: bool,
+    pub last_sync_ms_ago: Option<u64>,
+}
+
+/// The result of one sync exchange with a peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncOutcome {
+    Ok {
+        bytes_sent: u64,
+        bytes_received: u64,
+    },
+    Failed(String),
+}
+
+/// A service as stored: its spec and the HLC of the write that won.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceEntry {
+    pub name: ServiceName,
+    pub spec: ServiceSpec,
+    pub version: Timestamp,
+}
+
+/// A peer with its sync history, for `shoal status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    pub id: NodeId,
+    pub address: SocketAddr,
+    pub live: bool,
+    pub last_sync_ms_ago: Option<u64>,
+    pub last_error: Option<String>,
+    /// Whether the peer's last known summary equals ours.
+    pub same_summary: bool,
+}
+
+/// What this node has seen and how fresh it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeStatus {
+    pub node: NodeId,
+    pub uptime_ms: u64,
+    pub summary: Summary,
+    pub digest: [u8; 32],
+    pub services: usize,
+    pub nodes: usize,
+    pub tombstones: usize,
+    pub hlc_last: Timestamp,
+    pub peers: Vec<PeerStatus>,
+    /// Every live peer's last known summary equals ours.
+    pub converged: bool,
+    /// A peer evicted this node after a long silence.
+    pub evicted: bool,
+}
+
+/// How many changes this node made durable and broadcast since it started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitCounts {
+    /// Log records written (local and remote changes), each its own redb transaction.
+    pub durable: u64,
+    /// Local deltas handed to the eager push.
+    pub broadcast: u64,
+}
+
+/// Why a node operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{source}")]
+    StaleBase { peer: NodeId, source: ApplyError },
+    #[error("{source}")]
+    ClockDrift { peer: NodeId, source: ApplyError },
+    #[error("delta from {peer}: {source}")]
+    Invalid { peer: NodeId, source: ApplyError },
+    #[error("storage: {0}")]
+    Storage(#[from] StoreError),
+    #[error(
+        "the in-memory state could not be restored after a storage failure; restart the daemon"
+    )]
+    Poisoned,
+    #[error("{what}: {source}")]
+    Operation {
+        what: String,
+        #[source]
+        source: ReplicaError,
+    },
+    #[error("service {service}: {source}")]
+    InvalidSpec {
+        service: ServiceName,
+        #[source]
+        source: SpecError,
+    },
+    #[error("service {0} appears twice in one request")]
+    DuplicateService(ServiceName),
+    #[error("service {0} not found")]
+    NotFound(ServiceName),
+    #[error("cannot encode {what}: {message}")]
+    Encode { what: &'static str, message: String },
+    #[error("cannot load the state from {path}: {message}")]
+    Load { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Default, Clone)]
+struct PeerRecord {
+    last_ok_ms: Option<u64>,
+    last_error: Option<String>,
+    last_summary: Option<Summary>,
+    bytes_sent: u64,
+    bytes_received: u64,
+}
+
+struct Inner {
+    replica: Replica,
+    store: Store,
+    peers: BTreeMap<NodeId, PeerRecord>,
+    log_entries: u64,
+    /// Physical time passed to the replica is never below this (see `Node::physical`).
+    clock_floor: NTP64,
+    poisoned: bool,
+}
+
+/// The node's state and everything that makes it durable and observable.
+pub struct Node {
+    options: NodeOptions,
+    clock: Arc<dyn Clock>,
+    /// A peer evicted this node (see `heartbeat`).
+    evicted: AtomicBool,
+    inner: Mutex<Inner>,
+    changes: broadcast::Sender<Arc<Delta>>,
+    /// Bumped when something the reconcile loop plans from may have changed.
+    plan_inputs: watch::Sender<u64>,
+    started_ms: u64,
+    durable_commits: AtomicU64,
+    broadcasts: AtomicU64,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Node")
+            .field("node", &self.options.node)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Node {
+    /// Opens the database and loads the replica from it.
+    pub fn open(options: NodeOptions, clock: Arc<dyn Clock>) -> Result<Node, NodeError> {
+        assert!(
+            options.evict_after_ms > 0,
+            "evict_after_ms must be positive"
+        );
+        let store = Store::open(&options.database)?;
+        let loaded = load_replica(&options, &store, clock.now())?;
+        let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
+        let (plan_inputs, _) = watch::channel(0);
+        let started_ms = clock.now_ms();
+        Ok(Node {
+            options,
+            clock,
+            evicted: AtomicBool::new(false),
+            inner: Mutex::new(Inner {
+                replica: loaded.replica,
+                store,
+                peers: BTreeMap::new(),
+                log_entries: loaded.log_entries,
+                clock_floor: loaded.clock_floor,
+                poisoned: false,
+            }),
+            changes,
+            plan_inputs,
+            started_ms,
+            durable_commits: AtomicU64::new(0),
+            broadcasts: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock leaves the replica possibly half-changed in
+        // memory; the database is still the truth, so continue and let `poisoned` guard.
+        self.inner
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// The physical time for the replica: the clock, but after the HLC timestamp stored at
+    /// the last run, so the clock never goes backwards across restarts even when the wall
+    /// clock did.
+    fn physical(&self, inner: &Inner) -> NTP64 {
+        let now = self.clock.now();
+        if now > inner.clock_floor {
+            now
+        } else {
+            NTP64(inner.clock_floor.0.saturating_add(1))
+        }
+    }
+
+    /// The clock this node reads.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    /// Writes one accepted change; on failure restores memory from disk.
+    fn persist(&self, inner: &mut Inner, origin: &NodeId, delta: &Delta) -> Result<(), NodeError> {
+        let result = postcard::to_allocvec(&LogRecord {
+            origin: origin.clone(),
+            delta: codec::encode_delta(delta),
+        })
+        .map_err(|error| NodeError::Encode {
+            what: "a log record",
+            message: error.to_string(),
+        })
+        .and_then(|bytes| {
+            let hlc_last = encode_timestamp(&inner.replica.clock().last())?;
+            Ok(inner.store.append(&bytes, &hlc_last)?)
+        });
+        match result {
+            Ok(length) => {
+                self.durable_commits.fetch_add(1, Ordering::Relaxed);
+                inner.log_entries = length;
+                if length >= self.options.compact_every_entries.max(1) {
+                    self.compact(inner);
+                }
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot persist a change; reloading the state from the database");
+                let now = self.clock.now();
+                match load_replica(&self.options, &inner.store, now) {
+                    Ok(reloaded) => {
+                        inner.replica = reloaded.replica;
+                        inner.log_entries = reloaded.log_entries;
+                        inner.clock_floor = inner.clock_floor.max(reloaded.clock_floor);
+                    }
+                    Err(reload) => {
+                        tracing::error!(error = %reload, "cannot reload the state; refusing further changes");
+                        inner.poisoned = true;
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Folds the log into a new snapshot. A failure leaves the old snapshot and log, which
+    /// still describe the same state, so it is only logged.
+    fn compact(&self, inner: &mut Inner) {
+        let snapshot = codec::encode_snapshot(&inner.replica.to_snapshot());
+        let result = encode_timestamp(&inner.replica.clock().last())
+            .and_then(|hlc_last| Ok(inner.store.compact(&snapshot, &hlc_last)?));
+        match result {
+            Ok(()) => {
+                tracing::debug!(snapshot_bytes = snapshot.len(), "compacted the state log");
+                inner.log_entries = 0;
+            }
+            Err(error) => tracing::warn!(%error, "cannot compact the state log"),
+        }
+    }
+
+    /// Runs local operations and commits what they changed as one delta: applied in memory,
+    /// persisted as one log record, then broadcast once. Each operation is all-or-nothing on
+    /// its own; what the successful ones wrote is committed even when another failed. No
+    /// change at all is no commit. Returns the operations' value.
+    pub fn write_batch<T>(
+        &self,
+        operations: impl FnOnce(&mut Replica, NTP64) -> T,
+    ) -> Result<T, NodeError> {
+        let mut inner = self.lock();
+        if inner.poisoned {
+            return Err(NodeError::Poisoned);
+        }
+        let now = self.physical(&inner);
+        let since = inner.replica.own_counter();
+        let value = operations(&mut inner.replica, now);
+        let delta = inner.replica.own_delta_since(since);
+        if delta.is_empty() {
+            return Ok(value);
+        }
+        let origin = self.options.node.clone();
+        self.persist(&mut inner, &origin, &delta)?;
+        drop(inner);
+        self.broadcasts.fetch_add(1, Ordering::Relaxed);
+        // No subscriber (eager push disabled, no peers yet) is fine.
+        let _ = self.changes.send(Arc::new(delta));
+        Ok(value)
+    }
+
+    /// One local operation as its own commit; its error names `what`.
+    fn write_one<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        operation: impl FnOnce(&mut Replica, NTP64) -> Result<T, ReplicaError>,
+    ) -> Result<T, NodeError> {
+        self.write_batch(operation)?
+            .map_err(|source| NodeError::Operation {
+                what: what(),
+                source,
+            })
+    }
+
+    /// Tells the reconcile loop that its inputs may have changed.
+    fn wake_planner(&self) {
+        self.plan_inputs
+            .send_modify(|generation| *generation = generation.wrapping_add(1));
+    }
+
+    // ---- the sync contract (used by sync/**) ----
+
+    /// This node's id.
+    pub fn node_id(&self) -> &NodeId {
+        &self.options.node
+    }
+
+    /// What this node has seen.
+    pub fn summary(&self) -> Summary {
+        self.lock().replica.summary()
+    }
+
+    /// What `peer` lacks given its summary; remembers the summary for GC and status.
+    pub fn delta_for(&self, peer: &NodeId, theirs: &Summary) -> Delta {
+        let mut inner = self.lock();
+        inner.replica.observe_summary(peer, theirs);
+        inner.peers.entry(peer.clone()).or_default().last_summary = Some(theirs.clone());
+        inner.replica.delta_for(theirs)
+    }
+
+    /// Validates and applies a peer's delta, durably; all or nothing. A delta that changes
+    /// what this node's reconcile loop plans from (a service, a member joining, leaving,
+    /// coming back or changing its address, capacity or subnet) wakes the loop at once.
+    pub fn apply_remote(&self, peer: &NodeId, delta: Delta) -> Result<Applied, NodeError> {
+        let mut inner = self.lock();
+        if inner.poisoned {
+            return Err(NodeError::Poisoned);
+        }
+        let before = inner.replica.summary();
+        let now = self.physical(&inner);
+        let wakes = changes_plan_inputs(
+            inner.replica.state(),
+            &delta,
+            now,
+            self.options.down_after_ms,
+        );
+        let applied = inner
+            .replica
+            .apply_delta(now, peer, &delta)
+            .map_err(|error| map_apply_error(peer, error))?;
+        if applied.entries_applied > 0 || inner.replica.summary() != before {
+            self.persist(&mut inner, peer, &delta)?;
+        }
+        drop(inner);
+        if wakes && applied.entries_applied > 0 {
+            self.wake_planner();
+        }
+        Ok(applied)
+    }
+
+    /// Local changes, for the eager push.
+    pub fn subscribe_changes(&self) -> broadcast::Receiver<Arc<Delta>> {
+        self.changes.subscribe()
+    }
+
+    /// Changes of what the reconcile loop plans from: services, members, local applies.
+    pub fn subscribe_plan_inputs(&self) -> watch::Receiver<u64> {
+        self.plan_inputs.subscribe()
+    }
+
+    /// Every other member known from node metadata.
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let inner = self.lock();
+        let now = self.clock.now();
+        let now_ms = self.clock.now_ms();
+        inner
+            .replica
+            .state()
+            .nodes()
+            .filter(|(id, _)| *id != &self.options.node)
+            .map(|(id, meta)| PeerInfo {
+                node: id.clone(),
+                address: meta.address,
+                live: heartbeat_is_recent(meta, now, self.options.down_after_ms),
+                last_sync_ms_ago: inner
+                    .peers
+                    .get(id)
+                    .and_then(|p| p.last_ok_ms)
+                    .map(|at| now_ms.saturating_sub(at)),
+            })
+            .collect()
+    }
+
+    /// Records the outcome of a sync with `peer`.
+    pub fn record_sync(&self, peer: &NodeId, result: SyncOutcome) {
+        let now_ms = self.clock.now_ms();
+        let mut inner = self.lock();
+        let record = inner.peers.entry(peer.clone()).or_default();
+        match result {
+            SyncOutcome::Ok {
+                bytes_sent,
+                bytes_received,
+            } => {
+                record.last_ok_ms = Some(now_ms);
+                record.last_error = None;
+                record.bytes_sent = record.bytes_sent.saturating_add(bytes_sent);
+                record.bytes_received = record.bytes_received.saturating_add(bytes_received);
+            }
+            SyncOutcome::Failed(message) => record.last_error = Some(message),
+        }
+    }
+
+    /// The configured seed peers.
+    pub fn seed_peers(&self) -> Vec<SocketAddr> {
+        self.options.seeds.clone()
+    }
+
+    // ---- host side ----
+
+    /// Writes our node metadata (address, capacity, subnet, heartbeat), evicts members
+    /// silent longer than `evict_after_ms` and collects garbage.
+    pub fn heartbeat(&self) -> Result<(), NodeError> {
+        let node = self.options.node.clone();
+        let first = self.write_one(
+            || "heartbeat".to_string(),
+            |replica, now| {
+                let own = replica.state().node(&node).cloned();
+                // Our first write ever is a heartbeat, so a state with writes of ours but
+                // without our metadata means a peer evicted us (silent longer than
+                // evict_after_ms).
+                if own.is_none()
+                    && replica.own_counter() > 0
+                    && !self.evicted.swap(true, Ordering::Relaxed)
+                {
+                    tracing::error!(
+                        "this node was evicted by a peer; writes of ours concurrent with removals \
+                         the cluster already collected may diverge: stop the daemon, empty its \
+                         state_dir and start it again to rejoin with a clean state"
+                    );
+                }
+                let meta = NodeMeta {
+                    address: self.options.address,
+                    capacity: self.options.capacity,
+                    subnet: self.options.subnet.or(own.as_ref().and_then(|m| m.subnet)),
+                    heartbeat: Timestamp::new(now, node.hlc_id()),
+                };
+                replica.put_node_meta(now, meta).map(|_| own.is_none())
+            },
+        )?;
+        if first {
+            // Our metadata (and subnet) is new: the planner can place on us now.
+            self.wake_planner();
+        }
+        self.evict_silent_members()?;
+        let collected = self.lock().replica.collect_garbage();
+        if collected > 0 {
+            tracing::debug!(collected, "collected tombstones");
+        }
+        Ok(())
+    }
+
+    /// Evicts every member whose heartbeat is older than `evict_after_ms`. An evicted node
+    /// that comes back re-adds itself with its next heartbeat.
+    fn evict_silent_members(&self) -> Result<(), NodeError> {
+        let now = self.clock.now();
+        let silent: Vec<NodeId> = self.read_state(|state| {
+            state
+                .nodes()
+                .filter(|(id, meta)| {
+                    *id != &self.options.node
+                        && millis_between(now, *meta.heartbeat.get_time())
+                            > self.options.evict_after_ms
+                })
+                .map(|(id, _)| id.clone())
+                .collect()
+        });
+        for node in silent {
+            tracing::info!(%node, evict_after_ms = self.options.evict_after_ms, "evicting a silent member");
+            self.write_one(
+                || format!("evict {node}"),
+                |replica, now| replica.evict_node(now, &node),
+            )?;
+            self.wake_planner();
+        }
+        Ok(())
+    }
+
+    /// Applies services in order, each its own durable change. Every spec is validated
+    /// before the first is written, so bad input changes nothing.
+    pub fn apply_services(
+        &self,
+        services: Vec<(ServiceName, ServiceSpec)>,
+    ) -> Result<Vec<ServiceEntry>, NodeError> {
+        for (index, (name, spec)) in services.iter().enumerate() {
+            spec.validate().map_err(|source| NodeError::InvalidSpec {
+                service: name.clone(),
+                source,
+            })?;
+            if services[..index].iter().any(|(earlier, _)| earlier == name) {
+                return Err(NodeError::DuplicateService(name.clone()));
+            }
+        }
+        let mut entries = Vec::with_capacity(services.len());
+        for (name, spec) in services {
+            let entry = self.write_one(
+                || format!("service {name}"),
+                |replica, now| {
+                    replica.put_service(now, name.clone(), spec.clone())?;
+                    let version = replica
+                        .state()
+                        .service(&name)
+                        .map(|(_, version)| version)
+                        .expect("a service just written is stored");
+                    Ok(ServiceEntry {
+                        name: name.clone(),
+                        spec: spec.clone(),
+                        version,
+                    })
+                },
+            )?;
+            entries.push(entry);
+        }
+        self.wake_planner();
+        Ok(entries)
+    }
+
+    /// Removes a service; returns what was removed.
+    pub fn remove_service(&self, name: &ServiceName) -> Result<ServiceEntry, NodeError> {
+        let removed = self.write_batch(|replica, now| {
+            let (spec, version) = match replica.state().service(name) {
+                Some((spec, version)) => (spec.clone(), version),
+                None => return Ok(None),
+            };
+            replica.remove_service(now, name)?;
+            Ok(Some(ServiceEntry {
+                name: name.clone(),
+                spec,
+                version,
+            }))
+        })?;
+        let removed = removed
+            .map_err(|source| NodeError::Operation {
+                what: format!("service {name}"),
+                source,
+            })?
+            .ok_or_else(|| NodeError::NotFound(name.clone()))?;
+        self.wake_planner();
+        Ok(removed)
+    }
+
+    /// Every service, by name.
+    pub fn services(&self) -> Vec<ServiceEntry> {
+        self.read_state(|state| {
+            state
+                .services()
+                .map(|(name, spec, version)| ServiceEntry {
+                    name: name.clone(),
+                    spec: spec.clone(),
+                    version,
+                })
+                .collect()
+        })
+    }
+
+    /// Every member, with liveness from its heartbeat.
+    pub fn members(&self) -> Vec<Member> {
+        let now = self.clock.now();
+        self.read_state(|state| {
+            members::members(state, &self.options.node, now, self.options.down_after_ms)
+        })
+    }
+
+    /// This node's view of the cluster and how fresh it is.
+    pub fn status(&self) -> NodeStatus {
+        let peers_info = self.peers();
+        let inner = self.lock();
+        let summary = inner.replica.summary();
+        let state = inner.replica.state();
+        let peers: Vec<PeerStatus> = peers_info
+            .into_iter()
+            .map(|peer| {
+                let record = inner.peers.get(&peer.node);
+                PeerStatus {
+                    address: peer.address,
+                    live: peer.live,
+                    last_sync_ms_ago: peer.last_sync_ms_ago,
+                    last_error: record.and_then(|r| r.last_error.clone()),
+                    same_summary: record
+                        .and_then(|r| r.last_summary.as_ref())
+                        .is_some_and(|s| s == &summary),
+                    id: peer.node,
+                }
+            })
+            .collect();
+        let converged = peers.iter().filter(|p| p.live).all(|p| p.same_summary);
+        NodeStatus {
+            node: self.options.node.clone(),
+            uptime_ms: self.clock.now_ms().saturating_sub(self.started_ms),
+            digest: inner.replica.digest(),
+            services: state.services().count(),
+            nodes: state.nodes().count(),
+            tombstones: state.tombstone_count(),
+            hlc_last: inner.replica.clock().last(),
+            summary,
+            peers,
+            converged,
+            evicted: self.evicted.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A one-line status for systemd.
+    pub fn status_line(&self) -> String {
+        let peers = self.peers();
+        let live = peers.iter().filter(|p| p.live).count();
+        let last_sync = peers.iter().filter_map(|p| p.last_sync_ms_ago).min();
+        match last_sync {
+            Some(ms) => format!("peers {live}/{} live, last sync {ms} ms ago", peers.len()),
+            None => format!("peers {live}/{} live, no sync yet", peers.len()),
+        }
+    }
+
+    /// Reads the replicated state under the lock; `read` must be quick.
+    pub fn read_state<T>(&self, read: impl FnOnce(&ClusterState) -> T) -> T {
+        read(self.lock().replica.state())
+    }
+
+    /// Reads the replicated state with the set of live members at this instant.
+    pub fn read_with_live<T>(&self, read: impl FnOnce(&ClusterState, &BTreeSet<NodeId>) -> T) -> T {
+        let now = self.clock.now();
+        let inner = self.lock();
+        let state = inner.replica.state();
+        let live = members::live_set(state, &self.options.node, now, self.options.down_after_ms);
+        read(state, &live)
+    }
+
+    /// The capacity this node advertises.
+    pub fn capacity(&self) -> Capacity {
+        self.options.capacity
+    }
+
+    /// Digest of the replicated state.
+    pub fn digest(&self) -> [u8; 32] {
+        self.lock().replica.digest()
+    }
+
+    /// Log entries written since the last compaction.
+    pub fn log_entries(&self) -> u64 {
+        self.lock().log_entries
+    }
+
+    /// Durable commits and broadcasts since this node was opened.
+    pub fn commit_counts(&self) -> CommitCounts {
+        CommitCounts {
+            durable: self.durable_commits.load(Ordering::Relaxed),
+            broadcast: self.broadcasts.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Whether `delta` changes what a reconcile loop plans from, judged against the state
+/// before it is applied: any service, and any member that is new, removed, was not live,
+/// or changes its address, capacity or subnet. A plain heartbeat of a live member does not.
+fn changes_plan_inputs(
+    state: &ClusterState,
+    delta: &Delta,
+    now: NTP64,
+    down_after_ms: u64,
+) -> bool {
+    delta.changes().iter().any(|change| match change {
+        Change::Service { .. } => true,
+        Change::Node { node, entry } => match (state.node(node), &entry.value) {
+            (Some(old), Some(new)) => {
+                !heartbeat_is_recent(old, now, down_after_ms)
+                    || old.address != new.meta.address
+                    || old.capacity != new.meta.capacity
+                    || old.subnet != new.meta.subnet
+            }
+            _ => true,
+        },
+        Change::Container { .. } | Change::Counter { .. } | Change::Ip { .. } => false,
+    })
+}
+
+fn map_apply_error(peer: &NodeId, source: ApplyError) -> NodeError {
+    let peer = peer.clone();
+    match source {
+        ApplyError::StaleBase { .. } => NodeError::StaleBase { peer, source },
+        ApplyError::ClockDrift { .. } => NodeError::ClockDrift { peer, source },
+        _ => NodeError::Invalid { peer, source },
+    }
+}
+
+#[cfg(test)]
+#[path = "node_tests.rs"]
+mod tests;

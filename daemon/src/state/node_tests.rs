@@ -1,0 +1,319 @@
+//! Tests of `Node`: durability across reopen and compaction, refused deltas that change
+//! nothing, status and eviction driven by a manual clock, one commit per batch, and the
+//! wake-up of the reconcile loop by remote changes that matter to it.
+
+use super::*;
+use crate::state::clock::ManualClock;
+use crate::state::store::Store;
+
+/// 2026-01-01T00:00:00Z, where every test clock starts.
+const START_MS: u64 = 1_767_225_600_000;
+
+fn options(dir: &std::path::Path, name: &str, compact_every_entries: u64) -> NodeOptions {
+    let mut options = NodeOptions::new(
+        name.parse().unwrap(),
+        dir.join(format!("{name}.redb")),
+        "127.0.0.1:7443".parse().unwrap(),
+    );
+    options.compact_every_entries = compact_every_entries;
+    options
+}
+
+fn open(options: NodeOptions, clock: &Arc<ManualClock>) -> Node {
+    Node::open(options, clock.clone()).unwrap()
+}
+
+fn spec(name: &str, image: &str) -> (ServiceName, ServiceSpec) {
+    (name.parse().unwrap(), ServiceSpec::new(image))
+}
+
+/// `to` pulls everything it lacks from `from`.
+fn pull(from: &Node, to: &Node) {
+    to.apply_remote(from.node_id(), from.delta_for(to.node_id(), &to.summary()))
+        .unwrap();
+}
+
+#[test]
+fn local_changes_survive_reopen_across_compactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let options = options(dir.path(), "node-a", 4);
+    let node = open(options.clone(), &clock);
+    node.heartbeat().unwrap();
+    for index in 0..10 {
+        clock.advance_ms(1);
+        node.apply_services(vec![spec(&format!("svc-{index}"), "/i.tar")])
+            .unwrap();
+    }
+    node.remove_service(&"svc-3".parse().unwrap()).unwrap();
+    let services = node.services();
+    let digest = node.digest();
+    let clock_last = node.lock().replica.clock().last();
+    assert!(node.log_entries() < 4, "the log was compacted");
+    drop(node);
+    let reopened = open(options, &clock);
+    assert_eq!(reopened.services(), services);
+    assert_eq!(reopened.services().len(), 9);
+    assert_eq!(reopened.digest(), digest);
+    assert!(reopened.lock().replica.clock().last() >= clock_last);
+    // The next local write is stamped after everything written before the restart, even
+    // with a wall clock that stepped back meanwhile.
+    clock.set_ms(START_MS - 60_000);
+    let after = reopened
+        .apply_services(vec![spec("after", "/i.tar")])
+        .unwrap();
+    assert!(after[0].version > clock_last);
+}
+
+#[test]
+fn remote_deltas_are_durable_and_refused_ones_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let a = open(options(dir.path(), "node-a", 1000), &clock);
+    let b_options = options(dir.path(), "node-b", 1000);
+    let b = open(b_options.clone(), &clock);
+    let mut a_changes = a.subscribe_changes();
+    a.apply_services(vec![spec("web", "/web.tar")]).unwrap();
+    let first = a_changes.try_recv().expect("local change broadcast");
+    let applied = b.apply_remote(a.node_id(), (*first).clone()).unwrap();
+    assert_eq!(applied.entries_applied, 1);
+
+    // Two more changes on a; b receives only the last one: its base is missing.
+    a.apply_services(vec![spec("db", "/db.tar")]).unwrap();
+    a.apply_services(vec![spec("cache", "/cache.tar")]).unwrap();
+    let _skipped = a_changes.try_recv().unwrap();
+    let last = a_changes.try_recv().unwrap();
+    let before = b.digest();
+    let error = b.apply_remote(a.node_id(), (*last).clone()).unwrap_err();
+    assert!(matches!(error, NodeError::StaleBase { .. }), "{error}");
+    assert_eq!(b.digest(), before);
+    let stored_entries = b.log_entries();
+    drop(b);
+
+    let b = open(b_options, &clock);
+    assert_eq!(
+        b.digest(),
+        before,
+        "the refused delta did not reach the disk"
+    );
+    assert_eq!(b.log_entries(), stored_entries);
+    let names: Vec<String> = b.services().iter().map(|s| s.name.to_string()).collect();
+    assert_eq!(names, ["web"]);
+
+    // Anti-entropy then brings b up to date.
+    pull(&a, &b);
+    assert_eq!(b.services(), a.services());
+}
+
+#[test]
+fn a_database_of_another_node_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let a_options = options(dir.path(), "node-a", 1);
+    let a = open(a_options.clone(), &clock);
+    a.apply_services(vec![spec("web", "/web.tar")]).unwrap();
+    drop(a);
+    let mut wrong = options(dir.path(), "node-b", 1);
+    wrong.database = a_options.database.clone();
+    let error = Node::open(wrong, clock.clone()).unwrap_err();
+    assert!(error.to_string().contains("node-a.redb"), "{error}");
+}
+
+#[test]
+fn status_reports_self_and_convergence_as_far_as_known() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let a = open(options(dir.path(), "node-a", 1000), &clock);
+    let b = open(options(dir.path(), "node-b", 1000), &clock);
+    a.heartbeat().unwrap();
+    b.heartbeat().unwrap();
+    pull(&a, &b);
+    pull(&b, &a);
+    // a has not yet heard b's summary since b applied a's changes.
+    let status = a.status();
+    assert_eq!(status.nodes, 2);
+    assert_eq!(status.peers.len(), 1);
+    assert!(!status.converged);
+    let _ = b.delta_for(a.node_id(), &a.summary());
+    let _ = a.delta_for(b.node_id(), &b.summary());
+    let status = a.status();
+    assert!(status.converged, "{status:?}");
+    assert_eq!(status.digest, b.digest());
+    clock.advance_ms(1_500);
+    assert_eq!(a.status().uptime_ms, 1_500);
+}
+
+#[test]
+fn a_member_is_down_after_down_after_ms_and_evicted_after_evict_after_ms() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let mut a_options = options(dir.path(), "node-a", 1000);
+    a_options.down_after_ms = 200;
+    a_options.evict_after_ms = 300;
+    let a = open(a_options, &clock);
+    let b = open(options(dir.path(), "node-b", 1000), &clock);
+    b.heartbeat().unwrap();
+    pull(&b, &a);
+    a.heartbeat().unwrap();
+    assert_eq!(a.members().len(), 2, "b is a member");
+    assert!(a.peers()[0].live);
+    clock.advance_ms(250);
+    assert!(!a.peers()[0].live, "b is down after 200 ms of silence");
+    a.heartbeat().unwrap();
+    assert_eq!(a.members().len(), 2, "but not evicted yet");
+    clock.advance_ms(100);
+    a.heartbeat().unwrap();
+    let members: Vec<String> = a.members().iter().map(|n| n.id.to_string()).collect();
+    assert_eq!(members, ["node-a"]);
+}
+
+#[test]
+fn the_clock_never_goes_back_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let options = options(dir.path(), "node-a", 1000);
+    let node = open(options.clone(), &clock);
+    node.apply_services(vec![spec("web", "/web.tar")]).unwrap();
+    let snapshot = codec::encode_snapshot(&node.lock().replica.to_snapshot());
+    drop(node);
+    // As if the clock had observed a timestamp an hour ahead that no stored write carries.
+    let ahead = Timestamp::new(
+        clock.now() + NTP64::from(Duration::from_secs(3600)),
+        options.node.hlc_id(),
+    );
+    let store = Store::open(&options.database).unwrap();
+    store
+        .compact(&snapshot, &postcard::to_allocvec(&ahead).unwrap())
+        .unwrap();
+    drop(store);
+    let node = open(options, &clock);
+    let written = node.apply_services(vec![spec("db", "/db.tar")]).unwrap();
+    assert!(
+        written[0].version > ahead,
+        "{} is not after the stored {ahead}",
+        written[0].version
+    );
+}
+
+#[test]
+fn a_node_learns_that_it_was_evicted() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let mut a_options = options(dir.path(), "node-a", 1000);
+    a_options.down_after_ms = 100;
+    a_options.evict_after_ms = 200;
+    let a = open(a_options, &clock);
+    let b = open(options(dir.path(), "node-b", 1000), &clock);
+    b.heartbeat().unwrap();
+    pull(&b, &a);
+    clock.advance_ms(300);
+    a.heartbeat().unwrap();
+    assert!(!b.status().evicted);
+    pull(&a, &b);
+    b.heartbeat().unwrap();
+    assert!(b.status().evicted);
+    assert!(!a.status().evicted);
+}
+
+#[test]
+fn a_request_with_one_bad_spec_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let node = open(options(dir.path(), "node-a", 1000), &clock);
+    node.heartbeat().unwrap();
+    let before = node.digest();
+    let mut bad = spec("db", "/db.tar");
+    bad.1.image_digest = Some("md5:nope".to_string());
+    let error = node
+        .apply_services(vec![spec("web", "/web.tar"), bad])
+        .unwrap_err();
+    assert!(error.to_string().contains("db"), "{error}");
+    let twice = node
+        .apply_services(vec![spec("web", "/a.tar"), spec("web", "/b.tar")])
+        .unwrap_err();
+    assert!(twice.to_string().contains("twice"), "{twice}");
+    assert_eq!(node.digest(), before);
+    assert!(node.services().is_empty());
+}
+
+#[test]
+fn a_batch_is_one_commit_and_one_broadcast_and_no_change_is_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let mut node_options = options(dir.path(), "node-a", 1000);
+    node_options.subnet = Some("10.60.1.0/24".parse().unwrap());
+    let node = open(node_options, &clock);
+    node.heartbeat().unwrap();
+    let mut changes = node.subscribe_changes();
+    let before = node.commit_counts();
+    let me = node.node_id().clone();
+    let ips = node
+        .write_batch(|replica, now| {
+            let mut ips = Vec::new();
+            for id in ["web-1", "web-2", "web-3"] {
+                let id: shoal_crdt::ContainerId = id.parse().unwrap();
+                let (ip, _) = replica.allocate_ip(now, &id).unwrap();
+                replica
+                    .add_container(
+                        now,
+                        shoal_crdt::ContainerRecord {
+                            id,
+                            service: "web".parse().unwrap(),
+                            node: me.clone(),
+                            spec_version: Timestamp::new(now, me.hlc_id()),
+                            ip: Some(ip),
+                        },
+                    )
+                    .unwrap();
+                ips.push(ip);
+            }
+            replica
+                .adjust_resource(now, shoal_crdt::Resource::Containers, 3)
+                .unwrap();
+            ips
+        })
+        .unwrap();
+    assert_eq!(ips.len(), 3);
+    let after = node.commit_counts();
+    assert_eq!(after.durable - before.durable, 1);
+    assert_eq!(after.broadcast - before.broadcast, 1);
+    let delta = changes.try_recv().unwrap();
+    assert_eq!(delta.entry_count(), 7);
+    assert!(changes.try_recv().is_err());
+    // A batch that changes nothing commits nothing.
+    node.write_batch(|_, _| ()).unwrap();
+    assert_eq!(node.commit_counts(), after);
+}
+
+#[test]
+fn remote_changes_that_matter_to_the_planner_wake_it_and_heartbeats_do_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let a = open(options(dir.path(), "node-a", 1000), &clock);
+    let b = open(options(dir.path(), "node-b", 1000), &clock);
+    a.heartbeat().unwrap();
+    b.heartbeat().unwrap();
+    let mut wake = a.subscribe_plan_inputs();
+    wake.mark_unchanged();
+    pull(&b, &a);
+    assert!(
+        wake.has_changed().unwrap(),
+        "a new member wakes the planner"
+    );
+    wake.mark_unchanged();
+    clock.advance_ms(500);
+    b.heartbeat().unwrap();
+    pull(&b, &a);
+    assert!(
+        !wake.has_changed().unwrap(),
+        "a live member's heartbeat does not"
+    );
+    b.apply_services(vec![spec("web", "/web.tar")]).unwrap();
+    pull(&b, &a);
+    assert!(wake.has_changed().unwrap(), "a service does");
+    wake.mark_unchanged();
+    clock.advance_ms(10_000);
+    b.heartbeat().unwrap();
+    pull(&b, &a);
+    assert!(wake.has_changed().unwrap(), "a member coming back does");
+}
