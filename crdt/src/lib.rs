@@ -12,7 +12,7 @@ pub mod entry;
 mod ids;
 mod records;
 mod replica;
-/// Deterministic simulator (owned by the simulator work; see `sim` module docs).
+/// The deterministic simulator of replicas (feature `sim`; its tests turn it on).
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod state;

@@ -13,76 +13,16 @@ use libcontainer::container::Container;
 use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::syscall::syscall::SyscallType;
 use nix::sys::wait::waitpid;
-use serde_json::json;
-use sha2::{Digest as _, Sha256};
+
 use shoal_oci::bundle::{BundleOptions, Limits, runtime_spec};
 use shoal_oci::rootfs::{RootfsMode, build_rootfs};
 use shoal_oci::{ContainerConfig, ImageStore, LibcontainerRuntime, Runtime, RuntimeSettings};
 
-fn tar_header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(kind);
-    header.set_size(size);
-    header.set_mode(mode);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// A one-layer busybox OCI layout, built here from /bin/busybox.
+/// A one-layer busybox OCI layout whose default command is `/bin/true`.
 fn busybox_layout(dir: &Path) -> PathBuf {
-    let mut builder = tar::Builder::new(Vec::new());
-    let busybox = fs::read("/bin/busybox").expect("busybox-static is installed");
-    let mut header = tar_header(tar::EntryType::Regular, busybox.len() as u64, 0o755);
-    builder
-        .append_data(&mut header, "bin/busybox", &busybox[..])
-        .unwrap();
-    for applet in ["true", "sh"] {
-        let mut header = tar_header(tar::EntryType::Symlink, 0, 0o777);
-        builder
-            .append_link(&mut header, format!("bin/{applet}"), "busybox")
-            .unwrap();
-    }
-    for directory in ["proc/", "dev/", "sys/", "tmp/"] {
-        let mut header = tar_header(tar::EntryType::Directory, 0, 0o755);
-        builder
-            .append_data(&mut header, directory, &[][..])
-            .unwrap();
-    }
-    let layer = builder.into_inner().unwrap();
-    let layer_hex = sha256(&layer);
-    let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs).unwrap();
-    fs::write(blobs.join(&layer_hex), &layer).unwrap();
-    let config = serde_json::to_vec(&json!({
-        "architecture": "amd64", "os": "linux",
-        "config": { "Cmd": ["/bin/true"] },
-        "rootfs": { "type": "layers", "diff_ids": [format!("sha256:{layer_hex}")] },
-    }))
-    .unwrap();
-    let config_hex = sha256(&config);
-    fs::write(blobs.join(&config_hex), &config).unwrap();
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{config_hex}"), "size": config.len() },
-        "layers": [{ "mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{layer_hex}"), "size": layer.len() }],
-    }))
-    .unwrap();
-    let manifest_hex = sha256(&manifest);
-    fs::write(blobs.join(&manifest_hex), &manifest).unwrap();
-    fs::write(
-        dir.join("index.json"),
-        serde_json::to_vec(&json!({ "schemaVersion": 2, "manifests": [{ "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{manifest_hex}"), "size": manifest.len() }] })).unwrap(),
-    )
-    .unwrap();
-    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    dir.to_owned()
+    shoal_oci::image_layout::busybox_image(dir, &["/bin/true"])
+        .expect("busybox-static is installed")
+        .path
 }
 
 fn median(mut samples: Vec<Duration>) -> Duration {

@@ -8,6 +8,7 @@ pub mod container_log;
 pub mod digest;
 pub mod fake_runtime;
 pub mod image;
+pub mod image_layout;
 pub mod image_source;
 pub mod layer_cache;
 pub mod layer_unpack;

@@ -5,7 +5,7 @@
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 
-/// Replicas per run, as issue 2 asks.
+/// Replicas per run: enough for partitions with more than one node on a side.
 pub const REPLICAS_MIN: usize = 3;
 pub const REPLICAS_MAX: usize = 7;
 

@@ -99,7 +99,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// PEM files of the cluster CA and this node's certificate and key.
+/// PEM files of the cluster CA and this node's certificate and key. A relative path is
+/// resolved against `$CREDENTIALS_DIRECTORY` when systemd set it (`LoadCredential=`, as the
+/// NixOS module does), otherwise against the directory of the config file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
@@ -204,7 +206,31 @@ impl Config {
             });
         }
         let text = std::fs::read_to_string(path).map_err(read_error)?;
-        Config::parse(&text, path)
+        let mut config = Config::parse(&text, path)?;
+        let credentials = std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from);
+        config.resolve_tls_paths(path, credentials.as_deref());
+        Ok(config)
+    }
+
+    /// Makes the relative `tls.*` paths absolute: under `credentials` (systemd's
+    /// `$CREDENTIALS_DIRECTORY`) when given, else under the config file's directory.
+    pub fn resolve_tls_paths(&mut self, config_path: &Path, credentials: Option<&Path>) {
+        let base = match credentials {
+            Some(directory) if !directory.as_os_str().is_empty() => directory.to_path_buf(),
+            _ => config_path
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default(),
+        };
+        for file in [
+            &mut self.tls.ca_file,
+            &mut self.tls.cert_file,
+            &mut self.tls.key_file,
+        ] {
+            if file.is_relative() {
+                *file = base.join(&*file);
+            }
+        }
     }
 
     /// Parses and checks `text`; `path` is only used in messages.
@@ -455,6 +481,8 @@ pub fn example_config_text() -> String {
         "# shoal daemon configuration (TOML). Unknown keys are errors.\n\
          # Every key but node_name and [tls] has a default; see `shoal daemon --print-config-keys`.\n\
          # node_name must equal the node id in the certificate (tls.cert_file).\n\
+         # Relative [tls] paths are under $CREDENTIALS_DIRECTORY (systemd LoadCredential=),\n\
+         # or else under this file's directory.\n\
          # advertise is required when listen is 0.0.0.0 or [::].\n\
          # [sync] intervals are milliseconds; body_bytes_max bounds every sync body.\n\
          # [capacity] is optional: without it the host's CPUs and memory are offered.\n\n",
@@ -523,6 +551,33 @@ key_file = "/etc/shoal/node.key"
                 "error {message:?} lacks {fragment:?}"
             );
         }
+    }
+
+    #[test]
+    fn relative_tls_paths_resolve_under_the_credentials_directory_or_the_config_file() {
+        let text = "node_name = \"node-a\"\n[tls]\nca_file = \"ca.pem\"\ncert_file = \"node.pem\"\nkey_file = \"/abs/node.key\"\n";
+        let path = Path::new("/etc/shoal/shoal.toml");
+        let mut config = Config::parse(text, path).unwrap();
+        config.resolve_tls_paths(path, Some(Path::new("/run/credentials/shoal.service")));
+        assert_eq!(
+            config.tls.ca_file,
+            Path::new("/run/credentials/shoal.service/ca.pem")
+        );
+        assert_eq!(
+            config.tls.cert_file,
+            Path::new("/run/credentials/shoal.service/node.pem")
+        );
+        assert_eq!(
+            config.tls.key_file,
+            Path::new("/abs/node.key"),
+            "absolute stays"
+        );
+        let mut config = Config::parse(text, path).unwrap();
+        config.resolve_tls_paths(path, None);
+        assert_eq!(config.tls.ca_file, Path::new("/etc/shoal/ca.pem"));
+        let mut config = Config::parse(text, path).unwrap();
+        config.resolve_tls_paths(path, Some(Path::new("")));
+        assert_eq!(config.tls.cert_file, Path::new("/etc/shoal/node.pem"));
     }
 
     #[test]

@@ -17,8 +17,6 @@ use anyhow::{Context, Result, bail};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
-use sha2::{Digest as _, Sha256};
-
 use super::DemoArgs;
 use super::{output, spec_file};
 use crate::api::{Client, PsView, Request, ServiceView, StatusView};
@@ -36,7 +34,7 @@ const STOP_TIMEOUT_MS: u64 = 10_000;
 /// How long to wait for the containers to run, and to be gone after `service rm`.
 const CONTAINERS_TIMEOUT_MS: u64 = 30_000;
 /// The host's static busybox the demo image is made of (Debian: busybox-static).
-const BUSYBOX: &str = "/bin/busybox";
+const BUSYBOX: &str = shoal_oci::image_layout::BUSYBOX;
 /// Replicas of the demo service: one per node.
 const REPLICAS: usize = NODES;
 
@@ -60,82 +58,6 @@ fn containers_unavailable() -> Option<String> {
         ));
     }
     None
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
-}
-
-/// Writes `bytes` as a blob of the OCI layout at `dir` and returns its descriptor.
-fn write_blob(dir: &Path, media_type: &str, bytes: &[u8]) -> Result<serde_json::Value> {
-    let hex = sha256_hex(bytes);
-    let path = dir.join("blobs").join("sha256").join(&hex);
-    std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(serde_json::json!({
-        "mediaType": media_type,
-        "digest": format!("sha256:{hex}"),
-        "size": bytes.len(),
-    }))
-}
-
-/// One uncompressed layer: `/bin/busybox`, a `sh` link and the directories a container needs.
-fn busybox_layer() -> Result<Vec<u8>> {
-    use shoal_oci::tar::{Builder, EntryType, Header};
-    let busybox = std::fs::read(BUSYBOX).with_context(|| format!("cannot read {BUSYBOX}"))?;
-    let header = |kind: EntryType, size: usize, mode: u32| {
-        let mut header = Header::new_gnu();
-        header.set_entry_type(kind);
-        header.set_size(size as u64);
-        header.set_mode(mode);
-        header.set_uid(0);
-        header.set_gid(0);
-        header.set_mtime(0);
-        header
-    };
-    let mut builder = Builder::new(Vec::new());
-    for dir in ["bin/", "proc/", "dev/", "sys/", "tmp/", "etc/", "root/"] {
-        builder.append_data(&mut header(EntryType::Directory, 0, 0o755), dir, &[][..])?;
-    }
-    builder.append_data(
-        &mut header(EntryType::Regular, busybox.len(), 0o755),
-        "bin/busybox",
-        &busybox[..],
-    )?;
-    builder.append_link(
-        &mut header(EntryType::Symlink, 0, 0o777),
-        "bin/sh",
-        "busybox",
-    )?;
-    Ok(builder.into_inner()?)
-}
-
-/// Builds a one-layer busybox OCI image layout at `dir`.
-fn build_busybox_image(dir: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir.join("blobs").join("sha256"))
-        .with_context(|| format!("cannot create {}", dir.display()))?;
-    let layer = busybox_layer()?;
-    let diff_id = format!("sha256:{}", sha256_hex(&layer));
-    let layer = write_blob(dir, "application/vnd.oci.image.layer.v1.tar", &layer)?;
-    let config = serde_json::to_vec(&serde_json::json!({
-        "architecture": std::env::consts::ARCH.replace("x86_64", "amd64").replace("aarch64", "arm64"),
-        "os": "linux",
-        "config": { "Cmd": [BUSYBOX, "sleep", "3600"], "Env": ["PATH=/bin"], "WorkingDir": "/" },
-        "rootfs": { "type": "layers", "diff_ids": [diff_id] },
-    }))?;
-    let config = write_blob(dir, "application/vnd.oci.image.config.v1+json", &config)?;
-    let manifest = serde_json::to_vec(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": config,
-        "layers": [layer],
-    }))?;
-    let manifest = write_blob(dir, "application/vnd.oci.image.manifest.v1+json", &manifest)?;
-    let index = serde_json::json!({ "schemaVersion": 2, "manifests": [manifest] });
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)
-        .with_context(|| format!("cannot write {}", dir.join("index.json").display()))?;
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
-        .with_context(|| format!("cannot write {}", dir.join("oci-layout").display()))?;
-    Ok(())
 }
 
 /// One daemon of the demo.
@@ -437,7 +359,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let unavailable = containers_unavailable();
     let containers = match &unavailable {
         None => {
-            build_busybox_image(&image)?;
+            shoal_oci::image_layout::busybox_image(&image, &[BUSYBOX, "sleep", "3600"])?;
             println!("built a busybox OCI image at {}", image.display());
             true
         }
@@ -497,7 +419,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         wait_all_live(&nodes)?;
     }
     let spec = demo_spec(&image.display().to_string());
-    let services = spec_file::parse(&spec).map_err(anyhow::Error::msg)?;
+    let services = spec_file::parse(&spec)?;
     let applied: Vec<ServiceView> = nodes[0]
         .client()?
         .call(Request::ServiceApply { services })?;
@@ -522,5 +444,21 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         bail!("{}", failures.join("; "));
     }
     println!("all daemons stopped cleanly; demo directory removed");
+    print_next_steps(args.keep);
     Ok(())
+}
+
+/// What a user who liked the demo does next.
+fn print_next_steps(kept: bool) {
+    println!("\nnext steps:");
+    if !kept {
+        println!(
+            "  keep a demo cluster running to try the CLI on it:  scripts/demo.sh --keep  (or: shoal demo --keep)"
+        );
+    }
+    println!(
+        "  run a node on a real host: README.md, section \"Running a node\" (shoal ca init, shoal cert issue, shoal daemon)"
+    );
+    println!("  run a fleet on NixOS: nixos-module/README.md (services.shoal)");
+    println!("  every command explains itself: shoal --help, shoal service apply --help");
 }

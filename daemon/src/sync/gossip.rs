@@ -157,6 +157,14 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 }
 
 impl Driver {
+    /// The peer selector; a panic while it was held leaves it consistent (every method
+    /// completes its update before returning), so a poisoned lock is taken over.
+    fn selector(&self) -> std::sync::MutexGuard<'_, PeerSelector> {
+        self.selector
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn members(&self) -> Vec<Member> {
         self.node
             .peers()
@@ -186,10 +194,7 @@ impl Driver {
         match result {
             Ok(_) => GossipCounters::add(ok, 1),
             Err(SyncError::SelfConnection { peer }) => {
-                self.selector
-                    .lock()
-                    .expect("selector lock")
-                    .mark_self(*peer);
+                self.selector().mark_self(*peer);
                 tracing::debug!(address = %peer, "seed is this node itself; not dialing it again");
             }
             Err(error) => {
@@ -206,7 +211,7 @@ impl Driver {
         let mut first = true;
         loop {
             let delay_ms = {
-                let mut selector = self.selector.lock().expect("selector lock");
+                let mut selector = self.selector();
                 let interval_ms = if first { 0 } else { self.cfg.interval_ms };
                 first = false;
                 selector.next_delay_ms(interval_ms, self.cfg.jitter_ms)
@@ -240,11 +245,9 @@ impl Driver {
                 .into_iter()
                 .filter(|seed| !in_flight.contains(seed))
                 .collect();
-            let targets = self.selector.lock().expect("selector lock").round_targets(
-                &members,
-                &seeds,
-                self.cfg.fanout,
-            );
+            let targets = self
+                .selector()
+                .round_targets(&members, &seeds, self.cfg.fanout);
             for target in targets {
                 in_flight.insert(target.address);
                 let endpoint = self.endpoint.clone();
@@ -313,7 +316,7 @@ impl Driver {
                 },
             };
             let targets = {
-                let selector = self.selector.lock().expect("selector lock");
+                let selector = self.selector();
                 selector.push_targets(&self.members(), &self.node.seed_peers())
             };
             let pushes = targets.iter().map(|target| {

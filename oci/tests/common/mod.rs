@@ -1,18 +1,18 @@
-//! Test helpers: build small OCI images (layout, OCI archive, docker-archive) from
-//! `/bin/busybox` and hand-made tar entries, so nothing is downloaded at test time.
+//! Test helpers: small OCI images from `/bin/busybox` and hand-made tar entries (OCI
+//! layouts through `shoal_oci::image_layout`, plus OCI archives and docker-archives and
+//! layers with entries a real builder refuses), so nothing is downloaded at test time.
+//! Included by the daemon's and vm-tests' tests too (`#[path]`).
 
 #![allow(dead_code)]
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use flate2::Compression;
-use flate2::write::GzEncoder;
 use serde_json::json;
-use sha2::{Digest as _, Sha256};
 
-pub const BUSYBOX: &str = "/bin/busybox";
+#[allow(unused_imports)] // each test file uses a different part
+pub use shoal_oci::image_layout::{BUSYBOX, Layer, WrittenImage, image_config, layer, sha256_hex};
 
 /// Fails under CI when not root; elsewhere tells why the test does nothing.
 pub fn require_root() -> bool {
@@ -24,10 +24,6 @@ pub fn require_root() -> bool {
     }
     eprintln!("not root: skipping a test that needs real containers");
     false
-}
-
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 /// One entry of a hand-made layer.
@@ -87,111 +83,14 @@ pub fn layer_tar(entries: &[Entry]) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
-/// The base layer: busybox and the directories a container needs.
+/// The base layer: busybox, its applets and the directories a container needs.
 pub fn busybox_layer() -> Vec<u8> {
-    let busybox = fs::read(BUSYBOX).expect("busybox-static is installed");
-    let mut entries = vec![
-        Entry::Dir("bin/"),
-        Entry::File("bin/busybox", busybox, 0o755),
-    ];
-    for applet in [
-        "sh", "echo", "cat", "sleep", "true", "dd", "head", "tr", "grep", "seq", "unshare", "ip",
-        "ls", "test",
-    ] {
-        entries.push(Entry::Symlink(
-            Box::leak(format!("bin/{applet}").into_boxed_str()),
-            "busybox",
-        ));
-    }
-    for dir in ["proc/", "dev/", "sys/", "tmp/", "etc/", "root/"] {
-        entries.push(Entry::Dir(dir));
-    }
-    layer_tar(&entries)
-}
-
-pub fn gzip(bytes: &[u8]) -> Vec<u8> {
-    let mut encoder = GzEncoder::new(Vec::new(), Compression::fast());
-    encoder.write_all(bytes).unwrap();
-    encoder.finish().unwrap()
-}
-
-/// A layer as stored: the blob (maybe gzip) and the digest of the uncompressed tar.
-pub struct Layer {
-    pub blob: Vec<u8>,
-    pub diff_id: String,
-    pub gzipped: bool,
-}
-
-pub fn layer(tar: Vec<u8>, gzipped: bool) -> Layer {
-    let diff_id = format!("sha256:{}", sha256_hex(&tar));
-    let blob = if gzipped { gzip(&tar) } else { tar };
-    Layer {
-        blob,
-        diff_id,
-        gzipped,
-    }
-}
-
-pub fn image_config(layers: &[Layer], cmd: &[&str]) -> Vec<u8> {
-    serde_json::to_vec(&json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": { "Cmd": cmd, "Env": ["PATH=/bin"], "WorkingDir": "/" },
-        "rootfs": { "type": "layers", "diff_ids": layers.iter().map(|layer| layer.diff_id.clone()).collect::<Vec<_>>() },
-    }))
-    .unwrap()
-}
-
-/// What was written, for the tests to pin or tamper with.
-pub struct WrittenImage {
-    pub path: PathBuf,
-    pub manifest_digest: String,
-    pub config_digest: String,
-    pub layer_blob_paths: Vec<PathBuf>,
+    shoal_oci::image_layout::busybox_layer(Path::new(BUSYBOX)).expect("busybox-static is installed")
 }
 
 /// Writes an OCI image layout directory.
 pub fn write_oci_layout(dir: &Path, layers: &[Layer], cmd: &[&str]) -> WrittenImage {
-    let blobs = dir.join("blobs/sha256");
-    fs::create_dir_all(&blobs).unwrap();
-    let mut layer_descriptors = Vec::new();
-    let mut layer_blob_paths = Vec::new();
-    for layer in layers {
-        let hex = sha256_hex(&layer.blob);
-        let path = blobs.join(&hex);
-        fs::write(&path, &layer.blob).unwrap();
-        layer_blob_paths.push(path);
-        let media_type = if layer.gzipped {
-            "application/vnd.oci.image.layer.v1.tar+gzip"
-        } else {
-            "application/vnd.oci.image.layer.v1.tar"
-        };
-        layer_descriptors.push(json!({ "mediaType": media_type, "digest": format!("sha256:{hex}"), "size": layer.blob.len() }));
-    }
-    let config = image_config(layers, cmd);
-    let config_hex = sha256_hex(&config);
-    fs::write(blobs.join(&config_hex), &config).unwrap();
-    let manifest = serde_json::to_vec(&json!({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": { "mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{config_hex}"), "size": config.len() },
-        "layers": layer_descriptors,
-    }))
-    .unwrap();
-    let manifest_hex = sha256_hex(&manifest);
-    fs::write(blobs.join(&manifest_hex), &manifest).unwrap();
-    let index = json!({
-        "schemaVersion": 2,
-        "manifests": [{ "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": format!("sha256:{manifest_hex}"), "size": manifest.len() }],
-    });
-    fs::write(dir.join("index.json"), serde_json::to_vec(&index).unwrap()).unwrap();
-    fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
-    WrittenImage {
-        path: dir.to_owned(),
-        manifest_digest: format!("sha256:{manifest_hex}"),
-        config_digest: format!("sha256:{config_hex}"),
-        layer_blob_paths,
-    }
+    shoal_oci::image_layout::write_oci_layout(dir, layers, cmd).unwrap()
 }
 
 /// Tars up every file under `dir` into `archive`.
@@ -230,5 +129,5 @@ pub fn write_docker_archive(archive: &Path, layers: &[Layer], cmd: &[&str]) -> W
 
 /// A busybox OCI layout in `dir` whose default command is `cmd`.
 pub fn busybox_image(dir: &Path, cmd: &[&str]) -> WrittenImage {
-    write_oci_layout(dir, &[layer(busybox_layer(), true)], cmd)
+    shoal_oci::image_layout::busybox_image(dir, cmd).expect("busybox-static is installed")
 }
