@@ -15,3 +15,21 @@ pub mod cluster;
 pub mod command;
 pub mod lab;
 pub mod netns;
+
+/// Whether this process can run the lab (root: network namespaces, nftables, cgroups).
+/// Under `CI=true` a missing prerequisite fails the test; elsewhere the test says why it
+/// does nothing and returns.
+pub fn require_root() -> bool {
+    if nix::unistd::Uid::effective().is_root() {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!(
+            "this test needs root (network namespaces, nftables, containers) and CI=true is set"
+        );
+    }
+    eprintln!(
+        "not root: skipping a test that needs network namespaces (run scripts/test-all.sh as root)"
+    );
+    false
+}

@@ -32,6 +32,9 @@ fn assert_history(cluster: &Cluster, history: &History, among: &[usize]) {
 /// every node ends on the same HLC winner and no acknowledged write is lost.
 #[test]
 fn isolated_node_and_majority_both_write_then_converge_on_one_winner() {
+    if !shoal_vm_tests::require_root() {
+        return;
+    }
     let cluster = Cluster::start(ClusterOptions::default()).expect("cluster");
     let history = History::default();
     let all = [0, 1, 2];
@@ -79,6 +82,9 @@ fn isolated_node_and_majority_both_write_then_converge_on_one_winner() {
 /// and seeded with a real node's address, learns nothing and changes nothing.
 #[test]
 fn rogue_node_with_foreign_ca_learns_nothing_and_changes_nothing() {
+    if !shoal_vm_tests::require_root() {
+        return;
+    }
     let cluster = Cluster::start(ClusterOptions {
         nodes: 4,
         rogue_last: true,
@@ -150,6 +156,9 @@ fn rogue_node_with_foreign_ca_learns_nothing_and_changes_nothing() {
 /// writes on either end still reach the other through 1.
 #[test]
 fn asymmetric_cut_converges_through_the_middle_node() {
+    if !shoal_vm_tests::require_root() {
+        return;
+    }
     let cluster = Cluster::start(ClusterOptions::default()).expect("cluster");
     let all = [0, 1, 2];
     let history = History::default();
@@ -181,6 +190,9 @@ fn asymmetric_cut_converges_through_the_middle_node() {
 /// node's tombstone count drops back once every member has seen the deletes.
 #[test]
 fn tombstones_are_collected_after_deletes_and_a_heal() {
+    if !shoal_vm_tests::require_root() {
+        return;
+    }
     let cluster = Cluster::start(ClusterOptions::default()).expect("cluster");
     let all = [0, 1, 2];
     let services = 30;
