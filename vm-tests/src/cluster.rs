@@ -70,6 +70,9 @@ pub struct ClusterOptions {
     /// Give node `i` the container subnet `10.88.(i + 1).0/24`, so its
     /// containers get addresses and routes to the other nodes' containers.
     pub container_subnets: bool,
+    /// `containers.reconcile_interval_ms` (with `container_subnets`); the
+    /// daemon's default when `None`.
+    pub reconcile_interval_ms: Option<u64>,
 }
 
 impl Default for ClusterOptions {
@@ -82,6 +85,7 @@ impl Default for ClusterOptions {
             evict_after_ms: 86_400_000,
             rogue_last: false,
             container_subnets: false,
+            reconcile_interval_ms: None,
         }
     }
 }
@@ -200,7 +204,14 @@ impl Cluster {
                 down = options.down_after_ms,
                 evict = options.evict_after_ms,
                 containers = if options.container_subnets {
-                    format!("[containers]\nsubnet = \"10.88.{}.0/24\"\n", index + 1)
+                    let interval = options
+                        .reconcile_interval_ms
+                        .map(|ms| format!("reconcile_interval_ms = {ms}\n"))
+                        .unwrap_or_default();
+                    format!(
+                        "[containers]\nsubnet = \"10.88.{}.0/24\"\n{interval}",
+                        index + 1
+                    )
                 } else {
                     String::new()
                 },

@@ -131,3 +131,51 @@ pub fn write_docker_archive(archive: &Path, layers: &[Layer], cmd: &[&str]) -> W
 pub fn busybox_image(dir: &Path, cmd: &[&str]) -> WrittenImage {
     shoal_oci::image_layout::busybox_image(dir, cmd).expect("busybox-static is installed")
 }
+
+/// Times `samples` create+start runs of a container of the image at `image_dir`, each until
+/// the runtime reports it running, through `LibcontainerRuntime` directly (no daemon, no
+/// state, no network): the baseline of the apply-to-running benches. Needs root.
+pub fn time_direct_create_start(
+    image_dir: &Path,
+    root: &Path,
+    samples: usize,
+    command: &[&str],
+) -> Vec<std::time::Duration> {
+    use shoal_oci::{
+        ContainerConfig, ContainerStatus, ImageStore, LibcontainerRuntime, Limits, RootfsMode,
+        Runtime, RuntimeSettings,
+    };
+    let images = ImageStore::open(&root.join("images")).unwrap();
+    let image = images.prepare(image_dir, None).unwrap();
+    let mut settings = RuntimeSettings::new(&root.join("runtime"));
+    settings.cgroup_parent = "shoal/bench-direct".to_string();
+    let (runtime, _) = LibcontainerRuntime::open(settings).unwrap();
+    let mut times = Vec::with_capacity(samples);
+    for index in 0..samples {
+        let id = format!("direct-{index}");
+        let config = ContainerConfig {
+            id: id.clone(),
+            image: image.clone(),
+            command: Some(command.iter().map(|part| part.to_string()).collect()),
+            env: Vec::new(),
+            limits: Limits {
+                cpu_millis: Some(100),
+                memory_bytes: Some(64 << 20),
+                pids_max: Some(256),
+            },
+            netns_path: None,
+            rootfs_mode: RootfsMode::Auto,
+        };
+        let started = std::time::Instant::now();
+        runtime.create(&config).unwrap();
+        runtime.start(&id).unwrap();
+        while runtime.state(&id).unwrap().status != ContainerStatus::Running {
+            assert!(started.elapsed().as_secs() < 10, "{id} never ran");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        times.push(started.elapsed());
+        runtime.stop(&id, 0).unwrap();
+        runtime.delete(&id).unwrap();
+    }
+    times
+}
