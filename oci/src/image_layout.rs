@@ -149,7 +149,8 @@ pub fn write_oci_layout(
     })
 }
 
-fn tar_header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
+/// A tar header owned by root, dated 0, so a layer's bytes (and digest) depend only on its files.
+pub fn tar_header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
     let mut header = tar::Header::new_gnu();
     header.set_entry_type(kind);
     header.set_size(size);

@@ -37,14 +37,7 @@ pub enum Entry {
 }
 
 fn header(kind: tar::EntryType, size: u64, mode: u32) -> tar::Header {
-    let mut header = tar::Header::new_gnu();
-    header.set_entry_type(kind);
-    header.set_size(size);
-    header.set_mode(mode);
-    header.set_uid(0);
-    header.set_gid(0);
-    header.set_mtime(0);
-    header
+    shoal_oci::image_layout::tar_header(kind, size, mode)
 }
 
 /// An uncompressed layer tar.
