@@ -222,3 +222,7 @@ fn finish(report: PassReport, planner: &Mutex<Planner>, clock: &dyn Clock) -> Pa
         .handle_outcomes(report.outcomes.clone(), clock.now_ms());
     report
 }
+
+#[cfg(test)]
+#[path = "pass_tests.rs"]
+mod tests;
