@@ -33,6 +33,11 @@ SHOAL_SIM_SEEDS=${SHOAL_SIM_SEEDS_DEBUG:-50} \
 step "simulator: 1000 seeds (release)"
 cargo test -p shoal-crdt --release --locked --test simulator
 
+# The cluster simulator's 1000 seeds take about 6 minutes unoptimised and under one
+# optimised; the workspace run above runs 20 of them.
+step "cluster simulator: 1000 seeds (release)"
+cargo test -p shoal --release --locked --test cluster_simulator
+
 step "nix checks (flake, module, VM tests, drift)"
 scripts/nix-checks.sh "${CARGO_TARGET_DIR:-target}/debug/shoal"
 

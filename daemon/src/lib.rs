@@ -16,5 +16,7 @@ pub mod api;
 pub mod cli;
 pub mod containers;
 pub mod schedule;
+#[cfg(feature = "sim")]
+pub mod sim;
 pub mod state;
 pub mod sync;
