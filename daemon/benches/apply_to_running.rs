@@ -13,18 +13,11 @@ mod host_support;
 #[path = "../../oci/tests/common/mod.rs"]
 mod image_support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use host_support::{Cluster, wait_for};
-use shoal::api::NamedSpec;
-use shoal::api::PsView;
-use shoal::api::{Request, ServiceView};
+use shoal::api::{NamedSpec, PsView, Request, ServiceView};
 use shoal_crdt::ServiceSpec;
-use shoal_oci::{
-    ContainerConfig, ContainerStatus, ImageStore, LibcontainerRuntime, Limits, RootfsMode, Runtime,
-    RuntimeSettings,
-};
 
 const SAMPLES: usize = 15;
 
@@ -36,41 +29,6 @@ fn median_and_p90(mut samples: Vec<Duration>) -> (Duration, Duration) {
 
 fn command() -> Vec<String> {
     vec!["/bin/busybox".into(), "sleep".into(), "3600".into()]
-}
-
-fn direct(image_dir: &Path, root: &Path) -> Vec<Duration> {
-    let images = ImageStore::open(&root.join("images")).unwrap();
-    let image = images.prepare(image_dir, None).unwrap();
-    let mut settings = RuntimeSettings::new(&root.join("runtime"));
-    settings.cgroup_parent = "shoal/bench-direct".to_string();
-    let (runtime, _) = LibcontainerRuntime::open(settings).unwrap();
-    let mut samples = Vec::new();
-    for index in 0..SAMPLES {
-        let id = format!("direct-{index}");
-        let config = ContainerConfig {
-            id: id.clone(),
-            image: image.clone(),
-            command: Some(command()),
-            env: Vec::new(),
-            limits: Limits {
-                cpu_millis: Some(100),
-                memory_bytes: Some(64 << 20),
-                pids_max: Some(256),
-            },
-            netns_path: None,
-            rootfs_mode: RootfsMode::Auto,
-        };
-        let started = Instant::now();
-        runtime.create(&config).unwrap();
-        runtime.start(&id).unwrap();
-        wait_for("direct container running", 10_000, || {
-            (runtime.state(&id).unwrap().status == ContainerStatus::Running).then_some(())
-        });
-        samples.push(started.elapsed());
-        runtime.stop(&id, 0).unwrap();
-        runtime.delete(&id).unwrap();
-    }
-    samples
 }
 
 fn through_the_daemon(cluster: &Cluster, image: &str) -> Vec<Duration> {
@@ -119,7 +77,12 @@ fn main() {
     let scratch = tempfile::tempdir().unwrap();
     let image_dir = scratch.path().join("image");
     image_support::busybox_image(&image_dir, &["/bin/busybox", "sleep", "3600"]);
-    let direct = direct(&image_dir, scratch.path());
+    let direct = image_support::time_direct_create_start(
+        &image_dir,
+        scratch.path(),
+        SAMPLES,
+        &["/bin/busybox", "sleep", "3600"],
+    );
 
     let mut cluster = Cluster::new(
         1,

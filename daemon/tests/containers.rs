@@ -276,6 +276,21 @@ fn a_restarted_daemon_adopts_running_containers_without_restarting_them() {
     assert_eq!(after[0].id, before[0].id);
     assert_eq!(after[0].pid, Some(pid), "the container was restarted");
 
+    // Scaled to two, then restarted: the first container is the current spec still (only
+    // the replica count changed), so the new daemon keeps it and adds one.
+    apply(&cluster.nodes[0], "steady", &image, 2);
+    wait_running(&cluster.nodes[0], "steady", 2);
+    assert!(cluster.nodes[0].stop().success());
+    cluster.nodes[0].start();
+    cluster.nodes[0].wait_ready();
+    std::thread::sleep(std::time::Duration::from_millis(1_000));
+    let scaled = wait_running(&cluster.nodes[0], "steady", 2);
+    let first = scaled
+        .iter()
+        .find(|c| c.id == before[0].id)
+        .expect("the first container survives a scale and a daemon restart");
+    assert_eq!(first.pid, Some(pid), "the container was replaced");
+
     cluster.nodes[0]
         .client()
         .call::<ServiceView>(Request::ServiceRemove {

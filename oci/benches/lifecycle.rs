@@ -147,6 +147,7 @@ fn main() {
                 limits: Limits::default(),
                 netns_path: None,
                 rootfs_mode: RootfsMode::Auto,
+                annotations: Default::default(),
             };
             runtime.create(&config).unwrap();
             runtime.start(&id).unwrap();

@@ -24,6 +24,7 @@ pub enum FakeCall {
 #[derive(Default)]
 struct FakeState {
     containers: BTreeMap<String, ContainerStatus>,
+    annotations: BTreeMap<String, BTreeMap<String, String>>,
     calls: Vec<FakeCall>,
     failures: VecDeque<String>,
 }
@@ -62,6 +63,19 @@ impl FakeRuntime {
         *status = ContainerStatus::Stopped(exit);
         self.changed.notify_all();
         Ok(())
+    }
+
+    /// The machine lost power: every container that has not ended ends with an unknown
+    /// status, as the real runtime reports containers whose processes are gone after a
+    /// reboot. The containers stay, as their state directories stay on disk.
+    pub fn power_loss(&self) {
+        let mut state = self.lock();
+        for status in state.containers.values_mut() {
+            if !matches!(status, ContainerStatus::Stopped(_)) {
+                *status = ContainerStatus::Stopped(ExitStatus::Unknown);
+            }
+        }
+        self.changed.notify_all();
     }
 
     /// Makes the next create/start/stop/delete fail with this message.
@@ -107,6 +121,9 @@ impl Runtime for FakeRuntime {
         state
             .containers
             .insert(id.to_owned(), ContainerStatus::Created);
+        state
+            .annotations
+            .insert(id.to_owned(), config.annotations.clone());
         Ok(())
     }
 
@@ -156,6 +173,7 @@ impl Runtime for FakeRuntime {
         }
         self.record(&mut state, FakeCall::Delete(id.to_owned()), id, "delete")?;
         state.containers.remove(id);
+        state.annotations.remove(id);
         self.changed.notify_all();
         Ok(())
     }
@@ -170,6 +188,7 @@ impl Runtime for FakeRuntime {
             id: id.to_owned(),
             status,
             pid: None,
+            annotations: state.annotations.get(id).cloned().unwrap_or_default(),
         })
     }
 
@@ -227,6 +246,7 @@ mod tests {
             limits: Limits::default(),
             netns_path: None,
             rootfs_mode: RootfsMode::Auto,
+            annotations: Default::default(),
         }
     }
 
@@ -265,6 +285,30 @@ mod tests {
                 FakeCall::Delete("a".into())
             ]
         );
+    }
+
+    #[test]
+    fn annotations_are_kept_and_power_loss_ends_what_ran() {
+        let runtime = FakeRuntime::new();
+        let mut annotated = config("a");
+        annotated.annotations.insert("k".into(), "v".into());
+        runtime.create(&annotated).unwrap();
+        runtime.start("a").unwrap();
+        runtime.create(&config("b")).unwrap();
+        assert_eq!(
+            runtime.state("a").unwrap().annotations,
+            annotated.annotations
+        );
+        runtime.power_loss();
+        for id in ["a", "b"] {
+            assert_eq!(
+                runtime.state(id).unwrap().status,
+                ContainerStatus::Stopped(ExitStatus::Unknown)
+            );
+        }
+        runtime.delete("a").unwrap();
+        runtime.create(&config("a")).unwrap();
+        assert!(runtime.state("a").unwrap().annotations.is_empty());
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! for its main process through a pidfd (so waits run in parallel and also work for adopted
 //! containers that are not our children) and records the exit status.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
@@ -87,10 +87,13 @@ impl RuntimeSettings {
 #[derive(serde::Serialize, serde::Deserialize)]
 struct ContainerRecord {
     rootfs: Rootfs,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
 }
 
 struct Tracked {
     rootfs: Rootfs,
+    annotations: BTreeMap<String, String>,
     pid: Option<i32>,
     started: AtomicBool,
     exit: Mutex<Option<ExitStatus>>,
@@ -312,6 +315,7 @@ impl LibcontainerRuntime {
         &self,
         id: &str,
         rootfs: Rootfs,
+        annotations: BTreeMap<String, String>,
         pid: Option<i32>,
         started: bool,
         exit: Option<ExitStatus>,
@@ -319,6 +323,7 @@ impl LibcontainerRuntime {
         let dir = self.container_dir(id);
         let tracked = Arc::new(Tracked {
             rootfs,
+            annotations,
             pid,
             started: AtomicBool::new(started),
             exit: Mutex::new(exit),
@@ -371,15 +376,18 @@ impl LibcontainerRuntime {
         let mut report = AdoptionReport::default();
         for id in ids {
             let dir = self.container_dir(&id);
-            let rootfs = fs::read(dir.join("shoal.json"))
+            let record = fs::read(dir.join("shoal.json"))
                 .ok()
                 .and_then(|bytes| serde_json::from_slice::<ContainerRecord>(&bytes).ok())
-                .map(|record| record.rootfs)
                 // Unknown: treat as an overlay, whose teardown also copes with a plain dir.
-                .unwrap_or(Rootfs {
-                    path: dir.join("rootfs"),
-                    kind: RootfsKind::Overlay,
+                .unwrap_or_else(|| ContainerRecord {
+                    rootfs: Rootfs {
+                        path: dir.join("rootfs"),
+                        kind: RootfsKind::Overlay,
+                    },
+                    annotations: BTreeMap::new(),
                 });
+            let (rootfs, annotations) = (record.rootfs, record.annotations);
             let running_pid = self.load(&id).ok().and_then(|mut container| {
                 container.refresh_status().ok()?;
                 let running = matches!(
@@ -395,7 +403,7 @@ impl LibcontainerRuntime {
             });
             match running_pid {
                 Some(pid) => {
-                    self.track(&id, rootfs, Some(pid), true, None)?;
+                    self.track(&id, rootfs, annotations, Some(pid), true, None)?;
                     report.running.push(id);
                 }
                 None => {
@@ -403,7 +411,7 @@ impl LibcontainerRuntime {
                         .ok()
                         .and_then(|bytes| serde_json::from_slice(&bytes).ok())
                         .unwrap_or(ExitStatus::Unknown);
-                    self.track(&id, rootfs, None, true, Some(exit))?;
+                    self.track(&id, rootfs, annotations, None, true, Some(exit))?;
                     report.dead.push(id);
                 }
             }
@@ -448,6 +456,7 @@ impl LibcontainerRuntime {
         let with_rootfs = |error| (Some(rootfs.clone()), error);
         let record = serde_json::to_vec(&ContainerRecord {
             rootfs: rootfs.clone(),
+            annotations: config.annotations.clone(),
         })
         .expect("record serialises");
         let record_path = dir.join("shoal.json");
@@ -546,7 +555,14 @@ impl Runtime for LibcontainerRuntime {
             Err(error) => return Err(Self::io_error(id, "create", &dir)(error)),
         }
         match self.create_inner(config, &dir) {
-            Ok((rootfs, pid)) => self.track(id, rootfs, Some(pid), false, None),
+            Ok((rootfs, pid)) => self.track(
+                id,
+                rootfs,
+                config.annotations.clone(),
+                Some(pid),
+                false,
+                None,
+            ),
             Err((rootfs, error)) => {
                 if let Err(cleanup) = self.remove_all(id, rootfs.as_ref()) {
                     tracing::warn!(%cleanup, "cleanup after failed create");
@@ -627,6 +643,7 @@ impl Runtime for LibcontainerRuntime {
             } else {
                 tracked.pid
             },
+            annotations: tracked.annotations.clone(),
         })
     }
 

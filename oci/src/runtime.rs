@@ -1,6 +1,7 @@
 //! The container runtime seam: the `Runtime` trait the daemon drives, with the types it
 //! speaks. `LibcontainerRuntime` is the real one; the daemon's simulator supplies a fake.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use crate::bundle::Limits;
@@ -37,6 +38,9 @@ pub struct ContainerState {
     pub status: ContainerStatus,
     /// The main process as seen from the host, while it exists.
     pub pid: Option<i32>,
+    /// What the caller wrote on the container at create (`ContainerConfig::annotations`),
+    /// kept across daemon restarts.
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// Everything needed to create one container.
@@ -52,6 +56,9 @@ pub struct ContainerConfig {
     /// Join this network namespace (made by the daemon, with its veth) instead of a new one.
     pub netns_path: Option<PathBuf>,
     pub rootfs_mode: RootfsMode,
+    /// Notes the caller keeps on the container (as OCI annotations are), returned by
+    /// `Runtime::state` for as long as the container exists, also after an adoption.
+    pub annotations: BTreeMap<String, String>,
 }
 
 /// What was found in the state directory when a runtime was opened.

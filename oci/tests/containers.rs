@@ -83,6 +83,7 @@ fn config(fixture: &Fixture, id: &str, script: &str) -> ContainerConfig {
         limits: Limits::default(),
         netns_path: None,
         rootfs_mode: RootfsMode::Auto,
+        annotations: Default::default(),
     }
 }
 
@@ -375,11 +376,14 @@ fn a_new_runtime_adopts_running_containers_and_reports_dead_ones() {
     let fixture = fixture();
     let running = unique_id("adopt-running");
     let dead = unique_id("adopt-dead");
-    let config_running = config(
+    let mut config_running = config(
         &fixture,
         &running,
         "echo before; sleep 1; echo after; sleep 300",
     );
+    config_running
+        .annotations
+        .insert("shoal.spec".to_owned(), "abc123".to_owned());
     fixture.runtime().create(&config_running).unwrap();
     fixture.runtime().start(&running).unwrap();
     assert_eq!(
@@ -399,6 +403,10 @@ fn a_new_runtime_adopts_running_containers_and_reports_dead_ones() {
     let state = fixture.runtime().state(&running).unwrap();
     assert_eq!(state.status, ContainerStatus::Running);
     assert_eq!(state.pid, Some(pid_before), "adopted, not restarted");
+    assert_eq!(
+        state.annotations, config_running.annotations,
+        "annotations survive the adoption"
+    );
     assert_eq!(
         fixture.runtime().state(&dead).unwrap().status,
         ContainerStatus::Stopped(ExitStatus::Code(4))

@@ -245,7 +245,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     Ok(())
 }
 
-/// Opens the container runtime (adopting running containers, removing dead ones), the
+/// Opens the container runtime (adopting running and ended containers), the
 /// image store, the network, and the reconciler that drives them.
 async fn open_containers(config: &Config, node: Arc<Node>) -> Result<Arc<Reconciler>, RunError> {
     let runtime_dir = config.runtime_dir();
@@ -294,8 +294,9 @@ async fn open_containers(config: &Config, node: Arc<Node>) -> Result<Arc<Reconci
             }
             None => None,
         };
+        // Containers found ended stay in the runtime with their exit status: the planner
+        // restarts them per policy, or removes them when they are no longer placed here.
         let executor = Executor::new(runtime, network, Arc::new(images), stop_grace_ms);
-        executor.clean_dead(&report.dead);
         Ok::<_, String>(Arc::new(Reconciler::new(
             node, executor, log_paths, settings,
         )))

@@ -14,6 +14,7 @@ use shoal_oci::network::{ContainerNetwork, NetworkError};
 use shoal_oci::{ContainerConfig, Limits, PreparedImage, RootfsMode, Runtime, RuntimeError};
 
 use super::images::{ImageProblem, Images};
+use crate::schedule::restarts::{SPEC_ANNOTATION, spec_digest};
 use crate::schedule::{Observed, ObservedState, Outcome, Removal};
 
 /// Why a container could not be started.
@@ -62,18 +63,20 @@ impl Executor {
 
     /// What the runtime and the network hold now.
     pub fn observe(&self) -> Observed {
-        let containers = self
-            .runtime
-            .list()
-            .into_iter()
-            .map(|id| {
-                let state = match self.runtime.state(&id) {
-                    Ok(state) => ObservedState::from(state.status),
-                    Err(error) => ObservedState::Unreadable(error.to_string()),
-                };
-                (id, state)
-            })
-            .collect();
+        let mut containers = std::collections::BTreeMap::new();
+        let mut spec_digests = std::collections::BTreeMap::new();
+        for id in self.runtime.list() {
+            let observed = match self.runtime.state(&id) {
+                Ok(state) => {
+                    if let Some(digest) = state.annotations.get(SPEC_ANNOTATION) {
+                        spec_digests.insert(id.clone(), digest.clone());
+                    }
+                    ObservedState::from(state.status)
+                }
+                Err(error) => ObservedState::Unreadable(error.to_string()),
+            };
+            containers.insert(id, observed);
+        }
         let attachments = self
             .network
             .as_ref()
@@ -86,6 +89,7 @@ impl Executor {
             });
         Observed {
             containers,
+            spec_digests,
             attachments,
         }
     }
@@ -93,21 +97,6 @@ impl Executor {
     /// Verifies and unpacks a service's image.
     pub fn prepare_image(&self, spec: &ServiceSpec) -> Result<PreparedImage, ExecError> {
         Ok(self.images.prepare(spec)?)
-    }
-
-    /// Deletes containers the runtime found dead at startup; their records stay, so the
-    /// next pass restarts them per policy (or removes them if no longer placed here).
-    pub fn clean_dead(&self, dead: &[String]) {
-        for id in dead {
-            match self.runtime.delete(id) {
-                Ok(()) => {
-                    tracing::info!(container = %id, "removed a container that died while the daemon was down")
-                }
-                Err(error) => {
-                    tracing::warn!(container = %id, %error, "cannot remove a dead container")
-                }
-            }
-        }
     }
 
     /// Stops, deletes and detaches every container of `removals`, in parallel.
@@ -189,6 +178,7 @@ impl Executor {
             },
             netns_path,
             rootfs_mode: RootfsMode::Auto,
+            annotations: [(SPEC_ANNOTATION.to_string(), spec_digest(spec))].into(),
         };
         let result = self
             .runtime

@@ -217,7 +217,7 @@ fn an_exited_container_is_restarted_in_place_and_removal_forgets_its_record() {
     assert!(restarted, "restarted within 20 s of backoff");
     assert_eq!(
         fixture.runtime.list(),
-        [id.clone()],
+        std::slice::from_ref(&id),
         "the same container, in place"
     );
     assert_eq!(fixture.running(), 1);

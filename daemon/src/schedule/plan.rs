@@ -10,8 +10,13 @@
 //! - every runtime container without a record is an orphan: removed;
 //! - per service, this node's records are ranked current-spec first, running before not,
 //!   then by id; the first `wanted` that run the current spec are kept, the rest (surplus
-//!   after a partition healed, replicas reduced, spec replaced, service removed) removed;
-//! - a kept container that ended is restarted when its policy says so (`Restarts`);
+//!   after a partition healed, replicas reduced, spec replaced, service removed) removed.
+//!   A container runs the current spec when its record has the current version, or when
+//!   the spec digest written on it at create equals the current spec's (a change of the
+//!   replica count alone replaces nothing, also across daemon restarts);
+//! - a kept container that ended is restarted when its policy says so (`Restarts`); a
+//!   record whose container the runtime does not have was never started here (the daemon
+//!   died between recording and starting it) and is started, whatever the policy;
 //! - missing replicas are started, at most `starts_per_pass_max` per pass, each only if it
 //!   fits this node's capacity next to the kept ones (`room::Reserved`, the check placement
 //!   makes), and a service whose start failed waits `retry_after_failure_ms`;
@@ -31,7 +36,7 @@ use shoal_crdt::{
 use shoal_oci::{ContainerStatus, ExitStatus};
 
 use super::placement::{self, Placement};
-use super::restarts::{AfterExit, Restarts, without_replicas};
+use super::restarts::{AfterExit, Restarts, spec_digest};
 use super::room::Reserved;
 use super::view::{ClusterView, ServiceVersion};
 
@@ -74,6 +79,9 @@ impl From<ContainerStatus> for ObservedState {
 pub struct Observed {
     /// Every container the runtime knows, by id.
     pub containers: BTreeMap<String, ObservedState>,
+    /// The spec digest written on each container at create (`restarts::SPEC_ANNOTATION`),
+    /// by id, for those that carry one.
+    pub spec_digests: BTreeMap<String, String>,
     /// Container ids with a network namespace; `None` when the node has no container network.
     pub attachments: Option<BTreeSet<String>>,
 }
@@ -265,13 +273,13 @@ impl Planner {
                     Some(ObservedState::Running)
                 );
                 (
-                    self.is_outdated(record, current),
+                    is_outdated(record, current, observed),
                     !running,
                     record.id.clone(),
                 )
             });
             for (index, record) in records.into_iter().enumerate() {
-                if index < wanted && !self.is_outdated(record, current) {
+                if index < wanted && !is_outdated(record, current, observed) {
                     kept.entry(service.clone())
                         .or_default()
                         .push(record.clone());
@@ -284,21 +292,6 @@ impl Planner {
             }
         }
         kept
-    }
-
-    /// Whether `record` runs something other than its service's current spec. A record of
-    /// an older version whose container was started from a spec equal to the current one
-    /// but for the replica count is current.
-    fn is_outdated(&self, record: &ContainerRecord, current: Option<&ServiceVersion>) -> bool {
-        let Some(current) = current else {
-            return true;
-        };
-        if record.spec_version == current.version {
-            return false;
-        }
-        self.restarts
-            .started_spec(record.id.as_str())
-            .is_none_or(|started| *started != without_replicas(&current.spec))
     }
 
     fn restart_if_due(
@@ -317,9 +310,22 @@ impl Planner {
             }
             Some(ObservedState::Unreadable(_)) => return,
             Some(ObservedState::Exited(exit)) => *exit,
-            // Recorded but not in the runtime: it died while the daemon was down, or the
-            // daemon died between recording and starting it.
-            None => ExitStatus::Unknown,
+            // Recorded but unknown to the runtime (which keeps ended containers, also
+            // across daemon restarts and reboots): the daemon died between recording and
+            // starting it. It never ran, so it starts whatever its policy, unless starting
+            // it failed a moment ago.
+            None => {
+                let failed_recently = self.failures.get(&record.service).is_some_and(|f| {
+                    now_ms < f.at_ms.saturating_add(self.settings.retry_after_failure_ms)
+                });
+                if !failed_recently {
+                    plan.restarts.push(Restart {
+                        record: record.clone(),
+                        spec: spec.clone(),
+                    });
+                }
+                return;
+            }
         };
         if self.restarts.after_exit(id, spec, exit, now_ms) == AfterExit::Due {
             plan.restarts.push(Restart {
@@ -465,6 +471,26 @@ impl Planner {
     pub fn restarts(&self) -> &Restarts {
         &self.restarts
     }
+}
+
+/// Whether `record` runs something other than its service's current spec: an older
+/// version, unless the container was created from a spec equal to the current one but for
+/// the replica count (its spec digest says so).
+fn is_outdated(
+    record: &ContainerRecord,
+    current: Option<&ServiceVersion>,
+    observed: &Observed,
+) -> bool {
+    let Some(current) = current else {
+        return true;
+    };
+    if record.spec_version == current.version {
+        return false;
+    }
+    observed
+        .spec_digests
+        .get(record.id.as_str())
+        .is_none_or(|digest| *digest != spec_digest(&current.spec))
 }
 
 /// The placement this planner's view gives, for callers that show it.

@@ -4,6 +4,8 @@ use super::*;
 use proptest::prelude::*;
 use shoal_crdt::{Capacity, NTP64};
 
+use crate::schedule::restarts::spec_digest;
+
 use crate::schedule::placement::NodeInput;
 
 const SETTINGS: PlannerSettings = PlannerSettings {
@@ -75,6 +77,7 @@ fn observed(containers: &[(&str, ObservedState)]) -> Observed {
             .iter()
             .map(|(id, state)| (id.to_string(), state.clone()))
             .collect(),
+        spec_digests: BTreeMap::new(),
         attachments: None,
     }
 }
@@ -155,31 +158,22 @@ fn a_removed_service_removes_its_containers() {
 }
 
 #[test]
-fn a_new_spec_replaces_containers_but_a_new_replica_count_does_not() {
+fn a_new_spec_replaces_containers_but_a_new_replica_count_does_not_even_after_a_restart() {
     let v1 = version(10, "a");
-    let mut planner = Planner::new(node("a"), SETTINGS, 1);
-    let first = planner.plan(
-        &view("a", &["a"], &[("web", spec(1, 100), v1)]),
-        &Observed::default(),
-        0,
-    );
-    let start = first.starts[0].clone();
-    planner.handle_outcomes(
-        [Outcome::Started {
-            id: start.id.as_str().to_string(),
-            service: start.service.clone(),
-            spec: start.spec.clone(),
-        }],
-        0,
-    );
-    let running = observed(&[(start.id.as_str(), ObservedState::Running)]);
-    let own = vec![record(start.id.as_str(), "web", "a", v1)];
+    let id = "web-00000001";
+    let own = vec![record(id, "web", "a", v1)];
+    // The container carries the digest of the spec it was created from; a fresh planner
+    // (a restarted daemon) has no bookkeeping of it.
+    let mut running = observed(&[(id, ObservedState::Running)]);
+    running
+        .spec_digests
+        .insert(id.to_string(), spec_digest(&spec(1, 100)));
 
     // Replicas 1 -> 2: the running container stays, one more starts.
     let v2 = version(20, "a");
     let mut scaled = view("a", &["a"], &[("web", spec(2, 100), v2)]);
     scaled.own_records = own.clone();
-    let plan = planner.plan(&scaled, &running, 10);
+    let plan = Planner::new(node("a"), SETTINGS, 1).plan(&scaled, &running, 10);
     assert!(plan.removals.is_empty(), "{plan:?}");
     assert_eq!(plan.starts.len(), 1);
 
@@ -188,11 +182,55 @@ fn a_new_spec_replaces_containers_but_a_new_replica_count_does_not() {
     let mut changed_spec = spec(1, 100);
     changed_spec.command = vec!["/bin/other".into()];
     let mut changed = view("a", &["a"], &[("web", changed_spec, v3)]);
-    changed.own_records = own;
-    let plan = planner.plan(&changed, &running, 20);
-    assert_eq!(removed_ids(&plan), [start.id.as_str()]);
+    changed.own_records = own.clone();
+    let plan = Planner::new(node("a"), SETTINGS, 1).plan(&changed, &running, 20);
+    assert_eq!(removed_ids(&plan), [id]);
     assert_eq!(plan.starts.len(), 1);
     assert_eq!(plan.starts[0].version, v3);
+
+    // A container without a digest (made before digests were written) of an older version
+    // counts as outdated.
+    let bare = observed(&[(id, ObservedState::Running)]);
+    let plan = Planner::new(node("a"), SETTINGS, 1).plan(&scaled, &bare, 10);
+    assert_eq!(removed_ids(&plan), [id]);
+}
+
+#[test]
+fn a_record_the_runtime_never_held_is_started_whatever_its_policy() {
+    let v1 = version(10, "a");
+    let mut never = spec(1, 100);
+    never.restart = shoal_crdt::RestartPolicy::Never;
+    let mut view = view("a", &["a"], &[("web", never, v1)]);
+    view.own_records = vec![record("web-00000001", "web", "a", v1)];
+    let mut planner = Planner::new(node("a"), SETTINGS, 1);
+    let plan = planner.plan(&view, &Observed::default(), 0);
+    assert_eq!(plan.restarts.len(), 1, "{plan:?}");
+    assert!(plan.starts.is_empty());
+    // Its start failed: the next try waits the interval.
+    planner.handle_outcomes(
+        [Outcome::RestartFailed {
+            id: "web-00000001".into(),
+            service: "web".parse().unwrap(),
+            message: "disk full".into(),
+        }],
+        0,
+    );
+    assert!(
+        planner
+            .plan(&view, &Observed::default(), 500)
+            .restarts
+            .is_empty()
+    );
+    assert_eq!(
+        planner
+            .plan(&view, &Observed::default(), 1_000)
+            .restarts
+            .len(),
+        1
+    );
+    // Once it ran and ended, the policy decides: never means it stays stopped.
+    let ended = observed(&[("web-00000001", ObservedState::Exited(ExitStatus::Unknown))]);
+    assert!(planner.plan(&view, &ended, 2_000).is_idle());
 }
 
 #[test]
@@ -318,6 +356,7 @@ fn routes_and_leftover_namespaces_come_with_a_network() {
     view.peer_subnets = vec![("10.1.2.0/24".parse().unwrap(), "192.0.2.2".parse().unwrap())];
     let observed = Observed {
         containers: [("busy-1".to_string(), ObservedState::Running)].into(),
+        spec_digests: BTreeMap::new(),
         attachments: Some(["busy-1".to_string(), "gone-1".to_string()].into()),
     };
     let plan = Planner::new(node("a"), SETTINGS, 1).plan(&view, &observed, 0);
@@ -373,6 +412,7 @@ proptest! {
         }
         let observed = Observed {
             containers: running.iter().map(|id| (id.clone(), ObservedState::Running)).collect(),
+            spec_digests: BTreeMap::new(),
             attachments: None,
         };
         let plan = Planner::new(node("a"), SETTINGS, seed).plan(&view, &observed, 0);

@@ -1,7 +1,9 @@
 //! Restart bookkeeping of this node's containers, pure and with time passed in: per
 //! container, its `RestartTracker` (policy and backoff), whether its current exit was already
-//! counted, when it may start again, and the spec it was started from. The planner reads and
-//! updates it; the executor's outcomes update it.
+//! counted, and when it may start again. The planner reads and updates it; the executor's
+//! outcomes update it. What a container was started from is not kept here but on the
+//! container itself (`spec_digest`, as a runtime annotation), so it survives a daemon
+//! restart.
 
 use std::collections::BTreeMap;
 
@@ -31,6 +33,18 @@ pub fn without_replicas(spec: &ServiceSpec) -> ServiceSpec {
     }
 }
 
+/// A fingerprint of what a container runs: the sha256 of its spec without the replica
+/// count, which the executor writes on the container (`SPEC_ANNOTATION`) and the planner
+/// compares with the current spec.
+pub fn spec_digest(spec: &ServiceSpec) -> String {
+    use sha2::Digest as _;
+    let bytes = serde_json::to_vec(&without_replicas(spec)).expect("a spec serialises");
+    hex::encode(sha2::Sha256::digest(&bytes))
+}
+
+/// The runtime annotation holding `spec_digest` of what a container was created from.
+pub const SPEC_ANNOTATION: &str = "shoal.spec-digest";
+
 /// The bookkeeping of one container.
 #[derive(Debug, Clone)]
 struct Tracked {
@@ -42,8 +56,6 @@ struct Tracked {
     exit_seen: bool,
     /// Unix milliseconds of its latest start (or of its adoption).
     since_ms: u64,
-    /// The spec it was started from, replicas left out.
-    started_spec: ServiceSpec,
 }
 
 impl Tracked {
@@ -54,7 +66,6 @@ impl Tracked {
             gave_up: false,
             exit_seen: false,
             since_ms: now_ms,
-            started_spec: without_replicas(spec),
         }
     }
 }
@@ -87,7 +98,6 @@ impl Restarts {
         tracked.restart_at_ms = None;
         tracked.exit_seen = false;
         tracked.since_ms = now_ms;
-        tracked.started_spec = without_replicas(spec);
     }
 
     /// A running container this node knows nothing of (adopted after a daemon restart) is
@@ -145,11 +155,6 @@ impl Restarts {
         self.by_id.remove(id);
     }
 
-    /// The spec the container was started from (replicas left out), if tracked.
-    pub fn started_spec(&self, id: &str) -> Option<&ServiceSpec> {
-        self.by_id.get(id).map(|tracked| &tracked.started_spec)
-    }
-
     /// Unix milliseconds of its latest start, if tracked.
     pub fn since_ms(&self, id: &str) -> Option<u64> {
         self.by_id.get(id).map(|tracked| tracked.since_ms)
@@ -201,7 +206,6 @@ mod tests {
         restarts.started("a", &spec, at_ms);
         assert_eq!(restarts.consecutive_restarts("a"), 1);
         assert_eq!(restarts.since_ms("a"), Some(at_ms));
-        assert_eq!(restarts.started_spec("a"), Some(&without_replicas(&spec)));
     }
 
     #[test]
@@ -222,6 +226,18 @@ mod tests {
     }
 
     #[test]
+    fn the_spec_digest_ignores_the_replica_count_only() {
+        let spec = spec(shoal_crdt::RestartPolicy::Always);
+        let mut scaled = spec.clone();
+        scaled.replicas = 7;
+        assert_eq!(spec_digest(&spec), spec_digest(&scaled));
+        let mut changed = spec.clone();
+        changed.command = vec!["/bin/other".into()];
+        assert_ne!(spec_digest(&spec), spec_digest(&changed));
+        assert_eq!(spec_digest(&spec).len(), 64);
+    }
+
+    #[test]
     fn adoption_keeps_what_is_known_and_forget_drops_it() {
         let spec = spec(shoal_crdt::RestartPolicy::Always);
         let mut restarts = Restarts::default();
@@ -233,6 +249,6 @@ mod tests {
         restarts.retain(|id| id == "b");
         assert_eq!(restarts.since_ms("a"), None);
         restarts.forget("b");
-        assert_eq!(restarts.started_spec("b"), None);
+        assert_eq!(restarts.since_ms("b"), None);
     }
 }

@@ -306,10 +306,15 @@ pub(crate) fn settled(world: &World) -> Result<Settled, String> {
             .collect();
         for (id, status) in node.runtime.containers() {
             if !node.is_running() {
-                return Err(format!(
-                    "{}, lost for good, still holds container {id} ({status:?})",
-                    node.id
-                ));
+                // A machine lost for good keeps its ended containers on its disk; it
+                // must not run any.
+                if status == shoal_oci::ContainerStatus::Running {
+                    return Err(format!(
+                        "{}, lost for good, still runs container {id}",
+                        node.id
+                    ));
+                }
+                continue;
             }
             if !own.contains(id.as_str()) {
                 return Err(format!(

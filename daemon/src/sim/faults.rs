@@ -107,8 +107,8 @@ impl World {
         }
     }
 
-    /// The machine is back with its disk (the replica) and an empty runtime; its daemon
-    /// starts.
+    /// The machine is back with its disk (the replica and the runtime's ended
+    /// containers); its daemon starts.
     pub(crate) fn return_machine(&mut self, node: usize) -> Result<(), String> {
         self.stats.machine_returns += 1;
         trace!(self, "{}: machine returns", self.nodes[node].id);
@@ -152,16 +152,13 @@ impl World {
         self.start_daemon(node)
     }
 
-    /// A daemon starts: new planner, ended containers cleaned, first heartbeat, first
-    /// anti-entropy round (as `agent::run` does).
+    /// A daemon starts: new planner, first heartbeat, first anti-entropy round (as
+    /// `agent::run` does).
     fn start_daemon(&mut self, node: usize) -> Result<(), String> {
         let seed = self.rng.next_u64();
         let settings = self.settings;
         let now_ms = self.now_ms;
-        let cleaned = self.nodes[node].start_daemon(settings, seed, now_ms);
-        for id in &cleaned {
-            self.ledger.ended(node, id, ExitStatus::Unknown);
-        }
+        self.nodes[node].start_daemon(settings, seed, now_ms);
         self.heartbeat(node)?;
         if !self.settling {
             self.gossip_round(node);

@@ -1,9 +1,9 @@
 //! What the simulator writes down along a run for the checks: every container id a node
 //! recorded and every one it removed (ids are never reused, and a removed one never comes
 //! back), every service removal with its HLC, and how each container last ended without its
-//! node deciding it (an exit on its own, lost with its machine, cleaned after a daemon
-//! crash, or never started because its daemon died right after recording it), which says
-//! whether its restart policy may leave it stopped.
+//! node deciding it (an exit on its own, lost with its machine, or never started because its
+//! daemon died right after recording it), which says whether its restart policy may leave
+//! it stopped.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -29,8 +29,8 @@ pub(crate) struct Removal {
 /// How a container last ended without its node deciding it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum End {
-    /// It exited on its own, was lost with its machine (`ExitStatus::Unknown`), or was found
-    /// ended and deleted by a starting daemon (also `Unknown`).
+    /// It exited on its own, or its machine lost power while it ran (`ExitStatus::Unknown`,
+    /// as the runtime reports it after the reboot).
     Exit(ExitStatus),
     /// A pass recorded it and its daemon died before starting it, at this simulated time.
     NeverStarted { at_ms: u64 },

@@ -202,41 +202,30 @@ impl SimNode {
 
     /// A restarted daemon: a new planner (empty bookkeeping, fresh id sequence), a new
     /// executor over the machine's runtime and network, no sync history. As at a daemon's
-    /// start, containers found ended are deleted (`Executor::clean_dead`); their records
-    /// stay, so the next pass restarts them per policy. Returns the ids it deleted.
+    /// start, containers that ended stay in the runtime with their exit status, so the
+    /// next pass restarts them per policy or removes them.
     pub(crate) fn start_daemon(
         &mut self,
         settings: PlannerSettings,
         planner_seed: u64,
         now_ms: u64,
-    ) -> Vec<String> {
+    ) {
         self.planner = Mutex::new(Planner::new(self.id.clone(), settings, planner_seed));
         self.executor = executor(&self.runtime, &self.network);
-        let dead: Vec<String> = self
-            .runtime
-            .containers()
-            .into_iter()
-            .filter(|(_, status)| *status != shoal_oci::ContainerStatus::Running)
-            .map(|(id, _)| id)
-            .collect();
-        self.executor.clean_dead(&dead);
         self.status = Status::Running;
         self.daemon_started_ms = now_ms;
         self.synced_ms.clear();
         self.wake_pending = false;
         self.crash_in_pass = None;
-        dead
     }
 
-    /// The machine is gone: its containers and namespaces with it. Its replica is its disk.
+    /// The machine is gone (power lost): every container's process with it, but not the
+    /// containers' state on disk, which the runtime reports as ended with an unknown status
+    /// when the machine is back; the namespaces are gone. Its replica is its disk. Returns
+    /// the ids of the containers that were still running.
     pub(crate) fn lose_machine(&mut self, index: usize) -> Vec<String> {
-        let lost: Vec<String> = self
-            .runtime
-            .containers()
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        self.runtime = SimRuntime::new();
+        let lost = self.runtime.running();
+        self.runtime.power_loss();
         self.network = Arc::new(FakeNetwork::new(self.machine.subnet, &netns_prefix(index)));
         self.executor = executor(&self.runtime, &self.network);
         self.status = Status::MachineGone;

@@ -33,6 +33,11 @@ impl SimRuntime {
         self.fake.finish(id, exit)
     }
 
+    /// The machine lost power: what ran ends with an unknown status and stays.
+    pub(crate) fn power_loss(&self) {
+        self.fake.power_loss();
+    }
+
     /// Every container with its status, by id.
     pub(crate) fn containers(&self) -> Vec<(String, ContainerStatus)> {
         self.fake
