@@ -6,6 +6,7 @@
 //! - `api`: the local API's request and response types (a leaf), its server and client;
 //! - `sync`: HTTP/3 sync between nodes with mutual TLS, certificates (`pki`, `tls`);
 //! - `containers`: the executor and the reconcile loop that carry plans out;
+//! - `sim` (feature `sim`): the cluster simulator, driving `containers` on fake nodes;
 //! - `agent`: `shoal daemon`, wiring the rooms together;
 //! - `cli`: the operator commands, talking to a daemon through the API client only.
 //!

@@ -8,8 +8,8 @@
 //! - `logs`: `shoal logs` from the runtime's log files.
 //!
 //! *Invariant:* a node writes only its own container records, counters and addresses, and a
-//! record exists before its container starts (a record without a container is restarted,
-//! a container without a record is removed).
+//! record exists before its container starts (a record the runtime never held is started,
+//! an ended container restarted per its policy, a container without a record removed).
 
 pub mod executor;
 pub mod images;
