@@ -21,6 +21,7 @@
 //! `run(seed, &Config::default())` is the whole API; `Outcome::trace` holds the
 //! event log when `Config::trace` is set, which is how a failing seed is replayed.
 
+pub mod link;
 mod network;
 mod oracle;
 mod scenario;

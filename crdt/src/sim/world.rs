@@ -12,7 +12,8 @@ use std::time::Duration;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
-use super::network::{Envelope, Fate, Network, Payload};
+use super::link::{Fate, Network};
+use super::network::{Envelope, LATE_DUPLICATE_MS_MAX, Payload};
 use super::oracle::{History, Op, Write};
 use super::scenario::Scenario;
 use super::trace::Trace;
@@ -254,6 +255,7 @@ impl World {
             scenario.latency_ms_max,
             scenario.loss_percent,
             scenario.duplicate_percent,
+            LATE_DUPLICATE_MS_MAX,
         );
         Self {
             seed,

@@ -12,13 +12,12 @@
 //! `exchange` is the same exchange run synchronously, for the settle rounds.
 
 use rand::seq::SliceRandom;
-use shoal_crdt::state::Change;
-use shoal_crdt::{ApplyError, ClusterState, Delta, NTP64, codec};
+use shoal_crdt::{ApplyError, Delta, codec};
 
 use super::network::{Envelope, Fate, Payload};
 use super::world::{Event, World, trace};
 use crate::state::Clock;
-use crate::state::members::heartbeat_is_recent;
+use crate::state::members::{changes_plan_inputs, heartbeat_is_recent};
 
 /// What became of a received delta.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -286,28 +285,4 @@ impl World {
         self.nodes[asker].synced_ms.insert(responder, now_ms);
         Ok(())
     }
-}
-
-/// Whether `delta` changes what a reconcile loop plans from, judged against the state
-/// before it is applied (as `Node::apply_remote` decides): any service, and any member that
-/// is new, removed, was not live, or changes its address, capacity or subnet.
-fn changes_plan_inputs(
-    state: &ClusterState,
-    delta: &Delta,
-    now: NTP64,
-    down_after_ms: u64,
-) -> bool {
-    delta.changes().iter().any(|change| match change {
-        Change::Service { .. } => true,
-        Change::Node { node, entry } => match (state.node(node), &entry.value) {
-            (Some(old), Some(new)) => {
-                !heartbeat_is_recent(old, now, down_after_ms)
-                    || old.address != new.meta.address
-                    || old.capacity != new.meta.capacity
-                    || old.subnet != new.meta.subnet
-            }
-            _ => true,
-        },
-        Change::Container { .. } | Change::Counter { .. } | Change::Ip { .. } => false,
-    })
 }

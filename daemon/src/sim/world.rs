@@ -15,7 +15,7 @@ use shoal_crdt::{Delta, NodeId};
 
 use super::checks;
 use super::ledger::Ledger;
-use super::network::{Envelope, Network};
+use super::network::{Envelope, LATE_DUPLICATE_MS_MAX, Network};
 use super::node::{SimNode, Status, Writer};
 use super::scenario::Scenario;
 use super::trace::Trace;
@@ -154,6 +154,7 @@ impl World {
             scenario.latency_ms_max,
             scenario.loss_percent,
             scenario.duplicate_percent,
+            LATE_DUPLICATE_MS_MAX,
         );
         let stats = Stats {
             nodes: scenario.nodes(),

@@ -5,7 +5,8 @@
 
 use std::collections::BTreeSet;
 
-use shoal_crdt::{ClusterState, NTP64, NodeId, NodeMeta};
+use shoal_crdt::state::Change;
+use shoal_crdt::{ClusterState, Delta, NTP64, NodeId, NodeMeta};
 
 use super::clock::millis_between;
 
@@ -54,4 +55,28 @@ pub fn live_set(
         .filter(|(id, meta)| *id == me || heartbeat_is_recent(meta, now, down_after_ms))
         .map(|(id, _)| id.clone())
         .collect()
+}
+
+/// Whether `delta` changes what a reconcile loop plans from, judged against the state
+/// before it is applied: any service, and any member that is new, removed, was not live,
+/// or changes its address, capacity or subnet. A plain heartbeat of a live member does not.
+pub fn changes_plan_inputs(
+    state: &ClusterState,
+    delta: &Delta,
+    now: NTP64,
+    down_after_ms: u64,
+) -> bool {
+    delta.changes().iter().any(|change| match change {
+        Change::Service { .. } => true,
+        Change::Node { node, entry } => match (state.node(node), &entry.value) {
+            (Some(old), Some(new)) => {
+                !heartbeat_is_recent(old, now, down_after_ms)
+                    || old.address != new.meta.address
+                    || old.capacity != new.meta.capacity
+                    || old.subnet != new.meta.subnet
+            }
+            _ => true,
+        },
+        Change::Container { .. } | Change::Counter { .. } | Change::Ip { .. } => false,
+    })
 }

@@ -23,7 +23,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use shoal_crdt::state::Change;
 use shoal_crdt::{
     Applied, ApplyError, Capacity, ClusterState, Delta, NTP64, NodeId, NodeMeta, Replica,
     ReplicaError, ServiceName, ServiceSpec, SpecError, Subnet, Summary, Timestamp, codec,
@@ -32,7 +31,7 @@ use tokio::sync::{broadcast, watch};
 
 use super::clock::{Clock, millis_between};
 use super::load::{LogRecord, encode_timestamp, load_replica};
-use super::members::{self, Member, heartbeat_is_recent};
+use super::members::{self, Member, changes_plan_inputs, heartbeat_is_recent};
 use super::store::{Store, StoreError};
 
 /// Default number of appends between two compactions of the log into the snapshot.
@@ -741,30 +740,6 @@ impl Node {
             broadcast: self.broadcasts.load(Ordering::Relaxed),
         }
     }
-}
-
-/// Whether `delta` changes what a reconcile loop plans from, judged against the state
-/// before it is applied: any service, and any member that is new, removed, was not live,
-/// or changes its address, capacity or subnet. A plain heartbeat of a live member does not.
-fn changes_plan_inputs(
-    state: &ClusterState,
-    delta: &Delta,
-    now: NTP64,
-    down_after_ms: u64,
-) -> bool {
-    delta.changes().iter().any(|change| match change {
-        Change::Service { .. } => true,
-        Change::Node { node, entry } => match (state.node(node), &entry.value) {
-            (Some(old), Some(new)) => {
-                !heartbeat_is_recent(old, now, down_after_ms)
-                    || old.address != new.meta.address
-                    || old.capacity != new.meta.capacity
-                    || old.subnet != new.meta.subnet
-            }
-            _ => true,
-        },
-        Change::Container { .. } | Change::Counter { .. } | Change::Ip { .. } => false,
-    })
 }
 
 fn map_apply_error(peer: &NodeId, source: ApplyError) -> NodeError {
