@@ -22,10 +22,13 @@ use shoal_vm_tests::cluster::{Cluster, ClusterOptions};
 
 const ROUNDS: usize = 15;
 const SYNC_INTERVAL_MS: u64 = 300;
-/// A service that stops on SIGTERM (a plain `sleep` as PID 1 ignores it and
-/// would wait out the stop grace period).
+/// A service that stops at once on SIGTERM: a plain `sleep` as PID 1 ignores
+/// it, and a shell runs its trap only after the foreground `sleep` ends, so the
+/// shell waits on a background sleep, which a signal interrupts. A pass that
+/// stops a container finishes the stop before it starts others, so a slow stop
+/// of the previous round would delay the next apply's start.
 const SERVICE_COMMAND: &str =
-    r#"["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1; done"]"#;
+    r#"["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done"]"#;
 
 fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
     assert!(!sorted.is_empty());
@@ -170,6 +173,8 @@ fn measure_apply_to_running(reconcile_interval_ms: u64) -> ApplyTimes {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+        // The records go before the stops finish; let the stops end.
+        std::thread::sleep(Duration::from_millis(300));
     }
     times.listed.sort();
     times.running.sort();

@@ -135,6 +135,14 @@ fn a_pass_that_starts_three_containers_is_one_commit_and_one_push() {
     let idle = fixture.pass();
     assert!(idle.plan.is_idle(), "{:?}", idle.plan);
     assert_eq!(fixture.node.commit_counts(), after);
+    // One more service of one replica: its pass is one commit and one push too.
+    fixture.apply("db", "/images/db", 1);
+    let before = fixture.node.commit_counts();
+    fixture.pass();
+    let after = fixture.node.commit_counts();
+    assert_eq!(after.durable - before.durable, 1);
+    assert_eq!(after.broadcast - before.broadcast, 1);
+    assert_eq!(fixture.running(), 4);
 }
 
 #[test]
