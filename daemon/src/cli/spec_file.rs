@@ -38,6 +38,12 @@ pub enum SpecFileError {
 #[error("{0}")]
 pub struct SpecTextError(String);
 
+impl From<String> for SpecTextError {
+    fn from(message: String) -> Self {
+        SpecTextError(message)
+    }
+}
+
 /// Reads and validates the spec file at `path`.
 pub fn load(path: &Path) -> Result<Vec<NamedSpec>, SpecFileError> {
     let read_error = |source| SpecFileError::Read {
@@ -61,10 +67,6 @@ pub fn load(path: &Path) -> Result<Vec<NamedSpec>, SpecFileError> {
 
 /// Parses and validates spec text; the error names the service and field, not the file.
 pub fn parse(text: &str) -> Result<Vec<NamedSpec>, SpecTextError> {
-    parse_text(text).map_err(SpecTextError)
-}
-
-fn parse_text(text: &str) -> Result<Vec<NamedSpec>, String> {
     let table: toml::Table =
         toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
     let tables = match table.get("service") {
@@ -75,15 +77,15 @@ fn parse_text(text: &str) -> Result<Vec<NamedSpec>, String> {
                     .filter(|k| k.as_str() != "service")
                     .map(String::as_str)
                     .collect();
-                return Err(format!(
+                return Err(SpecTextError(format!(
                     "keys {extra:?} are not allowed next to [[service]] tables"
-                ));
+                )));
             }
             let mut tables = Vec::with_capacity(items.len());
             for (index, item) in items.iter().enumerate() {
                 match item {
                     toml::Value::Table(t) => tables.push(t.clone()),
-                    _ => return Err(format!("service[{index}] is not a table")),
+                    _ => return Err(SpecTextError(format!("service[{index}] is not a table"))),
                 }
             }
             tables
@@ -91,13 +93,13 @@ fn parse_text(text: &str) -> Result<Vec<NamedSpec>, String> {
         _ => vec![table],
     };
     if tables.is_empty() {
-        return Err("no service in the file".to_string());
+        return Err(SpecTextError("no service in the file".to_string()));
     }
     if tables.len() > SERVICES_PER_FILE_MAX {
-        return Err(format!(
+        return Err(SpecTextError(format!(
             "{} services, more than the {SERVICES_PER_FILE_MAX} allowed in one file",
             tables.len()
-        ));
+        )));
     }
     let mut services: Vec<NamedSpec> = Vec::with_capacity(tables.len());
     for (index, mut table) in tables.into_iter().enumerate() {
@@ -119,7 +121,7 @@ fn parse_text(text: &str) -> Result<Vec<NamedSpec>, String> {
         spec.validate()
             .map_err(|e| format!("service {name}: {e}"))?;
         if services.iter().any(|s| s.name == name) {
-            return Err(format!("service {name} is defined twice"));
+            return Err(SpecTextError(format!("service {name} is defined twice")));
         }
         services.push(NamedSpec { name, spec });
     }
