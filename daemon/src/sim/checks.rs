@@ -40,6 +40,23 @@ use crate::schedule::records::reserved_by_records;
 use crate::state::Clock;
 use crate::state::members::live_set;
 
+/// A broken invariant, in words that name the node, service or container at fault.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct Violation(pub(crate) String);
+
+impl From<String> for Violation {
+    fn from(message: String) -> Self {
+        Violation(message)
+    }
+}
+
+impl From<&str> for Violation {
+    fn from(message: &str) -> Self {
+        Violation(message.to_string())
+    }
+}
+
 /// What a settled run looked like, for its report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Settled {
@@ -51,23 +68,23 @@ pub(crate) struct Settled {
 }
 
 /// Invariant 4: the changes of a local commit of `writer` are its own to make.
-pub(crate) fn own_delta(writer: &NodeId, source: Writer, delta: &Delta) -> Result<(), String> {
+pub(crate) fn own_delta(writer: &NodeId, source: Writer, delta: &Delta) -> Result<(), Violation> {
     for change in delta.changes() {
         let dot = change.dot();
         if &dot.node != writer {
-            return Err(format!(
+            return Err(Violation(format!(
                 "a {source:?} commit of {writer} carries a write of {} ({:?})",
                 dot.node,
                 change.key()
-            ));
+            )));
         }
         let mine = match (source, change) {
             (Writer::Pass, Change::Container { id, add, entry }) => {
                 if &add.node != writer {
-                    return Err(format!(
+                    return Err(Violation(format!(
                         "{writer}'s pass removed container {id}, which {} recorded",
                         add.node
-                    ));
+                    )));
                 }
                 entry
                     .value
@@ -76,10 +93,10 @@ pub(crate) fn own_delta(writer: &NodeId, source: Writer, delta: &Delta) -> Resul
             }
             (Writer::Pass, Change::Ip { ip, add, entry }) => {
                 if &add.node != writer {
-                    return Err(format!(
+                    return Err(Violation(format!(
                         "{writer}'s pass released address {ip}, which {} allocated",
                         add.node
-                    ));
+                    )));
                 }
                 entry
                     .value
@@ -94,17 +111,17 @@ pub(crate) fn own_delta(writer: &NodeId, source: Writer, delta: &Delta) -> Resul
             _ => false,
         };
         if !mine {
-            return Err(format!(
+            return Err(Violation(format!(
                 "a {source:?} commit of {writer} wrote {:?}, which is not its own to write",
                 change.key()
-            ));
+            )));
         }
     }
     Ok(())
 }
 
 /// After a pass that ran to its end: invariants 5, 2 and 6 on that node.
-pub(crate) fn after_pass(node: &SimNode, ledger: &Ledger) -> Result<(), String> {
+pub(crate) fn after_pass(node: &SimNode, ledger: &Ledger) -> Result<(), Violation> {
     let me = &node.id;
     let state = node.state();
     let records: BTreeMap<&str, &ContainerRecord> = state
@@ -114,15 +131,15 @@ pub(crate) fn after_pass(node: &SimNode, ledger: &Ledger) -> Result<(), String> 
         .collect();
     for (id, status) in node.runtime.containers() {
         if !records.contains_key(id.as_str()) {
-            return Err(format!(
+            return Err(Violation(format!(
                 "{me} holds container {id} ({status:?}) without a record after a pass"
-            ));
+            )));
         }
         if let Some(removal) = ledger.was_removed(&id) {
-            return Err(format!(
+            return Err(Violation(format!(
                 "{me} holds container {id} after {} removed its record at {} ms",
                 removal.by, removal.at_ms
-            ));
+            )));
         }
     }
     unique_attachments(node, &records)
@@ -132,29 +149,29 @@ pub(crate) fn after_pass(node: &SimNode, ledger: &Ledger) -> Result<(), String> 
 fn unique_attachments(
     node: &SimNode,
     records: &BTreeMap<&str, &ContainerRecord>,
-) -> Result<(), String> {
+) -> Result<(), Violation> {
     let me = &node.id;
     let mut holders: BTreeMap<Ipv4Addr, String> = BTreeMap::new();
     for (id, ip) in node.network.attachments() {
         if let Some(other) = holders.insert(ip, id.clone()) {
-            return Err(format!(
+            return Err(Violation(format!(
                 "{me} attached address {ip} to both {other} and {id}"
-            ));
+            )));
         }
         if let Some(record) = records.get(id.as_str())
             && record.ip != Some(ip)
         {
-            return Err(format!(
+            return Err(Violation(format!(
                 "{me} attached container {id} with {ip}, its record says {:?}",
                 record.ip
-            ));
+            )));
         }
     }
     Ok(())
 }
 
 /// The checks of a cluster at rest.
-pub(crate) fn settled(world: &World) -> Result<Settled, String> {
+pub(crate) fn settled(world: &World) -> Result<Settled, Violation> {
     let up: Vec<&SimNode> = world
         .nodes
         .iter()
@@ -172,10 +189,10 @@ pub(crate) fn settled(world: &World) -> Result<Settled, String> {
             world.config.down_after_ms,
         );
         if live != up_ids {
-            return Err(format!(
+            return Err(Violation(format!(
                 "{} sees {live:?} live, the up nodes are {up_ids:?}",
                 node.id
-            ));
+            )));
         }
     }
     let view = ClusterView::read(&state, &reference.id, &up_ids);
@@ -199,7 +216,7 @@ pub(crate) fn settled(world: &World) -> Result<Settled, String> {
         })?;
         let wanted = if bad_image { 0 } else { placeable };
         if recorded != wanted as usize {
-            return Err(format!(
+            return Err(Violation(format!(
                 "service {name} has {recorded} containers on live nodes, wants {} replicas of \
                  which {unplaced} found no room{}",
                 spec.replicas,
@@ -208,7 +225,7 @@ pub(crate) fn settled(world: &World) -> Result<Settled, String> {
                 } else {
                     ""
                 }
-            ));
+            )));
         }
         for (index, node) in world.nodes.iter().enumerate() {
             if !node.is_running() {
@@ -221,29 +238,29 @@ pub(crate) fn settled(world: &World) -> Result<Settled, String> {
             let placed = placement.on(name, &node.id);
             if bad_image {
                 if let Some(record) = records.first() {
-                    return Err(format!(
+                    return Err(Violation(format!(
                         "service {name} has image {} that is refused, yet {} records container {}",
                         spec.image, node.id, record.id
-                    ));
+                    )));
                 }
                 if placed > 0 && !planner_errors(node).contains_key(name) {
-                    return Err(format!(
+                    return Err(Violation(format!(
                         "service {name} has image {} that is refused; placement gives {} {placed} \
                          replicas and it reports no error for the service",
                         spec.image, node.id
-                    ));
+                    )));
                 }
                 continue;
             }
             if records.len() != placed as usize {
                 let ids: Vec<&str> = records.iter().map(|record| record.id.as_str()).collect();
-                return Err(format!(
+                return Err(Violation(format!(
                     "service {name} (replicas {}, unplaced {unplaced}): {} holds {} records \
                      {ids:?}, placement gives it {placed}",
                     spec.replicas,
                     node.id,
                     records.len()
-                ));
+                )));
             }
             let statuses: BTreeMap<String, ContainerStatus> =
                 node.runtime.containers().into_iter().collect();
@@ -269,10 +286,10 @@ pub(crate) fn settled(world: &World) -> Result<Settled, String> {
     }
     for record in state.containers() {
         if up_ids.contains(&record.node) && state.service(&record.service).is_none() {
-            return Err(format!(
+            return Err(Violation(format!(
                 "{} still records container {} of service {}, which is removed",
                 record.node, record.id, record.service
-            ));
+            )));
         }
     }
 
@@ -289,10 +306,10 @@ pub(crate) fn settled(world: &World) -> Result<Settled, String> {
         ] {
             let used = state.resource_used(&node.id, resource);
             if i64::try_from(expected).ok() != Some(used) {
-                return Err(format!(
+                return Err(Violation(format!(
                     "{}'s {resource:?} counter is {used}, its records reserve {expected}",
                     node.id
-                ));
+                )));
             }
         }
     }
@@ -309,18 +326,18 @@ pub(crate) fn settled(world: &World) -> Result<Settled, String> {
                 // A machine lost for good keeps its ended containers on its disk; it
                 // must not run any.
                 if status == shoal_oci::ContainerStatus::Running {
-                    return Err(format!(
+                    return Err(Violation(format!(
                         "{}, lost for good, still runs container {id}",
                         node.id
-                    ));
+                    )));
                 }
                 continue;
             }
             if !own.contains(id.as_str()) {
-                return Err(format!(
+                return Err(Violation(format!(
                     "{} holds container {id} ({status:?}) without a record",
                     node.id
-                ));
+                )));
             }
         }
     }
@@ -332,10 +349,10 @@ pub(crate) fn settled(world: &World) -> Result<Settled, String> {
     for (id, removal) in world.ledger.removed() {
         for node in &up {
             if node.runtime.holds(id.as_str()) {
-                return Err(format!(
+                return Err(Violation(format!(
                     "container {id}, removed by {} at {} ms, is held by {}",
                     removal.by, removal.at_ms, node.id
-                ));
+                )));
             }
         }
         if !holds(removal) {
@@ -343,10 +360,10 @@ pub(crate) fn settled(world: &World) -> Result<Settled, String> {
             continue;
         }
         if let Some(record) = state.container(id) {
-            return Err(format!(
+            return Err(Violation(format!(
                 "container {id}, removed by {} at {} ms, is recorded again on {}",
                 removal.by, removal.at_ms, record.node
-            ));
+            )));
         }
     }
     for (name, removal) in world.ledger.service_removals() {
@@ -357,10 +374,10 @@ pub(crate) fn settled(world: &World) -> Result<Settled, String> {
         if let Some((_, version)) = state.service(name)
             && version <= removal.hlc
         {
-            return Err(format!(
+            return Err(Violation(format!(
                 "service {name}, removed by {} at {}, is back with version {version}",
                 removal.by, removal.hlc
-            ));
+            )));
         }
     }
     for removal in world.ledger.removed().values().chain(
@@ -371,10 +388,10 @@ pub(crate) fn settled(world: &World) -> Result<Settled, String> {
             .map(|(_, removal)| removal),
     ) {
         if !holds(removal) && up_ids.contains(&removal.by) {
-            return Err(format!(
+            return Err(Violation(format!(
                 "a removal by {} at {} ms (dot {}) is not in the converged state, yet {0} is up",
                 removal.by, removal.at_ms, removal.counter
-            ));
+            )));
         }
     }
 
@@ -390,10 +407,10 @@ pub(crate) fn settled(world: &World) -> Result<Settled, String> {
             .collect();
         let routes = node.network.routes();
         if routes != expected {
-            return Err(format!(
+            return Err(Violation(format!(
                 "{} routes {routes:?}, the other live members' subnets are {expected:?}",
                 node.id
-            ));
+            )));
         }
     }
 
@@ -406,30 +423,30 @@ pub(crate) fn settled(world: &World) -> Result<Settled, String> {
 }
 
 /// Invariant 7: every up node's replica has the same digest; returns it.
-fn converged(up: &[&SimNode]) -> Result<[u8; 32], String> {
+fn converged(up: &[&SimNode]) -> Result<[u8; 32], Violation> {
     let reference = up.first().ok_or("no node is up at the end")?;
     let digest = reference.replica().digest();
     for node in up {
         if node.replica().digest() != digest {
-            return Err(format!(
+            return Err(Violation(format!(
                 "{} and {} did not converge: version vectors {:?} and {:?}",
                 reference.id,
                 node.id,
                 reference.replica().version_vector(),
                 node.replica().version_vector()
-            ));
+            )));
         }
     }
     Ok(digest)
 }
 
 /// Invariant 2 on the converged state and every up node's network.
-fn addresses(state: &shoal_crdt::ClusterState, up: &[&SimNode]) -> Result<(), String> {
+fn addresses(state: &shoal_crdt::ClusterState, up: &[&SimNode]) -> Result<(), Violation> {
     if let Some(conflict) = state.ip_conflicts().first() {
-        return Err(format!(
+        return Err(Violation(format!(
             "address {} is held by container {} on {} and by {:?}",
             conflict.ip, conflict.winner.container, conflict.winner.node, conflict.losers
-        ));
+        )));
     }
     let records: BTreeMap<&ContainerId, &ContainerRecord> = state
         .containers()
@@ -442,26 +459,26 @@ fn addresses(state: &shoal_crdt::ClusterState, up: &[&SimNode]) -> Result<(), St
         if record
             .is_none_or(|record| record.node != allocation.node || record.ip != Some(allocation.ip))
         {
-            return Err(format!(
+            return Err(Violation(format!(
                 "address {} is allocated to container {} on {}, whose record is {record:?}",
                 allocation.ip, allocation.container, allocation.node
-            ));
+            )));
         }
         if let Some(first) = allocated.insert(&allocation.container, allocation.ip) {
-            return Err(format!(
+            return Err(Violation(format!(
                 "container {} on {} holds two addresses, {first} and {}",
                 allocation.container, allocation.node, allocation.ip
-            ));
+            )));
         }
     }
     for record in records.values() {
         if let Some(ip) = record.ip
             && allocated.get(&record.id) != Some(&ip)
         {
-            return Err(format!(
+            return Err(Violation(format!(
                 "container {} on {} has address {ip} in its record and no allocation of it",
                 record.id, record.node
-            ));
+            )));
         }
     }
     for node in up {
@@ -473,10 +490,10 @@ fn addresses(state: &shoal_crdt::ClusterState, up: &[&SimNode]) -> Result<(), St
         unique_attachments(node, &own)?;
         for (id, ip) in node.network.attachments() {
             if !own.contains_key(id.as_str()) {
-                return Err(format!(
+                return Err(Violation(format!(
                     "{} attaches container {id} with {ip} and has no record of it",
                     node.id
-                ));
+                )));
             }
         }
     }

@@ -8,6 +8,7 @@ use rand::seq::SliceRandom;
 use rand::{Rng, RngCore};
 use shoal_oci::ExitStatus;
 
+use super::checks::Violation;
 use super::node::Status;
 use super::world::{Event, World, trace};
 
@@ -50,7 +51,7 @@ impl World {
         }
     }
 
-    pub(crate) fn container_exit(&mut self) -> Result<(), String> {
+    pub(crate) fn container_exit(&mut self) -> Result<(), Violation> {
         let mut candidates = Vec::new();
         for (index, node) in self.nodes.iter().enumerate() {
             if node.status == Status::MachineGone {
@@ -109,7 +110,7 @@ impl World {
 
     /// The machine is back with its disk (the replica and the runtime's ended
     /// containers); its daemon starts.
-    pub(crate) fn return_machine(&mut self, node: usize) -> Result<(), String> {
+    pub(crate) fn return_machine(&mut self, node: usize) -> Result<(), Violation> {
         self.stats.machine_returns += 1;
         trace!(self, "{}: machine returns", self.nodes[node].id);
         self.start_daemon(node)
@@ -147,14 +148,14 @@ impl World {
         self.schedule(restart_at, Event::RestartDaemon(node));
     }
 
-    pub(crate) fn restart_daemon(&mut self, node: usize) -> Result<(), String> {
+    pub(crate) fn restart_daemon(&mut self, node: usize) -> Result<(), Violation> {
         trace!(self, "{}: daemon restarts", self.nodes[node].id);
         self.start_daemon(node)
     }
 
     /// A daemon starts: new planner, first heartbeat, first anti-entropy round (as
     /// `agent::run` does).
-    fn start_daemon(&mut self, node: usize) -> Result<(), String> {
+    fn start_daemon(&mut self, node: usize) -> Result<(), Violation> {
         let seed = self.rng.next_u64();
         let settings = self.settings;
         let now_ms = self.now_ms;

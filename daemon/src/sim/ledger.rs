@@ -5,6 +5,7 @@
 //! daemon died right after recording it), which says whether its restart policy may leave
 //! it stopped.
 
+use super::checks::Violation;
 use std::collections::{BTreeMap, BTreeSet};
 
 use shoal_crdt::state::Change;
@@ -58,22 +59,22 @@ impl Ledger {
         writer: &NodeId,
         delta: &Delta,
         now_ms: u64,
-    ) -> Result<(), String> {
+    ) -> Result<(), Violation> {
         let mut added = BTreeSet::new();
         for change in delta.changes() {
             if let Change::Container { id, entry, .. } = change
                 && entry.value.is_some()
             {
                 if let Some(removal) = self.removed.get(id) {
-                    return Err(format!(
+                    return Err(Violation(format!(
                         "{writer} recorded container {id} again, which {} removed at {} ms",
                         removal.by, removal.at_ms
-                    ));
+                    )));
                 }
                 if let Some(first) = self.recorded.get(id) {
-                    return Err(format!(
+                    return Err(Violation(format!(
                         "{writer} recorded container {id}, an id {first} recorded before"
-                    ));
+                    )));
                 }
                 added.insert(id.clone());
                 self.recorded.insert(id.clone(), writer.clone());
@@ -153,23 +154,23 @@ impl Ledger {
         node: usize,
         id: &str,
         policy: RestartPolicy,
-    ) -> Result<(), String> {
+    ) -> Result<(), Violation> {
         let exit = match self.ended.get(&(node, id.to_string())) {
-            None => return Err("it never ended on its own".to_string()),
+            None => return Err(Violation("it never ended on its own".to_string())),
             Some(End::NeverStarted { at_ms }) => {
-                return Err(format!(
+                return Err(Violation(format!(
                     "it never ran: its pass recorded it at {at_ms} ms, the daemon died before \
                      starting it, and no daemon started it since"
-                ));
+                )));
             }
             Some(End::Exit(exit)) => exit,
         };
         match policy {
             RestartPolicy::Never => Ok(()),
             RestartPolicy::OnFailure if exit.success() => Ok(()),
-            RestartPolicy::OnFailure | RestartPolicy::Always => Err(format!(
+            RestartPolicy::OnFailure | RestartPolicy::Always => Err(Violation(format!(
                 "it last ended with {exit:?}, which {policy:?} restarts"
-            )),
+            ))),
         }
     }
 }

@@ -9,6 +9,7 @@ use shoal_crdt::Delta;
 use shoal_crdt::state::Change;
 
 use super::checks;
+use super::checks::Violation;
 use super::node::Writer;
 use super::world::{PassResult, World, trace};
 use crate::containers::run_pass;
@@ -19,7 +20,7 @@ impl World {
     /// pass is armed (`SimNode::crash_in_pass`) and this pass commits something, the daemon
     /// dies in it: `stopping` says yes on the armed call, so the records are committed and
     /// nothing after is carried out, and no push leaves.
-    pub(crate) fn pass(&mut self, node: usize) -> Result<PassResult, String> {
+    pub(crate) fn pass(&mut self, node: usize) -> Result<PassResult, Violation> {
         let startup_grace_ms = self.config.down_after_ms;
         if !self.nodes[node].view_is_fresh(self.now_ms, startup_grace_ms) {
             self.stats.passes_waiting_for_sync += 1;

@@ -22,6 +22,7 @@
 //! round 4; two quiet rounds confirm. That is six at most (the most 3,000 seeds took), and
 //! `Config::settle_rounds_max` (8) leaves two to spare.
 
+use super::checks::Violation;
 use super::node::Status;
 use super::world::{Event, World, trace};
 
@@ -33,7 +34,7 @@ const PASSES_PER_ROUND_MAX: usize = 64;
 
 impl World {
     /// Brings the cluster to rest; returns how many rounds it took.
-    pub(crate) fn settle(&mut self) -> Result<usize, String> {
+    pub(crate) fn settle(&mut self) -> Result<usize, Violation> {
         assert!(
             SETTLE_STEP_MS > self.config.down_after_ms,
             "a settle round outlasts down_after_ms"
@@ -66,14 +67,14 @@ impl World {
                 quiet = 0;
             }
         }
-        Err(format!(
+        Err(Violation(format!(
             "the cluster did not come to rest in {} settle rounds",
             self.config.settle_rounds_max
-        ))
+        )))
     }
 
     /// Delivers every message still in flight (and the answers they cause); drops timers.
-    fn drain(&mut self) -> Result<(), String> {
+    fn drain(&mut self) -> Result<(), Violation> {
         while let Some(((at_ms, _), event)) = self.queue.pop_first() {
             if let Event::Deliver(envelope) = event {
                 self.advance_to(at_ms.max(self.now_ms));
@@ -85,13 +86,13 @@ impl World {
     }
 
     /// One round; returns what changed, by node (empty when quiet).
-    fn settle_round(&mut self) -> Result<Vec<String>, String> {
+    fn settle_round(&mut self) -> Result<Vec<String>, Violation> {
         self.advance_to(self.now_ms + SETTLE_STEP_MS);
         let up: Vec<usize> = (0..self.nodes.len())
             .filter(|node| self.nodes[*node].is_running())
             .collect();
         let Some((&hub, others)) = up.split_first() else {
-            return Err("no node is up after the faults".to_string());
+            return Err(Violation("no node is up after the faults".to_string()));
         };
         for &node in &up {
             self.heartbeat(node)?;
@@ -106,10 +107,10 @@ impl World {
         for &node in &up {
             for pass in 1.. {
                 if pass > PASSES_PER_ROUND_MAX {
-                    return Err(format!(
+                    return Err(Violation(format!(
                         "{} still had starts left after {PASSES_PER_ROUND_MAX} passes",
                         self.nodes[node].id
-                    ));
+                    )));
                 }
                 let result = self.pass(node)?;
                 if result.changed {

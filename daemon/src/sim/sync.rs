@@ -14,6 +14,7 @@
 use rand::seq::SliceRandom;
 use shoal_crdt::{ApplyError, Delta, codec};
 
+use super::checks::Violation;
 use super::network::{Envelope, Fate, Payload};
 use super::world::{Event, World, trace};
 use crate::state::Clock;
@@ -122,7 +123,7 @@ impl World {
         }
     }
 
-    pub(crate) fn deliver(&mut self, envelope: Envelope) -> Result<(), String> {
+    pub(crate) fn deliver(&mut self, envelope: Envelope) -> Result<(), Violation> {
         let Envelope { from, to, payload } = envelope;
         if !self.nodes[to].is_running() || !self.network.connected(from, to) {
             self.stats.messages_dropped_down += 1;
@@ -205,7 +206,7 @@ impl World {
         to: usize,
         from: usize,
         bytes: &[u8],
-    ) -> Result<Received, String> {
+    ) -> Result<Received, Violation> {
         let delta = match codec::decode_delta(bytes, self.config.message_bytes_max) {
             Ok(delta) => delta,
             Err(_) => {
@@ -248,13 +249,15 @@ impl World {
                 self.stats.refused_stale += 1;
                 Ok(Received::Stale)
             }
-            Err(error) => Err(format!("{to_id} refused a delta from {from_id}: {error}")),
+            Err(error) => Err(Violation(format!(
+                "{to_id} refused a delta from {from_id}: {error}"
+            ))),
         }
     }
 
     /// One exchange run to completion at once (settle rounds): `asker` pulls what it lacks
     /// from `responder` and pushes back what `responder` lacks.
-    pub(crate) fn exchange(&mut self, asker: usize, responder: usize) -> Result<(), String> {
+    pub(crate) fn exchange(&mut self, asker: usize, responder: usize) -> Result<(), Violation> {
         let asker_id = self.nodes[asker].id.clone();
         let responder_id = self.nodes[responder].id.clone();
         let summary = self.nodes[asker].replica().summary();
@@ -267,9 +270,9 @@ impl World {
             )
         };
         if self.receive(asker, responder, &delta)? != Received::Applied {
-            return Err(format!(
+            return Err(Violation(format!(
                 "{asker_id} could not apply {responder_id}'s answer to its own summary"
-            ));
+            )));
         }
         let back = {
             let mut replica = self.nodes[asker].replica_mut();
@@ -277,9 +280,9 @@ impl World {
             codec::encode_delta(&replica.delta_for(&theirs))
         };
         if self.receive(responder, asker, &back)? != Received::Applied {
-            return Err(format!(
+            return Err(Violation(format!(
                 "{responder_id} could not apply what {asker_id} sent back for its summary"
-            ));
+            )));
         }
         let now_ms = self.now_ms;
         self.nodes[asker].synced_ms.insert(responder, now_ms);

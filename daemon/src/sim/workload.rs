@@ -8,6 +8,7 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use shoal_crdt::{RestartPolicy, ServiceName, ServiceSpec};
 
+use super::checks::Violation;
 use super::node::{BAD_IMAGE_PREFIX, Writer};
 use super::world::{World, trace};
 
@@ -102,7 +103,7 @@ fn spec(rng: &mut ChaCha8Rng, bad_image: bool) -> ServiceSpec {
 
 impl World {
     /// One operator command, sent to a random node whose daemon runs.
-    pub(crate) fn command(&mut self) -> Result<(), String> {
+    pub(crate) fn command(&mut self) -> Result<(), Violation> {
         let running: Vec<usize> = (0..self.nodes.len())
             .filter(|node| self.nodes[*node].is_running())
             .collect();

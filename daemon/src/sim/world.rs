@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use shoal_crdt::{Delta, NodeId};
 
 use super::checks;
+use super::checks::Violation;
 use super::ledger::Ledger;
 use super::network::{Envelope, LATE_DUPLICATE_MS_MAX, Network};
 use super::node::{SimNode, Status, Writer};
@@ -106,7 +107,7 @@ pub(crate) fn run(seed: u64, config: &Config) -> Result<Report, Failure> {
                 trace,
             })
         }
-        Err(message) => {
+        Err(Violation(message)) => {
             let at_ms = world.now_ms;
             trace!(world, "FAILURE: {message}");
             let (_, trace) = world.trace.finish();
@@ -197,7 +198,7 @@ impl World {
         }
     }
 
-    fn execute(&mut self) -> Result<[u8; 32], String> {
+    fn execute(&mut self) -> Result<[u8; 32], Violation> {
         self.bootstrap()?;
         self.schedule_timers();
         self.schedule_faults();
@@ -222,20 +223,20 @@ impl World {
         Ok(settled.digest)
     }
 
-    pub(crate) fn count_event(&mut self) -> Result<(), String> {
+    pub(crate) fn count_event(&mut self) -> Result<(), Violation> {
         self.stats.events += 1;
         if self.stats.events > self.config.events_max {
-            return Err(format!(
+            return Err(Violation(format!(
                 "runaway: more than {} events",
                 self.config.events_max
-            ));
+            )));
         }
         Ok(())
     }
 
     /// Every node writes its metadata and all learn all of it, as a fleet starts from
     /// configured seed peers; then everyone is a member from the first event.
-    fn bootstrap(&mut self) -> Result<(), String> {
+    fn bootstrap(&mut self) -> Result<(), Violation> {
         let mut deltas = Vec::new();
         for index in 0..self.nodes.len() {
             if let Some(delta) = self.heartbeat_write(index, false)? {
@@ -269,7 +270,7 @@ impl World {
         }
     }
 
-    fn handle(&mut self, event: Event) -> Result<(), String> {
+    fn handle(&mut self, event: Event) -> Result<(), Violation> {
         match event {
             Event::Reconcile(node) => {
                 if self.nodes[node].is_running() {
@@ -365,7 +366,7 @@ impl World {
         writer: Writer,
         delta: &Delta,
         push: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), Violation> {
         let id = self.nodes[node].id.clone();
         checks::own_delta(&id, writer, delta)?;
         match writer {
@@ -391,7 +392,7 @@ impl World {
     }
 
     /// Writes this node's heartbeat, pushed or not; returns its delta.
-    fn heartbeat_write(&mut self, node: usize, push: bool) -> Result<Option<Delta>, String> {
+    fn heartbeat_write(&mut self, node: usize, push: bool) -> Result<Option<Delta>, Violation> {
         let (result, delta) = self.nodes[node].heartbeat();
         let first = result
             .map_err(|error| format!("{}: heartbeat refused: {error}", self.nodes[node].id))?;
@@ -406,7 +407,7 @@ impl World {
 
     /// `Node::heartbeat`: the metadata write, pushed, then garbage collection. Members are
     /// never evicted: `sync.evict_after_ms` (a day) is longer than any run.
-    pub(crate) fn heartbeat(&mut self, node: usize) -> Result<(), String> {
+    pub(crate) fn heartbeat(&mut self, node: usize) -> Result<(), Violation> {
         self.heartbeat_write(node, true)?;
         let collected = self.nodes[node].replica_mut().collect_garbage();
         self.stats.tombstones_collected += collected;
