@@ -704,7 +704,7 @@ impl Replica {
             };
             change
                 .validate_with_writer_id(&id)
-                .map_err(ApplyError::Invalid)?;
+                .map_err(|error| ApplyError::Invalid(error.to_string()))?;
         }
         // One dot names one write. (Two entries for one key are harmless: the
         // merge keeps the greater, as it would across two deltas.)
@@ -904,7 +904,9 @@ impl Replica {
         let mut state = ClusterState::default();
         let mut clock_last = snapshot.clock_last;
         for change in snapshot.changes {
-            change.validate().map_err(ApplyError::Invalid)?;
+            change
+                .validate()
+                .map_err(|error| ApplyError::Invalid(error.to_string()))?;
             if !covers_dot(&snapshot.vv, change.dot()) {
                 return Err(ApplyError::Invalid(format!(
                     "snapshot entry {:?} is outside its vv",

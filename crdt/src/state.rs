@@ -15,7 +15,7 @@ use uhlc::Timestamp;
 use crate::entry::{Dot, Entry, MergeOutcome, Table};
 use crate::{
     ContainerId, ContainerRecord, IpAllocation, IpConflict, NodeId, NodeMeta, Resource,
-    ServiceName, ServiceSpec, Subnet, SubnetConflict,
+    ServiceName, ServiceSpec, SpecError, Subnet, SubnetConflict,
 };
 
 /// Node metadata as stored: the meta plus when this node first claimed its
@@ -123,38 +123,39 @@ impl Change {
     /// Checks what every replica relies on: the HLC carries the writer's id,
     /// owner-only entries are written by their owner, adds use their own dot
     /// as add-dot, counters never hold tombstones, specs are valid.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), InvalidChange> {
         self.validate_with_writer_id(&self.dot().node.hlc_id())
     }
 
     /// `validate` with the writer's HLC id already computed (it is a hash, and
     /// a delta carries many entries of few writers).
-    pub fn validate_with_writer_id(&self, writer_id: &uhlc::ID) -> Result<(), String> {
+    pub fn validate_with_writer_id(&self, writer_id: &uhlc::ID) -> Result<(), InvalidChange> {
         let dot = self.dot();
         if dot.counter == 0 {
-            return Err(format!("entry {dot:?} has counter 0"));
+            return Err(InvalidChange::ZeroCounter { dot: dot.clone() });
         }
         if self.hlc().get_id() != writer_id {
-            return Err(format!(
-                "entry {dot:?} carries an hlc id that is not its writer's"
-            ));
+            return Err(InvalidChange::ForeignHlc { dot: dot.clone() });
         }
         match self {
             Change::Service { name, entry } => {
                 if let Some(spec) = &entry.value {
-                    spec.validate()
-                        .map_err(|error| format!("service {name}: {error}"))?;
+                    spec.validate().map_err(|source| InvalidChange::Spec {
+                        service: name.clone(),
+                        source,
+                    })?;
                 }
             }
             Change::Node { node, entry } => {
                 if let Some(record) = &entry.value {
                     if &entry.dot.node != node {
-                        return Err(format!("node meta of {node} written by {}", entry.dot.node));
+                        return Err(InvalidChange::NodeMetaWriter {
+                            node: node.clone(),
+                            writer: entry.dot.node.clone(),
+                        });
                     }
                     if record.meta.subnet.is_some() != record.subnet_claimed.is_some() {
-                        return Err(format!(
-                            "node meta of {node}: subnet and claim time disagree"
-                        ));
+                        return Err(InvalidChange::SubnetClaim { node: node.clone() });
                     }
                 }
             }
@@ -162,7 +163,10 @@ impl Change {
                 if let Some(record) = &entry.value
                     && (add != &entry.dot || &record.id != id || record.node != add.node)
                 {
-                    return Err(format!("container add {id} at {add:?} is inconsistent"));
+                    return Err(InvalidChange::ContainerAdd {
+                        id: id.clone(),
+                        add: add.clone(),
+                    });
                 }
             }
             Change::Counter {
@@ -171,22 +175,56 @@ impl Change {
                 entry,
             } => {
                 if &entry.dot.node != node || entry.value.is_none() {
-                    return Err(format!(
-                        "counter {node}/{resource:?} written by {} or removed",
-                        entry.dot.node
-                    ));
+                    return Err(InvalidChange::Counter {
+                        node: node.clone(),
+                        resource: *resource,
+                        writer: entry.dot.node.clone(),
+                    });
                 }
             }
             Change::Ip { ip, add, entry } => {
                 if let Some(claim) = &entry.value
                     && (add != &entry.dot || claim.node != add.node)
                 {
-                    return Err(format!("ip add {ip} at {add:?} is inconsistent"));
+                    return Err(InvalidChange::IpAdd {
+                        ip: *ip,
+                        add: add.clone(),
+                    });
                 }
             }
         }
         Ok(())
     }
+}
+
+/// Why an entry is one no honest replica writes; the whole delta or snapshot carrying it is
+/// refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidChange {
+    #[error("entry {dot:?} has counter 0")]
+    ZeroCounter { dot: Dot },
+    #[error("entry {dot:?} carries an hlc id that is not its writer's")]
+    ForeignHlc { dot: Dot },
+    #[error("service {service}: {source}")]
+    Spec {
+        service: ServiceName,
+        #[source]
+        source: SpecError,
+    },
+    #[error("node meta of {node} written by {writer}")]
+    NodeMetaWriter { node: NodeId, writer: NodeId },
+    #[error("node meta of {node}: subnet and claim time disagree")]
+    SubnetClaim { node: NodeId },
+    #[error("container add {id} at {add:?} is inconsistent")]
+    ContainerAdd { id: ContainerId, add: Dot },
+    #[error("counter {node}/{resource:?} written by {writer} or removed")]
+    Counter {
+        node: NodeId,
+        resource: Resource,
+        writer: NodeId,
+    },
+    #[error("ip add {ip} at {add:?} is inconsistent")]
+    IpAdd { ip: Ipv4Addr, add: Dot },
 }
 
 /// The replicated document.

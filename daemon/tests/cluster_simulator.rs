@@ -9,21 +9,12 @@
 //! replays it.
 
 use shoal::sim::{Config, Failure, Stats, run};
+use shoal_crdt::sim::harness::{Seeds, assert_exercised, print_replay, report, run_seeds};
 
 /// Seeds per run when `SHOAL_CLUSTER_SIM_SEEDS` is not set: 1000 in an optimised build
 /// (what `scripts/test-all.sh` runs with `--release`); an unoptimised `cargo test
 /// --workspace` runs a few so it stays quick.
 const SEEDS_DEFAULT: u64 = if cfg!(debug_assertions) { 20 } else { 1000 };
-
-fn env_u64(name: &str) -> Option<u64> {
-    let value = std::env::var(name).ok()?;
-    Some(
-        value
-            .trim()
-            .parse()
-            .unwrap_or_else(|error| panic!("{name}={value:?} is not a u64: {error}")),
-    )
-}
 
 fn replay_command(seed: u64) -> String {
     format!(
@@ -31,66 +22,50 @@ fn replay_command(seed: u64) -> String {
     )
 }
 
-fn report(failure: &Failure) -> String {
-    format!("{failure}\nreplay with: {}", replay_command(failure.seed))
+fn passed<T>(result: Result<T, Failure>) -> T {
+    result.unwrap_or_else(|failure| panic!("{}", report(&failure, &replay_command)))
 }
 
 #[test]
 fn seeds_keep_the_cluster_invariants() {
-    if let Some(seed) = env_u64("SHOAL_CLUSTER_SIM_SEED") {
-        let config = Config {
-            trace: true,
-            ..Config::default()
-        };
-        match run(seed, &config) {
-            Ok(outcome) => {
-                for line in &outcome.trace {
-                    println!("{line}");
-                }
-                println!("seed {seed} passed: {:#?}", outcome.stats);
-            }
-            Err(failure) => {
-                for line in &failure.trace {
-                    println!("{line}");
-                }
-                panic!("{}", report(&failure));
-            }
+    let range = match Seeds::from_env("SHOAL_CLUSTER_SIM", SEEDS_DEFAULT) {
+        Seeds::Replay(seed) => {
+            let config = Config {
+                trace: true,
+                ..Config::default()
+            };
+            let outcome = print_replay(run(seed, &config), |o| &o.trace, &replay_command);
+            println!("seed {seed} passed: {:#?}", outcome.stats);
+            return;
         }
-        return;
-    }
-    let seeds = env_u64("SHOAL_CLUSTER_SIM_SEEDS").unwrap_or(SEEDS_DEFAULT);
-    let first = env_u64("SHOAL_CLUSTER_SIM_FIRST_SEED").unwrap_or(0);
-    assert!(seeds > 0, "SHOAL_CLUSTER_SIM_SEEDS must be at least 1");
+        Seeds::Range(range) => range,
+    };
+    let seeds = range.end - range.start;
     let config = Config::default();
-    let mut failures = Vec::new();
     let mut totals = Stats::default();
     let started = std::time::Instant::now();
     let mut slowest = (0.0, 0, 0);
     let mut largest = 0;
-    for seed in first..first + seeds {
-        let seed_started = std::time::Instant::now();
-        let result = run(seed, &config);
-        let seconds = seed_started.elapsed().as_secs_f64();
-        if std::env::var_os("SHOAL_CLUSTER_SIM_TIMES").is_some() {
-            let (nodes, rounds) = result.as_ref().map_or((0, 0), |outcome| {
-                (outcome.stats.nodes, outcome.stats.settle_rounds)
-            });
-            println!("seed {seed}: {nodes} nodes, {rounds} settle rounds, {seconds:.3} s");
-        }
-        match result {
-            Ok(outcome) => {
-                largest = largest.max(outcome.stats.nodes);
-                if seconds > slowest.0 {
-                    slowest = (seconds, seed, outcome.stats.nodes);
-                }
-                totals.accumulate(&outcome.stats)
+    let print_times = std::env::var_os("SHOAL_CLUSTER_SIM_TIMES").is_some();
+    run_seeds(
+        range,
+        &replay_command,
+        |seed| {
+            let seed_started = std::time::Instant::now();
+            run(seed, &config).map(|outcome| (outcome, seed_started.elapsed().as_secs_f64()))
+        },
+        |seed, (outcome, seconds)| {
+            if print_times {
+                let (nodes, rounds) = (outcome.stats.nodes, outcome.stats.settle_rounds);
+                println!("seed {seed}: {nodes} nodes, {rounds} settle rounds, {seconds:.3} s");
             }
-            Err(failure) => {
-                eprintln!("{}", report(&failure));
-                failures.push(failure.seed);
+            largest = largest.max(outcome.stats.nodes);
+            if seconds > slowest.0 {
+                slowest = (seconds, seed, outcome.stats.nodes);
             }
-        }
-    }
+            totals.accumulate(&outcome.stats);
+        },
+    );
     println!(
         "{seeds} seeds in {:.1} s (slowest: seed {} with {} nodes, {:.2} s), totals: {totals:#?}",
         started.elapsed().as_secs_f64(),
@@ -98,15 +73,10 @@ fn seeds_keep_the_cluster_invariants() {
         slowest.2,
         slowest.0
     );
-    assert!(
-        failures.is_empty(),
-        "{} of {seeds} seeds failed: {failures:?}; replay one with: {}",
-        failures.len(),
-        replay_command(failures[0])
-    );
     // The faults must really have happened across the seeds.
-    if seeds >= 20 {
-        let exercised = [
+    assert_exercised(
+        seeds,
+        &[
             ("partitions", totals.partitions),
             ("lost messages", totals.messages_lost),
             ("duplicated messages", totals.messages_duplicated),
@@ -129,14 +99,8 @@ fn seeds_keep_the_cluster_invariants() {
             ("services removed", totals.services_removed),
             ("services with unplaced replicas", totals.services_unplaced),
             ("tombstones collected", totals.tombstones_collected),
-        ];
-        for (what, count) in exercised {
-            assert!(
-                count > 0,
-                "no {what} in {seeds} seeds: the simulator is not exercising it"
-            );
-        }
-    }
+        ],
+    );
     if seeds >= 200 {
         assert!(
             largest >= 30,
@@ -156,8 +120,8 @@ fn short() -> Config {
 #[test]
 fn one_seed_gives_one_trace() {
     for seed in [3, 17] {
-        let first = run(seed, &short()).unwrap_or_else(|failure| panic!("{}", report(&failure)));
-        let second = run(seed, &short()).unwrap_or_else(|failure| panic!("{}", report(&failure)));
+        let first = passed(run(seed, &short()));
+        let second = passed(run(seed, &short()));
         assert!(
             first.stats.events > 100,
             "seed {seed} ran only {} events",
@@ -174,15 +138,14 @@ fn one_seed_gives_one_trace() {
 
 #[test]
 fn a_traced_run_is_the_same_run() {
-    let plain = run(5, &short()).unwrap_or_else(|failure| panic!("{}", report(&failure)));
-    let traced = run(
+    let plain = passed(run(5, &short()));
+    let traced = passed(run(
         5,
         &Config {
             trace: true,
             ..short()
         },
-    )
-    .unwrap_or_else(|failure| panic!("{}", report(&failure)));
+    ));
     assert!(plain.trace.is_empty());
     assert!(traced.trace.len() > 50, "{} lines", traced.trace.len());
     assert_eq!(plain.trace_digest, traced.trace_digest);
@@ -190,7 +153,7 @@ fn a_traced_run_is_the_same_run() {
 
 #[test]
 fn different_seeds_give_different_runs() {
-    let one = run(1, &short()).unwrap_or_else(|failure| panic!("{}", report(&failure)));
-    let two = run(2, &short()).unwrap_or_else(|failure| panic!("{}", report(&failure)));
+    let one = passed(run(1, &short()));
+    let two = passed(run(2, &short()));
     assert_ne!(one.trace_digest, two.trace_digest);
 }

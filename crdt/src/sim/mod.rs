@@ -21,6 +21,7 @@
 //! `run(seed, &Config::default())` is the whole API; `Outcome::trace` holds the
 //! event log when `Config::trace` is set, which is how a failing seed is replayed.
 
+pub mod harness;
 pub mod link;
 mod network;
 mod oracle;
@@ -29,8 +30,9 @@ mod trace;
 mod workload;
 mod world;
 
+pub use harness::Failure;
 pub use scenario::Scenario;
-pub use world::{Config, Failure, Outcome, Stats, run};
+pub use world::{Config, Outcome, Stats, run};
 
 #[cfg(test)]
 mod tests {

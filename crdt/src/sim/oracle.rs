@@ -13,6 +13,7 @@
 //! writes nobody else ever received. The world checks separately that every
 //! write of a healthy node is covered.
 
+use super::harness::Violation;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
@@ -108,7 +109,7 @@ impl History {
     }
 
     /// Compares `replica` (converged) with what the covered writes imply.
-    pub(crate) fn check(&self, replica: &Replica, nodes: &[NodeId]) -> Result<(), String> {
+    pub(crate) fn check(&self, replica: &Replica, nodes: &[NodeId]) -> Result<(), Violation> {
         let vv = replica.version_vector();
         let covered: Vec<&Write> = self
             .writes
@@ -135,27 +136,27 @@ impl History {
                 Op::PutService { spec, .. } => {
                     expected_live += 1;
                     if actual != Some((spec, write.hlc)) {
-                        return Err(format!(
+                        return Err(Violation(format!(
                             "{who}: service {name} should be the put at {} by {}, found {actual:?}",
                             write.hlc, write.node
-                        ));
+                        )));
                     }
                 }
                 _ => {
                     if actual.is_some() {
-                        return Err(format!(
+                        return Err(Violation(format!(
                             "{who}: service {name} was removed at {} by {} but is present: {actual:?}",
                             write.hlc, write.node
-                        ));
+                        )));
                     }
                 }
             }
         }
         let live = state.services().count();
         if live != expected_live {
-            return Err(format!(
+            return Err(Violation(format!(
                 "{who}: {live} live services, expected {expected_live}"
-            ));
+            )));
         }
 
         // Node metadata: highest HLC decides; an eviction hides the node.
@@ -178,24 +179,24 @@ impl History {
                     let mut expected = meta.clone();
                     expected.heartbeat = hlc;
                     if actual != Some(&expected) {
-                        return Err(format!(
+                        return Err(Violation(format!(
                             "{who}: node {node} meta should be the put at {hlc}, found {actual:?}"
-                        ));
+                        )));
                     }
                 }
                 Some((_, hlc)) => {
                     // Evicted: gone (its tombstone may have been collected since).
                     if actual.is_some() {
-                        return Err(format!(
+                        return Err(Violation(format!(
                             "{who}: node {node} was evicted at {hlc} but shows {actual:?}"
-                        ));
+                        )));
                     }
                 }
                 None => {
                     if actual.is_some() {
-                        return Err(format!(
+                        return Err(Violation(format!(
                             "{who}: node {node} never wrote covered metadata but shows {actual:?}"
-                        ));
+                        )));
                     }
                 }
             }
@@ -232,9 +233,9 @@ impl History {
             .map(|record| (&record.id, record))
             .collect();
         if actual_containers != expected_containers {
-            return Err(format!(
+            return Err(Violation(format!(
                 "{who}: containers differ from the history\n  expected {expected_containers:?}\n  found    {actual_containers:?}"
-            ));
+            )));
         }
 
         // Counters: the sum of covered adjustments.
@@ -253,9 +254,9 @@ impl History {
                 let expected = sums.get(&(node, resource)).copied().unwrap_or(0);
                 let actual = state.resource_used(node, resource);
                 if actual != expected {
-                    return Err(format!(
+                    return Err(Violation(format!(
                         "{who}: counter {node}/{resource:?} is {actual}, expected {expected}"
-                    ));
+                    )));
                 }
             }
         }
@@ -300,15 +301,15 @@ impl History {
             })
             .collect();
         if actual_winners != expected_winners {
-            return Err(format!(
+            return Err(Violation(format!(
                 "{who}: ip allocations differ from the history\n  expected {expected_winners:?}\n  found    {actual_winners:?}"
-            ));
+            )));
         }
         let conflicts = state.ip_conflicts().len();
         if conflicts != expected_conflicts {
-            return Err(format!(
+            return Err(Violation(format!(
                 "{who}: {conflicts} ip conflicts, expected {expected_conflicts}"
-            ));
+            )));
         }
         Ok(())
     }
@@ -382,6 +383,6 @@ mod tests {
         let error = history
             .check(&stripped, &[a])
             .expect_err("the service was removed without a recorded remove");
-        assert!(error.contains("web"), "{error}");
+        assert!(error.0.contains("web"), "{error}");
     }
 }

@@ -6,12 +6,12 @@
 //! order in which events were scheduled, which the seed alone decides.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
+use super::harness::{Failure, Violation};
 use super::link::{Fate, Network};
 use super::network::{Envelope, LATE_DUPLICATE_MS_MAX, Payload};
 use super::oracle::{History, Op, Write};
@@ -126,28 +126,6 @@ pub struct Outcome {
     pub trace: Vec<String>,
 }
 
-/// A run that broke an invariant; `trace` holds the events up to the failure
-/// when the run was traced.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    pub seed: u64,
-    pub at_ms: u64,
-    pub message: String,
-    pub trace: Vec<String>,
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "seed {} failed at {} ms: {}",
-            self.seed, self.at_ms, self.message
-        )
-    }
-}
-
-impl std::error::Error for Failure {}
-
 #[derive(Debug, Clone)]
 enum Event {
     LocalOp(usize),
@@ -219,7 +197,7 @@ pub fn run(seed: u64, config: &Config) -> Result<Outcome, Failure> {
             digest,
             trace: std::mem::take(&mut world.trace).into_lines(),
         }),
-        Err(message) => {
+        Err(Violation(message)) => {
             let at_ms = world.now_ms;
             trace!(world, "FAILURE: {message}");
             Err(Failure {
@@ -298,7 +276,7 @@ impl World {
         self.nodes[node].replica.is_some()
     }
 
-    fn execute(&mut self) -> Result<[u8; 32], String> {
+    fn execute(&mut self) -> Result<[u8; 32], Violation> {
         self.bootstrap()?;
         let replicas = self.scenario.replicas;
         for node in 0..replicas {
@@ -321,10 +299,10 @@ impl World {
             self.now_ms = at_ms;
             self.stats.events += 1;
             if self.stats.events > self.config.events_max {
-                return Err(format!(
+                return Err(Violation(format!(
                     "runaway: more than {} events",
                     self.config.events_max
-                ));
+                )));
             }
             self.handle(event)?;
         }
@@ -334,7 +312,7 @@ impl World {
     /// Every node writes its metadata and the cluster learns all of them before
     /// the first operation, as a fleet starts from configured seed peers. A node
     /// unknown to the others would not block their GC (see `Replica`).
-    fn bootstrap(&mut self) -> Result<(), String> {
+    fn bootstrap(&mut self) -> Result<(), Violation> {
         let replicas = self.scenario.replicas;
         let mut deltas = Vec::new();
         for node in 0..replicas {
@@ -396,7 +374,7 @@ impl World {
         }
     }
 
-    fn handle(&mut self, event: Event) -> Result<(), String> {
+    fn handle(&mut self, event: Event) -> Result<(), Violation> {
         match event {
             Event::LocalOp(node) => {
                 if self.quiescing {
@@ -473,7 +451,7 @@ impl World {
         Ok(())
     }
 
-    fn local_op(&mut self, node: usize) -> Result<(), String> {
+    fn local_op(&mut self, node: usize) -> Result<(), Violation> {
         let now = self.physical(node);
         let replicas = self.scenario.replicas;
         let replica = self.nodes[node]
@@ -522,7 +500,7 @@ impl World {
         }
     }
 
-    fn evict(&mut self, dead: usize) -> Result<(), String> {
+    fn evict(&mut self, dead: usize) -> Result<(), Violation> {
         // The lowest healthy node that is up evicts; if none is up, retry later.
         let evictor = (0..self.scenario.replicas)
             .find(|node| self.scenario.is_healthy(*node) && self.is_up(*node));
@@ -558,7 +536,9 @@ impl World {
                 self.acknowledge(evictor, write, &delta);
                 Ok(())
             }
-            Err(error) => Err(format!("evicting dead {dead_id} failed: {error}")),
+            Err(error) => Err(Violation(format!(
+                "evicting dead {dead_id} failed: {error}"
+            ))),
         }
     }
 
@@ -611,7 +591,7 @@ impl World {
         }
     }
 
-    fn deliver(&mut self, envelope: Envelope) -> Result<(), String> {
+    fn deliver(&mut self, envelope: Envelope) -> Result<(), Violation> {
         let Envelope { from, to, payload } = envelope;
         if !self.is_up(to) || !self.network.connected(from, to) {
             trace!(
@@ -671,7 +651,7 @@ impl World {
 
     /// Decodes and applies a delta; checks that a refusal changed nothing and
     /// that only the rogue node is ever refused for clock drift.
-    fn receive_delta(&mut self, to: usize, from: usize, bytes: &[u8]) -> Result<(), String> {
+    fn receive_delta(&mut self, to: usize, from: usize, bytes: &[u8]) -> Result<(), Violation> {
         let delta = codec::decode_delta(bytes, self.config.message_bytes_max)
             .map_err(|error| format!("delta: {error}"))?;
         if delta.is_empty() {
@@ -715,9 +695,9 @@ impl World {
                     delta.entry_count()
                 );
                 if !unchanged {
-                    return Err(format!(
+                    return Err(Violation(format!(
                         "{to_id} refused a delta from {from_id} ({error}) but its state changed"
-                    ));
+                    )));
                 }
                 match error {
                     ApplyError::StaleBase { .. } => self.stats.refused_stale += 1,
@@ -731,15 +711,15 @@ impl World {
                                 .any(|change| change.dot().node == self.nodes[rogue].id)
                         });
                         if !carries_rogue {
-                            return Err(format!(
+                            return Err(Violation(format!(
                                 "{to_id} refused a delta from {from_id} for drift without any rogue write: {error}"
-                            ));
+                            )));
                         }
                     }
                     ApplyError::Invalid(_) => {
-                        return Err(format!(
+                        return Err(Violation(format!(
                             "{to_id} refused a valid delta from {from_id}: {error}"
-                        ));
+                        )));
                     }
                 }
                 Ok(())
@@ -774,7 +754,7 @@ impl World {
         *digest.get_or_insert_with(|| replica.digest())
     }
 
-    fn crash(&mut self, node: usize) -> Result<(), String> {
+    fn crash(&mut self, node: usize) -> Result<(), Violation> {
         self.flush(node);
         self.nodes[node].digest = None;
         let replica = self.nodes[node]
@@ -791,19 +771,19 @@ impl World {
         if restored.digest() != replica.digest()
             || restored.version_vector() != replica.version_vector()
         {
-            return Err(format!(
+            return Err(Violation(format!(
                 "{}: the last snapshot does not restore its acknowledged state",
                 self.nodes[node].id
-            ));
+            )));
         }
         Ok(())
     }
 
-    fn restore(&self, node: usize) -> Result<Replica, String> {
+    fn restore(&self, node: usize) -> Result<Replica, Violation> {
         let snapshot = codec::decode_snapshot(&self.nodes[node].persisted, usize::MAX)
             .map_err(|error| format!("{}: persisted snapshot: {error}", self.nodes[node].id))?;
         Replica::from_snapshot(self.nodes[node].id.clone(), self.max_drift(), snapshot)
-            .map_err(|error| format!("{}: restore: {error}", self.nodes[node].id))
+            .map_err(|error| Violation(format!("{}: restore: {error}", self.nodes[node].id)))
     }
 
     fn restart(&mut self, node: usize) {
@@ -816,7 +796,7 @@ impl World {
     /// After the operations phase: everything is up and connected; full-mesh
     /// push-pull rounds until the healthy replicas agree, then one more round
     /// so every member's summary is current, then GC, then the checks.
-    fn final_sync(&mut self) -> Result<[u8; 32], String> {
+    fn final_sync(&mut self) -> Result<[u8; 32], Violation> {
         assert!(self.queue.is_empty(), "the network is drained");
         if let Some((dead, _)) = self.scenario.dead
             && !self.evicted
@@ -860,11 +840,11 @@ impl World {
                     )
                 })
                 .collect();
-            return Err(format!(
+            return Err(Violation(format!(
                 "no convergence after {} sync rounds: {}",
                 self.config.sync_rounds_max,
                 vvs.join("; ")
-            ));
+            )));
         }
         // One more round so every summary each replica holds is current (stable).
         self.sync_round(&participants)?;
@@ -877,13 +857,15 @@ impl World {
             self.stats.tombstones_collected += replica.collect_garbage();
         }
         if !self.healthy_agree(&healthy) {
-            return Err("healthy replicas disagree after garbage collection".to_owned());
+            return Err(Violation(
+                "healthy replicas disagree after garbage collection".to_owned(),
+            ));
         }
         self.check(&healthy)
     }
 
     /// Every participant pulls from every other one (push-pull, synchronously).
-    fn sync_round(&mut self, participants: &[usize]) -> Result<(), String> {
+    fn sync_round(&mut self, participants: &[usize]) -> Result<(), Violation> {
         for &a in participants {
             for &b in participants {
                 if a == b {
@@ -923,7 +905,7 @@ impl World {
         views.all(|view| view == first)
     }
 
-    fn check(&mut self, healthy: &[usize]) -> Result<[u8; 32], String> {
+    fn check(&mut self, healthy: &[usize]) -> Result<[u8; 32], Violation> {
         let node_ids: Vec<NodeId> = self.nodes.iter().map(|node| node.id.clone()).collect();
         let first = self.nodes[healthy[0]].replica.as_ref().expect("up");
         let digest = first.digest();
@@ -933,24 +915,24 @@ impl World {
             let id = &self.nodes[node].id;
             let acknowledged = last_counters.get(id).copied().unwrap_or(0);
             if first.version_vector().get(id) < acknowledged {
-                return Err(format!(
+                return Err(Violation(format!(
                     "healthy {id} acknowledged writes up to {acknowledged} that were lost"
-                ));
+                )));
             }
         }
         if let Some(rogue) = self.scenario.rogue {
             let rogue_id = &self.nodes[rogue].id;
             if first.version_vector().get(rogue_id) != 0 {
-                return Err(format!(
+                return Err(Violation(format!(
                     "a write of {rogue_id}, whose clock is beyond the drift limit, was accepted"
-                ));
+                )));
             }
             if last_counters.get(rogue_id).copied().unwrap_or(0) > 0
                 && self.stats.refused_drift == 0
             {
-                return Err(format!(
+                return Err(Violation(format!(
                     "{rogue_id} wrote but no delta was ever refused for clock drift"
-                ));
+                )));
             }
         }
         let reference = query_view(first, &node_ids);
@@ -959,17 +941,17 @@ impl World {
             self.history.check(replica, &node_ids)?;
             let tombstones = replica.state().tombstone_count();
             if tombstones != 0 {
-                return Err(format!(
+                return Err(Violation(format!(
                     "{} holds {tombstones} tombstones after stabilisation and GC",
                     replica.node()
-                ));
+                )));
             }
             if query_view(replica, &node_ids) != reference {
-                return Err(format!(
+                return Err(Violation(format!(
                     "{} answers queries differently from {}",
                     replica.node(),
                     first.node()
-                ));
+                )));
             }
         }
         trace!(

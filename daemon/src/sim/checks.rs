@@ -40,22 +40,7 @@ use crate::schedule::records::reserved_by_records;
 use crate::state::Clock;
 use crate::state::members::live_set;
 
-/// A broken invariant, in words that name the node, service or container at fault.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub(crate) struct Violation(pub(crate) String);
-
-impl From<String> for Violation {
-    fn from(message: String) -> Self {
-        Violation(message)
-    }
-}
-
-impl From<&str> for Violation {
-    fn from(message: &str) -> Self {
-        Violation(message.to_string())
-    }
-}
+pub(crate) use shoal_crdt::sim::harness::Violation;
 
 /// What a settled run looked like, for its report.
 #[derive(Debug, Clone, PartialEq, Eq)]

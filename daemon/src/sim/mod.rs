@@ -36,8 +36,6 @@ mod trace;
 mod workload;
 mod world;
 
-use std::fmt;
-
 pub use scenario::{Machine, NODES_MAX, NODES_MIN, Scenario};
 
 /// Run-wide settings; `Default` is what CI runs per seed. The intervals are the daemon's
@@ -222,27 +220,7 @@ pub struct Report {
     pub trace: Vec<String>,
 }
 
-/// A run that broke an invariant; `trace` holds the events up to the failure when the run
-/// was traced.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    pub seed: u64,
-    pub at_ms: u64,
-    pub message: String,
-    pub trace: Vec<String>,
-}
-
-impl fmt::Display for Failure {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "seed {} failed at {} ms: {}",
-            self.seed, self.at_ms, self.message
-        )
-    }
-}
-
-impl std::error::Error for Failure {}
+pub use shoal_crdt::sim::harness::Failure;
 
 /// Runs one seed to completion and checks it.
 pub fn run(seed: u64, config: &Config) -> Result<Report, Failure> {
