@@ -35,7 +35,6 @@ use shoal_crdt::{
 };
 use shoal_oci::{ContainerStatus, ExitStatus};
 
-use super::placement::{self, Placement};
 use super::restarts::{AfterExit, Restarts, spec_digest};
 use super::room::Reserved;
 use super::view::{ClusterView, ServiceVersion};
@@ -199,7 +198,7 @@ impl Planner {
     /// treated as no time passing).
     pub fn plan(&mut self, view: &ClusterView, observed: &Observed, now_ms: u64) -> Plan {
         assert_eq!(view.me, self.me, "a planner plans for its own node");
-        let placement = placement::place(&view.placement_inputs(), &view.live_nodes);
+        let placement = view.placement();
         self.unplaced = placement.unplaced.clone();
         let desired = placement.for_node(&self.me);
         let mut plan = Plan {
@@ -315,10 +314,7 @@ impl Planner {
             // starting it. It never ran, so it starts whatever its policy, unless starting
             // it failed a moment ago.
             None => {
-                let failed_recently = self.failures.get(&record.service).is_some_and(|f| {
-                    now_ms < f.at_ms.saturating_add(self.settings.retry_after_failure_ms)
-                });
-                if !failed_recently {
+                if !self.failed_recently(&record.service, now_ms) {
                     plan.restarts.push(Restart {
                         record: record.clone(),
                         spec: spec.clone(),
@@ -358,13 +354,7 @@ impl Planner {
                 continue;
             };
             let have = kept.get(service).map_or(0, Vec::len);
-            let recently_failed = self.failures.get(service).is_some_and(|failure| {
-                now_ms
-                    < failure
-                        .at_ms
-                        .saturating_add(self.settings.retry_after_failure_ms)
-            });
-            if recently_failed {
+            if self.failed_recently(service, now_ms) {
                 continue;
             }
             for _ in have..(*wanted as usize) {
@@ -401,6 +391,16 @@ impl Planner {
                 });
             }
         }
+    }
+
+    /// Whether a start of `service` failed less than `retry_after_failure_ms` ago.
+    fn failed_recently(&self, service: &ServiceName, now_ms: u64) -> bool {
+        self.failures.get(service).is_some_and(|failure| {
+            now_ms
+                < failure
+                    .at_ms
+                    .saturating_add(self.settings.retry_after_failure_ms)
+        })
     }
 
     /// A fresh container id: the service name (shortened) and 8 hex digits from the RNG.
@@ -491,11 +491,6 @@ fn is_outdated(
         .spec_digests
         .get(record.id.as_str())
         .is_none_or(|digest| *digest != spec_digest(&current.spec))
-}
-
-/// The placement this planner's view gives, for callers that show it.
-pub fn placement_of(view: &ClusterView) -> Placement {
-    placement::place(&view.placement_inputs(), &view.live_nodes)
 }
 
 #[cfg(test)]

@@ -429,7 +429,7 @@ proptest! {
             prop_assert!(view.services.contains_key(&start.service));
         }
         // Kept plus started never exceeds what placement gives this node.
-        let placement = placement_of(&view);
+        let placement = view.placement();
         for service in view.services.keys() {
             let kept = view
                 .own_records

@@ -9,7 +9,7 @@ use shoal_crdt::{
     Capacity, ClusterState, ContainerRecord, NodeId, ServiceName, ServiceSpec, Subnet, Timestamp,
 };
 
-use super::placement::{NodeInput, ServiceInput};
+use super::placement::{self, NodeInput, Placement, ServiceInput};
 
 /// A service's current spec and the HLC of the write that won.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,15 +85,17 @@ impl ClusterView {
             .map(|node| node.capacity)
     }
 
-    /// The services as placement takes them.
-    pub fn placement_inputs(&self) -> Vec<ServiceInput> {
-        self.services
+    /// The placement this view gives: replicas of every service on every live node.
+    pub fn placement(&self) -> Placement {
+        let services: Vec<ServiceInput> = self
+            .services
             .iter()
             .map(|(name, service)| ServiceInput {
                 name: name.clone(),
                 replicas: service.spec.replicas,
                 resources: service.spec.resources,
             })
-            .collect()
+            .collect();
+        placement::place(&services, &self.live_nodes)
     }
 }

@@ -35,7 +35,6 @@ use super::ledger::{Ledger, Removal};
 use super::node::{BAD_IMAGE_PREFIX, SimNode, Writer};
 use super::world::World;
 use crate::schedule::ClusterView;
-use crate::schedule::placement;
 use crate::schedule::records::reserved_by_records;
 use crate::state::Clock;
 use crate::state::members::live_set;
@@ -181,7 +180,7 @@ pub(crate) fn settled(world: &World) -> Result<Settled, Violation> {
         }
     }
     let view = ClusterView::read(&state, &reference.id, &up_ids);
-    let placement = placement::place(&view.placement_inputs(), &view.live_nodes);
+    let placement = view.placement();
     let mut left_stopped = 0;
     let mut lost_removals = 0;
 
