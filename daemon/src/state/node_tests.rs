@@ -33,6 +33,24 @@ fn pull(from: &Node, to: &Node) {
         .unwrap();
 }
 
+/// Node a, which counts members down after `down_after_ms` and evicts them after
+/// `evict_after_ms`, and node b, whose metadata a has received.
+fn watcher_and_member(
+    dir: &std::path::Path,
+    clock: &Arc<ManualClock>,
+    down_after_ms: u64,
+    evict_after_ms: u64,
+) -> (Node, Node) {
+    let mut a_options = options(dir, "node-a", 1000);
+    a_options.down_after_ms = down_after_ms;
+    a_options.evict_after_ms = evict_after_ms;
+    let a = open(a_options, clock);
+    let b = open(options(dir, "node-b", 1000), clock);
+    b.heartbeat().unwrap();
+    pull(&b, &a);
+    (a, b)
+}
+
 #[test]
 fn local_changes_survive_reopen_across_compactions() {
     let dir = tempfile::tempdir().unwrap();
@@ -147,13 +165,7 @@ fn status_reports_self_and_convergence_as_far_as_known() {
 fn a_member_is_down_after_down_after_ms_and_evicted_after_evict_after_ms() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::at_ms(START_MS));
-    let mut a_options = options(dir.path(), "node-a", 1000);
-    a_options.down_after_ms = 200;
-    a_options.evict_after_ms = 300;
-    let a = open(a_options, &clock);
-    let b = open(options(dir.path(), "node-b", 1000), &clock);
-    b.heartbeat().unwrap();
-    pull(&b, &a);
+    let (a, _b) = watcher_and_member(dir.path(), &clock, 200, 300);
     a.heartbeat().unwrap();
     assert_eq!(a.members().len(), 2, "b is a member");
     assert!(a.peers()[0].live);
@@ -199,13 +211,7 @@ fn the_clock_never_goes_back_across_restarts() {
 fn a_node_learns_that_it_was_evicted() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::at_ms(START_MS));
-    let mut a_options = options(dir.path(), "node-a", 1000);
-    a_options.down_after_ms = 100;
-    a_options.evict_after_ms = 200;
-    let a = open(a_options, &clock);
-    let b = open(options(dir.path(), "node-b", 1000), &clock);
-    b.heartbeat().unwrap();
-    pull(&b, &a);
+    let (a, b) = watcher_and_member(dir.path(), &clock, 100, 200);
     clock.advance_ms(300);
     a.heartbeat().unwrap();
     assert!(!b.status().evicted);
