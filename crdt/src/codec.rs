@@ -2,6 +2,14 @@
 //! magic `SHOL`, a kind byte, a little-endian u16 format version, then a
 //! postcard body. Decoding checks the size limit before anything else and
 //! refuses unknown versions, wrong kinds and trailing bytes.
+//!
+//! Version 2 (written now) carries service specs and container statuses as JSON text
+//! inside the postcard body, so spec fields added later with defaults need no new
+//! version. Version 1 (`v1`, specs in place, no statuses) is still read: a daemon that
+//! upgrades keeps its state and accepts deltas from peers not yet upgraded; those peers
+//! refuse version 2 until they upgrade too.
+
+mod v1;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -9,7 +17,9 @@ use serde::de::DeserializeOwned;
 use crate::{Delta, Snapshot, Summary};
 
 /// Bump on an incompatible change, and keep a decode path from the previous one.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
+/// The previous version, still decoded.
+pub const FORMAT_VERSION_PREVIOUS: u16 = 1;
 const MAGIC: &[u8; 4] = b"SHOL";
 const HEADER_BYTES: usize = 7;
 
@@ -47,7 +57,8 @@ fn encode<T: Serialize>(kind: Kind, value: &T) -> Vec<u8> {
     postcard::to_extend(value, bytes).expect("in-memory values serialize")
 }
 
-fn decode<T: DeserializeOwned>(
+/// Decodes the current version, or the previous one as `Old` converted to `T`.
+fn decode<T: DeserializeOwned, Old: DeserializeOwned + Into<T>>(
     kind: Kind,
     bytes: &[u8],
     max_bytes: usize,
@@ -68,12 +79,17 @@ fn decode<T: DeserializeOwned>(
         });
     }
     let version = u16::from_le_bytes([bytes[5], bytes[6]]);
-    if version != FORMAT_VERSION {
-        return Err(DecodeError::UnsupportedVersion {
-            found: version,
+    match version {
+        FORMAT_VERSION => body::<T>(bytes),
+        FORMAT_VERSION_PREVIOUS => body::<Old>(bytes).map(Into::into),
+        found => Err(DecodeError::UnsupportedVersion {
+            found,
             supported: FORMAT_VERSION,
-        });
+        }),
     }
+}
+
+fn body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
     let (value, rest) = postcard::take_from_bytes(&bytes[HEADER_BYTES..])
         .map_err(|error| DecodeError::Malformed(error.to_string()))?;
     if !rest.is_empty() {
@@ -87,7 +103,7 @@ pub fn encode_delta(delta: &Delta) -> Vec<u8> {
 }
 
 pub fn decode_delta(bytes: &[u8], max_bytes: usize) -> Result<Delta, DecodeError> {
-    decode(Kind::Delta, bytes, max_bytes)
+    decode::<Delta, v1::DeltaV1>(Kind::Delta, bytes, max_bytes)
 }
 
 pub fn encode_summary(summary: &Summary) -> Vec<u8> {
@@ -95,7 +111,7 @@ pub fn encode_summary(summary: &Summary) -> Vec<u8> {
 }
 
 pub fn decode_summary(bytes: &[u8], max_bytes: usize) -> Result<Summary, DecodeError> {
-    decode(Kind::Summary, bytes, max_bytes)
+    decode::<Summary, Summary>(Kind::Summary, bytes, max_bytes)
 }
 
 pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
@@ -103,7 +119,7 @@ pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
 }
 
 pub fn decode_snapshot(bytes: &[u8], max_bytes: usize) -> Result<Snapshot, DecodeError> {
-    decode(Kind::Snapshot, bytes, max_bytes)
+    decode::<Snapshot, v1::SnapshotV1>(Kind::Snapshot, bytes, max_bytes)
 }
 
 #[cfg(test)]
@@ -166,7 +182,7 @@ mod tests {
             decode_delta(&future, 1 << 20),
             Err(DecodeError::UnsupportedVersion {
                 found: 9,
-                supported: 1
+                supported: FORMAT_VERSION
             })
         );
         let mut trailing = bytes.clone();
@@ -175,6 +191,125 @@ mod tests {
             decode_delta(&trailing, 1 << 20),
             Err(DecodeError::TrailingBytes)
         );
+    }
+
+    fn v1_bytes<T: Serialize>(kind: Kind, value: &T) -> Vec<u8> {
+        let mut bytes = MAGIC.to_vec();
+        bytes.push(kind as u8);
+        bytes.extend_from_slice(&FORMAT_VERSION_PREVIOUS.to_le_bytes());
+        postcard::to_extend(value, bytes).unwrap()
+    }
+
+    #[test]
+    fn version_1_is_still_read() {
+        use crate::entry::Entry;
+        use crate::state::Change;
+        let delta = sample_delta();
+        let old_changes: Vec<v1::ChangeV1> = delta
+            .changes
+            .iter()
+            .map(|change| match change {
+                Change::Service { name, entry } => {
+                    let spec = entry.value.clone().unwrap();
+                    v1::ChangeV1::Service {
+                        name: name.clone(),
+                        entry: Entry {
+                            hlc: entry.hlc,
+                            dot: entry.dot.clone(),
+                            value: Some(v1::SpecV1 {
+                                image: spec.image,
+                                image_digest: spec.image_digest,
+                                command: spec.command,
+                                env: spec.env,
+                                replicas: spec.replicas,
+                                resources: spec.resources,
+                                restart: spec.restart,
+                            }),
+                        },
+                    }
+                }
+                Change::Counter {
+                    node,
+                    resource,
+                    entry,
+                } => v1::ChangeV1::Counter {
+                    node: node.clone(),
+                    resource: *resource,
+                    entry: entry.clone(),
+                },
+                other => panic!("sample has no {other:?}"),
+            })
+            .collect();
+        let old = v1::DeltaV1 {
+            base: delta.base.clone(),
+            changes: old_changes,
+        };
+        assert_eq!(
+            decode_delta(&v1_bytes(Kind::Delta, &old), 1 << 20).unwrap(),
+            delta
+        );
+        let mut replica = Replica::new("a".parse().unwrap(), Duration::from_secs(1));
+        replica
+            .put_service(
+                NTP64::from(Duration::from_millis(5)),
+                "web".parse().unwrap(),
+                ServiceSpec::new("/img"),
+            )
+            .unwrap();
+        let snapshot = replica.to_snapshot();
+        let old = v1::SnapshotV1 {
+            node: snapshot.node.clone(),
+            changes: old.changes[..1].to_vec(),
+            vv: snapshot.vv.clone(),
+            gc_floor: snapshot.gc_floor.clone(),
+            clock_last: snapshot.clock_last,
+            peers: snapshot.peers.clone(),
+        };
+        assert_eq!(
+            decode_snapshot(&v1_bytes(Kind::Snapshot, &old), 1 << 20).unwrap(),
+            snapshot
+        );
+    }
+
+    #[test]
+    fn specs_with_new_fields_and_statuses_round_trip() {
+        use crate::status::{ContainerStatus, NodeStatus, RunState};
+        let mut replica = Replica::new("a".parse().unwrap(), Duration::from_secs(1));
+        let now = NTP64::from(Duration::from_millis(5));
+        let mut spec = ServiceSpec::new("/img");
+        spec.ports = vec!["8080:80".into()];
+        spec.secrets.insert("k".into(), "/run/k".into());
+        replica
+            .put_service(now, "web".parse().unwrap(), spec)
+            .unwrap();
+        let mut status = NodeStatus::default();
+        status.containers.insert(
+            "c1".parse().unwrap(),
+            ContainerStatus {
+                state: RunState::Exited {
+                    code: Some(1),
+                    signal: None,
+                },
+                started_unix_ms: Some(7),
+                restarts: 2,
+            },
+        );
+        replica.put_node_status(now, status).unwrap();
+        let delta = replica.delta_for(&Summary::default());
+        assert_eq!(decode_delta(&encode_delta(&delta), 1 << 20).unwrap(), delta);
+        let snapshot = replica.to_snapshot();
+        assert_eq!(
+            decode_snapshot(&encode_snapshot(&snapshot), 1 << 20).unwrap(),
+            snapshot
+        );
+        // A spec whose JSON does not parse is refused as malformed, not misread.
+        let mut bytes = encode_delta(&delta);
+        let at = bytes.windows(4).position(|w| w == b"8080").unwrap();
+        bytes[at] = b'"';
+        assert!(matches!(
+            decode_delta(&bytes, 1 << 20),
+            Err(DecodeError::Malformed(_))
+        ));
     }
 
     #[test]

@@ -53,6 +53,45 @@ pub struct Entry<V> {
     pub value: Option<V>,
 }
 
+/// Serde for an `Entry` whose value travels as JSON text inside the binary encoding:
+/// (hlc, dot, Option<json>), laid out as the entry's own three fields. Used for values
+/// whose fields grow over releases (specs, statuses): a field added with a default does
+/// not change the format, and an older reader refuses a field it does not know instead of
+/// misreading the bytes.
+pub(crate) mod json_value {
+    use serde::de::{DeserializeOwned, Error as _};
+    use serde::ser::Error as _;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use uhlc::Timestamp;
+
+    use super::{Dot, Entry};
+
+    pub fn serialize<S: Serializer, V: Serialize>(
+        entry: &Entry<V>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        let json = entry
+            .value
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(S::Error::custom)?;
+        (&entry.hlc, &entry.dot, json).serialize(serializer)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, V: DeserializeOwned>(
+        deserializer: D,
+    ) -> Result<Entry<V>, D::Error> {
+        let (hlc, dot, json): (Timestamp, Dot, Option<String>) =
+            Deserialize::deserialize(deserializer)?;
+        let value = json
+            .map(|text| serde_json::from_str(&text))
+            .transpose()
+            .map_err(D::Error::custom)?;
+        Ok(Entry { hlc, dot, value })
+    }
+}
+
 impl<V> Entry<V> {
     /// Whether this entry replaces `other` at the same key: greater `(hlc, dot)`.
     pub fn supersedes(&self, other: &Entry<V>) -> bool {

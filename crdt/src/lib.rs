@@ -67,6 +67,8 @@ mod replica;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod state;
+pub mod status;
+pub mod workload;
 
 pub use clock::{Clock, ClockError};
 pub use delta::{Delta, DeltaBase, OriginRange, Summary};
@@ -78,7 +80,9 @@ pub use records::{
 };
 pub use replica::{Applied, ApplyError, PeerView, Replica, ReplicaError, Snapshot};
 pub use state::ClusterState;
+pub use status::{ContainerStatus, NodeStatus, RunState};
 pub use uhlc::{ID, NTP64, Timestamp};
+pub use workload::{HostPort, PortMapping, Protocol, Publish, PublishMode};
 
 /// What a replica has seen: per node, the highest contiguous write counter.
 pub type VersionVector = crdts::VClock<NodeId>;

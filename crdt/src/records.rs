@@ -9,6 +9,10 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uhlc::Timestamp;
 
+use crate::workload::{
+    HostPort, PortMapping, Publish, TmpfsMount, VolumeMount, WorkloadError, check_host_path,
+    check_name, secret_target,
+};
 use crate::{ContainerId, NodeId, ServiceName};
 
 /// A service spec field that failed validation.
@@ -85,6 +89,23 @@ pub struct ServiceSpec {
     pub resources: Resources,
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// Published ports, `[host_ip:]host_port:container_port[/tcp|/udp]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<String>,
+    /// `host_path:target[:ro]` (bind) or `name:target[:ro]` (named volume).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// `target[:size=N[k|m|g]]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tmpfs: Vec<String>,
+    /// Absolute host paths of `KEY=VALUE` files, read on the node at container start.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env_files: Vec<String>,
+    /// name -> absolute host path, mounted read-only at `/run/secrets/<name>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Publish::is_default")]
+    pub publish: Publish,
 }
 
 impl ServiceSpec {
@@ -98,7 +119,106 @@ impl ServiceSpec {
             replicas: default_replicas(),
             resources: Resources::default(),
             restart: RestartPolicy::default(),
+            ports: Vec::new(),
+            volumes: Vec::new(),
+            tmpfs: Vec::new(),
+            env_files: Vec::new(),
+            secrets: BTreeMap::new(),
+            publish: Publish::default(),
         }
+    }
+
+    /// The published ports. Specs in a state were validated, so this only fails on a
+    /// spec that was never checked.
+    pub fn port_mappings(&self) -> Result<Vec<PortMapping>, SpecError> {
+        indexed("ports", &self.ports, |text| text.parse::<PortMapping>())
+    }
+
+    /// Ports this service takes on a node that runs one of its replicas (host mode).
+    pub fn host_ports(&self) -> Vec<HostPort> {
+        self.port_mappings()
+            .unwrap_or_default()
+            .iter()
+            .map(PortMapping::host_port_key)
+            .collect()
+    }
+
+    pub fn volume_mounts(&self) -> Result<Vec<VolumeMount>, SpecError> {
+        indexed("volumes", &self.volumes, |text| text.parse::<VolumeMount>())
+    }
+
+    pub fn tmpfs_mounts(&self) -> Result<Vec<TmpfsMount>, SpecError> {
+        indexed("tmpfs", &self.tmpfs, |text| text.parse::<TmpfsMount>())
+    }
+
+    fn validate_workload(&self) -> Result<(), SpecError> {
+        for (field, list) in [
+            ("ports", &self.ports),
+            ("volumes", &self.volumes),
+            ("tmpfs", &self.tmpfs),
+            ("env_files", &self.env_files),
+        ] {
+            if list.len() > SPEC_LIST_LEN_MAX {
+                return Err(field_error(
+                    field,
+                    format!("has more than {SPEC_LIST_LEN_MAX} elements"),
+                ));
+            }
+            for (index, text) in list.iter().enumerate() {
+                check_string(&format!("{field}[{index}]"), text)?;
+            }
+        }
+        let ports = self.port_mappings()?;
+        for (index, port) in ports.iter().enumerate() {
+            if let Some(earlier) = ports[..index]
+                .iter()
+                .position(|other| other.host_port_key().collides(&port.host_port_key()))
+            {
+                return Err(field_error(
+                    format!("ports[{index}]"),
+                    format!(
+                        "host port {} is already published by ports[{earlier}]",
+                        port.host_port_key()
+                    ),
+                ));
+            }
+        }
+        let mut targets: BTreeMap<String, String> = BTreeMap::new();
+        let mut claim = |field: String, target: &str| -> Result<(), SpecError> {
+            let normal = target.trim_end_matches('/').to_owned();
+            if let Some(earlier) = targets.get(&normal) {
+                return Err(field_error(
+                    field,
+                    format!("target {target:?} is already mounted by {earlier}"),
+                ));
+            }
+            targets.insert(normal, field);
+            Ok(())
+        };
+        for (index, volume) in self.volume_mounts()?.iter().enumerate() {
+            claim(format!("volumes[{index}]"), &volume.target)?;
+        }
+        for (index, tmpfs) in self.tmpfs_mounts()?.iter().enumerate() {
+            claim(format!("tmpfs[{index}]"), &tmpfs.target)?;
+        }
+        if self.secrets.len() > SPEC_LIST_LEN_MAX {
+            return Err(field_error(
+                "secrets",
+                format!("has more than {SPEC_LIST_LEN_MAX} entries"),
+            ));
+        }
+        for (name, path) in &self.secrets {
+            let field = format!("secrets.{name}");
+            check_string(&field, path)?;
+            check_name(name).map_err(|reason| field_error(&field, reason))?;
+            check_host_path(path).map_err(|reason| field_error(&field, reason))?;
+            claim(field, &secret_target(name))?;
+        }
+        for (index, path) in self.env_files.iter().enumerate() {
+            check_host_path(path)
+                .map_err(|reason| field_error(format!("env_files[{index}]"), reason))?;
+        }
+        Ok(())
     }
 
     /// Checks every field; the error names the first bad one.
@@ -172,8 +292,22 @@ impl ServiceSpec {
         if self.resources.pids_max == 0 {
             return Err(field_error("resources.pids_max", "must be at least 1"));
         }
-        Ok(())
+        self.validate_workload()
     }
+}
+
+/// Parses every element of a list field; the error names the element.
+fn indexed<T>(
+    field: &str,
+    list: &[String],
+    parse: impl Fn(&str) -> Result<T, WorkloadError>,
+) -> Result<Vec<T>, SpecError> {
+    list.iter()
+        .enumerate()
+        .map(|(index, text)| {
+            parse(text).map_err(|error| field_error(format!("{field}[{index}]"), error.to_string()))
+        })
+        .collect()
 }
 
 fn check_string(field: &str, value: &str) -> Result<(), SpecError> {
@@ -415,5 +549,82 @@ mod tests {
             Some("resources.memory_bytes"),
         );
         check_spec(|s| s.resources.pids_max = 0, Some("resources.pids_max"));
+    }
+
+    #[test]
+    fn workload_fields_are_checked_by_name() {
+        check_spec(
+            |s| {
+                s.ports = vec![
+                    "8080:80".into(),
+                    "127.0.0.1:9000:9000".into(),
+                    "5353:53/udp".into(),
+                ];
+                s.volumes = vec!["/srv/web:/data:ro".into(), "cache:/var/cache/web".into()];
+                s.tmpfs = vec!["/tmp:size=64m".into()];
+                s.env_files = vec!["/run/keys/web.env".into()];
+                s.secrets
+                    .insert("tls_key".into(), "/run/credentials/shoal.service/k".into());
+            },
+            None,
+        );
+        check_spec(|s| s.ports = vec!["80".into()], Some("ports[0]"));
+        check_spec(
+            |s| s.ports = vec!["8080:80".into(), "127.0.0.1:8080:81".into()],
+            Some("ports[1]"),
+        );
+        check_spec(
+            |s| s.ports = vec!["8080:80".into(), "8080:80/udp".into()],
+            None,
+        );
+        check_spec(|s| s.volumes = vec!["data:rel".into()], Some("volumes[0]"));
+        check_spec(
+            |s| s.volumes = vec!["data:/proc".into()],
+            Some("volumes[0]"),
+        );
+        check_spec(
+            |s| s.volumes = vec!["../x:/data".into()],
+            Some("volumes[0]"),
+        );
+        check_spec(
+            |s| {
+                s.volumes = vec!["a:/data".into()];
+                s.tmpfs = vec!["/data/".into()];
+            },
+            Some("tmpfs[0]"),
+        );
+        check_spec(|s| s.tmpfs = vec!["/".into()], Some("tmpfs[0]"));
+        check_spec(
+            |s| s.env_files = vec!["web.env".into()],
+            Some("env_files[0]"),
+        );
+        check_spec(
+            |s| _ = s.secrets.insert("a/b".into(), "/k".into()),
+            Some("secrets.a/b"),
+        );
+        check_spec(
+            |s| _ = s.secrets.insert("k".into(), "k".into()),
+            Some("secrets.k"),
+        );
+        check_spec(
+            |s| {
+                s.secrets.insert("k".into(), "/k".into());
+                s.volumes = vec!["v:/run/secrets/k".into()];
+            },
+            Some("secrets.k"),
+        );
+    }
+
+    #[test]
+    fn new_fields_leave_old_specs_json_unchanged() {
+        // Spec digests of running containers are taken over the JSON; an upgrade must not
+        // change the digest of a spec that uses none of the new fields.
+        let json = serde_json::to_string(&ServiceSpec::new("/img")).unwrap();
+        assert!(
+            !json.contains("ports") && !json.contains("publish"),
+            "{json}"
+        );
+        let back: ServiceSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, ServiceSpec::new("/img"));
     }
 }

@@ -37,6 +37,7 @@ use crate::clock::{Clock, ClockError};
 use crate::delta::{Delta, DeltaBase, OriginRange, Summary};
 use crate::entry::{Dot, Entry, MergeOutcome};
 use crate::state::{Change, ClusterState, Counts, IpClaim, NodeRecord};
+use crate::status::{NodeStatus, StatusError};
 use crate::{
     ContainerId, ContainerRecord, NodeId, NodeMeta, Resource, ServiceName, ServiceSpec, SpecError,
     Subnet, VersionVector,
@@ -61,6 +62,8 @@ pub enum ReplicaError {
     CounterOverflow { resource: Resource },
     #[error("a node cannot evict itself ({node})")]
     EvictSelf { node: NodeId },
+    #[error(transparent)]
+    Status(#[from] StatusError),
 }
 
 /// A remote delta or a snapshot was refused; nothing changed.
@@ -306,6 +309,28 @@ impl Replica {
                     hlc,
                     dot,
                     value: Some(record),
+                },
+            }],
+        ))
+    }
+
+    /// Writes this node's report on its own containers. Callers write only on change.
+    pub fn put_node_status(
+        &mut self,
+        now: NTP64,
+        status: NodeStatus,
+    ) -> Result<Delta, ReplicaError> {
+        status.validate()?;
+        let since = self.vv.get(&self.node);
+        let (hlc, dot) = self.stamp(now);
+        Ok(self.commit(
+            since,
+            vec![Change::Status {
+                node: self.node.clone(),
+                entry: Entry {
+                    hlc,
+                    dot,
+                    value: Some(status),
                 },
             }],
         ))

@@ -1,5 +1,5 @@
-//! `ClusterState`: the replicated document. Five entry tables (services,
-//! node metadata, containers, resource counters, IP allocations), a per-origin
+//! `ClusterState`: the replicated document. Six entry tables (services,
+//! node metadata, containers, resource counters, IP allocations, container statuses), a per-origin
 //! index of entries by dot, and the read-only queries the scheduler uses.
 //!
 //! Queries are deterministic: the same entries give the same answers in the
@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use uhlc::Timestamp;
 
 use crate::entry::{Dot, Entry, MergeOutcome, Table};
+use crate::status::{NodeStatus, StatusError};
 use crate::{
     ContainerId, ContainerRecord, IpAllocation, IpConflict, NodeId, NodeMeta, Resource,
     ServiceName, ServiceSpec, SpecError, Subnet, SubnetConflict,
@@ -49,13 +50,17 @@ pub enum Key {
     Container(ContainerId, Dot),
     Counter(NodeId, Resource),
     Ip(Ipv4Addr, Dot),
+    Status(NodeId),
 }
 
 /// One entry with its key: the unit of deltas and snapshots.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Change {
+    /// Specs travel as JSON inside the binary encoding, so fields added later with
+    /// defaults do not change the format.
     Service {
         name: ServiceName,
+        #[serde(with = "crate::entry::json_value")]
         entry: Entry<ServiceSpec>,
     },
     Node {
@@ -77,6 +82,12 @@ pub enum Change {
         add: Dot,
         entry: Entry<IpClaim>,
     },
+    /// A node's report on its own containers (JSON inside, like specs).
+    Status {
+        node: NodeId,
+        #[serde(with = "crate::entry::json_value")]
+        entry: Entry<NodeStatus>,
+    },
 }
 
 impl Change {
@@ -87,6 +98,7 @@ impl Change {
             Change::Container { entry, .. } => &entry.dot,
             Change::Counter { entry, .. } => &entry.dot,
             Change::Ip { entry, .. } => &entry.dot,
+            Change::Status { entry, .. } => &entry.dot,
         }
     }
 
@@ -97,6 +109,7 @@ impl Change {
             Change::Container { entry, .. } => entry.hlc,
             Change::Counter { entry, .. } => entry.hlc,
             Change::Ip { entry, .. } => entry.hlc,
+            Change::Status { entry, .. } => entry.hlc,
         }
     }
 
@@ -107,6 +120,7 @@ impl Change {
             Change::Container { entry, .. } => entry.is_tombstone(),
             Change::Counter { entry, .. } => entry.is_tombstone(),
             Change::Ip { entry, .. } => entry.is_tombstone(),
+            Change::Status { entry, .. } => entry.is_tombstone(),
         }
     }
 
@@ -117,6 +131,7 @@ impl Change {
             Change::Container { id, add, .. } => Key::Container(id.clone(), add.clone()),
             Change::Counter { node, resource, .. } => Key::Counter(node.clone(), *resource),
             Change::Ip { ip, add, .. } => Key::Ip(*ip, add.clone()),
+            Change::Status { node, .. } => Key::Status(node.clone()),
         }
     }
 
@@ -192,6 +207,20 @@ impl Change {
                     });
                 }
             }
+            Change::Status { node, entry } => {
+                if let Some(status) = &entry.value {
+                    if &entry.dot.node != node {
+                        return Err(InvalidChange::StatusWriter {
+                            node: node.clone(),
+                            writer: entry.dot.node.clone(),
+                        });
+                    }
+                    status.validate().map_err(|source| InvalidChange::Status {
+                        node: node.clone(),
+                        source,
+                    })?;
+                }
+            }
         }
         Ok(())
     }
@@ -225,6 +254,14 @@ pub enum InvalidChange {
     },
     #[error("ip add {ip} at {add:?} is inconsistent")]
     IpAdd { ip: Ipv4Addr, add: Dot },
+    #[error("container status of {node} written by {writer}")]
+    StatusWriter { node: NodeId, writer: NodeId },
+    #[error("container status of {node}: {source}")]
+    Status {
+        node: NodeId,
+        #[source]
+        source: StatusError,
+    },
 }
 
 /// The replicated document.
@@ -235,6 +272,7 @@ pub struct ClusterState {
     containers: Table<(ContainerId, Dot), ContainerRecord>,
     counters: Table<(NodeId, Resource), Counts>,
     ips: Table<(Ipv4Addr, Dot), IpClaim>,
+    statuses: Table<NodeId, NodeStatus>,
     /// origin -> counter -> key of the entry holding that dot. Lets a delta
     /// be computed from the missing dot ranges without scanning the state.
     by_dot: BTreeMap<NodeId, BTreeMap<u64, Key>>,
@@ -255,6 +293,7 @@ impl ClusterState {
                 entry,
             } => self.counters.merge_entry((node, resource), entry),
             Change::Ip { ip, add, entry } => self.ips.merge_entry((ip, add), entry),
+            Change::Status { node, entry } => self.statuses.merge_entry(node, entry),
         };
         if let MergeOutcome::Stored { replaced } = &outcome {
             if let Some(old) = replaced {
@@ -305,6 +344,10 @@ impl ClusterState {
                 add: add.clone(),
                 entry: self.ips.get(&(*ip, add.clone()))?.clone(),
             },
+            Key::Status(node) => Change::Status {
+                node: node.clone(),
+                entry: self.statuses.get(node)?.clone(),
+            },
         })
     }
 
@@ -317,6 +360,7 @@ impl ClusterState {
             Key::Container(id, add) => _ = self.containers.remove(&(id.clone(), add.clone())),
             Key::Counter(node, resource) => _ = self.counters.remove(&(node.clone(), *resource)),
             Key::Ip(ip, add) => _ = self.ips.remove(&(*ip, add.clone())),
+            Key::Status(node) => _ = self.statuses.remove(node),
         }
         self.unindex(change.dot());
         Some(change)
@@ -371,7 +415,15 @@ impl ClusterState {
         for ((ip, add), entry) in self.ips.iter().filter(|(_, e)| e.is_tombstone()) {
             collect(Key::Ip(*ip, add.clone()), &entry.dot);
         }
+        for (node, entry) in self.statuses.iter().filter(|(_, e)| e.is_tombstone()) {
+            collect(Key::Status(node.clone()), &entry.dot);
+        }
         found
+    }
+
+    /// What `node` last reported about its own containers.
+    pub fn node_status(&self, node: &NodeId) -> Option<&NodeStatus> {
+        self.statuses.value(node)
     }
 
     pub(crate) fn node_entry(&self, node: &NodeId) -> Option<&Entry<NodeRecord>> {
@@ -595,6 +647,7 @@ impl ClusterState {
             + self.nodes.tombstone_count()
             + self.containers.tombstone_count()
             + self.ips.tombstone_count()
+            + self.statuses.tombstone_count()
     }
 
     /// All stored entries, tombstones included.
@@ -604,6 +657,7 @@ impl ClusterState {
             + self.containers.len()
             + self.counters.len()
             + self.ips.len()
+            + self.statuses.len()
     }
 
     /// SHA-256 over the live entries (key, value, HLC, dot) in key order.
@@ -628,6 +682,7 @@ impl ClusterState {
         feed(&mut hasher, 3, &self.containers);
         feed(&mut hasher, 4, &self.counters);
         feed(&mut hasher, 5, &self.ips);
+        feed(&mut hasher, 6, &self.statuses);
         hasher.finalize().into()
     }
 }

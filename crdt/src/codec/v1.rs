@@ -1,0 +1,135 @@
+//! Format version 1, kept to read what older daemons wrote and sent: the same layout as
+//! today except that service specs were encoded in place (postcard) with the seven fields
+//! they had then, and there was no status table. Decoded into today's types.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use uhlc::NTP64;
+
+use crate::delta::{Delta, DeltaBase};
+use crate::entry::{Dot, Entry};
+use crate::replica::{PeerView, Snapshot};
+use crate::state::{Change, Counts, IpClaim, NodeRecord};
+use crate::{
+    ContainerId, ContainerRecord, NodeId, Resource, Resources, RestartPolicy, ServiceName,
+    ServiceSpec, VersionVector,
+};
+
+/// A service spec as version 1 laid it out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SpecV1 {
+    pub image: String,
+    pub image_digest: Option<String>,
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub replicas: u32,
+    pub resources: Resources,
+    pub restart: RestartPolicy,
+}
+
+impl From<SpecV1> for ServiceSpec {
+    fn from(old: SpecV1) -> Self {
+        ServiceSpec {
+            image_digest: old.image_digest,
+            command: old.command,
+            env: old.env,
+            replicas: old.replicas,
+            resources: old.resources,
+            restart: old.restart,
+            ..ServiceSpec::new(old.image)
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum ChangeV1 {
+    Service {
+        name: ServiceName,
+        entry: Entry<SpecV1>,
+    },
+    Node {
+        node: NodeId,
+        entry: Entry<NodeRecord>,
+    },
+    Container {
+        id: ContainerId,
+        add: Dot,
+        entry: Entry<ContainerRecord>,
+    },
+    Counter {
+        node: NodeId,
+        resource: Resource,
+        entry: Entry<Counts>,
+    },
+    Ip {
+        ip: std::net::Ipv4Addr,
+        add: Dot,
+        entry: Entry<IpClaim>,
+    },
+}
+
+impl From<ChangeV1> for Change {
+    fn from(old: ChangeV1) -> Self {
+        match old {
+            ChangeV1::Service { name, entry } => Change::Service {
+                name,
+                entry: Entry {
+                    hlc: entry.hlc,
+                    dot: entry.dot,
+                    value: entry.value.map(ServiceSpec::from),
+                },
+            },
+            ChangeV1::Node { node, entry } => Change::Node { node, entry },
+            ChangeV1::Container { id, add, entry } => Change::Container { id, add, entry },
+            ChangeV1::Counter {
+                node,
+                resource,
+                entry,
+            } => Change::Counter {
+                node,
+                resource,
+                entry,
+            },
+            ChangeV1::Ip { ip, add, entry } => Change::Ip { ip, add, entry },
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct DeltaV1 {
+    pub base: DeltaBase,
+    pub changes: Vec<ChangeV1>,
+}
+
+impl From<DeltaV1> for Delta {
+    fn from(old: DeltaV1) -> Self {
+        Delta {
+            base: old.base,
+            changes: old.changes.into_iter().map(Change::from).collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SnapshotV1 {
+    pub node: NodeId,
+    pub changes: Vec<ChangeV1>,
+    pub vv: VersionVector,
+    pub gc_floor: VersionVector,
+    pub clock_last: NTP64,
+    pub peers: BTreeMap<NodeId, PeerView>,
+}
+
+impl From<SnapshotV1> for Snapshot {
+    fn from(old: SnapshotV1) -> Self {
+        Snapshot {
+            node: old.node,
+            changes: old.changes.into_iter().map(Change::from).collect(),
+            vv: old.vv,
+            gc_floor: old.gc_floor,
+            clock_last: old.clock_last,
+            peers: old.peers,
+        }
+    }
+}

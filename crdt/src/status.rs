@@ -1,0 +1,151 @@
+//! What a node reports about its own containers: one `NodeStatus` per node in the
+//! status LWW-map, written only by that node and only when something in it changed, so
+//! every node (and `shoal ps` on any node) sees the real state of every container.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::ContainerId;
+
+/// Containers one node reports at most.
+pub const STATUS_CONTAINERS_MAX: usize = 1024;
+/// Longest failure reason kept in a status.
+pub const STATUS_REASON_BYTES_MAX: usize = 512;
+
+/// How a container is doing, as its node's runtime sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum RunState {
+    /// Recorded and being created or started.
+    Starting,
+    Running,
+    /// Ended with an exit code (or a signal), not to be restarted.
+    Exited {
+        #[serde(default)]
+        code: Option<i32>,
+        #[serde(default)]
+        signal: Option<i32>,
+    },
+    /// Ended and waiting for its restart (backoff).
+    Restarting {
+        #[serde(default)]
+        code: Option<i32>,
+        #[serde(default)]
+        signal: Option<i32>,
+    },
+    /// Could not be started: the reason (a missing secret file, a bad image, ...).
+    Failed {
+        reason: String,
+    },
+}
+
+impl RunState {
+    /// The short form `shoal ps` prints.
+    pub fn label(&self) -> String {
+        let ended = |code: &Option<i32>, signal: &Option<i32>| match (code, signal) {
+            (Some(code), _) => format!("({code})"),
+            (None, Some(signal)) => format!("(signal {signal})"),
+            (None, None) => "(unknown)".to_owned(),
+        };
+        match self {
+            RunState::Starting => "starting".to_owned(),
+            RunState::Running => "running".to_owned(),
+            RunState::Exited { code, signal } => format!("exited{}", ended(code, signal)),
+            RunState::Restarting { code, signal } => {
+                format!("restarting{}", ended(code, signal))
+            }
+            RunState::Failed { reason } => format!("failed: {reason}"),
+        }
+    }
+}
+
+/// One container's status.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ContainerStatus {
+    pub state: RunState,
+    /// Unix milliseconds of the last start, by the node's clock.
+    #[serde(default)]
+    pub started_unix_ms: Option<u64>,
+    #[serde(default)]
+    pub restarts: u32,
+}
+
+/// Every container a node runs, with its status (an entry of the status LWW-map).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct NodeStatus {
+    pub containers: BTreeMap<ContainerId, ContainerStatus>,
+}
+
+/// Why a status is one no honest node writes.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StatusError {
+    #[error("reports {count} containers, more than {STATUS_CONTAINERS_MAX}")]
+    TooMany { count: usize },
+    #[error("container {id}: failure reason longer than {STATUS_REASON_BYTES_MAX} bytes")]
+    ReasonTooLong { id: ContainerId },
+}
+
+impl NodeStatus {
+    pub fn validate(&self) -> Result<(), StatusError> {
+        if self.containers.len() > STATUS_CONTAINERS_MAX {
+            return Err(StatusError::TooMany {
+                count: self.containers.len(),
+            });
+        }
+        for (id, status) in &self.containers {
+            if let RunState::Failed { reason } = &status.state
+                && reason.len() > STATUS_REASON_BYTES_MAX
+            {
+                return Err(StatusError::ReasonTooLong { id: id.clone() });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Cuts a failure reason to `STATUS_REASON_BYTES_MAX` on a character boundary.
+pub fn bounded_reason(reason: &str) -> String {
+    if reason.len() <= STATUS_REASON_BYTES_MAX {
+        return reason.to_owned();
+    }
+    let mut end = STATUS_REASON_BYTES_MAX - 3;
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &reason[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_and_bounds() {
+        assert_eq!(RunState::Running.label(), "running");
+        assert_eq!(
+            RunState::Exited {
+                code: Some(3),
+                signal: None
+            }
+            .label(),
+            "exited(3)"
+        );
+        let long = "é".repeat(STATUS_REASON_BYTES_MAX);
+        let cut = bounded_reason(&long);
+        assert!(cut.len() <= STATUS_REASON_BYTES_MAX && cut.ends_with("..."));
+        let mut status = NodeStatus::default();
+        status.containers.insert(
+            "c1".parse().unwrap(),
+            ContainerStatus {
+                state: RunState::Failed { reason: long },
+                started_unix_ms: None,
+                restarts: 0,
+            },
+        );
+        assert!(matches!(
+            status.validate(),
+            Err(StatusError::ReasonTooLong { .. })
+        ));
+    }
+}
