@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::ContainerId;
+use crate::{ContainerId, ServiceName};
 
 /// Containers one node reports at most.
 pub const STATUS_CONTAINERS_MAX: usize = 1024;
@@ -75,6 +75,10 @@ pub struct ContainerStatus {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct NodeStatus {
     pub containers: BTreeMap<ContainerId, ContainerStatus>,
+    /// Services this node should run but could not start, with why (a missing secret
+    /// file, a bad image, no room).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub errors: BTreeMap<ServiceName, String>,
 }
 
 /// Why a status is one no honest node writes.
@@ -84,6 +88,10 @@ pub enum StatusError {
     TooMany { count: usize },
     #[error("container {id}: failure reason longer than {STATUS_REASON_BYTES_MAX} bytes")]
     ReasonTooLong { id: ContainerId },
+    #[error("reports errors of {count} services, more than {STATUS_CONTAINERS_MAX}")]
+    TooManyErrors { count: usize },
+    #[error("service {service}: error longer than {STATUS_REASON_BYTES_MAX} bytes")]
+    ErrorTooLong { service: ServiceName },
 }
 
 impl NodeStatus {
@@ -91,6 +99,20 @@ impl NodeStatus {
         if self.containers.len() > STATUS_CONTAINERS_MAX {
             return Err(StatusError::TooMany {
                 count: self.containers.len(),
+            });
+        }
+        if self.errors.len() > STATUS_CONTAINERS_MAX {
+            return Err(StatusError::TooManyErrors {
+                count: self.errors.len(),
+            });
+        }
+        if let Some((service, _)) = self
+            .errors
+            .iter()
+            .find(|(_, message)| message.len() > STATUS_REASON_BYTES_MAX)
+        {
+            return Err(StatusError::ErrorTooLong {
+                service: service.clone(),
             });
         }
         for (id, status) in &self.containers {

@@ -41,6 +41,7 @@ fn dispatch(cli: &Cli) -> Result<()> {
             })
         }
         Command::Service(command) => commands::service(cli, command),
+        Command::Volume(command) => commands::volume(cli, command),
         Command::Nodes => commands::nodes(cli),
         Command::Status => commands::status(cli),
         Command::Ps => commands::ps(cli),

@@ -74,6 +74,11 @@ pub struct ContainerSettings {
     pub subnet: Option<Subnet>,
     /// The node bridge that holds the subnet's gateway (used only with `subnet`).
     pub bridge: String,
+    /// Keep shoal's own nftables table (`ip shoal`, used only with `subnet`): published
+    /// ports and masquerade for containers' traffic leaving the cluster. Nothing else of
+    /// the host's firewall is touched. When false, no table is made: published ports and
+    /// egress do not work.
+    pub firewall: bool,
 }
 
 impl Default for ContainerSettings {
@@ -86,6 +91,7 @@ impl Default for ContainerSettings {
             log_bytes_max: 8 * 1024 * 1024,
             subnet: None,
             bridge: "shoal0".to_string(),
+            firewall: true,
         }
     }
 }
@@ -405,6 +411,11 @@ impl Config {
         self.state_dir.join("images")
     }
 
+    /// Named volumes, one directory each.
+    pub fn volumes_dir(&self) -> PathBuf {
+        self.state_dir.join("volumes")
+    }
+
     /// The redb database file.
     pub fn database_path(&self) -> PathBuf {
         self.state_dir.join("state.redb")
@@ -635,10 +646,11 @@ key_file = "/etc/shoal/node.key"
             "containers.log_bytes_max",
             "containers.subnet",
             "containers.bridge",
+            "containers.firewall",
         ] {
             assert!(keys.contains(&key.to_string()), "missing {key}");
         }
-        assert_eq!(keys.len(), 29, "{keys:?}");
+        assert_eq!(keys.len(), 30, "{keys:?}");
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);

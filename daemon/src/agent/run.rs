@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_crdt::Capacity;
-use shoal_oci::network::{ContainerNetwork, NodeNetwork};
+use shoal_oci::network::{ContainerNetwork, NftFirewall, NodeNetwork};
 use shoal_oci::{ImageStore, LibcontainerRuntime, RuntimeSettings};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -271,6 +271,11 @@ async fn open_containers(config: &Config, node: Arc<Node>) -> Result<Arc<Reconci
         .containers
         .subnet
         .map(|subnet| (config.containers.bridge.clone(), subnet));
+    let firewall_batch = config
+        .containers
+        .firewall
+        .then(|| config.state_dir.join("firewall.json"));
+    let volumes_dir = config.volumes_dir();
     let netns_prefix = format!("shoal.{}.", config.node_name);
     tokio::task::spawn_blocking(move || {
         let (runtime, report) =
@@ -285,9 +290,9 @@ async fn open_containers(config: &Config, node: Arc<Node>) -> Result<Arc<Reconci
         let log_paths: LogPaths = Arc::new(move |id: &str| logs.log_paths(id));
         let images = ImageStore::open(&image_cache_dir)
             .map_err(|error| format!("image cache {}: {error}", image_cache_dir.display()))?;
-        let network: Option<Arc<dyn ContainerNetwork>> = match network_settings {
+        let network: Option<Arc<dyn ContainerNetwork>> = match &network_settings {
             Some((bridge, subnet)) => {
-                let network = NodeNetwork::ensure(&bridge, subnet, &netns_prefix)
+                let network = NodeNetwork::ensure(bridge, *subnet, &netns_prefix)
                     .map_err(|error| format!("containers.bridge {bridge}: {error}"))?;
                 tracing::info!(%bridge, %subnet, "container network ready");
                 Some(Arc::new(network))
@@ -296,7 +301,11 @@ async fn open_containers(config: &Config, node: Arc<Node>) -> Result<Arc<Reconci
         };
         // Containers found ended stay in the runtime with their exit status: the planner
         // restarts them per policy, or removes them when they are no longer placed here.
-        let executor = Executor::new(runtime, network, Arc::new(images), stop_grace_ms);
+        let mut executor = Executor::new(runtime, network, Arc::new(images), stop_grace_ms)
+            .with_volumes_dir(volumes_dir);
+        if let (Some(batch), Some((bridge, _))) = (firewall_batch, network_settings) {
+            executor = executor.with_firewall(Arc::new(NftFirewall::new(batch)), bridge);
+        }
         Ok::<_, String>(Arc::new(Reconciler::new(
             node, executor, log_paths, settings,
         )))

@@ -52,6 +52,12 @@ pub enum Request {
     Status,
     /// Containers cluster-wide, with this node's runtime states.
     Ps,
+    /// This node's named volumes.
+    VolumeList,
+    /// Deletes a named volume of this node that no container of this node uses.
+    VolumeRemove {
+        name: String,
+    },
     /// New log output of a container or of a service's containers on this node.
     Logs {
         target: String,
@@ -146,15 +152,32 @@ pub struct ContainerView {
     pub id: String,
     pub service: String,
     pub node: String,
-    /// `running`, `created`, `exited(<code>)`, `killed(<signal>)`, `exited(unknown)`,
-    /// `starting` (recorded, not yet started) on this node; `recorded` for other live nodes
-    /// (this node knows only the OR-Set); `node-down` when that node's heartbeat is silent.
+    /// This node's containers, from its runtime: `running`, `created`, `exited(<code>)`,
+    /// `killed(<signal>)`, `exited(unknown)`, `starting` (recorded, not yet started). Other
+    /// nodes' containers, as their node last reported them in the replicated state:
+    /// `starting`, `running`, `exited(<code>)`, `restarting(<code>)`, `failed: <reason>`;
+    /// `reported-later` before the first report arrives; `node-down` (with the last report)
+    /// when that node's heartbeat is silent.
     pub state: String,
     pub ip: Option<String>,
-    /// Unix milliseconds when this node last started it (this node's containers only).
+    /// Unix milliseconds of its last start, by its node's clock.
     pub since_unix_ms: Option<u64>,
+    /// The main process (this node's containers only).
     pub pid: Option<i32>,
     pub restarts: u32,
+    /// Published ports, `[host_ip:]host_port:container_port/proto`, with ` (mesh)` for
+    /// ports every node accepts.
+    #[serde(default)]
+    pub ports: Vec<String>,
+}
+
+/// A named volume on this node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeView {
+    pub name: String,
+    pub path: String,
+    /// This node's containers whose service mounts it.
+    pub used_by: Vec<String>,
 }
 
 /// `shoal ps`: every container in the cluster state plus this node's problems.
@@ -166,6 +189,13 @@ pub struct PsView {
     pub errors: BTreeMap<String, String>,
     /// service -> replicas no live node has room for (the placement as this node sees it).
     pub unplaced: BTreeMap<String, u32>,
+    /// service -> why those replicas found no node (room, a published port taken).
+    #[serde(default)]
+    pub unplaced_reasons: BTreeMap<String, String>,
+    /// node -> service -> why that node does not run its share, as each node reported it
+    /// in the replicated state (this node's own included).
+    #[serde(default)]
+    pub node_errors: BTreeMap<String, BTreeMap<String, String>>,
     /// node -> what its PN-counters say it reserves.
     pub usage: BTreeMap<String, Usage>,
 }

@@ -216,6 +216,20 @@ fn handle(node: &Node, containers: Option<&Reconciler>, request: Request) -> Rep
             Some(containers) => to_value(&containers.ps()),
             None => Reply::Error(CONTAINERS_DISABLED.to_string()),
         },
+        Request::VolumeList => match containers {
+            Some(containers) => match containers.volumes() {
+                Ok(views) => to_value(&views),
+                Err(error) => Reply::Error(error.to_string()),
+            },
+            None => Reply::Error(CONTAINERS_DISABLED.to_string()),
+        },
+        Request::VolumeRemove { name } => match containers {
+            Some(containers) => match containers.remove_volume(&name) {
+                Ok(view) => to_value(&view),
+                Err(error) => Reply::Error(error.to_string()),
+            },
+            None => Reply::Error(CONTAINERS_DISABLED.to_string()),
+        },
         Request::Logs { target, offsets } => {
             if offsets.len() > LOG_OFFSETS_MAX {
                 return Reply::Error(format!(

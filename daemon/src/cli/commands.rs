@@ -8,10 +8,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::{CaCommand, CertCommand, Cli, DaemonArgs, LogsArgs, ServiceCommand};
+use super::{CaCommand, CertCommand, Cli, DaemonArgs, LogsArgs, ServiceCommand, VolumeCommand};
 use super::{output, spec_file};
 use crate::agent::config::{self, Config};
-use crate::api::{Client, LogChunk, NodeView, PsView, Request, ServiceView, StatusView};
+use crate::api::{
+    Client, LogChunk, NodeView, PsView, Request, ServiceView, StatusView, VolumeView,
+};
 use crate::sync::pki;
 
 /// How long the CLI waits for the daemon to answer one request.
@@ -63,6 +65,28 @@ pub fn service(cli: &Cli, command: &ServiceCommand) -> Result<()> {
                 return print_json(&view);
             }
             println!("removed {}", view.name);
+        }
+    }
+    Ok(())
+}
+
+/// `shoal volume ls|rm`.
+pub fn volume(cli: &Cli, command: &VolumeCommand) -> Result<()> {
+    match command {
+        VolumeCommand::Ls => {
+            let views: Vec<VolumeView> = client(&cli.socket)?.call(Request::VolumeList)?;
+            if cli.json {
+                return print_json(&views);
+            }
+            print!("{}", output::volumes(&views));
+        }
+        VolumeCommand::Rm { name } => {
+            let view: VolumeView =
+                client(&cli.socket)?.call(Request::VolumeRemove { name: name.clone() })?;
+            if cli.json {
+                return print_json(&view);
+            }
+            println!("removed volume {} ({})", view.name, view.path);
         }
     }
     Ok(())

@@ -55,15 +55,20 @@ pub enum Command {
     /// Add, replace, list and remove services.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// List and remove this node's named volumes (`volumes = ["NAME:/target"]` in a spec).
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// List cluster members: id, address, liveness, heartbeat age, subnet.
     #[command(after_help = "Example:\n  shoal nodes --json | jq '.[] | select(.live | not) | .id'")]
     Nodes,
     /// This node's summary: what it has seen, state digest, peers and last successful sync,
     /// tombstones, and whether it is converged as far as it knows.
     Status,
-    /// List containers cluster-wide: node, service, id, state, IP, since when. States of other
-    /// nodes' containers are what the replicated state records; errors of this node's share
-    /// (bad image, no room) are listed below the table.
+    /// List containers cluster-wide: node, service, id, state, IP, published ports, since
+    /// when. This node's containers are read from its runtime; the others' states are what
+    /// their own nodes reported in the replicated state (running, exited(code),
+    /// restarting(code), failed: reason). Errors of every node's share (bad image, missing
+    /// secret file, no room) and unplaced replicas with the reason are listed below.
     #[command(
         after_help = "Examples:\n  shoal ps\n  shoal ps --json | jq '.containers[] | select(.state != \"running\")'"
     )]
@@ -110,12 +115,27 @@ pub enum ServiceCommand {
     /// Add or replace the services in a spec file (validated here first).
     #[command(after_help = "A spec file holds one service:
   name = \"web\"
-  image = \"/var/lib/images/web.tar\"
-  command = [\"/bin/httpd\", \"-f\", \"-p\", \"8080\"]
+  image = \"/var/lib/images/web.tar\"          # OCI layout dir, oci-archive or docker-archive
+  command = [\"/bin/httpd\", \"-f\", \"-p\", \"80\"]
   replicas = 3
+  restart = \"on-failure\"                     # never | on-failure | always
+  env = { MODE = \"prod\" }                    # replicated to every node: no secrets here
+  ports = [\"8080:80\", \"127.0.0.1:9000:9000\", \"5353:53/udp\"]
+                                             # [host_ip:]host_port:container_port[/tcp|/udp]
+  volumes = [\"/srv/web:/data:ro\", \"cache:/var/cache/web\"]
+                                             # absolute host path (must exist) or a named
+                                             # volume kept on the node; :ro or :rw
+  tmpfs = [\"/tmp:size=64m\"]                  # target[:size=N[k|m|g]], default 64m
+  env_files = [\"/run/keys/web.env\"]          # KEY=VALUE lines read on the node at start
+  secrets = { tls_key = \"/run/keys/web-key\" }  # read-only at /run/secrets/tls_key
+  [publish]
+  mode = \"host\"   # host: nodes running a replica accept the ports (one replica per node)
+                  # mesh: every node accepts them and forwards to a running replica
   [resources]
   cpu_millis = 250
-or several as [[service]] tables.
+  memory_bytes = 134217728
+or several as [[service]] tables. Env files and secrets are read on the node that starts the
+container; only their paths are replicated, never their content.
 
 Example:
   shoal service apply -f web.toml")]
@@ -130,6 +150,20 @@ Example:
     Rm {
         /// The service name.
         name: ServiceName,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// List this node's named volumes with their directory and the containers using them.
+    #[command(after_help = "Example:\n  shoal volume ls --json")]
+    Ls,
+    /// Delete a named volume and its data on this node; refused while a container of this
+    /// node uses it.
+    #[command(after_help = "Example:\n  shoal volume rm cache")]
+    Rm {
+        /// The volume name.
+        name: String,
     },
 }
 

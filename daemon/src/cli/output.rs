@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::api::{NodeView, PsView, ServiceView, StatusView};
+use crate::api::{NodeView, PsView, ServiceView, StatusView, VolumeView};
 
 /// A text table with a header row; columns are padded to their widest cell.
 #[derive(Debug, Default)]
@@ -194,8 +194,29 @@ fn unix_time(unix_ms: u64) -> String {
 }
 
 /// `shoal ps`.
+pub fn volumes(views: &[VolumeView]) -> String {
+    let mut table = Table::new(&["VOLUME", "PATH", "USED BY"]);
+    for view in views {
+        let used_by = if view.used_by.is_empty() {
+            "-".to_string()
+        } else {
+            view.used_by.join(",")
+        };
+        table.row(vec![view.name.clone(), view.path.clone(), used_by]);
+    }
+    table.render()
+}
+
 pub fn ps(view: &PsView) -> String {
-    let mut table = Table::new(&["NODE", "SERVICE", "CONTAINER", "STATE", "IP", "SINCE"]);
+    let mut table = Table::new(&[
+        "NODE",
+        "SERVICE",
+        "CONTAINER",
+        "STATE",
+        "IP",
+        "PORTS",
+        "SINCE",
+    ]);
     for container in &view.containers {
         let node = if container.node == view.node {
             format!("{} (self)", container.node)
@@ -213,6 +234,11 @@ pub fn ps(view: &PsView) -> String {
             container.id.clone(),
             state,
             container.ip.clone().unwrap_or_else(|| "-".to_string()),
+            if container.ports.is_empty() {
+                "-".to_string()
+            } else {
+                container.ports.join(",")
+            },
             container
                 .since_unix_ms
                 .map_or_else(|| "-".to_string(), unix_time),
@@ -222,10 +248,23 @@ pub fn ps(view: &PsView) -> String {
     for (service, error) in &view.errors {
         let _ = writeln!(text, "error: service {service} on {}: {error}", view.node);
     }
+    for (node, errors) in view
+        .node_errors
+        .iter()
+        .filter(|(node, _)| **node != view.node)
+    {
+        for (service, error) in errors {
+            let _ = writeln!(text, "error: service {service} on {node}: {error}");
+        }
+    }
     for (service, count) in &view.unplaced {
+        let reason = view
+            .unplaced_reasons
+            .get(service)
+            .map_or("no live node has room", String::as_str);
         let _ = writeln!(
             text,
-            "unplaced: service {service}: {count} replicas find no live node with room"
+            "unplaced: service {service}: {count} replicas: {reason}"
         );
     }
     text

@@ -3,17 +3,26 @@
 //! (`Images`), and reports what happened. It decides nothing: which containers to touch and
 //! in what order is the planner's and the pass's business.
 //!
-//! Every call blocks (libcontainer, `ip`); the reconcile loop runs them on a blocking
-//! thread. Stops of one pass run in parallel, each waiting up to `stop_grace_ms`.
+//! Every call blocks (libcontainer, `ip`, `nft`); the reconcile loop runs them on a
+//! blocking thread. Stops of one pass run in parallel, each waiting up to `stop_grace_ms`.
+//! The firewall (shoal's own nftables table) is replaced when the port plan changed, on the
+//! first pass after startup (which repairs it from the state), and every
+//! `FIREWALL_REAPPLY_PASSES` passes anyway, which puts the table back after someone
+//! flushed the host's whole ruleset (a firewall reload).
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use shoal_crdt::{ContainerRecord, ServiceSpec, Subnet};
-use shoal_oci::network::{ContainerNetwork, NetworkError};
+use shoal_crdt::{ContainerRecord, Protocol, ServiceSpec, Subnet};
+use shoal_oci::network::{
+    ContainerNetwork, Firewall, FirewallRules, NetworkError, PortForward,
+    Protocol as FirewallProtocol,
+};
 use shoal_oci::{ContainerConfig, Limits, PreparedImage, RootfsMode, Runtime, RuntimeError};
 
 use super::images::{ImageProblem, Images};
+use super::workload::{self, Workload, WorkloadProblem};
+use crate::schedule::ports::PortPlan;
 use crate::schedule::restarts::{SPEC_ANNOTATION, spec_digest};
 use crate::schedule::{Observed, ObservedState, Outcome, Removal};
 
@@ -30,6 +39,20 @@ pub enum ExecError {
     },
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Workload(#[from] WorkloadProblem),
+}
+
+/// Passes after which the firewall is applied again even when nothing changed.
+pub const FIREWALL_REAPPLY_PASSES: u32 = 60;
+
+/// The node's firewall and the name of the bridge its rules speak of.
+struct NodeFirewall {
+    firewall: Arc<dyn Firewall>,
+    bridge: String,
+    /// What was applied last (`None` until the first apply succeeded), and how many passes
+    /// ago.
+    applied: Mutex<(Option<FirewallRules>, u32)>,
 }
 
 /// The doing half of the reconcile loop.
@@ -39,6 +62,9 @@ pub struct Executor {
     network: Option<Arc<dyn ContainerNetwork>>,
     images: Arc<dyn Images>,
     stop_grace_ms: u64,
+    firewall: Option<NodeFirewall>,
+    /// Where named volumes live (`<state_dir>/volumes`).
+    volumes_dir: Option<PathBuf>,
 }
 
 impl Executor {
@@ -53,7 +79,36 @@ impl Executor {
             network,
             images,
             stop_grace_ms,
+            firewall: None,
+            volumes_dir: None,
         }
+    }
+
+    /// Publishes ports and masquerades egress through `firewall`, whose rules name the
+    /// node bridge `bridge`.
+    pub fn with_firewall(mut self, firewall: Arc<dyn Firewall>, bridge: String) -> Executor {
+        self.firewall = Some(NodeFirewall {
+            firewall,
+            bridge,
+            applied: Mutex::new((None, 0)),
+        });
+        self
+    }
+
+    /// Keeps named volumes under `dir`.
+    pub fn with_volumes_dir(mut self, dir: PathBuf) -> Executor {
+        self.volumes_dir = Some(dir);
+        self
+    }
+
+    /// Where named volumes live, if this node keeps any.
+    pub fn volumes_dir(&self) -> Option<&std::path::Path> {
+        self.volumes_dir.as_deref()
+    }
+
+    /// Reads env files, checks secrets and host paths, creates named volumes.
+    pub fn prepare_workload(&self, spec: &ServiceSpec) -> Result<Workload, ExecError> {
+        Ok(workload::prepare(spec, self.volumes_dir.as_deref())?)
     }
 
     /// The runtime it drives.
@@ -147,6 +202,7 @@ impl Executor {
         record: &ContainerRecord,
         spec: &ServiceSpec,
         image: PreparedImage,
+        workload: Workload,
     ) -> Result<(), ExecError> {
         let id = record.id.as_str();
         tracing::info!(container = %id, "restarting a container (restart policy)");
@@ -154,7 +210,7 @@ impl Executor {
             Ok(()) | Err(RuntimeError::NotFound { .. }) => {}
             Err(error) => return Err(error.into()),
         }
-        self.start(record, spec, image)
+        self.start(record, spec, image, workload)
     }
 
     /// Attaches the container's network, then creates and starts it. A failed start
@@ -164,13 +220,14 @@ impl Executor {
         record: &ContainerRecord,
         spec: &ServiceSpec,
         image: PreparedImage,
+        workload: Workload,
     ) -> Result<(), ExecError> {
         let netns_path = self.prepare_network(record)?;
         let config = ContainerConfig {
             id: record.id.as_str().to_string(),
             image,
             command: (!spec.command.is_empty()).then(|| spec.command.clone()),
-            env: spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            env: workload.env,
             limits: Limits {
                 cpu_millis: Some(u64::from(spec.resources.cpu_millis)),
                 memory_bytes: Some(spec.resources.memory_bytes),
@@ -178,6 +235,7 @@ impl Executor {
             },
             netns_path,
             rootfs_mode: RootfsMode::Auto,
+            mounts: workload.mounts,
             annotations: [(SPEC_ANNOTATION.to_string(), spec_digest(spec))].into(),
         };
         let result = self
@@ -212,15 +270,20 @@ impl Executor {
         Ok(Some(attachment.netns_path))
     }
 
-    /// Keeps the routes to other nodes' subnets and removes leftover namespaces.
+    /// Keeps the routes to other nodes' subnets, removes leftover namespaces and brings
+    /// the firewall to `ports`.
     pub fn sync_network(
         &self,
         routes: Option<&[(Subnet, std::net::IpAddr)]>,
         leftovers: &[String],
+        ports: Option<&PortPlan>,
     ) {
         let Some(network) = &self.network else {
             return;
         };
+        if let (Some(node_firewall), Some(ports)) = (&self.firewall, ports) {
+            node_firewall.sync(ports);
+        }
         if let Some(routes) = routes
             && let Err(error) = network.sync_routes(routes)
         {
@@ -229,6 +292,56 @@ impl Executor {
         for id in leftovers {
             if let Err(error) = network.detach(id) {
                 tracing::warn!(container = %id, %error, "cannot detach a leftover namespace");
+            }
+        }
+    }
+}
+
+impl NodeFirewall {
+    /// Applies the rules `ports` gives unless they are what was applied last.
+    fn sync(&self, ports: &PortPlan) {
+        let rules = FirewallRules {
+            bridge: self.bridge.clone(),
+            own_subnet: ports.own_subnet,
+            cluster_subnets: ports.cluster_subnets.clone(),
+            forwards: ports
+                .forwards
+                .iter()
+                .map(|forward| PortForward {
+                    host_ip: forward.mapping.host_ip,
+                    host_port: forward.mapping.host_port,
+                    protocol: match forward.mapping.protocol {
+                        Protocol::Tcp => FirewallProtocol::Tcp,
+                        Protocol::Udp => FirewallProtocol::Udp,
+                    },
+                    container_port: forward.mapping.container_port,
+                    backends: forward.backends.clone(),
+                    masquerade: forward.mesh,
+                })
+                .collect(),
+        };
+        let mut applied = self
+            .applied
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let (last, passes) = &mut *applied;
+        *passes = passes.saturating_add(1);
+        if last.as_ref() == Some(&rules) && *passes < FIREWALL_REAPPLY_PASSES {
+            return;
+        }
+        match self.firewall.apply(&rules) {
+            Ok(()) => {
+                if last.as_ref() != Some(&rules) {
+                    tracing::info!(
+                        forwards = rules.forwards.len(),
+                        "firewall updated (published ports, egress)"
+                    );
+                }
+                *last = Some(rules);
+                *passes = 0;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot update the firewall; trying again next pass")
             }
         }
     }

@@ -5,6 +5,9 @@
 //! - `executor`: the doing half, through `shoal_oci::Runtime`, `ContainerNetwork` and
 //!   `images::Images`;
 //! - `reconciler`: the async loop that runs passes and answers `shoal ps`;
+//! - `workload`: a start's environment and mounts (env files, volumes, tmpfs, secrets),
+//!   read on this node;
+//! - `volumes`: this node's named volumes (`shoal volume ls|rm`);
 //! - `logs`: `shoal logs` from the runtime's log files.
 //!
 //! *Invariant:* a node writes only its own container records, counters and addresses, and a
@@ -16,6 +19,8 @@ pub mod images;
 pub mod logs;
 pub mod pass;
 pub mod reconciler;
+pub mod volumes;
+pub mod workload;
 
 pub use executor::{ExecError, Executor};
 pub use images::{FakeImages, ImageProblem, Images};

@@ -5,23 +5,27 @@
 //!
 //! The order and why:
 //! 1. read the converged view and observe the runtime, then let the planner decide;
-//! 2. prepare the images of everything the plan (re)starts, so a bad image is an error on
-//!    its service before anything is written;
+//! 2. prepare the images and workloads (env files, secrets, volumes) of everything the plan
+//!    (re)starts, so a bad image or a missing secret is an error on its service before
+//!    anything is written;
 //! 3. commit the plan's record changes as one batch — new records with their addresses,
 //!    removed records forgotten, counters following records: one durable commit, one push.
 //!    A record exists before its container starts, so a daemon that dies in between finds
 //!    the record and starts it; a container whose record is gone is an orphan and removed;
 //! 4. stop and delete what is removed, restart what is due, create and start what is new;
 //! 5. a start that failed is undone by a second commit (only then is there a second);
-//! 6. routes and leftover namespaces; the outcomes go back to the planner.
+//! 6. the outcomes go back to the planner; then, from a fresh view and observation: routes,
+//!    leftover namespaces and the firewall (published ports, egress), and this node's
+//!    container status report, written to the state only when it changed.
 
 use std::collections::BTreeMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use shoal_crdt::{ContainerRecord, ServiceName};
+use shoal_crdt::{ContainerRecord, NodeStatus, ServiceName};
 use shoal_oci::PreparedImage;
 
 use super::executor::{ExecError, Executor};
+use crate::schedule::ports::port_plan;
 use crate::schedule::records::{self, BatchResult, NewRecord, RecordBatch};
 use crate::schedule::{ClusterView, Outcome, Plan, Planner};
 use crate::state::{Clock, Node, NodeError};
@@ -32,6 +36,8 @@ pub trait StatePort {
     fn view(&self) -> ClusterView;
     /// Applies a record batch as one durable change (nothing when it changes nothing).
     fn commit(&self, batch: &RecordBatch) -> Result<BatchResult, NodeError>;
+    /// Writes this node's container status report if it changed (one durable change).
+    fn report_status(&self, status: &NodeStatus) -> Result<(), NodeError>;
 }
 
 impl StatePort for Node {
@@ -41,6 +47,15 @@ impl StatePort for Node {
 
     fn commit(&self, batch: &RecordBatch) -> Result<BatchResult, NodeError> {
         self.write_batch(|replica, now| records::apply_batch(replica, now, batch))
+    }
+
+    fn report_status(&self, status: &NodeStatus) -> Result<(), NodeError> {
+        self.write_batch(|replica, now| records::report_status(replica, now, status))?
+            .map(|_| ())
+            .map_err(|source| NodeError::Operation {
+                what: "container status report".to_owned(),
+                source,
+            })
     }
 }
 
@@ -71,14 +86,20 @@ pub fn run_pass(
         ..PassReport::default()
     };
 
-    // Images first: a bad image is an error on its service, and nothing is recorded.
-    let mut images: BTreeMap<(String, Option<String>), Result<PreparedImage, String>> =
-        BTreeMap::new();
+    // Images and workloads first: a bad image or a missing secret is an error on its
+    // service, and nothing is recorded.
+    type Prepared = Result<PreparedImage, Arc<ExecError>>;
+    let mut images: BTreeMap<(String, Option<String>), Prepared> = BTreeMap::new();
     let mut image_of = |spec: &shoal_crdt::ServiceSpec| {
-        images
+        let image = images
             .entry((spec.image.clone(), spec.image_digest.clone()))
-            .or_insert_with(|| executor.prepare_image(spec).map_err(|e| e.to_string()))
+            .or_insert_with(|| executor.prepare_image(spec).map_err(Arc::new))
             .clone()
+            .map_err(|error| error.to_string())?;
+        let workload = executor
+            .prepare_workload(spec)
+            .map_err(|error| error.to_string())?;
+        Ok((image, workload))
     };
     let mut starts = Vec::new();
     for start in &plan.starts {
@@ -145,7 +166,7 @@ pub fn run_pass(
     }
 
     report.outcomes.extend(executor.remove(&plan.removals));
-    for (restart, image) in restarts {
+    for (restart, (image, workload)) in restarts {
         if stopping() {
             report.cut_short = true;
             return finish(report, planner, clock);
@@ -153,7 +174,7 @@ pub fn run_pass(
         let id = restart.record.id.as_str().to_string();
         let service = restart.record.service.clone();
         report.outcomes.push(
-            match executor.restart(&restart.record, &restart.spec, image) {
+            match executor.restart(&restart.record, &restart.spec, image, workload) {
                 Ok(()) => Outcome::Restarted {
                     id,
                     service,
@@ -172,14 +193,14 @@ pub fn run_pass(
     }
 
     let mut undo: Vec<ContainerRecord> = Vec::new();
-    for ((start, image), added) in starts.into_iter().zip(committed.added) {
+    for ((start, (image, workload)), added) in starts.into_iter().zip(committed.added) {
         if stopping() {
             report.cut_short = true;
             break;
         }
         let result = added.map_err(|error| error.to_string()).and_then(|record| {
             executor
-                .start(&record, &start.spec, image)
+                .start(&record, &start.spec, image, workload)
                 .map_err(|error: ExecError| {
                     undo.push(record);
                     error.to_string()
@@ -209,10 +230,22 @@ pub fn run_pass(
             Err(error) => tracing::warn!(%error, "cannot undo the records of failed starts"),
         }
     }
+    let report = finish(report, planner, clock);
     if !report.cut_short {
-        executor.sync_network(plan.routes.as_deref(), &plan.leftover_attachments);
+        let view = state.view();
+        let observed = executor.observe();
+        let ports = port_plan(&view, &observed);
+        executor.sync_network(
+            plan.routes.as_deref(),
+            &plan.leftover_attachments,
+            ports.as_ref(),
+        );
+        let status = lock().status(&view, &observed);
+        if let Err(error) = state.report_status(&status) {
+            tracing::warn!(%error, "cannot write this node's container status");
+        }
     }
-    finish(report, planner, clock)
+    report
 }
 
 fn finish(report: PassReport, planner: &Mutex<Planner>, clock: &dyn Clock) -> PassReport {

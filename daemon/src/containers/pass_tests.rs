@@ -98,7 +98,7 @@ impl Fixture {
 }
 
 #[test]
-fn a_pass_that_starts_three_containers_is_one_commit_and_one_push() {
+fn a_pass_that_starts_three_containers_is_one_record_commit_and_one_status_report() {
     let fixture = Fixture::new();
     fixture.apply("web", "/images/web", 3);
     let mut pushes = fixture.node.subscribe_changes();
@@ -109,18 +109,29 @@ fn a_pass_that_starts_three_containers_is_one_commit_and_one_push() {
     let after = fixture.node.commit_counts();
     assert_eq!(
         after.durable - before.durable,
-        1,
-        "records, addresses, counters: one commit"
+        2,
+        "records, addresses, counters: one commit; then the status report: one"
     );
-    assert_eq!(after.broadcast - before.broadcast, 1, "and one push");
+    assert_eq!(after.broadcast - before.broadcast, 2, "and one push each");
     let delta = pushes.try_recv().unwrap();
     // Three records, three addresses, three counters.
     assert_eq!(delta.entry_count(), 9);
+    let report = pushes.try_recv().unwrap();
+    assert_eq!(report.entry_count(), 1, "one status entry for the node");
     let me = fixture.node.node_id().clone();
     fixture.node.read_state(|state| {
         assert_eq!(state.containers().count(), 3);
         assert_eq!(state.ip_allocations().len(), 3);
         assert_eq!(state.resource_used(&me, Resource::Containers), 3);
+        let status = state.node_status(&me).expect("a status report");
+        assert_eq!(status.containers.len(), 3);
+        assert!(
+            status
+                .containers
+                .values()
+                .all(|c| c.state == shoal_crdt::RunState::Running),
+            "{status:?}"
+        );
     });
     assert_eq!(
         fixture
@@ -135,13 +146,13 @@ fn a_pass_that_starts_three_containers_is_one_commit_and_one_push() {
     let idle = fixture.pass();
     assert!(idle.plan.is_idle(), "{:?}", idle.plan);
     assert_eq!(fixture.node.commit_counts(), after);
-    // One more service of one replica: its pass is one commit and one push too.
+    // One more service of one replica: its pass is again records plus a report.
     fixture.apply("db", "/images/db", 1);
     let before = fixture.node.commit_counts();
     fixture.pass();
     let after = fixture.node.commit_counts();
-    assert_eq!(after.durable - before.durable, 1);
-    assert_eq!(after.broadcast - before.broadcast, 1);
+    assert_eq!(after.durable - before.durable, 2);
+    assert_eq!(after.broadcast - before.broadcast, 2);
     assert_eq!(fixture.running(), 4);
 }
 
@@ -158,7 +169,18 @@ fn a_bad_image_records_nothing_and_is_an_error_on_its_service() {
             .all(|o| matches!(o, Outcome::StartFailed { .. }))
     );
     assert_eq!(fixture.running(), 0);
-    assert_eq!(fixture.node.commit_counts(), before, "nothing recorded");
+    let after = fixture.node.commit_counts();
+    assert_eq!(
+        after.durable - before.durable,
+        1,
+        "no record: only the status report with the error"
+    );
+    let me = fixture.node.node_id().clone();
+    fixture.node.read_state(|state| {
+        assert_eq!(state.containers().count(), 0);
+        let status = state.node_status(&me).expect("a status report");
+        assert!(status.errors[&"web".parse().unwrap()].contains("/missing/web"));
+    });
     let errors = fixture.planner.lock().unwrap().errors();
     assert!(
         errors[&"web".parse().unwrap()].contains("/missing/web"),
@@ -176,8 +198,8 @@ fn a_failed_start_is_undone_by_a_second_commit() {
     let after = fixture.node.commit_counts();
     assert_eq!(
         after.durable - before.durable,
-        2,
-        "the record, then its undo"
+        3,
+        "the record, then its undo, then the status report with the error"
     );
     fixture.node.read_state(|state| {
         assert_eq!(state.containers().count(), 0);

@@ -13,13 +13,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use shoal_crdt::{ContainerRecord, Resource};
+use shoal_crdt::{ContainerRecord, NodeId, NodeStatus, Resource, ServiceName, ServiceSpec};
 use shoal_oci::{ContainerStatus, ExitStatus, RuntimeError};
 
 use super::executor::Executor;
 use super::logs::{self, LogError, LogPaths};
 use super::pass::{PassReport, run_pass};
-use crate::api::{ContainerView, LogChunk, PsView, Usage};
+use super::volumes::{self, Volume, VolumeError};
+use crate::api::{ContainerView, LogChunk, PsView, Usage, VolumeView};
 use crate::schedule::{Planner, PlannerSettings};
 use crate::state::Node;
 
@@ -55,6 +56,30 @@ fn describe(status: ContainerStatus) -> String {
         ContainerStatus::Stopped(ExitStatus::Signal(signal)) => format!("killed({signal})"),
         ContainerStatus::Stopped(ExitStatus::Unknown) => "exited(unknown)".to_string(),
     }
+}
+
+fn volume_view(volume: Volume) -> VolumeView {
+    VolumeView {
+        name: volume.name,
+        path: volume.path.display().to_string(),
+        used_by: volume.used_by,
+    }
+}
+
+/// A service's published ports as `shoal ps` lists them.
+fn published_ports(spec: &ServiceSpec) -> Vec<String> {
+    let mesh = !spec.publish.mode.is_host();
+    spec.port_mappings()
+        .unwrap_or_default()
+        .iter()
+        .map(|mapping| {
+            if mesh {
+                format!("{mapping} (mesh)")
+            } else {
+                mapping.to_string()
+            }
+        })
+        .collect()
 }
 
 impl Reconciler {
@@ -162,11 +187,20 @@ impl Reconciler {
             .collect()
     }
 
-    /// Every container in the cluster state, with this node's runtime states.
+    /// Every container in the cluster state: this node's from its runtime, the others'
+    /// as their nodes reported them in the replicated state.
     pub fn ps(&self) -> PsView {
         let me = self.node.node_id().clone();
-        let (records, live, usage) = self.node.read_with_live(|state, live| {
+        let (records, live, usage, reports, ports) = self.node.read_with_live(|state, live| {
             let records: Vec<ContainerRecord> = state.containers().cloned().collect();
+            let reports: BTreeMap<NodeId, NodeStatus> = state
+                .nodes()
+                .filter_map(|(id, _)| Some((id.clone(), state.node_status(id)?.clone())))
+                .collect();
+            let ports: BTreeMap<ServiceName, Vec<String>> = state
+                .services()
+                .map(|(name, spec, _)| (name.clone(), published_ports(spec)))
+                .collect();
             let usage: BTreeMap<String, Usage> = state
                 .nodes()
                 .map(|(id, _)| {
@@ -178,7 +212,7 @@ impl Reconciler {
                     (id.to_string(), usage)
                 })
                 .collect();
-            (records, live.clone(), usage)
+            (records, live.clone(), usage, reports, ports)
         });
         let runtime = self.executor.runtime();
         let planner = self.planner();
@@ -199,10 +233,22 @@ impl Reconciler {
                         restarts.since_ms(&id),
                         restarts.consecutive_restarts(&id),
                     )
-                } else if live.contains(&record.node) {
-                    ("recorded".to_string(), None, None, 0)
                 } else {
-                    ("node-down".to_string(), None, None, 0)
+                    let report = reports
+                        .get(&record.node)
+                        .and_then(|report| report.containers.get(&record.id));
+                    let state = match (live.contains(&record.node), report) {
+                        (true, Some(status)) => status.state.label(),
+                        (true, None) => "reported-later".to_string(),
+                        (false, Some(status)) => format!("node-down ({})", status.state.label()),
+                        (false, None) => "node-down".to_string(),
+                    };
+                    (
+                        state,
+                        None,
+                        report.and_then(|status| status.started_unix_ms),
+                        report.map_or(0, |status| status.restarts),
+                    )
                 };
                 ContainerView {
                     id,
@@ -213,6 +259,7 @@ impl Reconciler {
                     since_unix_ms,
                     pid,
                     restarts,
+                    ports: ports.get(&record.service).cloned().unwrap_or_default(),
                 }
             })
             .collect();
@@ -229,8 +276,67 @@ impl Reconciler {
                 .iter()
                 .map(|(service, count)| (service.to_string(), *count))
                 .collect(),
+            unplaced_reasons: planner
+                .unplaced_reasons()
+                .iter()
+                .map(|(service, reason)| (service.to_string(), reason.clone()))
+                .collect(),
+            node_errors: reports
+                .iter()
+                .filter(|(_, report)| !report.errors.is_empty())
+                .map(|(node, report)| {
+                    let errors = report
+                        .errors
+                        .iter()
+                        .map(|(service, message)| (service.to_string(), message.clone()))
+                        .collect();
+                    (node.to_string(), errors)
+                })
+                .collect(),
             usage,
         }
+    }
+
+    /// This node's records and the current specs (for volume users).
+    fn own_records_and_specs(&self) -> (Vec<ContainerRecord>, BTreeMap<ServiceName, ServiceSpec>) {
+        let me = self.node.node_id().clone();
+        self.node.read_state(|state| {
+            let records = state
+                .containers()
+                .filter(|record| record.node == me)
+                .cloned()
+                .collect();
+            let specs = state
+                .services()
+                .map(|(name, spec, _)| (name.clone(), spec.clone()))
+                .collect();
+            (records, specs)
+        })
+    }
+
+    /// `shoal volume ls`.
+    pub fn volumes(&self) -> Result<Vec<VolumeView>, VolumeError> {
+        let dir = self
+            .executor
+            .volumes_dir()
+            .ok_or(VolumeError::NoVolumeDir)?;
+        let (records, specs) = self.own_records_and_specs();
+        Ok(volumes::list(dir, &records, &specs)?
+            .into_iter()
+            .map(volume_view)
+            .collect())
+    }
+
+    /// `shoal volume rm`.
+    pub fn remove_volume(&self, name: &str) -> Result<VolumeView, VolumeError> {
+        let dir = self
+            .executor
+            .volumes_dir()
+            .ok_or(VolumeError::NoVolumeDir)?;
+        let (records, specs) = self.own_records_and_specs();
+        let removed = volumes::remove(dir, name, &records, &specs)?;
+        tracing::info!(volume = %removed.name, "named volume removed");
+        Ok(volume_view(removed))
     }
 
     /// New output of the containers `target` names (a container id or a service) on this

@@ -9,6 +9,8 @@
 //! - `plan`: the planner, which turns the view, the observed runtime and the time into a
 //!   `Plan` for this node, and takes the executor's outcomes back;
 //! - `restarts`: the planner's per-container restart bookkeeping;
+//! - `ports`: which published ports this node forwards where (its firewall's input);
+//! - `status`: what this node reports about its own containers;
 //! - `records`: the replicated side of a plan (records, addresses, counters) applied to a
 //!   replica as one batch.
 //!
@@ -17,9 +19,11 @@
 
 pub mod placement;
 pub mod plan;
+pub mod ports;
 pub mod records;
 pub mod restarts;
 pub mod room;
+pub mod status;
 pub mod view;
 
 pub use placement::{NodeInput, Placement, ServiceInput, place};

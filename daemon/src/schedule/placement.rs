@@ -17,6 +17,12 @@
 //!   planner instead checks this node's kept records before it starts anything, so a
 //!   node's own reservations never exceed its capacity.
 //!
+//! - published ports: a host-mode service's replica needs its host ports free on the node
+//!   (so at most one replica per node, and never two services on one port of a node); a
+//!   mesh-mode service takes its ports on every node at once, so it is placed only when no
+//!   service earlier in name order holds one of them anywhere, and then it blocks them
+//!   everywhere for the services after it. What cannot be placed carries a reason.
+//!
 //! Consequences (property-tested below): replicas spread over distinct nodes first; with
 //! room to spare, removing a node only moves the replicas that were on it (a surviving node
 //! never loses a replica), because the other nodes keep their relative rank.
@@ -24,7 +30,7 @@
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
-use shoal_crdt::{Capacity, NodeId, Resources, ServiceName};
+use shoal_crdt::{Capacity, HostPort, NodeId, Resources, ServiceName};
 
 use super::room::Reserved;
 
@@ -41,6 +47,10 @@ pub struct ServiceInput {
     pub name: ServiceName,
     pub replicas: u32,
     pub resources: Resources,
+    /// The ports it publishes.
+    pub ports: Vec<HostPort>,
+    /// Mesh mode: its ports are taken on every node, its replicas need no port each.
+    pub mesh: bool,
 }
 
 /// The desired replica count of every service on every node, and what could not be placed.
@@ -50,6 +60,8 @@ pub struct Placement {
     pub replicas: BTreeMap<ServiceName, BTreeMap<NodeId, u32>>,
     /// service -> replicas that found no node with room.
     pub unplaced: BTreeMap<ServiceName, u32>,
+    /// service -> why those replicas were not placed.
+    pub reasons: BTreeMap<ServiceName, String>,
 }
 
 impl Placement {
@@ -100,6 +112,24 @@ pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
         nodes.keys().map(|id| (*id, Reserved::default())).collect();
     let mut placement = Placement::default();
     for (name, service) in services {
+        if service.replicas == 0 {
+            continue;
+        }
+        if service.mesh {
+            let taken = reserved
+                .values()
+                .find_map(|room| room.port_taken(&service.ports));
+            if let Some((port, holder)) = taken {
+                let reason = format!("port {port} is published by service {holder}");
+                placement.unplaced.insert(name.clone(), service.replicas);
+                placement.reasons.insert(name.clone(), reason);
+                continue;
+            }
+            for room in reserved.values_mut() {
+                room.take_ports(&service.ports, name);
+            }
+        }
+        let node_ports: &[HostPort] = if service.mesh { &[] } else { &service.ports };
         let mut ranking: Vec<(u64, &NodeId)> =
             nodes.keys().map(|id| (score(name, id), *id)).collect();
         ranking.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
@@ -113,8 +143,10 @@ pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
                 }
                 let capacity = nodes[id];
                 let room = reserved.get_mut(id).expect("every node has a reservation");
-                if room.fits(capacity, &service.resources) {
+                if room.fits(capacity, &service.resources) && room.port_taken(node_ports).is_none()
+                {
                     room.add(&service.resources);
+                    room.take_ports(node_ports, name);
                     *counts.entry((*id).clone()).or_default() += 1;
                     placed += 1;
                 }
@@ -124,15 +156,43 @@ pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
             }
         }
         if placed < service.replicas {
-            placement
-                .unplaced
-                .insert(name.clone(), service.replicas - placed);
+            let missing = service.replicas - placed;
+            placement.unplaced.insert(name.clone(), missing);
+            let reason = unplaced_reason(service, node_ports, &nodes, &reserved);
+            placement.reasons.insert(name.clone(), reason);
         }
         if !counts.is_empty() {
             placement.replicas.insert(name.clone(), counts);
         }
     }
     placement
+}
+
+/// Why the rest of `service` found no node, after dealing.
+fn unplaced_reason(
+    service: &ServiceInput,
+    node_ports: &[HostPort],
+    nodes: &BTreeMap<&NodeId, &Capacity>,
+    reserved: &BTreeMap<&NodeId, Reserved>,
+) -> String {
+    if nodes.is_empty() {
+        return "no live node".to_owned();
+    }
+    let port_blocked = nodes.iter().find_map(|(id, capacity)| {
+        let room = &reserved[id];
+        room.fits(capacity, &service.resources)
+            .then(|| room.port_taken(node_ports))
+            .flatten()
+    });
+    match port_blocked {
+        Some((port, holder)) if holder == &service.name => format!(
+            "host port {port} allows one replica per node, and every node with room runs one"
+        ),
+        Some((port, holder)) => {
+            format!("host port {port} is taken by service {holder} on every node with room")
+        }
+        None => "no live node has room (cpu_millis, memory_bytes or container count)".to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -160,7 +220,69 @@ mod tests {
                 memory_bytes: memory_mib << 20,
                 pids_max: 64,
             },
+            ports: Vec::new(),
+            mesh: false,
         }
+    }
+
+    fn publishing(mut input: ServiceInput, ports: &[&str], mesh: bool) -> ServiceInput {
+        input.ports = ports
+            .iter()
+            .map(|text| {
+                text.parse::<shoal_crdt::PortMapping>()
+                    .unwrap()
+                    .host_port_key()
+            })
+            .collect();
+        input.mesh = mesh;
+        input
+    }
+
+    #[test]
+    fn a_host_port_allows_one_replica_per_node_and_says_why() {
+        let nodes = [node("a", 4000, 4096), node("b", 4000, 4096)];
+        let web = publishing(service("web", 3, 100, 64), &["8080:80"], false);
+        let placement = place(&[web], &nodes);
+        assert_eq!(total(&placement, "web"), 2);
+        let name: ServiceName = "web".parse().unwrap();
+        assert_eq!(placement.unplaced[&name], 1);
+        assert!(
+            placement.reasons[&name].contains("8080/tcp"),
+            "{placement:?}"
+        );
+        assert!(placement.reasons[&name].contains("one replica per node"));
+    }
+
+    #[test]
+    fn two_services_on_one_host_port_of_one_node_place_the_first_by_name() {
+        let nodes = [node("a", 4000, 4096)];
+        let api = publishing(service("api", 1, 100, 64), &["8080:80"], false);
+        let web = publishing(service("web", 1, 100, 64), &["127.0.0.1:8080:81"], false);
+        let udp = publishing(service("dns", 1, 100, 64), &["8080:53/udp"], false);
+        let placement = place(&[web, api, udp], &nodes);
+        assert_eq!(total(&placement, "api"), 1);
+        assert_eq!(total(&placement, "dns"), 1, "udp is another port");
+        assert_eq!(total(&placement, "web"), 0);
+        let reason = &placement.reasons[&"web".parse::<ServiceName>().unwrap()];
+        assert!(reason.contains("taken by service api"), "{reason}");
+    }
+
+    #[test]
+    fn a_mesh_port_is_taken_everywhere() {
+        let nodes = [node("a", 4000, 4096), node("b", 4000, 4096)];
+        let mesh = publishing(service("edge", 3, 100, 64), &["80:80"], true);
+        let host = publishing(service("web", 1, 100, 64), &["80:8080"], false);
+        let later_mesh = publishing(service("zoo", 1, 100, 64), &["80:80"], true);
+        let placement = place(&[mesh, host, later_mesh], &nodes);
+        assert_eq!(
+            total(&placement, "edge"),
+            3,
+            "mesh replicas need no port each"
+        );
+        assert_eq!(total(&placement, "web"), 0);
+        assert_eq!(total(&placement, "zoo"), 0);
+        let reason = &placement.reasons[&"zoo".parse::<ServiceName>().unwrap()];
+        assert!(reason.contains("published by service edge"), "{reason}");
     }
 
     fn total(placement: &Placement, service: &str) -> u32 {

@@ -179,6 +179,7 @@ pub struct Planner {
     restarts: Restarts,
     failures: BTreeMap<ServiceName, Failure>,
     unplaced: BTreeMap<ServiceName, u32>,
+    unplaced_reasons: BTreeMap<ServiceName, String>,
 }
 
 impl Planner {
@@ -191,6 +192,7 @@ impl Planner {
             restarts: Restarts::default(),
             failures: BTreeMap::new(),
             unplaced: BTreeMap::new(),
+            unplaced_reasons: BTreeMap::new(),
         }
     }
 
@@ -200,6 +202,7 @@ impl Planner {
         assert_eq!(view.me, self.me, "a planner plans for its own node");
         let placement = view.placement();
         self.unplaced = placement.unplaced.clone();
+        self.unplaced_reasons = placement.reasons.clone();
         let desired = placement.for_node(&self.me);
         let mut plan = Plan {
             with_ip: view.subnet.is_some(),
@@ -345,7 +348,12 @@ impl Planner {
         let mut reserved = Reserved::default();
         for record in kept.values().flatten() {
             match view.services.get(&record.service) {
-                Some(service) => reserved.add(&service.spec.resources),
+                Some(service) => {
+                    reserved.add(&service.spec.resources);
+                    if service.spec.publish.mode.is_host() {
+                        reserved.take_ports(&service.spec.host_ports(), &record.service);
+                    }
+                }
                 None => reserved.add_unknown(),
             }
         }
@@ -382,7 +390,27 @@ impl Planner {
                     );
                     break;
                 }
+                let ports = if current.spec.publish.mode.is_host() {
+                    current.spec.host_ports()
+                } else {
+                    Vec::new()
+                };
+                if let Some((port, holder)) = reserved.port_taken(&ports) {
+                    let message = format!(
+                        "node {} already publishes host port {port} for service {holder}",
+                        self.me
+                    );
+                    self.failures.insert(
+                        service.clone(),
+                        Failure {
+                            at_ms: now_ms,
+                            message,
+                        },
+                    );
+                    break;
+                }
                 reserved.add(&current.spec.resources);
+                reserved.take_ports(&ports, service);
                 plan.starts.push(Start {
                     id: self.new_container_id(service),
                     service: service.clone(),
@@ -465,6 +493,16 @@ impl Planner {
     /// Replicas no live node has room for, by service, as of the last plan.
     pub fn unplaced(&self) -> &BTreeMap<ServiceName, u32> {
         &self.unplaced
+    }
+
+    /// Why the unplaced replicas of each service found no node.
+    pub fn unplaced_reasons(&self) -> &BTreeMap<ServiceName, String> {
+        &self.unplaced_reasons
+    }
+
+    /// What this node reports about its own containers, after the outcomes of a pass.
+    pub fn status(&self, view: &ClusterView, observed: &Observed) -> shoal_crdt::NodeStatus {
+        super::status::node_status(&view.own_records, observed, &self.restarts, &self.errors())
     }
 
     /// The restart bookkeeping (start times and restart counts for `shoal ps`).

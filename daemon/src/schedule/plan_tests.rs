@@ -58,6 +58,7 @@ fn view(me: &str, nodes: &[&str], services: &[(&str, ServiceSpec, Timestamp)]) -
         own_records: Vec::new(),
         subnet: None,
         peer_subnets: Vec::new(),
+        mesh_backends: Default::default(),
     }
 }
 

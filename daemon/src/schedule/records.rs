@@ -18,6 +18,21 @@ use shoal_crdt::{
 
 use super::room::Reserved;
 
+/// Writes this node's container status report when it differs from the one in the state
+/// (a report is written only on change). Returns whether it wrote.
+pub fn report_status(
+    replica: &mut Replica,
+    now: NTP64,
+    status: &shoal_crdt::NodeStatus,
+) -> Result<bool, ReplicaError> {
+    let me = replica.node().clone();
+    if replica.state().node_status(&me) == Some(status) {
+        return Ok(false);
+    }
+    replica.put_node_status(now, status.clone())?;
+    Ok(true)
+}
+
 /// A container record to write before the container is created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRecord {

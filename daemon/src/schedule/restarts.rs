@@ -160,6 +160,11 @@ impl Restarts {
         self.by_id.get(id).map(|tracked| tracked.since_ms)
     }
 
+    /// Whether its policy gave up on it (it stays ended).
+    pub fn gave_up(&self, id: &str) -> bool {
+        self.by_id.get(id).is_some_and(|tracked| tracked.gave_up)
+    }
+
     /// Restarts since its last stable run.
     pub fn consecutive_restarts(&self, id: &str) -> u32 {
         self.by_id

@@ -3,19 +3,22 @@
 //! `fits` checks one more against a node's advertised capacity and the per-node cap.
 //! Placement fills a `Reserved` per node as it deals replicas; the planner fills one from
 //! this node's kept records before it starts anything, so the two cannot disagree about
-//! whether a replica fits.
+//! whether a replica fits. Published host ports are room too: a node listens on one
+//! (address, port, protocol) for one container at most.
 
-use shoal_crdt::{Capacity, Resources};
+use shoal_crdt::{Capacity, HostPort, Resources, ServiceName};
 
 /// Containers one node runs at most, whatever its capacity.
 pub const CONTAINERS_PER_NODE_MAX: u32 = 256;
 
 /// What a set of containers reserves on one node.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reserved {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub containers: u32,
+    /// Host ports taken on the node, with the service that holds each.
+    pub ports: Vec<(HostPort, ServiceName)>,
 }
 
 impl Reserved {
@@ -27,6 +30,22 @@ impl Reserved {
                 .saturating_add(u64::from(resources.cpu_millis))
                 <= u64::from(capacity.cpu_millis)
             && self.memory_bytes.saturating_add(resources.memory_bytes) <= capacity.memory_bytes
+    }
+
+    /// The first of `ports` the node already hands out, with the service holding it.
+    pub fn port_taken(&self, ports: &[HostPort]) -> Option<(HostPort, &ServiceName)> {
+        ports.iter().find_map(|port| {
+            self.ports
+                .iter()
+                .find(|(taken, _)| taken.collides(port))
+                .map(|(_, holder)| (*port, holder))
+        })
+    }
+
+    /// Takes `ports` for `service`.
+    pub fn take_ports(&mut self, ports: &[HostPort], service: &ServiceName) {
+        self.ports
+            .extend(ports.iter().map(|port| (*port, service.clone())));
     }
 
     /// Adds one container with `resources`.

@@ -3,10 +3,11 @@
 //! builds it under the node's lock; the cluster simulator from its replicas.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use shoal_crdt::{
-    Capacity, ClusterState, ContainerRecord, NodeId, ServiceName, ServiceSpec, Subnet, Timestamp,
+    Capacity, ClusterState, ContainerRecord, NodeId, RunState, ServiceName, ServiceSpec, Subnet,
+    Timestamp,
 };
 
 use super::placement::{self, NodeInput, Placement, ServiceInput};
@@ -33,6 +34,9 @@ pub struct ClusterView {
     /// The other live members' container subnets (those that won their claims), with the
     /// address to route them through.
     pub peer_subnets: Vec<(Subnet, IpAddr)>,
+    /// Mesh-mode services: the addresses of their containers that other live nodes report
+    /// running (this node's own come from its runtime).
+    pub mesh_backends: BTreeMap<ServiceName, Vec<Ipv4Addr>>,
 }
 
 impl ClusterView {
@@ -67,6 +71,25 @@ impl ClusterView {
                     .then_some((subnet, meta.address.ip()))
             })
             .collect();
+        let mut mesh_backends: BTreeMap<ServiceName, Vec<Ipv4Addr>> = BTreeMap::new();
+        for record in state.containers() {
+            let mesh = state
+                .service(&record.service)
+                .is_some_and(|(spec, _)| !spec.publish.mode.is_host() && !spec.ports.is_empty());
+            if !mesh || &record.node == me || !live.contains(&record.node) {
+                continue;
+            }
+            let running = state
+                .node_status(&record.node)
+                .and_then(|status| status.containers.get(&record.id))
+                .is_some_and(|status| status.state == RunState::Running);
+            if let (true, Some(ip)) = (running, record.ip) {
+                mesh_backends
+                    .entry(record.service.clone())
+                    .or_default()
+                    .push(ip);
+            }
+        }
         ClusterView {
             me: me.clone(),
             services,
@@ -74,6 +97,7 @@ impl ClusterView {
             own_records,
             subnet: state.node(me).and_then(|meta| meta.subnet),
             peer_subnets,
+            mesh_backends,
         }
     }
 
@@ -94,6 +118,8 @@ impl ClusterView {
                 name: name.clone(),
                 replicas: service.spec.replicas,
                 resources: service.spec.resources,
+                ports: service.spec.host_ports(),
+                mesh: !service.spec.publish.mode.is_host(),
             })
             .collect();
         placement::place(&services, &self.live_nodes)

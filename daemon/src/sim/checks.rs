@@ -22,7 +22,12 @@
 //!    state holds its removal, and a service removed at HLC r is absent or present only with
 //!    a version after r (a removal only its writer held, lost for good with its machine,
 //!    is counted instead; a removal by a node that is up is always in the converged state);
-//! 8. every live node routes to the subnet of every other live node, and to nothing else.
+//! 8. every live node routes to the subnet of every other live node, and to nothing else;
+//! 9. published host ports are unique per node: no live node holds containers of two
+//!    host-mode services whose ports collide, nor two containers of one, and a port a
+//!    mesh-mode service runs with is published by no other running service;
+//! 10. every up node's status report in the converged state lists exactly its records, and
+//!     says running exactly for the containers its runtime runs.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -88,6 +93,9 @@ pub(crate) fn own_delta(writer: &NodeId, source: Writer, delta: &Delta) -> Resul
                     .is_none_or(|claim| &claim.node == writer)
             }
             (Writer::Pass, Change::Counter { node, .. }) => node == writer,
+            (Writer::Pass, Change::Status { node, entry }) => {
+                node == writer && entry.value.is_some()
+            }
             (Writer::Heartbeat, Change::Node { node, entry }) => {
                 node == writer && entry.value.is_some()
             }
@@ -398,12 +406,94 @@ pub(crate) fn settled(world: &World) -> Result<Settled, Violation> {
         }
     }
 
+    // 9. Host ports unique per node.
+    host_ports(&state, &up_ids)?;
+
+    // 10. Status reports are the runtimes' truth.
+    for node in &up {
+        let report = state.node_status(&node.id).cloned().unwrap_or_default();
+        let own: BTreeSet<&ContainerId> = state
+            .containers()
+            .filter(|record| record.node == node.id)
+            .map(|record| &record.id)
+            .collect();
+        let reported: BTreeSet<&ContainerId> = report.containers.keys().collect();
+        if own != reported {
+            return Err(Violation(format!(
+                "{} reports containers {reported:?}, its records are {own:?}",
+                node.id
+            )));
+        }
+        let statuses: BTreeMap<String, ContainerStatus> =
+            node.runtime.containers().into_iter().collect();
+        for (id, status) in &report.containers {
+            let runs = statuses.get(id.as_str()) == Some(&ContainerStatus::Running);
+            if runs != (status.state == shoal_crdt::RunState::Running) {
+                return Err(Violation(format!(
+                    "{} reports container {id} as {}, its runtime says {:?}",
+                    node.id,
+                    status.state.label(),
+                    statuses.get(id.as_str())
+                )));
+            }
+        }
+    }
+
     Ok(Settled {
         digest,
         services_unplaced: placement.unplaced.len(),
         left_stopped,
         lost_removals,
     })
+}
+
+/// Invariant 9: no live node publishes one host port for two containers, and no mesh port
+/// is taken by another running service.
+fn host_ports(state: &shoal_crdt::ClusterState, live: &BTreeSet<NodeId>) -> Result<(), Violation> {
+    let mut taken: BTreeMap<&NodeId, Vec<(shoal_crdt::HostPort, &ContainerId)>> = BTreeMap::new();
+    let mut mesh: Vec<(shoal_crdt::HostPort, &shoal_crdt::ServiceName)> = Vec::new();
+    for record in state
+        .containers()
+        .filter(|record| live.contains(&record.node))
+    {
+        let Some((spec, _)) = state.service(&record.service) else {
+            continue;
+        };
+        for port in spec.host_ports() {
+            if !spec.publish.mode.is_host() {
+                if let Some((_, holder)) = mesh
+                    .iter()
+                    .find(|(other, holder)| other.collides(&port) && *holder != &record.service)
+                {
+                    return Err(Violation(format!(
+                        "mesh port {port} runs for services {holder} and {}",
+                        record.service
+                    )));
+                }
+                mesh.push((port, &record.service));
+                continue;
+            }
+            let node = taken.entry(&record.node).or_default();
+            if let Some((_, other)) = node.iter().find(|(held, _)| held.collides(&port)) {
+                return Err(Violation(format!(
+                    "{} publishes host port {port} for containers {other} and {}",
+                    record.node, record.id
+                )));
+            }
+            node.push((port, &record.id));
+        }
+    }
+    for (port, service) in &mesh {
+        for (node, held) in &taken {
+            if let Some((_, id)) = held.iter().find(|(other, _)| other.collides(port)) {
+                return Err(Violation(format!(
+                    "{node} publishes host port {port} for container {id} while mesh service \
+                     {service} runs with it"
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Invariant 7: every up node's replica has the same digest; returns it.

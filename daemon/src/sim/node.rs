@@ -82,6 +82,22 @@ impl StatePort for NodeState {
         }
         Ok(result)
     }
+
+    fn report_status(&self, status: &shoal_crdt::NodeStatus) -> Result<(), NodeError> {
+        let mut replica = self.replica.borrow_mut();
+        let since = replica.own_counter();
+        if let Err(source) = records::report_status(&mut replica, self.clock.now(), status) {
+            return Err(NodeError::Operation {
+                what: "container status report".to_owned(),
+                source,
+            });
+        }
+        let delta = replica.own_delta_since(since);
+        if !delta.is_empty() {
+            self.committed.borrow_mut().push(delta);
+        }
+        Ok(())
+    }
 }
 
 pub(crate) struct SimNode {

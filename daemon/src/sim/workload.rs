@@ -23,7 +23,7 @@ const REPLICAS_MAX: u32 = 8;
 pub(crate) enum Command {
     Apply {
         name: ServiceName,
-        spec: ServiceSpec,
+        spec: Box<ServiceSpec>,
         /// Only the replica count changed.
         scale: bool,
     },
@@ -53,7 +53,7 @@ pub(crate) fn draw_command(
             spec.replicas = replicas(rng);
             Command::Apply {
                 name: name.clone(),
-                spec,
+                spec: Box::new(spec),
                 scale: true,
             }
         }
@@ -62,7 +62,7 @@ pub(crate) fn draw_command(
             let bad = rng.gen_ratio(bad_image_per_mille, 1000);
             Command::Apply {
                 name,
-                spec: spec(rng, bad),
+                spec: Box::new(spec(rng, bad)),
                 scale: false,
             }
         }
@@ -98,6 +98,16 @@ fn spec(rng: &mut ChaCha8Rng, bad_image: bool) -> ServiceSpec {
         2..=5 => RestartPolicy::OnFailure,
         _ => RestartPolicy::Always,
     };
+    // Published ports from a pool of two, so services compete for them: host mode takes a
+    // port on each node that runs a replica, mesh mode on every node.
+    match rng.gen_range(0..6) {
+        0..=1 => spec.ports = vec![format!("{}:80", 8080 + rng.gen_range(0..2))],
+        2 => {
+            spec.ports = vec![format!("{}:80", 8080 + rng.gen_range(0..2))];
+            spec.publish.mode = shoal_crdt::PublishMode::Mesh;
+        }
+        _ => {}
+    }
     spec
 }
 
@@ -120,7 +130,7 @@ impl World {
         match &command {
             Command::Apply { name, spec, scale } => {
                 let (result, delta) = self.nodes[node]
-                    .write(|replica, now| replica.put_service(now, name.clone(), spec.clone()));
+                    .write(|replica, now| replica.put_service(now, name.clone(), (**spec).clone()));
                 result.map_err(|error| format!("{id}: apply {name} refused: {error}"))?;
                 if *scale {
                     self.stats.services_scaled += 1;

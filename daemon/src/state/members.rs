@@ -59,7 +59,8 @@ pub fn live_set(
 
 /// Whether `delta` changes what a reconcile loop plans from, judged against the state
 /// before it is applied: any service, and any member that is new, removed, was not live,
-/// or changes its address, capacity or subnet. A plain heartbeat of a live member does not.
+/// or changes its address, capacity or subnet, and any container status (mesh forwarding
+/// follows which replicas run). A plain heartbeat of a live member does not.
 pub fn changes_plan_inputs(
     state: &ClusterState,
     delta: &Delta,
@@ -77,6 +78,7 @@ pub fn changes_plan_inputs(
             }
             _ => true,
         },
+        Change::Status { .. } => true,
         Change::Container { .. } | Change::Counter { .. } | Change::Ip { .. } => false,
     })
 }
