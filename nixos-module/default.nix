@@ -521,8 +521,9 @@ in
       # daemon anyway; the trigger says so explicitly.
       restartTriggers = [ configFile ];
       environment.SHOAL_SOCKET = socketPath;
-      # Container networking (node bridge, veths, routes) runs `ip`.
-      path = [ pkgs.iproute2 ];
+      # Container networking runs `ip` (node bridge, veths, routes) and
+      # `nft` (the table `ip shoal`: published ports, egress masquerade).
+      path = [ pkgs.iproute2 pkgs.nftables ];
 
       serviceConfig = {
         Type = "notify";

@@ -195,6 +195,9 @@ render "$work/sample.json" ""
     || fail "openFirewall does not open the listen port and the published UDP ports: $(field "$work/sample.json" firewall_udp_ports)"
 [[ $(field "$work/sample.json" firewall_tcp_ports) == "[8080, 8443]" ]] \
     || fail "openFirewall does not open the published TCP ports (and only those): $(field "$work/sample.json" firewall_tcp_ports)"
+# The daemon runs `ip` and `nft` from its PATH.
+[[ $(field "$work/sample.json" unit_path) == '["iproute2", "nftables"]' ]] \
+    || fail "the unit's path is not iproute2 and nftables: $(field "$work/sample.json" unit_path)"
 # Bind-mount sources, env files, named volumes and credentials are the
 # host's: the unit must not get a mount namespace that hides or copies them.
 [[ $(field "$work/sample.json" mount_namespace_settings) == "[]" ]] \

@@ -154,6 +154,8 @@ in
     lib.hasInfix "${configFile}" unit.serviceConfig.ExecStart
     && lib.hasInfix "${servicesFile}" servicesUnit.serviceConfig.ExecStart;
   load_credential = unit.serviceConfig.LoadCredential;
+  # The tools the daemon runs, looked up in the unit's PATH.
+  unit_path = map (package: package.pname or package.name) unit.path;
   # Settings that give the unit its own mount namespace or hide host paths
   # from it: none may be set (container mounts, bind-mount sources, env
   # files, volumes and credentials are all the host's).
