@@ -27,7 +27,7 @@ use shoal_vm_tests::probe;
 
 const LATENCY_ROUNDS: usize = 300;
 const WARMUP_ROUNDS: usize = 20;
-const TRANSFER_ROUNDS: usize = 5;
+const TRANSFER_ROUNDS: usize = 9;
 const BIG_BYTES: u64 = 64 * 1024 * 1024;
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 const SETUP_TIMEOUT: Duration = Duration::from_secs(90);
