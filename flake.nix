@@ -12,7 +12,22 @@
         inherit system;
         overlays = [ self.overlays.default ];
       }));
-      vmTests = [ "deploy" "isolate" "partition" "pairwise-cut" "restart" "rogue" "tombstones" ];
+      vmTests = [
+        "deploy"
+        "isolate"
+        "partition"
+        "pairwise-cut"
+        "restart"
+        "rogue"
+        "tombstones"
+        # Issue 11: named as the netns tests in vm-tests/tests/workloads.rs.
+        "ports_host_mode"
+        "ports_mesh_mode"
+        "ports_conflict_unplaced"
+        "egress_masquerade"
+        "named_volume_survives_restarts"
+        "secrets_stay_off_the_state"
+      ];
     in
     {
       overlays.default = final: prev: {

@@ -30,18 +30,23 @@ let
     if cfg.settings.api.socket != null then cfg.settings.api.socket
     else "${cfg.settings.state_dir}/shoal.sock";
 
+  # A port number as the daemon reads it (1-65535, no leading zeros), or null.
+  portNumber = text:
+    if builtins.match "[1-9][0-9]{0,4}" text == null then null
+    else
+      let port = lib.toInt text; in
+      if port <= 65535 then port else null;
+
   # The port of a socket address as the daemon reads it ("IPv4:port" or
   # "[IPv6]:port"), or null when `address` is not one: a host name, no
   # port, a port out of 1-65535 or with leading zeros. Never an evaluation
   # error, so the assertions below can name the option.
   octet = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
-  ipPattern = "(${octet}\\.${octet}\\.${octet}\\.${octet}|\\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*])";
+  ipv4Pattern = "${octet}\\.${octet}\\.${octet}\\.${octet}";
+  ipPattern = "(${ipv4Pattern}|\\[[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*])";
   portOf = address:
-    let parsed = builtins.match "${ipPattern}:([1-9][0-9]{0,4})" address; in
-    if parsed == null then null
-    else
-      let port = lib.toInt (lib.last parsed); in
-      if port <= 65535 then port else null;
+    let parsed = builtins.match "${ipPattern}:([0-9]+)" address; in
+    if parsed == null then null else portNumber (lib.last parsed);
   addressRule = "IP:port (an IPv4 address or a bracketed IPv6 address, no host name, and a port from 1 to 65535 without leading zeros)";
 
   listenPort = portOf cfg.settings.listen;
@@ -49,6 +54,95 @@ let
 
   listenIsUnspecified = builtins.match "(0\\.0\\.0\\.0|\\[::]):[0-9]+" cfg.settings.listen != null;
 
+  # ---- declared services: the issue 11 fields -------------------------------
+  # Each rule below is the spec's grammar (see the top-level README); a
+  # malformed entry fails an assertion naming the service's option, never an
+  # evaluation error. The daemon checks the same again at `service apply`.
+
+  # A published port, "[host_ip:]host_port:container_port[/tcp|/udp]", as
+  # { hostIp (null: every address), hostPort, protocol }, or null.
+  publishedPort = text:
+    let parts = builtins.match "(([^:]*):)?([^:/]*):([^:/]*)(/(.*))?" text; in
+    if parts == null then null
+    else
+      let
+        hostIp = builtins.elemAt parts 1;
+        hostPort = portNumber (builtins.elemAt parts 2);
+        containerPort = portNumber (builtins.elemAt parts 3);
+        protocol = builtins.elemAt parts 5;
+      in
+      if (hostIp != null && builtins.match ipv4Pattern hostIp == null)
+        || hostPort == null || containerPort == null
+        || !(builtins.elem protocol [ null "tcp" "udp" ])
+      then null
+      else { inherit hostIp hostPort; protocol = if protocol == null then "tcp" else protocol; };
+  portRule = "[host_ip:]host_port:container_port[/tcp|/udp] (host_ip an IPv4 address, ports from 1 to 65535 without leading zeros; tcp when no protocol is given)";
+
+  # Names of named volumes and of secrets: file names, never "." or "..".
+  fileNamePattern = "[A-Za-z0-9][A-Za-z0-9_.-]*";
+  volumePattern = "(/[^:]*|${fileNamePattern}):/[^:]*(:(ro|rw))?";
+  volumeRule = "SOURCE:TARGET[:ro|:rw] (SOURCE an absolute host path or a volume name of ${fileNamePattern}, TARGET an absolute path, neither containing ':')";
+  tmpfsPattern = "/[^:]*(:size=[1-9][0-9]*[kmg]?)?";
+  tmpfsRule = "TARGET[:size=N[k|m|g]] (TARGET an absolute path without ':', N a positive number without leading zeros)";
+
+  # Secrets reach the daemon as credentials of its unit (LoadCredential=),
+  # and the spec names each where systemd puts it. A service name has no
+  # '.', so `svc-<service>.<secret>` names one pair only, and the prefix
+  # keeps them apart from the TLS credentials above.
+  credentialsDirectory = "/run/credentials/shoal.service";
+  secretCredential = service: secret: "svc-${service}.${secret}";
+  # systemd's limit on a credential's name (a file name).
+  credentialNameCharactersMax = 255;
+  secretNameIsValid = service: secret:
+    builtins.match fileNamePattern secret != null
+    && builtins.stringLength (secretCredential service secret) <= credentialNameCharactersMax;
+  secretCredentials = lib.concatLists (lib.mapAttrsToList
+    (service: declared: lib.mapAttrsToList
+      (secret: path: "${secretCredential service secret}:${path}")
+      declared.secrets)
+    cfg.services);
+
+  # As the daemon's service names: 1-63 of [a-z0-9-], no dash at either end.
+  isDnsLabel = name:
+    builtins.match "[a-z0-9]([a-z0-9-]*[a-z0-9])?" name != null && builtins.stringLength name <= 63;
+
+  # One assertion per service and field: the entries of `field` (a list)
+  # that `isValid` refuses, named in the message.
+  entryAssertions = field: isValid: rule: lib.mapAttrsToList
+    (name: service:
+      let bad = builtins.filter (entry: !(isValid entry)) service.${field}; in
+      {
+        assertion = bad == [ ];
+        message = "services.shoal.services.${name}.${field}: ${lib.concatMapStringsSep ", " (entry: "\"${entry}\"") bad} must each be ${rule}";
+      })
+    cfg.services;
+  serviceAssertions =
+    entryAssertions "ports" (entry: publishedPort entry != null) portRule
+    ++ entryAssertions "volumes" (entry: builtins.match volumePattern entry != null) volumeRule
+    ++ entryAssertions "tmpfs" (entry: builtins.match tmpfsPattern entry != null) tmpfsRule
+    ++ lib.mapAttrsToList
+      (name: service:
+        let bad = builtins.filter (secret: !(secretNameIsValid name secret)) (builtins.attrNames service.secrets); in
+        {
+          assertion = bad == [ ];
+          message = "services.shoal.services.${name}.secrets: the names ${lib.concatMapStringsSep ", " (secret: "\"${secret}\"") bad} must each be ${fileNamePattern} (the file /run/secrets/NAME) and short enough for the credential name ${secretCredential name "NAME"} to have at most ${toString credentialNameCharactersMax} characters";
+        })
+      cfg.services
+    ++ [{
+      assertion = builtins.all isDnsLabel (builtins.attrNames cfg.services);
+      message = "services.shoal.services: ${lib.concatMapStringsSep ", " (name: "\"${name}\"") (builtins.filter (name: !(isDnsLabel name)) (builtins.attrNames cfg.services))} must each be a service name: 1 to 63 lowercase letters, digits and inner dashes";
+    }];
+
+  # The host ports `openFirewall` opens: every declared service's published
+  # ports of that protocol, except those bound to a loopback address.
+  publishedPorts = lib.concatMap
+    (service: builtins.filter (port: port != null) (map publishedPort service.ports))
+    (builtins.attrValues cfg.services);
+  firewallPorts = protocol: lib.unique (map (port: port.hostPort) (builtins.filter
+    (port: port.protocol == protocol && (port.hostIp == null || !(lib.hasPrefix "127." port.hostIp)))
+    publishedPorts));
+
+  nonEmpty = value: if value == [ ] || value == { } then null else value;
   serviceSpec = name: service: withoutNulls {
     inherit name;
     # A Nix path literal is copied to the store (so it exists on a node
@@ -57,7 +151,15 @@ let
     image = "${service.image}";
     image_digest = service.imageDigest;
     inherit (service) command replicas restart resources;
-    env = if service.env == { } then null else service.env;
+    env = nonEmpty service.env;
+    ports = nonEmpty service.ports;
+    volumes = nonEmpty service.volumes;
+    tmpfs = nonEmpty service.tmpfs;
+    env_files = nonEmpty service.envFiles;
+    secrets = nonEmpty (lib.mapAttrs
+      (secret: _: "${credentialsDirectory}/${secretCredential name secret}")
+      service.secrets);
+    publish = if service.publish.mode == null then null else { inherit (service.publish) mode; };
   };
   servicesFile = settingsFormat.generate "shoal-services.toml" {
     service = lib.mapAttrsToList serviceSpec cfg.services;
@@ -116,6 +218,74 @@ let
         cpu_millis = optionalPositive "CPU per container, in thousandths of a core.";
         memory_bytes = optionalPositive "Memory limit per container, in bytes.";
         pids_max = optionalPositive "Process limit per container.";
+      };
+      ports = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "8080:80" "127.0.0.1:9000:9000" "5353:53/udp" ];
+        description = ''
+          Published ports, each ${portRule}. Which nodes accept them is
+          `publish.mode`; `openFirewall` opens their host ports (except those
+          bound to a loopback address).
+        '';
+      };
+      publish.mode = mkOption {
+        type = types.nullOr (types.enum [ "host" "mesh" ]);
+        default = null;
+        description = ''
+          `host`: only the nodes running a replica of ${name} accept its
+          ports, and a node runs at most one replica per published port.
+          `mesh`: every live node accepts them and forwards to a live replica
+          anywhere. `null` leaves the daemon's default (host).
+        '';
+      };
+      volumes = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "/srv/web:/data:ro" "cache:/var/cache/web" ];
+        description = ''
+          Mounts, each ${volumeRule}. An absolute SOURCE is bind-mounted from
+          the node and must exist there. A name is a named volume: the
+          node-local directory `<state_dir>/volumes/NAME`, created on first
+          use and kept across container replacements and daemon restarts
+          (`shoal volume ls`, `shoal volume rm`).
+        '';
+      };
+      tmpfs = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "/tmp:size=64m" ];
+        description = "Tmpfs mounts, each ${tmpfsRule}; 64m when no size is given.";
+      };
+      envFiles = mkOption {
+        type = types.listOf types.externalPath;
+        default = [ ];
+        example = [ "/run/keys/web.env" ];
+        description = ''
+          Files of `KEY=VALUE` lines (`#` starts a comment) added to the
+          environment, read on the node each time a container starts:
+          absolute paths on the node, as strings outside the Nix store (the
+          type refuses a store path or a path literal). Only the paths are in
+          the cluster state. A missing or unreadable file is an error of that
+          node's container, shown by `shoal ps`.
+        '';
+      };
+      secrets = mkOption {
+        type = types.attrsOf types.externalPath;
+        default = { };
+        example = { tls_key = "/run/keys/web.key"; };
+        description = ''
+          Files mounted read-only at `/run/secrets/NAME` in the containers
+          (NAME: ${fileNamePattern}). Each path is an absolute path on the
+          node, as a string outside the Nix store; it reaches the daemon as
+          the credential `svc-${name}.NAME` of `shoal.service`
+          (`LoadCredential=`), and the spec names
+          `${credentialsDirectory}/svc-${name}.NAME`, so only that path is in
+          the cluster state. systemd does not start `shoal.service` when one
+          of these files is missing, and reads them when the daemon starts:
+          a changed file reaches containers started after the next daemon
+          restart. Declare the service on every node that may run it.
+        '';
       };
     };
   };
@@ -318,7 +488,7 @@ in
         assertion = builtins.match "/var/lib/[^/].*" cfg.settings.state_dir != null;
         message = "services.shoal.settings.state_dir (${cfg.settings.state_dir}) must be below /var/lib (the unit's StateDirectory)";
       }
-    ];
+    ] ++ serviceAssertions;
 
     services.shoal.settings = {
       node_name = cfg.nodeName;
@@ -334,7 +504,9 @@ in
     # The CLI finds the daemon when state_dir or api.socket is not the default.
     environment.variables.SHOAL_SOCKET = socketPath;
 
-    networking.firewall.allowedUDPPorts = mkIf (cfg.openFirewall && listenPort != null) [ listenPort ];
+    networking.firewall.allowedUDPPorts = mkIf cfg.openFirewall
+      (lib.unique (lib.optional (listenPort != null) listenPort ++ firewallPorts "udp"));
+    networking.firewall.allowedTCPPorts = mkIf cfg.openFirewall (firewallPorts "tcp");
 
     systemd.services.shoal = {
       description = "shoal container orchestrator node";
@@ -349,8 +521,9 @@ in
       # daemon anyway; the trigger says so explicitly.
       restartTriggers = [ configFile ];
       environment.SHOAL_SOCKET = socketPath;
-      # Container networking (node bridge, veths, routes) runs `ip`.
-      path = [ pkgs.iproute2 ];
+      # Container networking runs `ip` (node bridge, veths, routes) and
+      # `nft` (the table `ip shoal`: published ports, egress masquerade).
+      path = [ pkgs.iproute2 pkgs.nftables ];
 
       serviceConfig = {
         Type = "notify";
@@ -369,7 +542,7 @@ in
           "${credentials.ca}:${cfg.tls.caFile}"
           "${credentials.cert}:${cfg.tls.certFile}"
           "${credentials.key}:${cfg.tls.keyFile}"
-        ];
+        ] ++ secretCredentials;
 
         # Containers get their own cgroups below the unit's.
         Delegate = true;
@@ -393,6 +566,11 @@ in
         #   ProtectKernelTunables/Modules/Logs: each gives the unit a private
         #   mount namespace, so container mounts would be invisible to the host
         #   and lost to the next daemon after a restart (no adoption).
+        # - ReadOnlyPaths, InaccessiblePaths, TemporaryFileSystem, BindPaths:
+        #   each makes a mount namespace too, and would hide from the daemon
+        #   what services name on the host: bind-mount sources and env files
+        #   (read as root where they are), named volumes (in the state
+        #   directory) and the credentials directory (secrets).
         # - ProtectControlGroups: the daemon writes cgroups for containers.
         # - RestrictNamespaces, PrivateNetwork, ProtectHostname: containers are
         #   namespaces; ProtectHostname also forbids sethostname inside them.

@@ -100,15 +100,21 @@ if ! nix "${nix_flags[@]}" flake check --no-build --no-write-lock-file \
         "$work/flake-check.log" >&2 || true
     fail "nix flake check failed (output above)"
 fi
-# Every VM test and the package are checks, for both systems.
+# Every VM test (a file of vm-tests/nix/ other than the shared common.nix and
+# the drift evaluation) and the package are checks, for both systems.
+vm_tests=()
+for file in vm-tests/nix/*.nix; do
+    name=$(basename "$file" .nix)
+    [[ $name == common || $name == drift ]] || vm_tests+=("$name")
+done
 nix "${nix_flags[@]}" eval --json --no-write-lock-file \
     --override-input nixpkgs "path:$tree/vm-tests/nix-stub" "path:$tree#checks" \
     --apply 'checks: builtins.mapAttrs (_: builtins.attrNames) checks' 2>/dev/null >"$work/checks.json" \
     || fail "cannot list the flake's checks"
-"$python" - "$work/checks.json" <<'PY' || fail "the flake's checks are not the expected set"
+"$python" - "$work/checks.json" "${vm_tests[@]}" <<'PY' || fail "the flake's checks are not the expected set (every vm-tests/nix/ test registered in flake.nix)"
 import json, sys
 checks = json.load(open(sys.argv[1]))
-expected = {"package", "deploy", "isolate", "partition", "pairwise-cut", "restart", "rogue", "tombstones"}
+expected = {"package", *sys.argv[2:]}
 systems = {"x86_64-linux", "aarch64-linux"}
 assert set(checks) == systems, f"systems {sorted(checks)} != {sorted(systems)}"
 for system, names in checks.items():
@@ -120,7 +126,7 @@ PY
 # driver's globals and the machine names as builtins.
 step "pyflakes on the VM test scripts"
 driver_globals="start_all,test_script,machines,vlans,driver,log,os,create_machine,subtest,run_tests,join_all,retry,serial_stdout_off,serial_stdout_on,polling_condition,Machine"
-for test in deploy isolate partition pairwise-cut restart rogue tombstones; do
+for test in "${vm_tests[@]}"; do
     attr="path:$tree#checks.x86_64-linux.$test"
     nix "${nix_flags[@]}" eval --raw --no-write-lock-file \
         --override-input nixpkgs "path:$tree/vm-tests/nix-stub" "$attr.testScript" \
@@ -154,10 +160,11 @@ render() {
         -E "(import $root/vm-tests/nix/drift.nix { $2 })${3:+.$3}" >"$1" 2>"$1.err" \
         || { cat "$1.err" >&2; fail "rendering the module's config failed ($2)"; }
 }
-# refused NIX_ARGS WANTED: evaluating the module with those arguments must fail
-# with an error that contains WANTED (a type error naming the option).
+# refused NIX_ARGS WANTED [ATTRIBUTE]: evaluating the module with those
+# arguments (its ATTRIBUTE of drift.nix, load_credential when not given) must
+# fail with an error that contains WANTED (a type error naming the option).
 refused() {
-    if nix-instantiate --eval --strict --json -E "(import $root/vm-tests/nix/drift.nix { $1 }).load_credential" \
+    if nix-instantiate --eval --strict --json -E "(import $root/vm-tests/nix/drift.nix { $1 }).${3:-load_credential}" \
         >"$work/refused.out" 2>"$work/refused.err"; then
         fail "the module accepted $1"
     fi
@@ -182,8 +189,19 @@ render "$work/sample.json" ""
     || fail "the sample host fails assertions: $(field "$work/sample.json" assertion_failures)"
 [[ $(field "$work/sample.json" units_use_rendered_files) == "true" ]] \
     || fail "the units do not run the rendered config/spec files"
-[[ $(field "$work/sample.json" firewall_udp_ports) == "[7443]" ]] \
-    || fail "openFirewall does not open the listen port: $(field "$work/sample.json" firewall_udp_ports)"
+# openFirewall: the listen port and the declared services' published ports
+# (not those bound to a loopback address), each with its protocol.
+[[ $(field "$work/sample.json" firewall_udp_ports) == "[7443, 5353]" ]] \
+    || fail "openFirewall does not open the listen port and the published UDP ports: $(field "$work/sample.json" firewall_udp_ports)"
+[[ $(field "$work/sample.json" firewall_tcp_ports) == "[8080, 8443]" ]] \
+    || fail "openFirewall does not open the published TCP ports (and only those): $(field "$work/sample.json" firewall_tcp_ports)"
+# The daemon runs `ip` and `nft` from its PATH.
+[[ $(field "$work/sample.json" unit_path) == '["iproute2", "nftables"]' ]] \
+    || fail "the unit's path is not iproute2 and nftables: $(field "$work/sample.json" unit_path)"
+# Bind-mount sources, env files, named volumes and credentials are the
+# host's: the unit must not get a mount namespace that hides or copies them.
+[[ $(field "$work/sample.json" mount_namespace_settings) == "[]" ]] \
+    || fail "the unit sets $(field "$work/sample.json" mount_namespace_settings): services' host paths would not be the host's"
 [[ $(field "$work/sample.json" start_limit) == '{"startLimitBurst": 5, "startLimitIntervalSec": 120}' ]] \
     || fail "the unit has no start limit: $(field "$work/sample.json" start_limit)"
 [[ $(field "$work/sample.json" meta_doc) == '["README.md"]' ]] \
@@ -236,13 +254,72 @@ assert images["web"] == "/var/lib/images/web.tar", f"a string image was changed 
 print(f"images: {images}")
 PY
 
+# The issue 11 fields, pinned: the rendered `workload` service is exactly
+# this (field names as in the spec files, empty and null options left out,
+# each secret named by its credential), and each secret's credential is one
+# the unit loads from the declared file.
+"$python" - "$work/services.json" "$work/sample.json" <<'PY' || fail "the services' issue 11 fields are not rendered as the spec names them"
+import json, sys
+services = {service["name"]: service for service in json.load(open(sys.argv[1]))["service"]}
+credentials = dict(entry.split(":", 1) for entry in json.load(open(sys.argv[2]))["load_credential"])
+directory = "/run/credentials/shoal.service/"
+expected = {
+    "name": "workload",
+    "image": "/var/lib/images/worker.tar",
+    "replicas": 1,
+    "restart": "on-failure",
+    "resources": {},
+    "ports": ["8080:80", "127.0.0.1:9000:9000", "5353:53/udp", "192.0.2.10:8443:443/tcp"],
+    "publish": {"mode": "mesh"},
+    "volumes": ["/srv/web:/data:ro", "cache:/var/cache/web", "/srv/uploads:/uploads:rw", "scratch.1:/scratch"],
+    "tmpfs": ["/tmp:size=64m", "/run/work"],
+    "env_files": ["/run/keys/web.env", "/var/lib/shoal-keys/common.env"],
+    "secrets": {
+        "tls_key": directory + "svc-workload.tls_key",
+        "db.password": directory + "svc-workload.db.password",
+    },
+}
+got = services["workload"]
+for key in sorted(set(expected) | set(got)):
+    assert got.get(key) == expected.get(key), f"workload.{key}: rendered {got.get(key)!r}, expected {expected.get(key)!r}"
+declared = {"tls_key": "/run/keys/web.key", "db.password": "/var/lib/shoal-keys/db-password"}
+for secret, path in got["secrets"].items():
+    credential = path.removeprefix(directory)
+    assert credentials.get(credential) == declared[secret], \
+        f"secret {secret}: {path} is not LoadCredential={credential}:{declared[secret]} ({credentials})"
+new_fields = {"ports", "publish", "volumes", "tmpfs", "env_files", "secrets"}
+for name in ("web", "local"):
+    unset = sorted(new_fields & set(services[name]))
+    assert not unset, f"service {name} renders unset fields {unset}"
+print(f"workload: {sorted(got)}; secrets are the credentials {sorted(p.removeprefix(directory) for p in got['secrets'].values())}")
+PY
+
 # The spec is validated by the CLI before it connects: with no daemon, a
-# valid spec fails only at the connection.
-if output=$(SHOAL_SOCKET="$work/no-daemon.sock" "$shoal_bin" service apply -f "$work/services.toml" 2>&1); then
-    fail "service apply succeeded without a daemon"
+# valid spec fails only at the connection. check_spec TOML: whether the CLI
+# takes that spec file; its output is in $output.
+check_spec() {
+    if output=$(SHOAL_SOCKET="$work/no-daemon.sock" "$shoal_bin" service apply -f "$1" 2>&1); then
+        fail "service apply succeeded without a daemon"
+    fi
+    grep -q "cannot connect to the daemon" <<<"$output"
+}
+if ! check_spec "$work/services.toml"; then
+    # Until the daemon side of issue 11 is in the binary, it refuses the new
+    # fields by name: outside CI that is a notice and the spec without the
+    # `workload` service must pass; under CI=true it is a failure.
+    if [[ ${CI:-} != true ]] && grep -qE 'unknown field `(ports|publish|volumes|tmpfs|env_files|secrets)`' <<<"$output"; then
+        echo "notice: $shoal_bin predates the issue 11 spec fields ($output)"
+        "$python" -c 'import json, sys; d = json.load(open(sys.argv[1])); d["service"] = [s for s in d["service"] if s["name"] != "workload"]; json.dump(d, sys.stdout)' \
+            "$work/services.json" >"$work/services-before-11.json"
+        to_toml "$work/services-before-11.json" "$work/services-before-11.toml"
+        check_spec "$work/services-before-11.toml" \
+            || { cat "$work/services-before-11.toml" >&2; fail "the CLI refuses the module's services spec: $output"; }
+        echo "the spec without the workload service passes; under CI=true this is a failure"
+    else
+        cat "$work/services.toml" >&2
+        fail "the CLI refuses the module's services spec: $output"
+    fi
 fi
-grep -q "cannot connect to the daemon" <<<"$output" \
-    || { cat "$work/services.toml" >&2; fail "the CLI refuses the module's services spec: $output"; }
 
 # ---- 5. what the module refuses ----------------------------------------------
 step "the module refuses what it must, naming the option"
@@ -262,6 +339,39 @@ refused 'keyFile = "${builtins.storeDir}/00000000000000000000000000000000-node.k
 refused 'keyFile = /var/lib/shoal-keys/node.key;' "services.shoal.tls.keyFile"
 refused 'keyFile = "node.key";' "services.shoal.tls.keyFile"
 
+# Env files and secrets: strings outside the store only (types.externalPath).
+# shellcheck disable=SC2016 # a Nix expression, expanded by Nix
+refused 'workload.envFiles = [ "${builtins.storeDir}/00000000000000000000000000000000-web.env" ];' \
+    "services.shoal.services.workload.envFiles" services_json
+refused 'workload.envFiles = [ /run/keys/web.env ];' "services.shoal.services.workload.envFiles" services_json
+refused 'workload.envFiles = [ "web.env" ];' "services.shoal.services.workload.envFiles" services_json
+# shellcheck disable=SC2016 # a Nix expression, expanded by Nix
+refused 'workload.secrets.key = "${builtins.storeDir}/00000000000000000000000000000000-web.key";' \
+    "services.shoal.services.workload.secrets.key"
+refused 'workload.secrets.key = /run/keys/web.key;' "services.shoal.services.workload.secrets.key"
+refused 'workload.secrets.key = "web.key";' "services.shoal.services.workload.secrets.key"
+refused 'workload.publish.mode = "everywhere";' "services.shoal.services.workload.publish.mode" services_json
+
+# The issue 11 fields' grammar: assertions that name the option and the entry.
+for port in 80 0:80 8080:080 70000:80 8080:80/sctp 256.0.0.1:8080:80 localhost:8080:80 8080:80:1; do
+    asserts "workload.ports = [ \"$port\" ];" "services.shoal.services.workload.ports: \"$port\""
+done
+for volume in data /srv/web:data -cache:/data /srv:/data:rx .:/data /a:/b:ro:rw; do
+    asserts "workload.volumes = [ \"$volume\" ];" "services.shoal.services.workload.volumes: \"$volume\""
+done
+for tmpfs in tmp /tmp:size=0 /tmp:64m /tmp:size=64M; do
+    asserts "workload.tmpfs = [ \"$tmpfs\" ];" "services.shoal.services.workload.tmpfs: \"$tmpfs\""
+done
+for secret in .. a:b a/b; do
+    asserts "workload.secrets.\"$secret\" = \"/run/keys/x\";" "services.shoal.services.workload.secrets: the names \"$secret\""
+done
+# A 250-character name: svc-workload.NAME is longer than systemd's 255.
+# shellcheck disable=SC2016 # a Nix expression, expanded by Nix
+asserts 'workload.secrets.${builtins.concatStringsSep "" (builtins.genList (_: "k") 250)} = "/run/keys/x";' \
+    'services.shoal.services.workload.secrets: the names "kkkkkkkkkk'
+asserts 'extraServices.Web.image = "/x";' 'services.shoal.services: "Web"'
+asserts 'extraServices."-web".image = "/x";' 'services.shoal.services: "-web"'
+
 # Addresses: assertions that name the option, never an evaluation error.
 asserts 'listen = "10.0.0.1:07443";' 'services.shoal.settings.listen ("10.0.0.1:07443")'
 asserts 'listen = "10.0.0.1:70000";' 'services.shoal.settings.listen ("10.0.0.1:70000")'
@@ -271,7 +381,7 @@ asserts 'listen = "10.0.0.1";' 'services.shoal.settings.listen ("10.0.0.1")'
 asserts 'advertise = "node-a:7443";' 'services.shoal.settings.advertise ("node-a:7443")'
 asserts 'peers = [ "192.0.2.11:7443" "node-b:7443" ];' 'services.shoal.settings.peers: "node-b:7443"'
 render "$work/port.json" 'listen = "10.0.0.1:70000";' firewall_udp_ports
-[[ $(cat "$work/port.json") == "[]" ]] || fail "an invalid port reached the firewall: $(cat "$work/port.json")"
+[[ $(cat "$work/port.json") == "[5353]" ]] || fail "an invalid port reached the firewall: $(cat "$work/port.json")"
 render "$work/v6.json" 'listen = "[::]:7443"; peers = [ "[2001:db8::1]:7443" ];' assertion_failures
 [[ $(cat "$work/v6.json") == "[]" ]] || fail "IPv6 addresses were refused: $(cat "$work/v6.json")"
 

@@ -1,7 +1,9 @@
 # Shared pieces of shoal's NixOS VM tests: certificates made by the shoal
 # binary in a derivation, a node configuration (the services.shoal module
 # with the node's own key copied out of the store at boot), spec files, and
-# the Python helpers every test script starts with.
+# the Python helpers every test script starts with; for the workload tests
+# (issue 11), nodes with container subnets, an `outside` machine that is no
+# cluster node, and their helpers.
 { pkgs }:
 let
   inherit (pkgs) lib;
@@ -26,8 +28,9 @@ rec {
 
   port = 7443;
 
-  # A node named `name` that seeds from `peers`; `ca` is "ca" or "rogue-ca".
-  node = { name, peers, ca ? "ca" }: { config, nodes, pkgs, ... }: {
+  # A node named `name` that seeds from `peers`; `ca` is "ca" or "rogue-ca";
+  # with `subnet`, its containers get addresses from it (containers.subnet).
+  node = { name, peers, ca ? "ca", subnet ? null }: { config, nodes, pkgs, ... }: {
     imports = [ ../../nixos-module ];
 
     virtualisation.memorySize = 1024;
@@ -65,7 +68,7 @@ rec {
           heartbeat_interval_ms = 1000;
           down_after_ms = 4000;
         };
-      };
+      } // lib.optionalAttrs (subnet != null) { containers.subnet = subnet; };
     };
   };
 
@@ -74,6 +77,55 @@ rec {
     inherit name;
     peers = lib.filter (peer: peer != name) names;
   });
+
+  # ---- workloads (issue 11) -------------------------------------------------
+
+  # Node `name`'s container subnet: 10.88.N.0/24, N its place in `members`.
+  subnet = name: "10.88.${toString (1 + lib.length (lib.filter (member: member < name) members))}.0/24";
+
+  # A cluster of `names` whose containers have addresses (and so ports and
+  # egress), each node declaring `services` (services.shoal.services) alike:
+  # an attribute set, or a function of the test's `nodes` giving one.
+  workloadCluster = names: services: lib.genAttrs names (name: { nodes, ... }: {
+    imports = [
+      (node {
+        inherit name;
+        peers = lib.filter (peer: peer != name) names;
+        subnet = subnet name;
+      })
+    ];
+    services.shoal.services = if builtins.isFunction services then services nodes else services;
+  });
+
+  # The machine outside the cluster: a client of published ports (curl) and
+  # an HTTP server that containers reach through their node. It answers
+  # GET /egress with "outside-ok" and logs each client's address to the
+  # journal (python's http.server: `ADDRESS - - [date] "GET /egress ..."`).
+  outsidePort = 8000;
+  outside = { pkgs, ... }: {
+    environment.systemPackages = [ pkgs.curl ];
+    networking.firewall.allowedTCPPorts = [ outsidePort ];
+    systemd.services.outside-http = {
+      description = "an HTTP server outside the shoal cluster";
+      wantedBy = [ "multi-user.target" ];
+      after = [ "network.target" ];
+      environment.PYTHONUNBUFFERED = "1";
+      serviceConfig.ExecStart = "${pkgs.python3}/bin/python3 -m http.server ${toString outsidePort} --bind 0.0.0.0 --directory ${outsideRoot}";
+    };
+  };
+  outsideRoot = pkgs.runCommand "outside-http-root" { } ''
+    mkdir $out
+    echo outside-ok > $out/egress
+  '';
+
+  # A container command: `script` run by the image's busybox sh.
+  shell = script: [ "/bin/sh" "-c" script ];
+  # A script that idles and stops at once on SIGTERM (a shell runs its trap
+  # only after a foreground command ends, so it waits on a background sleep).
+  idle = "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done";
+  # An httpd answering `body` on port 80; the image has no /tmp, so a
+  # service using it mounts a tmpfs there (`tmpfs = [ "/tmp" ]`).
+  httpd = body: shell "echo ${body} > /tmp/index.html; exec httpd -f -p 80 -h /tmp";
 
   spec = { name ? "web", replicas }: pkgs.writeText "${name}-${toString replicas}.toml" ''
     name = "${name}"
@@ -155,5 +207,92 @@ rec {
 
     def heal(machine):
         machine.succeed("nft delete table inet shoal_cut")
+  '';
+
+  # Python helpers of the workload tests (after `prelude`). A container is a
+  # dict as its own node reports it in `shoal ps --json`: machine, id, ip,
+  # state, ports.
+  workloadPrelude = ''
+    import re
+
+
+    def own_containers(machines, service):
+        """Containers of `service` as each machine whose daemon answers reports
+        its own."""
+        found = []
+        for machine in machines:
+            status, output = machine.execute("shoal ps --json")
+            if status != 0:
+                continue
+            for record in json.loads(output)["containers"]:
+                if record["service"] == service and record["node"] == machine.name:
+                    found.append({
+                        "machine": machine.name,
+                        "id": record["id"],
+                        "ip": record.get("ip"),
+                        "state": record["state"],
+                        "ports": record.get("ports") or [],
+                    })
+        return found
+
+
+    def wait_for(what, check, timeout=120):
+        """Polls `check` until it returns something other than None; returns it."""
+        found = []
+
+        def attempt(last_try):
+            value = check()
+            if value is not None:
+                found.append(value)
+                return True
+            if last_try:
+                print(f"timed out waiting for {what}")
+            return False
+
+        retry(attempt, timeout)
+        return found[0]
+
+
+    def one_running(machines, service):
+        """Waits until exactly one container of `service` exists and it runs."""
+
+        def check():
+            listed = own_containers(machines, service)
+            if len(listed) == 1 and listed[0]["state"] == "running":
+                return listed[0]
+            return None
+
+        return wait_for(f"one running replica of {service}", check)
+
+
+    def get(client, address, port, path="/"):
+        """GET http://address:port/path from `client`: (curl's status, body)."""
+        return client.execute(f"curl --silent --show-error --max-time 3 http://{address}:{port}{path}")
+
+
+    # curl's statuses for a port that does not answer: could not connect
+    # (refused, unreachable), timed out, empty reply, connection reset.
+    UNANSWERED = {7, 28, 52, 56}
+
+
+    def wait_answers(client, address, port, body):
+        """Waits until address:port answers `body` to `client`."""
+
+        def check():
+            status, output = get(client, address, port)
+            return True if status == 0 and output.strip() == body else None
+
+        wait_for(f"{address}:{port} to answer {body!r} to {client.name}", check)
+
+
+    def assert_unanswered(client, address, port, why):
+        status, output = get(client, address, port)
+        assert status in UNANSWERED, f"{address}:{port} answered {client.name} ({why}): {status} {output!r}"
+
+
+    def outside_clients(outside, path):
+        """The client addresses of the outside server's requests for `path`."""
+        log = outside.succeed("journalctl --no-pager -o cat -u outside-http.service")
+        return {match.group(1) for match in re.finditer(rf'^(\S+) - - \[[^]]*\] "GET {re.escape(path)} ', log, re.MULTILINE)}
   '';
 }

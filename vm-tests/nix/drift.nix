@@ -19,6 +19,10 @@
 , advertise ? "192.0.2.10:7443"
 , peers ? [ "192.0.2.11:7443" "192.0.2.12:7443" ]
 , extraSettings ? { }
+  # Merged into the `workload` service (lists concatenate), for refusals.
+, workload ? { }
+  # More declared services, for refusals.
+, extraServices ? { }
   # false: pkgs has no shoal and the host does not set the package, as when
   # the module file is imported without the flake.
 , withPackage ? true
@@ -94,7 +98,23 @@ let
         };
         # A Nix path literal: must be rendered as a store path.
         local.image = ./drift-image;
-      };
+        # Every issue 11 field, each rule's every branch.
+        workload = lib.mkMerge [
+          {
+            image = "/var/lib/images/worker.tar";
+            ports = [ "8080:80" "127.0.0.1:9000:9000" "5353:53/udp" "192.0.2.10:8443:443/tcp" ];
+            publish.mode = "mesh";
+            volumes = [ "/srv/web:/data:ro" "cache:/var/cache/web" "/srv/uploads:/uploads:rw" "scratch.1:/scratch" ];
+            tmpfs = [ "/tmp:size=64m" "/run/work" ];
+            envFiles = [ "/run/keys/web.env" "/var/lib/shoal-keys/common.env" ];
+            secrets = {
+              tls_key = "/run/keys/web.key";
+              "db.password" = "/var/lib/shoal-keys/db-password";
+            };
+          }
+          workload
+        ];
+      } // extraServices;
     };
   };
 
@@ -134,12 +154,32 @@ in
     lib.hasInfix "${configFile}" unit.serviceConfig.ExecStart
     && lib.hasInfix "${servicesFile}" servicesUnit.serviceConfig.ExecStart;
   load_credential = unit.serviceConfig.LoadCredential;
+  # The tools the daemon runs, looked up in the unit's PATH.
+  unit_path = map (package: package.pname or package.name) unit.path;
+  # Settings that give the unit its own mount namespace or hide host paths
+  # from it: none may be set (container mounts, bind-mount sources, env
+  # files, volumes and credentials are all the host's).
+  mount_namespace_settings = builtins.filter (name: unit.serviceConfig ? ${name}) [
+    "ProtectSystem"
+    "ProtectHome"
+    "PrivateTmp"
+    "PrivateDevices"
+    "PrivateMounts"
+    "ProtectProc"
+    "ReadOnlyPaths"
+    "InaccessiblePaths"
+    "TemporaryFileSystem"
+    "BindPaths"
+    "BindReadOnlyPaths"
+    "RootDirectory"
+  ];
   start_limit = {
     startLimitBurst = unit.startLimitBurst or null;
     startLimitIntervalSec = unit.startLimitIntervalSec or null;
   };
   # (`or`: the stub NixOS declares no firewall options, so no default.)
   firewall_udp_ports = config.networking.firewall.allowedUDPPorts or [ ];
+  firewall_tcp_ports = config.networking.firewall.allowedTCPPorts or [ ];
   # meta.doc's merge keeps every definition: { file, value } each.
   meta_doc = map (definition: baseNameOf (toString definition.value)) config.meta.doc;
 }

@@ -73,6 +73,10 @@ pub struct ClusterOptions {
     /// `containers.reconcile_interval_ms` (with `container_subnets`); the
     /// daemon's default when `None`.
     pub reconcile_interval_ms: Option<u64>,
+    /// Add the lab's outside host ([`crate::lab::OUTSIDE_ADDRESS`]): a
+    /// namespace on the bridge that runs no daemon, for clients of published
+    /// ports and servers that containers reach through their node.
+    pub outside_host: bool,
 }
 
 impl Default for ClusterOptions {
@@ -86,6 +90,7 @@ impl Default for ClusterOptions {
             rogue_last: false,
             container_subnets: false,
             reconcile_interval_ms: None,
+            outside_host: false,
         }
     }
 }
@@ -97,6 +102,8 @@ pub struct ClusterNode {
     pub config: PathBuf,
     pub socket: PathBuf,
     pub log: PathBuf,
+    /// The daemon's `state_dir` (state.redb, volumes, the API socket).
+    pub state_dir: PathBuf,
     netns: String,
     process: Option<Child>,
 }
@@ -104,6 +111,11 @@ pub struct ClusterNode {
 impl ClusterNode {
     pub fn is_running(&self) -> bool {
         self.process.is_some()
+    }
+
+    /// The lab namespace the daemon runs in.
+    pub fn netns(&self) -> &str {
+        &self.netns
     }
 }
 
@@ -122,7 +134,10 @@ impl Cluster {
     /// starts every daemon; returns once every node answers on its API socket.
     pub fn start(options: ClusterOptions) -> Result<Cluster, HarnessError> {
         let shoal = shoal_binary()?;
-        let lab = Lab::create(options.nodes)?;
+        let mut lab = Lab::create(options.nodes)?;
+        if options.outside_host {
+            lab.add_outside()?;
+        }
         let dir = tempfile::Builder::new()
             .prefix("shoal-cluster-")
             .tempdir()
@@ -222,6 +237,7 @@ impl Cluster {
                 config,
                 socket,
                 log: node_dir.join("daemon.log"),
+                state_dir: node_dir.join("state"),
                 netns: host.netns.name().to_owned(),
                 process: None,
             });
@@ -416,6 +432,101 @@ impl Cluster {
             args: args.join(" "),
             error,
         })
+    }
+
+    /// Runs `shoal --socket <node's socket> ARGS` and returns what it printed
+    /// (for commands whose output is text, such as `logs`).
+    pub fn cli_text(&self, index: usize, args: &[&str]) -> Result<String, HarnessError> {
+        let node = &self.nodes[index];
+        let mut full = vec!["--socket", path_str(&node.socket)];
+        full.extend_from_slice(args);
+        run_shoal(&self.shoal, &node.name, &full)
+    }
+
+    /// The outside host's namespace; panics if the cluster was started
+    /// without `outside_host`.
+    pub fn outside_netns(&self) -> &str {
+        self.lab
+            .outside()
+            .expect("the cluster was started without outside_host")
+            .netns
+            .name()
+    }
+
+    /// `nft list table ip shoal` inside node `index`'s namespace, or why it
+    /// could not be listed.
+    pub fn nft_table(&self, index: usize) -> String {
+        match crate::command::run_in(
+            &self.nodes[index].netns,
+            "nft",
+            &["list", "table", "ip", "shoal"],
+        ) {
+            Ok(output) => String::from_utf8_lossy(&output.stdout).into_owned(),
+            Err(error) => format!("({error})"),
+        }
+    }
+
+    /// What a failing scenario should print: every running node's `shoal ps`
+    /// (JSON), its `ip shoal` nftables table and the tail of every daemon log.
+    pub fn diagnostics(&self) -> String {
+        let mut out = String::new();
+        for index in 0..self.nodes.len() {
+            let name = &self.nodes[index].name;
+            if !self.nodes[index].is_running() {
+                out.push_str(&format!("==== {name}: daemon not running\n"));
+            } else {
+                let ps = self
+                    .cli_json(index, &["ps"])
+                    .map(|ps| ps.to_string())
+                    .unwrap_or_else(|error| format!("({error})"));
+                out.push_str(&format!("==== {name}: shoal ps --json\n{ps}\n"));
+            }
+            out.push_str(&format!(
+                "==== {name}: nft list table ip shoal\n{}\n",
+                self.nft_table(index)
+            ));
+            if self.nodes[index].is_running() {
+                out.push_str(&self.service_logs(index, 10));
+            }
+        }
+        out.push_str(&self.log_tails(30));
+        out
+    }
+
+    /// The last `lines` lines of `shoal logs` of every service node `index`
+    /// lists, as far as that node has containers of it.
+    fn service_logs(&self, index: usize, lines: usize) -> String {
+        let name = &self.nodes[index].name;
+        let services: Vec<String> = self
+            .cli_json(index, &["service", "ls"])
+            .ok()
+            .and_then(|list| list.as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .filter_map(|s| s["name"].as_str().map(str::to_owned))
+            .collect();
+        let mut out = String::new();
+        for service in services {
+            let node = &self.nodes[index];
+            let args = ["--socket", path_str(&node.socket), "logs", &service];
+            let Ok(streams) = run_shoal_output(&self.shoal, &node.name, &args) else {
+                continue;
+            };
+            for (stream, text) in [("stdout", streams.0), ("stderr", streams.1)] {
+                let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+                if tail.is_empty() {
+                    continue;
+                }
+                out.push_str(&format!(
+                    "==== {name}: shoal logs {service}, {stream} (tail)\n"
+                ));
+                for line in tail.into_iter().rev() {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+        }
+        out
     }
 
     /// Writes a spec file and applies it on node `index`; returns the daemon's
@@ -668,6 +779,15 @@ pub fn shoal_binary() -> Result<PathBuf, HarnessError> {
 }
 
 fn run_shoal(shoal: &Path, node: &str, args: &[&str]) -> Result<String, HarnessError> {
+    run_shoal_output(shoal, node, args).map(|(stdout, _)| stdout)
+}
+
+/// Runs `shoal ARGS`; returns its standard output and standard error.
+fn run_shoal_output(
+    shoal: &Path,
+    node: &str,
+    args: &[&str],
+) -> Result<(String, String), HarnessError> {
     let output = Command::new(shoal)
         .args(args)
         .stdin(Stdio::null())
@@ -683,7 +803,10 @@ fn run_shoal(shoal: &Path, node: &str, args: &[&str]) -> Result<String, HarnessE
             stderr: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         });
     }
-    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    Ok((
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    ))
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), HarnessError> {

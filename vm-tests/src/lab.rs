@@ -1,8 +1,11 @@
 //! The simulated network: one namespace per host, all wired to a bridge that
 //! lives in a namespace of its own, with controls to cut and heal links.
 //!
-//! Host `i` has address `10.231.0.(10 + i)/24` on `eth0`. The addresses exist
-//! only inside this lab's namespaces; nothing here is routed to the real network.
+//! Host `i` has address `10.231.0.(10 + i)/24` on `eth0`. A lab may also hold
+//! one *outside* host ([`OUTSIDE_ADDRESS`]): a namespace on the same bridge that
+//! is not a cluster node, standing for a client of published ports or a server
+//! that containers reach through their node. The addresses exist only inside
+//! this lab's namespaces; nothing here is routed to the real network.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -12,6 +15,12 @@ use crate::netns::{self, Netns};
 
 /// Most hosts a lab holds; the address plan and veth names assume it.
 pub const HOSTS_MAX: usize = 16;
+
+/// The outside host's address, outside the range of [`host_address`].
+pub const OUTSIDE_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 250);
+
+/// The outside host's port on the bridge (the hosts' ports are `h<index>`).
+const OUTSIDE_PORT: &str = "out";
 
 static LAB_SEQUENCE: AtomicU32 = AtomicU32::new(0);
 
@@ -28,7 +37,10 @@ pub struct Host {
 pub struct Lab {
     // Hosts are declared before the bridge so they are dropped first.
     hosts: Vec<Host>,
+    outside: Option<Host>,
     bridge: Netns,
+    /// Every namespace of this lab starts with it.
+    prefix: String,
 }
 
 impl Lab {
@@ -54,39 +66,16 @@ impl Lab {
         command::run("ip", &["-n", &bridge_name, "link", "set", "br0", "up"])?;
         let mut lab = Lab {
             hosts: Vec::with_capacity(host_count),
+            outside: None,
             bridge,
+            prefix: prefix.clone(),
         };
         for index in 0..host_count {
             let netns = Netns::create(&format!("{prefix}-n{index}"))?;
             let address = host_address(index);
-            let port = format!("h{index}");
             let name = netns.name().to_owned();
             lab.hosts.push(Host { netns, address });
-            command::run(
-                "ip",
-                &[
-                    "link",
-                    "add",
-                    "eth0",
-                    "netns",
-                    &name,
-                    "type",
-                    "veth",
-                    "peer",
-                    "name",
-                    &port,
-                    "netns",
-                    &bridge_name,
-                ],
-            )?;
-            command::run(
-                "ip",
-                &["-n", &bridge_name, "link", "set", &port, "master", "br0"],
-            )?;
-            command::run("ip", &["-n", &bridge_name, "link", "set", &port, "up"])?;
-            let cidr = format!("{address}/24");
-            command::run("ip", &["-n", &name, "addr", "add", &cidr, "dev", "eth0"])?;
-            command::run("ip", &["-n", &name, "link", "set", "eth0", "up"])?;
+            lab.wire(&name, &format!("h{index}"), address)?;
             // The pairwise cuts live in this table; it exists from the start so
             // cutting and healing are plain rule edits.
             command::run_in(&name, "nft", &["add", "table", "inet", "shoal_lab"])?;
@@ -100,6 +89,85 @@ impl Lab {
             }
         }
         Ok(lab)
+    }
+
+    /// Adds the outside host: a namespace on the bridge at [`OUTSIDE_ADDRESS`]
+    /// that runs no daemon. It has no route beyond the lab's /24 (so a
+    /// container's own address cannot get an answer from it unless its node
+    /// rewrites the source) until [`Lab::route_outside`] adds one.
+    pub fn add_outside(&mut self) -> Result<&Host, CommandError> {
+        assert!(
+            self.outside.is_none(),
+            "the lab already has an outside host"
+        );
+        let netns = Netns::create(&format!("{}-out", self.prefix))?;
+        let name = netns.name().to_owned();
+        self.outside = Some(Host {
+            netns,
+            address: OUTSIDE_ADDRESS,
+        });
+        self.wire(&name, OUTSIDE_PORT, OUTSIDE_ADDRESS)?;
+        Ok(self.outside.as_ref().expect("just set"))
+    }
+
+    /// The outside host, if [`Lab::add_outside`] made one.
+    pub fn outside(&self) -> Option<&Host> {
+        self.outside.as_ref()
+    }
+
+    /// Routes `destination` (a CIDR) from the outside host through `via`, a
+    /// host of the lab: for measuring a direct path to a container's address.
+    pub fn route_outside(&self, destination: &str, via: Ipv4Addr) -> Result<(), CommandError> {
+        let outside = self
+            .outside
+            .as_ref()
+            .expect("route_outside needs an outside host (Lab::add_outside)");
+        let gateway = via.to_string();
+        command::run(
+            "ip",
+            &[
+                "-n",
+                outside.netns.name(),
+                "route",
+                "replace",
+                destination,
+                "via",
+                &gateway,
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Plugs the namespace `name` into the bridge through a veth (`eth0`
+    /// inside, `port` on the bridge) and gives it `address`/24.
+    fn wire(&self, name: &str, port: &str, address: Ipv4Addr) -> Result<(), CommandError> {
+        let bridge_name = self.bridge.name();
+        command::run(
+            "ip",
+            &[
+                "link",
+                "add",
+                "eth0",
+                "netns",
+                name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                port,
+                "netns",
+                bridge_name,
+            ],
+        )?;
+        command::run(
+            "ip",
+            &["-n", bridge_name, "link", "set", port, "master", "br0"],
+        )?;
+        command::run("ip", &["-n", bridge_name, "link", "set", port, "up"])?;
+        let cidr = format!("{address}/24");
+        command::run("ip", &["-n", name, "addr", "add", &cidr, "dev", "eth0"])?;
+        command::run("ip", &["-n", name, "link", "set", "eth0", "up"])?;
+        Ok(())
     }
 
     pub fn hosts(&self) -> &[Host] {
@@ -259,13 +327,15 @@ mod tests {
             return;
         }
         let names: Vec<String> = {
-            let lab = Lab::create(2).expect("lab");
+            let mut lab = Lab::create(2).expect("lab");
+            lab.add_outside().expect("outside host");
             let mut names: Vec<String> = lab
                 .hosts()
                 .iter()
                 .map(|h| h.netns.name().to_owned())
                 .collect();
             names.push(lab.bridge.name().to_owned());
+            names.push(lab.outside().expect("outside").netns.name().to_owned());
             names
         };
         let listed = command::run("ip", &["netns", "list"]).expect("list");

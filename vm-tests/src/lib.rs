@@ -6,6 +6,9 @@
 //! pairwise firewall drops, netem delay and loss), and a checker in the Jepsen
 //! spirit compares what every node converged to against what was acknowledged.
 //!
+//! `probe` runs HTTP clients and servers inside the lab's namespaces (the
+//! outside host's server, published-port checks, bench transfers).
+//!
 //! Everything the harness creates is owned by a guard and removed on drop, also
 //! when a test panics; namespaces left over by a killed run are swept the next
 //! time a lab starts.
@@ -15,6 +18,7 @@ pub mod cluster;
 pub mod command;
 pub mod lab;
 pub mod netns;
+pub mod probe;
 
 /// Whether this process can run the lab (root: network namespaces, nftables, cgroups).
 /// Under `CI=true` a missing prerequisite fails the test; elsewhere the test says why it

@@ -50,6 +50,8 @@ let
     busybox = tool "busybox";
     skopeo = tool "skopeo";
     runc = tool "runc";
+    curl = tool "curl";
+    python3 = tool "python3";
 
     writeText = name: text: mkStub name { inherit text; };
 
