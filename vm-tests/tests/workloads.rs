@@ -354,7 +354,7 @@ fn egress_masquerade() {
     );
 }
 
-/// The lines of the file `count` in node 0's named volume `cache`.
+/// The file `count` in node 0's named volume `cache`, as the host sees it.
 fn volume_file(cluster: &Cluster) -> PathBuf {
     cluster
         .node(0)
