@@ -1,13 +1,17 @@
 //! Container networking on one node: the node bridge with the subnet's gateway
 //! address, a network namespace per container with a veth into that bridge, and
-//! routes to the other nodes' container subnets. Everything is done by running
-//! iproute2's `ip` in the caller's network namespace, so a node that is itself a
-//! network namespace (the netns cluster) works exactly like a real host.
+//! routes to the other nodes' container subnets, and shoal's own nftables table
+//! (published ports, egress masquerade: `firewall`). Everything is done by
+//! running iproute2's `ip` and `nft` in the caller's network namespace, so a node
+//! that is itself a network namespace (the netns cluster) works exactly like a
+//! real host.
 //!
 //! All calls block (they wait for `ip`); async callers use `spawn_blocking`.
 
 mod command;
 pub mod fake;
+pub mod firewall;
+pub mod firewall_rules;
 mod interface;
 mod names;
 pub mod node;
@@ -16,6 +20,11 @@ mod seam;
 mod spawn;
 
 pub use fake::{FakeNetwork, FakeNetworkCall};
+pub use firewall::{FakeFirewall, Firewall, NftFirewall};
+pub use firewall_rules::{
+    BACKENDS_PER_FORWARD_MAX, CLUSTER_SUBNETS_MAX, FORWARDS_MAX, FirewallRules, PortForward,
+    Protocol,
+};
 pub use names::{HOST_INTERFACE_PREFIX, NETNS_DIR, ROUTE_PROTOCOL};
 pub use node::{Attachment, CONTAINER_INTERFACE, NodeNetwork};
 pub use routes::RouteReport;
@@ -83,7 +92,36 @@ pub enum NetworkError {
     OverlappingPeers { first: Subnet, second: Subnet },
     #[error("node address {address} for subnet {subnet} is not IPv4")]
     NodeAddressNotIpv4 { subnet: Subnet, address: IpAddr },
-    /// Only from `FakeNetwork::fail_next`.
+    #[error("forward {forward}: port 0 cannot be published or forwarded to")]
+    PortZero { forward: String },
+    #[error("forward {forward} has no backends")]
+    NoBackends { forward: String },
+    #[error("forward {forward} has {count} backends, more than {max}")]
+    TooManyBackends {
+        forward: String,
+        count: usize,
+        max: usize,
+    },
+    #[error("forward {forward}: address {address} cannot be used")]
+    ForwardAddress { forward: String, address: Ipv4Addr },
+    #[error("forwards {first} and {second} claim the same port")]
+    ForwardConflict { first: String, second: String },
+    #[error("{count} forwards, more than {max}")]
+    TooManyForwards { count: usize, max: usize },
+    #[error("{count} cluster subnets, more than {max}")]
+    TooManyClusterSubnets { count: usize, max: usize },
+    #[error(
+        "nftables table name {name:?} is invalid: 1..=64 characters of [A-Za-z0-9_-], starting with a letter"
+    )]
+    TableName { name: String },
+    #[error("cannot encode the nftables batch: {reason}")]
+    FirewallEncode { reason: String },
+    #[error("cannot write the nftables batch to {path}: {source}")]
+    FirewallFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Only from `FakeNetwork::fail_next` and `FakeFirewall::fail_next`.
     #[error("injected failure: {message}")]
     Injected { message: String },
 }
