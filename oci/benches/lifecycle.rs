@@ -97,6 +97,7 @@ fn main() {
         cgroup_parent: "shoal-bench".to_owned(),
         netns_path: None,
         seccomp: true,
+        mounts: Vec::new(),
     };
     // The cgroup path is left out of the shared bundle: each runtime picks its own per id.
     let mut spec = runtime_spec(&image, &options).unwrap();
@@ -147,6 +148,7 @@ fn main() {
                 limits: Limits::default(),
                 netns_path: None,
                 rootfs_mode: RootfsMode::Auto,
+                mounts: Vec::new(),
                 annotations: Default::default(),
             };
             runtime.create(&config).unwrap();

@@ -1,7 +1,7 @@
 //! Generates a container's OCI runtime bundle (`config.json`) from the image config and the
-//! service's command, environment, limits and optional network namespace.
+//! service's command, environment, limits, mounts and optional network namespace.
 
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use oci_spec::runtime::Spec;
 use serde_json::{Value, json};
@@ -21,6 +21,32 @@ pub struct Limits {
     pub pids_max: Option<i64>,
 }
 
+/// A file system mounted into a container, on top of its root filesystem.
+///
+/// Targets are absolute paths inside the container. The daemon validates them against its
+/// own rules first; the bundle still refuses a relative target or one with a `..`
+/// component, a bind whose source does not exist and an unbounded tmpfs.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Mount {
+    /// An existing host path (directory or file) bind-mounted at `target`.
+    Bind {
+        source: PathBuf,
+        target: String,
+        read_only: bool,
+    },
+    /// A fresh tmpfs of at most size_bytes at `target`.
+    Tmpfs { target: String, size_bytes: u64 },
+}
+
+impl Mount {
+    /// The path inside the container.
+    pub fn target(&self) -> &str {
+        match self {
+            Self::Bind { target, .. } | Self::Tmpfs { target, .. } => target,
+        }
+    }
+}
+
 /// What the bundle is made from, apart from the image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BundleOptions {
@@ -36,6 +62,8 @@ pub struct BundleOptions {
     /// container networking: the daemon makes the netns with its veth and passes it here.
     pub netns_path: Option<PathBuf>,
     pub seccomp: bool,
+    /// Mounted in order, after the runtime's own (`/proc`, `/dev`, `/sys`, ...).
+    pub mounts: Vec<Mount>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -52,6 +80,14 @@ pub enum BundleError {
     InvalidEnv(String),
     #[error("image user {0:?} is not numeric (uid or uid:gid); user names are not supported")]
     UnsupportedUser(String),
+    #[error("mount target {0:?} must be an absolute path without '..' components")]
+    InvalidMountTarget(String),
+    #[error("tmpfs at {0:?} needs a size above 0 bytes (0 would leave it unbounded)")]
+    UnboundedTmpfs(String),
+    #[error("bind mount source {path} for {target:?} must be an absolute path")]
+    RelativeBindSource { path: PathBuf, target: String },
+    #[error("bind mount source {path} for {target:?} does not exist")]
+    MissingBindSource { path: PathBuf, target: String },
     #[error("generated runtime spec is invalid: {0}")]
     InvalidSpec(String),
 }
@@ -103,6 +139,64 @@ fn merge_env(image_env: &[String], overrides: &[String]) -> Result<Vec<String>, 
     Ok(merged)
 }
 
+/// Checks what can be checked of `mounts` without looking at the host: every target is
+/// absolute without `..` components and every tmpfs is bounded.
+pub fn validate_mounts(mounts: &[Mount]) -> Result<(), BundleError> {
+    for mount in mounts {
+        let target = mount.target();
+        let path = Path::new(target);
+        if !path.is_absolute() || path.components().any(|part| part == Component::ParentDir) {
+            return Err(BundleError::InvalidMountTarget(target.to_owned()));
+        }
+        if let Mount::Tmpfs { size_bytes: 0, .. } = mount {
+            return Err(BundleError::UnboundedTmpfs(target.to_owned()));
+        }
+    }
+    Ok(())
+}
+
+/// The runtime spec's entry for `mount`; a bind's source must exist now.
+fn mount_entry(mount: &Mount) -> Result<Value, BundleError> {
+    match mount {
+        Mount::Bind {
+            source,
+            target,
+            read_only,
+        } => {
+            if !source.is_absolute() {
+                return Err(BundleError::RelativeBindSource {
+                    path: source.clone(),
+                    target: target.clone(),
+                });
+            }
+            // A dangling symlink counts as missing: libcontainer would fail to resolve it.
+            if !matches!(source.try_exists(), Ok(true)) {
+                return Err(BundleError::MissingBindSource {
+                    path: source.clone(),
+                    target: target.clone(),
+                });
+            }
+            // `rro` makes mounts below the source read-only too, not only the top one.
+            let access: &[&str] = if *read_only { &["ro", "rro"] } else { &["rw"] };
+            let mut options = vec!["rbind"];
+            options.extend_from_slice(access);
+            options.extend_from_slice(&["nosuid", "nodev", "rprivate"]);
+            Ok(json!({
+                "destination": target,
+                "type": "bind",
+                "source": source,
+                "options": options,
+            }))
+        }
+        Mount::Tmpfs { target, size_bytes } => Ok(json!({
+            "destination": target,
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "nodev", format!("size={size_bytes}"), "mode=1777"],
+        })),
+    }
+}
+
 /// Builds the runtime spec for `options` on top of `image`.
 pub fn runtime_spec(image: &PreparedImage, options: &BundleOptions) -> Result<Spec, BundleError> {
     validate_id(&options.id)?;
@@ -111,6 +205,12 @@ pub fn runtime_spec(image: &PreparedImage, options: &BundleOptions) -> Result<Sp
             options.cgroup_parent.clone(),
         ));
     }
+    validate_mounts(&options.mounts)?;
+    let mount_entries = options
+        .mounts
+        .iter()
+        .map(mount_entry)
+        .collect::<Result<Vec<_>, _>>()?;
     let image_config = image.config.config().clone().unwrap_or_default();
     let args = match &options.command {
         Some(command) => command.clone(),
@@ -146,6 +246,10 @@ pub fn runtime_spec(image: &PreparedImage, options: &BundleOptions) -> Result<Sp
     spec["process"]["cwd"] = json!(cwd);
     spec["process"]["user"] = json!({ "uid": uid, "gid": gid });
     spec["process"]["noNewPrivileges"] = json!(true);
+    match spec["mounts"].as_array_mut() {
+        Some(mounts) => mounts.extend(mount_entries),
+        None => spec["mounts"] = json!(mount_entries),
+    }
     let linux = &mut spec["linux"];
     linux["cgroupsPath"] = json!(format!("/{}/{}", options.cgroup_parent, options.id));
     let mut resources = linux["resources"].take();
@@ -221,7 +325,165 @@ mod tests {
             cgroup_parent: "shoal".to_owned(),
             netns_path: Some(PathBuf::from("/run/netns/web-1")),
             seccomp: true,
+            mounts: Vec::new(),
         }
+    }
+
+    /// The spec's mount entries after the runtime's defaults, as JSON.
+    fn added_mounts(mounts: Vec<Mount>) -> Result<Vec<Value>, BundleError> {
+        let image = image(json!({ "Cmd": ["x"] }));
+        let defaults =
+            serde_json::to_value(runtime_spec(&image, &options()).unwrap()).unwrap()["mounts"]
+                .as_array()
+                .unwrap()
+                .len();
+        let mut options = options();
+        options.mounts = mounts;
+        let spec = serde_json::to_value(runtime_spec(&image, &options)?).unwrap();
+        let all = spec["mounts"].as_array().unwrap();
+        Ok(all[defaults..].to_vec())
+    }
+
+    #[test]
+    fn mounts_follow_the_runtime_defaults_with_their_options() {
+        let host_dir = tempfile::tempdir().unwrap();
+        let host_file = host_dir.path().join("key");
+        std::fs::write(&host_file, b"secret").unwrap();
+        let added = added_mounts(vec![
+            Mount::Bind {
+                source: host_dir.path().to_owned(),
+                target: "/var/lib/data".to_owned(),
+                read_only: false,
+            },
+            Mount::Bind {
+                source: host_file.clone(),
+                target: "/run/secrets/tls_key".to_owned(),
+                read_only: true,
+            },
+            Mount::Tmpfs {
+                target: "/scratch".to_owned(),
+                size_bytes: 1 << 20,
+            },
+        ])
+        .unwrap();
+        assert_eq!(
+            added,
+            [
+                json!({
+                    "destination": "/var/lib/data",
+                    "type": "bind",
+                    "source": host_dir.path(),
+                    "options": ["rbind", "rw", "nosuid", "nodev", "rprivate"],
+                }),
+                json!({
+                    "destination": "/run/secrets/tls_key",
+                    "type": "bind",
+                    "source": host_file,
+                    "options": ["rbind", "ro", "rro", "nosuid", "nodev", "rprivate"],
+                }),
+                json!({
+                    "destination": "/scratch",
+                    "type": "tmpfs",
+                    "source": "tmpfs",
+                    "options": ["nosuid", "nodev", "size=1048576", "mode=1777"],
+                }),
+            ]
+        );
+        // The runtime's own mounts stay.
+        let image = image(json!({ "Cmd": ["x"] }));
+        let spec = serde_json::to_value(runtime_spec(&image, &options()).unwrap()).unwrap();
+        let destinations: Vec<&str> = spec["mounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|mount| mount["destination"].as_str())
+            .collect();
+        assert!(destinations.contains(&"/proc"), "{destinations:?}");
+        assert!(destinations.contains(&"/dev"), "{destinations:?}");
+    }
+
+    #[test]
+    fn bad_mounts_are_refused_naming_the_target_or_source() {
+        let tmpfs = |target: &str| Mount::Tmpfs {
+            target: target.to_owned(),
+            size_bytes: 4096,
+        };
+        for target in [
+            "",
+            "data",
+            "./data",
+            "/data/../etc",
+            "/..",
+            "../x",
+            "/a/b/..",
+        ] {
+            assert_eq!(
+                added_mounts(vec![tmpfs(target)]).unwrap_err(),
+                BundleError::InvalidMountTarget(target.to_owned()),
+                "{target:?}"
+            );
+        }
+        // A bad target is refused before its source is looked at.
+        let error = added_mounts(vec![Mount::Bind {
+            source: PathBuf::from("/nonexistent/shoal"),
+            target: "relative".to_owned(),
+            read_only: true,
+        }])
+        .unwrap_err();
+        assert_eq!(
+            error,
+            BundleError::InvalidMountTarget("relative".to_owned())
+        );
+        assert!(error.to_string().contains("\"relative\""), "{error}");
+
+        let missing = PathBuf::from("/nonexistent/shoal/volume");
+        let error = added_mounts(vec![Mount::Bind {
+            source: missing.clone(),
+            target: "/data".to_owned(),
+            read_only: false,
+        }])
+        .unwrap_err();
+        assert_eq!(
+            error,
+            BundleError::MissingBindSource {
+                path: missing,
+                target: "/data".to_owned()
+            }
+        );
+        assert!(
+            error.to_string().contains("/nonexistent/shoal/volume"),
+            "{error}"
+        );
+
+        let dir = tempfile::tempdir().unwrap();
+        let dangling = dir.path().join("dangling");
+        std::os::unix::fs::symlink(dir.path().join("gone"), &dangling).unwrap();
+        assert!(matches!(
+            added_mounts(vec![Mount::Bind {
+                source: dangling,
+                target: "/data".to_owned(),
+                read_only: false,
+            }]),
+            Err(BundleError::MissingBindSource { .. })
+        ));
+        assert!(matches!(
+            added_mounts(vec![Mount::Bind {
+                source: PathBuf::from("relative/dir"),
+                target: "/data".to_owned(),
+                read_only: false,
+            }]),
+            Err(BundleError::RelativeBindSource { .. })
+        ));
+        assert_eq!(
+            added_mounts(vec![Mount::Tmpfs {
+                target: "/scratch".to_owned(),
+                size_bytes: 0
+            }])
+            .unwrap_err(),
+            BundleError::UnboundedTmpfs("/scratch".to_owned())
+        );
+        // Plain absolute targets, also with `.` parts, pass.
+        added_mounts(vec![tmpfs("/a/./b"), tmpfs("/tmp/")]).unwrap();
     }
 
     #[test]

@@ -2,12 +2,14 @@
 //! state machine as the real runtime (created -> running -> stopped, delete removes) and
 //! enforces the same rules, but runs nothing. The test decides when a container ends with
 //! `finish`, and can make the next operations fail with `fail_next` to exercise error paths.
+//! It keeps each container's mounts (`mounts_of`) and refuses the mount targets the real
+//! runtime refuses; it does not look at bind sources on the host.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use crate::bundle;
+use crate::bundle::{self, Mount};
 use crate::runtime::{
     ContainerConfig, ContainerState, ContainerStatus, ExitStatus, Runtime, RuntimeError,
 };
@@ -25,6 +27,7 @@ pub enum FakeCall {
 struct FakeState {
     containers: BTreeMap<String, ContainerStatus>,
     annotations: BTreeMap<String, BTreeMap<String, String>>,
+    mounts: BTreeMap<String, Vec<Mount>>,
     calls: Vec<FakeCall>,
     failures: VecDeque<String>,
 }
@@ -83,6 +86,11 @@ impl FakeRuntime {
         self.lock().failures.push_back(message.to_owned());
     }
 
+    /// The mounts a container was created with, while it exists.
+    pub fn mounts_of(&self, id: &str) -> Option<Vec<Mount>> {
+        self.lock().mounts.get(id).cloned()
+    }
+
     pub fn calls(&self) -> Vec<FakeCall> {
         self.lock().calls.clone()
     }
@@ -109,10 +117,12 @@ impl FakeRuntime {
 impl Runtime for FakeRuntime {
     fn create(&self, config: &ContainerConfig) -> Result<(), RuntimeError> {
         let id = config.id.as_str();
-        bundle::validate_id(id).map_err(|source| RuntimeError::Bundle {
-            id: id.to_owned(),
-            source,
-        })?;
+        bundle::validate_id(id)
+            .and_then(|()| bundle::validate_mounts(&config.mounts))
+            .map_err(|source| RuntimeError::Bundle {
+                id: id.to_owned(),
+                source,
+            })?;
         let mut state = self.lock();
         if state.containers.contains_key(id) {
             return Err(RuntimeError::AlreadyExists { id: id.to_owned() });
@@ -124,6 +134,7 @@ impl Runtime for FakeRuntime {
         state
             .annotations
             .insert(id.to_owned(), config.annotations.clone());
+        state.mounts.insert(id.to_owned(), config.mounts.clone());
         Ok(())
     }
 
@@ -174,6 +185,7 @@ impl Runtime for FakeRuntime {
         self.record(&mut state, FakeCall::Delete(id.to_owned()), id, "delete")?;
         state.containers.remove(id);
         state.annotations.remove(id);
+        state.mounts.remove(id);
         self.changed.notify_all();
         Ok(())
     }
@@ -246,6 +258,7 @@ mod tests {
             limits: Limits::default(),
             netns_path: None,
             rootfs_mode: RootfsMode::Auto,
+            mounts: Vec::new(),
             annotations: Default::default(),
         }
     }
@@ -309,6 +322,44 @@ mod tests {
         runtime.delete("a").unwrap();
         runtime.create(&config("a")).unwrap();
         assert!(runtime.state("a").unwrap().annotations.is_empty());
+    }
+
+    #[test]
+    fn mounts_are_kept_per_container_and_bad_targets_refused() {
+        let runtime = FakeRuntime::new();
+        let mut mounted = config("a");
+        mounted.mounts = vec![
+            Mount::Bind {
+                source: "/var/lib/shoal/volumes/data".into(),
+                target: "/data".to_owned(),
+                read_only: false,
+            },
+            Mount::Tmpfs {
+                target: "/scratch".to_owned(),
+                size_bytes: 1 << 20,
+            },
+        ];
+        runtime.create(&mounted).unwrap();
+        runtime.create(&config("b")).unwrap();
+        assert_eq!(runtime.mounts_of("a"), Some(mounted.mounts.clone()));
+        assert_eq!(runtime.mounts_of("b"), Some(Vec::new()));
+        assert_eq!(runtime.mounts_of("c"), None);
+        runtime.delete("a").unwrap();
+        assert_eq!(runtime.mounts_of("a"), None);
+
+        let mut escaping = config("c");
+        escaping.mounts = vec![Mount::Tmpfs {
+            target: "/data/../etc".to_owned(),
+            size_bytes: 4096,
+        }];
+        assert!(matches!(
+            runtime.create(&escaping),
+            Err(RuntimeError::Bundle {
+                source: bundle::BundleError::InvalidMountTarget(_),
+                ..
+            })
+        ));
+        assert_eq!(runtime.list(), ["b"]);
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub mod rootfs;
 pub mod runtime;
 pub mod seccomp_profile;
 
-pub use bundle::Limits;
+pub use bundle::{Limits, Mount};
 pub use digest::Digest;
 pub use fake_runtime::FakeRuntime;
 pub use image::{ImageError, ImageStore, PreparedImage};

@@ -433,6 +433,7 @@ impl LibcontainerRuntime {
             cgroup_parent: self.settings.cgroup_parent.clone(),
             netns_path: config.netns_path.clone(),
             seccomp: self.settings.seccomp,
+            mounts: config.mounts.clone(),
         };
         let spec = bundle::runtime_spec(&config.image, &options).map_err(|source| {
             (

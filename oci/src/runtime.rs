@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use crate::bundle::Limits;
+use crate::bundle::{Limits, Mount};
 use crate::image::PreparedImage;
 use crate::rootfs::RootfsMode;
 
@@ -56,6 +56,8 @@ pub struct ContainerConfig {
     /// Join this network namespace (made by the daemon, with its veth) instead of a new one.
     pub netns_path: Option<PathBuf>,
     pub rootfs_mode: RootfsMode,
+    /// Bind mounts and tmpfs mounts, made in order on top of the root filesystem.
+    pub mounts: Vec<Mount>,
     /// Notes the caller keeps on the container (as OCI annotations are), returned by
     /// `Runtime::state` for as long as the container exists, also after an adoption.
     pub annotations: BTreeMap<String, String>,

@@ -83,6 +83,7 @@ fn config(fixture: &Fixture, id: &str, script: &str) -> ContainerConfig {
         limits: Limits::default(),
         netns_path: None,
         rootfs_mode: RootfsMode::Auto,
+        mounts: Vec::new(),
         annotations: Default::default(),
     }
 }

@@ -563,6 +563,7 @@ fn a_real_container_in_its_attached_namespace_reaches_a_container_on_the_other_n
         limits: Limits::default(),
         netns_path: Some(a.netns_path.clone()),
         rootfs_mode: RootfsMode::Auto,
+        mounts: Vec::new(),
         annotations: Default::default(),
     };
     runtime.create(&config).unwrap();
@@ -704,6 +705,7 @@ fn network_calls_run_while_containers_are_created_without_deadlock() {
                 limits: Limits::default(),
                 netns_path: None,
                 rootfs_mode: RootfsMode::Auto,
+                mounts: Vec::new(),
                 annotations: Default::default(),
             };
             runtime.create(&config).unwrap();

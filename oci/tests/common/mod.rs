@@ -158,6 +158,7 @@ pub fn time_direct_create_start(
             },
             netns_path: None,
             rootfs_mode: RootfsMode::Auto,
+            mounts: Vec::new(),
             annotations: Default::default(),
         };
         let started = std::time::Instant::now();
