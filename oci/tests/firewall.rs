@@ -332,8 +332,6 @@ struct Topology {
     _node_two: Netns,
     /// Namespace paths of containers c1, c2 (node one) and c3 (node two).
     c1: PathBuf,
-    /// c1's end of its veth in node one, a port of the bridge.
-    c1_port: String,
     c2: PathBuf,
     c3: PathBuf,
     batch_dir: tempfile::TempDir,
@@ -382,7 +380,7 @@ impl Topology {
             .run(|| NodeNetwork::ensure(BRIDGE, subnet_two, &prefix_two))
             .unwrap();
         let c1_attachment = node.run(|| network.attach("c1", C1)).unwrap();
-        let (c1, c1_port) = (c1_attachment.netns_path, c1_attachment.host_interface);
+        let c1 = c1_attachment.netns_path;
         let c2 = node.run(|| network.attach("c2", C2)).unwrap().netns_path;
         let c3 = node_two
             .run(|| network_two.attach("c3", C3))
@@ -413,7 +411,6 @@ impl Topology {
             _outside: outside,
             _node_two: node_two,
             c1,
-            c1_port,
             c2,
             c3,
             batch_dir: tempfile::tempdir().unwrap(),
@@ -516,20 +513,9 @@ fn published_ports_reach_their_containers_from_a_client_the_node_and_containers(
         ask(&topology.c2, GATEWAY_ONE, 8080),
         answer("c1", GATEWAY_ONE)
     );
-    // The backend itself too. Where br_netfilter is loaded (bridged packets pass
-    // the IP hooks), the DNAT-ed packet is bridged back out of the port it came
-    // in by, which the bridge does only for a port in hairpin mode.
-    // `NodeNetwork::attach` does not set it yet, so the test does.
-    topology.node.ip(&[
-        "link",
-        "set",
-        "dev",
-        &topology.c1_port,
-        "type",
-        "bridge_slave",
-        "hairpin",
-        "on",
-    ]);
+    // The backend itself too: where br_netfilter is loaded the DNAT-ed packet is
+    // bridged back out of the port it came in by, which needs the hairpin mode
+    // `NodeNetwork::attach` sets.
     assert_eq!(
         ask(&topology.c1, NODE_ADDRESS, 8080),
         answer("c1", GATEWAY_ONE)

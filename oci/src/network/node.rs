@@ -238,8 +238,19 @@ impl NodeNetwork {
             netns,
         ])?;
         ip(&["link", "set", "dev", host, "alias", &names.alias])?;
-        ip(&["link", "set", "dev", host, "master", &self.bridge])?;
-        ip(&["link", "set", "dev", host, "up"])?;
+        ip(&["link", "set", "dev", host, "master", &self.bridge, "up"])?;
+        // Hairpin: a container reaching its own published port is DNAT-ed back out the
+        // port it came in on, which a bridge does only in hairpin mode (with br_netfilter).
+        ip(&[
+            "link",
+            "set",
+            "dev",
+            host,
+            "type",
+            "bridge_slave",
+            "hairpin",
+            "on",
+        ])?;
         ip(&["-n", netns, "addr", "add", cidr, "dev", CONTAINER_INTERFACE])?;
         ip(&["-n", netns, "link", "set", "dev", CONTAINER_INTERFACE, "up"])?;
         ip(&[
