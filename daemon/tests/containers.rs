@@ -806,3 +806,143 @@ fn a_lost_nodes_replica_moves_and_the_surplus_goes_when_it_returns() {
         "the returning node restarted its container"
     );
 }
+
+/// Everything `node`'s sync endpoint answers a peer that has seen nothing: its whole state,
+/// as the bytes on the wire (HTTP/3, mutual TLS, a certificate of the cluster CA).
+fn full_sync_body(cluster: &Cluster, node: &Daemon) -> Vec<u8> {
+    let ca_dir = cluster.root.path().join("ca");
+    let probe_dir = cluster.root.path().join("probe");
+    std::fs::create_dir_all(&probe_dir).unwrap();
+    let paths = shoal::sync::pki::issue_node_cert(
+        &ca_dir,
+        &"probe".parse().unwrap(),
+        &["127.0.0.1".to_string()],
+        1,
+        &probe_dir,
+        true,
+    )
+    .unwrap();
+    let tls = shoal::sync::TlsMaterial::load(&paths.ca_cert, &paths.cert, &paths.key).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let endpoint = shoal::sync::bind_endpoint("127.0.0.1:0".parse().unwrap(), &tls).unwrap();
+        let limits = shoal::sync::SyncLimits {
+            body_bytes_max: 1 << 20,
+            request_timeout_ms: 10_000,
+            connections_max: 4,
+        };
+        let mut session = shoal::sync::connect(
+            &endpoint,
+            node.address,
+            Some(&node.name.parse().unwrap()),
+            &limits,
+        )
+        .await
+        .unwrap();
+        let empty = shoal_crdt::Summary::default();
+        let reply = session
+            .post(
+                shoal::sync::wire::PATH_SYNC,
+                shoal_crdt::codec::encode_summary(&empty),
+            )
+            .await
+            .unwrap();
+        assert!(reply.status.is_success(), "{}", reply.message());
+        let body = reply.body.to_vec();
+        session.close();
+        body
+    })
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle)
+}
+
+#[test]
+fn a_secret_reaches_its_container_and_never_the_state_the_wire_or_the_log() {
+    if !image_support::require_root() {
+        return;
+    }
+    let mut cluster = Guarded::new(2, CONTAINERS_CONFIG);
+    cluster.start_all();
+    let image = busybox(cluster.root.path());
+    let token = format!("tok-{:016x}", rand::random::<u64>());
+    let secret = cluster.root.path().join("web-token");
+    std::fs::write(&secret, &token).unwrap();
+    let env_file = cluster.root.path().join("web.env");
+    std::fs::write(&env_file, format!("# from a file\nFROM_FILE={token}-env\n")).unwrap();
+    let mut spec = ServiceSpec::new(&image);
+    spec.replicas = 2;
+    spec.command = vec![
+        "/bin/busybox".into(),
+        "sh".into(),
+        "-c".into(),
+        "cat /run/secrets/token > /dev/null && echo secret-readable; \
+         test \"${FROM_FILE%-env}\" != \"\" && echo env-file-read; sleep 3600"
+            .into(),
+    ];
+    spec.secrets
+        .insert("token".into(), secret.to_str().unwrap().into());
+    spec.env_files = vec![env_file.to_str().unwrap().into()];
+    apply_spec(&cluster.nodes[0], "web", spec);
+    for daemon in &cluster.nodes {
+        wait_running(daemon, "web", 2);
+    }
+    for daemon in &cluster.nodes {
+        wait_for(
+            "the container to read its secret and env file",
+            20_000,
+            || {
+                let output = Command::new(BINARY)
+                    .args(["logs", "web", "--socket"])
+                    .arg(&daemon.socket)
+                    .output()
+                    .unwrap();
+                let text = String::from_utf8_lossy(&output.stdout);
+                (text.contains("secret-readable") && text.contains("env-file-read")).then_some(())
+            },
+        );
+    }
+    // The path is replicated, the content is not: not on the wire, not in any database,
+    // not in any daemon's log.
+    let path_bytes = secret.to_str().unwrap().as_bytes();
+    for daemon in &cluster.nodes {
+        let body = full_sync_body(&cluster, daemon);
+        assert!(contains(&body, path_bytes), "the probe did read the state");
+        assert!(
+            !contains(&body, token.as_bytes()),
+            "{} sent the secret",
+            daemon.name
+        );
+        let database = std::fs::read(daemon.dir.join("state").join("state.redb")).unwrap();
+        assert!(contains(&database, path_bytes));
+        assert!(
+            !contains(&database, token.as_bytes()),
+            "{}'s database",
+            daemon.name
+        );
+        assert!(!daemon.log().contains(&token), "{}'s log", daemon.name);
+    }
+    // A missing secret is an error on that service, naming the path; the other runs on.
+    let mut broken = ServiceSpec::new(&image);
+    broken
+        .secrets
+        .insert("gone".into(), "/nonexistent/shoal-secret".into());
+    apply_spec(&cluster.nodes[0], "broken", broken);
+    wait_for("the missing secret reported on every node", 20_000, || {
+        cluster
+            .nodes
+            .iter()
+            .all(|daemon| {
+                ps(daemon).node_errors.values().any(|errors| {
+                    errors
+                        .get("broken")
+                        .is_some_and(|e| e.contains("/nonexistent/shoal-secret"))
+                })
+            })
+            .then_some(())
+    });
+    assert_eq!(running_of(&ps(&cluster.nodes[1]), "web").len(), 2);
+}
