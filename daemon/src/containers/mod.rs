@@ -5,7 +5,8 @@
 //! - `executor`: the doing half, through `shoal_oci::Runtime`, `ContainerNetwork` and
 //!   `images::Images`;
 //! - `reconciler`: the async loop that runs passes and answers `shoal ps`;
-//! - `logs`: `shoal logs` from the runtime's log files.
+//! - `logs`: `shoal logs`: where the containers a target names run, and bounded reads of
+//!   this node's runtime log files (other nodes' are read there, over sync).
 //!
 //! *Invariant:* a node writes only its own container records, counters and addresses, and a
 //! record exists before its container starts (a record the runtime never held is started,
@@ -19,6 +20,6 @@ pub mod reconciler;
 
 pub use executor::{ExecError, Executor};
 pub use images::{FakeImages, ImageProblem, Images};
-pub use logs::{LogError, LogPaths};
+pub use logs::{LOG_CHUNK_BYTES_MAX, Located, LogError, LogPaths, LogRead};
 pub use pass::{PassReport, StatePort, run_pass};
 pub use reconciler::{ReconcileSettings, Reconciler};
