@@ -143,10 +143,14 @@ pub fn logs(cli: &Cli, args: &LogsArgs) -> Result<()> {
             reported.remove(&chunk.container);
         }
         stdout.flush()?;
-        let errors: Vec<&str> = chunks
-            .iter()
-            .filter_map(|chunk| chunk.error.as_deref())
-            .collect();
+        let failed = chunks.iter().filter(|chunk| chunk.error.is_some()).count();
+        // A node's error is the same for each of its containers: said once.
+        let mut errors: Vec<&str> = Vec::new();
+        for error in chunks.iter().filter_map(|chunk| chunk.error.as_deref()) {
+            if !errors.contains(&error) {
+                errors.push(error);
+            }
+        }
         let more = chunks
             .iter()
             .any(|chunk| chunk.more && chunk.error.is_none());
@@ -154,19 +158,20 @@ pub fn logs(cli: &Cli, args: &LogsArgs) -> Result<()> {
             if more && calls < LOG_CALLS_MAX {
                 continue;
             }
-            return match errors.as_slice() {
-                [] => Ok(()),
-                [one] => Err(anyhow::anyhow!("logs of {}: {one}", args.target)),
-                many => Err(anyhow::anyhow!(
-                    "logs of {}: {} of {} containers could not be read:\n  {}",
+            return match (failed, errors.as_slice()) {
+                (0, _) => Ok(()),
+                (1, [one]) if chunks.len() == 1 => {
+                    Err(anyhow::anyhow!("logs of {}: {one}", args.target))
+                }
+                _ => Err(anyhow::anyhow!(
+                    "logs of {}: {failed} of {} containers could not be read:\n  {}",
                     args.target,
-                    many.len(),
                     chunks.len(),
-                    many.join("\n  ")
+                    errors.join("\n  ")
                 )),
             };
         }
-        if !chunks.is_empty() && errors.len() == chunks.len() {
+        if failed > 0 && failed == chunks.len() {
             anyhow::bail!(
                 "logs of {}: no container can be read: {}",
                 args.target,

@@ -240,24 +240,24 @@ impl LogQuery {
                     .parse::<u64>()
                     .map_err(|_| WireError::Query(format!("{key}={value:?} is not a whole number")))
             };
-            let (slot_filled, what) = match key {
+            let given_before = match key {
                 "container" => {
                     let id = value
                         .parse::<ContainerId>()
                         .map_err(|error| WireError::Query(error.to_string()))?;
-                    (container.replace(id).is_some(), key)
+                    container.replace(id).is_some()
                 }
-                "stdout" => (stdout_offset.replace(number(value)?).is_some(), key),
-                "stderr" => (stderr_offset.replace(number(value)?).is_some(), key),
-                "bytes_max" => (stream_bytes_max.replace(number(value)?).is_some(), key),
+                "stdout" => stdout_offset.replace(number(value)?).is_some(),
+                "stderr" => stderr_offset.replace(number(value)?).is_some(),
+                "bytes_max" => stream_bytes_max.replace(number(value)?).is_some(),
                 _ => {
                     return Err(WireError::Query(format!(
                         "unknown key {key:?}; expected container, stdout, stderr and bytes_max"
                     )));
                 }
             };
-            if slot_filled {
-                return Err(WireError::Query(format!("{what} given twice")));
+            if given_before {
+                return Err(WireError::Query(format!("{key} given twice")));
             }
         }
         let missing = |key: &str| WireError::Query(format!("{key} is missing"));
