@@ -22,8 +22,8 @@
 //! answering node; 405 wrong method (`POST` for sync and push, `GET` for logs); 409 stale base
 //! (the caller pulls first); 413 body over the limit (refused before it is read in full); 414
 //! log query over [`LOG_QUERY_BYTES_MAX`]; 422 clock too far ahead; 500 storage or log file
-//! failure; 503 server busy. A refused request changes nothing, and no request changes state
-//! except `/v1/push` (and the push half of `/v1/sync`'s caller).
+//! failure; 503 server busy. A refused request changes nothing, and only `/v1/push` changes
+//! the answering node's replicated state (reading logs changes nothing at all).
 
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
