@@ -1,7 +1,8 @@
 //! Real containers through real daemons: services in the replicated state become busybox
 //! containers run by libcontainer on the nodes the placement picks; `shoal ps`, `service rm`,
-//! daemon restarts (SIGTERM and kill -9) adopting running containers, a tampered image, and
-//! three daemons spreading three replicas. Needs root (mounts, cgroups).
+//! daemon restarts (SIGTERM and kill -9) adopting running containers, a tampered image,
+//! three daemons spreading three replicas, and `shoal logs` of a container on another node
+//! read and followed through that node. Needs root (mounts, cgroups).
 
 mod host_support;
 #[path = "../../oci/tests/common/mod.rs"]
@@ -395,7 +396,7 @@ fn three_daemons_spread_three_replicas_one_per_node() {
         );
         assert!(view.errors.is_empty(), "{:?}", view.errors);
     }
-    // Logs of a container on another node are refused with a clear message.
+    // Logs of a container on another node are read through that node (it prints nothing).
     let view = ps(&cluster.nodes[0]);
     let remote = view.containers.iter().find(|c| c.node != "node-a").unwrap();
     let output = Command::new(BINARY)
@@ -403,9 +404,11 @@ fn three_daemons_spread_three_replicas_one_per_node() {
         .arg(&cluster.nodes[0].socket)
         .output()
         .unwrap();
-    assert!(!output.status.success());
-    let message = String::from_utf8_lossy(&output.stderr);
-    assert!(message.contains(&remote.node), "{message}");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
     cluster.nodes[1]
         .client()
@@ -493,6 +496,143 @@ fn logs_show_a_containers_output() {
     wait_for("removal", 30_000, || {
         ps(daemon).containers.is_empty().then_some(())
     });
+}
+
+/// `shoal logs ARGS --socket` of `daemon`, through the real CLI.
+fn logs(daemon: &Daemon, args: &[&str]) -> std::process::Output {
+    Command::new(BINARY)
+        .arg("logs")
+        .args(args)
+        .arg("--socket")
+        .arg(&daemon.socket)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn logs_of_a_container_on_another_node_are_read_and_followed_through_its_node() {
+    if !image_support::require_root() {
+        return;
+    }
+    let mut cluster = Guarded::new(2, CONTAINERS_CONFIG);
+    cluster.start_all();
+    let image = busybox(cluster.root.path());
+    wait_for("both nodes to see 2 live nodes", 30_000, || {
+        cluster
+            .nodes
+            .iter()
+            .all(|n| n.nodes_live() == 2)
+            .then_some(())
+    });
+    let mut spec = ServiceSpec::new(&image);
+    spec.replicas = 2;
+    spec.command = vec![
+        "/bin/busybox".into(),
+        "sh".into(),
+        "-c".into(),
+        "i=0; while true; do echo tick $i; echo err $i >&2; i=$((i+1)); sleep 0.3; done".into(),
+    ];
+    apply_spec(&cluster.nodes[0], "ticker", spec);
+    // Each node runs one replica (placement spreads them); A sees B's only as recorded.
+    for daemon in &cluster.nodes {
+        wait_for(
+            &format!("{} to run its replica", daemon.name),
+            60_000,
+            || {
+                ps(daemon)
+                    .containers
+                    .iter()
+                    .any(|c| c.node == daemon.name && c.state == "running")
+                    .then_some(())
+            },
+        );
+    }
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let view = ps(a);
+    let on_b = view
+        .containers
+        .iter()
+        .find(|c| c.node == "node-b")
+        .expect("a replica on node-b")
+        .id
+        .clone();
+    let on_a = view
+        .containers
+        .iter()
+        .find(|c| c.node == "node-a")
+        .expect("a replica on node-a")
+        .id
+        .clone();
+
+    // Asked on A, B's container's output: stdout and stderr apart, unlabelled.
+    let output = wait_for("B's container's output through A", 20_000, || {
+        let output = logs(a, &[&on_b]);
+        (output.status.success() && String::from_utf8_lossy(&output.stdout).contains("tick 1\n"))
+            .then_some(output)
+    });
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.starts_with("tick 0\ntick 1\n"), "{stdout}");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).starts_with("err 0\n"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // The service: both nodes' containers, each line labelled with its node and container.
+    let output = logs(a, &["ticker"]);
+    assert!(output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for label in [
+        format!("node-a {on_a} | tick 0\n"),
+        format!("node-b {on_b} | tick 0\n"),
+    ] {
+        assert!(stdout.contains(&label), "{stdout} lacks {label:?}");
+    }
+
+    // Follow on A: what B's container printed so far, then later lines, in order, each once.
+    let mut follow = Command::new(BINARY)
+        .args(["logs", &on_b, "-f", "--socket"])
+        .arg(&a.socket)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let (lines, received) = std::sync::mpsc::channel::<String>();
+    let stdout = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Enough lines to be sure some were printed after the follow began (B prints ~3/s).
+    for expected in 0..30 {
+        let line = received
+            .recv_timeout(std::time::Duration::from_secs(20))
+            .expect("a line from logs -f within 20 s");
+        assert_eq!(line, format!("tick {expected}"));
+    }
+    assert!(
+        follow.try_wait().unwrap().is_none(),
+        "logs -f must keep running"
+    );
+    follow.kill().unwrap();
+    follow.wait().unwrap();
+
+    // B's daemon gone: asking A fails, naming node-b and its address, within the bound.
+    let address = b.address.to_string();
+    cluster.nodes[1].kill9();
+    let started = std::time::Instant::now();
+    let output = logs(&cluster.nodes[0], &[&on_b]);
+    assert!(!output.status.success());
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        message.contains("node node-b") && message.contains(&address),
+        "{message}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
 }
 
 /// A network namespace for one test, removed on drop.

@@ -177,12 +177,21 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         ..GossipConfig::default()
     };
     let mut tasks = JoinSet::new();
+    let log_source = containers
+        .clone()
+        .map(|reconciler| Arc::new(tasks::ContainerLogs(reconciler)) as Arc<dyn sync::LogSource>);
+    // `shoal logs` of other nodes' containers dials them through this node's own endpoint.
+    let peers = api::server::PeerAccess {
+        endpoint: endpoint.clone(),
+        limits: limits.clone(),
+    };
     tasks::spawn_sync_tasks(
         &mut tasks,
         &endpoint,
         &node,
         gossip,
         limits,
+        log_source,
         Duration::from_millis(config.sync.heartbeat_interval_ms),
         &stop_receiver,
     );
@@ -190,6 +199,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         api_listener,
         node.clone(),
         containers.clone(),
+        Some(peers),
         stopped(stop_receiver.clone()),
     ));
     if let Some(containers) = &containers {

@@ -1,6 +1,8 @@
 //! The node's background tasks: the sync server, the gossip loop and the heartbeat
 //! (`spawn_sync_tasks`, which the daemon and the in-process test clusters share), and the
-//! systemd watchdog. Each task stops when its `stop` watch flips to true.
+//! systemd watchdog. Each task stops when its `stop` watch flips to true. `ContainerLogs`
+//! lets the sync server read this node's container logs through the reconciler (the sync
+//! room knows nothing of containers).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,8 +12,36 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::notify::Notifier;
+use crate::containers::{LogError, Reconciler};
 use crate::state::Node;
-use crate::sync::{self, GossipConfig, SyncLimits};
+use crate::sync::wire::{LogPiece, LogQuery};
+use crate::sync::{self, GossipConfig, LogSource, LogSourceError, SyncLimits};
+
+/// The reconciler as the sync server's source of this node's container logs.
+pub struct ContainerLogs(pub Arc<Reconciler>);
+
+impl LogSource for ContainerLogs {
+    fn read(&self, query: &LogQuery) -> Result<LogPiece, LogSourceError> {
+        let from = (query.stdout_offset, query.stderr_offset);
+        match self
+            .0
+            .read_log(query.container.as_str(), from, query.stream_bytes_max)
+        {
+            Ok(read) => Ok(LogPiece {
+                stdout: read.stdout,
+                stderr: read.stderr,
+                stdout_offset: read.stdout_offset,
+                stderr_offset: read.stderr_offset,
+                running: read.running,
+                more: read.more,
+            }),
+            Err(LogError::NotOnThisNode { .. } | LogError::UnknownTarget { .. }) => {
+                Err(LogSourceError::NotHere(query.container.clone()))
+            }
+            Err(LogError::Io { path, source }) => Err(LogSourceError::Io { path, source }),
+        }
+    }
+}
 
 /// How often the STATUS= line is refreshed.
 const STATUS_INTERVAL_MS: u64 = 2_000;
@@ -21,14 +51,17 @@ pub async fn stopped(mut receiver: watch::Receiver<bool>) {
     let _ = receiver.wait_for(|stop| *stop).await;
 }
 
-/// Spawns what keeps a node in sync on `endpoint`: the sync server, the gossip loop
-/// (anti-entropy and eager push) and a heartbeat every `heartbeat_every`.
+/// Spawns what keeps a node in sync on `endpoint`: the sync server (answering other nodes'
+/// log requests from `logs`), the gossip loop (anti-entropy and eager push) and a heartbeat
+/// every `heartbeat_every`.
+#[allow(clippy::too_many_arguments)]
 pub fn spawn_sync_tasks(
     tasks: &mut JoinSet<()>,
     endpoint: &quinn::Endpoint,
     node: &Arc<Node>,
     gossip: GossipConfig,
     limits: SyncLimits,
+    logs: Option<Arc<dyn LogSource>>,
     heartbeat_every: Duration,
     stop: &watch::Receiver<bool>,
 ) {
@@ -38,7 +71,7 @@ pub fn spawn_sync_tasks(
         let limits = limits.clone();
         let stop = stopped(stop.clone());
         tasks.spawn(async move {
-            if let Err(error) = sync::serve(endpoint, node, limits, stop).await {
+            if let Err(error) = sync::serve(endpoint, node, limits, logs, stop).await {
                 tracing::error!(%error, "sync server stopped");
             }
         });

@@ -36,6 +36,11 @@ pub const IDLE_TIMEOUT_MS: u64 = 30_000;
 pub const SERVICES_PER_REQUEST_MAX: usize = 256;
 /// Largest `offsets` map a `logs` request may carry.
 pub const LOG_OFFSETS_MAX: usize = 1024;
+/// Most log output (both streams of every container) one `logs` reply carries; the rest
+/// comes with the next call (`LogChunk::more`).
+pub const LOG_REPLY_BYTES_MAX: u64 = 4 * 1024 * 1024;
+/// Deadline for everything one `logs` call asks of one other node, handshake included.
+pub const REMOTE_LOG_TIMEOUT_MS: u64 = 5_000;
 
 /// One request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -58,7 +63,8 @@ pub enum Request {
     VolumeRemove {
         name: String,
     },
-    /// New log output of a container or of a service's containers on this node.
+    /// New log output of a container, or of a service's containers on every node (other
+    /// nodes' are fetched from them over sync).
     Logs {
         target: String,
         /// container -> (stdout offset, stderr offset) from the previous call.
@@ -212,12 +218,22 @@ pub struct Usage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogChunk {
     pub container: String,
+    /// The node that runs it.
+    #[serde(default)]
+    pub node: String,
     pub stdout: String,
     pub stderr: String,
     /// Offsets to pass next time (for `logs -f`).
     pub stdout_offset: u64,
     pub stderr_offset: u64,
     pub running: bool,
+    /// More output is already written; ask again without waiting.
+    #[serde(default)]
+    pub more: bool,
+    /// Why this container's output could not be read (its node down or unreachable, ...);
+    /// the offsets are then the ones the caller passed.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// Why an API call failed.

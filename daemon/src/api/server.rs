@@ -1,7 +1,8 @@
 //! The daemon's side of the local API: binds the Unix socket (mode 0660), serves request
 //! lines within the bounds `api` sets, runs each request against the node and the
-//! reconciler, and builds the response views. Every view of `api` is built here, and only
-//! here, from what the node and the reconciler return.
+//! reconciler, and builds the response views. Every view of `api` is built here (and in
+//! `logs`, which answers `shoal logs`, asking other nodes over sync), and only here, from
+//! what the node, the reconciler and other nodes return.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -18,6 +19,18 @@ use super::{
 };
 use crate::containers::Reconciler;
 use crate::state::{Member, Node, NodeStatus, ServiceEntry};
+use crate::sync::SyncLimits;
+
+mod logs;
+
+/// How the API reaches other nodes (for `shoal logs`): the node's sync endpoint, whose default
+/// client config presents this node's certificate (the one gossip dials with), and the sync
+/// limits.
+#[derive(Clone)]
+pub struct PeerAccess {
+    pub endpoint: quinn::Endpoint,
+    pub limits: SyncLimits,
+}
 
 /// Socket file mode: owner and group may talk to the daemon.
 const SOCKET_MODE: u32 = 0o660;
@@ -61,11 +74,13 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
 
 /// Serves requests until `shutdown` completes; then stops accepting, closes idle
 /// connections and waits for in-flight requests to be answered. The caller bounds that
-/// wait (the daemon's shutdown grace) and aborts the task after it.
+/// wait (the daemon's shutdown grace) and aborts the task after it. Without `peers`, logs of
+/// containers on other nodes are reported as unreadable.
 pub async fn serve(
     listener: UnixListener,
     node: Arc<Node>,
     containers: Option<Arc<Reconciler>>,
+    peers: Option<PeerAccess>,
     shutdown: impl std::future::Future<Output = ()>,
 ) {
     let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX));
@@ -93,9 +108,10 @@ pub async fn serve(
         };
         let node = node.clone();
         let containers = containers.clone();
+        let peers = peers.clone();
         let closed = closed.clone();
         tasks.spawn(async move {
-            if let Err(error) = serve_connection(stream, node, containers, closed).await {
+            if let Err(error) = serve_connection(stream, node, containers, peers, closed).await {
                 tracing::debug!(%error, "api connection ended");
             }
             drop(permit);
@@ -111,6 +127,7 @@ async fn serve_connection(
     stream: UnixStream,
     node: Arc<Node>,
     containers: Option<Arc<Reconciler>>,
+    peers: Option<PeerAccess>,
     mut closed: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
@@ -149,16 +166,29 @@ async fn serve_connection(
                 "unsupported api version {}, this daemon speaks {API_VERSION}",
                 envelope.version
             )),
-            Ok(envelope) => {
-                let node = node.clone();
-                let containers = containers.clone();
-                // Node operations commit to redb (fsync); keep them off the async workers.
-                let work = move || handle(&node, containers.as_deref(), envelope.request);
-                match tokio::task::spawn_blocking(work).await {
-                    Ok(reply) => reply,
-                    Err(error) => Reply::Error(format!("request failed: {error}")),
+            Ok(envelope) => match envelope.request {
+                Request::Logs { target, offsets } => {
+                    if offsets.len() > LOG_OFFSETS_MAX {
+                        Reply::Error(format!(
+                            "logs takes at most {LOG_OFFSETS_MAX} offsets, got {}",
+                            offsets.len()
+                        ))
+                    } else {
+                        let (node, containers) = (node.clone(), containers.clone());
+                        logs::answer(node, containers, peers.clone(), target, offsets).await
+                    }
                 }
-            }
+                request => {
+                    let node = node.clone();
+                    let containers = containers.clone();
+                    // Node operations commit to redb (fsync); keep them off the async workers.
+                    let work = move || handle(&node, containers.as_deref(), request);
+                    match tokio::task::spawn_blocking(work).await {
+                        Ok(reply) => reply,
+                        Err(error) => Reply::Error(format!("request failed: {error}")),
+                    }
+                }
+            },
         };
         write_reply(&mut write, &reply).await?;
     }
@@ -184,7 +214,7 @@ fn to_value<T: serde::Serialize>(value: &T) -> Reply {
 const CONTAINERS_DISABLED: &str =
     "containers are disabled on this node (containers.enabled = false)";
 
-/// Runs one request against the node and the reconciler.
+/// Runs one request against the node and the reconciler (`logs` is answered by `logs`).
 fn handle(node: &Node, containers: Option<&Reconciler>, request: Request) -> Reply {
     match request {
         Request::ServiceApply { services } => {
@@ -230,21 +260,8 @@ fn handle(node: &Node, containers: Option<&Reconciler>, request: Request) -> Rep
             },
             None => Reply::Error(CONTAINERS_DISABLED.to_string()),
         },
-        Request::Logs { target, offsets } => {
-            if offsets.len() > LOG_OFFSETS_MAX {
-                return Reply::Error(format!(
-                    "logs takes at most {LOG_OFFSETS_MAX} offsets, got {}",
-                    offsets.len()
-                ));
-            }
-            match containers {
-                Some(containers) => match containers.logs(&target, &offsets) {
-                    Ok(chunks) => to_value(&chunks),
-                    Err(error) => Reply::Error(error.to_string()),
-                },
-                None => Reply::Error(CONTAINERS_DISABLED.to_string()),
-            }
-        }
+        // Answered asynchronously before `handle` is called; kept total without a panic.
+        Request::Logs { .. } => Reply::Error("logs: not answered here".to_string()),
     }
 }
 
@@ -361,7 +378,7 @@ mod tests {
         let path = dir.path().join("shoal.sock");
         let listener = bind(&path).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, node.clone(), None, async move {
+        let server = tokio::spawn(serve(listener, node.clone(), None, None, async move {
             let _ = stopped.await;
         }));
         let digest = node.digest();

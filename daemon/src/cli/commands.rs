@@ -18,8 +18,10 @@ use crate::sync::pki;
 
 /// How long the CLI waits for the daemon to answer one request.
 const CALL_TIMEOUT_MS: u64 = 30_000;
-/// How often `logs -f` asks for new output.
-const FOLLOW_INTERVAL_MS: u64 = 500;
+/// How often `logs -f` asks for new output (at once when the last reply said `more`).
+pub(crate) const FOLLOW_INTERVAL_MS: u64 = 500;
+/// Most calls `logs` without `-f` makes to print what is written so far.
+const LOG_CALLS_MAX: u32 = 1_024;
 
 fn client(socket: &Path) -> Result<Client> {
     Ok(Client::connect(
@@ -122,11 +124,19 @@ pub fn ps(cli: &Cli) -> Result<()> {
     Ok(())
 }
 
-/// `shoal logs TARGET [-f]`.
+/// `shoal logs TARGET [-f]`. Each call returns a bounded piece of every container's new
+/// output; a reply that says `more` is followed at once by the next call (without `-f`, until
+/// everything written so far is printed, at most `LOG_CALLS_MAX` calls). Containers that
+/// cannot be read (their node down or unreachable) are reported on stderr: without `-f` the
+/// command then fails; with `-f` it keeps following the others and fails only when none can
+/// be read.
 pub fn logs(cli: &Cli, args: &LogsArgs) -> Result<()> {
     use std::io::Write;
     let mut client = client(&cli.socket)?;
     let mut offsets: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    // container -> the error last reported for it, so following repeats none.
+    let mut reported: std::collections::BTreeMap<String, String> = Default::default();
+    let mut calls = 0;
     loop {
         let chunks: Vec<LogChunk> = client
             .call(Request::Logs {
@@ -134,17 +144,18 @@ pub fn logs(cli: &Cli, args: &LogsArgs) -> Result<()> {
                 offsets: offsets.clone(),
             })
             .with_context(|| format!("logs of {}", args.target))?;
+        calls += 1;
         let several = chunks.len() > 1;
         let mut stdout = std::io::stdout().lock();
         let mut stderr = std::io::stderr().lock();
-        for chunk in &chunks {
+        for chunk in chunks.iter().filter(|chunk| chunk.error.is_none()) {
             for (text, sink) in [
                 (&chunk.stdout, &mut stdout as &mut dyn Write),
                 (&chunk.stderr, &mut stderr as &mut dyn Write),
             ] {
                 for line in text.split_inclusive('\n') {
                     if several {
-                        write!(sink, "{} | ", chunk.container)?;
+                        write!(sink, "{} {} | ", chunk.node, chunk.container)?;
                     }
                     write!(sink, "{line}")?;
                 }
@@ -153,12 +164,56 @@ pub fn logs(cli: &Cli, args: &LogsArgs) -> Result<()> {
                 chunk.container.clone(),
                 (chunk.stdout_offset, chunk.stderr_offset),
             );
+            reported.remove(&chunk.container);
         }
         stdout.flush()?;
-        if !args.follow {
-            return Ok(());
+        let failed = chunks.iter().filter(|chunk| chunk.error.is_some()).count();
+        // A node's error is the same for each of its containers: said once.
+        let mut errors: Vec<&str> = Vec::new();
+        for error in chunks.iter().filter_map(|chunk| chunk.error.as_deref()) {
+            if !errors.contains(&error) {
+                errors.push(error);
+            }
         }
-        std::thread::sleep(Duration::from_millis(FOLLOW_INTERVAL_MS));
+        let more = chunks
+            .iter()
+            .any(|chunk| chunk.more && chunk.error.is_none());
+        if !args.follow {
+            if more && calls < LOG_CALLS_MAX {
+                continue;
+            }
+            return match (failed, errors.as_slice()) {
+                (0, _) => Ok(()),
+                (1, [one]) if chunks.len() == 1 => {
+                    Err(anyhow::anyhow!("logs of {}: {one}", args.target))
+                }
+                _ => Err(anyhow::anyhow!(
+                    "logs of {}: {failed} of {} containers could not be read:\n  {}",
+                    args.target,
+                    chunks.len(),
+                    errors.join("\n  ")
+                )),
+            };
+        }
+        if failed > 0 && failed == chunks.len() {
+            anyhow::bail!(
+                "logs of {}: no container can be read: {}",
+                args.target,
+                errors.join("; ")
+            );
+        }
+        for chunk in &chunks {
+            if let Some(error) = &chunk.error
+                && reported.get(&chunk.container) != Some(error)
+            {
+                writeln!(stderr, "warning: {error}")?;
+                reported.insert(chunk.container.clone(), error.clone());
+            }
+        }
+        drop((stdout, stderr));
+        if !more {
+            std::thread::sleep(Duration::from_millis(FOLLOW_INTERVAL_MS));
+        }
     }
 }
 

@@ -73,10 +73,13 @@ pub enum Command {
         after_help = "Examples:\n  shoal ps\n  shoal ps --json | jq '.containers[] | select(.state != \"running\")'"
     )]
     Ps,
-    /// Print the output of a container, or of every container of a service, that runs on
-    /// this node (stdout, then stderr). Containers on other nodes: run it there.
+    /// Print the output of a container, or of every container of a service, on any node
+    /// (stdout, then stderr). Containers on other nodes are read from their node over the
+    /// mutually authenticated sync channel; with several containers each line starts with
+    /// its node and container. A node that is down or does not answer within 5 s is named,
+    /// with its address, on stderr, and the command exits with an error.
     #[command(
-        after_help = "Examples:\n  shoal logs web              output of web's containers on this node\n  shoal logs web-1a2b3c4d -f  follow one container"
+        after_help = "Examples:\n  shoal logs web              output of web's containers on every node\n  shoal logs web-1a2b3c4d -f  follow one container, wherever it runs"
     )]
     Logs(LogsArgs),
     /// Manage the cluster certificate authority.
@@ -210,7 +213,8 @@ pub enum CertCommand {
 pub struct LogsArgs {
     /// A service name or a container id.
     pub target: String,
-    /// Keep printing new output until interrupted.
+    /// Keep printing new output until interrupted (asks every 500 ms). Containers that cannot
+    /// be read are warned about once; it stops with an error when none can be read.
     #[arg(short = 'f', long)]
     pub follow: bool,
 }
@@ -233,6 +237,19 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn the_logs_help_states_the_bounds_it_runs_with() {
+        let mut command = Cli::command();
+        let logs = command.find_subcommand_mut("logs").unwrap();
+        let help = logs.render_long_help().to_string();
+        let timeout = format!("within {} s", crate::api::REMOTE_LOG_TIMEOUT_MS / 1_000);
+        let interval = format!("every {} ms", commands::FOLLOW_INTERVAL_MS);
+        for fragment in [timeout.as_str(), interval.as_str(), "on any node"] {
+            assert!(help.contains(fragment), "{help} lacks {fragment:?}");
+        }
+        assert!(!help.contains("run it there"), "{help}");
     }
 
     #[test]

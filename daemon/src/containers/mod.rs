@@ -8,7 +8,8 @@
 //! - `workload`: a start's environment and mounts (env files, volumes, tmpfs, secrets),
 //!   read on this node;
 //! - `volumes`: this node's named volumes (`shoal volume ls|rm`);
-//! - `logs`: `shoal logs` from the runtime's log files.
+//! - `logs`: `shoal logs`: where the containers a target names run, and bounded reads of
+//!   this node's runtime log files (other nodes' are read there, over sync).
 //!
 //! *Invariant:* a node writes only its own container records, counters and addresses, and a
 //! record exists before its container starts (a record the runtime never held is started,
@@ -24,6 +25,6 @@ pub mod workload;
 
 pub use executor::{ExecError, Executor};
 pub use images::{FakeImages, ImageProblem, Images};
-pub use logs::{LogError, LogPaths};
+pub use logs::{LOG_CHUNK_BYTES_MAX, Located, LogError, LogPaths, LogRead};
 pub use pass::{PassReport, StatePort, run_pass};
 pub use reconciler::{ReconcileSettings, Reconciler};

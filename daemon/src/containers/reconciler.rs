@@ -2,13 +2,13 @@
 //! `interval_ms`, at once when the node says its plan inputs changed (a service applied
 //! here or received from a peer, a member joining, leaving or coming back), and again at
 //! once when a pass left starts for the next one. It also answers `shoal ps` and
-//! `shoal logs` for this node's containers.
+//! `shoal logs` for this node's containers (for the API and for other nodes).
 //!
 //! After startup it places nothing until a first sync with a peer succeeded (or
 //! `startup_grace_ms` passed): the stored view says every peer is silent, and placing on
 //! it would start replicas only to stop them again.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -17,10 +17,10 @@ use shoal_crdt::{ContainerRecord, NodeId, NodeStatus, Resource, ServiceName, Ser
 use shoal_oci::{ContainerStatus, ExitStatus, RuntimeError};
 
 use super::executor::Executor;
-use super::logs::{self, LogError, LogPaths};
+use super::logs::{self, LogError, LogPaths, LogRead};
 use super::pass::{PassReport, run_pass};
 use super::volumes::{self, Volume, VolumeError};
-use crate::api::{ContainerView, LogChunk, PsView, Usage, VolumeView};
+use crate::api::{ContainerView, PsView, Usage, VolumeView};
 use crate::schedule::{Planner, PlannerSettings};
 use crate::state::Node;
 
@@ -339,29 +339,39 @@ impl Reconciler {
         Ok(volume_view(removed))
     }
 
-    /// New output of the containers `target` names (a container id or a service) on this
-    /// node, from the given offsets (container -> (stdout, stderr)).
-    pub fn logs(
+    /// The ids of the containers this node's runtime holds.
+    pub fn runtime_ids(&self) -> Vec<String> {
+        self.executor.runtime().list()
+    }
+
+    /// New output of this node's container `id` from `from` (stdout, stderr offsets), at most
+    /// `stream_bytes_max` bytes of each stream (see `logs::read`). A container neither
+    /// recorded on this node nor held by its runtime is `NotOnThisNode`: this answers the API
+    /// and other nodes' `GET /v1/logs` alike.
+    pub fn read_log(
         &self,
-        target: &str,
-        offsets: &BTreeMap<String, (u64, u64)>,
-    ) -> Result<Vec<LogChunk>, LogError> {
-        let records: Vec<ContainerRecord> = self
-            .node
-            .read_state(|state| state.containers().cloned().collect());
+        id: &str,
+        from: (u64, u64),
+        stream_bytes_max: u64,
+    ) -> Result<LogRead, LogError> {
+        let me = self.node.node_id();
+        let recorded_here = self.node.read_state(|state| {
+            state
+                .containers()
+                .any(|record| record.id.as_str() == id && &record.node == me)
+        });
         let runtime = self.executor.runtime();
-        let ids = logs::resolve(target, self.node.node_id(), &records, &runtime.list())?;
-        let distinct: BTreeSet<String> = ids.into_iter().collect();
-        distinct
-            .into_iter()
-            .map(|id| {
-                let running = matches!(
-                    runtime.state(&id).map(|s| s.status),
-                    Ok(ContainerStatus::Running)
-                );
-                logs::chunk(&id, &self.log_paths, offsets, running)
-            })
-            .collect()
+        if !recorded_here && !runtime.list().iter().any(|held| held == id) {
+            return Err(LogError::NotOnThisNode {
+                container: id.to_string(),
+                node: me.clone(),
+            });
+        }
+        let running = matches!(
+            runtime.state(id).map(|s| s.status),
+            Ok(ContainerStatus::Running)
+        );
+        logs::read(id, &self.log_paths, from, stream_bytes_max, running)
     }
 }
 

@@ -1,5 +1,5 @@
 //! The dialing side of sync: a session with one peer, one push-pull ([`sync_once`]) and an eager
-//! push ([`push`]).
+//! push ([`push`]). Remote logs ask through the same session (`super::logs::fetch_log`).
 //!
 //! A push-pull is: `POST /v1/sync` with our summary; apply the delta we lack (durable before
 //! applied, by `Node::apply_remote`); then `POST /v1/push` with what the peer lacks according to
@@ -120,18 +120,40 @@ impl PeerSession {
         self.address
     }
 
+    /// The largest response body this session reads.
+    pub fn body_bytes_max(&self) -> usize {
+        self.body_bytes_max
+    }
+
     /// One `POST` with `body`; the response body is read up to `body_bytes_max`.
     pub async fn post(&mut self, path: &str, body: Vec<u8>) -> Result<Reply, SyncError> {
-        self.send(path, body, true).await
+        self.send(http::Method::POST, path, body, true).await
     }
 
     /// Like [`PeerSession::post`] but without a Content-Length header, as a streamed body.
     pub async fn post_unsized(&mut self, path: &str, body: Vec<u8>) -> Result<Reply, SyncError> {
-        self.send(path, body, false).await
+        self.send(http::Method::POST, path, body, false).await
+    }
+
+    /// One `GET` of `path_and_query`, without a body.
+    pub async fn get(&mut self, path_and_query: &str) -> Result<Reply, SyncError> {
+        self.send(http::Method::GET, path_and_query, Vec::new(), false)
+            .await
+    }
+
+    /// Any method with any body (declared with a Content-Length), for tests of refusals.
+    pub async fn request(
+        &mut self,
+        method: http::Method,
+        path_and_query: &str,
+        body: Vec<u8>,
+    ) -> Result<Reply, SyncError> {
+        self.send(method, path_and_query, body, true).await
     }
 
     async fn send(
         &mut self,
+        method: http::Method,
         path: &str,
         body: Vec<u8>,
         declare_length: bool,
@@ -140,7 +162,9 @@ impl PeerSession {
             peer: self.address,
             reason: error.to_string(),
         };
-        let mut request = http::Request::post(format!("https://{}{path}", self.authority))
+        let mut request = http::Request::builder()
+            .method(method)
+            .uri(format!("https://{}{path}", self.authority))
             .header(http::header::CONTENT_TYPE, CONTENT_TYPE);
         if declare_length {
             request = request.header(http::header::CONTENT_LENGTH, body.len());
@@ -152,7 +176,9 @@ impl PeerSession {
             .await
             .map_err(|error| http_error(&error))?;
         let sent = async {
-            stream.send_data(Bytes::from(body)).await?;
+            if !body.is_empty() {
+                stream.send_data(Bytes::from(body)).await?;
+            }
             stream.finish().await
         }
         .await;
@@ -203,6 +229,13 @@ impl PeerSession {
     /// Closes the connection.
     pub fn close(self) {
         self.connection.close(0u32.into(), b"done");
+    }
+}
+
+impl Drop for PeerSession {
+    /// A session dropped without [`PeerSession::close`] (an error, a deadline) ends its
+    /// connection driver too, so the connection does not linger until its idle timeout.
+    fn drop(&mut self) {
         self.driver.abort();
     }
 }

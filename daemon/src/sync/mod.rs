@@ -1,8 +1,11 @@
 //! State sync between nodes over mutually authenticated HTTP/3 (quinn + h3 + rustls).
 //!
 //! - [`wire`]: the protocol: versioned paths, body framing, status codes.
-//! - [`server`]: [`serve`] answers `POST /v1/sync` and `POST /v1/push` on the endpoint.
+//! - [`server`]: [`serve`] answers `POST /v1/sync`, `POST /v1/push` and `GET /v1/logs` on the
+//!   endpoint.
 //! - [`client`]: [`sync_once`] (one push-pull with a peer) and [`push`] (eager push).
+//! - [`logs`]: remote `shoal logs`: the [`LogSource`] seam the server reads this node's
+//!   containers through, and [`fetch_log`] for the caller.
 //! - [`membership`]: sans-IO choice of whom to sync with, with seeded randomness.
 //! - [`gossip`]: [`run_gossip`], the anti-entropy loop plus eager push of local changes.
 //!
@@ -12,6 +15,7 @@
 
 pub mod client;
 pub mod gossip;
+pub mod logs;
 pub mod membership;
 pub mod pki;
 pub mod server;
@@ -26,6 +30,7 @@ use shoal_crdt::NodeId;
 
 pub use client::{PeerSession, Reply, SyncStats, connect, push, sync_once};
 pub use gossip::{GossipConfig, GossipCounters, run_gossip};
+pub use logs::{LogSource, LogSourceError, fetch_log};
 pub use server::serve;
 pub use tls::{TlsError, TlsMaterial, node_id_from_cert};
 

@@ -1,5 +1,6 @@
 //! The answering side of sync: accepts mutually authenticated HTTP/3 connections and serves
-//! `POST /v1/sync` and `POST /v1/push` (see [`super::wire`]).
+//! `POST /v1/sync`, `POST /v1/push` and `GET /v1/logs` (see [`super::wire`]; logs are read
+//! through the [`LogSource`] the caller gives, see [`super::logs`]).
 //!
 //! Bounds: at most `connections_max` connections at once (more are refused before the
 //! handshake), `STREAMS_PER_CONNECTION_MAX` concurrent requests per connection (QUIC stream
@@ -23,6 +24,7 @@ use shoal_crdt::NodeId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use super::logs::{self, LogSource};
 use super::tls::peer_node_id;
 use super::wire::{self, CONTENT_TYPE, Route};
 use super::{SyncError, SyncLimits};
@@ -31,10 +33,12 @@ use crate::state::{Node, NodeError};
 type ServerStream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
 /// Serves sync requests on `endpoint` until `shutdown` completes or the endpoint is closed.
+/// `logs` answers `GET /v1/logs`; without it every container is "not on this node".
 pub async fn serve(
     endpoint: quinn::Endpoint,
     node: Arc<Node>,
     limits: SyncLimits,
+    logs: Option<Arc<dyn LogSource>>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SyncError> {
     assert!(
@@ -52,7 +56,13 @@ pub async fn serve(
                 let Some(incoming) = incoming else { break };
                 match permits.clone().try_acquire_owned() {
                     Ok(permit) => {
-                        connections.spawn(serve_connection(incoming, node.clone(), limits.clone(), permit));
+                        connections.spawn(serve_connection(
+                            incoming,
+                            node.clone(),
+                            limits.clone(),
+                            logs.clone(),
+                            permit,
+                        ));
                     }
                     Err(_) => {
                         tracing::warn!(
@@ -85,6 +95,7 @@ async fn serve_connection(
     incoming: quinn::Incoming,
     node: Arc<Node>,
     limits: SyncLimits,
+    logs: Option<Arc<dyn LogSource>>,
     _permit: OwnedSemaphorePermit,
 ) {
     let remote = incoming.remote_address();
@@ -131,6 +142,7 @@ async fn serve_connection(
                         peer: peer.clone(),
                         remote,
                         limits: limits.clone(),
+                        logs: logs.clone(),
                     };
                     requests.spawn(async move {
                         match resolver.resolve_request().await {
@@ -156,6 +168,7 @@ struct RequestContext {
     peer: NodeId,
     remote: SocketAddr,
     limits: SyncLimits,
+    logs: Option<Arc<dyn LogSource>>,
 }
 
 /// A refusal: status and a reason for the caller.
@@ -279,6 +292,20 @@ impl RequestContext {
                     })?;
                 applied.map_err(|error| Refusal::new(status_for(&error), error.to_string()))?;
                 Ok(Some((StatusCode::NO_CONTENT, Bytes::new())))
+            }
+            Route::Logs => {
+                if !body.is_empty() {
+                    return Err(Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("GET {} takes no body", wire::PATH_LOGS),
+                    ));
+                }
+                let query = wire::LogQuery::parse(request.uri().query()).map_err(decode_refusal)?;
+                tracing::debug!(peer = %self.peer, container = %query.container, "log request");
+                let piece = logs::answer(self.logs.clone(), self.node.node_id(), query, max)
+                    .await
+                    .map_err(|refusal| Refusal::new(refusal.status, refusal.message))?;
+                Ok(Some((StatusCode::OK, Bytes::from(piece))))
             }
         }
     }

@@ -1,28 +1,53 @@
 //! The sync protocol on the wire: paths, body framing and status codes.
 //!
-//! Version 1, both requests are `POST` with `content-type: application/vnd.shoal`:
+//! Version 1. The state requests are `POST` with `content-type: application/vnd.shoal`:
 //! - `/v1/sync`: body = our `Summary` (shoal_crdt::codec). Response 200, body =
 //!   `u32 big-endian length of D` ++ `D` ++ `S`, where `D` is the encoded `Delta` the caller
 //!   lacks and `S` the server's encoded `Summary`, so the caller can push back what the server
 //!   lacks with `/v1/push`.
 //! - `/v1/push`: body = an encoded `Delta`. Response 204 once it is durable and applied.
 //!
-//! Every encoded part carries the codec's magic and format version. Refusals answer with a
-//! `text/plain` reason: 400 malformed, truncated or wrong-version body; 404 unknown path
-//! (including other protocol versions); 405 not POST; 409 stale base (the caller pulls first);
-//! 413 body over the limit (refused before it is read in full); 422 clock too far ahead;
-//! 500 storage failure; 503 server busy. A refused request changes nothing.
+//! Remote `shoal logs` is a `GET` without a body, answered by the node that runs the container:
+//! - `/v1/logs?container=<id>&stdout=<offset>&stderr=<offset>&bytes_max=<n>` ([`LogQuery`]):
+//!   response 200, body = an encoded [`LogPiece`]: the container's stdout and stderr from the
+//!   given byte offsets, at most `bytes_max` bytes of each (the server lowers it so the reply
+//!   fits its `body_bytes_max`, see [`log_stream_bytes_max`]), the offsets to ask from next
+//!   time, and whether more is already written. The query is at most [`LOG_QUERY_BYTES_MAX`]
+//!   bytes, holds exactly these four keys once each, and a container id needs no escaping.
+//!
+//! Every encoded part carries a magic and a format version: the codec's for states, `SHLG`
+//! and [`LOG_FORMAT_VERSION`] for log pieces. Refusals answer with a `text/plain` reason:
+//! 400 malformed, truncated or wrong-version body, malformed log query, or a body on `GET`;
+//! 404 unknown path (including other protocol versions), or a container that is not on the
+//! answering node; 405 wrong method (`POST` for sync and push, `GET` for logs); 409 stale base
+//! (the caller pulls first); 413 body over the limit (refused before it is read in full); 414
+//! log query over [`LOG_QUERY_BYTES_MAX`]; 422 clock too far ahead; 500 storage or log file
+//! failure; 503 server busy. A refused request changes nothing, and only `/v1/push` changes
+//! the answering node's replicated state (reading logs changes nothing at all).
 
 use http::StatusCode;
+use serde::{Deserialize, Serialize};
 use shoal_crdt::codec::{self, DecodeError};
-use shoal_crdt::{Delta, Summary};
+use shoal_crdt::{ContainerId, Delta, Summary};
 
 pub const PATH_SYNC: &str = "/v1/sync";
 pub const PATH_PUSH: &str = "/v1/push";
+pub const PATH_LOGS: &str = "/v1/logs";
 /// The path prefix of the protocol version this build speaks.
 pub const PATH_PREFIX: &str = "/v1/";
 pub const CONTENT_TYPE: &str = "application/vnd.shoal";
 const LENGTH_PREFIX_BYTES: usize = 4;
+
+/// Longest query string `GET /v1/logs` accepts (a 128-character container id and three
+/// 20-digit numbers need under 220); a longer one is refused with 414.
+pub const LOG_QUERY_BYTES_MAX: usize = 512;
+/// Format version of an encoded [`LogPiece`]; bump on an incompatible change.
+pub const LOG_FORMAT_VERSION: u16 = 1;
+const LOG_MAGIC: &[u8; 4] = b"SHLG";
+const LOG_HEADER_BYTES: usize = 6;
+/// What an encoded [`LogPiece`] adds to its two streams: the header, two length prefixes,
+/// two offsets and two flags, each varint at most 10 bytes.
+pub const LOG_PIECE_OVERHEAD_BYTES: usize = 64;
 
 /// A body that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +60,16 @@ pub enum WireError {
     },
     #[error("sync response truncated: {0}")]
     Truncated(String),
+    #[error("log query: {0}")]
+    Query(String),
+    #[error("log query of {bytes} bytes is longer than the limit of {max} bytes")]
+    QueryTooLong { bytes: usize, max: usize },
+    #[error("log piece: {stream} holds {bytes} bytes, more than the {max} asked for")]
+    LogPieceTooLarge {
+        stream: &'static str,
+        bytes: usize,
+        max: u64,
+    },
 }
 
 impl WireError {
@@ -45,6 +80,7 @@ impl WireError {
                 source: DecodeError::TooLarge { .. },
                 ..
             } => StatusCode::PAYLOAD_TOO_LARGE,
+            WireError::QueryTooLong { .. } => StatusCode::URI_TOO_LONG,
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -55,6 +91,17 @@ impl WireError {
 pub enum Route {
     Sync,
     Push,
+    Logs,
+}
+
+impl Route {
+    /// The one method the route answers.
+    pub fn method(self) -> http::Method {
+        match self {
+            Route::Sync | Route::Push => http::Method::POST,
+            Route::Logs => http::Method::GET,
+        }
+    }
 }
 
 /// Why a request's method and path are refused.
@@ -69,6 +116,7 @@ pub fn route(method: &http::Method, path: &str) -> Result<Route, RouteError> {
     let route = match path {
         PATH_SYNC => Route::Sync,
         PATH_PUSH => Route::Push,
+        PATH_LOGS => Route::Logs,
         _ if path.starts_with("/v") && !path.starts_with(PATH_PREFIX) => {
             return Err(RouteError {
                 status: StatusCode::NOT_FOUND,
@@ -84,10 +132,11 @@ pub fn route(method: &http::Method, path: &str) -> Result<Route, RouteError> {
             });
         }
     };
-    if method != http::Method::POST {
+    let allowed = route.method();
+    if method != allowed {
         return Err(RouteError {
             status: StatusCode::METHOD_NOT_ALLOWED,
-            message: format!("{path}: method {method} not allowed, use POST"),
+            message: format!("{path}: method {method} not allowed, use {allowed}"),
         });
     }
     Ok(route)
@@ -145,6 +194,168 @@ pub fn decode_sync_response(
     ))
 }
 
+/// `GET /v1/logs`: which container, from which offsets, and how much of each stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogQuery {
+    pub container: ContainerId,
+    pub stdout_offset: u64,
+    pub stderr_offset: u64,
+    /// Most bytes of each stream the caller takes in one reply; at least 1.
+    pub stream_bytes_max: u64,
+}
+
+impl LogQuery {
+    /// The query string, without the `?`.
+    pub fn to_query(&self) -> String {
+        format!(
+            "container={}&stdout={}&stderr={}&bytes_max={}",
+            self.container, self.stdout_offset, self.stderr_offset, self.stream_bytes_max
+        )
+    }
+
+    /// The path and query of the request.
+    pub fn path_and_query(&self) -> String {
+        format!("{PATH_LOGS}?{}", self.to_query())
+    }
+
+    /// Parses a query string: the four keys once each, nothing else.
+    pub fn parse(query: Option<&str>) -> Result<LogQuery, WireError> {
+        let query = query.unwrap_or("");
+        if query.len() > LOG_QUERY_BYTES_MAX {
+            return Err(WireError::QueryTooLong {
+                bytes: query.len(),
+                max: LOG_QUERY_BYTES_MAX,
+            });
+        }
+        let mut container = None;
+        let mut stdout_offset = None;
+        let mut stderr_offset = None;
+        let mut stream_bytes_max = None;
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let Some((key, value)) = pair.split_once('=') else {
+                return Err(WireError::Query(format!("{pair:?} is not key=value")));
+            };
+            let number = |value: &str| {
+                value
+                    .parse::<u64>()
+                    .map_err(|_| WireError::Query(format!("{key}={value:?} is not a whole number")))
+            };
+            let given_before = match key {
+                "container" => {
+                    let id = value
+                        .parse::<ContainerId>()
+                        .map_err(|error| WireError::Query(error.to_string()))?;
+                    container.replace(id).is_some()
+                }
+                "stdout" => stdout_offset.replace(number(value)?).is_some(),
+                "stderr" => stderr_offset.replace(number(value)?).is_some(),
+                "bytes_max" => stream_bytes_max.replace(number(value)?).is_some(),
+                _ => {
+                    return Err(WireError::Query(format!(
+                        "unknown key {key:?}; expected container, stdout, stderr and bytes_max"
+                    )));
+                }
+            };
+            if given_before {
+                return Err(WireError::Query(format!("{key} given twice")));
+            }
+        }
+        let missing = |key: &str| WireError::Query(format!("{key} is missing"));
+        let query = LogQuery {
+            container: container.ok_or_else(|| missing("container"))?,
+            stdout_offset: stdout_offset.ok_or_else(|| missing("stdout"))?,
+            stderr_offset: stderr_offset.ok_or_else(|| missing("stderr"))?,
+            stream_bytes_max: stream_bytes_max.ok_or_else(|| missing("bytes_max"))?,
+        };
+        if query.stream_bytes_max == 0 {
+            return Err(WireError::Query("bytes_max must be at least 1".to_string()));
+        }
+        Ok(query)
+    }
+}
+
+/// The answer to `GET /v1/logs`: a container's new output and where to continue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogPiece {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// Offsets to ask from next time. A log file shorter than the offset asked for was
+    /// rotated and is read from its start, so an offset can go down.
+    pub stdout_offset: u64,
+    pub stderr_offset: u64,
+    pub running: bool,
+    /// More output was already written than this piece holds; ask again at once.
+    pub more: bool,
+}
+
+/// Most bytes of each stream a [`LogPiece`] may hold so that its encoding fits in
+/// `body_bytes_max`.
+pub fn log_stream_bytes_max(body_bytes_max: usize) -> u64 {
+    let room = body_bytes_max.saturating_sub(LOG_PIECE_OVERHEAD_BYTES) / 2;
+    u64::try_from(room.max(1)).unwrap_or(u64::MAX)
+}
+
+pub fn encode_log_piece(piece: &LogPiece) -> Vec<u8> {
+    let mut bytes =
+        Vec::with_capacity(LOG_PIECE_OVERHEAD_BYTES + piece.stdout.len() + piece.stderr.len());
+    bytes.extend_from_slice(LOG_MAGIC);
+    bytes.extend_from_slice(&LOG_FORMAT_VERSION.to_le_bytes());
+    postcard::to_extend(piece, bytes).expect("in-memory values serialize")
+}
+
+/// Decodes a [`LogPiece`], refusing one whose streams hold more than `stream_bytes_max` (the
+/// caller's own bound, paired with the server's) or whose offsets lie before its data.
+pub fn decode_log_piece(
+    bytes: &[u8],
+    body_bytes_max: usize,
+    stream_bytes_max: u64,
+) -> Result<LogPiece, WireError> {
+    let refuse = |source| WireError::Decode {
+        part: "log piece",
+        source,
+    };
+    if bytes.len() > body_bytes_max {
+        return Err(refuse(DecodeError::TooLarge {
+            size: bytes.len(),
+            max: body_bytes_max,
+        }));
+    }
+    if bytes.len() < LOG_HEADER_BYTES || &bytes[..4] != LOG_MAGIC {
+        return Err(refuse(DecodeError::BadMagic));
+    }
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    if version != LOG_FORMAT_VERSION {
+        return Err(refuse(DecodeError::UnsupportedVersion {
+            found: version,
+            supported: LOG_FORMAT_VERSION,
+        }));
+    }
+    let (piece, rest): (LogPiece, _) = postcard::take_from_bytes(&bytes[LOG_HEADER_BYTES..])
+        .map_err(|error| refuse(DecodeError::Malformed(error.to_string())))?;
+    if !rest.is_empty() {
+        return Err(refuse(DecodeError::TrailingBytes));
+    }
+    for (stream, data, offset) in [
+        ("stdout", &piece.stdout, piece.stdout_offset),
+        ("stderr", &piece.stderr, piece.stderr_offset),
+    ] {
+        if data.len() as u64 > stream_bytes_max {
+            return Err(WireError::LogPieceTooLarge {
+                stream,
+                bytes: data.len(),
+                max: stream_bytes_max,
+            });
+        }
+        if (data.len() as u64) > offset {
+            return Err(refuse(DecodeError::Malformed(format!(
+                "{stream} holds {} bytes but ends at offset {offset}",
+                data.len()
+            ))));
+        }
+    }
+    Ok(piece)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,7 +373,9 @@ mod tests {
         };
         check(http::Method::POST, "/v1/sync", Ok(Route::Sync));
         check(http::Method::POST, "/v1/push", Ok(Route::Push));
+        check(http::Method::GET, "/v1/logs", Ok(Route::Logs));
         check(http::Method::GET, "/v1/sync", Err(405));
+        check(http::Method::POST, "/v1/logs", Err(405));
         check(http::Method::POST, "/v2/sync", Err(404));
         check(http::Method::POST, "/sync", Err(404));
         check(http::Method::POST, "/v1/other", Err(404));
@@ -171,6 +384,148 @@ mod tests {
             message,
             "/v2/sync: unsupported protocol version, this node speaks /v1/"
         );
+        let message = route(&http::Method::POST, "/v1/logs").unwrap_err().message;
+        assert_eq!(message, "/v1/logs: method POST not allowed, use GET");
+    }
+
+    fn query(container: &str, stdout: u64, stderr: u64, bytes_max: u64) -> LogQuery {
+        LogQuery {
+            container: container.parse().unwrap(),
+            stdout_offset: stdout,
+            stderr_offset: stderr,
+            stream_bytes_max: bytes_max,
+        }
+    }
+
+    #[test]
+    fn log_queries_round_trip_and_bad_ones_are_refused_with_their_status() {
+        for good in [
+            query("web-1a2b", 0, 0, 1),
+            query("a.b_c-D", u64::MAX, 7, u64::MAX),
+        ] {
+            assert_eq!(LogQuery::parse(Some(&good.to_query())).unwrap(), good);
+        }
+        let longest = query(&"x".repeat(128), u64::MAX, u64::MAX, u64::MAX);
+        assert!(longest.to_query().len() < LOG_QUERY_BYTES_MAX);
+        assert_eq!(
+            LogQuery::parse(Some("bytes_max=9&stderr=2&stdout=1&container=c")).unwrap(),
+            query("c", 1, 2, 9),
+            "keys in any order"
+        );
+        let check = |text: Option<&str>, status: u16, fragment: &str| {
+            let error = LogQuery::parse(text).unwrap_err();
+            assert_eq!(error.status().as_u16(), status, "{text:?}: {error}");
+            let message = error.to_string();
+            assert!(
+                message.contains(fragment),
+                "{text:?}: {message:?} lacks {fragment:?}"
+            );
+        };
+        let full = "container=c&stdout=0&stderr=0&bytes_max=1";
+        check(None, 400, "container is missing");
+        check(
+            Some("container=c&stdout=0&stderr=0"),
+            400,
+            "bytes_max is missing",
+        );
+        check(Some(&format!("{full}&stdout=1")), 400, "stdout given twice");
+        check(
+            Some(&format!("{full}&tail=10")),
+            400,
+            "unknown key \"tail\"",
+        );
+        check(
+            Some("container=c&stdout=-1&stderr=0&bytes_max=1"),
+            400,
+            "whole number",
+        );
+        check(
+            Some("container=c&stdout=0&stderr=x&bytes_max=1"),
+            400,
+            "whole number",
+        );
+        check(
+            Some("container=c&stdout&stderr=0&bytes_max=1"),
+            400,
+            "key=value",
+        );
+        check(
+            Some("container=a/b&stdout=0&stderr=0&bytes_max=1"),
+            400,
+            "container id",
+        );
+        check(
+            Some("container=&stdout=0&stderr=0&bytes_max=1"),
+            400,
+            "container id",
+        );
+        check(
+            Some("container=c&stdout=0&stderr=0&bytes_max=0"),
+            400,
+            "at least 1",
+        );
+        let long = format!("{full}&{}", "x".repeat(LOG_QUERY_BYTES_MAX));
+        check(Some(&long), 414, "longer than the limit of 512 bytes");
+    }
+
+    fn piece(stdout: &[u8], stderr: &[u8]) -> LogPiece {
+        LogPiece {
+            stdout: stdout.to_vec(),
+            stderr: stderr.to_vec(),
+            stdout_offset: 100 + stdout.len() as u64,
+            stderr_offset: stderr.len() as u64,
+            running: true,
+            more: false,
+        }
+    }
+
+    #[test]
+    fn log_pieces_round_trip_within_their_bounds() {
+        let sample = piece(b"hello\n", b"");
+        let body = encode_log_piece(&sample);
+        assert_eq!(decode_log_piece(&body, 1 << 20, 6).unwrap(), sample);
+        // A piece at the largest size a body limit allows fits in that limit, with the
+        // largest offsets the varints can hold.
+        for body_bytes_max in [4096, 64 * 1024, 8 * 1024 * 1024] {
+            let stream = log_stream_bytes_max(body_bytes_max) as usize;
+            let mut full = piece(&vec![b'o'; stream], &vec![b'e'; stream]);
+            full.stdout_offset = u64::MAX;
+            full.stderr_offset = u64::MAX;
+            full.more = true;
+            let body = encode_log_piece(&full);
+            assert!(
+                body.len() <= body_bytes_max,
+                "{} > {body_bytes_max}",
+                body.len()
+            );
+            let decoded = decode_log_piece(&body, body_bytes_max, stream as u64).unwrap();
+            assert_eq!(decoded, full);
+        }
+        assert_eq!(log_stream_bytes_max(0), 1);
+    }
+
+    #[test]
+    fn bad_log_pieces_are_refused() {
+        let body = encode_log_piece(&piece(b"out", b"err"));
+        let check = |bytes: &[u8], stream_bytes_max: u64, fragment: &str| {
+            let error = decode_log_piece(bytes, 1 << 20, stream_bytes_max).unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains(fragment), "{message:?} lacks {fragment:?}");
+        };
+        check(&body, 2, "stdout holds 3 bytes, more than the 2 asked for");
+        check(&body[..3], 10, "magic");
+        check(&body[..body.len() - 1], 10, "malformed");
+        check(&[&body[..], &[0]].concat(), 10, "trailing");
+        let mut wrong_version = body.clone();
+        wrong_version[4..6].copy_from_slice(&9u16.to_le_bytes());
+        check(&wrong_version, 10, "format version 9");
+        let summary = codec::encode_summary(&replica("a").summary());
+        check(&summary, 10, "magic");
+        let mut behind = piece(b"out", b"");
+        behind.stdout_offset = 2;
+        check(&encode_log_piece(&behind), 10, "ends at offset 2");
+        let too_large = decode_log_piece(&body, 4, 10).unwrap_err();
+        assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     #[test]

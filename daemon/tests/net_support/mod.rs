@@ -122,13 +122,25 @@ impl Server {
     }
 
     pub async fn start_with(tls: &TlsMaterial, dir: &Path, name: &str, limits: SyncLimits) -> Self {
+        Self::start_with_logs(tls, dir, name, limits, None).await
+    }
+
+    /// A server that answers `GET /v1/logs` from `logs`.
+    pub async fn start_with_logs(
+        tls: &TlsMaterial,
+        dir: &Path,
+        name: &str,
+        limits: SyncLimits,
+        logs: Option<Arc<dyn sync::LogSource>>,
+    ) -> Self {
         let endpoint = sync::bind_endpoint("127.0.0.1:0".parse().unwrap(), tls).unwrap();
         let address = endpoint.local_addr().unwrap();
         let node = open_node(dir, name, address);
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(sync::serve(endpoint.clone(), node.clone(), limits, async {
+        let serving = sync::serve(endpoint.clone(), node.clone(), limits, logs, async {
             let _ = stopped.await;
-        }));
+        });
+        let task = tokio::spawn(serving);
         let task = tokio::spawn(async move {
             task.await.unwrap().unwrap();
         });
@@ -257,6 +269,7 @@ impl GossipCluster {
                 &node,
                 gossip,
                 limits.clone(),
+                None,
                 Duration::from_millis(heartbeat_ms),
                 &stopped,
             );
