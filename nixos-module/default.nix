@@ -389,6 +389,38 @@ in
             cpu_millis = optionalPositive "CPU this node offers to containers; `null` detects it.";
             memory_bytes = optionalPositive "Memory this node offers to containers; `null` detects it.";
           };
+          containers = {
+            enabled = mkOption {
+              type = types.nullOr types.bool;
+              default = null;
+              description = "Run containers at all; when false the node syncs state but places nothing. `null` leaves the daemon's default (true).";
+            };
+            subnet = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              example = "10.88.1.0/24";
+              description = "This node's container subnet (a.b.c.d/len, one per node); containers get addresses, published ports and egress only with it.";
+            };
+            bridge = mkOption {
+              type = types.nullOr types.str;
+              default = null;
+              description = "The node bridge holding the subnet's gateway. `null` leaves the daemon's default (shoal0).";
+            };
+            firewall = mkOption {
+              type = types.nullOr types.bool;
+              default = null;
+              description = ''
+                Keep shoal's own nftables table `ip shoal` (published ports,
+                masquerade for containers' traffic leaving the cluster); nothing
+                else of the host's firewall is touched. false: no table, so no
+                published ports and no egress. `null` leaves the daemon's
+                default (true).
+              '';
+            };
+            reconcile_interval_ms = optionalPositive "How often the reconcile loop compares placement with what runs.";
+            stop_grace_ms = optionalPositive "Time between SIGTERM and SIGKILL when a container is stopped.";
+            log_bytes_max = optionalPositive "Each of a container's stdout and stderr keeps at most twice this.";
+          };
         };
       };
     };
@@ -487,6 +519,16 @@ in
       {
         assertion = builtins.match "/var/lib/[^/].*" cfg.settings.state_dir != null;
         message = "services.shoal.settings.state_dir (${cfg.settings.state_dir}) must be below /var/lib (the unit's StateDirectory)";
+      }
+      {
+        assertion = cfg.settings.containers.subnet == null
+          || builtins.match "${ipv4Pattern}/([89]|[12][0-9]|30)" cfg.settings.containers.subnet != null;
+        message = "services.shoal.settings.containers.subnet (\"${toString cfg.settings.containers.subnet}\") must be an IPv4 subnet a.b.c.d/len with len from 8 to 30";
+      }
+      {
+        assertion = cfg.settings.containers.bridge == null
+          || builtins.match "[A-Za-z0-9_.-]{1,15}" cfg.settings.containers.bridge != null;
+        message = "services.shoal.settings.containers.bridge (\"${toString cfg.settings.containers.bridge}\") must be 1 to 15 characters of [A-Za-z0-9_.-]";
       }
     ] ++ serviceAssertions;
 

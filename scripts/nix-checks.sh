@@ -352,6 +352,15 @@ refused 'workload.secrets.key = /run/keys/web.key;' "services.shoal.services.wor
 refused 'workload.secrets.key = "web.key";' "services.shoal.services.workload.secrets.key"
 refused 'workload.publish.mode = "everywhere";' "services.shoal.services.workload.publish.mode" services_json
 
+# Container settings: a subnet or bridge the daemon would refuse fails an assertion naming it.
+# (The sample sets both, so the test value overrides it as lib.mkForce would.)
+force() { echo "{ _type = \"override\"; priority = 50; content = \"$1\"; }"; }
+for subnet in 10.88.1.0 10.88.1.0/31 10.88.1.0/7 300.1.1.0/24 10.88.1.0/024x; do
+    asserts "extraSettings.containers.subnet = $(force "$subnet");" "services.shoal.settings.containers.subnet (\"$subnet\")"
+done
+asserts "extraSettings.containers.bridge = $(force a-bridge-name-too-long);" 'services.shoal.settings.containers.bridge'
+asserts "extraSettings.containers.bridge = $(force 'br 0');" 'services.shoal.settings.containers.bridge'
+
 # The issue 11 fields' grammar: assertions that name the option and the entry.
 for port in 80 0:80 8080:080 70000:80 8080:80/sctp 256.0.0.1:8080:80 localhost:8080:80 8080:80:1; do
     asserts "workload.ports = [ \"$port\" ];" "services.shoal.services.workload.ports: \"$port\""

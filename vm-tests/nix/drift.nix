@@ -79,6 +79,15 @@ let
             cpu_millis = 2000;
             memory_bytes = 4294967296;
           };
+          containers = {
+            enabled = true;
+            subnet = "10.88.1.0/24";
+            bridge = "shoal1";
+            firewall = true;
+            reconcile_interval_ms = 500;
+            stop_grace_ms = 5000;
+            log_bytes_max = 1048576;
+          };
         }
         extraSettings
       ];

@@ -372,34 +372,29 @@ impl Planner {
                 }
                 // Placement already dealt these replicas within the same room; this guards
                 // that invariant rather than expecting to refuse anything.
-                if !reserved.fits(&capacity, &current.spec.resources) {
-                    let message = format!(
+                let ports = if current.spec.publish.mode.is_host() {
+                    current.spec.host_ports()
+                } else {
+                    Vec::new()
+                };
+                let refusal = if !reserved.fits(&capacity, &current.spec.resources) {
+                    Some(format!(
                         "node {} has no room: {} cpu_millis and {} memory_bytes reserved of {} and {}",
                         self.me,
                         reserved.cpu_millis,
                         reserved.memory_bytes,
                         capacity.cpu_millis,
                         capacity.memory_bytes
-                    );
-                    self.failures.insert(
-                        service.clone(),
-                        Failure {
-                            at_ms: now_ms,
-                            message,
-                        },
-                    );
-                    break;
-                }
-                let ports = if current.spec.publish.mode.is_host() {
-                    current.spec.host_ports()
+                    ))
                 } else {
-                    Vec::new()
+                    reserved.port_taken(&ports).map(|(port, holder)| {
+                        format!(
+                            "node {} already publishes host port {port} for service {holder}",
+                            self.me
+                        )
+                    })
                 };
-                if let Some((port, holder)) = reserved.port_taken(&ports) {
-                    let message = format!(
-                        "node {} already publishes host port {port} for service {holder}",
-                        self.me
-                    );
+                if let Some(message) = refusal {
                     self.failures.insert(
                         service.clone(),
                         Failure {
