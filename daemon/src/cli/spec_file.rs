@@ -200,6 +200,22 @@ restart = "always"
             "name = \"web\"\nimage = \"/i\"\nreplicas = -1\n",
             &["web", "replicas"],
         );
+        check_error(
+            "name = \"web\"\nimage = \"/i\"\nports = [\"80:0\"]\n",
+            &["web", "ports[0]", "container port"],
+        );
+        check_error(
+            "name = \"web\"\nimage = \"/i\"\nvolumes = [\"cache:/proc\"]\n",
+            &["web", "volumes[0]", "/proc"],
+        );
+        check_error(
+            "name = \"web\"\nimage = \"/i\"\n[publish]\nmode = \"everywhere\"\n",
+            &["web", "everywhere"],
+        );
+        check_error(
+            "name = \"web\"\nimage = \"/i\"\nsecrets = { k = \"k.pem\" }\n",
+            &["web", "secrets.k", "absolute"],
+        );
     }
 
     #[test]

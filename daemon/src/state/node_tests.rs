@@ -243,6 +243,74 @@ fn a_request_with_one_bad_spec_changes_nothing() {
 }
 
 #[test]
+fn every_refused_workload_field_is_named_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let node = open(options(dir.path(), "node-a", 1000), &clock);
+    node.heartbeat().unwrap();
+    let before = (node.digest(), node.commit_counts());
+    let cases: Vec<(&str, Box<dyn Fn(&mut ServiceSpec)>)> = vec![
+        ("ports[0]", Box::new(|s| s.ports = vec!["8080:0".into()])),
+        (
+            "ports[1]",
+            Box::new(|s| s.ports = vec!["8080:80".into(), "8080:81".into()]),
+        ),
+        (
+            "volumes[0]",
+            Box::new(|s| s.volumes = vec!["data:rel".into()]),
+        ),
+        (
+            "volumes[0]",
+            Box::new(|s| s.volumes = vec!["/a/../b:/d".into()]),
+        ),
+        ("volumes[0]", Box::new(|s| s.volumes = vec!["v:/".into()])),
+        (
+            "volumes[0]",
+            Box::new(|s| s.volumes = vec!["v:/proc".into()]),
+        ),
+        (
+            "volumes[0]",
+            Box::new(|s| s.volumes = vec!["v:/sys/x".into()]),
+        ),
+        (
+            "volumes[0]",
+            Box::new(|s| s.volumes = vec!["v:/dev".into()]),
+        ),
+        (
+            "tmpfs[0]",
+            Box::new(|s| {
+                s.volumes = vec!["v:/data".into()];
+                s.tmpfs = vec!["/data".into()];
+            }),
+        ),
+        ("tmpfs[0]", Box::new(|s| s.tmpfs = vec!["/t:size=0".into()])),
+        (
+            "env_files[0]",
+            Box::new(|s| s.env_files = vec!["rel.env".into()]),
+        ),
+        (
+            "secrets.k",
+            Box::new(|s| _ = s.secrets.insert("k".into(), "rel".into())),
+        ),
+        (
+            "secrets.a/b",
+            Box::new(|s| _ = s.secrets.insert("a/b".into(), "/k".into())),
+        ),
+    ];
+    for (field, mutate) in cases {
+        let mut bad = spec("web", "/web.tar");
+        mutate(&mut bad.1);
+        let error = node.apply_services(vec![bad]).unwrap_err().to_string();
+        assert!(
+            error.contains("web") && error.contains(&format!("`{field}`")),
+            "{field}: {error}"
+        );
+    }
+    assert_eq!((node.digest(), node.commit_counts()), before);
+    assert!(node.services().is_empty());
+}
+
+#[test]
 fn a_batch_is_one_commit_and_one_broadcast_and_no_change_is_none() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::at_ms(START_MS));
