@@ -249,7 +249,8 @@ fn every_refused_workload_field_is_named_and_changes_nothing() {
     let node = open(options(dir.path(), "node-a", 1000), &clock);
     node.heartbeat().unwrap();
     let before = (node.digest(), node.commit_counts());
-    let cases: Vec<(&str, Box<dyn Fn(&mut ServiceSpec)>)> = vec![
+    type Mutation = Box<dyn Fn(&mut ServiceSpec)>;
+    let cases: Vec<(&str, Mutation)> = vec![
         ("ports[0]", Box::new(|s| s.ports = vec!["8080:0".into()])),
         (
             "ports[1]",
