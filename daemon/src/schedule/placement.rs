@@ -32,13 +32,15 @@ use std::collections::BTreeMap;
 use sha2::{Digest, Sha256};
 use shoal_crdt::{Capacity, HostPort, NodeId, Resources, ServiceName};
 
-use super::room::Reserved;
+use super::room::{PortHolder, Reserved};
 
 /// A live node as the scheduler sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeInput {
     pub id: NodeId,
     pub capacity: Capacity,
+    /// The UDP port of its sync endpoint, which no service may publish there.
+    pub sync_port: Option<u16>,
 }
 
 /// A service to place.
@@ -98,6 +100,11 @@ pub fn score(service: &ServiceName, node: &NodeId) -> u64 {
 
 /// Computes the placement. Input order does not matter; duplicate names keep the first.
 pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
+    let mut reserved: BTreeMap<&NodeId, Reserved> = nodes
+        .iter()
+        .rev()
+        .map(|node| (&node.id, Reserved::with_sync_port(node.sync_port)))
+        .collect();
     let nodes: BTreeMap<&NodeId, &Capacity> = nodes
         .iter()
         .rev()
@@ -108,8 +115,6 @@ pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
         .rev()
         .map(|service| (&service.name, service))
         .collect();
-    let mut reserved: BTreeMap<&NodeId, Reserved> =
-        nodes.keys().map(|id| (*id, Reserved::default())).collect();
     let mut placement = Placement::default();
     for (name, service) in services {
         if service.replicas == 0 {
@@ -120,7 +125,7 @@ pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
                 .values()
                 .find_map(|room| room.port_taken(&service.ports));
             if let Some((port, holder)) = taken {
-                let reason = format!("port {port} is published by service {holder}");
+                let reason = format!("port {port} is published by {holder}");
                 placement.unplaced.insert(name.clone(), service.replicas);
                 placement.reasons.insert(name.clone(), reason);
                 continue;
@@ -185,11 +190,11 @@ fn unplaced_reason(
             .flatten()
     });
     match port_blocked {
-        Some((port, holder)) if holder == &service.name => format!(
+        Some((port, PortHolder::Service(holder))) if holder == &service.name => format!(
             "host port {port} allows one replica per node, and every node with room runs one"
         ),
         Some((port, holder)) => {
-            format!("host port {port} is taken by service {holder} on every node with room")
+            format!("host port {port} is taken by {holder} on every node with room")
         }
         None => "no live node has room (cpu_millis, memory_bytes or container count)".to_owned(),
     }
@@ -204,6 +209,7 @@ mod tests {
     fn node(name: &str, cpu_millis: u32, memory_mib: u64) -> NodeInput {
         NodeInput {
             id: name.parse().unwrap(),
+            sync_port: None,
             capacity: Capacity {
                 cpu_millis,
                 memory_bytes: memory_mib << 20,
@@ -265,6 +271,23 @@ mod tests {
         assert_eq!(total(&placement, "web"), 0);
         let reason = &placement.reasons[&"web".parse::<ServiceName>().unwrap()];
         assert!(reason.contains("taken by service api"), "{reason}");
+    }
+
+    #[test]
+    fn no_service_publishes_a_nodes_sync_port() {
+        let mut nodes = vec![node("a", 4000, 4096), node("b", 4000, 4096)];
+        nodes[0].sync_port = Some(7443);
+        let dns = publishing(service("dns", 2, 100, 64), &["7443:53/udp"], false);
+        let tcp = publishing(service("web", 2, 100, 64), &["7443:80"], false);
+        let placement = place(&[dns, tcp], &nodes);
+        let name: ServiceName = "dns".parse().unwrap();
+        assert_eq!(placement.on(&name, &"a".parse().unwrap()), 0);
+        assert_eq!(placement.on(&name, &"b".parse().unwrap()), 1);
+        assert!(placement.reasons[&name].contains("shoal's sync endpoint"));
+        assert_eq!(total(&placement, "web"), 2, "tcp is another port");
+        let mesh = publishing(service("edge", 1, 100, 64), &["7443:53/udp"], true);
+        let placement = place(&[mesh], &nodes);
+        assert_eq!(total(&placement, "edge"), 0);
     }
 
     #[test]
@@ -441,6 +464,7 @@ mod tests {
                 .iter()
                 .map(|n| NodeInput {
                     id: n.id.clone(),
+                    sync_port: None,
                     capacity: Capacity { cpu_millis: cpu.max(1), memory_bytes: memory.max(1) },
                 })
                 .collect();
@@ -478,6 +502,7 @@ mod tests {
                 .iter()
                 .map(|n| NodeInput {
                     id: n.id.clone(),
+                    sync_port: None,
                     capacity: Capacity { cpu_millis: u32::MAX, memory_bytes: u64::MAX },
                 })
                 .collect();

@@ -345,7 +345,12 @@ impl Planner {
         let Some(capacity) = view.my_capacity() else {
             return;
         };
-        let mut reserved = Reserved::default();
+        let sync_port = view
+            .live_nodes
+            .iter()
+            .find(|node| node.id == self.me)
+            .and_then(|node| node.sync_port);
+        let mut reserved = Reserved::with_sync_port(sync_port);
         for record in kept.values().flatten() {
             match view.services.get(&record.service) {
                 Some(service) => {
@@ -389,7 +394,7 @@ impl Planner {
                 } else {
                     reserved.port_taken(&ports).map(|(port, holder)| {
                         format!(
-                            "node {} already publishes host port {port} for service {holder}",
+                            "node {} already publishes host port {port} for {holder}",
                             self.me
                         )
                     })

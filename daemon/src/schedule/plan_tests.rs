@@ -49,6 +49,7 @@ fn view(me: &str, nodes: &[&str], services: &[(&str, ServiceSpec, Timestamp)]) -
             .iter()
             .map(|name| NodeInput {
                 id: node(name),
+                sync_port: None,
                 capacity: Capacity {
                     cpu_millis: 1000,
                     memory_bytes: 1 << 30,

@@ -11,14 +11,31 @@ use shoal_crdt::{Capacity, HostPort, Resources, ServiceName};
 /// Containers one node runs at most, whatever its capacity.
 pub const CONTAINERS_PER_NODE_MAX: u32 = 256;
 
+/// Who holds a host port on a node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortHolder {
+    Service(ServiceName),
+    /// The node's own sync endpoint (UDP): no service may publish it.
+    Sync,
+}
+
+impl std::fmt::Display for PortHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PortHolder::Service(name) => write!(f, "service {name}"),
+            PortHolder::Sync => f.write_str("shoal's sync endpoint"),
+        }
+    }
+}
+
 /// What a set of containers reserves on one node.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Reserved {
     pub cpu_millis: u64,
     pub memory_bytes: u64,
     pub containers: u32,
-    /// Host ports taken on the node, with the service that holds each.
-    pub ports: Vec<(HostPort, ServiceName)>,
+    /// Host ports taken on the node, with who holds each.
+    pub ports: Vec<(HostPort, PortHolder)>,
 }
 
 impl Reserved {
@@ -33,7 +50,7 @@ impl Reserved {
     }
 
     /// The first of `ports` the node already hands out, with the service holding it.
-    pub fn port_taken(&self, ports: &[HostPort]) -> Option<(HostPort, &ServiceName)> {
+    pub fn port_taken(&self, ports: &[HostPort]) -> Option<(HostPort, &PortHolder)> {
         ports.iter().find_map(|port| {
             self.ports
                 .iter()
@@ -44,8 +61,30 @@ impl Reserved {
 
     /// Takes `ports` for `service`.
     pub fn take_ports(&mut self, ports: &[HostPort], service: &ServiceName) {
-        self.ports
-            .extend(ports.iter().map(|port| (*port, service.clone())));
+        self.ports.extend(
+            ports
+                .iter()
+                .map(|port| (*port, PortHolder::Service(service.clone()))),
+        );
+    }
+
+    /// A room whose node's sync endpoint listens on UDP `sync_port` (on every address).
+    pub fn with_sync_port(sync_port: Option<u16>) -> Reserved {
+        let ports = sync_port
+            .map(|port| {
+                let key = HostPort {
+                    ip: None,
+                    port,
+                    protocol: shoal_crdt::Protocol::Udp,
+                };
+                (key, PortHolder::Sync)
+            })
+            .into_iter()
+            .collect();
+        Reserved {
+            ports,
+            ..Reserved::default()
+        }
     }
 
     /// Adds one container with `resources`.

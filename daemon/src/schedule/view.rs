@@ -55,6 +55,7 @@ impl ClusterView {
             .map(|(id, meta)| NodeInput {
                 id: id.clone(),
                 capacity: meta.capacity,
+                sync_port: Some(meta.address.port()),
             })
             .collect();
         let own_records = state
