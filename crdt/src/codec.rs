@@ -272,6 +272,65 @@ mod tests {
     }
 
     #[test]
+    fn version_1_node_metadata_is_still_read() {
+        use crate::entry::Entry;
+        use crate::state::Change;
+        use crate::{Capacity, NodeMeta};
+        let mut replica = Replica::new("a".parse().unwrap(), Duration::from_secs(1));
+        let now = NTP64::from(Duration::from_millis(5));
+        let meta = NodeMeta {
+            address: "127.0.0.1:7443".parse().unwrap(),
+            capacity: Capacity {
+                cpu_millis: 1000,
+                memory_bytes: 1 << 30,
+            },
+            subnet: Some("10.88.1.0/24".parse().unwrap()),
+            heartbeat: uhlc::Timestamp::new(now, replica.node().hlc_id()),
+            labels: Default::default(),
+        };
+        replica.put_node_meta(now, meta).unwrap();
+        let snapshot = replica.to_snapshot();
+        let changes = snapshot
+            .changes
+            .iter()
+            .map(|change| match change {
+                Change::Node { node, entry } => {
+                    let record = entry.value.clone().unwrap();
+                    v1::ChangeV1::Node {
+                        node: node.clone(),
+                        entry: Entry {
+                            hlc: entry.hlc,
+                            dot: entry.dot.clone(),
+                            value: Some(v1::NodeRecordV1 {
+                                meta: v1::NodeMetaV1 {
+                                    address: record.meta.address,
+                                    capacity: record.meta.capacity,
+                                    subnet: record.meta.subnet,
+                                    heartbeat: record.meta.heartbeat,
+                                },
+                                subnet_claimed: record.subnet_claimed,
+                            }),
+                        },
+                    }
+                }
+                other => panic!("only node metadata was written, not {other:?}"),
+            })
+            .collect();
+        let old = v1::SnapshotV1 {
+            node: snapshot.node.clone(),
+            changes,
+            vv: snapshot.vv.clone(),
+            gc_floor: snapshot.gc_floor.clone(),
+            clock_last: snapshot.clock_last,
+            peers: snapshot.peers.clone(),
+        };
+        assert_eq!(
+            decode_snapshot(&v1_bytes(Kind::Snapshot, &old), 1 << 20).unwrap(),
+            snapshot
+        );
+    }
+
+    #[test]
     fn specs_with_new_fields_and_statuses_round_trip() {
         use crate::status::{ContainerStatus, NodeStatus, RunState};
         let mut replica = Replica::new("a".parse().unwrap(), Duration::from_secs(1));

@@ -58,6 +58,7 @@
 
 mod clock;
 pub mod codec;
+pub mod constraints;
 mod delta;
 pub mod entry;
 mod ids;
@@ -71,6 +72,7 @@ pub mod status;
 pub mod workload;
 
 pub use clock::{Clock, ClockError};
+pub use constraints::{Constraint, Mode};
 pub use delta::{Delta, DeltaBase, OriginRange, Summary};
 pub use entry::{Dot, Merge};
 pub use ids::{ContainerId, NameError, NodeId, NodeIdError, ServiceName};

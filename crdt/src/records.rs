@@ -9,6 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uhlc::Timestamp;
 
+use crate::constraints::{Constraint, Mode, check_label};
 use crate::workload::{
     HostPort, PortMapping, Publish, TmpfsMount, VolumeMount, WorkloadError, check_host_path,
     check_name, secret_target,
@@ -106,6 +107,16 @@ pub struct ServiceSpec {
     pub secrets: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Publish::is_default")]
     pub publish: Publish,
+    /// `replicated` (default: `replicas` of them) or `global` (one per eligible node).
+    #[serde(default, skip_serializing_if = "Mode::is_replicated")]
+    pub mode: Mode,
+    /// `LABEL == VALUE`, `LABEL != VALUE`, `LABEL in (A, B)`, `LABEL not in (A, B)`: all must
+    /// hold on a node for it to run a replica.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub constraints: Vec<String>,
+    /// Spread replicas evenly over the values of this node label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<String>,
 }
 
 impl ServiceSpec {
@@ -125,7 +136,18 @@ impl ServiceSpec {
             env_files: Vec::new(),
             secrets: BTreeMap::new(),
             publish: Publish::default(),
+            mode: Mode::default(),
+            constraints: Vec::new(),
+            spread: None,
         }
+    }
+
+    /// The placement constraints. Specs in a state were validated, so this only fails on a
+    /// spec that was never checked.
+    pub fn placement_constraints(&self) -> Result<Vec<Constraint>, SpecError> {
+        indexed("constraints", &self.constraints, |text| {
+            text.parse::<Constraint>()
+        })
     }
 
     /// The published ports. Specs in a state were validated, so this only fails on a
@@ -217,6 +239,16 @@ impl ServiceSpec {
         for (index, path) in self.env_files.iter().enumerate() {
             check_host_path(path)
                 .map_err(|reason| field_error(format!("env_files[{index}]"), reason))?;
+        }
+        if self.constraints.len() > SPEC_LIST_LEN_MAX {
+            return Err(field_error(
+                "constraints",
+                format!("has more than {SPEC_LIST_LEN_MAX} elements"),
+            ));
+        }
+        self.placement_constraints()?;
+        if let Some(label) = &self.spread {
+            check_label(label).map_err(|reason| field_error("spread", reason))?;
         }
         Ok(())
     }
@@ -450,6 +482,9 @@ pub struct NodeMeta {
     pub subnet: Option<Subnet>,
     /// Set by `Replica::put_node_meta` to the HLC of the write: liveness.
     pub heartbeat: Timestamp,
+    /// The node's labels (`zone = "eu-1"`), for placement constraints and spread.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A per-node resource counter (PN-Counter).
@@ -613,6 +648,23 @@ mod tests {
             },
             Some("secrets.k"),
         );
+    }
+
+    #[test]
+    fn placement_fields_are_checked_by_name() {
+        check_spec(
+            |s| {
+                s.mode = Mode::Global;
+                s.constraints = vec!["zone == eu-1".into(), "role in (edge, core)".into()];
+                s.spread = Some("zone".into());
+            },
+            None,
+        );
+        check_spec(
+            |s| s.constraints = vec!["zone == eu-1".into(), "zone ~= x".into()],
+            Some("constraints[1]"),
+        );
+        check_spec(|s| s.spread = Some("a zone".into()), Some("spread"));
     }
 
     #[test]

@@ -63,8 +63,10 @@ pub enum Change {
         #[serde(with = "crate::entry::json_value")]
         entry: Entry<ServiceSpec>,
     },
+    /// Node metadata travels as JSON inside the binary encoding, like specs.
     Node {
         node: NodeId,
+        #[serde(with = "crate::entry::json_value")]
         entry: Entry<NodeRecord>,
     },
     Container {

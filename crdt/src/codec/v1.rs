@@ -1,6 +1,6 @@
 //! Format version 1, kept to read what older daemons wrote and sent: the same layout as
-//! today except that service specs were encoded in place (postcard) with the seven fields
-//! they had then, and there was no status table. Decoded into today's types.
+//! today except that service specs and node metadata were encoded in place (postcard) with
+//! the fields they had then, and there was no status table. Decoded into today's types.
 
 use std::collections::BTreeMap;
 
@@ -12,8 +12,8 @@ use crate::entry::{Dot, Entry};
 use crate::replica::{PeerView, Snapshot};
 use crate::state::{Change, Counts, IpClaim, NodeRecord};
 use crate::{
-    ContainerId, ContainerRecord, NodeId, Resource, Resources, RestartPolicy, ServiceName,
-    ServiceSpec, VersionVector,
+    Capacity, ContainerId, ContainerRecord, NodeId, NodeMeta, Resource, Resources, RestartPolicy,
+    ServiceName, ServiceSpec, Subnet, VersionVector,
 };
 
 /// A service spec as version 1 laid it out.
@@ -42,6 +42,36 @@ impl From<SpecV1> for ServiceSpec {
     }
 }
 
+/// Node metadata as version 1 laid it out (no labels).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct NodeMetaV1 {
+    pub address: std::net::SocketAddr,
+    pub capacity: Capacity,
+    pub subnet: Option<Subnet>,
+    pub heartbeat: uhlc::Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct NodeRecordV1 {
+    pub meta: NodeMetaV1,
+    pub subnet_claimed: Option<uhlc::Timestamp>,
+}
+
+impl From<NodeRecordV1> for NodeRecord {
+    fn from(old: NodeRecordV1) -> Self {
+        NodeRecord {
+            meta: NodeMeta {
+                address: old.meta.address,
+                capacity: old.meta.capacity,
+                subnet: old.meta.subnet,
+                heartbeat: old.meta.heartbeat,
+                labels: BTreeMap::new(),
+            },
+            subnet_claimed: old.subnet_claimed,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum ChangeV1 {
     Service {
@@ -50,7 +80,7 @@ pub(crate) enum ChangeV1 {
     },
     Node {
         node: NodeId,
-        entry: Entry<NodeRecord>,
+        entry: Entry<NodeRecordV1>,
     },
     Container {
         id: ContainerId,
@@ -80,7 +110,14 @@ impl From<ChangeV1> for Change {
                     value: entry.value.map(ServiceSpec::from),
                 },
             },
-            ChangeV1::Node { node, entry } => Change::Node { node, entry },
+            ChangeV1::Node { node, entry } => Change::Node {
+                node,
+                entry: Entry {
+                    hlc: entry.hlc,
+                    dot: entry.dot,
+                    value: entry.value.map(NodeRecord::from),
+                },
+            },
             ChangeV1::Container { id, add, entry } => Change::Container { id, add, entry },
             ChangeV1::Counter {
                 node,

@@ -5,6 +5,7 @@
 //! The key set is a contract with the NixOS module (`services.shoal.settings`); every
 //! table denies unknown keys.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -52,6 +53,10 @@ pub struct Config {
     /// Running this node's share of the services' containers.
     #[serde(default)]
     pub containers: ContainerSettings,
+    /// This node's labels (`labels = { zone = "eu-1", role = "edge" }`), published in its
+    /// metadata; services select nodes by them (`constraints`, `spread`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The container runtime and the reconcile loop.
@@ -360,6 +365,9 @@ impl Config {
                 ),
             ));
         }
+        if let Err(reason) = shoal_crdt::constraints::check_labels(&self.labels) {
+            return Err(invalid("labels", reason));
+        }
         if let Some(dir) = &containers.runtime_dir
             && !dir.is_absolute()
         {
@@ -448,6 +456,11 @@ impl Config {
                 subnet: Some("10.88.1.0/24".parse().expect("valid example subnet")),
                 ..ContainerSettings::default()
             },
+            labels: [
+                ("zone".to_owned(), "eu-1".to_owned()),
+                ("role".to_owned(), "edge".to_owned()),
+            ]
+            .into(),
         }
     }
 }
@@ -478,7 +491,8 @@ fn collect_keys(value: &toml::Value, prefix: &str, keys: &mut Vec<String>) {
                 format!("{prefix}.{key}")
             };
             match child {
-                toml::Value::Table(_) => collect_keys(child, &dotted, keys),
+                // `labels` is a free map of names: the key is the map, not its entries.
+                toml::Value::Table(_) if dotted != "labels" => collect_keys(child, &dotted, keys),
                 _ => keys.push(dotted),
             }
         }
@@ -647,10 +661,11 @@ key_file = "/etc/shoal/node.key"
             "containers.subnet",
             "containers.bridge",
             "containers.firewall",
+            "labels",
         ] {
             assert!(keys.contains(&key.to_string()), "missing {key}");
         }
-        assert_eq!(keys.len(), 30, "{keys:?}");
+        assert_eq!(keys.len(), 31, "{keys:?}");
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);

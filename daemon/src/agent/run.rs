@@ -125,6 +125,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     options.down_after_ms = config.sync.down_after_ms;
     options.evict_after_ms = config.sync.evict_after_ms;
     options.subnet = config.containers.subnet;
+    options.labels = config.labels.clone();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let node = Arc::new(
         tokio::task::spawn_blocking(move || Node::open(options, clock))

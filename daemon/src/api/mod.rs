@@ -116,6 +116,9 @@ pub struct NodeView {
     pub subnet: Option<String>,
     pub cpu_millis: u64,
     pub memory_bytes: u64,
+    /// The node's labels (`labels` in its config), for constraints and spread.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A peer with its sync history.

@@ -283,6 +283,7 @@ fn node_view(member: &Member) -> NodeView {
         subnet: member.meta.subnet.map(|s| s.to_string()),
         cpu_millis: u64::from(member.meta.capacity.cpu_millis),
         memory_bytes: member.meta.capacity.memory_bytes,
+        labels: member.meta.labels.clone(),
     }
 }
 

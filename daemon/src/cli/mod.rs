@@ -58,7 +58,7 @@ pub enum Command {
     /// List and remove this node's named volumes (`volumes = ["NAME:/target"]` in a spec).
     #[command(subcommand)]
     Volume(VolumeCommand),
-    /// List cluster members: id, address, liveness, heartbeat age, subnet.
+    /// List cluster members: id, address, liveness, heartbeat age, subnet, capacity, labels.
     #[command(after_help = "Example:\n  shoal nodes --json | jq '.[] | select(.live | not) | .id'")]
     Nodes,
     /// This node's summary: what it has seen, state digest, peers and last successful sync,
@@ -134,6 +134,13 @@ pub enum ServiceCommand {
   [publish]
   mode = \"host\"   # host: nodes running a replica accept the ports (one replica per node)
                   # mesh: every node accepts them and forwards to a running replica
+Where it runs (node labels come from each daemon's config: labels = { zone = \"eu-1\" }):
+  mode = \"replicated\"                        # replicated (replicas of it) | global (one per
+                                             # eligible node; replicas is ignored)
+  constraints = [\"zone == eu-1\", \"role in (edge, core)\", \"disk != hdd\"]
+                                             # ==, !=, in (...), not in (...); a node without
+                                             # the label fails == and in, passes != and not in
+  spread = \"zone\"                            # spread replicas evenly over a label's values
   [resources]
   cpu_millis = 250
   memory_bytes = 134217728

@@ -101,6 +101,7 @@ pub fn nodes(nodes: &[NodeView]) -> String {
         "SUBNET",
         "CPU",
         "MEMORY",
+        "LABELS",
     ]);
     for node in nodes {
         let id = if node.is_self {
@@ -116,6 +117,15 @@ pub fn nodes(nodes: &[NodeView]) -> String {
             node.subnet.clone().unwrap_or_else(|| "-".to_string()),
             format!("{}m", node.cpu_millis),
             format!("{}MiB", node.memory_bytes / (1024 * 1024)),
+            if node.labels.is_empty() {
+                "-".to_string()
+            } else {
+                node.labels
+                    .iter()
+                    .map(|(name, value)| format!("{name}={value}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            },
         ]);
     }
     table.render()

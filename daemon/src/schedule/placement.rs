@@ -30,7 +30,7 @@
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
-use shoal_crdt::{Capacity, HostPort, NodeId, Resources, ServiceName};
+use shoal_crdt::{Capacity, Constraint, HostPort, NodeId, Resources, ServiceName};
 
 use super::room::{PortHolder, Reserved};
 
@@ -41,6 +41,8 @@ pub struct NodeInput {
     pub capacity: Capacity,
     /// The UDP port of its sync endpoint, which no service may publish there.
     pub sync_port: Option<u16>,
+    /// Its labels, for constraints and spread.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// A service to place.
@@ -53,6 +55,12 @@ pub struct ServiceInput {
     pub ports: Vec<HostPort>,
     /// Mesh mode: its ports are taken on every node, its replicas need no port each.
     pub mesh: bool,
+    /// One replica on every eligible node instead of `replicas`.
+    pub global: bool,
+    /// All must hold on a node for it to be eligible.
+    pub constraints: Vec<Constraint>,
+    /// Spread replicas evenly over this label's values.
+    pub spread: Option<String>,
 }
 
 /// The desired replica count of every service on every node, and what could not be placed.
@@ -105,11 +113,8 @@ pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
         .rev()
         .map(|node| (&node.id, Reserved::with_sync_port(node.sync_port)))
         .collect();
-    let nodes: BTreeMap<&NodeId, &Capacity> = nodes
-        .iter()
-        .rev()
-        .map(|node| (&node.id, &node.capacity))
-        .collect();
+    let nodes: BTreeMap<&NodeId, &NodeInput> =
+        nodes.iter().rev().map(|node| (&node.id, node)).collect();
     let services: BTreeMap<&ServiceName, &ServiceInput> = services
         .iter()
         .rev()
@@ -117,7 +122,32 @@ pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
         .collect();
     let mut placement = Placement::default();
     for (name, service) in services {
-        if service.replicas == 0 {
+        if service.replicas == 0 && !service.global {
+            continue;
+        }
+        let eligible: BTreeMap<&NodeId, &NodeInput> = nodes
+            .iter()
+            .filter(|(_, node)| {
+                service
+                    .constraints
+                    .iter()
+                    .all(|constraint| constraint.matches(&node.labels))
+            })
+            .map(|(id, node)| (*id, *node))
+            .collect();
+        let wanted = if service.global {
+            u32::try_from(eligible.len()).unwrap_or(u32::MAX)
+        } else {
+            service.replicas
+        };
+        if eligible.is_empty() {
+            let reason = if nodes.is_empty() {
+                "no live node"
+            } else {
+                "no live node matches the constraints"
+            };
+            placement.unplaced.insert(name.clone(), wanted.max(1));
+            placement.reasons.insert(name.clone(), reason.to_owned());
             continue;
         }
         if service.mesh {
@@ -126,7 +156,7 @@ pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
                 .find_map(|room| room.port_taken(&service.ports));
             if let Some((port, holder)) = taken {
                 let reason = format!("port {port} is published by {holder}");
-                placement.unplaced.insert(name.clone(), service.replicas);
+                placement.unplaced.insert(name.clone(), wanted);
                 placement.reasons.insert(name.clone(), reason);
                 continue;
             }
@@ -135,18 +165,19 @@ pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
             }
         }
         let node_ports: &[HostPort] = if service.mesh { &[] } else { &service.ports };
-        let mut ranking: Vec<(u64, &NodeId)> =
-            nodes.keys().map(|id| (score(name, id), *id)).collect();
-        ranking.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+        let ranking = ranking(name, &eligible, service.spread.as_deref());
         let mut counts: BTreeMap<NodeId, u32> = BTreeMap::new();
         let mut placed = 0u32;
-        while placed < service.replicas {
+        while placed < wanted {
             let placed_before = placed;
-            for (_, id) in &ranking {
-                if placed == service.replicas {
+            for id in &ranking {
+                if placed == wanted {
                     break;
                 }
-                let capacity = nodes[id];
+                if service.global && counts.contains_key(*id) {
+                    continue;
+                }
+                let capacity = &eligible[id].capacity;
                 let room = reserved.get_mut(id).expect("every node has a reservation");
                 if room.fits(capacity, &service.resources) && room.port_taken(node_ports).is_none()
                 {
@@ -160,10 +191,10 @@ pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
                 break;
             }
         }
-        if placed < service.replicas {
-            let missing = service.replicas - placed;
+        if placed < wanted {
+            let missing = wanted - placed;
             placement.unplaced.insert(name.clone(), missing);
-            let reason = unplaced_reason(service, node_ports, &nodes, &reserved);
+            let reason = unplaced_reason(service, node_ports, &eligible, &reserved);
             placement.reasons.insert(name.clone(), reason);
         }
         if !counts.is_empty() {
@@ -173,19 +204,47 @@ pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
     placement
 }
 
+/// The order replicas of `service` are dealt over `nodes`: by rendezvous score, highest
+/// first. With `spread`, nodes are grouped by that label's value (a node without it is in
+/// the group of the empty value) and each group's best node comes before any group's
+/// second, so one round of dealing visits every group before it visits one twice.
+fn ranking<'a>(
+    service: &ServiceName,
+    nodes: &BTreeMap<&'a NodeId, &NodeInput>,
+    spread: Option<&str>,
+) -> Vec<&'a NodeId> {
+    let mut scored: Vec<(u64, &'a NodeId)> =
+        nodes.keys().map(|id| (score(service, id), *id)).collect();
+    scored.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    let Some(label) = spread else {
+        return scored.into_iter().map(|(_, id)| id).collect();
+    };
+    let mut seen_in_group: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut keyed: Vec<(usize, usize, &'a NodeId)> = scored
+        .into_iter()
+        .enumerate()
+        .map(|(position, (_, id))| {
+            let group = nodes[id].labels.get(label).map_or("", String::as_str);
+            let counter = seen_in_group.entry(group).or_default();
+            let index = *counter;
+            *counter += 1;
+            (index, position, id)
+        })
+        .collect();
+    keyed.sort();
+    keyed.into_iter().map(|(_, _, id)| id).collect()
+}
+
 /// Why the rest of `service` found no node, after dealing.
 fn unplaced_reason(
     service: &ServiceInput,
     node_ports: &[HostPort],
-    nodes: &BTreeMap<&NodeId, &Capacity>,
+    nodes: &BTreeMap<&NodeId, &NodeInput>,
     reserved: &BTreeMap<&NodeId, Reserved>,
 ) -> String {
-    if nodes.is_empty() {
-        return "no live node".to_owned();
-    }
-    let port_blocked = nodes.iter().find_map(|(id, capacity)| {
+    let port_blocked = nodes.iter().find_map(|(id, node)| {
         let room = &reserved[id];
-        room.fits(capacity, &service.resources)
+        room.fits(&node.capacity, &service.resources)
             .then(|| room.port_taken(node_ports))
             .flatten()
     });
@@ -210,6 +269,7 @@ mod tests {
         NodeInput {
             id: name.parse().unwrap(),
             sync_port: None,
+            labels: Default::default(),
             capacity: Capacity {
                 cpu_millis,
                 memory_bytes: memory_mib << 20,
@@ -228,6 +288,9 @@ mod tests {
             },
             ports: Vec::new(),
             mesh: false,
+            global: false,
+            constraints: Vec::new(),
+            spread: None,
         }
     }
 
@@ -271,6 +334,88 @@ mod tests {
         assert_eq!(total(&placement, "web"), 0);
         let reason = &placement.reasons[&"web".parse::<ServiceName>().unwrap()];
         assert!(reason.contains("taken by service api"), "{reason}");
+    }
+
+    fn labelled(mut input: NodeInput, pairs: &[(&str, &str)]) -> NodeInput {
+        input.labels = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        input
+    }
+
+    fn constrained(mut input: ServiceInput, constraints: &[&str]) -> ServiceInput {
+        input.constraints = constraints.iter().map(|c| c.parse().unwrap()).collect();
+        input
+    }
+
+    #[test]
+    fn constraints_pick_the_nodes_and_a_match_of_none_says_why() {
+        let nodes = [
+            labelled(node("a", 4000, 4096), &[("zone", "eu-1"), ("role", "edge")]),
+            labelled(node("b", 4000, 4096), &[("zone", "eu-2"), ("role", "core")]),
+            labelled(node("c", 4000, 4096), &[("zone", "eu-1")]),
+        ];
+        let web = constrained(service("web", 4, 100, 64), &["zone == eu-1"]);
+        let placement = place(&[web], &nodes);
+        let name: ServiceName = "web".parse().unwrap();
+        assert_eq!(placement.on(&name, &"b".parse().unwrap()), 0);
+        assert_eq!(total(&placement, "web"), 4);
+        let edge = constrained(
+            service("edge", 1, 100, 64),
+            &["role in (edge, core)", "disk != hdd"],
+        );
+        let placement = place(&[edge], &nodes);
+        assert_eq!(
+            placement.on(&"edge".parse().unwrap(), &"c".parse().unwrap()),
+            0
+        );
+        let none = constrained(service("gpu", 2, 100, 64), &["gpu == yes"]);
+        let placement = place(&[none], &nodes);
+        let gpu: ServiceName = "gpu".parse().unwrap();
+        assert_eq!(placement.unplaced[&gpu], 2);
+        assert!(placement.reasons[&gpu].contains("constraints"));
+    }
+
+    #[test]
+    fn a_global_service_runs_once_on_every_eligible_node() {
+        let nodes = [
+            labelled(node("a", 4000, 4096), &[("role", "edge")]),
+            labelled(node("b", 4000, 4096), &[("role", "edge")]),
+            labelled(node("c", 4000, 4096), &[("role", "core")]),
+            labelled(node("d", 100, 4096), &[("role", "edge")]),
+        ];
+        let mut agent = constrained(service("agent", 1, 200, 64), &["role == edge"]);
+        agent.global = true;
+        let placement = place(&[agent], &nodes);
+        let name: ServiceName = "agent".parse().unwrap();
+        let on = |n: &str| placement.on(&name, &n.parse().unwrap());
+        assert_eq!((on("a"), on("b"), on("c"), on("d")), (1, 1, 0, 0));
+        assert_eq!(placement.unplaced[&name], 1, "d has no room");
+        assert!(placement.reasons[&name].contains("room"));
+    }
+
+    #[test]
+    fn spread_deals_over_the_label_values_first() {
+        let nodes: Vec<NodeInput> = (0..6)
+            .map(|i| {
+                let zone = if i < 4 { "eu-1" } else { "eu-2" };
+                labelled(node(&format!("n{i}"), 4000, 4096), &[("zone", zone)])
+            })
+            .collect();
+        let mut web = service("web", 2, 100, 64);
+        web.spread = Some("zone".into());
+        let placement = place(&[web.clone()], &nodes);
+        let name: ServiceName = "web".parse().unwrap();
+        let zones: BTreeMap<&str, u32> = nodes.iter().fold(BTreeMap::new(), |mut zones, n| {
+            *zones.entry(n.labels["zone"].as_str()).or_default() += placement.on(&name, &n.id);
+            zones
+        });
+        assert_eq!(zones["eu-1"], 1);
+        assert_eq!(zones["eu-2"], 1);
+        web.replicas = 6;
+        let placement = place(&[web], &nodes);
+        assert!(nodes.iter().all(|n| placement.on(&name, &n.id) == 1));
     }
 
     #[test]
@@ -465,6 +610,7 @@ mod tests {
                 .map(|n| NodeInput {
                     id: n.id.clone(),
                     sync_port: None,
+                    labels: Default::default(),
                     capacity: Capacity { cpu_millis: cpu.max(1), memory_bytes: memory.max(1) },
                 })
                 .collect();
@@ -503,6 +649,7 @@ mod tests {
                 .map(|n| NodeInput {
                     id: n.id.clone(),
                     sync_port: None,
+                    labels: Default::default(),
                     capacity: Capacity { cpu_millis: u32::MAX, memory_bytes: u64::MAX },
                 })
                 .collect();

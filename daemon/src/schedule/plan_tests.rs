@@ -50,6 +50,7 @@ fn view(me: &str, nodes: &[&str], services: &[(&str, ServiceSpec, Timestamp)]) -
             .map(|name| NodeInput {
                 id: node(name),
                 sync_port: None,
+                labels: Default::default(),
                 capacity: Capacity {
                     cpu_millis: 1000,
                     memory_bytes: 1 << 30,

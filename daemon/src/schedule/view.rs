@@ -56,6 +56,7 @@ impl ClusterView {
                 id: id.clone(),
                 capacity: meta.capacity,
                 sync_port: Some(meta.address.port()),
+                labels: meta.labels.clone(),
             })
             .collect();
         let own_records = state
@@ -121,6 +122,9 @@ impl ClusterView {
                 resources: service.spec.resources,
                 ports: service.spec.host_ports(),
                 mesh: !service.spec.publish.mode.is_host(),
+                global: !service.spec.mode.is_replicated(),
+                constraints: service.spec.placement_constraints().unwrap_or_default(),
+                spread: service.spec.spread.clone(),
             })
             .collect();
         placement::place(&services, &self.live_nodes)

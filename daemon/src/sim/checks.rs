@@ -27,7 +27,8 @@
 //!    host-mode services whose ports collide, nor two containers of one, and a port a
 //!    mesh-mode service runs with is published by no other running service;
 //! 10. every up node's status report in the converged state lists exactly its records, and
-//!     says running exactly for the containers its runtime runs.
+//!     says running exactly for the containers its runtime runs;
+//! 11. no container runs on a node its service's constraints exclude.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -200,12 +201,20 @@ pub(crate) fn settled(world: &World) -> Result<Settled, Violation> {
             .containers()
             .filter(|record| &record.service == name && up_ids.contains(&record.node))
             .count();
-        let placeable = spec.replicas.checked_sub(unplaced).ok_or_else(|| {
-            format!(
-                "service {name}: {unplaced} unplaced of {} replicas",
-                spec.replicas
-            )
-        })?;
+        let placeable = if spec.mode.is_replicated() {
+            spec.replicas.checked_sub(unplaced).ok_or_else(|| {
+                format!(
+                    "service {name}: {unplaced} unplaced of {} replicas",
+                    spec.replicas
+                )
+            })?
+        } else {
+            // Global: one per eligible node with room.
+            placement
+                .replicas
+                .get(name)
+                .map_or(0, |nodes| nodes.values().sum())
+        };
         let wanted = if bad_image { 0 } else { placeable };
         if recorded != wanted as usize {
             return Err(Violation(format!(
@@ -408,6 +417,28 @@ pub(crate) fn settled(world: &World) -> Result<Settled, Violation> {
 
     // 9. Host ports unique per node.
     host_ports(&state, &up_ids)?;
+
+    // 11. No container on a node its service's constraints exclude, and a global service
+    // on every eligible node that has room (placement says which; 1. checked the records).
+    for record in state.containers() {
+        let (Some((spec, _)), Some(meta)) =
+            (state.service(&record.service), state.node(&record.node))
+        else {
+            continue;
+        };
+        if let Some(constraint) = spec
+            .placement_constraints()
+            .unwrap_or_default()
+            .iter()
+            .find(|constraint| !constraint.matches(&meta.labels))
+        {
+            return Err(Violation(format!(
+                "{} runs container {} of service {}, whose constraint {constraint:?} it fails \
+                 (labels {:?})",
+                record.node, record.id, record.service, meta.labels
+            )));
+        }
+    }
 
     // 10. Status reports are the runtimes' truth.
     for node in &up {

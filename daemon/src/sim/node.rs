@@ -211,6 +211,7 @@ impl SimNode {
                 capacity: machine.capacity,
                 subnet: Some(machine.subnet),
                 heartbeat: Timestamp::new(now, me.hlc_id()),
+                labels: machine.labels.clone(),
             };
             replica.put_node_meta(now, meta).map(|_| first)
         })

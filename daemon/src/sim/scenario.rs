@@ -29,6 +29,8 @@ pub struct Machine {
     pub subnet: Subnet,
     /// Where peers reach it; also the gateway of the routes to its subnet.
     pub address: SocketAddr,
+    /// `zone` a, b or c by index, `role` edge on even indexes and core on odd ones.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 /// The parameters of one run, all drawn from its seed.
@@ -78,6 +80,14 @@ impl Scenario {
                     },
                     subnet: Subnet::new(Ipv4Addr::new(10, third, 0, 0), 24).expect("valid subnet"),
                     address: SocketAddr::from(([172, 16, 0, third], 7000)),
+                    labels: [
+                        ("zone".to_owned(), ["a", "b", "c"][index % 3].to_owned()),
+                        (
+                            "role".to_owned(),
+                            if index % 2 == 0 { "edge" } else { "core" }.to_owned(),
+                        ),
+                    ]
+                    .into(),
                 }
             })
             .collect();

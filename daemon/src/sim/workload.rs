@@ -98,6 +98,16 @@ fn spec(rng: &mut ChaCha8Rng, bad_image: bool) -> ServiceSpec {
         2..=5 => RestartPolicy::OnFailure,
         _ => RestartPolicy::Always,
     };
+    // Constraints over the labels the simulator gives its nodes (zone a|b|c by index, role
+    // edge on even ones), some unsatisfiable; a few global services; some spread by zone.
+    match rng.gen_range(0..10) {
+        0 => spec.constraints = vec!["zone == a".to_owned()],
+        1 => spec.constraints = vec!["role in (edge)".to_owned(), "zone != c".to_owned()],
+        2 => spec.constraints = vec!["gpu == yes".to_owned()],
+        3 => spec.mode = shoal_crdt::Mode::Global,
+        4 => spec.spread = Some("zone".to_owned()),
+        _ => {}
+    }
     // Published ports from a pool of two, so services compete for them: host mode takes a
     // port on each node that runs a replica, mesh mode on every node.
     match rng.gen_range(0..6) {

@@ -59,7 +59,7 @@ pub fn live_set(
 
 /// Whether `delta` changes what a reconcile loop plans from, judged against the state
 /// before it is applied: any service, and any member that is new, removed, was not live,
-/// or changes its address, capacity or subnet, and any container status (mesh forwarding
+/// or changes its address, capacity, subnet or labels, and any container status (mesh forwarding
 /// follows which replicas run). A plain heartbeat of a live member does not.
 pub fn changes_plan_inputs(
     state: &ClusterState,
@@ -75,6 +75,7 @@ pub fn changes_plan_inputs(
                     || old.address != new.meta.address
                     || old.capacity != new.meta.capacity
                     || old.subnet != new.meta.subnet
+                    || old.labels != new.meta.labels
             }
             _ => true,
         },

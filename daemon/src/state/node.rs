@@ -63,6 +63,8 @@ pub struct NodeOptions {
     pub subnet: Option<Subnet>,
     /// Log entries after which the log is folded into a new snapshot.
     pub compact_every_entries: u64,
+    /// This node's labels, published in its metadata (`labels` in the config).
+    pub labels: BTreeMap<String, String>,
 }
 
 impl NodeOptions {
@@ -83,6 +85,7 @@ impl NodeOptions {
             evict_after_ms: EVICT_AFTER_MS,
             subnet: None,
             compact_every_entries: COMPACT_EVERY_ENTRIES,
+            labels: BTreeMap::new(),
         }
     }
 }
@@ -528,6 +531,7 @@ impl Node {
                     capacity: self.options.capacity,
                     subnet: self.options.subnet.or(own.as_ref().and_then(|m| m.subnet)),
                     heartbeat: Timestamp::new(now, node.hlc_id()),
+                    labels: self.options.labels.clone(),
                 };
                 replica.put_node_meta(now, meta).map(|_| own.is_none())
             },
