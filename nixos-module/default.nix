@@ -160,6 +160,8 @@ let
       (secret: _: "${credentialsDirectory}/${secretCredential name secret}")
       service.secrets);
     publish = if service.publish.mode == null then null else { inherit (service.publish) mode; };
+    inherit (service) mode spread;
+    constraints = nonEmpty service.constraints;
   };
   servicesFile = settingsFormat.generate "shoal-services.toml" {
     service = lib.mapAttrsToList serviceSpec cfg.services;
@@ -228,6 +230,32 @@ let
           `publish.mode`; `openFirewall` opens their host ports (except those
           bound to a loopback address).
         '';
+      };
+      mode = mkOption {
+        type = types.nullOr (types.enum [ "replicated" "global" ]);
+        default = null;
+        description = ''
+          `replicated`: `replicas` containers of ${name}. `global`: one on
+          every live node that matches `constraints` (and has room); `replicas`
+          is ignored. `null` leaves the daemon's default (replicated).
+        '';
+      };
+      constraints = mkOption {
+        type = types.listOf types.str;
+        default = [ ];
+        example = [ "zone == eu-1" "role in (edge, core)" "disk != hdd" ];
+        description = ''
+          Node label conditions that must all hold where ${name} runs
+          (`LABEL == VALUE`, `!=`, `in (A, B)`, `not in (A, B)`; labels come
+          from each node's `services.shoal.labels`). The daemon checks them
+          when the spec is applied and names a bad one.
+        '';
+      };
+      spread = mkOption {
+        type = types.nullOr types.str;
+        default = null;
+        example = "zone";
+        description = "Spread the replicas of ${name} evenly over the values of this node label.";
       };
       publish.mode = mkOption {
         type = types.nullOr (types.enum [ "host" "mesh" ]);
@@ -302,6 +330,17 @@ in
         shoal is not in nixpkgs: the flake's `nixosModules.default` sets this
         to the flake's package; a module imported from the file needs the
         flake's `overlays.default` (for `pkgs.shoal`) or this option set.
+      '';
+    };
+
+    labels = mkOption {
+      type = types.attrsOf types.str;
+      default = { };
+      example = { zone = "eu-1"; role = "edge"; };
+      description = ''
+        This node's labels, published in its metadata (`shoal nodes` shows
+        them); services select nodes by them with `constraints` and `spread`.
+        Names and values are 1 to 63 characters of [A-Za-z0-9_.-].
       '';
     };
 
@@ -521,6 +560,11 @@ in
         message = "services.shoal.settings.state_dir (${cfg.settings.state_dir}) must be below /var/lib (the unit's StateDirectory)";
       }
       {
+        assertion = builtins.all (text: builtins.match "[A-Za-z0-9_.-]{1,63}" text != null)
+          (builtins.attrNames cfg.labels ++ builtins.attrValues cfg.labels);
+        message = "services.shoal.labels: names and values must be 1 to 63 characters of [A-Za-z0-9_.-]";
+      }
+      {
         assertion = cfg.settings.containers.subnet == null
           || builtins.match "${ipv4Pattern}/([89]|[12][0-9]|30)" cfg.settings.containers.subnet != null;
         message = "services.shoal.settings.containers.subnet (\"${toString cfg.settings.containers.subnet}\") must be an IPv4 subnet a.b.c.d/len with len from 8 to 30";
@@ -534,6 +578,7 @@ in
 
     services.shoal.settings = {
       node_name = cfg.nodeName;
+      labels = lib.mkIf (cfg.labels != { }) cfg.labels;
       # Relative: resolved against $CREDENTIALS_DIRECTORY by the daemon.
       tls = {
         ca_file = credentials.ca;

@@ -360,6 +360,7 @@ for subnet in 10.88.1.0 10.88.1.0/31 10.88.1.0/7 300.1.1.0/24 10.88.1.0/024x; do
 done
 asserts "extraSettings.containers.bridge = $(force a-bridge-name-too-long);" 'services.shoal.settings.containers.bridge'
 asserts "extraSettings.containers.bridge = $(force 'br 0');" 'services.shoal.settings.containers.bridge'
+asserts 'labels = { "zo ne" = "x"; };' 'services.shoal.labels'
 
 # The issue 11 fields' grammar: assertions that name the option and the entry.
 for port in 80 0:80 8080:080 70000:80 8080:80/sctp 256.0.0.1:8080:80 localhost:8080:80 8080:80:1; do

@@ -19,6 +19,7 @@
 , advertise ? "192.0.2.10:7443"
 , peers ? [ "192.0.2.11:7443" "192.0.2.12:7443" ]
 , extraSettings ? { }
+, labels ? { zone = "eu-1"; role = "edge"; }
   # Merged into the `workload` service (lists concatenate), for refusals.
 , workload ? { }
   # More declared services, for refusals.
@@ -52,6 +53,7 @@ let
     services.shoal = {
       enable = true;
       openFirewall = true;
+      inherit labels;
       tls = {
         caFile = "/var/lib/shoal-keys/ca.pem";
         certFile = "/var/lib/shoal-keys/node.pem";
@@ -99,6 +101,9 @@ let
           env.GREETING = "hello";
           replicas = 2;
           restart = "always";
+          mode = "replicated";
+          constraints = [ "zone == eu-1" "role in (edge, core)" ];
+          spread = "zone";
           resources = {
             cpu_millis = 250;
             memory_bytes = 67108864;
