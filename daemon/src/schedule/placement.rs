@@ -17,6 +17,11 @@
 //!   planner instead checks this node's kept records before it starts anything, so a
 //!   node's own reservations never exceed its capacity.
 //!
+//! - eligible nodes: the live nodes whose labels satisfy all of the service's constraints;
+//!   none eligible leaves the service unplaced with the reason. A `global` service wants one
+//!   replica on each eligible node (dealt in one round, so never two on one node);
+//! - with `spread = LABEL`, the ranking is regrouped so that every value's best node comes
+//!   before any value's second: one round visits every value before it visits one twice;
 //! - published ports: a host-mode service's replica needs its host ports free on the node
 //!   (so at most one replica per node, and never two services on one port of a node); a
 //!   mesh-mode service takes its ports on every node at once, so it is placed only when no
