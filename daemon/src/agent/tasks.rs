@@ -27,7 +27,14 @@ impl LogSource for ContainerLogs {
             .0
             .read_log(query.container.as_str(), from, query.stream_bytes_max)
         {
-            Ok(piece) => Ok(piece),
+            Ok(read) => Ok(LogPiece {
+                stdout: read.stdout,
+                stderr: read.stderr,
+                stdout_offset: read.stdout_offset,
+                stderr_offset: read.stderr_offset,
+                running: read.running,
+                more: read.more,
+            }),
             Err(LogError::NotOnThisNode { .. } | LogError::UnknownTarget { .. }) => {
                 Err(LogSourceError::NotHere(query.container.clone()))
             }

@@ -73,9 +73,17 @@ pub fn locate(
     })
 }
 
-/// New output of one container: the bytes read and where to continue. The same value
-/// answers a peer's `GET /v1/logs`, so it is the wire's type.
-pub type LogRead = crate::sync::wire::LogPiece;
+/// New output of one container: the bytes read and where to continue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogRead {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub stdout_offset: u64,
+    pub stderr_offset: u64,
+    pub running: bool,
+    /// A stream holds more than was read.
+    pub more: bool,
+}
 
 /// New output of container `id` from `from` (stdout, stderr offsets), at most
 /// `stream_bytes_max` (and never more than `LOG_CHUNK_BYTES_MAX`) bytes of each stream.
