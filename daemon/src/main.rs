@@ -6,14 +6,14 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use shoal::agent::config::LogFormat;
-use shoal::cli::{Cli, Command, commands, demo};
+use shoal::cli::{Cli, Command, commands, demo, output};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match dispatch(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", output::error_text(&error));
             ExitCode::FAILURE
         }
     }

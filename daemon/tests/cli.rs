@@ -95,6 +95,92 @@ fn check_config_accepts_good_and_names_key_and_file_on_bad() {
     assert!(text(&missing).contains("/nonexistent/shoal.toml"));
 }
 
+/// A config for `node` whose tls files are the ones given.
+fn config_with_tls(state_dir: &Path, node: &str, ca: &Path, cert: &Path, key: &Path) -> String {
+    format!(
+        "node_name = \"{node}\"\nlisten = \"127.0.0.1:7443\"\nstate_dir = \"{}\"\n\
+         [tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+         [containers]\nenabled = false\n",
+        state_dir.display(),
+        ca.display(),
+        cert.display(),
+        key.display()
+    )
+}
+
+#[test]
+fn check_config_refuses_the_tls_files_the_daemon_refuses() {
+    use shoal::sync::pki::{self, Validity};
+    use std::time::{Duration, SystemTime};
+    let dir = tempfile::tempdir().unwrap();
+    let ca_dir = dir.path().join("ca");
+    let out = dir.path().join("nodes");
+    let ca = pki::init_ca(&ca_dir, false).unwrap();
+    let node_a =
+        pki::issue_node_cert(&ca_dir, &"node-a".parse().unwrap(), &[], 30, &out, false).unwrap();
+    let now = SystemTime::now();
+    let expired = pki::issue_node_cert_with(
+        &ca_dir,
+        &"node-x".parse().unwrap(),
+        &[],
+        Validity {
+            not_before: now - Duration::from_secs(7200),
+            not_after: now - Duration::from_secs(3600),
+        },
+        &out,
+        false,
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+
+    let good = check_config(
+        dir.path(),
+        "good.toml",
+        &config_with_tls(&state, "node-a", &ca.cert, &node_a.cert, &node_a.key),
+    );
+    assert!(good.status.success(), "{}", text(&good));
+    assert!(
+        text(&good).contains("tls files are valid"),
+        "{}",
+        text(&good)
+    );
+
+    let cases = [
+        (
+            "mismatch.toml",
+            config_with_tls(&state, "node-b", &ca.cert, &node_a.cert, &node_a.key),
+            "node_name node-b does not match the node id node-a",
+        ),
+        (
+            "expired.toml",
+            config_with_tls(&state, "node-x", &ca.cert, &expired.cert, &expired.key),
+            "xpired",
+        ),
+    ];
+    for (file, body, fragment) in cases {
+        let checked = check_config(dir.path(), file, &body);
+        let message = text(&checked);
+        assert_eq!(checked.status.code(), Some(1), "{file}: {message}");
+        assert!(
+            message.contains(fragment),
+            "{file}: {message:?} lacks {fragment:?}"
+        );
+        assert!(
+            message.contains(file),
+            "{file}: {message:?} does not name the file"
+        );
+        // The daemon refuses the same config with the same reason, before it binds anything.
+        let path = dir.path().join(file);
+        let daemon = shoal(&["daemon", "--config", path.to_str().unwrap()]);
+        let refused = text(&daemon);
+        assert_eq!(daemon.status.code(), Some(1), "{file}: {refused}");
+        assert!(
+            refused.contains(fragment),
+            "{file}: {refused:?} lacks {fragment:?}"
+        );
+    }
+}
+
 #[test]
 fn config_keys_are_sorted_and_the_example_checks() {
     let output = shoal(&["daemon", "--print-config-keys"]);
@@ -263,8 +349,16 @@ fn the_daemon_refuses_missing_tls_files_and_a_name_that_is_not_in_the_certificat
         "[tls]",
         &format!("state_dir = \"{}\"\n[tls]", state.display()),
     );
+    // Files it cannot open (systemd credentials exist only inside the unit) are not checked,
+    // and it says so.
     let output = check_config(dir.path(), "missing.toml", &config);
     assert!(output.status.success(), "{}", text(&output));
+    assert!(
+        text(&output).contains("tls files were not checked")
+            && text(&output).contains("warning: cannot open /etc/shoal/node.pem"),
+        "{}",
+        text(&output)
+    );
     let path = dir.path().join("missing.toml");
     let run = shoal(&["daemon", "--config", path.to_str().unwrap()]);
     let message = text(&run);
@@ -293,8 +387,14 @@ fn the_daemon_refuses_missing_tls_files_and_a_name_that_is_not_in_the_certificat
         .replace("/etc/shoal/ca.pem", paths.ca_cert.to_str().unwrap())
         .replace("/etc/shoal/node.pem", paths.cert.to_str().unwrap())
         .replace("/etc/shoal/node.key", paths.key.to_str().unwrap());
+    // --check-config runs the daemon's own tls check once the files can be read.
     let output = check_config(dir.path(), "mismatch.toml", &config);
-    assert!(output.status.success(), "{}", text(&output));
+    assert_eq!(output.status.code(), Some(1), "{}", text(&output));
+    assert!(
+        text(&output).contains("node_name node-a does not match the node id node-b"),
+        "{}",
+        text(&output)
+    );
     let path = dir.path().join("mismatch.toml");
     let run = shoal(&["daemon", "--config", path.to_str().unwrap()]);
     let message = text(&run);

@@ -1,6 +1,7 @@
 //! kill -9 of a daemon in a loop while a client applies services through the API: after
 //! every restart each change the API acknowledged is present, and at the end the node
-//! re-converges with its peer.
+//! re-converges with its peer. And a second daemon on a running daemon's state is refused
+//! with one clear message, while the database it holds is readable by its user only.
 
 mod host_support;
 
@@ -8,7 +9,9 @@ use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use host_support::{Cluster, named, wait_for};
+use std::os::unix::fs::PermissionsExt;
+
+use host_support::{BINARY, Cluster, named, wait_for};
 use shoal::api::{Client, Request, ServiceView};
 
 const ROUNDS: usize = 10;
@@ -96,4 +99,38 @@ fn acknowledged_changes_survive_kill_9_and_the_node_reconverges() {
     for node in &mut cluster.nodes {
         assert!(node.stop().success(), "{}:\n{}", node.name, node.log());
     }
+}
+
+#[test]
+fn a_second_daemon_on_held_state_is_refused_once_and_the_database_is_0600() {
+    let mut cluster = Cluster::new(1, "");
+    cluster.start_all();
+    let node = &cluster.nodes[0];
+    let database = node.dir.join("state").join("state.redb");
+    let mode = std::fs::metadata(&database).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "{} is {mode:o}", database.display());
+
+    let second = std::process::Command::new(BINARY)
+        .arg("daemon")
+        .arg("--config")
+        .arg(&node.config)
+        .env_remove("NOTIFY_SOCKET")
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{stderr}");
+    let error = stderr
+        .lines()
+        .find(|line| line.starts_with("error: "))
+        .unwrap_or_else(|| panic!("no error line in {stderr:?}"));
+    assert!(error.contains(&database.display().to_string()), "{error}");
+    assert_eq!(
+        error.matches("Database already open").count(),
+        1,
+        "the cause is said more than once: {error}"
+    );
+    // The running daemon is untouched.
+    assert!(cluster.nodes[0].status().nodes >= 1);
+    assert!(cluster.nodes[0].stop().success());
 }

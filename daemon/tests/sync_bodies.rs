@@ -2,6 +2,8 @@
 //! truncated, oversized (declared and streamed), wrong-version, stale-base and future-clock
 //! bodies are refused with their status and leave the digest, summary and database file
 //! unchanged; wrong paths and methods are refused too. A valid push, last, does change state.
+//! A body longer or shorter than its Content-Length is refused (400), sent by a raw HTTP/3
+//! client since the daemon's own client always declares the true length.
 
 mod net_support;
 
@@ -204,6 +206,120 @@ async fn bad_bodies_are_refused_with_their_status_and_change_nothing() {
     assert_eq!(reply.status, StatusCode::NO_CONTENT);
     assert_eq!(server.fingerprint().0, after.0);
     session.close();
+    server.stop().await;
+}
+
+/// `POST path` with `body` and a `content-length` of `declared`, over a raw HTTP/3 connection
+/// presenting the client's certificate; the status and the reason.
+async fn post_declaring(
+    endpoint: &quinn::Endpoint,
+    server: &Server,
+    path: &str,
+    declared: usize,
+    body: Vec<u8>,
+) -> (StatusCode, String) {
+    use bytes::Buf;
+    let name = shoal::sync::tls::server_name_for(Some(&node_id("server")));
+    let connection = endpoint
+        .connect(server.address, &name)
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(connection.clone()))
+        .await
+        .unwrap();
+    let drive = tokio::spawn(async move {
+        let _ = futures::future::poll_fn(|context| driver.poll_close(context)).await;
+    });
+    let request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(format!("https://{name}{path}"))
+        .header(http::header::CONTENT_TYPE, wire::CONTENT_TYPE)
+        .header(http::header::CONTENT_LENGTH, declared)
+        .body(())
+        .unwrap();
+    let mut stream = send.send_request(request).await.unwrap();
+    // The server may stop reading a refused body; its answer still comes.
+    let _ = stream.send_data(bytes::Bytes::from(body)).await;
+    let _ = stream.finish().await;
+    let response = stream.recv_response().await.unwrap();
+    let mut text = Vec::new();
+    while let Some(mut chunk) = stream.recv_data().await.unwrap() {
+        while chunk.has_remaining() {
+            let part = chunk.chunk().to_vec();
+            chunk.advance(part.len());
+            text.extend(part);
+        }
+    }
+    connection.close(0u32.into(), b"done");
+    drive.abort();
+    (
+        response.status(),
+        String::from_utf8_lossy(&text).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn a_body_longer_or_shorter_than_its_content_length_is_refused() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&pki, dir.path(), "server").await;
+    apply_service(&server.node, "web", "/images/web");
+    let before = server.fingerprint();
+    let endpoint =
+        sync::bind_endpoint("127.0.0.1:0".parse().unwrap(), &pki.material("client")).unwrap();
+    let mut replica = client_replica();
+    let valid = codec::encode_delta(&put(&mut replica, SystemClock.now(), "api"));
+    let summary = codec::encode_summary(&client_replica().summary());
+    let cases = [
+        // A valid delta followed by bytes the length does not cover.
+        (
+            "longer push",
+            wire::PATH_PUSH,
+            valid.len(),
+            [&valid[..], &[0u8; 64][..]].concat(),
+            "longer than its content-length",
+        ),
+        (
+            "shorter push",
+            wire::PATH_PUSH,
+            valid.len() + 64,
+            valid.clone(),
+            "shorter than its content-length",
+        ),
+        (
+            "longer sync",
+            wire::PATH_SYNC,
+            4,
+            summary.clone(),
+            "longer than its content-length of 4 bytes",
+        ),
+        (
+            "shorter sync",
+            wire::PATH_SYNC,
+            summary.len() + 1,
+            summary.clone(),
+            "shorter than its content-length",
+        ),
+    ];
+    for (what, path, declared, body, message) in cases {
+        let (status, reason) = post_declaring(&endpoint, &server, path, declared, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{what}: {reason}");
+        assert!(
+            reason.contains(message),
+            "{what}: {reason:?} lacks {message:?}"
+        );
+        assert_eq!(
+            server.fingerprint(),
+            before,
+            "{what} changed the server's state"
+        );
+    }
+    // Positive control: the same delta with its true length is applied.
+    let (status, reason) =
+        post_declaring(&endpoint, &server, wire::PATH_PUSH, valid.len(), valid).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{reason}");
+    assert_ne!(server.fingerprint().0, before.0);
     server.stop().await;
 }
 

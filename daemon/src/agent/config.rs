@@ -4,6 +4,11 @@
 //!
 //! The key set is a contract with the NixOS module (`services.shoal.settings`); every
 //! table denies unknown keys.
+//!
+//! `Config::load_tls` is the one check of the TLS files (they chain to the CA, are valid now,
+//! the key matches, the certificate names `node_name`): the daemon runs it at start and
+//! `shoal daemon --check-config` runs it too, so the check cannot say OK to what the daemon
+//! then refuses.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -11,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use shoal_crdt::{NodeId, Subnet};
+
+use crate::sync::{TlsError, TlsMaterial};
 
 /// Largest accepted sync body; bigger values are refused so a typo cannot disable the bound.
 pub const BODY_BYTES_LIMIT: usize = 1 << 30;
@@ -190,6 +197,27 @@ pub enum ConfigError {
         path: PathBuf,
         key: &'static str,
         message: String,
+    },
+}
+
+/// Why the TLS files a config names cannot be used by the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsCheckError {
+    #[error("tls files (tls.ca_file {ca}, tls.cert_file {cert}, tls.key_file {key}): {source}")]
+    Load {
+        ca: PathBuf,
+        cert: PathBuf,
+        key: PathBuf,
+        #[source]
+        source: TlsError,
+    },
+    #[error(
+        "node_name {configured} does not match the node id {certified} in tls.cert_file {cert}"
+    )]
+    NodeMismatch {
+        configured: String,
+        certified: String,
+        cert: PathBuf,
     },
 }
 
@@ -391,6 +419,48 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// Loads the TLS files and checks them as the daemon needs them: the certificate chains
+    /// to the CA and is valid now, the key is its key, and it names this config's `node_name`.
+    pub fn load_tls(&self) -> Result<TlsMaterial, TlsCheckError> {
+        let tls = TlsMaterial::load(&self.tls.ca_file, &self.tls.cert_file, &self.tls.key_file)
+            .map_err(|source| TlsCheckError::Load {
+                ca: self.tls.ca_file.clone(),
+                cert: self.tls.cert_file.clone(),
+                key: self.tls.key_file.clone(),
+                source,
+            })?;
+        if tls.node_id() != &self.node_name {
+            return Err(TlsCheckError::NodeMismatch {
+                configured: self.node_name.to_string(),
+                certified: tls.node_id().to_string(),
+                cert: self.tls.cert_file.clone(),
+            });
+        }
+        Ok(tls)
+    }
+
+    /// The TLS files this process cannot open (missing, or not readable by this user), with
+    /// why. `--check-config` cannot check those: systemd credentials exist only inside the
+    /// unit, and a key is often readable by the daemon's user only.
+    pub fn unopenable_tls_files(&self) -> Vec<(PathBuf, std::io::Error)> {
+        [&self.tls.ca_file, &self.tls.cert_file, &self.tls.key_file]
+            .into_iter()
+            .filter_map(|path| match std::fs::File::open(path) {
+                Ok(_) => None,
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied
+                    ) =>
+                {
+                    Some((path.clone(), error))
+                }
+                // Anything else is the daemon's problem too: `load_tls` reports it.
+                Err(_) => None,
+            })
+            .collect()
     }
 
     /// The address peers should use to reach this node.

@@ -20,7 +20,7 @@ use shoal_oci::{ImageStore, LibcontainerRuntime, RuntimeSettings};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use super::config::Config;
+use super::config::{Config, TlsCheckError};
 use super::notify::{self, Notifier};
 use super::tasks::{self, stopped};
 use crate::api;
@@ -28,7 +28,7 @@ use crate::containers::{Executor, LogPaths, ReconcileSettings, Reconciler};
 use crate::schedule::PlannerSettings;
 use crate::schedule::plan::STARTS_PER_PASS_MAX;
 use crate::state::{Clock, Node, NodeError, NodeOptions, SystemClock};
-use crate::sync::{self, GossipConfig, SyncLimits, TlsMaterial};
+use crate::sync::{self, GossipConfig, SyncLimits};
 
 /// Time given to tasks to finish after shutdown begins, before they are aborted.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
@@ -38,22 +38,8 @@ pub const SYNC_CONNECTIONS_MAX: usize = 256;
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("tls files (tls.ca_file {ca}, tls.cert_file {cert}, tls.key_file {key}): {source}")]
-    Tls {
-        ca: PathBuf,
-        cert: PathBuf,
-        key: PathBuf,
-        #[source]
-        source: sync::TlsError,
-    },
-    #[error(
-        "node_name {configured} does not match the node id {certified} in tls.cert_file {cert}"
-    )]
-    NodeMismatch {
-        configured: String,
-        certified: String,
-        cert: PathBuf,
-    },
+    #[error(transparent)]
+    Tls(#[from] TlsCheckError),
     #[error("state_dir {path}: {source}")]
     StateDir {
         path: PathBuf,
@@ -83,24 +69,7 @@ fn rng_seed() -> u64 {
 
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let tls = TlsMaterial::load(
-        &config.tls.ca_file,
-        &config.tls.cert_file,
-        &config.tls.key_file,
-    )
-    .map_err(|source| RunError::Tls {
-        ca: config.tls.ca_file.clone(),
-        cert: config.tls.cert_file.clone(),
-        key: config.tls.key_file.clone(),
-        source,
-    })?;
-    if tls.node_id() != &config.node_name {
-        return Err(RunError::NodeMismatch {
-            configured: config.node_name.to_string(),
-            certified: tls.node_id().to_string(),
-            cert: config.tls.cert_file.clone(),
-        });
-    }
+    let tls = config.load_tls()?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o750)

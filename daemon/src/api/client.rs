@@ -64,14 +64,30 @@ impl Client {
             path: self.path.clone(),
             source,
         };
-        self.reader.get_mut().write_all(&line).map_err(io)?;
+        // A daemon at its connection limit answers with an error line and closes before
+        // reading the request, so a write refused by a closed socket still has a reply to read.
+        let write_failed = match self.reader.get_mut().write_all(&line) {
+            Ok(()) => None,
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+                ) =>
+            {
+                Some(error)
+            }
+            Err(error) => return Err(io(error)),
+        };
         let mut response = Vec::new();
         let limit = u64::try_from(RESPONSE_BYTES_MAX).unwrap_or(u64::MAX);
-        (&mut self.reader)
+        let read = (&mut self.reader)
             .take(limit)
-            .read_until(b'\n', &mut response)
-            .map_err(io)?;
+            .read_until(b'\n', &mut response);
         if response.last() != Some(&b'\n') {
+            if let Some(error) = write_failed {
+                return Err(io(error));
+            }
+            read.map_err(io)?;
             return Err(self.malformed(
                 "the daemon closed the connection without a complete response".to_string(),
             ));

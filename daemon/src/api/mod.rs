@@ -9,7 +9,8 @@
 //! line, `{"ok":<result>}` or `{"error":"<message>"}`. A connection may carry several
 //! request/response pairs in sequence. A request line longer than `REQUEST_BYTES_MAX` is
 //! refused and the connection closed; at most `CONNECTIONS_MAX` connections are served at
-//! once; an idle connection is closed after `IDLE_TIMEOUT_MS`.
+//! once, and one more gets an error line at once (`server::busy_message`) and is closed; an
+//! idle connection, or one that does not read its reply, is closed after `IDLE_TIMEOUT_MS`.
 
 pub mod client;
 pub mod server;
@@ -28,10 +29,10 @@ pub const API_VERSION: u32 = 1;
 pub const REQUEST_BYTES_MAX: usize = 4 * 1024 * 1024;
 /// Largest response line the client reads.
 pub const RESPONSE_BYTES_MAX: usize = 64 * 1024 * 1024;
-/// Connections served at the same time; more wait in the listen backlog.
+/// Connections served at the same time; one more is refused at once with an error line.
 pub const CONNECTIONS_MAX: usize = 32;
-/// A connection with no request for this long is closed.
-pub const IDLE_TIMEOUT_MS: u64 = 30_000;
+/// A connection with no request (or whose client reads no reply) for this long is closed.
+pub const IDLE_TIMEOUT_MS: u64 = 10_000;
 /// Most services in one apply request (and so in one spec file).
 pub const SERVICES_PER_REQUEST_MAX: usize = 256;
 /// Largest `offsets` map a `logs` request may carry.
@@ -105,7 +106,8 @@ pub struct ServiceView {
     pub spec: ServiceSpec,
 }
 
-/// A cluster member as this node sees it.
+/// A cluster member as this node sees it, or a node that is not a member but whose writes
+/// this node refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeView {
     pub id: NodeId,
@@ -119,6 +121,18 @@ pub struct NodeView {
     /// The node's labels (`labels` in its config), for constraints and spread.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// In the node metadata; false for a node known only because its writes were refused.
+    #[serde(default = "member_by_default")]
+    pub member: bool,
+    /// Why this node refused that node's last push (status and reason), until one is accepted.
+    #[serde(default)]
+    pub writes_refused: Option<String>,
+    #[serde(default)]
+    pub writes_refused_ms_ago: Option<u64>,
+}
+
+fn member_by_default() -> bool {
+    true
 }
 
 /// A peer with its sync history.
@@ -131,6 +145,9 @@ pub struct PeerView {
     pub last_error: Option<String>,
     /// Whether the peer's last known summary equals ours.
     pub same_summary: bool,
+    /// Why this node refused the peer's last push, until one is accepted.
+    #[serde(default)]
+    pub writes_refused: Option<String>,
 }
 
 /// This node's summary of the cluster state and of how fresh it is.
@@ -146,8 +163,19 @@ pub struct StatusView {
     pub tombstones: usize,
     pub hlc_last: String,
     pub peers: Vec<PeerView>,
-    /// Every live peer's last known summary equals ours.
+    /// Peers whose heartbeat is recent.
+    #[serde(default)]
+    pub live_peers: usize,
+    /// There is a live peer and every live peer's last known summary equals ours (an isolated
+    /// node cannot know: false).
     pub converged: bool,
+    /// Why this node refuses local changes now: its clock is further ahead of the system
+    /// clock than peers accept, so they would refuse them (the gap, and when it closes).
+    #[serde(default)]
+    pub writes_refused: Option<String>,
+    /// How far this node's clock is ahead of its system clock, when that refuses changes.
+    #[serde(default)]
+    pub clock_ahead_ms: Option<u64>,
     /// A peer evicted this node after a long silence; see the daemon log.
     pub evicted: bool,
     /// service -> why this node cannot run its share of it (bad image, no room, ...).

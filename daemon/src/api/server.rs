@@ -18,7 +18,7 @@ use super::{
     PeerView, REQUEST_BYTES_MAX, Reply, Request, SERVICES_PER_REQUEST_MAX, ServiceView, StatusView,
 };
 use crate::containers::Reconciler;
-use crate::state::{Member, Node, NodeStatus, ServiceEntry};
+use crate::state::{Member, Node, NodeStatus, RefusedWrites, ServiceEntry};
 use crate::sync::SyncLimits;
 
 mod logs;
@@ -76,6 +76,10 @@ pub fn bind(path: &Path) -> Result<UnixListener, ApiError> {
 /// connections and waits for in-flight requests to be answered. The caller bounds that
 /// wait (the daemon's shutdown grace) and aborts the task after it. Without `peers`, logs of
 /// containers on other nodes are reported as unreadable.
+///
+/// At most `CONNECTIONS_MAX` connections are served at once; one more is accepted only to be
+/// answered at once with an error line saying so and closed, so a client never waits behind
+/// idle connections (which close after `IDLE_TIMEOUT_MS`).
 pub async fn serve(
     listener: UnixListener,
     node: Arc<Node>,
@@ -88,13 +92,6 @@ pub async fn serve(
     let mut tasks = tokio::task::JoinSet::new();
     tokio::pin!(shutdown);
     loop {
-        let permit = tokio::select! {
-            _ = &mut shutdown => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => break,
-            },
-        };
         let stream = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -106,6 +103,11 @@ pub async fn serve(
                 }
             },
         };
+        while tasks.try_join_next().is_some() {}
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            refuse_busy(&stream);
+            continue;
+        };
         let node = node.clone();
         let containers = containers.clone();
         let peers = peers.clone();
@@ -116,11 +118,35 @@ pub async fn serve(
             }
             drop(permit);
         });
-        while tasks.try_join_next().is_some() {}
     }
     drop(listener);
     let _ = closing.send(true);
     while tasks.join_next().await.is_some() {}
+}
+
+/// The error line a connection over `CONNECTIONS_MAX` gets before it is closed.
+pub fn busy_message() -> String {
+    format!(
+        "the daemon is already serving {CONNECTIONS_MAX} api connections, its limit; try again \
+         shortly (an idle connection is closed after {} s)",
+        IDLE_TIMEOUT_MS / 1000
+    )
+}
+
+/// Answers a connection over the limit with an error line and closes it, without waiting: the
+/// line is far smaller than a fresh socket's send buffer, so one non-blocking write sends it.
+fn refuse_busy(stream: &UnixStream) {
+    tracing::warn!(
+        connections_max = CONNECTIONS_MAX,
+        "refused an api connection: too many open"
+    );
+    let Ok(mut line) = serde_json::to_vec(&Reply::Error(busy_message())) else {
+        return;
+    };
+    line.push(b'\n');
+    if let Err(error) = stream.try_write(&line) {
+        tracing::debug!(%error, "could not tell a refused api connection why");
+    }
 }
 
 async fn serve_connection(
@@ -194,14 +220,26 @@ async fn serve_connection(
     }
 }
 
+/// Writes one reply line; a client that does not read it within `IDLE_TIMEOUT_MS` is
+/// dropped, so it cannot hold a connection slot forever.
 async fn write_reply(
     write: &mut tokio::net::unix::OwnedWriteHalf,
     reply: &Reply,
 ) -> std::io::Result<()> {
     let mut bytes = serde_json::to_vec(reply).map_err(std::io::Error::other)?;
     bytes.push(b'\n');
-    write.write_all(&bytes).await?;
-    write.flush().await
+    let written = async {
+        write.write_all(&bytes).await?;
+        write.flush().await
+    };
+    tokio::time::timeout(Duration::from_millis(IDLE_TIMEOUT_MS), written)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client did not read its reply",
+            )
+        })?
 }
 
 fn to_value<T: serde::Serialize>(value: &T) -> Reply {
@@ -237,7 +275,7 @@ fn handle(node: &Node, containers: Option<&Reconciler>, request: Request) -> Rep
             Ok(entry) => to_value(&service_view(&entry)),
             Err(error) => Reply::Error(error.to_string()),
         },
-        Request::Nodes => to_value(&node.members().iter().map(node_view).collect::<Vec<_>>()),
+        Request::Nodes => to_value(&node_views(node)),
         Request::Status => {
             let errors = containers.map(Reconciler::errors).unwrap_or_default();
             to_value(&status_view(node.status(), errors))
@@ -273,7 +311,32 @@ fn service_view(entry: &ServiceEntry) -> ServiceView {
     }
 }
 
-fn node_view(member: &Member) -> NodeView {
+/// `shoal nodes`: every member, then every other node whose writes this node refused.
+fn node_views(node: &Node) -> Vec<NodeView> {
+    let mut refused = node.refused_writes();
+    let mut views: Vec<NodeView> = node
+        .members()
+        .iter()
+        .map(|member| node_view(member, refused.remove(&member.id)))
+        .collect();
+    views.extend(refused.into_iter().map(|(id, refused)| NodeView {
+        id,
+        address: refused.address.to_string(),
+        live: false,
+        is_self: false,
+        heartbeat_age_ms: None,
+        subnet: None,
+        cpu_millis: 0,
+        memory_bytes: 0,
+        labels: Default::default(),
+        member: false,
+        writes_refused: Some(refused.reason),
+        writes_refused_ms_ago: Some(refused.ms_ago),
+    }));
+    views
+}
+
+fn node_view(member: &Member, refused: Option<RefusedWrites>) -> NodeView {
     NodeView {
         id: member.id.clone(),
         address: member.meta.address.to_string(),
@@ -284,6 +347,9 @@ fn node_view(member: &Member) -> NodeView {
         cpu_millis: u64::from(member.meta.capacity.cpu_millis),
         memory_bytes: member.meta.capacity.memory_bytes,
         labels: member.meta.labels.clone(),
+        member: true,
+        writes_refused_ms_ago: refused.as_ref().map(|refused| refused.ms_ago),
+        writes_refused: refused.map(|refused| refused.reason),
     }
 }
 
@@ -315,9 +381,13 @@ fn status_view(status: NodeStatus, service_errors: BTreeMap<String, String>) -> 
                 last_sync_ms_ago: peer.last_sync_ms_ago,
                 last_error: peer.last_error,
                 same_summary: peer.same_summary,
+                writes_refused: peer.writes_refused.map(|refused| refused.reason),
             })
             .collect(),
+        live_peers: status.live_peers,
         converged: status.converged,
+        writes_refused: status.clock_ahead.map(|ahead| ahead.to_string()),
+        clock_ahead_ms: status.clock_ahead.map(|ahead| ahead.ahead_ms),
         evicted: status.evicted,
         service_errors,
     }
@@ -362,20 +432,79 @@ mod tests {
         response
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn bad_requests_get_clear_errors_and_change_nothing() {
-        let dir = tempfile::tempdir().unwrap();
-        let node = Arc::new(
+    fn open_node(dir: &Path) -> Arc<Node> {
+        Arc::new(
             Node::open(
                 NodeOptions::new(
                     "node-a".parse().unwrap(),
-                    dir.path().join("state.redb"),
+                    dir.join("state.redb"),
                     "127.0.0.1:7443".parse().unwrap(),
                 ),
                 Arc::new(SystemClock),
             )
             .unwrap(),
-        );
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_connection_over_the_limit_is_refused_at_once_with_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = open_node(dir.path());
+        let path = dir.path().join("shoal.sock");
+        let listener = bind(&path).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(serve(listener, node, None, None, async move {
+            let _ = stopped.await;
+        }));
+        let socket = path.clone();
+        tokio::task::spawn_blocking(move || {
+            // Every slot held by a connection that answered one request and then idles.
+            let mut idle = Vec::new();
+            for _ in 0..CONNECTIONS_MAX {
+                let mut client = Client::connect(&socket, Duration::from_secs(10)).unwrap();
+                let _: StatusView = client.call(Request::Status).unwrap();
+                idle.push(client);
+            }
+            // Eight more, as in the report (40 idle connections): each is told why at once.
+            // Before, they waited in the listen backlog until an idle one timed out, and a
+            // client's 5 s timeout expired first.
+            for _ in 0..8 {
+                let mut client = Client::connect(&socket, Duration::from_secs(5)).unwrap();
+                let error = client.call::<StatusView>(Request::Status).unwrap_err();
+                match error {
+                    ApiError::Refused(message) => {
+                        assert_eq!(message, busy_message());
+                        assert!(message.contains("32 api connections"), "{message}");
+                    }
+                    other => panic!("not refused with a reason: {other}"),
+                }
+            }
+            // A slot freed is served again (the server sees the close, then frees it).
+            drop(idle.pop());
+            let mut served = None;
+            for _ in 0..500 {
+                let mut client = Client::connect(&socket, Duration::from_secs(5)).unwrap();
+                match client.call::<StatusView>(Request::Status) {
+                    Ok(status) => {
+                        served = Some(status);
+                        break;
+                    }
+                    Err(ApiError::Refused(_)) => std::thread::sleep(Duration::from_millis(10)),
+                    Err(other) => panic!("{other}"),
+                }
+            }
+            assert!(served.is_some(), "the freed slot was never served");
+        })
+        .await
+        .unwrap();
+        stop.send(()).unwrap();
+        server.await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bad_requests_get_clear_errors_and_change_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let node = open_node(dir.path());
         let path = dir.path().join("shoal.sock");
         let listener = bind(&path).unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -267,11 +267,31 @@ pub fn daemon_config_modes(args: &DaemonArgs) -> Result<bool> {
     }
     if let Some(path) = &args.check_config {
         let config = Config::load(path)?;
-        println!(
-            "OK: {} is a valid config for node {}",
-            path.display(),
-            config.node_name
-        );
+        let unopenable = config.unopenable_tls_files();
+        if unopenable.is_empty() {
+            // The daemon's own start-up check: chain, validity, key and node name.
+            config
+                .load_tls()
+                .with_context(|| format!("config file {}", path.display()))?;
+            println!(
+                "OK: {} is a valid config for node {}, and its tls files are valid for it now",
+                path.display(),
+                config.node_name
+            );
+        } else {
+            println!(
+                "OK: {} is a valid config for node {}; its tls files were not checked",
+                path.display(),
+                config.node_name
+            );
+            for (file, error) in unopenable {
+                eprintln!(
+                    "warning: cannot open {}: {error}; run --check-config as the daemon's user \
+                     (with $CREDENTIALS_DIRECTORY set for systemd credentials) to check it",
+                    file.display()
+                );
+            }
+        }
         return Ok(true);
     }
     Ok(false)

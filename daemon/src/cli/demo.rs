@@ -433,7 +433,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let mut failures = Vec::new();
     for node in &mut nodes {
         if let Err(error) = node.stop() {
-            failures.push(format!("{error:#}"));
+            failures.push(super::output::error_text(&error));
         }
     }
     drop(nodes);

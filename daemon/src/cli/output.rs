@@ -1,9 +1,28 @@
-//! Human output of the CLI: aligned tables and the status summary. `--json` bypasses this
-//! module and prints the API's view types as they are.
+//! Human output of the CLI: aligned tables, the status summary and error messages. `--json`
+//! bypasses this module and prints the API's view types as they are.
 
 use std::fmt::Write as _;
 
 use crate::api::{NodeView, PsView, ServiceView, StatusView, VolumeView};
+
+/// An error and its causes on one line, each message once. The daemon's error messages
+/// name their cause's message (so a log line or an API reply is whole on its own) and also
+/// return it as `source()`; anyhow's `{:#}` would print such a cause twice. A cause whose
+/// message the line already holds adds nothing and is left out.
+pub fn error_text(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let message = cause.to_string();
+        if message.is_empty() || text.contains(&message) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&message);
+    }
+    text
+}
 
 /// A text table with a header row; columns are padded to their widest cell.
 #[derive(Debug, Default)]
@@ -128,7 +147,21 @@ pub fn nodes(nodes: &[NodeView]) -> String {
             },
         ]);
     }
-    table.render()
+    let mut text = table.render();
+    // Refusals are long sentences: said under the table, one node per line.
+    for node in nodes {
+        if let Some(reason) = &node.writes_refused {
+            let what = if node.member { "" } else { " (not a member)" };
+            let _ = writeln!(
+                text,
+                "refused: {}{what} from {}, {} ago: {reason}",
+                node.id,
+                node.address,
+                age(node.writes_refused_ms_ago)
+            );
+        }
+    }
+    text
 }
 
 /// `shoal status`.
@@ -153,15 +186,19 @@ pub fn status(status: &StatusView) -> String {
         .collect();
     let _ = writeln!(text, "seen:        {}", vector.join(" "));
     let _ = writeln!(text, "clock:       {}", hlc(&status.hlc_last));
-    let _ = writeln!(
-        text,
-        "converged:   {}",
-        if status.converged {
-            "yes, every live peer's last summary equals ours"
-        } else {
-            "not yet, as far as this node knows"
-        }
-    );
+    let converged = if status.live_peers == 0 && status.peers.is_empty() {
+        "unknown: no peer known yet, nothing to compare with"
+    } else if status.live_peers == 0 {
+        "unknown: no live peer, nothing to compare with"
+    } else if status.converged {
+        "yes, every live peer's last summary equals ours"
+    } else {
+        "not yet, as far as this node knows"
+    };
+    let _ = writeln!(text, "converged:   {converged}");
+    if let Some(reason) = &status.writes_refused {
+        let _ = writeln!(text, "writes:      refused: {reason}");
+    }
     if status.evicted {
         text.push_str(
             "warning:     this node was evicted by a peer; empty its state_dir and restart it\n",
@@ -194,6 +231,11 @@ pub fn status(status: &StatusView) -> String {
         ]);
     }
     text.push_str(&table.render());
+    for peer in &status.peers {
+        if let Some(reason) = &peer.writes_refused {
+            let _ = writeln!(text, "refused: writes of {}: {reason}", peer.id);
+        }
+    }
     text
 }
 
@@ -283,6 +325,153 @@ pub fn ps(view: &PsView) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    enum Outer {
+        #[error("storage: {0}")]
+        Storage(#[from] Inner),
+    }
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("database state.redb: {source}")]
+    struct Inner {
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn an_error_line_says_each_cause_once() {
+        let inner = || Inner {
+            source: std::io::Error::other("Database already open. Cannot acquire lock."),
+        };
+        let error = anyhow::Error::from(Outer::from(inner()));
+        assert_eq!(
+            format!("{error:#}"),
+            "storage: database state.redb: Database already open. Cannot acquire lock.: \
+             database state.redb: Database already open. Cannot acquire lock.: \
+             Database already open. Cannot acquire lock.",
+            "anyhow repeats what the messages already say"
+        );
+        assert_eq!(
+            error_text(&error),
+            "storage: database state.redb: Database already open. Cannot acquire lock."
+        );
+        // A context that does not say its cause gets it appended, once.
+        let error = anyhow::Error::from(inner()).context("cannot open the state");
+        assert_eq!(
+            error_text(&error),
+            "cannot open the state: database state.redb: Database already open. Cannot acquire lock."
+        );
+    }
+
+    fn status_view(peers: Vec<(&str, bool)>) -> StatusView {
+        StatusView {
+            node: "node-a".parse().unwrap(),
+            version: "0.0.0".to_string(),
+            uptime_ms: 1_000,
+            version_vector: Default::default(),
+            digest: "00".to_string(),
+            services: 0,
+            nodes: 1 + peers.len(),
+            tombstones: 0,
+            hlc_last: "0/1".to_string(),
+            live_peers: peers.iter().filter(|(_, live)| *live).count(),
+            peers: peers
+                .into_iter()
+                .map(|(id, live)| crate::api::PeerView {
+                    id: id.parse().unwrap(),
+                    address: "127.0.0.1:7444".to_string(),
+                    live,
+                    last_sync_ms_ago: None,
+                    last_error: None,
+                    same_summary: true,
+                    writes_refused: None,
+                })
+                .collect(),
+            converged: false,
+            writes_refused: None,
+            clock_ahead_ms: None,
+            evicted: false,
+            service_errors: Default::default(),
+        }
+    }
+
+    fn converged_line(view: &StatusView) -> String {
+        status(view)
+            .lines()
+            .find(|line| line.starts_with("converged:"))
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn an_isolated_node_says_it_has_no_live_peer() {
+        let alone = status_view(vec![]);
+        assert_eq!(
+            converged_line(&alone),
+            "converged:   unknown: no peer known yet, nothing to compare with"
+        );
+        let isolated = status_view(vec![("node-b", false), ("node-c", false)]);
+        assert_eq!(
+            converged_line(&isolated),
+            "converged:   unknown: no live peer, nothing to compare with"
+        );
+        let mut together = status_view(vec![("node-b", true), ("node-c", false)]);
+        together.converged = true;
+        assert_eq!(
+            converged_line(&together),
+            "converged:   yes, every live peer's last summary equals ours"
+        );
+    }
+
+    #[test]
+    fn refused_writes_are_shown_by_status_and_nodes() {
+        let mut view = status_view(vec![("node-b", true)]);
+        view.writes_refused = Some("this node's clock is 5000 ms ahead".to_string());
+        view.peers[0].writes_refused = Some("422 delta from node-b refused".to_string());
+        let text = status(&view);
+        assert!(
+            text.contains("writes:      refused: this node's clock is 5000 ms ahead"),
+            "{text}"
+        );
+        assert!(
+            text.contains("refused: writes of node-b: 422 delta from node-b refused"),
+            "{text}"
+        );
+        let node = |id: &str, member: bool, refused: Option<&str>| NodeView {
+            id: id.parse().unwrap(),
+            address: "127.0.0.1:7444".to_string(),
+            live: member,
+            is_self: false,
+            heartbeat_age_ms: member.then_some(100),
+            subnet: None,
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            labels: Default::default(),
+            member,
+            writes_refused: refused.map(str::to_string),
+            writes_refused_ms_ago: refused.map(|_| 1_500),
+        };
+        let text = nodes(&[
+            node(
+                "node-b",
+                true,
+                Some("422 delta from node-b refused: timestamp"),
+            ),
+            node("node-c", true, None),
+            node("node-x", false, Some("422 delta from node-x refused")),
+        ]);
+        assert!(
+            text.contains(
+                "refused: node-b from 127.0.0.1:7444, 1.5s ago: 422 delta from node-b refused: timestamp"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("refused: node-x (not a member) from 127.0.0.1:7444, 1.5s ago"),
+            "{text}"
+        );
+        assert!(!text.contains("refused: node-c"), "{text}");
+    }
 
     #[test]
     fn tables_align_columns_and_trim_lines() {

@@ -14,6 +14,16 @@
 //! operations (the reconcile loop's records, addresses and counters of one pass) and
 //! commits them as one delta. Every `compact_every_entries` appends the snapshot is
 //! rewritten and the log cleared in one transaction (`store.rs`).
+//!
+//! A clock that ran ahead: the hybrid logical clock never goes back, so after the system clock
+//! was once set ahead (and corrected) every write of this node carries a timestamp peers refuse
+//! as too far in the future (`max_clock_drift`), until the system clock catches up. While the
+//! HLC is further ahead of the system clock than that, `apply_services` and `remove_service`
+//! refuse with `NodeError::ClockAhead` (naming the gap and when it closes) instead of
+//! acknowledging a change that cannot spread; `Node::open` logs it loudly and `status` shows
+//! it. The node's own bookkeeping (heartbeat, container records) goes on and spreads once the
+//! clock is back within the limit. Refusals go the other way too: `record_refused_writes`
+//! keeps, per peer, why the sync server last refused a push from it, for `shoal nodes`.
 
 use std::collections::BTreeMap;
 use std::collections::BTreeSet;
@@ -29,7 +39,7 @@ use shoal_crdt::{
 };
 use tokio::sync::{broadcast, watch};
 
-use super::clock::{Clock, millis_between};
+use super::clock::{Clock, millis_between, ntp_to_ms};
 use super::load::{LogRecord, encode_timestamp, load_replica};
 use super::members::{self, Member, changes_plan_inputs, heartbeat_is_recent};
 use super::store::{Store, StoreError};
@@ -127,6 +137,72 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     /// Whether the peer's last known summary equals ours.
     pub same_summary: bool,
+    /// Why this node last refused the peer's writes, if it has since accepted none.
+    pub writes_refused: Option<RefusedWrites>,
+}
+
+/// This node refused a peer's writes (a push answered 4xx other than 409), and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefusedWrites {
+    /// The address the refused push came from.
+    pub address: SocketAddr,
+    pub reason: String,
+    pub ms_ago: u64,
+}
+
+/// This node's hybrid logical clock is further ahead of its system clock than peers accept
+/// (`max_clock_drift`): every change it writes now would be refused by them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockAhead {
+    /// How far the clock's last timestamp is ahead of the system clock.
+    pub ahead_ms: u64,
+    /// The largest drift peers accept (`sync.max_clock_drift_ms`).
+    pub max_drift_ms: u64,
+    /// When changes are accepted again: the system time (Unix ms) at which the gap is back
+    /// within the limit, if the system clock is right.
+    pub until_unix_ms: u64,
+}
+
+impl ClockAhead {
+    /// How long until changes are accepted again, if the system clock is right.
+    pub fn wait_ms(&self) -> u64 {
+        self.ahead_ms.saturating_sub(self.max_drift_ms)
+    }
+}
+
+impl std::fmt::Display for ClockAhead {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // To the second, rounded up: changes are not taken before the time shown.
+        let until_seconds = self.until_unix_ms.div_ceil(1000);
+        let until = NTP64::from(Duration::from_secs(until_seconds)).to_string_rfc3339_lossy();
+        let until = match until.split_once('.') {
+            Some((seconds, _)) => format!("{seconds}Z"),
+            None => until,
+        };
+        write!(
+            f,
+            "this node's clock is {} ms ahead of its system clock, more than \
+             sync.max_clock_drift_ms ({} ms), so peers refuse every change it writes (its hybrid \
+             clock never goes back, and ran ahead while the system time was set ahead); changes \
+             are refused until the system clock reaches {} (in {}); if the system clock is the one \
+             that is wrong (behind), fix its time sync instead",
+            self.ahead_ms,
+            self.max_drift_ms,
+            until,
+            duration_text(self.wait_ms()),
+        )
+    }
+}
+
+/// A duration as hours, minutes and seconds (`1h 2m 3s`, `4m 0s`, `5s`).
+fn duration_text(ms: u64) -> String {
+    let seconds = ms.div_ceil(1000);
+    let (hours, minutes, seconds) = (seconds / 3600, seconds / 60 % 60, seconds % 60);
+    match (hours, minutes) {
+        (0, 0) => format!("{seconds}s"),
+        (0, _) => format!("{minutes}m {seconds}s"),
+        _ => format!("{hours}h {minutes}m {seconds}s"),
+    }
 }
 
 /// What this node has seen and how fresh it is.
@@ -141,10 +217,15 @@ pub struct NodeStatus {
     pub tombstones: usize,
     pub hlc_last: Timestamp,
     pub peers: Vec<PeerStatus>,
-    /// Every live peer's last known summary equals ours.
+    /// Peers whose heartbeat is recent.
+    pub live_peers: usize,
+    /// There is a live peer, and every live peer's last known summary equals ours. An
+    /// isolated node (no live peer) cannot know, so it is not converged.
     pub converged: bool,
     /// A peer evicted this node after a long silence.
     pub evicted: bool,
+    /// This node refuses local changes now because its clock is too far ahead.
+    pub clock_ahead: Option<ClockAhead>,
 }
 
 /// How many changes this node made durable and broadcast since it started.
@@ -191,6 +272,8 @@ pub enum NodeError {
     Encode { what: &'static str, message: String },
     #[error("cannot load the state from {path}: {message}")]
     Load { path: PathBuf, message: String },
+    #[error("{0}")]
+    ClockAhead(ClockAhead),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -200,6 +283,8 @@ struct PeerRecord {
     last_summary: Option<Summary>,
     bytes_sent: u64,
     bytes_received: u64,
+    /// When (ms), from where and why this node last refused a push from the peer.
+    refused: Option<(u64, SocketAddr, String)>,
 }
 
 struct Inner {
@@ -247,7 +332,7 @@ impl Node {
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
         let (plan_inputs, _) = watch::channel(0);
         let started_ms = clock.now_ms();
-        Ok(Node {
+        let node = Node {
             options,
             clock,
             evicted: AtomicBool::new(false),
@@ -264,7 +349,16 @@ impl Node {
             started_ms,
             durable_commits: AtomicU64::new(0),
             broadcasts: AtomicU64::new(0),
-        })
+        };
+        if let Some(ahead) = node.clock_ahead() {
+            tracing::error!(
+                ahead_ms = ahead.ahead_ms,
+                max_clock_drift_ms = ahead.max_drift_ms,
+                wait_ms = ahead.wait_ms(),
+                "{ahead}"
+            );
+        }
+        Ok(node)
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -284,6 +378,39 @@ impl Node {
             now
         } else {
             NTP64(inner.clock_floor.0.saturating_add(1))
+        }
+    }
+
+    /// Whether the hybrid clock is so far ahead of the system clock that a change written now
+    /// would carry a timestamp peers refuse: its next timestamp (one tick after the last,
+    /// floored at the stored one) is beyond the system time plus `max_clock_drift`, the test
+    /// `shoal_crdt::Clock::check` makes on every peer.
+    fn clock_ahead_of(&self, inner: &Inner) -> Option<ClockAhead> {
+        let now = self.clock.now();
+        let last = (*inner.replica.clock().last().get_time()).max(inner.clock_floor);
+        let max_drift = NTP64::from(self.options.max_clock_drift);
+        if last.0.saturating_add(1) <= now.0.saturating_add(max_drift.0) {
+            return None;
+        }
+        let max_drift_ms =
+            u64::try_from(self.options.max_clock_drift.as_millis()).unwrap_or(u64::MAX);
+        Some(ClockAhead {
+            ahead_ms: millis_between(last, now),
+            max_drift_ms,
+            until_unix_ms: ntp_to_ms(last).saturating_sub(max_drift_ms),
+        })
+    }
+
+    /// `Some` while local changes are refused because this node's clock is too far ahead.
+    pub fn clock_ahead(&self) -> Option<ClockAhead> {
+        self.clock_ahead_of(&self.lock())
+    }
+
+    /// Refuses a local change that peers would refuse for its timestamp.
+    fn check_clock_for_local_change(&self) -> Result<(), NodeError> {
+        match self.clock_ahead() {
+            Some(ahead) => Err(NodeError::ClockAhead(ahead)),
+            None => Ok(()),
         }
     }
 
@@ -498,6 +625,43 @@ impl Node {
         }
     }
 
+    /// Records that this node refused a push from `peer` (connected from `address`), and why;
+    /// `shoal nodes` and `shoal status` show it until a push from that peer is accepted.
+    pub fn record_refused_writes(&self, peer: &NodeId, address: SocketAddr, reason: String) {
+        let now_ms = self.clock.now_ms();
+        let mut inner = self.lock();
+        inner.peers.entry(peer.clone()).or_default().refused = Some((now_ms, address, reason));
+    }
+
+    /// Records that a push from `peer` was accepted: its writes are no longer refused.
+    pub fn record_accepted_writes(&self, peer: &NodeId) {
+        let mut inner = self.lock();
+        if let Some(record) = inner.peers.get_mut(peer) {
+            record.refused = None;
+        }
+    }
+
+    /// Every node whose last push this node refused (members or not), and why.
+    pub fn refused_writes(&self) -> BTreeMap<NodeId, RefusedWrites> {
+        let now_ms = self.clock.now_ms();
+        let inner = self.lock();
+        inner
+            .peers
+            .iter()
+            .filter_map(|(id, record)| {
+                let (at_ms, address, reason) = record.refused.as_ref()?;
+                Some((
+                    id.clone(),
+                    RefusedWrites {
+                        address: *address,
+                        reason: reason.clone(),
+                        ms_ago: now_ms.saturating_sub(*at_ms),
+                    },
+                ))
+            })
+            .collect()
+    }
+
     /// The configured seed peers.
     pub fn seed_peers(&self) -> Vec<SocketAddr> {
         self.options.seeds.clone()
@@ -575,7 +739,8 @@ impl Node {
     }
 
     /// Applies services in order, each its own durable change. Every spec is validated
-    /// before the first is written, so bad input changes nothing.
+    /// before the first is written, so bad input changes nothing; nothing is written either
+    /// while this node's clock is too far ahead for peers to take its changes.
     pub fn apply_services(
         &self,
         services: Vec<(ServiceName, ServiceSpec)>,
@@ -589,6 +754,7 @@ impl Node {
                 return Err(NodeError::DuplicateService(name.clone()));
             }
         }
+        self.check_clock_for_local_change()?;
         let mut entries = Vec::with_capacity(services.len());
         for (name, spec) in services {
             let entry = self.write_one(
@@ -613,8 +779,10 @@ impl Node {
         Ok(entries)
     }
 
-    /// Removes a service; returns what was removed.
+    /// Removes a service; returns what was removed. Refused, changing nothing, while this
+    /// node's clock is too far ahead for peers to take its changes.
     pub fn remove_service(&self, name: &ServiceName) -> Result<ServiceEntry, NodeError> {
+        self.check_clock_for_local_change()?;
         let removed = self.write_batch(|replica, now| {
             let (spec, version) = match replica.state().service(name) {
                 Some((spec, version)) => (spec.clone(), version),
@@ -662,6 +830,7 @@ impl Node {
     /// This node's view of the cluster and how fresh it is.
     pub fn status(&self) -> NodeStatus {
         let peers_info = self.peers();
+        let refused = self.refused_writes();
         let inner = self.lock();
         let summary = inner.replica.summary();
         let state = inner.replica.state();
@@ -677,11 +846,13 @@ impl Node {
                     same_summary: record
                         .and_then(|r| r.last_summary.as_ref())
                         .is_some_and(|s| s == &summary),
+                    writes_refused: refused.get(&peer.node).cloned(),
                     id: peer.node,
                 }
             })
             .collect();
-        let converged = peers.iter().filter(|p| p.live).all(|p| p.same_summary);
+        let live_peers = peers.iter().filter(|p| p.live).count();
+        let converged = live_peers > 0 && peers.iter().filter(|p| p.live).all(|p| p.same_summary);
         NodeStatus {
             node: self.options.node.clone(),
             uptime_ms: self.clock.now_ms().saturating_sub(self.started_ms),
@@ -692,8 +863,10 @@ impl Node {
             hlc_last: inner.replica.clock().last(),
             summary,
             peers,
+            live_peers,
             converged,
             evicted: self.evicted.load(Ordering::Relaxed),
+            clock_ahead: self.clock_ahead_of(&inner),
         }
     }
 
@@ -758,3 +931,7 @@ fn map_apply_error(peer: &NodeId, source: ApplyError) -> NodeError {
 #[cfg(test)]
 #[path = "node_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "node_clock_tests.rs"]
+mod clock_tests;

@@ -75,8 +75,9 @@ fn local_changes_survive_reopen_across_compactions() {
     assert_eq!(reopened.digest(), digest);
     assert!(reopened.lock().replica.clock().last() >= clock_last);
     // The next local write is stamped after everything written before the restart, even
-    // with a wall clock that stepped back meanwhile.
-    clock.set_ms(START_MS - 60_000);
+    // with a wall clock that stepped back meanwhile (by less than the drift peers accept;
+    // further back, local changes are refused: node_clock_tests.rs).
+    clock.set_ms(START_MS - 500);
     let after = reopened
         .apply_services(vec![spec("after", "/i.tar")])
         .unwrap();
@@ -199,6 +200,13 @@ fn the_clock_never_goes_back_across_restarts() {
         .unwrap();
     drop(store);
     let node = open(options, &clock);
+    // Peers would refuse a write stamped after it until the system clock catches up, so
+    // until then none is made; after, the write is stamped after the stored timestamp.
+    let refused = node
+        .apply_services(vec![spec("db", "/db.tar")])
+        .unwrap_err();
+    assert!(matches!(refused, NodeError::ClockAhead(_)), "{refused}");
+    clock.advance_ms(3_600_000 - MAX_CLOCK_DRIFT_MS + 1);
     let written = node.apply_services(vec![spec("db", "/db.tar")]).unwrap();
     assert!(
         written[0].version > ahead,

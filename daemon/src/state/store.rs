@@ -11,7 +11,11 @@
 //! is: decode the snapshot, replay the log in order. `compact` writes a new snapshot and
 //! clears the log in one transaction, so a crash leaves either the old pair or the new one.
 //! The store deals in bytes only; `node.rs` owns the encodings.
+//!
+//! The file holds service specs, environment values included, so it is mode 0600 whatever the
+//! umask: created so, and an existing file with wider permissions is tightened when opened.
 
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -22,6 +26,9 @@ pub const STORE_FORMAT_VERSION: u32 = 1;
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const SNAPSHOT: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshot");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+
+/// Mode of the database file: the daemon's user only.
+pub const DATABASE_FILE_MODE: u32 = 0o600;
 
 const KEY_FORMAT_VERSION: &str = "format_version";
 const KEY_HLC_LAST: &str = "hlc_last";
@@ -57,13 +64,44 @@ pub struct Store {
 }
 
 impl Store {
-    /// Opens (or creates) the database at `path`; refuses another store format version and a
-    /// database already open in another process.
+    /// Opens (or creates) the database at `path`, mode 0600; refuses another store format
+    /// version and a database already open in another process.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let database = Database::create(path).map_err(|error| StoreError::Database {
+        let database_error = |message: String| StoreError::Database {
             path: path.to_path_buf(),
-            message: error.to_string(),
-        })?;
+            message,
+        };
+        // Created 0600 (the mode is only a ceiling under the umask), then set to exactly 0600,
+        // which also tightens a file an older version created 0644.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(DATABASE_FILE_MODE)
+            .open(path)
+            .map_err(|error| database_error(error.to_string()))?;
+        let metadata = file
+            .metadata()
+            .map_err(|error| database_error(error.to_string()))?;
+        let mode = metadata.permissions().mode() & 0o777;
+        if mode != DATABASE_FILE_MODE {
+            file.set_permissions(std::fs::Permissions::from_mode(DATABASE_FILE_MODE))
+                .map_err(|error| {
+                    database_error(format!("cannot set mode {DATABASE_FILE_MODE:o}: {error}"))
+                })?;
+            if metadata.len() > 0 {
+                tracing::info!(
+                    path = %path.display(),
+                    from = format!("{mode:o}"),
+                    to = format!("{DATABASE_FILE_MODE:o}"),
+                    "tightened the permissions of the state database"
+                );
+            }
+        }
+        let database = Database::builder()
+            .create_file(file)
+            .map_err(|error| database_error(error.to_string()))?;
         let store = Store {
             database,
             path: path.to_path_buf(),
@@ -271,6 +309,39 @@ mod tests {
         let _first = Store::open(&path).unwrap();
         let error = Store::open(&path).unwrap_err();
         assert!(error.to_string().contains("state.redb"), "{error}");
+    }
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    /// The process umask, set for the closure and restored after. Tests run on several
+    /// threads, so only a test that needs a umask sets one, and it restores it at once.
+    fn with_umask<T>(umask: u32, run: impl FnOnce() -> T) -> T {
+        let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
+        let value = run();
+        nix::sys::stat::umask(old);
+        value
+    }
+
+    #[test]
+    fn the_database_is_created_0600_whatever_the_umask_and_an_old_one_is_tightened() {
+        let dir = tempfile::tempdir().unwrap();
+        let created = dir.path().join("created.redb");
+        with_umask(0o000, || drop(Store::open(&created).unwrap()));
+        assert_eq!(mode(&created), 0o600, "created under umask 000");
+
+        // A database an older shoal created 0644 (or 0666) is tightened when opened, and keeps
+        // what it holds.
+        let old = dir.path().join("old.redb");
+        {
+            let store = Store::open(&old).unwrap();
+            store.append(b"one", b"t1").unwrap();
+        }
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let store = Store::open(&old).unwrap();
+        assert_eq!(mode(&old), 0o600, "tightened at open");
+        assert_eq!(store.load().unwrap().log, vec![b"one".to_vec()]);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! Bounds: at most `connections_max` connections at once (more are refused before the
 //! handshake), `STREAMS_PER_CONNECTION_MAX` concurrent requests per connection (QUIC stream
 //! credit), bodies up to `body_bytes_max` (a larger Content-Length is refused with 413 before any
-//! byte of the body is read; a streamed body is cut off at the limit), and `request_timeout_ms`
+//! byte of the body is read; a streamed body is cut off at the limit; a body longer than its
+//! Content-Length is cut off there and one shorter is refused, both 400), and `request_timeout_ms`
 //! per request. A connection whose certificate fails verification ends in the handshake, so it
 //! never reaches a handler; the refusal is logged with the peer address and reason.
 //!
@@ -186,9 +187,14 @@ impl Refusal {
     }
 }
 
+/// What answering a request gave: a response, a refusal, or `None` when the stream failed.
+type Answer = Result<Option<(StatusCode, Bytes)>, Refusal>;
+
 /// How reading a request body ended, when it did not yield the body.
 enum BodyError {
     TooLarge,
+    /// Longer or shorter than its Content-Length.
+    Length(wire::WireError),
     Stream(String),
 }
 
@@ -200,6 +206,11 @@ impl RequestContext {
             self.answer(&request, &mut stream),
         )
         .await;
+        if path == wire::PATH_PUSH
+            && let Ok(answer) = &answer
+        {
+            self.note_push_outcome(answer);
+        }
         let (status, body) = match answer {
             Ok(Ok(Some((status, body)))) => (status, body),
             Ok(Ok(None)) => return, // the stream broke; nobody to answer
@@ -224,6 +235,26 @@ impl RequestContext {
         }
     }
 
+    /// Remembers, for `shoal nodes`, that the peer's writes were refused and why (a 4xx other
+    /// than 409, which only asks the peer to pull first), or that they are accepted again.
+    fn note_push_outcome(&self, answer: &Answer) {
+        match answer {
+            Ok(Some((status, _))) if status.is_success() => {
+                self.node.record_accepted_writes(&self.peer);
+            }
+            Err(refusal)
+                if refusal.status.is_client_error() && refusal.status != StatusCode::CONFLICT =>
+            {
+                self.node.record_refused_writes(
+                    &self.peer,
+                    self.remote,
+                    format!("{} {}", refusal.status.as_u16(), refusal.message),
+                );
+            }
+            _ => {}
+        }
+    }
+
     /// The response to send, a refusal, or `None` when the stream failed.
     async fn answer(
         &self,
@@ -233,7 +264,8 @@ impl RequestContext {
         let route = wire::route(request.method(), request.uri().path())
             .map_err(|error| Refusal::new(error.status, error.message))?;
         let max = self.limits.body_bytes_max;
-        if let Some(length) = declared_length(request)?
+        let declared = declared_length(request)?;
+        if let Some(length) = declared
             && length > max as u64
         {
             stream.stop_sending(h3::error::Code::H3_REQUEST_REJECTED);
@@ -242,7 +274,7 @@ impl RequestContext {
                 format!("body of {length} bytes exceeds the limit of {max} bytes"),
             ));
         }
-        let body = match read_body(stream, max).await {
+        let body = match read_body(stream, max, declared).await {
             Ok(body) => body,
             Err(BodyError::TooLarge) => {
                 stream.stop_sending(h3::error::Code::H3_REQUEST_REJECTED);
@@ -250,6 +282,10 @@ impl RequestContext {
                     StatusCode::PAYLOAD_TOO_LARGE,
                     format!("body exceeds the limit of {max} bytes"),
                 ));
+            }
+            Err(BodyError::Length(error)) => {
+                stream.stop_sending(h3::error::Code::H3_REQUEST_REJECTED);
+                return Err(Refusal::new(error.status(), error.to_string()));
             }
             Err(BodyError::Stream(reason)) => {
                 tracing::debug!(peer = %self.peer, %reason, "request body not received");
@@ -324,7 +360,8 @@ fn status_for(error: &NodeError) -> StatusCode {
         NodeError::Storage(_)
         | NodeError::Poisoned
         | NodeError::Load { .. }
-        | NodeError::Encode { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+        | NodeError::Encode { .. }
+        | NodeError::ClockAhead(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -340,7 +377,13 @@ fn declared_length(request: &http::Request<()>) -> Result<Option<u64>, Refusal> 
         .ok_or_else(|| Refusal::new(StatusCode::BAD_REQUEST, "content-length is not a number"))
 }
 
-async fn read_body(stream: &mut ServerStream, body_bytes_max: usize) -> Result<Bytes, BodyError> {
+/// Reads a body of at most `body_bytes_max` bytes that must be exactly `declared` bytes when a
+/// Content-Length was sent: reading stops at the first byte past it.
+async fn read_body(
+    stream: &mut ServerStream,
+    body_bytes_max: usize,
+    declared: Option<u64>,
+) -> Result<Bytes, BodyError> {
     let mut body = BytesMut::new();
     loop {
         let chunk = stream
@@ -348,8 +391,16 @@ async fn read_body(stream: &mut ServerStream, body_bytes_max: usize) -> Result<B
             .await
             .map_err(|error| BodyError::Stream(error.to_string()))?;
         let Some(mut chunk) = chunk else { break };
-        if body.len() + chunk.remaining() > body_bytes_max {
+        let length = body.len() + chunk.remaining();
+        if length > body_bytes_max {
             return Err(BodyError::TooLarge);
+        }
+        if let Some(declared) = declared
+            && length as u64 > declared
+        {
+            return Err(BodyError::Length(wire::WireError::LongerThanDeclared {
+                declared,
+            }));
         }
         while chunk.has_remaining() {
             let part = chunk.chunk();
@@ -358,6 +409,7 @@ async fn read_body(stream: &mut ServerStream, body_bytes_max: usize) -> Result<B
             chunk.advance(length);
         }
     }
+    wire::check_body_length(declared, body.len()).map_err(BodyError::Length)?;
     Ok(body.freeze())
 }
 

@@ -17,7 +17,8 @@
 //!
 //! Every encoded part carries a magic and a format version: the codec's for states, `SHLG`
 //! and [`LOG_FORMAT_VERSION`] for log pieces. Refusals answer with a `text/plain` reason:
-//! 400 malformed, truncated or wrong-version body, malformed log query, or a body on `GET`;
+//! 400 malformed, truncated or wrong-version body, a body longer or shorter than its
+//! `content-length`, malformed log query, or a body on `GET`;
 //! 404 unknown path (including other protocol versions), or a container that is not on the
 //! answering node; 405 wrong method (`POST` for sync and push, `GET` for logs); 409 stale base
 //! (the caller pulls first); 413 body over the limit (refused before it is read in full); 414
@@ -64,6 +65,10 @@ pub enum WireError {
     Query(String),
     #[error("log query of {bytes} bytes is longer than the limit of {max} bytes")]
     QueryTooLong { bytes: usize, max: usize },
+    #[error("body is longer than its content-length of {declared} bytes")]
+    LongerThanDeclared { declared: u64 },
+    #[error("body of {received} bytes is shorter than its content-length of {declared} bytes")]
+    ShorterThanDeclared { declared: u64, received: u64 },
     #[error("log piece: {stream} holds {bytes} bytes, more than the {max} asked for")]
     LogPieceTooLarge {
         stream: &'static str,
@@ -83,6 +88,18 @@ impl WireError {
             WireError::QueryTooLong { .. } => StatusCode::URI_TOO_LONG,
             _ => StatusCode::BAD_REQUEST,
         }
+    }
+}
+
+/// Checks a request body read in full against its declared `content-length` (if any).
+pub fn check_body_length(declared: Option<u64>, received: usize) -> Result<(), WireError> {
+    let received = u64::try_from(received).unwrap_or(u64::MAX);
+    match declared {
+        Some(declared) if received > declared => Err(WireError::LongerThanDeclared { declared }),
+        Some(declared) if received < declared => {
+            Err(WireError::ShorterThanDeclared { declared, received })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -549,6 +566,26 @@ mod tests {
             decode_sync_response(&lying, 1 << 20),
             Err(WireError::Truncated(_))
         ));
+    }
+
+    #[test]
+    fn a_body_must_be_as_long_as_its_content_length_says() {
+        assert!(check_body_length(None, 0).is_ok());
+        assert!(check_body_length(None, 10).is_ok());
+        assert!(check_body_length(Some(10), 10).is_ok());
+        assert!(check_body_length(Some(0), 0).is_ok());
+        let longer = check_body_length(Some(10), 11).unwrap_err();
+        assert_eq!(longer.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            longer.to_string(),
+            "body is longer than its content-length of 10 bytes"
+        );
+        let shorter = check_body_length(Some(10), 4).unwrap_err();
+        assert_eq!(shorter.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            shorter.to_string(),
+            "body of 4 bytes is shorter than its content-length of 10 bytes"
+        );
     }
 
     #[test]
