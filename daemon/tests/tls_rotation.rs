@@ -2,7 +2,8 @@
 //! tls.key_file, and new handshakes then present the new certificate; a reload from a bad file
 //! is refused with a clear log line and the daemon keeps presenting (and serving with) the
 //! certificate it had. `shoal status` warns while the node's certificate expires within the
-//! warning window, and stops warning once a longer-lived one is loaded.
+//! warning window, and stops warning once a longer-lived one is loaded. The reload is announced
+//! to systemd (RELOADING=1 with MONOTONIC_USEC, then READY=1), as `Type=notify-reload` needs.
 
 mod host_support;
 mod net_support;
@@ -157,5 +158,59 @@ fn sighup_rotates_the_certificate_and_a_bad_file_keeps_the_old_one() {
     // The daemon is alive and still answers.
     assert!(status_text(daemon).starts_with("node:        node-a"));
     let daemon = &mut cluster.nodes[0];
+    assert!(daemon.stop().success(), "{}", daemon.log());
+}
+
+/// Receives notifications until one satisfies `done`, or panics after `timeout_ms`.
+fn receive_until(
+    socket: &std::os::unix::net::UnixDatagram,
+    timeout_ms: u64,
+    mut done: impl FnMut(&str) -> bool,
+) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
+    let mut buffer = vec![0u8; 4096];
+    let mut seen = Vec::new();
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out; notifications so far: {seen:?}"
+        );
+        let Ok(length) = socket.recv(&mut buffer) else {
+            continue;
+        };
+        let message = String::from_utf8_lossy(&buffer[..length]).into_owned();
+        if done(&message) {
+            return message;
+        }
+        seen.push(message);
+    }
+}
+
+/// What `Type=notify-reload` needs of a reload: RELOADING=1 with MONOTONIC_USEC in one message
+/// after the signal, then READY=1.
+#[test]
+fn a_reload_is_announced_to_systemd() {
+    let mut cluster = Cluster::new(1, "[containers]\nenabled = false\n");
+    let notify_path = cluster.root.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    let daemon = &mut cluster.nodes[0];
+    daemon.extra_env = vec![("NOTIFY_SOCKET".into(), notify_path.display().to_string())];
+    daemon.start();
+    receive_until(&socket, 30_000, |m| m.lines().any(|l| l == "READY=1"));
+    daemon.signal(Signal::SIGHUP);
+    let reloading = receive_until(&socket, 10_000, |m| m.lines().any(|l| l == "RELOADING=1"));
+    assert!(
+        reloading.lines().any(|l| l.starts_with("MONOTONIC_USEC=")),
+        "{reloading:?}"
+    );
+    receive_until(&socket, 10_000, |m| m.lines().any(|l| l == "READY=1"));
+    assert!(
+        daemon.log().contains("tls certificates reloaded"),
+        "{}",
+        daemon.log()
+    );
     assert!(daemon.stop().success(), "{}", daemon.log());
 }
