@@ -613,7 +613,12 @@ in
       path = [ pkgs.iproute2 pkgs.nftables ];
 
       serviceConfig = {
-        Type = "notify";
+        # notify-reload (systemd 253 or later): `systemctl reload shoal`
+        # sends SIGHUP, and the daemon reloads its certificates and answers
+        # RELOADING=1 then READY=1. Credentials are copied at start, so a
+        # rotated file reaches a reload only with systemd's
+        # RefreshOnReload=credentials (260); otherwise restart the unit.
+        Type = "notify-reload";
         NotifyAccess = "main";
         # The daemon pings at half this period.
         WatchdogSec = "30s";

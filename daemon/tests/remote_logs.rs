@@ -386,8 +386,9 @@ const DOWN_AFTER_MS: u64 = 10_000;
 
 impl NodeA {
     async fn start(pki: &Pki, dir: &Path) -> NodeA {
+        let tls = sync::TlsHandle::new(pki.material("node-a"));
         let endpoint =
-            sync::bind_endpoint("127.0.0.1:0".parse().unwrap(), &pki.material("node-a")).unwrap();
+            sync::bind_reloadable_endpoint("127.0.0.1:0".parse().unwrap(), &tls).unwrap();
         let clock = Arc::new(ManualClock::at_ms(SystemClock.now_ms()));
         let mut options = NodeOptions::new(
             node_id("node-a"),
@@ -401,6 +402,7 @@ impl NodeA {
         let peers = shoal::api::server::PeerAccess {
             endpoint: endpoint.clone(),
             limits: limits(),
+            tls,
         };
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let api = tokio::spawn(shoal::api::server::serve(

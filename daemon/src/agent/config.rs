@@ -209,7 +209,7 @@ pub enum TlsCheckError {
         cert: PathBuf,
         key: PathBuf,
         #[source]
-        source: TlsError,
+        source: Box<TlsError>,
     },
     #[error(
         "node_name {configured} does not match the node id {certified} in tls.cert_file {cert}"
@@ -429,7 +429,7 @@ impl Config {
                 ca: self.tls.ca_file.clone(),
                 cert: self.tls.cert_file.clone(),
                 key: self.tls.key_file.clone(),
-                source,
+                source: Box::new(source),
             })?;
         if tls.node_id() != &self.node_name {
             return Err(TlsCheckError::NodeMismatch {

@@ -1,10 +1,12 @@
 //! The node agent, `shoal daemon`: its config file (`config`), its life from startup to
-//! shutdown (`run`), its background tasks (`tasks`) and its systemd notifications
-//! (`notify`). This room wires the others together; nothing below it imports it, except
-//! the CLI, which reads the config file for `--check-config`.
+//! shutdown (`run`), its background tasks (`tasks`), certificate reloads on SIGHUP and expiry
+//! warnings (`reload`) and its systemd notifications (`notify`). This room wires the others
+//! together; nothing below it imports it, except the CLI, which reads the config file for
+//! `--check-config`.
 
 pub mod config;
 pub mod notify;
+pub mod reload;
 pub mod run;
 pub mod tasks;
 

@@ -1,6 +1,7 @@
 //! systemd service notifications (`Type=notify`) through the `sd-notify` crate: READY=1
 //! once state is loaded and every listener is bound, STATUS= lines, WATCHDOG=1 pings at half
-//! of `WATCHDOG_USEC`, STOPPING=1 at shutdown. Without `NOTIFY_SOCKET` every call is a no-op.
+//! of `WATCHDOG_USEC`, RELOADING=1 (with MONOTONIC_USEC) and READY=1 around a certificate
+//! reload, STOPPING=1 at shutdown. Without `NOTIFY_SOCKET` every call is a no-op.
 
 use std::time::Duration;
 
@@ -37,6 +38,15 @@ impl Notifier {
     /// Watchdog keep-alive.
     pub fn watchdog(&self) {
         self.send(&[NotifyState::Watchdog]);
+    }
+
+    /// A reload (SIGHUP) has begun; [`Notifier::ready`] ends it. systemd wants the monotonic
+    /// time with it; without one, nothing is sent.
+    pub fn reloading(&self) {
+        match NotifyState::monotonic_usec_now() {
+            Ok(now) => self.send(&[NotifyState::Reloading, now]),
+            Err(error) => tracing::warn!(%error, "cannot read the monotonic clock for RELOADING=1"),
+        }
     }
 
     /// Shutdown has begun.

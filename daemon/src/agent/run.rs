@@ -7,6 +7,9 @@
 //! sent first, then every task is told to stop through one watch channel; tasks get
 //! `SHUTDOWN_GRACE_MS` to finish in-flight work and are aborted after that. The database is
 //! closed when the last `Arc<Node>` is dropped, which `run` checks before returning.
+//!
+//! SIGHUP reloads the TLS files (see `reload`); its handler is installed first thing, so a
+//! SIGHUP never kills the daemon by the default action once `run` has begun.
 
 use std::future::Future;
 use std::os::unix::fs::DirBuilderExt;
@@ -22,13 +25,14 @@ use tokio::task::JoinSet;
 
 use super::config::{Config, TlsCheckError};
 use super::notify::{self, Notifier};
+use super::reload::{self, CertificateReloader};
 use super::tasks::{self, stopped};
 use crate::api;
 use crate::containers::{Executor, LogPaths, ReconcileSettings, Reconciler};
 use crate::schedule::PlannerSettings;
 use crate::schedule::plan::STARTS_PER_PASS_MAX;
 use crate::state::{Clock, Node, NodeError, NodeOptions, SystemClock};
-use crate::sync::{self, GossipConfig, SyncLimits};
+use crate::sync::{self, GossipConfig, SyncLimits, TlsHandle};
 
 /// Time given to tasks to finish after shutdown begins, before they are aborted.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
@@ -59,6 +63,8 @@ pub enum RunError {
     Runtime { path: PathBuf, message: String },
     #[error("{what} panicked: {message}")]
     Panicked { what: &'static str, message: String },
+    #[error("cannot install the SIGHUP handler: {0}")]
+    Signal(#[source] std::io::Error),
 }
 
 /// A random seed for the gossip and the planner's container ids: the only place the
@@ -69,7 +75,9 @@ fn rng_seed() -> u64 {
 
 /// Runs the daemon until `shutdown` completes.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), RunError> {
-    let tls = config.load_tls()?;
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .map_err(RunError::Signal)?;
+    let tls = TlsHandle::new(config.load_tls()?);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o750)
@@ -106,10 +114,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
     tracing::info!(node = %node.node_id(), digest = %hex::encode(node.digest()), "state loaded");
 
-    let endpoint = sync::bind_endpoint(config.listen, &tls).map_err(|source| RunError::Bind {
-        listen: config.listen,
-        source,
-    })?;
+    let endpoint =
+        sync::bind_reloadable_endpoint(config.listen, &tls).map_err(|source| RunError::Bind {
+            listen: config.listen,
+            source,
+        })?;
     let api_socket = config.api_socket();
     let api_listener = api::server::bind(&api_socket)?;
 
@@ -154,6 +163,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let peers = api::server::PeerAccess {
         endpoint: endpoint.clone(),
         limits: limits.clone(),
+        tls: tls.clone(),
     };
     tasks::spawn_sync_tasks(
         &mut tasks,
@@ -176,6 +186,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tasks.spawn(containers.clone().run(stopped(stop_receiver.clone())));
     }
     let notifier = Notifier;
+    tasks.spawn(reload::reload_loop(
+        CertificateReloader::new(tls.clone(), config.tls.clone()),
+        hangups,
+        notifier,
+        stopped(stop_receiver.clone()),
+    ));
     tasks.spawn(tasks::watchdog_loop(
         node.clone(),
         notifier,

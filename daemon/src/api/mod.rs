@@ -181,6 +181,22 @@ pub struct StatusView {
     /// service -> why this node cannot run its share of it (bad image, no room, ...).
     #[serde(default)]
     pub service_errors: BTreeMap<String, String>,
+    /// This node's certificate and the cluster CA as the daemon uses them now (absent when
+    /// the API server has no TLS material, as in some tests).
+    #[serde(default)]
+    pub certificates: Option<CertificatesView>,
+}
+
+/// When this node's certificate and the cluster CA expire, and what to do about it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificatesView {
+    /// notAfter of this node's certificate (tls.cert_file), Unix milliseconds.
+    pub cert_not_after_unix_ms: u64,
+    /// notAfter of the cluster CA (tls.ca_file), Unix milliseconds.
+    pub ca_not_after_unix_ms: u64,
+    /// One sentence per certificate that expires within the warning window
+    /// (`sync::tls::CERT_EXPIRY_WARNING_DAYS`) or has expired.
+    pub warnings: Vec<String>,
 }
 
 /// A container as `shoal ps` shows it.

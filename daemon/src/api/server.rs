@@ -8,28 +8,30 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::{
-    API_VERSION, ApiError, CONNECTIONS_MAX, Envelope, IDLE_TIMEOUT_MS, LOG_OFFSETS_MAX, NodeView,
-    PeerView, REQUEST_BYTES_MAX, Reply, Request, SERVICES_PER_REQUEST_MAX, ServiceView, StatusView,
+    API_VERSION, ApiError, CONNECTIONS_MAX, CertificatesView, Envelope, IDLE_TIMEOUT_MS,
+    LOG_OFFSETS_MAX, NodeView, PeerView, REQUEST_BYTES_MAX, Reply, Request,
+    SERVICES_PER_REQUEST_MAX, ServiceView, StatusView,
 };
 use crate::containers::Reconciler;
 use crate::state::{Member, Node, NodeStatus, RefusedWrites, ServiceEntry};
-use crate::sync::SyncLimits;
+use crate::sync::{SyncLimits, TlsHandle, TlsMaterial};
 
 mod logs;
 
 /// How the API reaches other nodes (for `shoal logs`): the node's sync endpoint, whose default
-/// client config presents this node's certificate (the one gossip dials with), and the sync
-/// limits.
+/// client config presents this node's certificate (the one gossip dials with), the sync
+/// limits, and that certificate material itself (`shoal status` reports its expiry).
 #[derive(Clone)]
 pub struct PeerAccess {
     pub endpoint: quinn::Endpoint,
     pub limits: SyncLimits,
+    pub tls: TlsHandle,
 }
 
 /// Socket file mode: owner and group may talk to the daemon.
@@ -207,8 +209,9 @@ async fn serve_connection(
                 request => {
                     let node = node.clone();
                     let containers = containers.clone();
+                    let tls = peers.as_ref().map(|peers| peers.tls.clone());
                     // Node operations commit to redb (fsync); keep them off the async workers.
-                    let work = move || handle(&node, containers.as_deref(), request);
+                    let work = move || handle(&node, containers.as_deref(), tls.as_ref(), request);
                     match tokio::task::spawn_blocking(work).await {
                         Ok(reply) => reply,
                         Err(error) => Reply::Error(format!("request failed: {error}")),
@@ -253,7 +256,12 @@ const CONTAINERS_DISABLED: &str =
     "containers are disabled on this node (containers.enabled = false)";
 
 /// Runs one request against the node and the reconciler (`logs` is answered by `logs`).
-fn handle(node: &Node, containers: Option<&Reconciler>, request: Request) -> Reply {
+fn handle(
+    node: &Node,
+    containers: Option<&Reconciler>,
+    tls: Option<&TlsHandle>,
+    request: Request,
+) -> Reply {
     match request {
         Request::ServiceApply { services } => {
             if services.is_empty() || services.len() > SERVICES_PER_REQUEST_MAX {
@@ -278,7 +286,8 @@ fn handle(node: &Node, containers: Option<&Reconciler>, request: Request) -> Rep
         Request::Nodes => to_value(&node_views(node)),
         Request::Status => {
             let errors = containers.map(Reconciler::errors).unwrap_or_default();
-            to_value(&status_view(node.status(), errors))
+            let certificates = tls.map(|tls| certificates_view(&tls.current(), SystemTime::now()));
+            to_value(&status_view(node.status(), errors, certificates))
         }
         Request::Ps => match containers {
             Some(containers) => to_value(&containers.ps()),
@@ -353,8 +362,28 @@ fn node_view(member: &Member, refused: Option<RefusedWrites>) -> NodeView {
     }
 }
 
-/// `shoal status`: the node's freshness and the reconciler's errors.
-fn status_view(status: NodeStatus, service_errors: BTreeMap<String, String>) -> StatusView {
+/// The expiry of the certificates in use, with a warning when one is near or past.
+fn certificates_view(material: &TlsMaterial, now: SystemTime) -> CertificatesView {
+    let expiry = material.expiry();
+    let unix_ms = |time: SystemTime| {
+        time.duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |since| {
+                u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+            })
+    };
+    CertificatesView {
+        cert_not_after_unix_ms: unix_ms(expiry.certificate),
+        ca_not_after_unix_ms: unix_ms(expiry.ca),
+        warnings: expiry.warnings(now),
+    }
+}
+
+/// `shoal status`: the node's freshness, the reconciler's errors and the certificates' expiry.
+fn status_view(
+    status: NodeStatus,
+    service_errors: BTreeMap<String, String>,
+    certificates: Option<CertificatesView>,
+) -> StatusView {
     StatusView {
         node: status.node,
         version: env!("CARGO_PKG_VERSION").to_string(),
@@ -390,6 +419,7 @@ fn status_view(status: NodeStatus, service_errors: BTreeMap<String, String>) -> 
         clock_ahead_ms: status.clock_ahead.map(|ahead| ahead.ahead_ms),
         evicted: status.evicted,
         service_errors,
+        certificates,
     }
 }
 

@@ -204,6 +204,17 @@ pub fn status(status: &StatusView) -> String {
             "warning:     this node was evicted by a peer; empty its state_dir and restart it\n",
         );
     }
+    if let Some(certificates) = &status.certificates {
+        let _ = writeln!(
+            text,
+            "certificate: until {}; cluster CA until {}",
+            unix_time(certificates.cert_not_after_unix_ms),
+            unix_time(certificates.ca_not_after_unix_ms)
+        );
+        for warning in &certificates.warnings {
+            let _ = writeln!(text, "warning:     {warning}");
+        }
+    }
     for (service, error) in &status.service_errors {
         let _ = writeln!(text, "error:       service {service}: {error}");
     }
@@ -375,6 +386,7 @@ mod tests {
             tombstones: 0,
             hlc_last: "0/1".to_string(),
             live_peers: peers.iter().filter(|(_, live)| *live).count(),
+            certificates: None,
             peers: peers
                 .into_iter()
                 .map(|(id, live)| crate::api::PeerView {

@@ -4,16 +4,18 @@
 //! A push-pull is: `POST /v1/sync` with our summary; apply the delta we lack (durable before
 //! applied, by `Node::apply_remote`); then `POST /v1/push` with what the peer lacks according to
 //! the summary it returned. Each step is bounded by `SyncLimits` (body size, one deadline for
-//! the whole exchange).
+//! the whole exchange). A session sends no request once the peer's certificate has expired
+//! (the handshake verified it, nothing does later): it closes the connection instead.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
 use shoal_crdt::{Delta, NodeId, codec};
 
-use super::tls::{peer_node_id, server_name_for};
+use super::tls::{peer_node_id, peer_not_after, server_name_for};
 use super::wire::{self, CONTENT_TYPE, PATH_PUSH, PATH_SYNC};
 use super::{SyncError, SyncLimits};
 use crate::state::{Node, NodeError, SyncOutcome};
@@ -53,6 +55,8 @@ impl Reply {
 pub struct PeerSession {
     address: SocketAddr,
     peer: NodeId,
+    /// The earliest notAfter of the peer's certificate chain.
+    peer_not_after: SystemTime,
     authority: String,
     connection: quinn::Connection,
     send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
@@ -80,6 +84,7 @@ pub async fn connect(
         .await
         .map_err(|error| connect_error(error.to_string()))?;
     let peer = peer_node_id(&connection)?;
+    let peer_not_after = peer_not_after(&connection)?;
     if let Some(expected) = expected
         && expected != &peer
     {
@@ -102,6 +107,7 @@ pub async fn connect(
     Ok(PeerSession {
         address,
         peer,
+        peer_not_after,
         authority: server_name,
         connection,
         send,
@@ -158,6 +164,14 @@ impl PeerSession {
         body: Vec<u8>,
         declare_length: bool,
     ) -> Result<Reply, SyncError> {
+        if SystemTime::now() >= self.peer_not_after {
+            tracing::info!(peer = %self.peer, address = %self.address, "closing sync connection: peer certificate expired");
+            self.connection.close(0u32.into(), b"certificate expired");
+            return Err(SyncError::PeerCertificateExpired {
+                peer: self.address,
+                node: self.peer.clone(),
+            });
+        }
         let http_error = |error: &dyn std::fmt::Display| SyncError::Http {
             peer: self.address,
             reason: error.to_string(),

@@ -10,8 +10,11 @@
 //! - [`gossip`]: [`run_gossip`], the anti-entropy loop plus eager push of local changes.
 //!
 //! One UDP socket ([`bind_endpoint`]) serves both directions: the endpoint accepts peers'
-//! connections and dials peers with our certificate. *Invariant:* the peer's node id used for
-//! any state operation comes from its verified certificate, never from a body.
+//! connections and dials peers with our certificate. Both directions take the certificate and
+//! the CA from a [`TlsHandle`] at each handshake ([`bind_reloadable_endpoint`]), so a reload
+//! applies to new connections without rebinding. *Invariant:* the peer's node id used for any
+//! state operation comes from its verified certificate, never from a body; and a connection
+//! is used only while that certificate is valid.
 
 pub mod client;
 pub mod gossip;
@@ -32,7 +35,7 @@ pub use client::{PeerSession, Reply, SyncStats, connect, push, sync_once};
 pub use gossip::{GossipConfig, GossipCounters, run_gossip};
 pub use logs::{LogSource, LogSourceError, fetch_log};
 pub use server::serve;
-pub use tls::{TlsError, TlsMaterial, node_id_from_cert};
+pub use tls::{CertificateExpiry, TlsError, TlsHandle, TlsMaterial, node_id_from_cert};
 
 /// Bounds of the sync protocol, for both the server and the client side.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,6 +88,8 @@ pub enum SyncError {
         expected: NodeId,
         found: NodeId,
     },
+    #[error("peer {peer} ({node}): its certificate expired; the connection is closed")]
+    PeerCertificateExpired { peer: SocketAddr, node: NodeId },
     #[error("peer {peer} is this node itself")]
     SelfConnection { peer: SocketAddr },
     #[error("http/3 with {peer}: {reason}")]
@@ -114,8 +119,17 @@ pub enum SyncError {
 }
 
 /// Binds the node's UDP socket: an HTTP/3 server requiring client certificates, and the
-/// default client config that presents ours, on the same endpoint.
+/// default client config that presents ours, on the same endpoint, with fixed material.
 pub fn bind_endpoint(listen: SocketAddr, tls: &TlsMaterial) -> Result<quinn::Endpoint, SyncError> {
+    bind_reloadable_endpoint(listen, &TlsHandle::new(tls.clone()))
+}
+
+/// [`bind_endpoint`] with the material of `tls` at each handshake: after
+/// [`TlsHandle::reload`], new connections in both directions use the new certificate and CA.
+pub fn bind_reloadable_endpoint(
+    listen: SocketAddr,
+    tls: &TlsHandle,
+) -> Result<quinn::Endpoint, SyncError> {
     let server_crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls.server_config()?)
         .map_err(|error| TlsError::Config(error.to_string()))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
@@ -129,8 +143,9 @@ pub fn bind_endpoint(listen: SocketAddr, tls: &TlsMaterial) -> Result<quinn::End
     Ok(endpoint)
 }
 
-/// The quinn client config that presents our certificate; [`bind_endpoint`] installs it.
-pub fn client_config(tls: &TlsMaterial) -> Result<quinn::ClientConfig, SyncError> {
+/// The quinn client config that presents the certificate of `tls`;
+/// [`bind_reloadable_endpoint`] installs it.
+pub fn client_config(tls: &TlsHandle) -> Result<quinn::ClientConfig, SyncError> {
     let client_crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls.client_config()?)
         .map_err(|error| TlsError::Config(error.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(client_crypto));

@@ -8,7 +8,10 @@
 //! byte of the body is read; a streamed body is cut off at the limit; a body longer than its
 //! Content-Length is cut off there and one shorter is refused, both 400), and `request_timeout_ms`
 //! per request. A connection whose certificate fails verification ends in the handshake, so it
-//! never reaches a handler; the refusal is logged with the peer address and reason.
+//! never reaches a handler; the refusal is logged with the peer address and reason. A
+//! connection ends when the peer's certificate expires (a timer at its notAfter, and a check
+//! before each request, in case the wall clock jumped): the handshake verified it, and nothing
+//! checks it again later.
 //!
 //! Shutdown: when `shutdown` completes, no new connection is accepted; in-flight connections
 //! get `request_timeout_ms` to finish, then are aborted. The endpoint itself is left open (the
@@ -17,6 +20,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use bytes::{Buf, Bytes, BytesMut};
 use h3::server::RequestStream;
@@ -26,7 +30,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use super::logs::{self, LogSource};
-use super::tls::peer_node_id;
+use super::tls::{peer_node_id, peer_not_after};
 use super::wire::{self, CONTENT_TYPE, Route};
 use super::{SyncError, SyncLimits};
 use crate::state::{Node, NodeError};
@@ -121,9 +125,17 @@ async fn serve_connection(
             return;
         }
     };
+    let not_after = match peer_not_after(&connection) {
+        Ok(not_after) => not_after,
+        Err(error) => {
+            tracing::warn!(%remote, %peer, reason = %error, "refused connection: no certificate validity");
+            connection.close(0u32.into(), b"bad certificate");
+            return;
+        }
+    };
     tracing::debug!(%remote, %peer, "sync connection accepted");
     let mut h3_connection = match h3::server::Connection::<_, Bytes>::new(
-        h3_quinn::Connection::new(connection),
+        h3_quinn::Connection::new(connection.clone()),
     )
     .await
     {
@@ -133,11 +145,29 @@ async fn serve_connection(
             return;
         }
     };
+    let deadline = until(not_after);
+    let expiry = async move {
+        match deadline {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(expiry);
     let mut requests = JoinSet::new();
     loop {
         tokio::select! {
+            () = &mut expiry => {
+                close_expired(&connection, &peer, remote);
+                requests.abort_all();
+                break;
+            }
             accepted = h3_connection.accept() => match accepted {
                 Ok(Some(resolver)) => {
+                    if SystemTime::now() >= not_after {
+                        close_expired(&connection, &peer, remote);
+                        requests.abort_all();
+                        break;
+                    }
                     let context = RequestContext {
                         node: node.clone(),
                         peer: peer.clone(),
@@ -162,6 +192,19 @@ async fn serve_connection(
         }
     }
     while requests.join_next().await.is_some() {}
+}
+
+/// `time` on the wall clock as a tokio deadline (now if past; `None` if too far to represent).
+fn until(time: SystemTime) -> Option<tokio::time::Instant> {
+    let left = time
+        .duration_since(SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    tokio::time::Instant::now().checked_add(left)
+}
+
+fn close_expired(connection: &quinn::Connection, peer: &NodeId, remote: SocketAddr) {
+    tracing::info!(%remote, %peer, "closing sync connection: peer certificate expired");
+    connection.close(0u32.into(), b"certificate expired");
 }
 
 struct RequestContext {
