@@ -79,15 +79,21 @@ impl Delta {
         }
     }
 
-    /// Whether it is what a peer that has not joined may send: only ranges of its own
-    /// writes, and no entry but its own node metadata. A node publishes its metadata (and
-    /// syncs) before it writes anything else, so this is all a joining node pushes.
-    pub fn only_joins(&self, peer: &NodeId) -> bool {
+    /// Whether it is what a peer that is not a member may push: it joins with it (it carries
+    /// its own live node metadata) and carries nothing but its own writes (ranges and entries
+    /// of its own origin only). So it cannot relay, forge or advance another node's writes.
+    /// (A node publishes its metadata before anything else, but an operator may write to a
+    /// new node before its first sync; those writes travel with its metadata.)
+    pub fn is_join_of(&self, peer: &NodeId) -> bool {
         let DeltaBase::Ranges(ranges) = &self.base else {
             return false;
         };
         ranges.iter().all(|range| &range.node == peer)
-            && self.changes.iter().all(|change| {
+            && self
+                .changes
+                .iter()
+                .all(|change| &change.dot().node == peer)
+            && self.changes.iter().any(|change| {
                 matches!(change, Change::Node { node, entry } if node == peer && entry.value.is_some())
             })
     }

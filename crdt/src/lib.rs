@@ -78,7 +78,10 @@ pub use records::{
     Capacity, ContainerRecord, IpAllocation, IpConflict, NodeMeta, Resource, Resources,
     RestartPolicy, ServiceSpec, SpecError, Subnet, SubnetConflict, SubnetError,
 };
-pub use replica::{Applied, ApplyError, PeerView, Replica, ReplicaError, Snapshot};
+pub use replica::{
+    ADOPTED_COUNTER_MAX, Applied, ApplyError, DOT_COUNTER_MAX, PeerView, Replica, ReplicaError,
+    Snapshot,
+};
 pub use state::ClusterState;
 pub use status::{ContainerStatus, NodeStatus, RunState};
 pub use uhlc::{ID, NTP64, Timestamp};

@@ -1040,25 +1040,29 @@ impl Replica {
 
     /// Records a peer's summary (received from that peer, so `peer` comes from its
     /// certificate). The peer is the authority on its own writes: if this replica covers
-    /// more of them than the peer says it made, and holds none of the difference, that
-    /// coverage came from a lying or buggy relay (or the peer lost its state) and is taken
-    /// back, so the peer's next writes are not ignored here. Returns whether the version
-    /// vector changed; the caller persists it.
+    /// more of them than the peer says it made, that coverage came from a lying or buggy
+    /// relay (or the peer lost its state), and whatever of it this replica cannot show (it
+    /// holds no such write, and collected no tombstone of it) is taken back; those writes
+    /// are then fetched again, so the peer's next writes are not ignored here. Returns
+    /// whether the version vector changed; the caller persists it.
     pub fn observe_summary(&mut self, peer: &NodeId, summary: &Summary) -> bool {
         if peer == &self.node {
             return false;
         }
-        let claimed = summary.vv.get(peer);
         let covered = self.vv.get(peer);
-        let floor = claimed
-            .max(self.state.highest_counter(peer))
-            .max(self.gc_floor.get(peer));
-        let corrected = floor < covered;
-        if corrected {
-            if floor == 0 {
-                self.vv.dots.remove(peer);
-            } else {
-                self.vv.dots.insert(peer.clone(), floor);
+        let mut corrected = false;
+        if summary.vv.get(peer) < covered {
+            let shown = self
+                .state
+                .highest_counter(peer)
+                .max(self.gc_floor.get(peer));
+            if shown < covered {
+                if shown == 0 {
+                    self.vv.dots.remove(peer);
+                } else {
+                    self.vv.dots.insert(peer.clone(), shown);
+                }
+                corrected = true;
             }
         }
         let stable = covers(&self.vv, &summary.vv);

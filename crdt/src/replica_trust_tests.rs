@@ -228,3 +228,140 @@ fn an_entry_whose_dot_is_already_indexed_is_refused_not_a_panic() {
     assert_eq!(state.digest(), before);
     assert!(state.service(&"two".parse().unwrap()).is_none());
 }
+
+#[test]
+fn a_peers_own_summary_takes_back_coverage_a_relay_invented() {
+    // n4 is not known to n3 (not a member there), so a relay's range for it is covered as
+    // claimed; n4 itself then tells n3 how far it really wrote.
+    let [n1, _, mut n3] = cluster();
+    let mut n4 = replica("n4");
+    n4.put_node_meta(ms(4), meta("10.88.4.0/24")).unwrap();
+    pull(&n1, &mut n4, ms(4));
+    let jump = lie(vec![range(&node("n4"), 0, 1_000_000)], Vec::new());
+    n3.apply_delta(ms(5), n1.node(), &jump).unwrap();
+    assert_eq!(n3.version_vector().get(&node("n4")), 1_000_000);
+    // n4's pushes are ignored (covered), and n4 refuses n3's deltas (its own writes, beyond
+    // its counter) until n3 hears n4's own summary.
+    assert!(
+        n4.apply_delta(ms(6), n3.node(), &n3.delta_for(&n4.summary()))
+            .is_err()
+    );
+    assert!(n3.observe_summary(n4.node(), &n4.summary()));
+    assert_eq!(n3.version_vector().get(&node("n4")), 0);
+    assert!(!n3.observe_summary(n4.node(), &n4.summary()), "once");
+    pull(&n4, &mut n3, ms(7));
+    pull(&n3, &mut n4, ms(7));
+    assert!(n3.state().node(&node("n4")).is_some());
+    assert_eq!(n3.digest(), n4.digest());
+    assert_eq!(n3.version_vector(), n4.version_vector());
+    // The correction survives a restart.
+    let restored = Replica::from_snapshot(node("n3"), DRIFT, n3.to_snapshot()).unwrap();
+    assert_eq!(restored.version_vector(), n3.version_vector());
+}
+
+#[test]
+fn a_fresh_replica_adopts_the_counter_its_previous_incarnation_reached() {
+    let [n1, mut n2, _] = cluster();
+    for index in 0..5 {
+        n2.put_service(
+            ms(4),
+            format!("old-{index}").parse().unwrap(),
+            ServiceSpec::new("/img"),
+        )
+        .unwrap();
+    }
+    let mut n1 = n1;
+    pull(&n2, &mut n1, ms(5));
+    let old_top = n2.own_counter();
+    // n2's state is lost; it starts empty, heartbeats, and pulls from n1.
+    let mut wiped = replica("n2");
+    wiped.put_node_meta(ms(6), meta("10.88.2.0/24")).unwrap();
+    pull(&n1, &mut wiped, ms(7));
+    assert_eq!(wiped.own_counter(), old_top);
+    // Its next write is above everything its previous incarnation wrote, so peers take it.
+    wiped
+        .put_service(ms(8), "new".parse().unwrap(), ServiceSpec::new("/img"))
+        .unwrap();
+    pull(&wiped, &mut n1, ms(9));
+    assert!(n1.state().service(&"new".parse().unwrap()).is_some());
+    // Once it holds another node's writes it is no longer fresh: no more adoption.
+    let jump = lie(
+        vec![range(&node("n2"), wiped.own_counter(), old_top + 100)],
+        Vec::new(),
+    );
+    assert!(matches!(
+        wiped.apply_delta(ms(10), n1.node(), &jump),
+        Err(ApplyError::OwnOrigin { .. })
+    ));
+    // Nor does a fresh replica adopt a counter that would leave it little room.
+    let mut fresh = replica("n5");
+    let huge = lie(
+        vec![range(&node("n5"), 0, ADOPTED_COUNTER_MAX + 1)],
+        Vec::new(),
+    );
+    assert!(fresh.apply_delta(ms(11), n1.node(), &huge).is_err());
+    assert_eq!(fresh.own_counter(), 0);
+}
+
+#[test]
+fn a_local_write_past_the_last_counter_is_refused_and_changes_nothing() {
+    let mut fresh = replica("n5");
+    let adopt = lie(vec![range(&node("n5"), 0, ADOPTED_COUNTER_MAX)], Vec::new());
+    fresh.apply_delta(ms(1), &node("n1"), &adopt).unwrap();
+    assert_eq!(fresh.own_counter(), ADOPTED_COUNTER_MAX);
+    // Simulate a node that really wrote that much: its counter is at the last one.
+    fresh.vv.dots.insert(node("n5"), DOT_COUNTER_MAX);
+    let before = fingerprint(&fresh);
+    let error = fresh
+        .put_service(ms(2), "web".parse().unwrap(), ServiceSpec::new("/img"))
+        .unwrap_err();
+    assert!(
+        matches!(error, ReplicaError::DotsExhausted { .. }),
+        "{error}"
+    );
+    assert_eq!(fingerprint(&fresh), before);
+}
+
+#[test]
+fn counters_beyond_the_highest_are_refused_in_ranges_entries_and_snapshots() {
+    let [n1, mut n2, _] = cluster();
+    let before = fingerprint(&n2);
+    let mut writer = n1.clone();
+    writer
+        .put_service(ms(4), "x".parse().unwrap(), ServiceSpec::new("/img"))
+        .unwrap();
+    let mut entry = writer.own_delta_since(writer.own_counter() - 1).changes[0].clone();
+    if let Change::Service { entry, .. } = &mut entry {
+        entry.dot.counter = DOT_COUNTER_MAX + 1;
+    }
+    let n1_top = n2.version_vector().get(&node("n1"));
+    let cases = [
+        lie(
+            vec![range(&node("n1"), n1_top, DOT_COUNTER_MAX + 1)],
+            Vec::new(),
+        ),
+        lie(
+            vec![range(&node("n1"), n1_top, DOT_COUNTER_MAX + 1)],
+            vec![entry],
+        ),
+        Delta {
+            base: DeltaBase::Full {
+                vv: {
+                    let mut vv = n2.version_vector().clone();
+                    vv.dots.insert(node("n1"), u64::MAX);
+                    vv
+                },
+                gc_floor: VersionVector::new(),
+            },
+            changes: Vec::new(),
+        },
+    ];
+    for delta in &cases {
+        let result = n2.apply_delta(ms(5), n1.node(), delta);
+        assert!(
+            matches!(result, Err(ApplyError::Invalid(_))),
+            "{delta:?}: {result:?}"
+        );
+        assert_eq!(fingerprint(&n2), before);
+    }
+}
