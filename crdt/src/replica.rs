@@ -3,6 +3,13 @@
 //! change; remote deltas are validated in full before anything changes; peers'
 //! summaries drive tombstone collection.
 //!
+//! A peer may lie or be buggy (trust model in ARCHITECTURE.md). What it says about dot
+//! ranges is kept to what this replica can vouch for (`apply_delta`, `cover`,
+//! `observe_summary`), and what cannot be checked is repaired: two replicas that cover the
+//! same writes must hold the same live entries, so when their digests differ they send
+//! each other every entry (`delta_for`, `merge_repair`). Regression tests against such
+//! peers are in `replica_trust_tests.rs`.
+//!
 //! Tombstone GC (causal stability). For every member `m` (live nodes in the
 //! node-metadata map, other than this one) the replica keeps the latest summary
 //! `S_m` it has received and the latest one it has itself caught up with

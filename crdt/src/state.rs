@@ -1,7 +1,7 @@
 //! `ClusterState`: the replicated document. Six entry tables (services,
 //! node metadata, containers, resource counters, IP allocations, container statuses), a per-origin
-//! index of entries by dot (with each live entry's hash, so the digest costs one hash per
-//! entry and not one encoding), and the read-only queries the scheduler uses.
+//! index of entries by dot (with each live entry's hash once a digest needed it, so a digest
+//! after a change encodes only the new entries), and the read-only queries the scheduler uses.
 //!
 //! Queries are deterministic: the same entries give the same answers in the
 //! same order on every node, conflicts included. *Invariant:* one dot names one stored
@@ -283,25 +283,28 @@ pub struct DotTaken {
     pub held: Key,
 }
 
-/// What the by-dot index holds for one dot: where the entry is, and its hash while it is live.
+/// What the by-dot index holds for one dot: where the entry is, whether it is live, and its
+/// hash once a digest needed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Indexed {
     key: Key,
-    /// SHA-256 of the change's wire encoding; `None` for a tombstone (left out of the digest).
-    hash: Option<[u8; 32]>,
+    /// Tombstones are left out of the digest.
+    live: bool,
+    hash: HashCache,
 }
 
-/// The digest, computed once per state and dropped on every change. Not part of equality.
+/// A hash computed from the state on first use and kept until the state changes. Derived
+/// data, so not part of equality.
 #[derive(Debug, Clone, Default)]
-struct DigestCache(OnceLock<[u8; 32]>);
+struct HashCache(OnceLock<[u8; 32]>);
 
-impl PartialEq for DigestCache {
+impl PartialEq for HashCache {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl Eq for DigestCache {}
+impl Eq for HashCache {}
 
 /// The hash of one entry as the digest uses it: over its wire encoding (specs and statuses
 /// as JSON, whose new fields are skipped while default), so replicas of different releases
@@ -323,7 +326,8 @@ pub struct ClusterState {
     /// origin -> counter -> the entry holding that dot. Lets a delta be computed from the
     /// missing dot ranges without scanning the state, and the digest without encoding it.
     by_dot: BTreeMap<NodeId, BTreeMap<u64, Indexed>>,
-    digest: DigestCache,
+    /// The digest, computed once per state and dropped on every change.
+    digest: HashCache,
 }
 
 impl ClusterState {
@@ -338,7 +342,7 @@ impl ClusterState {
             });
         }
         let key = change.key();
-        let hash = (!change.is_tombstone()).then(|| entry_hash(&change));
+        let live = !change.is_tombstone();
         let outcome = match change {
             Change::Service { name, entry } => self.services.merge_entry(name, entry),
             Change::Node { node, entry } => self.nodes.merge_entry(node, entry),
@@ -360,8 +364,15 @@ impl ClusterState {
                 None => self.by_dot.entry(dot.node.clone()).or_default(),
             };
             // Free: checked above, and the entry it replaced was unindexed.
-            counters.insert(dot.counter, Indexed { key, hash });
-            self.digest = DigestCache::default();
+            counters.insert(
+                dot.counter,
+                Indexed {
+                    key,
+                    live,
+                    hash: HashCache::default(),
+                },
+            );
+            self.digest = HashCache::default();
         }
         Ok(outcome)
     }
@@ -379,7 +390,7 @@ impl ClusterState {
                 self.by_dot.remove(&dot.node);
             }
         }
-        self.digest = DigestCache::default();
+        self.digest = HashCache::default();
     }
 
     /// The entry stored at `key`, as a change.
@@ -744,16 +755,16 @@ impl ClusterState {
     /// in dot order. Tombstones are left out so that when GC runs does not change it. Equal
     /// live entries give equal digests on every replica; replicas that cover the same writes
     /// and disagree here hold different entries for them (see `Replica::delta_for`). Cached
-    /// until the next change.
+    /// until the next change; each entry is hashed once, the first time a digest needs it.
     pub fn digest(&self) -> [u8; 32] {
         *self.digest.0.get_or_init(|| {
             let mut hasher = Sha256::new();
             hasher.update(b"shoal state digest 2");
             for counters in self.by_dot.values() {
-                for hash in counters
-                    .values()
-                    .filter_map(|indexed| indexed.hash.as_ref())
-                {
+                for indexed in counters.values().filter(|indexed| indexed.live) {
+                    let hash = indexed.hash.0.get_or_init(|| {
+                        entry_hash(&self.change_at(&indexed.key).expect("indexed key is stored"))
+                    });
                     hasher.update(hash);
                 }
             }

@@ -456,7 +456,7 @@ impl Node {
         if members_only && inner.replica.state().node(peer).is_none() && !delta.is_join_of(peer) {
             return Err(NodeError::NotMember { peer: peer.clone() });
         }
-        let before = inner.replica.summary();
+        let before = inner.replica.version_vector().clone();
         let now = self.physical(&inner);
         let wakes = changes_plan_inputs(
             inner.replica.state(),
@@ -468,7 +468,11 @@ impl Node {
             .replica
             .apply_delta(now, peer, &delta)
             .map_err(|error| map_apply_error(peer, error))?;
-        if applied.entries_applied > 0 || inner.replica.summary() != before {
+        // A full snapshot may also have dropped entries (removals its sender collected).
+        if applied.entries_applied > 0
+            || delta.is_full()
+            || inner.replica.version_vector() != &before
+        {
             self.persist(&mut inner, peer, &delta)?;
         }
         drop(inner);

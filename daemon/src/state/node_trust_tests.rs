@@ -148,7 +148,9 @@ fn a_peer_with_this_nodes_own_name_is_refused() {
         },
         &clock,
     );
-    twin.apply_services(vec![spec("web")]).unwrap();
+    // The twin wrote more than node-a: its push carries writes node-a never made.
+    twin.apply_services(vec![spec("web"), spec("db")]).unwrap();
+    assert!(!push_of(&twin, &a).is_empty());
     let before = a.digest();
     for error in [
         a.apply_push(twin.node_id(), push_of(&twin, &a))
