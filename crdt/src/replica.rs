@@ -227,8 +227,13 @@ impl Replica {
 
     /// Stamps one local write: the next HLC and the next dot (checked, never wrapping).
     fn stamp(&mut self, now: NTP64) -> Result<(Timestamp, Dot), ReplicaError> {
-        self.check_dots(1)?;
-        let counter = self.own_counter() + 1;
+        let counter = self
+            .own_counter()
+            .checked_add(1)
+            .filter(|counter| *counter <= DOT_COUNTER_MAX)
+            .ok_or_else(|| ReplicaError::DotsExhausted {
+                node: self.node.clone(),
+            })?;
         let hlc = self.clock.now(now);
         self.vv.dots.insert(self.node.clone(), counter);
         Ok((
@@ -629,7 +634,8 @@ impl Replica {
                 changes: self.state.all_changes(),
             };
         }
-        if theirs.vv == self.vv {
+        // Compared as coverage: a peer's vector may name an origin at 0.
+        if covers(&self.vv, &theirs.vv) && covers(&theirs.vv, &self.vv) {
             return match theirs.digest {
                 Some(digest) if digest != self.state.digest() => Delta {
                     base: DeltaBase::Repair {

@@ -365,3 +365,18 @@ fn counters_beyond_the_highest_are_refused_in_ranges_entries_and_snapshots() {
         assert_eq!(fingerprint(&n2), before);
     }
 }
+
+#[test]
+fn a_repair_is_offered_whatever_zeros_the_peers_vector_names() {
+    let [n1, n2, _] = cluster();
+    let mut damaged = n2.clone();
+    // Same coverage, but a different entry: as if an entry had been left out.
+    let entry = n1.delta_for(&Summary::default()).changes[0].clone();
+    damaged.state.remove_key(&entry.key());
+    let mut summary = damaged.summary();
+    summary.vv.dots.insert(node("nobody"), 0);
+    let repair = n1.delta_for(&summary);
+    assert!(repair.is_repair(), "{repair:?}");
+    damaged.apply_delta(ms(4), n1.node(), &repair).unwrap();
+    assert_eq!(damaged.digest(), n1.digest());
+}
