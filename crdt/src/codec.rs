@@ -3,11 +3,13 @@
 //! postcard body. Decoding checks the size limit before anything else and
 //! refuses unknown versions, wrong kinds and trailing bytes.
 //!
-//! Version 2 (written now) carries service specs and container statuses as JSON text
-//! inside the postcard body, so spec fields added later with defaults need no new
-//! version. Version 1 (`v1`, specs in place, no statuses) is still read: a daemon that
-//! upgrades keeps its state and accepts deltas from peers not yet upgraded; those peers
-//! refuse version 2 until they upgrade too.
+//! Version 3 (written now) adds the digest to summaries and the repair delta. Version 2
+//! carries service specs and container statuses as JSON text inside the postcard body, so
+//! spec fields added later with defaults need no new version; its deltas and snapshots are
+//! laid out as version 3's (a version 2 delta is never a repair), its summaries have no
+//! digest. Version 1 (`v1`, specs in place, no statuses) is still read. A daemon that
+//! upgrades keeps its state and accepts bodies from peers not yet upgraded; those peers
+//! refuse version 3 until they upgrade too.
 
 mod v1;
 
@@ -17,9 +19,11 @@ use serde::de::DeserializeOwned;
 use crate::{Delta, Snapshot, Summary};
 
 /// Bump on an incompatible change, and keep a decode path from the previous one.
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// The previous version, still decoded.
-pub const FORMAT_VERSION_PREVIOUS: u16 = 1;
+pub const FORMAT_VERSION_PREVIOUS: u16 = 2;
+/// The oldest version still decoded.
+pub const FORMAT_VERSION_OLDEST: u16 = 1;
 const MAGIC: &[u8; 4] = b"SHOL";
 const HEADER_BYTES: usize = 7;
 
@@ -57,12 +61,8 @@ fn encode<T: Serialize>(kind: Kind, value: &T) -> Vec<u8> {
     postcard::to_extend(value, bytes).expect("in-memory values serialize")
 }
 
-/// Decodes the current version, or the previous one as `Old` converted to `T`.
-fn decode<T: DeserializeOwned, Old: DeserializeOwned + Into<T>>(
-    kind: Kind,
-    bytes: &[u8],
-    max_bytes: usize,
-) -> Result<T, DecodeError> {
+/// Checks the size limit, magic and kind; returns the format version.
+fn header(kind: Kind, bytes: &[u8], max_bytes: usize) -> Result<u16, DecodeError> {
     if bytes.len() > max_bytes {
         return Err(DecodeError::TooLarge {
             size: bytes.len(),
@@ -78,14 +78,27 @@ fn decode<T: DeserializeOwned, Old: DeserializeOwned + Into<T>>(
             found: bytes[4],
         });
     }
-    let version = u16::from_le_bytes([bytes[5], bytes[6]]);
-    match version {
-        FORMAT_VERSION => body::<T>(bytes),
-        FORMAT_VERSION_PREVIOUS => body::<Old>(bytes).map(Into::into),
-        found => Err(DecodeError::UnsupportedVersion {
-            found,
-            supported: FORMAT_VERSION,
-        }),
+    Ok(u16::from_le_bytes([bytes[5], bytes[6]]))
+}
+
+/// Decodes the current version (or the previous one, laid out the same), or the oldest
+/// one as `Oldest` converted to `T`.
+fn decode<T: DeserializeOwned, Oldest: DeserializeOwned + Into<T>>(
+    kind: Kind,
+    bytes: &[u8],
+    max_bytes: usize,
+) -> Result<T, DecodeError> {
+    match header(kind, bytes, max_bytes)? {
+        FORMAT_VERSION | FORMAT_VERSION_PREVIOUS => body::<T>(bytes),
+        FORMAT_VERSION_OLDEST => body::<Oldest>(bytes).map(Into::into),
+        found => Err(unsupported(found)),
+    }
+}
+
+fn unsupported(found: u16) -> DecodeError {
+    DecodeError::UnsupportedVersion {
+        found,
+        supported: FORMAT_VERSION,
     }
 }
 
@@ -111,7 +124,13 @@ pub fn encode_summary(summary: &Summary) -> Vec<u8> {
 }
 
 pub fn decode_summary(bytes: &[u8], max_bytes: usize) -> Result<Summary, DecodeError> {
-    decode::<Summary, Summary>(Kind::Summary, bytes, max_bytes)
+    match header(Kind::Summary, bytes, max_bytes)? {
+        FORMAT_VERSION => body::<Summary>(bytes),
+        FORMAT_VERSION_PREVIOUS | FORMAT_VERSION_OLDEST => {
+            body::<v1::SummaryV1>(bytes).map(Into::into)
+        }
+        found => Err(unsupported(found)),
+    }
 }
 
 pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {
@@ -196,7 +215,7 @@ mod tests {
     fn v1_bytes<T: Serialize>(kind: Kind, value: &T) -> Vec<u8> {
         let mut bytes = MAGIC.to_vec();
         bytes.push(kind as u8);
-        bytes.extend_from_slice(&FORMAT_VERSION_PREVIOUS.to_le_bytes());
+        bytes.extend_from_slice(&FORMAT_VERSION_OLDEST.to_le_bytes());
         postcard::to_extend(value, bytes).unwrap()
     }
 
@@ -327,6 +346,50 @@ mod tests {
         assert_eq!(
             decode_snapshot(&v1_bytes(Kind::Snapshot, &old), 1 << 20).unwrap(),
             snapshot
+        );
+    }
+
+    #[test]
+    fn version_2_is_still_read() {
+        let mut replica = Replica::new("a".parse().unwrap(), Duration::from_secs(1));
+        let now = NTP64::from(Duration::from_millis(5));
+        replica
+            .put_service(now, "web".parse().unwrap(), ServiceSpec::new("/img"))
+            .unwrap();
+        replica.observe_summary(&"b".parse().unwrap(), &Summary::default());
+        let with_version = |kind: Kind, body: Vec<u8>| {
+            let mut bytes = MAGIC.to_vec();
+            bytes.push(kind as u8);
+            bytes.extend_from_slice(&FORMAT_VERSION_PREVIOUS.to_le_bytes());
+            bytes.extend_from_slice(&body);
+            bytes
+        };
+        // Deltas and snapshots: version 2 is laid out as version 3.
+        let delta = replica.delta_for(&Summary::default());
+        let body = encode_delta(&delta)[HEADER_BYTES..].to_vec();
+        assert_eq!(
+            decode_delta(&with_version(Kind::Delta, body), 1 << 20).unwrap(),
+            delta
+        );
+        let snapshot = replica.to_snapshot();
+        let body = encode_snapshot(&snapshot)[HEADER_BYTES..].to_vec();
+        assert_eq!(
+            decode_snapshot(&with_version(Kind::Snapshot, body), 1 << 20).unwrap(),
+            snapshot
+        );
+        // A version 2 summary is the version vector alone: no digest.
+        let summary = replica.summary();
+        let old = v1::SummaryV1 {
+            vv: summary.vv.clone(),
+        };
+        let body = postcard::to_allocvec(&old).unwrap();
+        let decoded = decode_summary(&with_version(Kind::Summary, body), 1 << 20).unwrap();
+        assert_eq!(decoded.vv, summary.vv);
+        assert_eq!(decoded.digest, None);
+        assert!(summary.digest.is_some());
+        assert_eq!(
+            decode_summary(&encode_summary(&summary), 1 << 20).unwrap(),
+            summary
         );
     }
 

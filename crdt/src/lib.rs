@@ -36,7 +36,13 @@
 //!   the writes of several operations into one.
 //!   *Invariant:* for every dot a replica's version vector covers, the replica holds that
 //!   write or one that supersedes it; an incoming entry whose dot is covered is ignored,
-//!   which is what keeps collected removals from coming back.
+//!   which is what keeps collected removals from coming back. Against a lying or buggy
+//!   peer (trust model in ARCHITECTURE.md): counters are checked and bounded by
+//!   `DOT_COUNTER_MAX`; coverage of the receiver's own writes beyond its counter is refused;
+//!   coverage of a member's writes relayed by another peer is taken only as far as the
+//!   replica holds one of them; a node's own summary takes back coverage of its writes
+//!   that it did not make; and summaries carry a digest, so two replicas that cover the
+//!   same writes but hold different entries repair each other (`DeltaBase::Repair`).
 //! - **Tombstone GC by causal stability** (`Replica::collect_garbage`, rule and proof in
 //!   `replica`): a tombstone is dropped once every live member's latest summary that this
 //!   replica has caught up with covers its dot. A peer below the GC floor gets a full
@@ -80,7 +86,10 @@ pub use records::{
     Capacity, ContainerRecord, IpAllocation, IpConflict, NodeMeta, Resource, Resources,
     RestartPolicy, ServiceSpec, SpecError, Subnet, SubnetConflict, SubnetError,
 };
-pub use replica::{Applied, ApplyError, PeerView, Replica, ReplicaError, Snapshot};
+pub use replica::{
+    ADOPTED_COUNTER_MAX, Applied, ApplyError, DOT_COUNTER_MAX, PeerView, Replica, ReplicaError,
+    Snapshot,
+};
 pub use state::ClusterState;
 pub use status::{ContainerStatus, NodeStatus, RunState};
 pub use uhlc::{ID, NTP64, Timestamp};

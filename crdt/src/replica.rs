@@ -3,6 +3,13 @@
 //! change; remote deltas are validated in full before anything changes; peers'
 //! summaries drive tombstone collection.
 //!
+//! A peer may lie or be buggy (trust model in ARCHITECTURE.md). What it says about dot
+//! ranges is kept to what this replica can vouch for (`apply_delta`, `cover`,
+//! `observe_summary`), and what cannot be checked is repaired: two replicas that cover the
+//! same writes must hold the same live entries, so when their digests differ they send
+//! each other every entry (`delta_for`, `merge_repair`). Regression tests against such
+//! peers are in `replica_trust_tests.rs`.
+//!
 //! Tombstone GC (causal stability). For every member `m` (live nodes in the
 //! node-metadata map, other than this one) the replica keeps the latest summary
 //! `S_m` it has received and the latest one it has itself caught up with
@@ -62,6 +69,10 @@ pub enum ReplicaError {
     CounterOverflow { resource: Resource },
     #[error("a node cannot evict itself ({node})")]
     EvictSelf { node: NodeId },
+    #[error(
+        "node {node} has used every dot counter it may (up to {DOT_COUNTER_MAX}); rejoin under a new node name"
+    )]
+    DotsExhausted { node: NodeId },
     #[error(transparent)]
     Status(#[from] StatusError),
 }
@@ -84,6 +95,10 @@ pub enum ApplyError {
         #[source]
         source: ClockError,
     },
+    #[error(
+        "delta from {from} covers writes of this node up to {until}, beyond its own counter {own}: writes it did not make (a lying peer, or another daemon with this node's name)"
+    )]
+    OwnOrigin { from: NodeId, until: u64, own: u64 },
     #[error("invalid delta or snapshot: {0}")]
     Invalid(String),
 }
@@ -95,15 +110,18 @@ pub struct Applied {
     pub entries_applied: usize,
     /// Entries already seen or superseded.
     pub entries_ignored: usize,
+    /// Origins whose range a relay claimed beyond the writes this replica can show; it
+    /// covers them only as far as it can (see `Replica::apply_delta`).
+    pub ranges_clamped: usize,
 }
 
-/// What this replica knows of one peer's progress.
+/// What this replica knows of one peer's progress (version vectors of its summaries).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerView {
     /// The latest summary received.
-    pub latest: Summary,
+    pub latest: VersionVector,
     /// The latest summary this replica had caught up with; drives GC.
-    pub stable: Option<Summary>,
+    pub stable: Option<VersionVector>,
 }
 
 /// A full image of a replica for persistence.
@@ -140,6 +158,12 @@ pub struct Replica {
 }
 
 const HLC_ID_CACHE_ENTRIES_MAX: usize = 4096;
+/// The highest dot counter any node writes, and the highest a delta or snapshot may name:
+/// at a thousand writes a second a node reaches it in 8,900 years, so counters never wrap.
+pub const DOT_COUNTER_MAX: u64 = 1 << 48;
+/// The highest counter of its own a fresh replica adopts from a peer (what its previous
+/// incarnation wrote): half the room, so whatever a peer claims, a node keeps 2^47 writes.
+pub const ADOPTED_COUNTER_MAX: u64 = DOT_COUNTER_MAX / 2;
 /// Up to this many origins, a delta's ranges are searched linearly.
 const SMALL_RANGE_COUNT: usize = 8;
 
@@ -190,18 +214,35 @@ impl Replica {
 
     // ---- local operations ----
 
-    /// Stamps one local write: the next HLC and the next dot.
-    fn stamp(&mut self, now: NTP64) -> (Timestamp, Dot) {
+    /// Refuses an operation that needs `count` more dots than this node has left.
+    fn check_dots(&self, count: usize) -> Result<(), ReplicaError> {
+        let left = DOT_COUNTER_MAX.saturating_sub(self.own_counter());
+        if u64::try_from(count).map_or(true, |count| count > left) {
+            return Err(ReplicaError::DotsExhausted {
+                node: self.node.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Stamps one local write: the next HLC and the next dot (checked, never wrapping).
+    fn stamp(&mut self, now: NTP64) -> Result<(Timestamp, Dot), ReplicaError> {
+        let counter = self
+            .own_counter()
+            .checked_add(1)
+            .filter(|counter| *counter <= DOT_COUNTER_MAX)
+            .ok_or_else(|| ReplicaError::DotsExhausted {
+                node: self.node.clone(),
+            })?;
         let hlc = self.clock.now(now);
-        let counter = self.vv.get(&self.node) + 1;
         self.vv.dots.insert(self.node.clone(), counter);
-        (
+        Ok((
             hlc,
             Dot {
                 node: self.node.clone(),
                 counter,
             },
-        )
+        ))
     }
 
     /// Applies local writes made with `stamp` and wraps them as one delta.
@@ -217,10 +258,12 @@ impl Replica {
                 change.validate().is_ok(),
                 "local write is invalid: {change:?}"
             );
+            // A local dot is above this replica's version vector, and every stored dot is
+            // covered by it, so the dot is free; its HLC is above every one observed.
             let outcome = self.state.apply_change(change.clone());
             assert!(
-                matches!(outcome, MergeOutcome::Stored { .. }),
-                "local write was superseded: {change:?}"
+                matches!(outcome, Ok(MergeOutcome::Stored { .. })),
+                "local write was superseded or its dot taken: {change:?}"
             );
         }
         if changes.is_empty() {
@@ -244,7 +287,7 @@ impl Replica {
     ) -> Result<Delta, ReplicaError> {
         spec.validate()?;
         let since = self.vv.get(&self.node);
-        let (hlc, dot) = self.stamp(now);
+        let (hlc, dot) = self.stamp(now)?;
         Ok(self.commit(
             since,
             vec![Change::Service {
@@ -269,7 +312,7 @@ impl Replica {
             });
         }
         let since = self.vv.get(&self.node);
-        let (hlc, dot) = self.stamp(now);
+        let (hlc, dot) = self.stamp(now)?;
         Ok(self.commit(
             since,
             vec![Change::Service {
@@ -286,7 +329,7 @@ impl Replica {
     /// Writes this node's metadata. `meta.heartbeat` is set to the write's HLC.
     pub fn put_node_meta(&mut self, now: NTP64, mut meta: NodeMeta) -> Result<Delta, ReplicaError> {
         let since = self.vv.get(&self.node);
-        let (hlc, dot) = self.stamp(now);
+        let (hlc, dot) = self.stamp(now)?;
         meta.heartbeat = hlc;
         let previous = self
             .state
@@ -322,7 +365,7 @@ impl Replica {
     ) -> Result<Delta, ReplicaError> {
         status.validate()?;
         let since = self.vv.get(&self.node);
-        let (hlc, dot) = self.stamp(now);
+        let (hlc, dot) = self.stamp(now)?;
         Ok(self.commit(
             since,
             vec![Change::Status {
@@ -347,7 +390,7 @@ impl Replica {
             });
         }
         let since = self.vv.get(&self.node);
-        let (hlc, dot) = self.stamp(now);
+        let (hlc, dot) = self.stamp(now)?;
         self.peers.remove(node);
         Ok(self.commit(
             since,
@@ -374,10 +417,12 @@ impl Replica {
                 owner: record.node,
             });
         }
+        let adds = self.state.container_adds(&record.id);
+        self.check_dots(adds.len() + 1)?;
         let since = self.vv.get(&self.node);
         let mut changes = Vec::new();
-        for (add, _) in self.state.container_adds(&record.id) {
-            let (hlc, dot) = self.stamp(now);
+        for (add, _) in adds {
+            let (hlc, dot) = self.stamp(now)?;
             changes.push(Change::Container {
                 id: record.id.clone(),
                 add,
@@ -388,7 +433,7 @@ impl Replica {
                 },
             });
         }
-        let (hlc, dot) = self.stamp(now);
+        let (hlc, dot) = self.stamp(now)?;
         changes.push(Change::Container {
             id: record.id.clone(),
             add: dot.clone(),
@@ -413,10 +458,11 @@ impl Replica {
                 what: format!("container {id}"),
             });
         }
+        self.check_dots(adds.len())?;
         let since = self.vv.get(&self.node);
         let mut changes = Vec::new();
         for (add, _) in adds {
-            let (hlc, dot) = self.stamp(now);
+            let (hlc, dot) = self.stamp(now)?;
             changes.push(Change::Container {
                 id: id.clone(),
                 add,
@@ -451,7 +497,7 @@ impl Replica {
         if amount == 0 {
             return Ok(self.commit(since, Vec::new()));
         }
-        let (hlc, dot) = self.stamp(now);
+        let (hlc, dot) = self.stamp(now)?;
         Ok(self.commit(
             since,
             vec![Change::Counter {
@@ -503,7 +549,7 @@ impl Replica {
             .find(|ip| !taken.contains(ip))
             .ok_or(ReplicaError::SubnetExhausted { subnet })?;
         let since = self.vv.get(&self.node);
-        let (hlc, dot) = self.stamp(now);
+        let (hlc, dot) = self.stamp(now)?;
         let claim = IpClaim {
             container: container.clone(),
             node: self.node.clone(),
@@ -540,10 +586,11 @@ impl Replica {
                 owner,
             });
         }
+        self.check_dots(mine.len())?;
         let since = self.vv.get(&self.node);
         let mut changes = Vec::new();
         for add in mine {
-            let (hlc, dot) = self.stamp(now);
+            let (hlc, dot) = self.stamp(now)?;
             changes.push(Change::Ip {
                 ip,
                 add,
@@ -559,15 +606,19 @@ impl Replica {
 
     // ---- sync ----
 
+    /// What this replica covers, with the digest of what it holds.
     pub fn summary(&self) -> Summary {
         Summary {
             vv: self.vv.clone(),
+            digest: Some(self.state.digest()),
         }
     }
 
     /// Everything `theirs` lacks: entries for the dot ranges it has not seen,
     /// found through the by-dot index (no scan of the state). A full snapshot
-    /// if `theirs` is missing a tombstone this replica already collected.
+    /// if `theirs` is missing a tombstone this replica already collected. When `theirs`
+    /// covers exactly the writes this replica covers but its digest differs, one side lacks
+    /// entries a lying or buggy peer left out: every entry, as a repair.
     pub fn delta_for(&self, theirs: &Summary) -> Delta {
         let below_floor = self
             .gc_floor
@@ -581,6 +632,18 @@ impl Replica {
                     gc_floor: self.gc_floor.clone(),
                 },
                 changes: self.state.all_changes(),
+            };
+        }
+        // Compared as coverage: a peer's vector may name an origin at 0.
+        if covers(&self.vv, &theirs.vv) && covers(&theirs.vv, &self.vv) {
+            return match theirs.digest {
+                Some(digest) if digest != self.state.digest() => Delta {
+                    base: DeltaBase::Repair {
+                        vv: self.vv.clone(),
+                    },
+                    changes: self.state.all_changes(),
+                },
+                _ => Delta::ranges(Vec::new(), Vec::new()),
             };
         }
         let mut ranges = Vec::new();
@@ -631,7 +694,22 @@ impl Replica {
         )
     }
 
-    /// Applies a remote delta: all of it or, on error, nothing.
+    /// Whether this replica has never accepted a write of another node: a new node, or one
+    /// whose state was emptied, which learns from its first peers the counter its previous
+    /// incarnation reached.
+    fn is_fresh(&self) -> bool {
+        self.vv.dots.keys().all(|node| node == &self.node)
+    }
+
+    /// Applies a remote delta: all of it or, on error, nothing. `from` is the peer it came
+    /// from (this node itself when replaying its own log).
+    ///
+    /// What a peer says is checked before anything changes (see `validate_delta`): counters
+    /// within `DOT_COUNTER_MAX`; no coverage of this node's own writes beyond its counter,
+    /// except from itself (its log) or while it is fresh; no dot that names another stored
+    /// entry. Then coverage of another member's writes is taken from a relay only as far as
+    /// this replica can show a write of that member (see `cover`), and a repair merges
+    /// entries whatever the version vector says.
     pub fn apply_delta(
         &mut self,
         now: NTP64,
@@ -653,10 +731,7 @@ impl Replica {
             DeltaBase::Ranges(ranges) => {
                 self.merge_changes(&delta.changes, &mut applied);
                 for range in ranges {
-                    let current = self.vv.get(&range.node);
-                    self.vv
-                        .dots
-                        .insert(range.node.clone(), current.max(range.until));
+                    self.cover(from, &range.node, range.until, &mut applied);
                 }
             }
             DeltaBase::Full { vv, gc_floor } => {
@@ -675,19 +750,53 @@ impl Replica {
                 }
                 self.merge_changes(&delta.changes, &mut applied);
                 for (node, counter) in &vv.dots {
-                    let current = self.vv.get(node);
-                    self.vv.dots.insert(node.clone(), current.max(*counter));
+                    self.cover(from, node, *counter, &mut applied);
                 }
                 for (node, counter) in &gc_floor.dots {
-                    let current = self.gc_floor.get(node);
-                    self.gc_floor
-                        .dots
-                        .insert(node.clone(), current.max(*counter));
+                    // The floor stays within what this replica covers.
+                    let floor = (*counter).min(self.vv.get(node));
+                    if floor > self.gc_floor.get(node) {
+                        self.gc_floor.dots.insert(node.clone(), floor);
+                    }
                 }
             }
+            DeltaBase::Repair { .. } => self.merge_repair(&delta.changes, &mut applied),
         }
         self.promote_stable_summaries();
         Ok(applied)
+    }
+
+    /// Raises this replica's coverage of `origin`'s writes towards `until`, as far as it can
+    /// vouch for it. The origin itself is the authority on its own writes, and a member's
+    /// writes relayed by another peer are covered only up to the highest of them this
+    /// replica holds (or collected): a relay that claims more, without the entries, would
+    /// otherwise hide that member's next writes here for good. Honest relays rarely claim
+    /// more (only when the member's latest writes were superseded by another node's), and
+    /// the rest comes with the member's next write or from the member itself. Writes of a
+    /// node that is not a member (evicted, or never seen) are covered as claimed: it writes
+    /// no more, and should it come back as itself, its own summary corrects this replica
+    /// (`observe_summary`).
+    fn cover(&mut self, from: &NodeId, origin: &NodeId, until: u64, applied: &mut Applied) {
+        let current = self.vv.get(origin);
+        if until <= current {
+            return;
+        }
+        let vouched = if origin == from || origin == &self.node || self.state.node(origin).is_none()
+        {
+            until
+        } else {
+            let shown = self
+                .state
+                .highest_counter(origin)
+                .max(self.gc_floor.get(origin));
+            if shown < until {
+                applied.ranges_clamped += 1;
+            }
+            until.min(shown)
+        };
+        if vouched > current {
+            self.vv.dots.insert(origin.clone(), vouched);
+        }
     }
 
     fn merge_changes(&mut self, changes: &[Change], applied: &mut Applied) {
@@ -699,9 +808,40 @@ impl Replica {
                 applied.entries_ignored += 1;
                 continue;
             }
+            // An uncovered dot is not stored (every stored dot is covered; checked in
+            // `validate_delta` too), so the change cannot be refused here.
             match self.state.apply_change(change.clone()) {
-                MergeOutcome::Stored { .. } => applied.entries_applied += 1,
-                MergeOutcome::Ignored => applied.entries_ignored += 1,
+                Ok(MergeOutcome::Stored { .. }) => applied.entries_applied += 1,
+                Ok(MergeOutcome::Ignored) | Err(_) => applied.entries_ignored += 1,
+            }
+        }
+    }
+
+    /// A repair: every entry is merged by its key, covered or not. Where the sender's entry
+    /// and one stored here carry the same dot (one dot, two writes: a lying peer or two
+    /// daemons with one name), the greater by `Change::collision_rank` is kept, the same on
+    /// every replica.
+    fn merge_repair(&mut self, changes: &[Change], applied: &mut Applied) {
+        let mut losers = Vec::new();
+        let mut incoming = Vec::with_capacity(changes.len());
+        for change in changes {
+            match self.state.change_at_dot(change.dot()) {
+                Some(held) if &held == change => applied.entries_ignored += 1,
+                Some(held) if change.collision_rank() > held.collision_rank() => {
+                    losers.push(held.key());
+                    incoming.push(change);
+                }
+                Some(_) => applied.entries_ignored += 1,
+                None => incoming.push(change),
+            }
+        }
+        for key in losers {
+            self.state.remove_key(&key);
+        }
+        for change in incoming {
+            match self.state.apply_change(change.clone()) {
+                Ok(MergeOutcome::Stored { .. }) => applied.entries_applied += 1,
+                Ok(MergeOutcome::Ignored) | Err(_) => applied.entries_ignored += 1,
             }
         }
     }
@@ -730,6 +870,12 @@ impl Replica {
             change
                 .validate_with_writer_id(&id)
                 .map_err(|error| ApplyError::Invalid(error.to_string()))?;
+            if change.dot().counter > DOT_COUNTER_MAX {
+                return Err(ApplyError::Invalid(format!(
+                    "entry {:?} is beyond the highest counter {DOT_COUNTER_MAX}",
+                    change.dot()
+                )));
+            }
         }
         // One dot names one write. (Two entries for one key are harmless: the
         // merge keeps the greater, as it would across two deltas.)
@@ -746,66 +892,18 @@ impl Replica {
                 )));
             }
         }
+        // Every dot stored here is covered, so an uncovered one must be free; a peer that
+        // names a stored dot for another write is refused before anything changes.
+        if let Some(change) = delta.changes.iter().find(|change| {
+            !covers_dot(&self.vv, change.dot()) && self.state.holds_dot(change.dot())
+        }) {
+            return Err(ApplyError::Invalid(format!(
+                "entry {:?} names a dot this replica holds for another write",
+                change.dot()
+            )));
+        }
         match &delta.base {
-            DeltaBase::Ranges(ranges) => {
-                for (index, range) in ranges.iter().enumerate() {
-                    if range.since >= range.until {
-                        return Err(ApplyError::Invalid(format!(
-                            "range of {} is empty ({}, {}]",
-                            range.node, range.since, range.until
-                        )));
-                    }
-                    if ranges.len() <= SMALL_RANGE_COUNT
-                        && ranges[..index].iter().any(|other| other.node == range.node)
-                    {
-                        return Err(ApplyError::Invalid(format!(
-                            "origin {} has two ranges",
-                            range.node
-                        )));
-                    }
-                }
-                // Deltas usually carry one or a few origins: a linear search
-                // beats building a map for every (often one-entry) delta.
-                let mut by_origin: BTreeMap<&NodeId, &OriginRange> = BTreeMap::new();
-                if ranges.len() > SMALL_RANGE_COUNT {
-                    for range in ranges {
-                        if by_origin.insert(&range.node, range).is_some() {
-                            return Err(ApplyError::Invalid(format!(
-                                "origin {} has two ranges",
-                                range.node
-                            )));
-                        }
-                    }
-                }
-                let find = |node: &NodeId| -> Option<&OriginRange> {
-                    if ranges.len() <= SMALL_RANGE_COUNT {
-                        ranges.iter().find(|range| &range.node == node)
-                    } else {
-                        by_origin.get(node).copied()
-                    }
-                };
-                for change in &delta.changes {
-                    let dot = change.dot();
-                    let inside = find(&dot.node)
-                        .is_some_and(|r| r.since < dot.counter && dot.counter <= r.until);
-                    if !inside {
-                        return Err(ApplyError::Invalid(format!(
-                            "entry {dot:?} is outside the delta's ranges"
-                        )));
-                    }
-                }
-                for range in ranges {
-                    let have = self.vv.get(&range.node);
-                    if range.since > have {
-                        return Err(ApplyError::StaleBase {
-                            from: from.clone(),
-                            origin: range.node.clone(),
-                            since: range.since,
-                            have,
-                        });
-                    }
-                }
-            }
+            DeltaBase::Ranges(ranges) => self.validate_ranges(from, ranges, &delta.changes)?,
             DeltaBase::Full { vv, gc_floor } => {
                 if let Some(change) = delta.changes.iter().find(|c| !covers_dot(vv, c.dot())) {
                     return Err(ApplyError::Invalid(format!(
@@ -817,6 +915,37 @@ impl Replica {
                     return Err(ApplyError::Invalid(
                         "snapshot gc floor is ahead of its vv".to_owned(),
                     ));
+                }
+                if let Some((node, counter)) = vv
+                    .dots
+                    .iter()
+                    .find(|(_, counter)| **counter > DOT_COUNTER_MAX)
+                {
+                    return Err(ApplyError::Invalid(format!(
+                        "snapshot covers {node} up to {counter}, beyond the highest counter {DOT_COUNTER_MAX}"
+                    )));
+                }
+                self.check_own_origin(from, vv.get(&self.node))?;
+            }
+            DeltaBase::Repair { vv } => {
+                if let Some(change) = delta.changes.iter().find(|c| !covers_dot(vv, c.dot())) {
+                    return Err(ApplyError::Invalid(format!(
+                        "repair entry {:?} is outside its vv",
+                        change.dot()
+                    )));
+                }
+                // A repair only fills in writes both sides cover.
+                if let Some((origin, since)) = vv
+                    .dots
+                    .iter()
+                    .find(|(origin, counter)| self.vv.get(origin) < **counter)
+                {
+                    return Err(ApplyError::StaleBase {
+                        from: from.clone(),
+                        origin: origin.clone(),
+                        since: *since,
+                        have: self.vv.get(origin),
+                    });
                 }
             }
         }
@@ -831,21 +960,136 @@ impl Replica {
         Ok(())
     }
 
-    /// Records a peer's summary (received from that peer).
-    pub fn observe_summary(&mut self, peer: &NodeId, summary: &Summary) {
+    fn validate_ranges(
+        &self,
+        from: &NodeId,
+        ranges: &[OriginRange],
+        changes: &[Change],
+    ) -> Result<(), ApplyError> {
+        for (index, range) in ranges.iter().enumerate() {
+            if range.since >= range.until {
+                return Err(ApplyError::Invalid(format!(
+                    "range of {} is empty ({}, {}]",
+                    range.node, range.since, range.until
+                )));
+            }
+            if range.until > DOT_COUNTER_MAX {
+                return Err(ApplyError::Invalid(format!(
+                    "range of {} ends at {}, beyond the highest counter {DOT_COUNTER_MAX}",
+                    range.node, range.until
+                )));
+            }
+            if ranges.len() <= SMALL_RANGE_COUNT
+                && ranges[..index].iter().any(|other| other.node == range.node)
+            {
+                return Err(ApplyError::Invalid(format!(
+                    "origin {} has two ranges",
+                    range.node
+                )));
+            }
+        }
+        // Deltas usually carry one or a few origins: a linear search
+        // beats building a map for every (often one-entry) delta.
+        let mut by_origin: BTreeMap<&NodeId, &OriginRange> = BTreeMap::new();
+        if ranges.len() > SMALL_RANGE_COUNT {
+            for range in ranges {
+                if by_origin.insert(&range.node, range).is_some() {
+                    return Err(ApplyError::Invalid(format!(
+                        "origin {} has two ranges",
+                        range.node
+                    )));
+                }
+            }
+        }
+        let find = |node: &NodeId| -> Option<&OriginRange> {
+            if ranges.len() <= SMALL_RANGE_COUNT {
+                ranges.iter().find(|range| &range.node == node)
+            } else {
+                by_origin.get(node).copied()
+            }
+        };
+        for change in changes {
+            let dot = change.dot();
+            let inside =
+                find(&dot.node).is_some_and(|r| r.since < dot.counter && dot.counter <= r.until);
+            if !inside {
+                return Err(ApplyError::Invalid(format!(
+                    "entry {dot:?} is outside the delta's ranges"
+                )));
+            }
+        }
+        if let Some(own) = find(&self.node) {
+            self.check_own_origin(from, own.until)?;
+        }
+        for range in ranges {
+            let have = self.vv.get(&range.node);
+            if range.since > have {
+                return Err(ApplyError::StaleBase {
+                    from: from.clone(),
+                    origin: range.node.clone(),
+                    since: range.since,
+                    have,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Only this node writes its dots: coverage of them beyond its own counter is writes it
+    /// did not make, refused, except from its own log (`from` is itself) and while it is
+    /// fresh (it adopts what its previous incarnation wrote, up to `ADOPTED_COUNTER_MAX`).
+    fn check_own_origin(&self, from: &NodeId, until: u64) -> Result<(), ApplyError> {
+        let own = self.own_counter();
+        let adopts = from == &self.node || (self.is_fresh() && until <= ADOPTED_COUNTER_MAX);
+        if until > own && !adopts {
+            return Err(ApplyError::OwnOrigin {
+                from: from.clone(),
+                until,
+                own,
+            });
+        }
+        Ok(())
+    }
+
+    /// Records a peer's summary (received from that peer, so `peer` comes from its
+    /// certificate). The peer is the authority on its own writes: if this replica covers
+    /// more of them than the peer says it made, that coverage came from a lying or buggy
+    /// relay (or the peer lost its state), and whatever of it this replica cannot show (it
+    /// holds no such write, and collected no tombstone of it) is taken back; those writes
+    /// are then fetched again, so the peer's next writes are not ignored here. Returns
+    /// whether the version vector changed; the caller persists it.
+    pub fn observe_summary(&mut self, peer: &NodeId, summary: &Summary) -> bool {
         if peer == &self.node {
-            return;
+            return false;
         }
+        let covered = self.vv.get(peer);
+        let mut corrected = false;
+        if summary.vv.get(peer) < covered {
+            let shown = self
+                .state
+                .highest_counter(peer)
+                .max(self.gc_floor.get(peer));
+            if shown < covered {
+                if shown == 0 {
+                    self.vv.dots.remove(peer);
+                } else {
+                    self.vv.dots.insert(peer.clone(), shown);
+                }
+                corrected = true;
+            }
+        }
+        let stable = covers(&self.vv, &summary.vv);
         let view = self.peers.entry(peer.clone()).or_default();
-        view.latest = summary.clone();
-        if covers(&self.vv, &summary.vv) {
-            view.stable = Some(summary.clone());
+        view.latest = summary.vv.clone();
+        if stable {
+            view.stable = Some(summary.vv.clone());
         }
+        corrected
     }
 
     fn promote_stable_summaries(&mut self) {
         for view in self.peers.values_mut() {
-            if covers(&self.vv, &view.latest.vv) && view.stable.as_ref() != Some(&view.latest) {
+            if covers(&self.vv, &view.latest) && view.stable.as_ref() != Some(&view.latest) {
                 view.stable = Some(view.latest.clone());
             }
         }
@@ -859,7 +1103,7 @@ impl Replica {
                 continue;
             }
             let summary = self.peers.get(member)?.stable.as_ref()?;
-            stable.glb(&summary.vv);
+            stable.glb(summary);
         }
         Some(stable)
     }
@@ -945,7 +1189,10 @@ impl Replica {
                 )));
             }
             clock_last = clock_last.max(*change.hlc().get_time());
-            state.apply_change(change);
+            // Free dot and free key (checked above): stored.
+            state.apply_change(change).map_err(|taken| {
+                ApplyError::Invalid(format!("snapshot holds dot {:?} twice", taken.dot))
+            })?;
         }
         Ok(Self {
             clock: Clock::resume(&node, max_drift, clock_last),
@@ -1108,7 +1355,8 @@ mod tests {
             applied,
             Applied {
                 entries_applied: 0,
-                entries_ignored: 1
+                entries_ignored: 1,
+                ranges_clamped: 0,
             }
         );
         assert!(b.state().service(&"web".parse().unwrap()).is_none());
@@ -1422,3 +1670,7 @@ mod tests {
         assert!(matches!(wrong, Err(ApplyError::Invalid(_))));
     }
 }
+
+#[cfg(test)]
+#[path = "replica_trust_tests.rs"]
+mod trust_tests;

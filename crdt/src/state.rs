@@ -1,12 +1,15 @@
 //! `ClusterState`: the replicated document. Six entry tables (services,
 //! node metadata, containers, resource counters, IP allocations, container statuses), a per-origin
-//! index of entries by dot, and the read-only queries the scheduler uses.
+//! index of entries by dot (with each live entry's hash once a digest needed it, so a digest
+//! after a change encodes only the new entries), and the read-only queries the scheduler uses.
 //!
 //! Queries are deterministic: the same entries give the same answers in the
-//! same order on every node, conflicts included.
+//! same order on every node, conflicts included. *Invariant:* one dot names one stored
+//! entry; a change whose dot is already indexed is refused before anything changes.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -135,6 +138,14 @@ impl Change {
             Change::Ip { ip, add, .. } => Key::Ip(*ip, add.clone()),
             Change::Status { node, .. } => Key::Status(node.clone()),
         }
+    }
+
+    /// The order that decides between two writes claiming one dot (one dot, two writes: a
+    /// lying peer, or two daemons with one name): greater HLC, then key, then wire bytes.
+    /// Total, and the same on every replica.
+    pub fn collision_rank(&self) -> (Timestamp, Key, Vec<u8>) {
+        let bytes = postcard::to_allocvec(self).expect("in-memory entries serialize");
+        (self.hlc(), self.key(), bytes)
     }
 
     /// Checks what every replica relies on: the HLC carries the writer's id,
@@ -266,6 +277,45 @@ pub enum InvalidChange {
     },
 }
 
+/// A change was refused because its dot already names another stored entry (one dot, two
+/// writes: a lying peer, or two daemons with one name). Nothing changed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DotTaken {
+    pub dot: Dot,
+    pub held: Key,
+}
+
+/// What the by-dot index holds for one dot: where the entry is, whether it is live, and its
+/// hash once a digest needed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Indexed {
+    key: Key,
+    /// Tombstones are left out of the digest.
+    live: bool,
+    hash: HashCache,
+}
+
+/// A hash computed from the state on first use and kept until the state changes. Derived
+/// data, so not part of equality.
+#[derive(Debug, Clone, Default)]
+struct HashCache(OnceLock<[u8; 32]>);
+
+impl PartialEq for HashCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for HashCache {}
+
+/// The hash of one entry as the digest uses it: over its wire encoding (specs and statuses
+/// as JSON, whose new fields are skipped while default), so replicas of different releases
+/// holding the same entries agree.
+fn entry_hash(change: &Change) -> [u8; 32] {
+    let bytes = postcard::to_allocvec(change).expect("in-memory entries serialize");
+    Sha256::digest(&bytes).into()
+}
+
 /// The replicated document.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterState {
@@ -275,16 +325,26 @@ pub struct ClusterState {
     counters: Table<(NodeId, Resource), Counts>,
     ips: Table<(Ipv4Addr, Dot), IpClaim>,
     statuses: Table<NodeId, NodeStatus>,
-    /// origin -> counter -> key of the entry holding that dot. Lets a delta
-    /// be computed from the missing dot ranges without scanning the state.
-    by_dot: BTreeMap<NodeId, BTreeMap<u64, Key>>,
+    /// origin -> counter -> the entry holding that dot. Lets a delta be computed from the
+    /// missing dot ranges without scanning the state, and the digest without encoding it.
+    by_dot: BTreeMap<NodeId, BTreeMap<u64, Indexed>>,
+    /// The digest, computed once per state and dropped on every change.
+    digest: HashCache,
 }
 
 impl ClusterState {
-    /// Merges one entry; keeps the by-dot index in step.
-    pub(crate) fn apply_change(&mut self, change: Change) -> MergeOutcome {
-        let key = change.key();
+    /// Merges one entry; keeps the by-dot index in step. A change whose dot already names a
+    /// stored entry is refused and changes nothing.
+    pub(crate) fn apply_change(&mut self, change: Change) -> Result<MergeOutcome, DotTaken> {
         let dot = change.dot().clone();
+        if let Some(indexed) = self.indexed(&dot) {
+            return Err(DotTaken {
+                dot,
+                held: indexed.key.clone(),
+            });
+        }
+        let key = change.key();
+        let live = !change.is_tombstone();
         let outcome = match change {
             Change::Service { name, entry } => self.services.merge_entry(name, entry),
             Change::Node { node, entry } => self.nodes.merge_entry(node, entry),
@@ -305,10 +365,24 @@ impl ClusterState {
                 Some(counters) => counters,
                 None => self.by_dot.entry(dot.node.clone()).or_default(),
             };
-            let previous = counters.insert(dot.counter, key);
-            assert!(previous.is_none(), "dot {dot:?} indexed twice");
+            // Free: checked above, and the entry it replaced was unindexed.
+            counters.insert(
+                dot.counter,
+                Indexed {
+                    key,
+                    live,
+                    hash: HashCache::default(),
+                },
+            );
+            self.digest = HashCache::default();
         }
-        outcome
+        Ok(outcome)
+    }
+
+    fn indexed(&self, dot: &Dot) -> Option<&Indexed> {
+        self.by_dot
+            .get(&dot.node)
+            .and_then(|counters| counters.get(&dot.counter))
     }
 
     fn unindex(&mut self, dot: &Dot) {
@@ -318,6 +392,7 @@ impl ClusterState {
                 self.by_dot.remove(&dot.node);
             }
         }
+        self.digest = HashCache::default();
     }
 
     /// The entry stored at `key`, as a change.
@@ -380,22 +455,38 @@ impl ClusterState {
             .get(origin)
             .filter(|_| lower <= until)
             .into_iter()
-            .flat_map(move |counters| counters.range(lower..=until).map(|(_, key)| key))
+            .flat_map(move |counters| {
+                counters
+                    .range(lower..=until)
+                    .map(|(_, indexed)| &indexed.key)
+            })
     }
 
     /// Whether an entry with exactly this dot is stored.
     pub(crate) fn holds_dot(&self, dot: &Dot) -> bool {
-        self.by_dot
-            .get(&dot.node)
-            .is_some_and(|counters| counters.contains_key(&dot.counter))
+        self.indexed(dot).is_some()
     }
 
-    /// Every entry, tombstones included, in key order per table.
+    /// The stored entry with exactly this dot.
+    pub(crate) fn change_at_dot(&self, dot: &Dot) -> Option<Change> {
+        self.change_at(&self.indexed(dot)?.key)
+    }
+
+    /// The highest counter of `origin` among the stored entries (0 if none): a write of
+    /// `origin` this replica can show.
+    pub(crate) fn highest_counter(&self, origin: &NodeId) -> u64 {
+        self.by_dot
+            .get(origin)
+            .and_then(|counters| counters.last_key_value())
+            .map_or(0, |(counter, _)| *counter)
+    }
+
+    /// Every entry, tombstones included, in dot order.
     pub(crate) fn all_changes(&self) -> Vec<Change> {
         let mut changes = Vec::with_capacity(self.entry_count());
         for counters in self.by_dot.values() {
-            for key in counters.values() {
-                changes.push(self.change_at(key).expect("indexed key is stored"));
+            for indexed in counters.values() {
+                changes.push(self.change_at(&indexed.key).expect("indexed key is stored"));
             }
         }
         changes
@@ -662,30 +753,25 @@ impl ClusterState {
             + self.statuses.len()
     }
 
-    /// SHA-256 over the live entries (key, value, HLC, dot) in key order.
-    /// Tombstones are left out so that when GC runs does not change it.
+    /// SHA-256 over the hashes of the live entries (key, value, HLC, dot, as on the wire),
+    /// in dot order. Tombstones are left out so that when GC runs does not change it. Equal
+    /// live entries give equal digests on every replica; replicas that cover the same writes
+    /// and disagree here hold different entries for them (see `Replica::delta_for`). Cached
+    /// until the next change; each entry is hashed once, the first time a digest needs it.
     pub fn digest(&self) -> [u8; 32] {
-        fn feed<K, V>(hasher: &mut Sha256, tag: u8, table: &Table<K, V>)
-        where
-            K: Serialize + Ord + Clone,
-            V: Serialize + Clone + PartialEq,
-        {
-            hasher.update([tag]);
-            for (key, entry) in table.iter().filter(|(_, entry)| !entry.is_tombstone()) {
-                let bytes =
-                    postcard::to_allocvec(&(key, entry)).expect("in-memory entries serialize");
-                hasher.update((bytes.len() as u64).to_le_bytes());
-                hasher.update(&bytes);
+        *self.digest.0.get_or_init(|| {
+            let mut hasher = Sha256::new();
+            hasher.update(b"shoal state digest 2");
+            for counters in self.by_dot.values() {
+                for indexed in counters.values().filter(|indexed| indexed.live) {
+                    let hash = indexed.hash.0.get_or_init(|| {
+                        entry_hash(&self.change_at(&indexed.key).expect("indexed key is stored"))
+                    });
+                    hasher.update(hash);
+                }
             }
-        }
-        let mut hasher = Sha256::new();
-        feed(&mut hasher, 1, &self.services);
-        feed(&mut hasher, 2, &self.nodes);
-        feed(&mut hasher, 3, &self.containers);
-        feed(&mut hasher, 4, &self.counters);
-        feed(&mut hasher, 5, &self.ips);
-        feed(&mut hasher, 6, &self.statuses);
-        hasher.finalize().into()
+            hasher.finalize().into()
+        })
     }
 }
 

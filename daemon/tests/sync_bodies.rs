@@ -1,9 +1,10 @@
 //! Bad bodies over real mutual-TLS HTTP/3 against a real node (redb in a temp dir): malformed,
 //! truncated, oversized (declared and streamed), wrong-version, stale-base and future-clock
-//! bodies are refused with their status and leave the digest, summary and database file
-//! unchanged; wrong paths and methods are refused too. A valid push, last, does change state.
-//! A body longer or shorter than its Content-Length is refused (400), sent by a raw HTTP/3
-//! client since the daemon's own client always declares the true length.
+//! bodies, and writes from a certificate that has not joined, are refused with their status
+//! and leave the digest, summary and database file unchanged; wrong paths and methods are
+//! refused too. A valid push, last, does change state. A body longer or shorter than its
+//! Content-Length is refused (400), sent by a raw HTTP/3 client since the daemon's own client
+//! always declares the true length.
 
 mod net_support;
 
@@ -13,7 +14,7 @@ use http::StatusCode;
 use net_support::{Pki, Server, apply_service, limits, node_id};
 use shoal::state::{Clock, SystemClock};
 use shoal::sync::{self, PeerSession, wire};
-use shoal_crdt::{NTP64, Replica, codec};
+use shoal_crdt::{Capacity, NTP64, NodeMeta, Replica, Timestamp, codec};
 
 fn service(name: &str) -> shoal::api::NamedSpec {
     shoal::cli::spec_file::parse(&format!("name = \"{name}\"\nimage = \"/images/{name}\"\n"))
@@ -24,6 +25,21 @@ fn service(name: &str) -> shoal::api::NamedSpec {
 /// A replica named like the client's certificate, so its deltas are the client's own writes.
 fn client_replica() -> Replica {
     Replica::new(node_id("client"), Duration::from_secs(1))
+}
+
+/// The client's node metadata: what it pushes first, to join.
+fn join(replica: &mut Replica, now: NTP64) -> shoal_crdt::Delta {
+    let meta = NodeMeta {
+        address: "127.0.0.1:7000".parse().unwrap(),
+        capacity: Capacity {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+        },
+        subnet: None,
+        heartbeat: Timestamp::new(now, node_id("client").hlc_id()),
+        labels: Default::default(),
+    };
+    replica.put_node_meta(now, meta).unwrap()
 }
 
 fn put(replica: &mut Replica, now: NTP64, name: &str) -> shoal_crdt::Delta {
@@ -51,12 +67,28 @@ async fn bad_bodies_are_refused_with_their_status_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(&pki, dir.path(), "server").await;
     apply_service(&server.node, "web", "/images/web");
-    let before = server.fingerprint();
     let (_endpoint, mut session) = session(&pki, &server).await;
-
-    let mut replica = client_replica();
-    let valid = codec::encode_delta(&put(&mut replica, SystemClock.now(), "api"));
     let max = limits().body_bytes_max;
+
+    // The client has not joined: a write of its own without its metadata is refused.
+    let mut client = client_replica();
+    let unjoined = codec::encode_delta(&put(&mut client_replica(), SystemClock.now(), "early"));
+    let before = server.fingerprint();
+    let reply = session.post(wire::PATH_PUSH, unjoined).await.unwrap();
+    assert_eq!(reply.status, StatusCode::FORBIDDEN, "{}", reply.message());
+    assert!(
+        reply.message().contains("not a member"),
+        "{}",
+        reply.message()
+    );
+    assert_eq!(server.fingerprint(), before);
+    // Its metadata joins it; the other cases are pushes of a member.
+    let joined = codec::encode_delta(&join(&mut client, SystemClock.now()));
+    let reply = session.post(wire::PATH_PUSH, joined).await.unwrap();
+    assert_eq!(reply.status, StatusCode::NO_CONTENT, "{}", reply.message());
+    let before = server.fingerprint();
+
+    let valid = codec::encode_delta(&put(&mut client.clone(), SystemClock.now(), "api"));
 
     let mut wrong_version = valid.clone();
     wrong_version[5..7].copy_from_slice(&99u16.to_le_bytes());
@@ -64,12 +96,12 @@ async fn bad_bodies_are_refused_with_their_status_and_change_nothing() {
     summary_wrong_version[5..7].copy_from_slice(&99u16.to_le_bytes());
 
     // Two changes; pushing only the second one lacks its base.
-    let mut stale_replica = client_replica();
+    let mut stale_replica = client.clone();
     put(&mut stale_replica, SystemClock.now(), "first");
     let stale = codec::encode_delta(&put(&mut stale_replica, SystemClock.now(), "second"));
 
     // Written with a clock an hour ahead: beyond the one-second drift the server allows.
-    let mut future_replica = client_replica();
+    let mut future_replica = client.clone();
     let an_hour = NTP64::from(Duration::from_secs(3600));
     let future = codec::encode_delta(&put(
         &mut future_replica,
@@ -268,8 +300,12 @@ async fn a_body_longer_or_shorter_than_its_content_length_is_refused() {
     let before = server.fingerprint();
     let endpoint =
         sync::bind_endpoint("127.0.0.1:0".parse().unwrap(), &pki.material("client")).unwrap();
+    // A join (the client's metadata with its own write), so the positive control is accepted.
     let mut replica = client_replica();
-    let valid = codec::encode_delta(&put(&mut replica, SystemClock.now(), "api"));
+    let now = SystemClock.now();
+    join(&mut replica, now);
+    put(&mut replica, now, "api");
+    let valid = codec::encode_delta(&replica.own_delta_since(0));
     let summary = codec::encode_summary(&client_replica().summary());
     let cases = [
         // A valid delta followed by bytes the length does not cover.

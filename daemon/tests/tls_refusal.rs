@@ -141,6 +141,8 @@ async fn clients_without_a_valid_certificate_get_nothing_and_change_nothing() {
     let good_tls = pki.material("node-d");
     let good_endpoint = sync::bind_endpoint("127.0.0.1:0".parse().unwrap(), &good_tls).unwrap();
     let good = open_node(dir.path(), "node-d", good_endpoint.local_addr().unwrap());
+    // As a daemon does at startup: its metadata first, so its push joins it.
+    good.heartbeat().unwrap();
     apply_service(&good, "api", "/images/api");
     let stats = sync::sync_once(
         &good_endpoint,

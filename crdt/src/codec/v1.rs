@@ -1,13 +1,14 @@
 //! Format version 1, kept to read what older daemons wrote and sent: the same layout as
 //! today except that service specs and node metadata were encoded in place (postcard) with
-//! the fields they had then, and there was no status table. Decoded into today's types.
+//! the fields they had then, there was no status table, and summaries (in versions 1 and 2)
+//! had no digest. Decoded into today's types.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use uhlc::NTP64;
 
-use crate::delta::{Delta, DeltaBase};
+use crate::delta::{Delta, DeltaBase, Summary};
 use crate::entry::{Dot, Entry};
 use crate::replica::{PeerView, Snapshot};
 use crate::state::{Change, Counts, IpClaim, NodeRecord};
@@ -167,6 +168,21 @@ impl From<SnapshotV1> for Snapshot {
             gc_floor: old.gc_floor,
             clock_last: old.clock_last,
             peers: old.peers,
+        }
+    }
+}
+
+/// A summary as versions 1 and 2 laid it out: the version vector alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SummaryV1 {
+    pub vv: VersionVector,
+}
+
+impl From<SummaryV1> for Summary {
+    fn from(old: SummaryV1) -> Self {
+        Summary {
+            vv: old.vv,
+            digest: None,
         }
     }
 }

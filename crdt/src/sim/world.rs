@@ -611,9 +611,12 @@ impl World {
                 let from_id = self.nodes[from].id.clone();
                 self.flush(to);
                 let replica = self.nodes[to].replica.as_mut().expect("checked up");
-                replica.observe_summary(&from_id, &summary);
+                let corrected = replica.observe_summary(&from_id, &summary);
                 let delta = codec::encode_delta(&replica.delta_for(&summary));
                 let own = codec::encode_summary(&replica.summary());
+                if corrected {
+                    self.persist(to);
+                }
                 trace!(
                     self,
                     "{} -> {}: sync-request answered with {} delta bytes",
@@ -637,8 +640,11 @@ impl World {
                 let from_id = self.nodes[from].id.clone();
                 self.flush(to);
                 let replica = self.nodes[to].replica.as_mut().expect("checked up");
-                replica.observe_summary(&from_id, &summary);
+                let corrected = replica.observe_summary(&from_id, &summary);
                 let back = replica.delta_for(&summary);
+                if corrected {
+                    self.persist(to);
+                }
                 if !back.is_empty() {
                     let bytes = codec::encode_delta(&back);
                     self.send(to, from, Payload::Push { delta: bytes });
@@ -716,7 +722,7 @@ impl World {
                             )));
                         }
                     }
-                    ApplyError::Invalid(_) => {
+                    ApplyError::Invalid(_) | ApplyError::OwnOrigin { .. } => {
                         return Err(Violation(format!(
                             "{to_id} refused a valid delta from {from_id}: {error}"
                         )));
@@ -876,16 +882,22 @@ impl World {
                 let summary_a = self.nodes[a].replica.as_ref().expect("up").summary();
                 self.flush(b);
                 let replica_b = self.nodes[b].replica.as_mut().expect("up");
-                replica_b.observe_summary(&a_id, &summary_a);
+                let corrected = replica_b.observe_summary(&a_id, &summary_a);
                 let delta = codec::encode_delta(&replica_b.delta_for(&summary_a));
                 let summary_b = replica_b.summary();
+                if corrected {
+                    self.persist(b);
+                }
                 self.receive_delta(a, b, &delta)?;
                 self.flush(a);
-                self.nodes[a]
+                let corrected = self.nodes[a]
                     .replica
                     .as_mut()
                     .expect("up")
                     .observe_summary(&b_id, &summary_b);
+                if corrected {
+                    self.persist(a);
+                }
             }
         }
         Ok(())

@@ -246,6 +246,14 @@ pub enum NodeError {
     ClockDrift { peer: NodeId, source: ApplyError },
     #[error("delta from {peer}: {source}")]
     Invalid { peer: NodeId, source: ApplyError },
+    #[error(
+        "{peer} is not a member (no node metadata here, or evicted): it may push only its own node metadata with its own writes, to join"
+    )]
+    NotMember { peer: NodeId },
+    #[error(
+        "a peer presents this node's own name {peer}: another daemon runs with this node's certificate"
+    )]
+    OwnName { peer: NodeId },
     #[error("storage: {0}")]
     Storage(#[from] StoreError),
     #[error(
@@ -535,23 +543,50 @@ impl Node {
         self.lock().replica.summary()
     }
 
-    /// What `peer` lacks given its summary; remembers the summary for GC and status.
+    /// What `peer` lacks given its summary; remembers the summary for GC and status. When
+    /// the summary shows that this node covered more of the peer's writes than the peer
+    /// made (a lie relayed by another), the coverage taken back is made durable at once.
     pub fn delta_for(&self, peer: &NodeId, theirs: &Summary) -> Delta {
         let mut inner = self.lock();
-        inner.replica.observe_summary(peer, theirs);
+        if inner.replica.observe_summary(peer, theirs) {
+            tracing::warn!(
+                %peer,
+                "this node covered writes of the peer that it never made; fetching its writes again"
+            );
+            self.compact(&mut inner);
+        }
         inner.peers.entry(peer.clone()).or_default().last_summary = Some(theirs.clone());
         inner.replica.delta_for(theirs)
+    }
+
+    /// Validates and applies a delta `peer` pushed (`POST /v1/push`), like `apply_remote`.
+    /// A peer that is not a member (no node metadata here, or evicted) may only join: push
+    /// its own node metadata, with nothing but its own writes (`Delta::is_join_of`), so a
+    /// certificate of the cluster CA cannot relay, forge or advance another node's writes
+    /// before it is a member.
+    pub fn apply_push(&self, peer: &NodeId, delta: Delta) -> Result<Applied, NodeError> {
+        self.apply(peer, delta, true)
     }
 
     /// Validates and applies a peer's delta, durably; all or nothing. A delta that changes
     /// what this node's reconcile loop plans from (a service, a member joining, leaving,
     /// coming back or changing its address, capacity or subnet) wakes the loop at once.
     pub fn apply_remote(&self, peer: &NodeId, delta: Delta) -> Result<Applied, NodeError> {
+        self.apply(peer, delta, false)
+    }
+
+    fn apply(&self, peer: &NodeId, delta: Delta, members_only: bool) -> Result<Applied, NodeError> {
+        if peer == &self.options.node {
+            return Err(NodeError::OwnName { peer: peer.clone() });
+        }
         let mut inner = self.lock();
         if inner.poisoned {
             return Err(NodeError::Poisoned);
         }
-        let before = inner.replica.summary();
+        if members_only && inner.replica.state().node(peer).is_none() && !delta.is_join_of(peer) {
+            return Err(NodeError::NotMember { peer: peer.clone() });
+        }
+        let before = inner.replica.version_vector().clone();
         let now = self.physical(&inner);
         let wakes = changes_plan_inputs(
             inner.replica.state(),
@@ -563,7 +598,11 @@ impl Node {
             .replica
             .apply_delta(now, peer, &delta)
             .map_err(|error| map_apply_error(peer, error))?;
-        if applied.entries_applied > 0 || inner.replica.summary() != before {
+        // A full snapshot may also have dropped entries (removals its sender collected).
+        if applied.entries_applied > 0
+            || delta.is_full()
+            || inner.replica.version_vector() != &before
+        {
             self.persist(&mut inner, peer, &delta)?;
         }
         drop(inner);
@@ -935,3 +974,7 @@ mod tests;
 #[cfg(test)]
 #[path = "node_clock_tests.rs"]
 mod clock_tests;
+
+#[cfg(test)]
+#[path = "node_trust_tests.rs"]
+mod trust_tests;

@@ -250,6 +250,9 @@ fn a_request_with_one_bad_spec_changes_nothing() {
     assert!(node.services().is_empty());
 }
 
+/// A named change that makes a spec invalid.
+type SpecBreaker = (&'static str, Box<dyn Fn(&mut ServiceSpec)>);
+
 #[test]
 fn every_refused_workload_field_is_named_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
@@ -257,8 +260,7 @@ fn every_refused_workload_field_is_named_and_changes_nothing() {
     let node = open(options(dir.path(), "node-a", 1000), &clock);
     node.heartbeat().unwrap();
     let before = (node.digest(), node.commit_counts());
-    type Mutation = Box<dyn Fn(&mut ServiceSpec)>;
-    let cases: Vec<(&str, Mutation)> = vec![
+    let cases: Vec<SpecBreaker> = vec![
         ("ports[0]", Box::new(|s| s.ports = vec!["8080:0".into()])),
         (
             "ports[1]",

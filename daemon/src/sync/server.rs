@@ -363,8 +363,8 @@ impl RequestContext {
                 let delta = wire::decode_delta(&body, max).map_err(decode_refusal)?;
                 let node = self.node.clone();
                 let peer = self.peer.clone();
-                // apply_remote commits to redb (fsync) before applying: off the async workers.
-                let applied = tokio::task::spawn_blocking(move || node.apply_remote(&peer, delta))
+                // apply_push commits to redb (fsync) before applying: off the async workers.
+                let applied = tokio::task::spawn_blocking(move || node.apply_push(&peer, delta))
                     .await
                     .map_err(|error| {
                         Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
@@ -395,6 +395,7 @@ fn status_for(error: &NodeError) -> StatusCode {
     match error {
         NodeError::StaleBase { .. } => StatusCode::CONFLICT,
         NodeError::ClockDrift { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        NodeError::NotMember { .. } | NodeError::OwnName { .. } => StatusCode::FORBIDDEN,
         NodeError::Invalid { .. }
         | NodeError::Operation { .. }
         | NodeError::InvalidSpec { .. }

@@ -19,8 +19,9 @@
 //! and [`LOG_FORMAT_VERSION`] for log pieces. Refusals answer with a `text/plain` reason:
 //! 400 malformed, truncated or wrong-version body, a body longer or shorter than its
 //! `content-length`, malformed log query, or a body on `GET`;
-//! 404 unknown path (including other protocol versions), or a container that is not on the
-//! answering node; 405 wrong method (`POST` for sync and push, `GET` for logs); 409 stale base
+//! 403 a push from a peer that is not a member and does not join with it (`Node::apply_push`),
+//! or from a peer with the answering node's own name; 404 unknown path (including other
+//! protocol versions), or a container that is not on the answering node; 405 wrong method (`POST` for sync and push, `GET` for logs); 409 stale base
 //! (the caller pulls first); 413 body over the limit (refused before it is read in full); 414
 //! log query over [`LOG_QUERY_BYTES_MAX`]; 422 clock too far ahead; 500 storage or log file
 //! failure; 503 server busy. A refused request changes nothing, and only `/v1/push` changes
