@@ -188,23 +188,12 @@ async fn serve_connection(
             write_reply(&mut write, &reply).await?;
             return Ok(());
         }
-        let reply = match serde_json::from_slice::<Envelope>(&line) {
-            Err(error) => Reply::Error(format!("malformed request: {error}")),
-            Ok(envelope) if envelope.version != API_VERSION => Reply::Error(format!(
-                "unsupported api version {}, this daemon speaks {API_VERSION}",
-                envelope.version
-            )),
-            Ok(envelope) => match envelope.request {
+        let reply = match decode_request_line(&line) {
+            Err(error) => Reply::Error(error.to_string()),
+            Ok(request) => match request {
                 Request::Logs { target, offsets } => {
-                    if offsets.len() > LOG_OFFSETS_MAX {
-                        Reply::Error(format!(
-                            "logs takes at most {LOG_OFFSETS_MAX} offsets, got {}",
-                            offsets.len()
-                        ))
-                    } else {
-                        let (node, containers) = (node.clone(), containers.clone());
-                        logs::answer(node, containers, peers.clone(), target, offsets).await
-                    }
+                    let (node, containers) = (node.clone(), containers.clone());
+                    logs::answer(node, containers, peers.clone(), target, offsets).await
                 }
                 request => {
                     let node = node.clone();
@@ -221,6 +210,37 @@ async fn serve_connection(
         };
         write_reply(&mut write, &reply).await?;
     }
+}
+
+/// Why a request line was refused before it reached the node.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestLineError {
+    #[error("malformed request: {0}")]
+    Malformed(#[source] serde_json::Error),
+    #[error("unsupported api version {found}, this daemon speaks {API_VERSION}")]
+    UnsupportedVersion { found: u32 },
+    #[error("logs takes at most {LOG_OFFSETS_MAX} offsets, got {count}")]
+    TooManyOffsets { count: usize },
+}
+
+/// Decodes one request line (newline included or not) into the request it carries: the
+/// envelope, its version and the bounds checked before any work. The fuzz target
+/// `api_request` (fuzz/) drives this function.
+pub fn decode_request_line(line: &[u8]) -> Result<Request, RequestLineError> {
+    let envelope = serde_json::from_slice::<Envelope>(line).map_err(RequestLineError::Malformed)?;
+    if envelope.version != API_VERSION {
+        return Err(RequestLineError::UnsupportedVersion {
+            found: envelope.version,
+        });
+    }
+    if let Request::Logs { offsets, .. } = &envelope.request
+        && offsets.len() > LOG_OFFSETS_MAX
+    {
+        return Err(RequestLineError::TooManyOffsets {
+            count: offsets.len(),
+        });
+    }
+    Ok(envelope.request)
 }
 
 /// Writes one reply line; a client that does not read it within `IDLE_TIMEOUT_MS` is
@@ -447,6 +467,52 @@ mod tests {
         std::fs::write(&regular, b"x").unwrap();
         assert!(matches!(bind(&regular), Err(ApiError::NotASocket { .. })));
         assert_eq!(std::fs::read(&regular).unwrap(), b"x");
+    }
+
+    #[test]
+    fn request_lines_decode_or_say_what_is_wrong() {
+        let check = |line: &str, expected: Result<Request, &str>| match (
+            decode_request_line(line.as_bytes()),
+            expected,
+        ) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "{line}"),
+            (Err(error), Err(fragment)) => {
+                let message = error.to_string();
+                assert!(
+                    message.contains(fragment),
+                    "{line}: {message:?} lacks {fragment:?}"
+                );
+            }
+            (got, want) => panic!("{line}: got {got:?}, expected {want:?}"),
+        };
+        check(
+            "{\"version\":1,\"request\":{\"op\":\"status\"}}\n",
+            Ok(Request::Status),
+        );
+        check(
+            "{\"version\":1,\"request\":{\"op\":\"logs\",\"target\":\"web\"}}",
+            Ok(Request::Logs {
+                target: "web".to_string(),
+                offsets: BTreeMap::new(),
+            }),
+        );
+        check("{not json\n", Err("malformed request"));
+        check(
+            "{\"version\":1,\"request\":{\"op\":\"status\"},\"extra\":0}",
+            Err("malformed request: unknown field `extra`"),
+        );
+        check(
+            "{\"version\":2,\"request\":{\"op\":\"status\"}}",
+            Err("unsupported api version 2, this daemon speaks 1"),
+        );
+        let offsets: Vec<String> = (0..=LOG_OFFSETS_MAX)
+            .map(|index| format!("\"c{index}\":[0,0]"))
+            .collect();
+        let line = format!(
+            "{{\"version\":1,\"request\":{{\"op\":\"logs\",\"target\":\"web\",\"offsets\":{{{}}}}}}}",
+            offsets.join(",")
+        );
+        check(&line, Err("logs takes at most 1024 offsets, got 1025"));
     }
 
     fn raw_call(path: &Path, line: &[u8]) -> String {
