@@ -49,6 +49,7 @@ pub fn meta(index: u8) -> NodeMeta {
                 .expect("sample subnet"),
         ),
         heartbeat: Timestamp::new(NTP64(0), node(&name).hlc_id()),
+        labels: [("zone".to_owned(), format!("z{index}"))].into(),
     }
 }
 
