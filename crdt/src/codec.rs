@@ -25,7 +25,8 @@ pub const FORMAT_VERSION_PREVIOUS: u16 = 2;
 /// The oldest version still decoded.
 pub const FORMAT_VERSION_OLDEST: u16 = 1;
 const MAGIC: &[u8; 4] = b"SHOL";
-const HEADER_BYTES: usize = 7;
+/// Magic, kind and version before every body.
+pub(crate) const HEADER_BYTES: usize = 7;
 
 /// What a buffer holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

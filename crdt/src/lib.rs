@@ -3,7 +3,8 @@
 //! Bottom up: validated names (`ids`), the hybrid logical clock (`clock`), the
 //! records (`records`), the entry table every CRDT is made of (`entry`), the
 //! document (`state`), what replicas exchange (`delta`), a node's replica with
-//! local operations, sync and GC (`replica`), and the wire/disk encoding (`codec`).
+//! local operations, sync and GC (`replica`), deltas bounded in size and the whole-state
+//! delta a large transfer carries (`transfer`), and the wire/disk encoding (`codec`).
 //! `sim` (feature `sim`) is the deterministic simulator of replicas.
 //!
 //! # The model
@@ -46,7 +47,8 @@
 //! - **Tombstone GC by causal stability** (`Replica::collect_garbage`, rule and proof in
 //!   `replica`): a tombstone is dropped once every live member's latest summary that this
 //!   replica has caught up with covers its dot. A peer below the GC floor gets a full
-//!   snapshot. *Limit:* a write by a node that is not a member, concurrent with an already
+//!   snapshot, and so does a peer whose delta is too large for one sync body (fetched in
+//!   pieces, applied whole; design in `transfer`). *Limit:* a write by a node that is not a member, concurrent with an already
 //!   collected removal, can make replicas diverge on that key; so a node publishes its
 //!   metadata and syncs before it writes anything else, and an evicted node rejoins empty.
 //! - **Persistence image** (`Replica::to_snapshot`/`from_snapshot`): every entry, the
@@ -75,6 +77,7 @@ mod replica;
 pub mod sim;
 pub mod state;
 pub mod status;
+mod transfer;
 pub mod workload;
 
 pub use clock::{Clock, ClockError};
@@ -84,7 +87,8 @@ pub use entry::{Dot, Merge};
 pub use ids::{ContainerId, NameError, NodeId, NodeIdError, ServiceName};
 pub use records::{
     Capacity, ContainerRecord, IpAllocation, IpConflict, NodeMeta, Resource, Resources,
-    RestartPolicy, ServiceSpec, SpecError, Subnet, SubnetConflict, SubnetError,
+    RestartPolicy, SPEC_ENCODED_BYTES_MAX, ServiceSpec, SpecError, Subnet, SubnetConflict,
+    SubnetError,
 };
 pub use replica::{
     ADOPTED_COUNTER_MAX, Applied, ApplyError, DOT_COUNTER_MAX, PeerView, Replica, ReplicaError,
@@ -92,6 +96,7 @@ pub use replica::{
 };
 pub use state::ClusterState;
 pub use status::{ContainerStatus, NodeStatus, RunState};
+pub use transfer::encoded_delta_bytes;
 pub use uhlc::{ID, NTP64, Timestamp};
 pub use workload::{HostPort, PortMapping, Protocol, Publish, PublishMode};
 

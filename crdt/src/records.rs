@@ -21,6 +21,8 @@ use crate::{ContainerId, NodeId, ServiceName};
 pub enum SpecError {
     #[error("invalid field `{field}`: {reason}")]
     Field { field: String, reason: String },
+    #[error("spec encodes to {bytes} bytes, more than the limit of {max} bytes")]
+    TooLarge { bytes: usize, max: usize },
 }
 
 fn field_error(field: impl Into<String>, reason: impl Into<String>) -> SpecError {
@@ -70,6 +72,9 @@ pub const SPEC_REPLICAS_MAX: u32 = 10_000;
 pub const SPEC_STRING_BYTES_MAX: usize = 4096;
 pub const SPEC_LIST_LEN_MAX: usize = 256;
 pub const SPEC_MEMORY_BYTES_MIN: u64 = 1024 * 1024;
+/// Largest encoding (the JSON text a spec travels and is stored as) of one spec a node
+/// writes. The field bounds alone allow about 10 MiB; a real spec is a few KiB.
+pub const SPEC_ENCODED_BYTES_MAX: usize = 256 * 1024;
 
 /// The desired state of a service: what to run and how many.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -253,8 +258,34 @@ impl ServiceSpec {
         Ok(())
     }
 
-    /// Checks every field; the error names the first bad one.
+    /// Checks a spec about to be written: its encoded size (at most
+    /// [`SPEC_ENCODED_BYTES_MAX`]) and every field ([`ServiceSpec::validate_fields`]).
     pub fn validate(&self) -> Result<(), SpecError> {
+        let bytes = self.encoded_bytes();
+        if bytes > SPEC_ENCODED_BYTES_MAX {
+            return Err(SpecError::TooLarge {
+                bytes,
+                max: SPEC_ENCODED_BYTES_MAX,
+            });
+        }
+        self.validate_fields()
+    }
+
+    /// The size of the spec's encoding: the JSON text it travels and is stored as.
+    pub fn encoded_bytes(&self) -> usize {
+        let mut counter = ByteCounter(0);
+        // Writing to a counter cannot fail, and a spec's fields always serialize to JSON.
+        match serde_json::to_writer(&mut counter, self) {
+            Ok(()) => counter.0,
+            Err(_) => usize::MAX,
+        }
+    }
+
+    /// Checks every field; the error names the first bad one. Unlike [`ServiceSpec::validate`]
+    /// this does not bound the encoded size: it is what an entry already written must satisfy
+    /// (a stored state, a peer's delta), so that a spec written before the bound existed still
+    /// loads and travels, and a node always restarts on a state it once accepted.
+    pub fn validate_fields(&self) -> Result<(), SpecError> {
         check_string("image", &self.image)?;
         if self.image.is_empty() {
             return Err(field_error("image", "must not be empty"));
@@ -325,6 +356,20 @@ impl ServiceSpec {
             return Err(field_error("resources.pids_max", "must be at least 1"));
         }
         self.validate_workload()
+    }
+}
+
+/// An `io::Write` that only counts the bytes written.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 = self.0.saturating_add(buf.len());
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -554,6 +599,37 @@ mod tests {
             (Err(SpecError::Field { field: got, .. }), Some(want)) => assert_eq!(got, want),
             (result, want) => panic!("got {result:?}, want error on {want:?}"),
         }
+    }
+
+    #[test]
+    fn a_spec_written_now_is_bounded_in_size_but_a_stored_one_is_not() {
+        let mut spec = ServiceSpec::new("/images/web");
+        // 200 variables of 2 KiB each: under every field bound, over the size bound.
+        for index in 0..200 {
+            spec.env.insert(format!("VAR_{index}"), "x".repeat(2048));
+        }
+        let bytes = spec.encoded_bytes();
+        assert_eq!(bytes, serde_json::to_string(&spec).unwrap().len());
+        assert!(bytes > SPEC_ENCODED_BYTES_MAX);
+        assert_eq!(
+            spec.validate(),
+            Err(SpecError::TooLarge {
+                bytes,
+                max: SPEC_ENCODED_BYTES_MAX
+            })
+        );
+        assert_eq!(spec.validate_fields(), Ok(()));
+        let message = spec.validate().unwrap_err().to_string();
+        assert!(
+            message.contains("more than the limit of 262144 bytes"),
+            "{message}"
+        );
+        spec.env = std::mem::take(&mut spec.env)
+            .into_iter()
+            .take(100)
+            .collect();
+        assert!(spec.encoded_bytes() <= SPEC_ENCODED_BYTES_MAX);
+        assert_eq!(spec.validate(), Ok(()));
     }
 
     #[test]

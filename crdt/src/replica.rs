@@ -212,6 +212,11 @@ impl Replica {
         &self.peers
     }
 
+    /// Per origin, the highest counter of a tombstone this replica collected.
+    pub(crate) fn gc_floor(&self) -> &VersionVector {
+        &self.gc_floor
+    }
+
     // ---- local operations ----
 
     /// Refuses an operation that needs `count` more dots than this node has left.

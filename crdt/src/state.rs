@@ -167,11 +167,14 @@ impl Change {
         }
         match self {
             Change::Service { name, entry } => {
+                // Fields only: a spec written before its size was bounded still loads and
+                // travels (see `ServiceSpec::validate_fields`).
                 if let Some(spec) = &entry.value {
-                    spec.validate().map_err(|source| InvalidChange::Spec {
-                        service: name.clone(),
-                        source,
-                    })?;
+                    spec.validate_fields()
+                        .map_err(|source| InvalidChange::Spec {
+                            service: name.clone(),
+                            source,
+                        })?;
                 }
             }
             Change::Node { node, entry } => {
@@ -479,6 +482,13 @@ impl ClusterState {
             .get(origin)
             .and_then(|counters| counters.last_key_value())
             .map_or(0, |(counter, _)| *counter)
+    }
+
+    /// The key of every entry, tombstones included, in the order `all_changes` lists them.
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.by_dot
+            .values()
+            .flat_map(|counters| counters.values().map(|indexed| &indexed.key))
     }
 
     /// Every entry, tombstones included, in dot order.

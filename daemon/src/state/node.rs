@@ -568,6 +568,28 @@ impl Node {
         self.apply(peer, delta, true)
     }
 
+    /// [`Node::delta_for`] when its encoding fits in `encoded_bytes_max`, else `None`: the
+    /// peer then fetches [`Node::snapshot_transfer_bytes`] in pieces. Remembers the summary
+    /// like `delta_for`, and builds no more of a large delta than the budget to find out.
+    pub fn delta_within(
+        &self,
+        peer: &NodeId,
+        theirs: &Summary,
+        encoded_bytes_max: usize,
+    ) -> Option<Delta> {
+        let mut inner = self.lock();
+        inner.replica.observe_summary(peer, theirs);
+        inner.peers.entry(peer.clone()).or_default().last_summary = Some(theirs.clone());
+        inner.replica.delta_for_within(theirs, encoded_bytes_max)
+    }
+
+    /// The whole state as one encoded `Full` delta, which any peer can apply whatever it
+    /// holds: what a snapshot transfer carries. Copied under the lock, encoded after it.
+    pub fn snapshot_transfer_bytes(&self) -> Vec<u8> {
+        let delta = self.lock().replica.full_delta();
+        codec::encode_delta(&delta)
+    }
+
     /// Validates and applies a peer's delta, durably; all or nothing. A delta that changes
     /// what this node's reconcile loop plans from (a service, a member joining, leaving,
     /// coming back or changing its address, capacity or subnet) wakes the loop at once.

@@ -6,6 +6,9 @@
 //! the summary it returned. Each step is bounded by `SyncLimits` (body size, one deadline for
 //! the whole exchange). A session sends no request once the peer's certificate has expired
 //! (the handshake verified it, nothing does later): it closes the connection instead.
+//! the whole exchange). When what we lack does not fit in one body the peer answers 303: we
+//! fetch its snapshot in pieces ([`super::transfer`]) and push-pull again. What the peer lacks
+//! is pushed only when it fits in one body; otherwise the peer pulls it the same way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +19,7 @@ use http::StatusCode;
 use shoal_crdt::{Delta, NodeId, codec};
 
 use super::tls::{peer_node_id, peer_not_after, server_name_for};
+use super::transfer::{SNAPSHOT_TRANSFERS_PER_SYNC_MAX, TransferGate, fetch_snapshot};
 use super::wire::{self, CONTENT_TYPE, PATH_PUSH, PATH_SYNC};
 use super::{SyncError, SyncLimits};
 use crate::state::{Node, NodeError, SyncOutcome};
@@ -35,6 +39,9 @@ pub struct SyncStats {
     /// Entries in the delta received from the peer and in the one pushed back.
     pub entries_received: usize,
     pub entries_sent: usize,
+    /// Bytes of snapshots fetched in pieces (counted in `bytes_received` too); 0 when the
+    /// delta fit in one body.
+    pub snapshot_bytes_received: u64,
 }
 
 /// A response: status and body (bounded by `body_bytes_max`).
@@ -289,7 +296,8 @@ async fn apply_blocking(node: &Arc<Node>, peer: &NodeId, delta: Delta) -> Result
 }
 
 /// One anti-entropy exchange with the peer at `address`: pull what we lack, push what it
-/// lacks. The outcome is recorded with `Node::record_sync` once the peer's id is known.
+/// lacks. The outcome is recorded with `Node::record_sync` once the peer's id is known. A
+/// snapshot transfer this needs is not limited to one at a time (see [`sync_once_with`]).
 pub async fn sync_once(
     endpoint: &quinn::Endpoint,
     node: &Arc<Node>,
@@ -297,15 +305,42 @@ pub async fn sync_once(
     expected: Option<&NodeId>,
     limits: &SyncLimits,
 ) -> Result<SyncStats, SyncError> {
+    sync_once_with(
+        endpoint,
+        node,
+        address,
+        expected,
+        limits,
+        &TransferGate::default(),
+    )
+    .await
+}
+
+/// [`sync_once`], where a snapshot transfer (the delta we lack does not fit in one body) must
+/// hold `gate`: the gossip loop shares one gate across its exchanges, so a node fetches one
+/// snapshot at a time.
+///
+/// The push-pull proper has one deadline (`request_timeout_ms`); a snapshot transfer in
+/// between has one per piece, and the push-pull after it a fresh one.
+pub async fn sync_once_with(
+    endpoint: &quinn::Endpoint,
+    node: &Arc<Node>,
+    address: SocketAddr,
+    expected: Option<&NodeId>,
+    limits: &SyncLimits,
+    gate: &TransferGate,
+) -> Result<SyncStats, SyncError> {
     let mut known_peer = expected.cloned();
-    let exchange = exchange(endpoint, node, address, expected, limits, &mut known_peer);
-    let result = match tokio::time::timeout(limits.request_timeout(), exchange).await {
-        Ok(result) => result,
-        Err(_) => Err(SyncError::Timeout {
-            peer: address,
-            timeout_ms: limits.request_timeout_ms,
-        }),
-    };
+    let result = exchange(
+        endpoint,
+        node,
+        address,
+        expected,
+        limits,
+        gate,
+        &mut known_peer,
+    )
+    .await;
     match (&result, &known_peer) {
         (Ok(stats), _) => node.record_sync(
             &stats.peer,
@@ -321,34 +356,108 @@ pub async fn sync_once(
     result
 }
 
+/// `future` within `request_timeout_ms`.
+async fn within<T>(
+    limits: &SyncLimits,
+    address: SocketAddr,
+    future: impl std::future::Future<Output = Result<T, SyncError>>,
+) -> Result<T, SyncError> {
+    match tokio::time::timeout(limits.request_timeout(), future).await {
+        Ok(result) => result,
+        Err(_) => Err(SyncError::Timeout {
+            peer: address,
+            timeout_ms: limits.request_timeout_ms,
+        }),
+    }
+}
+
+/// How a push-pull ended.
+enum PushPull {
+    Done,
+    /// The delta we lack does not fit in one body (303): fetch the peer's snapshot.
+    SnapshotNeeded,
+}
+
 async fn exchange(
     endpoint: &quinn::Endpoint,
     node: &Arc<Node>,
     address: SocketAddr,
     expected: Option<&NodeId>,
     limits: &SyncLimits,
+    gate: &TransferGate,
     known_peer: &mut Option<NodeId>,
 ) -> Result<SyncStats, SyncError> {
-    let mut session = connect(endpoint, address, expected, limits).await?;
-    let peer = session.peer().clone();
-    *known_peer = Some(peer.clone());
-    if &peer == node.node_id() {
-        session.close();
-        return Err(SyncError::SelfConnection { peer: address });
+    let (mut session, mut stats, mut step) = within(limits, address, async {
+        let mut session = connect(endpoint, address, expected, limits).await?;
+        let peer = session.peer().clone();
+        *known_peer = Some(peer.clone());
+        if &peer == node.node_id() {
+            session.close();
+            return Err(SyncError::SelfConnection { peer: address });
+        }
+        let mut stats = SyncStats {
+            peer,
+            bytes_sent: 0,
+            bytes_received: 0,
+            udp_bytes_sent: 0,
+            udp_bytes_received: 0,
+            entries_received: 0,
+            entries_sent: 0,
+            snapshot_bytes_received: 0,
+        };
+        let step = push_pull(&mut session, node, limits, &mut stats).await?;
+        Ok((session, stats, step))
+    })
+    .await?;
+    let mut last = None;
+    let mut transfers = 0;
+    while let PushPull::SnapshotNeeded = step {
+        if transfers == SNAPSHOT_TRANSFERS_PER_SYNC_MAX {
+            return Err(SyncError::Status {
+                peer: address,
+                path: PATH_SYNC,
+                status: StatusCode::SEE_OTHER.as_u16(),
+                message: format!(
+                    "still too large for one body after {transfers} snapshot transfers"
+                ),
+            });
+        }
+        transfers += 1;
+        let fetched = fetch_snapshot(&mut session, node, limits, gate, last).await?;
+        last = Some(fetched.transfer);
+        stats.bytes_received += fetched.bytes;
+        stats.snapshot_bytes_received += fetched.bytes;
+        stats.entries_received += fetched.entries;
+        step = within(
+            limits,
+            address,
+            push_pull(&mut session, node, limits, &mut stats),
+        )
+        .await?;
     }
+    (stats.udp_bytes_sent, stats.udp_bytes_received) = session.udp_bytes();
+    session.close();
+    Ok(stats)
+}
+
+/// `POST /v1/sync` with our summary, apply what we lack, `POST /v1/push` what the peer lacks.
+/// A delta for the peer that does not fit in one body is not pushed: the peer pulls it.
+async fn push_pull(
+    session: &mut PeerSession,
+    node: &Arc<Node>,
+    limits: &SyncLimits,
+    stats: &mut SyncStats,
+) -> Result<PushPull, SyncError> {
+    let address = session.address();
+    let peer = session.peer().clone();
     let summary = codec::encode_summary(&node.summary());
-    let mut stats = SyncStats {
-        peer: peer.clone(),
-        bytes_sent: summary.len() as u64,
-        bytes_received: 0,
-        udp_bytes_sent: 0,
-        udp_bytes_received: 0,
-        entries_received: 0,
-        entries_sent: 0,
-    };
+    stats.bytes_sent += summary.len() as u64;
     let reply = session.post(PATH_SYNC, summary).await?;
-    expect_status(&session, PATH_SYNC, &reply, StatusCode::OK)?;
-    stats.bytes_received = reply.body.len() as u64;
+    if reply.status == StatusCode::SEE_OTHER {
+        return Ok(PushPull::SnapshotNeeded);
+    }
+    expect_status(session, PATH_SYNC, &reply, StatusCode::OK)?;
+    stats.bytes_received += reply.body.len() as u64;
     let (delta, theirs) =
         wire::decode_sync_response(&reply.body, limits.body_bytes_max).map_err(|source| {
             SyncError::Decode {
@@ -356,25 +465,31 @@ async fn exchange(
                 source,
             }
         })?;
-    stats.entries_received = delta.entry_count();
+    stats.entries_received += delta.entry_count();
     if !delta.is_empty() {
         apply_blocking(node, &peer, delta).await?;
     }
-    let back = node.delta_for(&peer, &theirs);
-    if !back.is_empty() {
-        stats.entries_sent = back.entry_count();
-        let body = codec::encode_delta(&back);
-        stats.bytes_sent += body.len() as u64;
-        let reply = session.post(PATH_PUSH, body).await?;
-        expect_status(&session, PATH_PUSH, &reply, StatusCode::NO_CONTENT)?;
+    match node.delta_within(&peer, &theirs, limits.body_bytes_max) {
+        Some(back) if !back.is_empty() => {
+            stats.entries_sent += back.entry_count();
+            let body = codec::encode_delta(&back);
+            stats.bytes_sent += body.len() as u64;
+            let reply = session.post(PATH_PUSH, body).await?;
+            expect_status(session, PATH_PUSH, &reply, StatusCode::NO_CONTENT)?;
+        }
+        Some(_) => {}
+        None => tracing::debug!(
+            %peer,
+            body_bytes_max = limits.body_bytes_max,
+            "what the peer lacks exceeds body_bytes_max; it fetches a snapshot from us"
+        ),
     }
-    (stats.udp_bytes_sent, stats.udp_bytes_received) = session.udp_bytes();
-    session.close();
-    Ok(stats)
+    Ok(PushPull::Done)
 }
 
 /// Eagerly pushes `delta` (a local change) to the peer at `address`. When the peer lacks the
-/// base of the delta (409), falls back to a full push-pull with [`sync_once`].
+/// base of the delta (409), falls back to a full push-pull with [`sync_once`]. A delta whose
+/// encoding exceeds `body_bytes_max` is not pushed; see [`push_with`].
 pub async fn push(
     endpoint: &quinn::Endpoint,
     node: &Arc<Node>,
@@ -383,6 +498,37 @@ pub async fn push(
     delta: &Delta,
     limits: &SyncLimits,
 ) -> Result<SyncStats, SyncError> {
+    push_with(
+        endpoint,
+        node,
+        address,
+        expected,
+        delta,
+        limits,
+        &TransferGate::default(),
+    )
+    .await
+}
+
+/// [`push`], whose fallback push-pull is [`sync_once_with`] `gate`. A delta whose encoding
+/// exceeds `body_bytes_max` is refused here with [`SyncError::PushTooLarge`], unsent: the
+/// peers pull it (in pieces) by anti-entropy.
+pub async fn push_with(
+    endpoint: &quinn::Endpoint,
+    node: &Arc<Node>,
+    address: SocketAddr,
+    expected: Option<&NodeId>,
+    delta: &Delta,
+    limits: &SyncLimits,
+    gate: &TransferGate,
+) -> Result<SyncStats, SyncError> {
+    let bytes = shoal_crdt::encoded_delta_bytes(delta);
+    if bytes > limits.body_bytes_max {
+        return Err(SyncError::PushTooLarge {
+            bytes,
+            body_bytes_max: limits.body_bytes_max,
+        });
+    }
     let body = codec::encode_delta(delta);
     let attempt = async {
         let mut session = connect(endpoint, address, expected, limits).await?;
@@ -404,18 +550,13 @@ pub async fn push(
             udp_bytes_received,
             entries_received: 0,
             entries_sent: delta.entry_count(),
+            snapshot_bytes_received: 0,
         })
     };
-    let result = match tokio::time::timeout(limits.request_timeout(), attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(SyncError::Timeout {
-            peer: address,
-            timeout_ms: limits.request_timeout_ms,
-        }),
-    };
+    let result = within(limits, address, attempt).await;
     match result {
         Err(SyncError::Status { status, .. }) if status == StatusCode::CONFLICT.as_u16() => {
-            sync_once(endpoint, node, address, expected, limits).await
+            sync_once_with(endpoint, node, address, expected, limits, gate).await
         }
         other => other,
     }

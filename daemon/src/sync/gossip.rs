@@ -8,7 +8,11 @@
 //!   `push_queue_max` deltas; when it is full (or the broadcast lagged) the change is dropped
 //!   and counted: anti-entropy delivers it within an interval anyway. A pusher sends each delta
 //!   to every live member concurrently; a peer that lacks the delta's base (409) gets a full
-//!   push-pull instead.
+//!   push-pull instead. A delta whose encoding exceeds `body_bytes_max` is not pushed (counted
+//!   as dropped): peers pull it by anti-entropy, as a snapshot in pieces.
+//! - Large states: an exchange whose delta does not fit in one body fetches the peer's snapshot
+//!   in pieces ([`super::transfer`]); every exchange of this loop shares one
+//!   [`TransferGate`], so the node fetches one snapshot at a time.
 //! - Liveness: a member is live when the node says so (HLC heartbeat in node metadata within
 //!   `down_after_ms`) or we synced with it successfully within `down_after_ms`.
 
@@ -25,8 +29,9 @@ use tokio::task::JoinSet;
 
 use super::SyncError;
 use super::SyncLimits;
-use super::client::{push, sync_once};
+use super::client::{push_with, sync_once_with};
 use super::membership::{Member, PeerSelector, Target};
+use super::transfer::TransferGate;
 use crate::state::Node;
 
 /// How the gossip loop behaves.
@@ -69,8 +74,11 @@ pub struct GossipCounters {
     pub syncs_failed: AtomicU64,
     pub pushes_ok: AtomicU64,
     pub pushes_failed: AtomicU64,
-    /// Local changes not pushed eagerly because the queue was full or the broadcast lagged.
+    /// Local changes not pushed eagerly because the queue was full, the broadcast lagged, or
+    /// the change does not fit in one body.
     pub pushes_dropped: AtomicU64,
+    /// Snapshots fetched in pieces (the delta this node lacked did not fit in one body).
+    pub snapshots_fetched: AtomicU64,
 }
 
 impl GossipCounters {
@@ -116,6 +124,7 @@ pub async fn run_gossip_with_counters(
         limits,
         counters: counters.clone(),
         selector,
+        transfers: TransferGate::default(),
     };
     let (queue_sender, queue) = mpsc::channel::<Arc<Delta>>(driver.cfg.push_queue_max);
     let changes = driver.node.subscribe_changes();
@@ -138,6 +147,7 @@ pub async fn run_gossip_with_counters(
         pushes_ok = GossipCounters::get(&counters.pushes_ok),
         pushes_failed = GossipCounters::get(&counters.pushes_failed),
         pushes_dropped = GossipCounters::get(&counters.pushes_dropped),
+        snapshots_fetched = GossipCounters::get(&counters.snapshots_fetched),
         "gossip stopped"
     );
 }
@@ -149,6 +159,8 @@ struct Driver {
     limits: SyncLimits,
     counters: Arc<GossipCounters>,
     selector: Arc<std::sync::Mutex<PeerSelector>>,
+    /// One snapshot transfer at a time, across anti-entropy and push fallbacks.
+    transfers: TransferGate,
 }
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -192,7 +204,12 @@ impl Driver {
             (&self.counters.syncs_ok, &self.counters.syncs_failed)
         };
         match result {
-            Ok(_) => GossipCounters::add(ok, 1),
+            Ok(stats) => {
+                GossipCounters::add(ok, 1);
+                if stats.snapshot_bytes_received > 0 {
+                    GossipCounters::add(&self.counters.snapshots_fetched, 1);
+                }
+            }
             Err(SyncError::SelfConnection { peer }) => {
                 self.selector().mark_self(*peer);
                 tracing::debug!(address = %peer, "seed is this node itself; not dialing it again");
@@ -253,13 +270,15 @@ impl Driver {
                 let endpoint = self.endpoint.clone();
                 let node = self.node.clone();
                 let limits = self.limits.clone();
+                let transfers = self.transfers.clone();
                 exchanges.spawn(async move {
-                    let result = sync_once(
+                    let result = sync_once_with(
                         &endpoint,
                         &node,
                         target.address,
                         target.expected.as_ref(),
                         &limits,
+                        &transfers,
                     )
                     .await;
                     (target, result)
@@ -315,6 +334,16 @@ impl Driver {
                     None => return,
                 },
             };
+            let bytes = shoal_crdt::encoded_delta_bytes(&delta);
+            if bytes > self.limits.body_bytes_max {
+                GossipCounters::add(&self.counters.pushes_dropped, 1);
+                tracing::debug!(
+                    bytes,
+                    body_bytes_max = self.limits.body_bytes_max,
+                    "local change over body_bytes_max: left to anti-entropy"
+                );
+                continue;
+            }
             let targets = {
                 let selector = self.selector();
                 selector.push_targets(&self.members(), &self.node.seed_peers())
@@ -322,13 +351,14 @@ impl Driver {
             let pushes = targets.iter().map(|target| {
                 let delta = delta.clone();
                 async move {
-                    let result = push(
+                    let result = push_with(
                         &self.endpoint,
                         &self.node,
                         target.address,
                         target.expected.as_ref(),
                         &delta,
                         &self.limits,
+                        &self.transfers,
                     )
                     .await;
                     (target, result)

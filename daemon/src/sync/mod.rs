@@ -1,13 +1,15 @@
 //! State sync between nodes over mutually authenticated HTTP/3 (quinn + h3 + rustls).
 //!
 //! - [`wire`]: the protocol: versioned paths, body framing, status codes.
-//! - [`server`]: [`serve`] answers `POST /v1/sync`, `POST /v1/push` and `GET /v1/logs` on the
-//!   endpoint.
+//! - [`server`]: [`serve`] answers `POST /v1/sync`, `POST /v1/push`, `GET /v1/logs` and
+//!   `GET /v1/snapshot` on the endpoint.
 //! - [`client`]: [`sync_once`] (one push-pull with a peer) and [`push`] (eager push).
 //! - [`logs`]: remote `shoal logs`: the [`LogSource`] seam the server reads this node's
 //!   containers through, and [`fetch_log`] for the caller.
 //! - [`membership`]: sans-IO choice of whom to sync with, with seeded randomness.
 //! - [`gossip`]: [`run_gossip`], the anti-entropy loop plus eager push of local changes.
+//! - [`transfer`]: a state too large for one body travels as a snapshot in pieces
+//!   (`GET /v1/snapshot`): the server's cache and the caller's download.
 //!
 //! One UDP socket ([`bind_endpoint`]) serves both directions: the endpoint accepts peers'
 //! connections and dials peers with our certificate. Both directions take the certificate and
@@ -23,6 +25,7 @@ pub mod membership;
 pub mod pki;
 pub mod server;
 pub mod tls;
+pub mod transfer;
 pub mod wire;
 
 use std::net::SocketAddr;
@@ -31,7 +34,9 @@ use std::time::Duration;
 
 use shoal_crdt::NodeId;
 
-pub use client::{PeerSession, Reply, SyncStats, connect, push, sync_once};
+pub use client::{
+    PeerSession, Reply, SyncStats, connect, push, push_with, sync_once, sync_once_with,
+};
 pub use gossip::{GossipConfig, GossipCounters, run_gossip};
 pub use logs::{LogSource, LogSourceError, fetch_log};
 pub use server::serve;
@@ -116,6 +121,14 @@ pub enum SyncError {
     },
     #[error("applying the delta from {peer} failed: {reason}")]
     Apply { peer: NodeId, reason: String },
+    #[error("a delta of {bytes} bytes is over body_bytes_max ({body_bytes_max}); not pushed")]
+    PushTooLarge { bytes: usize, body_bytes_max: usize },
+    #[error("snapshot from {peer}: {source}")]
+    Snapshot {
+        peer: SocketAddr,
+        #[source]
+        source: transfer::TransferError,
+    },
 }
 
 /// Binds the node's UDP socket: an HTTP/3 server requiring client certificates, and the

@@ -1,6 +1,8 @@
 //! The answering side of sync: accepts mutually authenticated HTTP/3 connections and serves
-//! `POST /v1/sync`, `POST /v1/push` and `GET /v1/logs` (see [`super::wire`]; logs are read
-//! through the [`LogSource`] the caller gives, see [`super::logs`]).
+//! `POST /v1/sync`, `POST /v1/push`, `GET /v1/logs` and `GET /v1/snapshot` (see
+//! [`super::wire`]; logs are read through the [`LogSource`] the caller gives, see
+//! [`super::logs`]; a delta too large for one body is answered with 303 and fetched as a
+//! snapshot in pieces from the server's [`SnapshotCache`], see [`super::transfer`]).
 //!
 //! Bounds: at most `connections_max` connections at once (more are refused before the
 //! handshake), `STREAMS_PER_CONNECTION_MAX` concurrent requests per connection (QUIC stream
@@ -31,6 +33,7 @@ use tokio::task::JoinSet;
 
 use super::logs::{self, LogSource};
 use super::tls::{peer_node_id, peer_not_after};
+use super::transfer::{self, SnapshotCache};
 use super::wire::{self, CONTENT_TYPE, Route};
 use super::{SyncError, SyncLimits};
 use crate::state::{Node, NodeError};
@@ -52,6 +55,7 @@ pub async fn serve(
     );
     assert!(limits.body_bytes_max > 0, "body_bytes_max must be positive");
     let permits = Arc::new(Semaphore::new(limits.connections_max));
+    let snapshots = Arc::new(SnapshotCache::new());
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
     loop {
@@ -66,6 +70,7 @@ pub async fn serve(
                             node.clone(),
                             limits.clone(),
                             logs.clone(),
+                            snapshots.clone(),
                             permit,
                         ));
                     }
@@ -101,6 +106,7 @@ async fn serve_connection(
     node: Arc<Node>,
     limits: SyncLimits,
     logs: Option<Arc<dyn LogSource>>,
+    snapshots: Arc<SnapshotCache>,
     _permit: OwnedSemaphorePermit,
 ) {
     let remote = incoming.remote_address();
@@ -174,6 +180,7 @@ async fn serve_connection(
                         remote,
                         limits: limits.clone(),
                         logs: logs.clone(),
+                        snapshots: snapshots.clone(),
                     };
                     requests.spawn(async move {
                         match resolver.resolve_request().await {
@@ -213,6 +220,7 @@ struct RequestContext {
     remote: SocketAddr,
     limits: SyncLimits,
     logs: Option<Arc<dyn LogSource>>,
+    snapshots: Arc<SnapshotCache>,
 }
 
 /// A refusal: status and a reason for the caller.
@@ -340,23 +348,25 @@ impl RequestContext {
         match route {
             Route::Sync => {
                 let theirs = wire::decode_summary(&body, max).map_err(decode_refusal)?;
-                let delta = self.node.delta_for(&self.peer, &theirs);
-                let response = wire::encode_sync_response(&delta, &self.node.summary());
-                if response.len() > max {
-                    tracing::error!(
+                let ours = self.node.summary();
+                let room = wire::sync_delta_bytes_max(max, &ours);
+                let Some(delta) = self.node.delta_within(&self.peer, &theirs, room) else {
+                    tracing::debug!(
                         peer = %self.peer,
-                        bytes = response.len(),
                         body_bytes_max = max,
-                        "delta for peer exceeds body_bytes_max; raise the limit on every node"
+                        "delta for peer exceeds body_bytes_max; it fetches a snapshot in pieces"
                     );
-                    return Err(Refusal::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!(
-                            "the delta for you is {} bytes, over the limit of {max} bytes",
-                            response.len()
-                        ),
-                    ));
-                }
+                    return Ok(Some((
+                        StatusCode::SEE_OTHER,
+                        Bytes::from(format!(
+                            "the delta for you does not fit in {max} bytes; \
+                             fetch GET {} in pieces",
+                            wire::PATH_SNAPSHOT
+                        )),
+                    )));
+                };
+                let response = wire::encode_sync_response(&delta, &ours);
+                debug_assert!(response.len() <= max, "a bounded delta overflows its body");
                 Ok(Some((StatusCode::OK, Bytes::from(response))))
             }
             Route::Push => {
@@ -382,6 +392,21 @@ impl RequestContext {
                 let query = wire::LogQuery::parse(request.uri().query()).map_err(decode_refusal)?;
                 tracing::debug!(peer = %self.peer, container = %query.container, "log request");
                 let piece = logs::answer(self.logs.clone(), self.node.node_id(), query, max)
+                    .await
+                    .map_err(|refusal| Refusal::new(refusal.status, refusal.message))?;
+                Ok(Some((StatusCode::OK, Bytes::from(piece))))
+            }
+            Route::Snapshot => {
+                if !body.is_empty() {
+                    return Err(Refusal::new(
+                        StatusCode::BAD_REQUEST,
+                        format!("GET {} takes no body", wire::PATH_SNAPSHOT),
+                    ));
+                }
+                let query =
+                    wire::SnapshotQuery::parse(request.uri().query()).map_err(decode_refusal)?;
+                tracing::debug!(peer = %self.peer, ?query, "snapshot piece request");
+                let piece = transfer::answer(self.snapshots.clone(), self.node.clone(), query, max)
                     .await
                     .map_err(|refusal| Refusal::new(refusal.status, refusal.message))?;
                 Ok(Some((StatusCode::OK, Bytes::from(piece))))

@@ -6,6 +6,21 @@
 //!   lacks and `S` the server's encoded `Summary`, so the caller can push back what the server
 //!   lacks with `/v1/push`.
 //! - `/v1/push`: body = an encoded `Delta`. Response 204 once it is durable and applied.
+//!   A caller does not push a delta whose encoding exceeds `body_bytes_max`; the peer pulls it.
+//!
+//! When the delta for a `/v1/sync` caller does not fit in the server's `body_bytes_max`
+//! (a new node joining a large state, or one that fell far behind), the server answers
+//! **303** with a `text/plain` reason instead: the caller fetches the server's whole state
+//! as one encoded `Full` delta, in pieces, and applies it whole (design in
+//! `shoal_crdt`'s `transfer` module, cache and download in [`super::transfer`]):
+//! - `GET /v1/snapshot?offset=<o>&bytes_max=<n>` starts (or joins) a transfer,
+//!   `GET /v1/snapshot?transfer=<id>&offset=<o>&bytes_max=<n>` continues one
+//!   ([`SnapshotQuery`]): response 200, body = an encoded [`SnapshotPiece`]: the transfer id
+//!   (the SHA-256 of the whole encoded delta, 64 hex digits in the query), the whole length,
+//!   the offset and at most `bytes_max` bytes from it (the server lowers it so the reply fits
+//!   its `body_bytes_max`, see [`snapshot_piece_bytes_max`]). The query is at most
+//!   [`SNAPSHOT_QUERY_BYTES_MAX`] bytes. 410 when the server no longer holds that transfer (the
+//!   caller starts again), 416 for an offset past its end.
 //!
 //! Remote `shoal logs` is a `GET` without a body, answered by the node that runs the container:
 //! - `/v1/logs?container=<id>&stdout=<offset>&stderr=<offset>&bytes_max=<n>` ([`LogQuery`]):
@@ -16,25 +31,30 @@
 //!   bytes, holds exactly these four keys once each, and a container id needs no escaping.
 //!
 //! Every encoded part carries a magic and a format version: the codec's for states, `SHLG`
-//! and [`LOG_FORMAT_VERSION`] for log pieces. Refusals answer with a `text/plain` reason:
+//! and [`LOG_FORMAT_VERSION`] for log pieces, `SHSN` and [`SNAPSHOT_FORMAT_VERSION`] for
+//! snapshot pieces. Refusals answer with a `text/plain` reason:
 //! 400 malformed, truncated or wrong-version body, a body longer or shorter than its
 //! `content-length`, malformed log query, or a body on `GET`;
 //! 403 a push from a peer that is not a member and does not join with it (`Node::apply_push`),
 //! or from a peer with the answering node's own name; 404 unknown path (including other
-//! protocol versions), or a container that is not on the answering node; 405 wrong method (`POST` for sync and push, `GET` for logs); 409 stale base
-//! (the caller pulls first); 413 body over the limit (refused before it is read in full); 414
-//! log query over [`LOG_QUERY_BYTES_MAX`]; 422 clock too far ahead; 500 storage or log file
-//! failure; 503 server busy. A refused request changes nothing, and only `/v1/push` changes
-//! the answering node's replicated state (reading logs changes nothing at all).
+//! protocol versions), or a container that is not on the answering node; 405 wrong method
+//! (`POST` for sync and push, `GET` for logs and snapshots); 409 stale base (the caller pulls
+//! first); 410 snapshot transfer no longer held; 413 body over the limit (refused before it
+//! is read in full); 414 log or snapshot query over its limit; 416 snapshot offset past the
+//! end; 422 clock too far ahead; 500 storage or log file failure; 503 server busy. A refused
+//! request changes nothing, and only `/v1/push` changes the answering node's replicated
+//! state (reading logs or snapshots changes nothing at all).
 
 use http::StatusCode;
 use serde::{Deserialize, Serialize};
+use sha2::Digest;
 use shoal_crdt::codec::{self, DecodeError};
 use shoal_crdt::{ContainerId, Delta, Summary};
 
 pub const PATH_SYNC: &str = "/v1/sync";
 pub const PATH_PUSH: &str = "/v1/push";
 pub const PATH_LOGS: &str = "/v1/logs";
+pub const PATH_SNAPSHOT: &str = "/v1/snapshot";
 /// The path prefix of the protocol version this build speaks.
 pub const PATH_PREFIX: &str = "/v1/";
 pub const CONTENT_TYPE: &str = "application/vnd.shoal";
@@ -76,6 +96,12 @@ pub enum WireError {
         bytes: usize,
         max: u64,
     },
+    #[error("snapshot query: {0}")]
+    SnapshotQuery(String),
+    #[error("snapshot query of {bytes} bytes is longer than the limit of {max} bytes")]
+    SnapshotQueryTooLong { bytes: usize, max: usize },
+    #[error("snapshot piece: {0}")]
+    SnapshotPiece(String),
 }
 
 impl WireError {
@@ -86,7 +112,9 @@ impl WireError {
                 source: DecodeError::TooLarge { .. },
                 ..
             } => StatusCode::PAYLOAD_TOO_LARGE,
-            WireError::QueryTooLong { .. } => StatusCode::URI_TOO_LONG,
+            WireError::QueryTooLong { .. } | WireError::SnapshotQueryTooLong { .. } => {
+                StatusCode::URI_TOO_LONG
+            }
             _ => StatusCode::BAD_REQUEST,
         }
     }
@@ -110,6 +138,7 @@ pub enum Route {
     Sync,
     Push,
     Logs,
+    Snapshot,
 }
 
 impl Route {
@@ -117,7 +146,7 @@ impl Route {
     pub fn method(self) -> http::Method {
         match self {
             Route::Sync | Route::Push => http::Method::POST,
-            Route::Logs => http::Method::GET,
+            Route::Logs | Route::Snapshot => http::Method::GET,
         }
     }
 }
@@ -135,6 +164,7 @@ pub fn route(method: &http::Method, path: &str) -> Result<Route, RouteError> {
         PATH_SYNC => Route::Sync,
         PATH_PUSH => Route::Push,
         PATH_LOGS => Route::Logs,
+        PATH_SNAPSHOT => Route::Snapshot,
         _ if path.starts_with("/v") && !path.starts_with(PATH_PREFIX) => {
             return Err(RouteError {
                 status: StatusCode::NOT_FOUND,
@@ -374,6 +404,232 @@ pub fn decode_log_piece(
     Ok(piece)
 }
 
+/// Room for the delta of a `/v1/sync` response next to `summary` within `body_bytes_max`.
+pub fn sync_delta_bytes_max(body_bytes_max: usize, summary: &Summary) -> usize {
+    body_bytes_max
+        .saturating_sub(LENGTH_PREFIX_BYTES)
+        .saturating_sub(codec::encode_summary(summary).len())
+}
+
+/// Longest query string `GET /v1/snapshot` accepts (a 64-digit transfer id and two 20-digit
+/// numbers need under 140); a longer one is refused with 414.
+pub const SNAPSHOT_QUERY_BYTES_MAX: usize = 256;
+/// Format version of an encoded [`SnapshotPiece`]; bump on an incompatible change.
+pub const SNAPSHOT_FORMAT_VERSION: u16 = 1;
+const SNAPSHOT_MAGIC: &[u8; 4] = b"SHSN";
+const SNAPSHOT_HEADER_BYTES: usize = 6;
+/// What an encoded [`SnapshotPiece`] adds to its data: the header, the 32-byte transfer id, and
+/// the total, the offset and the data's length, each varint at most 10 bytes.
+pub const SNAPSHOT_PIECE_OVERHEAD_BYTES: usize = 96;
+/// Fewest bytes a piece that does not end its snapshot may hold (a server's `body_bytes_max`
+/// is at least 4 KiB), so a transfer ends within a bounded number of requests.
+pub const SNAPSHOT_PIECE_BYTES_MIN: u64 = 1024;
+
+/// Names one snapshot transfer: the SHA-256 of the encoded delta it carries. Written as 64
+/// lowercase hex digits in queries and messages.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct TransferId(pub [u8; 32]);
+
+impl TransferId {
+    /// The id of a transfer of `bytes`.
+    pub fn of(bytes: &[u8]) -> TransferId {
+        TransferId(sha2::Sha256::digest(bytes).into())
+    }
+}
+
+impl std::fmt::Display for TransferId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for TransferId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TransferId({self})")
+    }
+}
+
+impl std::str::FromStr for TransferId {
+    type Err = WireError;
+
+    fn from_str(text: &str) -> Result<TransferId, WireError> {
+        let mut id = [0u8; 32];
+        if text.len() != 64 || !text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return Err(WireError::SnapshotQuery(format!(
+                "transfer {text:?} is not 64 lowercase hex digits"
+            )));
+        }
+        hex::decode_to_slice(text, &mut id)
+            .map_err(|error| WireError::SnapshotQuery(format!("transfer {text:?}: {error}")))?;
+        Ok(TransferId(id))
+    }
+}
+
+/// `GET /v1/snapshot`: which transfer (none: start or join the current one), from which
+/// offset, and how many bytes at most.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotQuery {
+    pub transfer: Option<TransferId>,
+    pub offset: u64,
+    /// Most bytes of the snapshot the caller takes in one reply; at least 1.
+    pub bytes_max: u64,
+}
+
+impl SnapshotQuery {
+    /// The query string, without the `?`.
+    pub fn to_query(&self) -> String {
+        let mut query = String::new();
+        if let Some(transfer) = &self.transfer {
+            query.push_str(&format!("transfer={transfer}&"));
+        }
+        query.push_str(&format!(
+            "offset={}&bytes_max={}",
+            self.offset, self.bytes_max
+        ));
+        query
+    }
+
+    /// The path and query of the request.
+    pub fn path_and_query(&self) -> String {
+        format!("{PATH_SNAPSHOT}?{}", self.to_query())
+    }
+
+    /// Parses a query string: `offset` and `bytes_max` once each, `transfer` at most once,
+    /// nothing else.
+    pub fn parse(query: Option<&str>) -> Result<SnapshotQuery, WireError> {
+        let query = query.unwrap_or("");
+        if query.len() > SNAPSHOT_QUERY_BYTES_MAX {
+            return Err(WireError::SnapshotQueryTooLong {
+                bytes: query.len(),
+                max: SNAPSHOT_QUERY_BYTES_MAX,
+            });
+        }
+        let mut transfer = None;
+        let mut offset = None;
+        let mut bytes_max = None;
+        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
+            let Some((key, value)) = pair.split_once('=') else {
+                return Err(WireError::SnapshotQuery(format!(
+                    "{pair:?} is not key=value"
+                )));
+            };
+            let number = |value: &str| {
+                value.parse::<u64>().map_err(|_| {
+                    WireError::SnapshotQuery(format!("{key}={value:?} is not a whole number"))
+                })
+            };
+            let given_before = match key {
+                "transfer" => transfer.replace(value.parse::<TransferId>()?).is_some(),
+                "offset" => offset.replace(number(value)?).is_some(),
+                "bytes_max" => bytes_max.replace(number(value)?).is_some(),
+                _ => {
+                    return Err(WireError::SnapshotQuery(format!(
+                        "unknown key {key:?}; expected transfer, offset and bytes_max"
+                    )));
+                }
+            };
+            if given_before {
+                return Err(WireError::SnapshotQuery(format!("{key} given twice")));
+            }
+        }
+        let missing = |key: &str| WireError::SnapshotQuery(format!("{key} is missing"));
+        let query = SnapshotQuery {
+            transfer,
+            offset: offset.ok_or_else(|| missing("offset"))?,
+            bytes_max: bytes_max.ok_or_else(|| missing("bytes_max"))?,
+        };
+        if query.bytes_max == 0 {
+            return Err(WireError::SnapshotQuery(
+                "bytes_max must be at least 1".to_string(),
+            ));
+        }
+        if query.transfer.is_none() && query.offset != 0 {
+            return Err(WireError::SnapshotQuery(format!(
+                "offset {} without a transfer; a transfer starts at offset 0",
+                query.offset
+            )));
+        }
+        Ok(query)
+    }
+}
+
+/// The answer to `GET /v1/snapshot`: bytes of one encoded `Full` delta and where they are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotPiece {
+    pub transfer: TransferId,
+    /// Length of the whole encoded delta.
+    pub total_bytes: u64,
+    /// Where `data` starts in it.
+    pub offset: u64,
+    pub data: Vec<u8>,
+}
+
+/// Most snapshot bytes a [`SnapshotPiece`] may hold so that its encoding fits in
+/// `body_bytes_max`.
+pub fn snapshot_piece_bytes_max(body_bytes_max: usize) -> u64 {
+    let room = body_bytes_max.saturating_sub(SNAPSHOT_PIECE_OVERHEAD_BYTES);
+    u64::try_from(room.max(1)).unwrap_or(u64::MAX)
+}
+
+pub fn encode_snapshot_piece(piece: &SnapshotPiece) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(SNAPSHOT_PIECE_OVERHEAD_BYTES + piece.data.len());
+    bytes.extend_from_slice(SNAPSHOT_MAGIC);
+    bytes.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+    postcard::to_extend(piece, bytes).expect("in-memory values serialize")
+}
+
+/// Decodes a [`SnapshotPiece`], refusing one with more than `bytes_max` bytes of data (the
+/// caller's own bound, paired with the server's) or that reaches past its snapshot's end.
+pub fn decode_snapshot_piece(
+    bytes: &[u8],
+    body_bytes_max: usize,
+    bytes_max: u64,
+) -> Result<SnapshotPiece, WireError> {
+    let refuse = |source| WireError::Decode {
+        part: "snapshot piece",
+        source,
+    };
+    if bytes.len() > body_bytes_max {
+        return Err(refuse(DecodeError::TooLarge {
+            size: bytes.len(),
+            max: body_bytes_max,
+        }));
+    }
+    if bytes.len() < SNAPSHOT_HEADER_BYTES || &bytes[..4] != SNAPSHOT_MAGIC {
+        return Err(refuse(DecodeError::BadMagic));
+    }
+    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+    if version != SNAPSHOT_FORMAT_VERSION {
+        return Err(refuse(DecodeError::UnsupportedVersion {
+            found: version,
+            supported: SNAPSHOT_FORMAT_VERSION,
+        }));
+    }
+    let (piece, rest): (SnapshotPiece, _) =
+        postcard::take_from_bytes(&bytes[SNAPSHOT_HEADER_BYTES..])
+            .map_err(|error| refuse(DecodeError::Malformed(error.to_string())))?;
+    if !rest.is_empty() {
+        return Err(refuse(DecodeError::TrailingBytes));
+    }
+    let length = piece.data.len() as u64;
+    if length > bytes_max {
+        return Err(WireError::SnapshotPiece(format!(
+            "{length} bytes, more than the {bytes_max} asked for"
+        )));
+    }
+    if piece
+        .offset
+        .checked_add(length)
+        .is_none_or(|end| end > piece.total_bytes)
+    {
+        return Err(WireError::SnapshotPiece(format!(
+            "{length} bytes at offset {} reach past the snapshot's {} bytes",
+            piece.offset, piece.total_bytes
+        )));
+    }
+    Ok(piece)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -392,6 +648,8 @@ mod tests {
         check(http::Method::POST, "/v1/sync", Ok(Route::Sync));
         check(http::Method::POST, "/v1/push", Ok(Route::Push));
         check(http::Method::GET, "/v1/logs", Ok(Route::Logs));
+        check(http::Method::GET, "/v1/snapshot", Ok(Route::Snapshot));
+        check(http::Method::POST, "/v1/snapshot", Err(405));
         check(http::Method::GET, "/v1/sync", Err(405));
         check(http::Method::POST, "/v1/logs", Err(405));
         check(http::Method::POST, "/v2/sync", Err(404));
@@ -596,5 +854,164 @@ mod tests {
         assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
         let garbage = decode_summary(b"definitely not a summary", 1 << 20).unwrap_err();
         assert_eq!(garbage.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn snapshot_queries_round_trip_and_bad_ones_are_refused_with_their_status() {
+        let id = TransferId([0xab; 32]);
+        for good in [
+            SnapshotQuery {
+                transfer: None,
+                offset: 0,
+                bytes_max: 1,
+            },
+            SnapshotQuery {
+                transfer: Some(id),
+                offset: u64::MAX,
+                bytes_max: u64::MAX,
+            },
+        ] {
+            assert!(good.to_query().len() < SNAPSHOT_QUERY_BYTES_MAX);
+            assert_eq!(SnapshotQuery::parse(Some(&good.to_query())).unwrap(), good);
+            assert!(good.path_and_query().starts_with("/v1/snapshot?"));
+        }
+        let check = |text: Option<&str>, status: u16, fragment: &str| {
+            let error = SnapshotQuery::parse(text).unwrap_err();
+            assert_eq!(error.status().as_u16(), status, "{text:?}: {error}");
+            let message = error.to_string();
+            assert!(
+                message.contains(fragment),
+                "{text:?}: {message:?} lacks {fragment:?}"
+            );
+        };
+        let hex = id.to_string();
+        check(None, 400, "offset is missing");
+        check(Some("offset=0"), 400, "bytes_max is missing");
+        check(Some("offset=0&bytes_max=0"), 400, "at least 1");
+        check(Some("offset=x&bytes_max=1"), 400, "whole number");
+        check(Some("offset=0&bytes_max=-1"), 400, "whole number");
+        check(
+            Some("offset=0&offset=0&bytes_max=1"),
+            400,
+            "offset given twice",
+        );
+        check(
+            Some("offset=0&bytes_max=1&piece=3"),
+            400,
+            "unknown key \"piece\"",
+        );
+        check(Some("offset&bytes_max=1"), 400, "key=value");
+        check(Some("offset=5&bytes_max=1"), 400, "without a transfer");
+        check(
+            Some("transfer=zz&offset=0&bytes_max=1"),
+            400,
+            "not 64 lowercase hex digits",
+        );
+        check(
+            Some(&format!(
+                "transfer={}&offset=0&bytes_max=1",
+                hex.to_uppercase()
+            )),
+            400,
+            "not 64 lowercase hex digits",
+        );
+        check(
+            Some(&format!(
+                "transfer={hex}&transfer={hex}&offset=0&bytes_max=1"
+            )),
+            400,
+            "transfer given twice",
+        );
+        let long = format!(
+            "offset=0&bytes_max=1&{}",
+            "x".repeat(SNAPSHOT_QUERY_BYTES_MAX)
+        );
+        check(Some(&long), 414, "longer than the limit of 256 bytes");
+    }
+
+    #[test]
+    fn snapshot_pieces_round_trip_within_their_bounds_and_bad_ones_are_refused() {
+        for body_bytes_max in [4096, 64 * 1024, 8 * 1024 * 1024] {
+            let room = snapshot_piece_bytes_max(body_bytes_max);
+            let full = SnapshotPiece {
+                transfer: TransferId([0xff; 32]),
+                total_bytes: u64::MAX,
+                offset: u64::MAX - room,
+                data: vec![7; room as usize],
+            };
+            let body = encode_snapshot_piece(&full);
+            assert!(
+                body.len() <= body_bytes_max,
+                "{} > {body_bytes_max}",
+                body.len()
+            );
+            assert_eq!(
+                decode_snapshot_piece(&body, body_bytes_max, room).unwrap(),
+                full
+            );
+        }
+        let piece = SnapshotPiece {
+            transfer: TransferId::of(b"abc"),
+            total_bytes: 10,
+            offset: 7,
+            data: b"abc".to_vec(),
+        };
+        let body = encode_snapshot_piece(&piece);
+        let check = |bytes: &[u8], bytes_max: u64, fragment: &str| {
+            let error = decode_snapshot_piece(bytes, 1 << 20, bytes_max).unwrap_err();
+            let message = error.to_string();
+            assert!(message.contains(fragment), "{message:?} lacks {fragment:?}");
+        };
+        check(&body, 2, "3 bytes, more than the 2 asked for");
+        check(&body[..3], 10, "magic");
+        check(&body[..body.len() - 1], 10, "malformed");
+        check(&[&body[..], &[0]].concat(), 10, "trailing");
+        let mut wrong_version = body.clone();
+        wrong_version[4..6].copy_from_slice(&9u16.to_le_bytes());
+        check(&wrong_version, 10, "format version 9");
+        check(&encode_log_piece(&piece_of_log()), 10, "magic");
+        let mut past = piece.clone();
+        past.offset = 8;
+        check(
+            &encode_snapshot_piece(&past),
+            10,
+            "reach past the snapshot's 10 bytes",
+        );
+        past.offset = u64::MAX;
+        check(&encode_snapshot_piece(&past), 10, "reach past");
+        let too_large = decode_snapshot_piece(&body, 4, 10).unwrap_err();
+        assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    }
+
+    fn piece_of_log() -> LogPiece {
+        piece(b"out", b"")
+    }
+
+    #[test]
+    fn a_sync_response_with_a_delta_of_its_room_fits_the_body() {
+        let mut a = replica("a");
+        let now = shoal_crdt::NTP64::from(Duration::from_millis(1));
+        for index in 0..50 {
+            a.put_service(
+                now,
+                format!("web-{index}").parse().unwrap(),
+                shoal_crdt::ServiceSpec::new("/img"),
+            )
+            .unwrap();
+        }
+        let theirs = replica("b").summary();
+        let summary = a.summary();
+        let exact = encode_sync_response(&a.delta_for(&theirs), &summary).len();
+        for body_bytes_max in [exact - 1, exact, exact + 1] {
+            let room = sync_delta_bytes_max(body_bytes_max, &summary);
+            match a.delta_for_within(&theirs, room) {
+                Some(delta) => {
+                    assert!(body_bytes_max >= exact);
+                    let body = encode_sync_response(&delta, &summary);
+                    assert!(body.len() <= body_bytes_max);
+                }
+                None => assert!(body_bytes_max < exact),
+            }
+        }
     }
 }

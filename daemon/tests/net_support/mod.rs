@@ -283,6 +283,44 @@ impl GossipCluster {
         }
     }
 
+    /// Starts one more node, `name`, seeded with `seeds`, with the same tasks as the others;
+    /// returns its index.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add(
+        &mut self,
+        pki: &Pki,
+        dir: &Path,
+        name: &str,
+        seeds: Vec<SocketAddr>,
+        gossip: sync::GossipConfig,
+        limits: SyncLimits,
+        heartbeat_ms: u64,
+    ) -> usize {
+        let endpoint =
+            sync::bind_endpoint("127.0.0.1:0".parse().unwrap(), &pki.material(name)).unwrap();
+        let address = endpoint.local_addr().unwrap();
+        let node = open_node_with(dir, name, address, seeds);
+        node.heartbeat().unwrap();
+        let index = self.nodes.len();
+        let gossip = sync::GossipConfig {
+            rng_seed: index as u64 + 1,
+            ..gossip
+        };
+        shoal::agent::tasks::spawn_sync_tasks(
+            &mut self.tasks,
+            &endpoint,
+            &node,
+            gossip,
+            limits,
+            None,
+            Duration::from_millis(heartbeat_ms),
+            &self.stop.subscribe(),
+        );
+        self.nodes.push(node);
+        self.addresses.push(address);
+        index
+    }
+
     /// Waits until `done` holds, or panics after `deadline`.
     pub async fn wait_until(
         &self,
