@@ -9,6 +9,14 @@ use shoal::agent::config::LogFormat;
 use shoal::cli::{Cli, Command, commands, demo, output};
 
 fn main() -> ExitCode {
+    // `shoal zygote` is the helper the daemon starts to create containers from a process
+    // with one thread (see `shoal_oci::zygote`). Checked before anything else runs, so
+    // nothing can have started a thread; hidden from the command line's help.
+    if std::env::args_os().nth(1).as_deref()
+        == Some(std::ffi::OsStr::new(shoal_oci::zygote::SUBCOMMAND))
+    {
+        return shoal_oci::zygote::main();
+    }
     let cli = Cli::parse();
     match dispatch(&cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,7 +1,8 @@
 //! Benchmark: create + start + wait + delete of `/bin/true` on one bundle, through
 //! libcontainer in-process versus the `runc` and `crun` binaries, medians over N runs
 //! (`SHOAL_BENCH_RUNS`, default 30), reported as ratios against runc measured in the same run.
-//! Also times the whole `LibcontainerRuntime` path (overlay rootfs, FIFO logs, watcher).
+//! Also times the whole `LibcontainerRuntime` path (overlay rootfs, FIFO logs, watcher), and
+//! its create+start alone (until `start` returns), the runtime's part of apply-to-running.
 //! Needs root.
 
 use std::fs;
@@ -16,7 +17,9 @@ use nix::sys::wait::waitpid;
 
 use shoal_oci::bundle::{BundleOptions, Limits, runtime_spec};
 use shoal_oci::rootfs::{RootfsMode, build_rootfs};
-use shoal_oci::{ContainerConfig, ImageStore, LibcontainerRuntime, Runtime, RuntimeSettings};
+use shoal_oci::{
+    ContainerConfig, ImageStore, LibcontainerRuntime, Runtime, RuntimeSettings, ZygoteCommand,
+};
 
 /// A one-layer busybox OCI layout whose default command is `/bin/true`.
 fn busybox_layout(dir: &Path) -> PathBuf {
@@ -134,28 +137,46 @@ fn main() {
             }),
         ));
     }
-    let (runtime, _) =
-        LibcontainerRuntime::open(RuntimeSettings::new(&dir.path().join("runtime"))).unwrap();
+    let mut settings = RuntimeSettings::new(&dir.path().join("runtime"));
+    settings.zygote = ZygoteCommand::new(env!("CARGO_BIN_EXE_shoal-oci-zygote"), [""; 0]);
+    let (runtime, _) = LibcontainerRuntime::open(settings).unwrap();
+    let config = |id: &str| ContainerConfig {
+        id: id.to_owned(),
+        image: image.clone(),
+        command: None,
+        env: Vec::new(),
+        limits: Limits::default(),
+        netns_path: None,
+        rootfs_mode: RootfsMode::Auto,
+        mounts: Vec::new(),
+        annotations: Default::default(),
+    };
     rows.push((
         "shoal LibcontainerRuntime (overlay rootfs, logs)".to_owned(),
         time_runs(runs, |run| {
             let id = format!("rt-{pid}-{run}");
-            let config = ContainerConfig {
-                id: id.clone(),
-                image: image.clone(),
-                command: None,
-                env: Vec::new(),
-                limits: Limits::default(),
-                netns_path: None,
-                rootfs_mode: RootfsMode::Auto,
-                mounts: Vec::new(),
-                annotations: Default::default(),
-            };
-            runtime.create(&config).unwrap();
+            runtime.create(&config(&id)).unwrap();
             runtime.start(&id).unwrap();
             runtime.wait(&id, 10_000).unwrap().unwrap();
             runtime.delete(&id).unwrap();
         }),
+    ));
+    // The part of apply-to-running the runtime owns: until `start` returns.
+    let mut create_start = Vec::with_capacity(runs);
+    for run in 0..=runs {
+        let id = format!("cs-{pid}-{run}");
+        let started = Instant::now();
+        runtime.create(&config(&id)).unwrap();
+        runtime.start(&id).unwrap();
+        if run > 0 {
+            create_start.push(started.elapsed());
+        }
+        runtime.wait(&id, 10_000).unwrap().unwrap();
+        runtime.delete(&id).unwrap();
+    }
+    rows.push((
+        "shoal LibcontainerRuntime create+start only".to_owned(),
+        median(create_start),
     ));
 
     let baseline = rows

@@ -8,9 +8,14 @@
 //! Each container's cgroup is `/<cgroup_parent>/<id>`. A watcher thread per container waits
 //! for its main process through a pidfd (so waits run in parallel and also work for adopted
 //! containers that are not our children) and records the exit status.
+//!
+//! This process never clones: libcontainer's `build()` and `start()` run in the zygote
+//! (`zygote`, `zygote_client`), a helper with one thread, so no lock another of our threads
+//! holds can be copied into a container's init. Loading state, `kill` and `delete` neither
+//! clone nor change the working directory, and run here.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -20,14 +25,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use libcontainer::container::Container;
-use libcontainer::container::builder::ContainerBuilder;
-use libcontainer::syscall::syscall::SyscallType;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 
 use crate::bundle::{self, BundleOptions};
+use crate::cgroup_sweep;
 use crate::container_log;
 use crate::layer_unpack::remove_any;
 use crate::rootfs::{self, Rootfs, RootfsKind};
@@ -35,26 +39,13 @@ use crate::runtime::{
     AdoptionReport, ContainerConfig, ContainerState, ContainerStatus, ExitStatus, Runtime,
     RuntimeError,
 };
+use crate::zygote_client::{Zygote, ZygoteCommand, ZygoteError};
+use crate::zygote_protocol::{Request, Response};
 
-/// libcontainer's `build()` and `start()` change the process's working directory, so no two
-/// of them may run at once anywhere in the process.
-static LIBCONTAINER_LOCK: Mutex<()> = Mutex::new(());
-
-fn libcontainer_lock() -> MutexGuard<'static, ()> {
-    LIBCONTAINER_LOCK
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Holds off libcontainer's `build()`/`start()`/`delete()` while the caller runs.
-///
-/// libcontainer clones the container's init from the calling thread, and the clone then
-/// changes the environment. If another thread held Rust's environment lock at that instant
-/// (`std::process::Command::spawn` does while it forks, `std::env::var` briefly), the
-/// clone inherits the lock held and its init hangs forever. A process that runs containers
-/// therefore spawns processes and reads the environment only inside this section.
+/// Runs `work`. It used to hold off libcontainer's clones in this process while a caller
+/// spawned a process or read the environment; the clones now happen in the zygote, so
+/// nothing needs holding off. Kept so existing callers compile; new code need not use it.
 pub fn outside_container_creation<T>(work: impl FnOnce() -> T) -> T {
-    let _guard = libcontainer_lock();
     work()
 }
 
@@ -62,6 +53,9 @@ pub fn outside_container_creation<T>(work: impl FnOnce() -> T) -> T {
 const WATCH_POLL_MS: u16 = 100;
 /// How long `stop` waits for the processes to go after SIGKILL.
 const KILL_WAIT_MS: u64 = 10_000;
+/// How long the zygote gets for one libcontainer create or start before the container is
+/// reported as failed and removed, and the zygote killed and restarted.
+pub const CREATE_TIMEOUT_MS: u64 = 30_000;
 
 #[derive(Debug, Clone)]
 pub struct RuntimeSettings {
@@ -71,6 +65,11 @@ pub struct RuntimeSettings {
     /// Each of stdout and stderr keeps at most twice this (current file plus one rotation).
     pub log_bytes_max: u64,
     pub seccomp: bool,
+    /// How to start the zygote that makes libcontainer's clones; by default this binary
+    /// run as `<binary> zygote` (see `ZygoteCommand::this_executable`).
+    pub zygote: ZygoteCommand,
+    /// Deadline for one create or start in the zygote (`CREATE_TIMEOUT_MS` by default).
+    pub create_timeout_ms: u64,
 }
 
 impl RuntimeSettings {
@@ -80,6 +79,8 @@ impl RuntimeSettings {
             cgroup_parent: "shoal".to_owned(),
             log_bytes_max: 8 * 1024 * 1024,
             seccomp: true,
+            zygote: ZygoteCommand::this_executable(),
+            create_timeout_ms: CREATE_TIMEOUT_MS,
         }
     }
 }
@@ -169,6 +170,7 @@ impl Tracked {
 pub struct LibcontainerRuntime {
     settings: RuntimeSettings,
     containers: Mutex<HashMap<String, Arc<Tracked>>>,
+    zygote: Zygote,
 }
 
 fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
@@ -226,7 +228,8 @@ fn spawn_watcher(
 impl LibcontainerRuntime {
     /// Opens the runtime at `settings.root_dir` and adopts what a previous instance left:
     /// running containers are tracked again (not restarted), dead ones are reported for
-    /// `delete`.
+    /// `delete`. Starts the zygote, and makes this process a child subreaper so that the
+    /// containers it creates are this process's children.
     pub fn open(settings: RuntimeSettings) -> Result<(Self, AdoptionReport), RuntimeError> {
         for dir in [
             settings.root_dir.join("state"),
@@ -239,9 +242,12 @@ impl LibcontainerRuntime {
                 source,
             })?;
         }
+        let zygote = Zygote::start(settings.zygote.clone())
+            .map_err(|error| Self::zygote_error("", "start the zygote", error))?;
         let runtime = Self {
             settings,
             containers: Mutex::new(HashMap::new()),
+            zygote,
         };
         let report = runtime.adopt()?;
         Ok((runtime, report))
@@ -264,6 +270,31 @@ impl LibcontainerRuntime {
     /// The container's cgroup path under each hierarchy's root.
     pub fn cgroup_path(&self, id: &str) -> String {
         format!("{}/{}", self.settings.cgroup_parent, id)
+    }
+
+    /// The zygote's pid while one runs (for tests and diagnostics).
+    pub fn zygote_pid(&self) -> Option<i32> {
+        self.zygote.pid()
+    }
+
+    /// Sends `request` to the zygote within the create deadline.
+    fn ask_zygote(
+        &self,
+        id: &str,
+        action: &'static str,
+        request: &Request,
+    ) -> Result<Response, RuntimeError> {
+        self.zygote
+            .request(request, self.settings.create_timeout_ms)
+            .map_err(|error| Self::zygote_error(id, action, error))
+    }
+
+    fn zygote_error(id: &str, action: &'static str, error: ZygoteError) -> RuntimeError {
+        RuntimeError::Libcontainer {
+            id: id.to_owned(),
+            action,
+            message: format!("zygote: {error}"),
+        }
     }
 
     fn tracked(&self, id: &str) -> Result<Arc<Tracked>, RuntimeError> {
@@ -472,49 +503,47 @@ impl LibcontainerRuntime {
                 source: io::Error::other(error.to_string()),
             })
         })?;
-        let mut container_ends = Vec::new();
-        for stream in ["stdout", "stderr"] {
-            let fifo = dir.join(format!("{stream}.fifo"));
-            container_log::make_fifo(&fifo)
-                .map_err(|source| with_rootfs(Self::io_error(id, "make fifo", &fifo)(source)))?;
-            container_ends.push(
-                container_log::open_container_end(&fifo)
-                    .map_err(|source| with_rootfs(Self::io_error(id, "open", &fifo)(source)))?,
-            );
+        // The zygote's worker opens the container's ends; this process the reader ends.
+        let (stdout_fifo, stderr_fifo) = (dir.join("stdout.fifo"), dir.join("stderr.fifo"));
+        for fifo in [&stdout_fifo, &stderr_fifo] {
+            container_log::make_fifo(fifo)
+                .map_err(|source| with_rootfs(Self::io_error(id, "make fifo", fifo)(source)))?;
         }
-        let stdin = File::open("/dev/null").map_err(|source| {
-            with_rootfs(Self::io_error(id, "open", Path::new("/dev/null"))(source))
-        })?;
-        let stderr = container_ends.pop().expect("two streams");
-        let stdout = container_ends.pop().expect("two streams");
-        let container = {
-            let _guard = libcontainer_lock();
-            ContainerBuilder::new(id.to_owned(), SyscallType::default())
-                .with_root_path(self.state_dir())
-                .map_err(|error| with_rootfs(Self::libcontainer_error(id, "configure")(error)))?
-                .with_stdin(stdin)
-                .with_stdout(stdout)
-                .with_stderr(stderr)
-                .as_init(dir)
-                .with_systemd(false)
-                .with_detach(true)
-                .build()
-                .map_err(|error| with_rootfs(Self::libcontainer_error(id, "create")(error)))?
+        let request = Request::Create {
+            id: id.to_owned(),
+            state_dir: self.state_dir(),
+            bundle_dir: dir.to_owned(),
+            stdout_fifo,
+            stderr_fifo,
         };
-        let pid = container.pid().map(Pid::as_raw).ok_or_else(|| {
-            with_rootfs(RuntimeError::Libcontainer {
+        match self
+            .ask_zygote(id, "create", &request)
+            .map_err(with_rootfs)?
+        {
+            Response::Created { pid } => Ok((rootfs, pid)),
+            other => Err(with_rootfs(Self::unexpected(id, "create", other))),
+        }
+    }
+
+    /// The error for a zygote answer that is not the success `action` expects.
+    fn unexpected(id: &str, action: &'static str, response: Response) -> RuntimeError {
+        match response {
+            Response::Failed { step, message } => RuntimeError::Libcontainer {
                 id: id.to_owned(),
-                action: "create",
-                message: "no pid after create".to_owned(),
-            })
-        })?;
-        Ok((rootfs, pid))
+                action: step.as_str(),
+                message,
+            },
+            other => RuntimeError::Libcontainer {
+                id: id.to_owned(),
+                action,
+                message: format!("the zygote answered {other:?}"),
+            },
+        }
     }
 
     /// Removes the libcontainer state (and cgroup), the rootfs and the container directory.
     fn remove_all(&self, id: &str, rootfs: Option<&Rootfs>) -> Result<(), RuntimeError> {
         if let Ok(mut container) = self.load(id) {
-            let _guard = libcontainer_lock();
             container
                 .delete(true)
                 .map_err(Self::libcontainer_error(id, "delete"))?;
@@ -565,8 +594,16 @@ impl Runtime for LibcontainerRuntime {
                 None,
             ),
             Err((rootfs, error)) => {
+                // A create that failed half-way (or never answered) may have left processes
+                // that libcontainer's state does not name: kill whatever is in the cgroup.
+                let cgroup = self.cgroup_path(id);
+                if let Err(cleanup) =
+                    cgroup_sweep::sweep(Path::new(cgroup_sweep::CGROUP_ROOT), &cgroup)
+                {
+                    tracing::warn!(container = %id, %cleanup, "cgroup sweep after failed create");
+                }
                 if let Err(cleanup) = self.remove_all(id, rootfs.as_ref()) {
-                    tracing::warn!(%cleanup, "cleanup after failed create");
+                    tracing::warn!(container = %id, %cleanup, "cleanup after failed create");
                 }
                 Err(error)
             }
@@ -583,15 +620,17 @@ impl Runtime for LibcontainerRuntime {
                 status,
             });
         }
-        let mut container = self.load(id)?;
-        {
-            let _guard = libcontainer_lock();
-            container
-                .start()
-                .map_err(Self::libcontainer_error(id, "start"))?;
+        let request = Request::Start {
+            id: id.to_owned(),
+            state_dir: self.state_dir(),
+        };
+        match self.ask_zygote(id, "start", &request)? {
+            Response::Started => {
+                tracked.started.store(true, Ordering::SeqCst);
+                Ok(())
+            }
+            other => Err(Self::unexpected(id, "start", other)),
         }
-        tracked.started.store(true, Ordering::SeqCst);
-        Ok(())
     }
 
     fn stop(&self, id: &str, grace_ms: u64) -> Result<ExitStatus, RuntimeError> {

@@ -62,6 +62,7 @@ fn fixture() -> Fixture {
 fn settings(root: &Path) -> RuntimeSettings {
     let mut settings = RuntimeSettings::new(root);
     settings.cgroup_parent = "shoal-test".to_owned();
+    settings.zygote = zygote_command();
     settings
 }
 
@@ -115,20 +116,8 @@ fn memory_cgroup(id: &str) -> PathBuf {
     Path::new("/sys/fs/cgroup/memory/shoal-test").join(id)
 }
 
-/// The tests in this file run one at a time: each spawns threads and processes and reads
-/// the environment, and libcontainer's clone of a container's init must not happen while
-/// another thread holds Rust's environment lock (see `outside_container_creation`).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 #[test]
 fn exit_code_is_recorded_and_output_reaches_the_log() {
-    let _serial = serial();
     if !require_root() {
         return;
     }
@@ -171,7 +160,6 @@ fn exit_code_is_recorded_and_output_reaches_the_log() {
 
 #[test]
 fn image_command_runs_by_default_and_copy_rootfs_works() {
-    let _serial = serial();
     if !require_root() {
         return;
     }
@@ -187,7 +175,6 @@ fn image_command_runs_by_default_and_copy_rootfs_works() {
 
 #[test]
 fn duplicate_and_invalid_ids_are_refused_without_side_effects() {
-    let _serial = serial();
     if !require_root() {
         return;
     }
@@ -215,7 +202,6 @@ const ALLOCATE_64_MIB: &str = "x=$(head -c 67108864 /dev/zero | tr '\\0' a); ech
 
 #[test]
 fn memory_limit_kills_an_over_allocating_process() {
-    let _serial = serial();
     if !require_root() {
         return;
     }
@@ -254,7 +240,6 @@ fn memory_limit_kills_an_over_allocating_process() {
 
 #[test]
 fn pids_limit_bounds_a_fork_bomb() {
-    let _serial = serial();
     if !require_root() {
         return;
     }
@@ -297,7 +282,6 @@ fn pids_limit_bounds_a_fork_bomb() {
 
 #[test]
 fn stop_sends_sigterm_then_sigkill_after_the_grace_period() {
-    let _serial = serial();
     if !require_root() {
         return;
     }
@@ -349,7 +333,6 @@ fn stop_sends_sigterm_then_sigkill_after_the_grace_period() {
 
 #[test]
 fn seccomp_profile_is_applied() {
-    let _serial = serial();
     if !require_root() {
         return;
     }
@@ -370,7 +353,6 @@ fn seccomp_profile_is_applied() {
 
 #[test]
 fn a_new_runtime_adopts_running_containers_and_reports_dead_ones() {
-    let _serial = serial();
     if !require_root() {
         return;
     }
@@ -431,7 +413,6 @@ fn a_new_runtime_adopts_running_containers_and_reports_dead_ones() {
 
 #[test]
 fn logs_are_capped_by_rotation() {
-    let _serial = serial();
     if !require_root() {
         return;
     }
@@ -475,30 +456,27 @@ fn logs_are_capped_by_rotation() {
 
 #[test]
 fn a_container_joins_the_given_network_namespace() {
-    let _serial = serial();
     if !require_root() {
         return;
     }
     let fixture = fixture();
     let namespace = format!("shoal-oci-test-{}", std::process::id());
-    // Other tests in this binary create containers at the same time: spawn only where
-    // libcontainer is not cloning (see `outside_container_creation`).
+    // Other tests in this binary create containers meanwhile; the clones happen in the
+    // zygote, so spawning here needs no care.
     let ip = |args: &[&str]| {
-        let status = shoal_oci::outside_container_creation(|| {
-            std::process::Command::new("ip").args(args).status()
-        })
-        .unwrap();
+        let status = std::process::Command::new("ip")
+            .args(args)
+            .status()
+            .unwrap();
         assert!(status.success(), "ip {args:?}");
     };
     ip(&["netns", "add", &namespace]);
     struct DeleteOnDrop(String);
     impl Drop for DeleteOnDrop {
         fn drop(&mut self) {
-            let _ = shoal_oci::outside_container_creation(|| {
-                std::process::Command::new("ip")
-                    .args(["netns", "delete", &self.0])
-                    .status()
-            });
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "delete", &self.0])
+                .status();
         }
     }
     let _namespace_guard = DeleteOnDrop(namespace.clone());

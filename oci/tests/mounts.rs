@@ -40,6 +40,7 @@ fn fixture() -> Fixture {
         .unwrap();
     let mut settings = RuntimeSettings::new(&dir.path().join("runtime"));
     settings.cgroup_parent = "shoal-test".to_owned();
+    settings.zygote = common::zygote_command();
     let (runtime, _) = LibcontainerRuntime::open(settings).unwrap();
     Fixture {
         dir,
@@ -111,15 +112,6 @@ fn complete_log(path: &Path) -> String {
     }
 }
 
-/// The tests in this file run one at a time (see `SERIAL` in containers.rs).
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn bind(source: &Path, target: &str, read_only: bool) -> Mount {
     Mount::Bind {
         source: source.to_owned(),
@@ -130,7 +122,6 @@ fn bind(source: &Path, target: &str, read_only: bool) -> Mount {
 
 #[test]
 fn a_read_write_bind_is_shared_with_the_host_and_the_next_container() {
-    let _serial = serial();
     if !require_root() {
         return;
     }
@@ -193,7 +184,6 @@ impl Drop for Unmount {
 
 #[test]
 fn a_read_only_bind_refuses_writes_also_below_its_submounts() {
-    let _serial = serial();
     if !require_root() {
         return;
     }
@@ -232,7 +222,6 @@ fn a_read_only_bind_refuses_writes_also_below_its_submounts() {
 
 #[test]
 fn a_read_only_file_bind_appears_where_the_image_has_no_directory() {
-    let _serial = serial();
     if !require_root() {
         return;
     }
@@ -258,7 +247,6 @@ fn a_read_only_file_bind_appears_where_the_image_has_no_directory() {
 
 #[test]
 fn a_tmpfs_is_bounded_and_empty_in_each_container() {
-    let _serial = serial();
     if !require_root() {
         return;
     }

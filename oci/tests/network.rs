@@ -24,18 +24,6 @@ use shoal_oci::{
 const TEST_PREFIX: &str = "shoal-ntest-";
 const BRIDGE: &str = "shoal0";
 
-/// The tests in this file run one at a time. libcontainer clones its container
-/// processes from the calling thread and the clone then takes Rust's environment
-/// lock; if another thread held that lock at the moment of the clone (as
-/// `Command::spawn` does while it forks `ip`), the container's init deadlocks.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 fn ip(args: &[&str]) -> String {
     let output = Command::new("ip").args(args).output().unwrap();
     assert!(
@@ -236,7 +224,6 @@ fn containers_on_two_nodes_reach_each_other_once_routes_are_synced() {
     if !require_root() {
         return;
     }
-    let _serial = serial();
     let cluster = cluster("ping");
     let [one, two] = &cluster.nodes[..] else {
         unreachable!()
@@ -358,7 +345,6 @@ fn attach_is_idempotent_refuses_a_second_address_and_repairs_a_half_made_one() {
     if !require_root() {
         return;
     }
-    let _serial = serial();
     sweep_stale();
     let netns = Netns::create(unique("attach"));
     let subnet: Subnet = "10.88.1.0/24".parse().unwrap();
@@ -510,7 +496,6 @@ fn a_real_container_in_its_attached_namespace_reaches_a_container_on_the_other_n
     if !require_root() {
         return;
     }
-    let _serial = serial();
     let cluster = cluster("real");
     let [one, two] = &cluster.nodes[..] else {
         unreachable!()
@@ -540,6 +525,7 @@ fn a_real_container_in_its_attached_namespace_reaches_a_container_on_the_other_n
         .unwrap();
     let mut settings = RuntimeSettings::new(&dir.path().join("runtime"));
     settings.cgroup_parent = "shoal-test".to_owned();
+    settings.zygote = common::zygote_command();
     let (runtime, _) = LibcontainerRuntime::open(settings).unwrap();
     let id = format!("net-real-{}", std::process::id());
     let _delete = DeleteContainer(&runtime, id.clone());
@@ -603,7 +589,6 @@ fn parallel_attaches_and_detaches_on_one_node_do_not_interfere() {
     if !require_root() {
         return;
     }
-    let _serial = serial();
     sweep_stale();
     let netns = Netns::create(unique("parallel"));
     let subnet: Subnet = "10.88.1.0/24".parse().unwrap();
@@ -660,7 +645,6 @@ fn network_calls_run_while_containers_are_created_without_deadlock() {
     if !require_root() {
         return;
     }
-    let _serial = serial();
     sweep_stale();
     let netns = Netns::create(unique("concurrent"));
     let subnet: Subnet = "10.88.1.0/24".parse().unwrap();
@@ -678,6 +662,7 @@ fn network_calls_run_while_containers_are_created_without_deadlock() {
         .unwrap();
     let mut settings = RuntimeSettings::new(&dir.path().join("runtime"));
     settings.cgroup_parent = "shoal-test".to_owned();
+    settings.zygote = common::zygote_command();
     let (runtime, _) = LibcontainerRuntime::open(settings).unwrap();
     let done = std::sync::atomic::AtomicBool::new(false);
     let network_calls = std::thread::scope(|scope| {

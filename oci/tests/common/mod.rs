@@ -125,6 +125,28 @@ pub fn busybox_image(dir: &Path, cmd: &[&str]) -> WrittenImage {
     shoal_oci::image_layout::busybox_image(dir, cmd).expect("busybox-static is installed")
 }
 
+/// How a test or bench binary starts the runtime's zygote. It cannot re-run itself as one
+/// (a test harness has its own `main`), so: this crate's `shoal-oci-zygote`; else the
+/// including package's `shoal` binary as `shoal zygote`; else `SHOAL_BIN`, or the `shoal`
+/// that cargo built next to this binary's `deps/` directory.
+pub fn zygote_command() -> shoal_oci::ZygoteCommand {
+    const ZYGOTE: &str = "zygote";
+    if let Some(path) = option_env!("CARGO_BIN_EXE_shoal-oci-zygote") {
+        return shoal_oci::ZygoteCommand::new(path, Vec::<String>::new());
+    }
+    if let Some(path) = option_env!("CARGO_BIN_EXE_shoal") {
+        return shoal_oci::ZygoteCommand::new(path, [ZYGOTE]);
+    }
+    let shoal = std::env::var_os("SHOAL_BIN")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            Some(exe.parent()?.parent()?.join("shoal"))
+        })
+        .expect("a path for the shoal binary");
+    shoal_oci::ZygoteCommand::new(shoal, [ZYGOTE])
+}
+
 /// Times `samples` create+start runs of a container of the image at `image_dir`, each until
 /// the runtime reports it running, through `LibcontainerRuntime` directly (no daemon, no
 /// state, no network): the baseline of the apply-to-running benches. Needs root.
@@ -142,6 +164,7 @@ pub fn time_direct_create_start(
     let image = images.prepare(image_dir, None).unwrap();
     let mut settings = RuntimeSettings::new(&root.join("runtime"));
     settings.cgroup_parent = "shoal/bench-direct".to_string();
+    settings.zygote = zygote_command();
     let (runtime, _) = LibcontainerRuntime::open(settings).unwrap();
     let mut times = Vec::with_capacity(samples);
     for index in 0..samples {
