@@ -27,9 +27,7 @@ pub use bundle::{Limits, Mount};
 pub use digest::Digest;
 pub use fake_runtime::FakeRuntime;
 pub use image::{ImageError, ImageStore, PreparedImage};
-pub use libcontainer_runtime::{
-    CREATE_TIMEOUT_MS, LibcontainerRuntime, RuntimeSettings, outside_container_creation,
-};
+pub use libcontainer_runtime::{CREATE_TIMEOUT_MS, LibcontainerRuntime, RuntimeSettings};
 pub use restart_policy::{RestartDecision, RestartPolicy, RestartTracker};
 pub use rootfs::{Rootfs, RootfsError, RootfsMode};
 pub use runtime::{

@@ -42,13 +42,6 @@ use crate::runtime::{
 use crate::zygote_client::{Zygote, ZygoteCommand, ZygoteError};
 use crate::zygote_protocol::{Request, Response};
 
-/// Runs `work`. It used to hold off libcontainer's clones in this process while a caller
-/// spawned a process or read the environment; the clones now happen in the zygote, so
-/// nothing needs holding off. Kept so existing callers compile; new code need not use it.
-pub fn outside_container_creation<T>(work: impl FnOnce() -> T) -> T {
-    work()
-}
-
 /// How long a watcher sleeps between checks of its stop flag.
 const WATCH_POLL_MS: u16 = 100;
 /// How long `stop` waits for the processes to go after SIGKILL.

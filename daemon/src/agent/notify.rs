@@ -14,10 +14,9 @@ pub struct Notifier;
 
 impl Notifier {
     fn send(&self, state: &[NotifyState]) {
-        // sd_notify reads NOTIFY_SOCKET from the environment on every call; in a process that
-        // clones containers that read must not overlap a clone (see the oci crate's
-        // `outside_container_creation`).
-        let sent = shoal_oci::outside_container_creation(|| sd_notify::notify(false, state));
+        // sd_notify reads NOTIFY_SOCKET on every call; that is safe here because containers
+        // are cloned in the zygote, never in this process (ARCHITECTURE.md).
+        let sent = sd_notify::notify(false, state);
         if let Err(error) = sent {
             tracing::warn!(%error, "cannot send a notification to the service manager");
         }
