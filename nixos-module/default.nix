@@ -162,6 +162,9 @@ let
     publish = if service.publish.mode == null then null else { inherit (service.publish) mode; };
     inherit (service) mode spread;
     constraints = nonEmpty service.constraints;
+    # No field set: no check. Any field set renders the table, so the daemon's
+    # validation names what is missing or wrong (`health.http: ...`).
+    health = nonEmpty (withoutNulls service.health);
   };
   servicesFile = settingsFormat.generate "shoal-services.toml" {
     service = lib.mapAttrsToList serviceSpec cfg.services;
@@ -256,6 +259,34 @@ let
         default = null;
         example = "zone";
         description = "Spread the replicas of ${name} evenly over the values of this node label.";
+      };
+      health = {
+        http = mkOption {
+          type = types.nullOr types.str;
+          default = null;
+          example = "http://127.0.0.1:8080/healthz";
+          description = ''
+            Health check of each container of ${name}: a `GET` of this URL,
+            healthy on a 2xx or 3xx status. The host must be `127.0.0.1` or
+            `localhost`, meaning the container itself; the node probes the
+            container's own address. Give this or `tcp`, not both; with
+            neither (and no other `health` option) there is no check.
+          '';
+        };
+        tcp = mkOption {
+          type = types.nullOr types.port;
+          default = null;
+          example = 5432;
+          description = "Health check: a TCP connection to this port of the container.";
+        };
+        interval_ms = optionalPositive "Time between probes (daemon default 30000; 500 to 3600000).";
+        timeout_ms = optionalPositive "How long one probe may take (daemon default 30000; at most `interval_ms`).";
+        retries = optionalPositive "Failed probes in a row that make a container unhealthy, which restarts it per `restart` (daemon default 3).";
+        start_period_ms = mkOption {
+          type = types.nullOr types.ints.unsigned;
+          default = null;
+          description = "Failures this long after a start do not count. `null` leaves the daemon's default (0).";
+        };
       };
       publish.mode = mkOption {
         type = types.nullOr (types.enum [ "host" "mesh" ]);

@@ -415,6 +415,7 @@ mod tests {
                 },
                 started_unix_ms: Some(7),
                 restarts: 2,
+                health: Default::default(),
             },
         );
         replica.put_node_status(now, status).unwrap();

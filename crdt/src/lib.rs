@@ -69,6 +69,7 @@ pub mod codec;
 pub mod constraints;
 mod delta;
 pub mod entry;
+pub mod health;
 mod ids;
 mod records;
 mod replica;
@@ -84,6 +85,7 @@ pub use clock::{Clock, ClockError};
 pub use constraints::{Constraint, Mode};
 pub use delta::{Delta, DeltaBase, OriginRange, Summary};
 pub use entry::{Dot, Merge};
+pub use health::{HealthCheck, HealthProbe};
 pub use ids::{ContainerId, NameError, NodeId, NodeIdError, ServiceName};
 pub use records::{
     Capacity, ContainerRecord, IpAllocation, IpConflict, NodeMeta, Resource, Resources,
@@ -95,7 +97,7 @@ pub use replica::{
     Snapshot,
 };
 pub use state::ClusterState;
-pub use status::{ContainerStatus, NodeStatus, RunState};
+pub use status::{ContainerStatus, Health, NodeStatus, RunState};
 pub use transfer::encoded_delta_bytes;
 pub use uhlc::{ID, NTP64, Timestamp};
 pub use workload::{HostPort, PortMapping, Protocol, Publish, PublishMode};

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use uhlc::Timestamp;
 
 use crate::constraints::{Constraint, Mode, check_label};
+use crate::health::HealthCheck;
 use crate::workload::{
     HostPort, PortMapping, Publish, TmpfsMount, VolumeMount, WorkloadError, check_host_path,
     check_name, secret_target,
@@ -122,6 +123,9 @@ pub struct ServiceSpec {
     /// Spread replicas evenly over the values of this node label.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread: Option<String>,
+    /// Probed on the node that runs each container; see `crate::health`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthCheck>,
 }
 
 impl ServiceSpec {
@@ -144,6 +148,7 @@ impl ServiceSpec {
             mode: Mode::default(),
             constraints: Vec::new(),
             spread: None,
+            health: None,
         }
     }
 
@@ -254,6 +259,11 @@ impl ServiceSpec {
         self.placement_constraints()?;
         if let Some(label) = &self.spread {
             check_label(label).map_err(|reason| field_error("spread", reason))?;
+        }
+        if let Some(health) = &self.health {
+            health
+                .validate()
+                .map_err(|error| field_error(format!("health.{}", error.field), error.reason))?;
         }
         Ok(())
     }

@@ -60,6 +60,39 @@ impl RunState {
     }
 }
 
+/// What a container's health check says (its service's `[health]`), as its node probes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "health")]
+pub enum Health {
+    /// The service has no health check.
+    #[default]
+    None,
+    /// Not yet passed a probe since its start, and not yet `retries` failures past the
+    /// start period.
+    Starting,
+    Healthy,
+    /// `retries` consecutive probes failed; the last one's failure.
+    Unhealthy {
+        reason: String,
+    },
+}
+
+impl Health {
+    pub fn is_none(&self) -> bool {
+        *self == Health::None
+    }
+
+    /// The short form `shoal ps` prints (`-` without a check).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Health::None => "-",
+            Health::Starting => "starting",
+            Health::Healthy => "healthy",
+            Health::Unhealthy { .. } => "unhealthy",
+        }
+    }
+}
+
 /// One container's status.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ContainerStatus {
@@ -69,6 +102,10 @@ pub struct ContainerStatus {
     pub started_unix_ms: Option<u64>,
     #[serde(default)]
     pub restarts: u32,
+    /// Left out when the service has no check, so a status without it (from a node that
+    /// predates health checks) reads as `Health::None`.
+    #[serde(default, skip_serializing_if = "Health::is_none")]
+    pub health: Health,
 }
 
 /// Every container a node runs, with its status (an entry of the status LWW-map).
@@ -121,6 +158,11 @@ impl NodeStatus {
             {
                 return Err(StatusError::ReasonTooLong { id: id.clone() });
             }
+            if let Health::Unhealthy { reason } = &status.health
+                && reason.len() > STATUS_REASON_BYTES_MAX
+            {
+                return Err(StatusError::ReasonTooLong { id: id.clone() });
+            }
         }
         Ok(())
     }
@@ -163,6 +205,41 @@ mod tests {
                 state: RunState::Failed { reason: long },
                 started_unix_ms: None,
                 restarts: 0,
+                health: Health::None,
+            },
+        );
+        assert!(matches!(
+            status.validate(),
+            Err(StatusError::ReasonTooLong { .. })
+        ));
+    }
+
+    #[test]
+    fn health_is_compatible_with_statuses_without_it() {
+        let old = r#"{"state":{"state":"running"},"started_unix_ms":5,"restarts":1}"#;
+        let status: ContainerStatus = serde_json::from_str(old).unwrap();
+        assert_eq!(status.health, Health::None);
+        assert_eq!(serde_json::to_string(&status).unwrap(), old);
+        let unhealthy = ContainerStatus {
+            health: Health::Unhealthy {
+                reason: "connection refused".into(),
+            },
+            ..status
+        };
+        let text = serde_json::to_string(&unhealthy).unwrap();
+        assert!(text.contains(r#""health":{"health":"unhealthy","reason":"connection refused"}"#));
+        assert_eq!(
+            serde_json::from_str::<ContainerStatus>(&text).unwrap(),
+            unhealthy
+        );
+        let mut status = NodeStatus::default();
+        status.containers.insert(
+            "c1".parse().unwrap(),
+            ContainerStatus {
+                health: Health::Unhealthy {
+                    reason: "x".repeat(STATUS_REASON_BYTES_MAX + 1),
+                },
+                ..unhealthy
             },
         );
         assert!(matches!(

@@ -136,6 +136,7 @@ pub fn cluster() -> [Replica; 3] {
             state: RunState::Running,
             started_unix_ms: Some(START_UNIX_S * 1000),
             restarts: 1,
+            health: Default::default(),
         },
     );
     status

@@ -118,6 +118,7 @@ fn codec_apply(seeds: &mut Vec<Seed>) {
             },
             started_unix_ms: Some(1_700_000_000_000),
             restarts: 3,
+            health: Default::default(),
         },
     );
     delta(

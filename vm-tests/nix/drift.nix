@@ -109,6 +109,13 @@ let
             memory_bytes = 67108864;
             pids_max = 128;
           };
+          health = {
+            http = "http://127.0.0.1:8080/healthz";
+            interval_ms = 2000;
+            timeout_ms = 1000;
+            retries = 3;
+            start_period_ms = 5000;
+          };
         };
         # A Nix path literal: must be rendered as a store path.
         local.image = ./drift-image;
@@ -118,6 +125,7 @@ let
             image = "/var/lib/images/worker.tar";
             ports = [ "8080:80" "127.0.0.1:9000:9000" "5353:53/udp" "192.0.2.10:8443:443/tcp" ];
             publish.mode = "mesh";
+            health.tcp = 80;
             volumes = [ "/srv/web:/data:ro" "cache:/var/cache/web" "/srv/uploads:/uploads:rw" "scratch.1:/scratch" ];
             tmpfs = [ "/tmp:size=64m" "/run/work" ];
             envFiles = [ "/run/keys/web.env" "/var/lib/shoal-keys/common.env" ];

@@ -222,6 +222,17 @@ pub struct ContainerView {
     /// ports every node accepts.
     #[serde(default)]
     pub ports: Vec<String>,
+    /// The health check's verdict: `starting`, `healthy`, `unhealthy`, or `-` when the
+    /// service has none or the container does not run.
+    #[serde(default = "no_health")]
+    pub health: String,
+    /// Why it is unhealthy: the last probe's failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_reason: Option<String>,
+}
+
+fn no_health() -> String {
+    "-".to_owned()
 }
 
 /// A named volume on this node.

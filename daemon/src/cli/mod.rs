@@ -144,6 +144,19 @@ Where it runs (node labels come from each daemon's config: labels = { zone = \"e
   [resources]
   cpu_millis = 250
   memory_bytes = 134217728
+  [health]                                   # probed on the container's node
+  http = \"http://127.0.0.1:8080/healthz\"     # GET, 2xx/3xx is healthy; host 127.0.0.1 or
+                                             # localhost = the container itself
+  # tcp = 8080                               # or: a connection to the container's port
+                                             # (exactly one of http, tcp; cmd is not
+                                             # supported yet)
+  interval_ms = 2000                         # default 30000, 500..=3600000
+  timeout_ms = 1000                          # default 30000, 100..=300000, <= interval_ms
+  retries = 3                                # failures in a row before unhealthy, 1..=100
+  start_period_ms = 5000                     # failures this long after a start do not
+                                             # count; default 0
+  An unhealthy container is restarted per its restart policy (with its backoff); mesh
+  ports forward only to healthy replicas of a service with a check; shoal ps shows HEALTH.
 or several as [[service]] tables. Env files and secrets are read on the node that starts the
 container; only their paths are replicated, never their content.
 

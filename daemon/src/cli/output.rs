@@ -276,6 +276,7 @@ pub fn ps(view: &PsView) -> String {
         "SERVICE",
         "CONTAINER",
         "STATE",
+        "HEALTH",
         "IP",
         "PORTS",
         "SINCE",
@@ -296,6 +297,7 @@ pub fn ps(view: &PsView) -> String {
             container.service.clone(),
             container.id.clone(),
             state,
+            container.health.clone(),
             container.ip.clone().unwrap_or_else(|| "-".to_string()),
             if container.ports.is_empty() {
                 "-".to_string()
@@ -308,6 +310,11 @@ pub fn ps(view: &PsView) -> String {
         ]);
     }
     let mut text = table.render();
+    for container in &view.containers {
+        if let Some(reason) = &container.health_reason {
+            let _ = writeln!(text, "unhealthy: container {}: {reason}", container.id);
+        }
+    }
     for (service, error) in &view.errors {
         let _ = writeln!(text, "error: service {service} on {}: {error}", view.node);
     }

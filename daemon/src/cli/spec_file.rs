@@ -219,6 +219,48 @@ restart = "always"
     }
 
     #[test]
+    fn health_checks_parse_and_mistakes_name_the_field() {
+        let services = parse(
+            r#"
+name = "web"
+image = "/i"
+[health]
+http = "http://127.0.0.1:80/healthz"
+interval_ms = 2000
+timeout_ms = 1000
+retries = 3
+start_period_ms = 5000
+"#,
+        )
+        .unwrap();
+        let health = services[0].spec.health.clone().unwrap();
+        assert_eq!(health.http.as_deref(), Some("http://127.0.0.1:80/healthz"));
+        assert_eq!(
+            (
+                health.interval_ms,
+                health.timeout_ms,
+                health.retries,
+                health.start_period_ms
+            ),
+            (2000, 1000, 3, 5000)
+        );
+        let base = "name = \"web\"\nimage = \"/i\"\n[health]\n";
+        check_error(
+            &format!("{base}http = \"http://example.com:80/\"\n"),
+            &["web", "health.http", "127.0.0.1"],
+        );
+        check_error(
+            &format!("{base}tcp = 80\ninterval_ms = 1000\ntimeout_ms = 2000\n"),
+            &["web", "health.timeout_ms", "interval_ms"],
+        );
+        check_error(
+            &format!("{base}cmd = [\"/bin/check\"]\n"),
+            &["web", "health.cmd", "not supported yet"],
+        );
+        check_error(&format!("{base}tcp = 80\nretry = 3\n"), &["web", "retry"]);
+    }
+
+    #[test]
     fn load_names_the_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("spec.toml");

@@ -206,6 +206,16 @@ impl Executor {
     ) -> Result<(), ExecError> {
         let id = record.id.as_str();
         tracing::info!(container = %id, "restarting a container (restart policy)");
+        // A running container is restarted because its health check found it unhealthy:
+        // it gets its stop grace like any stop.
+        if let Ok(state) = self.runtime.state(id)
+            && state.status == shoal_oci::ContainerStatus::Running
+        {
+            match self.runtime.stop(id, self.stop_grace_ms) {
+                Ok(_) | Err(RuntimeError::NotFound { .. }) => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
         match self.runtime.delete(id) {
             Ok(()) | Err(RuntimeError::NotFound { .. }) => {}
             Err(error) => return Err(error.into()),

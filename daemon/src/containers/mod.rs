@@ -4,7 +4,9 @@
 //!   and in the cluster simulator, with the replicated state behind the `StatePort` seam;
 //! - `executor`: the doing half, through `shoal_oci::Runtime`, `ContainerNetwork` and
 //!   `images::Images`;
-//! - `reconciler`: the async loop that runs passes and answers `shoal ps`;
+//! - `reconciler`: the async loop that runs passes and health probes, and answers `shoal ps`;
+//! - `health`: per container, when a health probe is due and what the outcomes make of it
+//!   (sans-IO); `probe`: the HTTP and TCP probes;
 //! - `workload`: a start's environment and mounts (env files, volumes, tmpfs, secrets),
 //!   read on this node;
 //! - `volumes`: this node's named volumes (`shoal volume ls|rm`);
@@ -16,9 +18,11 @@
 //! an ended container restarted per its policy, a container without a record removed).
 
 pub mod executor;
+pub mod health;
 pub mod images;
 pub mod logs;
 pub mod pass;
+pub mod probe;
 pub mod reconciler;
 pub mod volumes;
 pub mod workload;

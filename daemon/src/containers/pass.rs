@@ -25,6 +25,7 @@ use shoal_crdt::{ContainerRecord, NodeStatus, ServiceName};
 use shoal_oci::PreparedImage;
 
 use super::executor::{ExecError, Executor};
+use super::health::{HealthTarget, health_targets};
 use crate::schedule::ports::port_plan;
 use crate::schedule::records::{self, BatchResult, NewRecord, RecordBatch};
 use crate::schedule::{ClusterView, Outcome, Plan, Planner};
@@ -66,6 +67,9 @@ pub struct PassReport {
     pub outcomes: Vec<Outcome>,
     /// The pass stopped early (shutdown, or the commit failed).
     pub cut_short: bool,
+    /// Running containers with a health check, as the pass saw them at its end (empty when
+    /// it was cut short).
+    pub health_targets: Vec<HealthTarget>,
 }
 
 /// Runs one pass. `stopping` is asked between steps; when it says yes the pass returns
@@ -230,17 +234,28 @@ pub fn run_pass(
             Err(error) => tracing::warn!(%error, "cannot undo the records of failed starts"),
         }
     }
-    let report = finish(report, planner, clock);
+    let mut report = finish(report, planner, clock);
     if !report.cut_short {
         let view = state.view();
         let observed = executor.observe();
-        let ports = port_plan(&view, &observed);
+        let guard = lock();
+        let status = guard.status(&view, &observed);
+        let mut targets = health_targets(&view, &observed, guard.restarts());
+        drop(guard);
+        for target in targets.iter_mut().filter(|target| target.ip.is_none()) {
+            target.pid = executor
+                .runtime()
+                .state(&target.id)
+                .ok()
+                .and_then(|state| state.pid);
+        }
+        report.health_targets = targets;
+        let ports = port_plan(&view, &observed, &status);
         executor.sync_network(
             plan.routes.as_deref(),
             &plan.leftover_attachments,
             ports.as_ref(),
         );
-        let status = lock().status(&view, &observed);
         if let Err(error) = state.report_status(&status) {
             tracing::warn!(%error, "cannot write this node's container status");
         }

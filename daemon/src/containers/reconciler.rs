@@ -13,12 +13,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use tokio::sync::Notify;
+use tokio::task::JoinSet;
+
 use shoal_crdt::{ContainerRecord, NodeId, NodeStatus, Resource, ServiceName, ServiceSpec};
 use shoal_oci::{ContainerStatus, ExitStatus, RuntimeError};
 
 use super::executor::Executor;
+use super::health::{HEALTH_PROBES_IN_FLIGHT_MAX, HealthTarget, HealthTrackers};
 use super::logs::{self, LogError, LogPaths, LogRead};
 use super::pass::{PassReport, run_pass};
+use super::probe;
 use super::volumes::{self, Volume, VolumeError};
 use crate::api::{ContainerView, PsView, Usage, VolumeView};
 use crate::schedule::{Planner, PlannerSettings};
@@ -45,6 +50,23 @@ pub struct Reconciler {
     settings: ReconcileSettings,
     stopping: AtomicBool,
     started_ms: u64,
+    /// Running containers with a health check, from the last pass that ran to its end;
+    /// taken by the health loop.
+    health_targets: Mutex<Option<Vec<HealthTarget>>>,
+    /// A health verdict changed: run a pass (status report, unhealthy restarts).
+    health_changed: Notify,
+}
+
+/// How often the health loop looks for due probes.
+pub const HEALTH_TICK_MS: u64 = 100;
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// How a container's runtime state reads in `shoal ps`.
@@ -99,6 +121,8 @@ impl Reconciler {
             settings,
             stopping: AtomicBool::new(false),
             started_ms,
+            health_targets: Mutex::new(None),
+            health_changed: Notify::new(),
         }
     }
 
@@ -121,13 +145,81 @@ impl Reconciler {
     /// One pass, on the calling thread.
     pub fn reconcile_once(&self) -> PassReport {
         let stopping = || self.stopping.load(Ordering::SeqCst);
-        run_pass(
+        let mut report = run_pass(
             self.node.as_ref(),
             &self.planner,
             &self.executor,
             self.node.clock().as_ref(),
             &stopping,
-        )
+        );
+        if !report.cut_short {
+            *self
+                .health_targets
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()) =
+                Some(std::mem::take(&mut report.health_targets));
+        }
+        report
+    }
+
+    /// Probes this node's running containers with a health check when they are due (at
+    /// most `HEALTH_PROBES_IN_FLIGHT_MAX` at once, each within its `timeout_ms`), apart
+    /// from the passes: a slow pass delays no probe and a slow probe no pass. A changed
+    /// verdict goes to the planner and wakes a pass, which writes the status report and
+    /// restarts an unhealthy container per its policy.
+    async fn run_health(self: Arc<Self>) {
+        let mut trackers = HealthTrackers::default();
+        let mut probes: JoinSet<(HealthTarget, Result<(), probe::ProbeFailure>)> = JoinSet::new();
+        let mut ticker = tokio::time::interval(Duration::from_millis(HEALTH_TICK_MS));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut changed = false;
+            tokio::select! {
+                _ = ticker.tick() => {
+                    let targets = self
+                        .health_targets
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner())
+                        .take();
+                    if let Some(targets) = targets {
+                        changed |= trackers.follow(targets);
+                    }
+                    let free = HEALTH_PROBES_IN_FLIGHT_MAX.saturating_sub(probes.len());
+                    let now_ms = self.node.clock().now_ms();
+                    for target in trackers.begin_due(now_ms, free) {
+                        probes.spawn(async move {
+                            let outcome = probe::probe(&target).await;
+                            (target, outcome)
+                        });
+                    }
+                }
+                Some(joined) = probes.join_next(), if !probes.is_empty() => {
+                    let Ok((target, outcome)) = joined else { continue };
+                    let outcome = outcome.map_err(|failure| failure.to_string());
+                    if let Some(health) =
+                        trackers.handle_outcome(&target.id, target.since_ms, outcome)
+                    {
+                        match &health {
+                            shoal_crdt::Health::Unhealthy { reason } => tracing::warn!(
+                                container = %target.id,
+                                %reason,
+                                "container unhealthy; it is restarted per its restart policy"
+                            ),
+                            health => tracing::info!(
+                                container = %target.id,
+                                health = health.label(),
+                                "container health changed"
+                            ),
+                        }
+                        changed = true;
+                    }
+                }
+            }
+            if changed {
+                self.planner().set_health(trackers.verdicts());
+                self.health_changed.notify_one();
+            }
+        }
     }
 
     /// Whether this node's view of the cluster is fresh enough to place on: it knows no
@@ -148,12 +240,15 @@ impl Reconciler {
             tokio::time::interval(Duration::from_millis(self.settings.interval_ms.max(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut again = false;
+        // Aborted (with its probes) when this loop ends.
+        let health = AbortOnDrop(tokio::spawn(self.clone().run_health()));
         loop {
             if !again {
                 tokio::select! {
                     _ = &mut shutdown => break,
                     _ = ticker.tick() => {}
                     changed = inputs.changed() => if changed.is_err() { break },
+                    _ = self.health_changed.notified() => {}
                 }
             }
             // Changes that arrived until now are covered by this pass.
@@ -175,6 +270,7 @@ impl Reconciler {
                 }
             }
         }
+        drop(health);
         self.stop();
     }
 
@@ -197,9 +293,11 @@ impl Reconciler {
                 .nodes()
                 .filter_map(|(id, _)| Some((id.clone(), state.node_status(id)?.clone())))
                 .collect();
-            let ports: BTreeMap<ServiceName, Vec<String>> = state
+            let ports: BTreeMap<ServiceName, (Vec<String>, bool)> = state
                 .services()
-                .map(|(name, spec, _)| (name.clone(), published_ports(spec)))
+                .map(|(name, spec, _)| {
+                    (name.clone(), (published_ports(spec), spec.health.is_some()))
+                })
                 .collect();
             let usage: BTreeMap<String, Usage> = state
                 .nodes()
@@ -221,17 +319,29 @@ impl Reconciler {
             .into_iter()
             .map(|record| {
                 let id = record.id.as_str().to_string();
-                let (state, pid, since_unix_ms, restarts) = if record.node == me {
-                    let (state, pid) = match runtime.state(&id) {
-                        Ok(state) => (describe(state.status), state.pid),
-                        Err(RuntimeError::NotFound { .. }) => ("starting".to_string(), None),
-                        Err(error) => (format!("error: {error}"), None),
+                let (service_ports, has_check) =
+                    ports.get(&record.service).cloned().unwrap_or_default();
+                let (state, pid, since_unix_ms, restarts, health) = if record.node == me {
+                    let (state, pid, running) = match runtime.state(&id) {
+                        Ok(state) => (
+                            describe(state.status),
+                            state.pid,
+                            state.status == ContainerStatus::Running,
+                        ),
+                        Err(RuntimeError::NotFound { .. }) => ("starting".to_string(), None, false),
+                        Err(error) => (format!("error: {error}"), None, false),
+                    };
+                    let health = if running {
+                        planner.health_of(&id, has_check)
+                    } else {
+                        shoal_crdt::Health::None
                     };
                     (
                         state,
                         pid,
                         restarts.since_ms(&id),
                         restarts.consecutive_restarts(&id),
+                        health,
                     )
                 } else {
                     let report = reports
@@ -248,6 +358,9 @@ impl Reconciler {
                         None,
                         report.and_then(|status| status.started_unix_ms),
                         report.map_or(0, |status| status.restarts),
+                        report
+                            .map(|status| status.health.clone())
+                            .unwrap_or_default(),
                     )
                 };
                 ContainerView {
@@ -259,7 +372,12 @@ impl Reconciler {
                     since_unix_ms,
                     pid,
                     restarts,
-                    ports: ports.get(&record.service).cloned().unwrap_or_default(),
+                    ports: service_ports,
+                    health: health.label().to_owned(),
+                    health_reason: match health {
+                        shoal_crdt::Health::Unhealthy { reason } => Some(reason),
+                        _ => None,
+                    },
                 }
             })
             .collect();

@@ -14,7 +14,9 @@
 //!   A container runs the current spec when its record has the current version, or when
 //!   the spec digest written on it at create equals the current spec's (a change of the
 //!   replica count alone replaces nothing, also across daemon restarts);
-//! - a kept container that ended is restarted when its policy says so (`Restarts`); a
+//! - a kept container that ended is restarted when its policy says so (`Restarts`), and so
+//!   is a running one its health check found unhealthy (counted as a failed exit, so the
+//!   policy's backoff applies; `never` leaves it running); a
 //!   record whose container the runtime does not have was never started here (the daemon
 //!   died between recording and starting it) and is started, whatever the policy;
 //! - missing replicas are started, at most `starts_per_pass_max` per pass, each only if it
@@ -31,7 +33,7 @@ use std::net::IpAddr;
 use rand::{RngCore, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use shoal_crdt::{
-    ContainerId, ContainerRecord, NodeId, ServiceName, ServiceSpec, Subnet, Timestamp,
+    ContainerId, ContainerRecord, Health, NodeId, ServiceName, ServiceSpec, Subnet, Timestamp,
 };
 use shoal_oci::{ContainerStatus, ExitStatus};
 
@@ -180,6 +182,9 @@ pub struct Planner {
     failures: BTreeMap<ServiceName, Failure>,
     unplaced: BTreeMap<ServiceName, u32>,
     unplaced_reasons: BTreeMap<ServiceName, String>,
+    /// Health of running containers with a check, by id, with the start (`since_ms`) it
+    /// is about: a state about an earlier run of the container is stale.
+    health: BTreeMap<String, (u64, Health)>,
 }
 
 impl Planner {
@@ -193,6 +198,25 @@ impl Planner {
             failures: BTreeMap::new(),
             unplaced: BTreeMap::new(),
             unplaced_reasons: BTreeMap::new(),
+            health: BTreeMap::new(),
+        }
+    }
+
+    /// The health checks' verdicts (`containers::health`): container id -> the start
+    /// (`Restarts::since_ms`) the verdict is about, and the verdict. Replaces the last.
+    pub fn set_health(&mut self, health: BTreeMap<String, (u64, Health)>) {
+        self.health = health;
+    }
+
+    /// The health of container `id` in its current run (`Starting` before any verdict);
+    /// `None` when its service has no check.
+    pub fn health_of(&self, id: &str, has_check: bool) -> Health {
+        if !has_check {
+            return Health::None;
+        }
+        match (self.health.get(id), self.restarts.since_ms(id)) {
+            (Some((since_ms, health)), Some(current)) if *since_ms == current => health.clone(),
+            _ => Health::Starting,
         }
     }
 
@@ -249,6 +273,7 @@ impl Planner {
             .chain(observed.containers.keys().map(String::as_str))
             .collect();
         self.restarts.retain(|id| live.contains(id));
+        self.health.retain(|id, _| live.contains(id.as_str()));
         plan
     }
 
@@ -306,7 +331,20 @@ impl Planner {
     ) {
         let id = record.id.as_str();
         let exit = match observed.containers.get(id) {
-            Some(ObservedState::Running | ObservedState::Created) => {
+            Some(ObservedState::Running) => {
+                self.restarts.adopt(id, spec, now_ms);
+                // Unhealthy counts as a failed exit; the executor stops it before the
+                // restart.
+                if !matches!(
+                    self.health_of(id, spec.health.is_some()),
+                    Health::Unhealthy { .. }
+                ) {
+                    self.restarts.running_again(id);
+                    return;
+                }
+                ExitStatus::Unknown
+            }
+            Some(ObservedState::Created) => {
                 self.restarts.adopt(id, spec, now_ms);
                 return;
             }
@@ -502,7 +540,27 @@ impl Planner {
 
     /// What this node reports about its own containers, after the outcomes of a pass.
     pub fn status(&self, view: &ClusterView, observed: &Observed) -> shoal_crdt::NodeStatus {
-        super::status::node_status(&view.own_records, observed, &self.restarts, &self.errors())
+        super::status::node_status(
+            &view.own_records,
+            observed,
+            &self.restarts,
+            &self.errors(),
+            |record| {
+                let running = matches!(
+                    observed.containers.get(record.id.as_str()),
+                    Some(ObservedState::Running)
+                );
+                let has_check = view
+                    .services
+                    .get(&record.service)
+                    .is_some_and(|service| service.spec.health.is_some());
+                if running {
+                    self.health_of(record.id.as_str(), has_check)
+                } else {
+                    Health::None
+                }
+            },
+        )
     }
 
     /// The restart bookkeeping (start times and restart counts for `shoal ps`).

@@ -282,6 +282,97 @@ fn an_ended_container_restarts_when_its_policy_says() {
 }
 
 #[test]
+fn an_unhealthy_running_container_restarts_per_its_policy_with_backoff() {
+    let v1 = version(10, "a");
+    let mut checked = spec(1, 100);
+    checked.health = Some(shoal_crdt::HealthCheck::tcp(80));
+    let mut view = view("a", &["a"], &[("web", checked.clone(), v1)]);
+    view.own_records = vec![record("web-00000001", "web", "a", v1)];
+    let running = observed(&[("web-00000001", ObservedState::Running)]);
+    let unhealthy = |since_ms: u64| {
+        BTreeMap::from([(
+            "web-00000001".to_owned(),
+            (
+                since_ms,
+                Health::Unhealthy {
+                    reason: "refused".into(),
+                },
+            ),
+        )])
+    };
+
+    let mut planner = Planner::new(node("a"), SETTINGS, 1);
+    assert!(planner.plan(&view, &running, 1_000).is_idle());
+    let since_ms = planner.restarts().since_ms("web-00000001").unwrap();
+    assert_eq!(planner.health_of("web-00000001", true), Health::Starting);
+    // A verdict about an earlier run is stale: nothing happens.
+    planner.set_health(unhealthy(since_ms - 1));
+    assert!(planner.plan(&view, &running, 1_050).is_idle());
+    assert_eq!(
+        planner
+            .status(&view, &running)
+            .containers
+            .values()
+            .next()
+            .unwrap()
+            .health,
+        Health::Starting
+    );
+
+    planner.set_health(unhealthy(since_ms));
+    let status = planner.status(&view, &running);
+    assert!(matches!(
+        status.containers.values().next().unwrap().health,
+        Health::Unhealthy { .. }
+    ));
+    // Counted as a failed exit: the policy's backoff first, then a restart.
+    assert!(planner.plan(&view, &running, 1_100).restarts.is_empty());
+    let plan = planner.plan(&view, &running, 1_300);
+    assert_eq!(plan.restarts.len(), 1, "{plan:?}");
+    assert_eq!(plan.restarts[0].record.id.as_str(), "web-00000001");
+    planner.handle_outcomes(
+        [Outcome::Restarted {
+            id: "web-00000001".into(),
+            service: "web".parse().unwrap(),
+            spec: checked.clone(),
+        }],
+        1_400,
+    );
+    assert_eq!(planner.restarts().consecutive_restarts("web-00000001"), 1);
+    // The new run starts over: the old verdict is about the earlier run.
+    assert_eq!(planner.health_of("web-00000001", true), Health::Starting);
+    assert!(planner.plan(&view, &running, 1_500).is_idle());
+
+    // Healthy again before the restart was due: the restart is dropped.
+    let mut planner = Planner::new(node("a"), SETTINGS, 1);
+    planner.plan(&view, &running, 1_000);
+    planner.set_health(unhealthy(since_ms));
+    assert!(planner.plan(&view, &running, 1_010).restarts.is_empty());
+    planner.set_health(BTreeMap::from([(
+        "web-00000001".to_owned(),
+        (since_ms, Health::Healthy),
+    )]));
+    for now_ms in (1_100..5_000).step_by(100) {
+        assert!(planner.plan(&view, &running, now_ms).is_idle());
+    }
+
+    // Policy never: an unhealthy container keeps running.
+    let mut never = checked;
+    never.restart = shoal_crdt::RestartPolicy::Never;
+    let never_view = {
+        let mut view = view.clone();
+        view.services.get_mut(&"web".parse().unwrap()).unwrap().spec = never;
+        view
+    };
+    let mut planner = Planner::new(node("a"), SETTINGS, 1);
+    planner.plan(&never_view, &running, 1_000);
+    planner.set_health(unhealthy(since_ms));
+    for now_ms in [1_100, 60_000, 600_000] {
+        assert!(planner.plan(&never_view, &running, now_ms).is_idle());
+    }
+}
+
+#[test]
 fn what_fits_nowhere_is_unplaced_and_a_failed_start_waits_the_interval() {
     let v1 = version(10, "a");
     let view = view(

@@ -7,7 +7,8 @@
 //! - mesh mode: every node forwards the service's ports to every container of it that
 //!   runs: its own (as its runtime says) and other live nodes' (as their status reports
 //!   say), balanced, masqueraded so replies come back through this node. A node that
-//!   knows no running replica forwards nothing (the port refuses).
+//!   knows no running replica forwards nothing (the port refuses). When the service has a
+//!   health check, only replicas whose status says healthy count (`serves_mesh`).
 //!
 //! During a partition each side forwards to the replicas it sees live: replicas on the far
 //! side drop out once their node is considered down, and the replacements placement starts
@@ -16,7 +17,9 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use shoal_crdt::{PortMapping, ServiceName, Subnet};
+use shoal_crdt::{
+    ContainerStatus, Health, NodeStatus, PortMapping, RunState, ServiceName, ServiceSpec, Subnet,
+};
 
 use super::plan::{Observed, ObservedState};
 use super::view::ClusterView;
@@ -43,8 +46,22 @@ pub struct PortPlan {
     pub forwards: Vec<Forward>,
 }
 
-/// The port plan of `view`'s node, or `None` when it has no container subnet.
-pub fn port_plan(view: &ClusterView, observed: &Observed) -> Option<PortPlan> {
+/// Whether a mesh-mode replica of `spec` with `status` gets traffic: it runs and, when
+/// the service has a health check, its check says healthy.
+pub fn serves_mesh(spec: &ServiceSpec, status: Option<&ContainerStatus>) -> bool {
+    status.is_some_and(|status| {
+        status.state == RunState::Running
+            && (spec.health.is_none() || status.health == Health::Healthy)
+    })
+}
+
+/// The port plan of `view`'s node, or `None` when it has no container subnet. `own_status`
+/// is this node's status report from the same view and observation (its health verdicts).
+pub fn port_plan(
+    view: &ClusterView,
+    observed: &Observed,
+    own_status: &NodeStatus,
+) -> Option<PortPlan> {
     let own_subnet = view.subnet?;
     let mut cluster_subnets: Vec<Subnet> = std::iter::once(own_subnet)
         .chain(view.peer_subnets.iter().map(|(subnet, _)| *subnet))
@@ -73,7 +90,8 @@ pub fn port_plan(view: &ClusterView, observed: &Observed) -> Option<PortPlan> {
         } else if matches!(
             observed.containers.get(record.id.as_str()),
             Some(ObservedState::Running)
-        ) {
+        ) && serves_mesh(&service.spec, own_status.containers.get(&record.id))
+        {
             mesh_own.entry(&record.service).or_default().push(ip);
         }
     }
@@ -177,7 +195,7 @@ mod tests {
                 record("db-1", "db", "10.88.1.3"),
             ],
         );
-        let plan = port_plan(&view, &observed(&[])).unwrap();
+        let plan = port_plan(&view, &observed(&[]), &NodeStatus::default()).unwrap();
         assert_eq!(plan.forwards.len(), 2);
         assert!(
             plan.forwards
@@ -198,14 +216,19 @@ mod tests {
         );
         view.mesh_backends
             .insert("edge".parse().unwrap(), vec!["10.88.2.9".parse().unwrap()]);
-        let plan = port_plan(&view, &observed(&["edge-2"])).unwrap();
+        let plan = port_plan(
+            &view,
+            &observed(&["edge-2"]),
+            &status(&[("edge-2", Health::None)]),
+        )
+        .unwrap();
         assert_eq!(plan.forwards.len(), 1);
         let forward = &plan.forwards[0];
         assert!(forward.mesh);
         let want: Vec<Ipv4Addr> = vec!["10.88.1.3".parse().unwrap(), "10.88.2.9".parse().unwrap()];
         assert_eq!(forward.backends, want, "edge-1 is not running");
         view.mesh_backends.clear();
-        let plan = port_plan(&view, &observed(&[])).unwrap();
+        let plan = port_plan(&view, &observed(&[]), &NodeStatus::default()).unwrap();
         assert!(
             plan.forwards.is_empty(),
             "no running replica: nothing forwarded"
@@ -216,6 +239,86 @@ mod tests {
     fn no_subnet_no_firewall() {
         let mut view = view(Vec::new(), Vec::new());
         view.subnet = None;
-        assert_eq!(port_plan(&view, &observed(&[])), None);
+        assert_eq!(
+            port_plan(&view, &observed(&[]), &NodeStatus::default()),
+            None
+        );
+    }
+
+    /// This node's report: the containers running, with their health.
+    fn status(containers: &[(&str, Health)]) -> NodeStatus {
+        NodeStatus {
+            containers: containers
+                .iter()
+                .map(|(id, health)| {
+                    let status = ContainerStatus {
+                        state: RunState::Running,
+                        started_unix_ms: None,
+                        restarts: 0,
+                        health: health.clone(),
+                    };
+                    (id.parse().unwrap(), status)
+                })
+                .collect(),
+            errors: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn mesh_mode_with_a_health_check_forwards_to_healthy_replicas_only() {
+        let mut web = spec(&["80:80"], true);
+        web.health = Some(shoal_crdt::HealthCheck::tcp(80));
+        let view = view(
+            vec![("web", web.clone())],
+            vec![
+                record("web-1", "web", "10.88.1.2"),
+                record("web-2", "web", "10.88.1.3"),
+                record("web-3", "web", "10.88.1.4"),
+            ],
+        );
+        let own = status(&[
+            ("web-1", Health::Healthy),
+            ("web-2", Health::Starting),
+            (
+                "web-3",
+                Health::Unhealthy {
+                    reason: "refused".into(),
+                },
+            ),
+        ]);
+        let plan = port_plan(&view, &observed(&["web-1", "web-2", "web-3"]), &own).unwrap();
+        assert_eq!(plan.forwards.len(), 1);
+        assert_eq!(
+            plan.forwards[0].backends,
+            vec!["10.88.1.2".parse::<Ipv4Addr>().unwrap()]
+        );
+        let starting_only = status(&[("web-2", Health::Starting)]);
+        let plan = port_plan(&view, &observed(&["web-2"]), &starting_only).unwrap();
+        assert!(
+            plan.forwards.is_empty(),
+            "no healthy replica: nothing forwarded"
+        );
+
+        // Peers' replicas: the same rule on their reports.
+        let running = |health: Health| ContainerStatus {
+            state: RunState::Running,
+            started_unix_ms: None,
+            restarts: 0,
+            health,
+        };
+        assert!(serves_mesh(&web, Some(&running(Health::Healthy))));
+        assert!(!serves_mesh(&web, Some(&running(Health::Starting))));
+        assert!(!serves_mesh(&web, Some(&running(Health::None))));
+        assert!(!serves_mesh(&web, None));
+        let unchecked = spec(&["80:80"], true);
+        assert!(serves_mesh(&unchecked, Some(&running(Health::None))));
+        let exited = ContainerStatus {
+            state: RunState::Exited {
+                code: Some(0),
+                signal: None,
+            },
+            ..running(Health::None)
+        };
+        assert!(!serves_mesh(&unchecked, Some(&exited)));
     }
 }

@@ -155,6 +155,18 @@ impl Restarts {
         self.by_id.remove(id);
     }
 
+    /// A running container counted as ended (unhealthy) is fine again before its restart
+    /// was due: the pending restart is dropped, and its next end is counted anew.
+    pub fn running_again(&mut self, id: &str) {
+        if let Some(tracked) = self.by_id.get_mut(id)
+            && tracked.exit_seen
+            && !tracked.gave_up
+        {
+            tracked.exit_seen = false;
+            tracked.restart_at_ms = None;
+        }
+    }
+
     /// Unix milliseconds of its latest start, if tracked.
     pub fn since_ms(&self, id: &str) -> Option<u64> {
         self.by_id.get(id).map(|tracked| tracked.since_ms)

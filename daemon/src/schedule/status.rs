@@ -6,18 +6,20 @@
 use std::collections::BTreeMap;
 
 use shoal_crdt::status::bounded_reason;
-use shoal_crdt::{ContainerRecord, ContainerStatus, NodeStatus, RunState, ServiceName};
+use shoal_crdt::{ContainerRecord, ContainerStatus, Health, NodeStatus, RunState, ServiceName};
 use shoal_oci::ExitStatus;
 
 use super::plan::{Observed, ObservedState};
 use super::restarts::Restarts;
 
 /// The status of every container in `own_records`, and this node's service errors.
+/// `health` gives a container's health (`Health::None` for one without a check).
 pub fn node_status(
     own_records: &[ContainerRecord],
     observed: &Observed,
     restarts: &Restarts,
     errors: &BTreeMap<ServiceName, String>,
+    health: impl Fn(&ContainerRecord) -> Health,
 ) -> NodeStatus {
     let containers = own_records
         .iter()
@@ -46,6 +48,12 @@ pub fn node_status(
                 state,
                 started_unix_ms: restarts.since_ms(id),
                 restarts: restarts.consecutive_restarts(id),
+                health: match health(record) {
+                    Health::Unhealthy { reason } => Health::Unhealthy {
+                        reason: bounded_reason(&reason),
+                    },
+                    health => health,
+                },
             };
             (record.id.clone(), status)
         })

@@ -6,8 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use shoal_crdt::{
-    Capacity, ClusterState, ContainerRecord, NodeId, RunState, ServiceName, ServiceSpec, Subnet,
-    Timestamp,
+    Capacity, ClusterState, ContainerRecord, NodeId, ServiceName, ServiceSpec, Subnet, Timestamp,
 };
 
 use super::placement::{self, NodeInput, Placement, ServiceInput};
@@ -35,7 +34,8 @@ pub struct ClusterView {
     /// address to route them through.
     pub peer_subnets: Vec<(Subnet, IpAddr)>,
     /// Mesh-mode services: the addresses of their containers that other live nodes report
-    /// running (this node's own come from its runtime).
+    /// running, and healthy when the service has a health check (`ports::serves_mesh`;
+    /// this node's own come from its runtime).
     pub mesh_backends: BTreeMap<ServiceName, Vec<Ipv4Addr>>,
 }
 
@@ -81,11 +81,16 @@ impl ClusterView {
             if !mesh || &record.node == me || !live.contains(&record.node) {
                 continue;
             }
-            let running = state
-                .node_status(&record.node)
-                .and_then(|status| status.containers.get(&record.id))
-                .is_some_and(|status| status.state == RunState::Running);
-            if let (true, Some(ip)) = (running, record.ip) {
+            let Some((spec, _)) = state.service(&record.service) else {
+                continue;
+            };
+            let serves = super::ports::serves_mesh(
+                spec,
+                state
+                    .node_status(&record.node)
+                    .and_then(|status| status.containers.get(&record.id)),
+            );
+            if let (true, Some(ip)) = (serves, record.ip) {
                 mesh_backends
                     .entry(record.service.clone())
                     .or_default()

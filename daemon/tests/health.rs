@@ -1,0 +1,241 @@
+//! Health checks with real containers through a real daemon (issue 12): a busybox httpd
+//! with an `http` check becomes healthy in `shoal ps --json` and the table's HEALTH column;
+//! a container whose `tcp` check finds nothing listening becomes unhealthy and is
+//! restarted per its policy (its restart count grows). The daemon runs in a network
+//! namespace of its own with a container subnet, so probes go to the containers'
+//! addresses on the node bridge. Needs root (mounts, cgroups, namespaces).
+
+mod host_support;
+#[path = "../../oci/tests/common/mod.rs"]
+mod image_support;
+
+use std::path::Path;
+use std::process::Command;
+
+use host_support::{BINARY, Cluster, Daemon, wait_for};
+use shoal::api::{ContainerView, NamedSpec, PsView, Request, ServiceView};
+use shoal_crdt::{HealthCheck, ServiceSpec};
+
+/// A network namespace, deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(name: &str) -> Netns {
+        let status = Command::new("ip")
+            .args(["netns", "add", name])
+            .status()
+            .unwrap();
+        assert!(status.success(), "ip netns add {name}");
+        let netns = Netns(name.to_string());
+        let up = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{name}"))
+            .args(["ip", "link", "set", "lo", "up"])
+            .status()
+            .unwrap();
+        assert!(up.success());
+        netns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.0])
+            .status();
+    }
+}
+
+/// The cluster; on drop its services are removed while the daemon runs, then whatever is
+/// left is killed through its cgroups and unmounted.
+struct Guarded(Cluster);
+
+impl Drop for Guarded {
+    fn drop(&mut self) {
+        for daemon in self.0.nodes.iter().filter(|d| d.child.is_some()) {
+            let Ok(mut client) =
+                shoal::api::Client::connect(&daemon.socket, std::time::Duration::from_secs(5))
+            else {
+                continue;
+            };
+            let services: Vec<ServiceView> = client.call(Request::ServiceList).unwrap_or_default();
+            for service in services {
+                let _ = client.call::<ServiceView>(Request::ServiceRemove { name: service.name });
+            }
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::time::Instant::now() < deadline
+            && self
+                .0
+                .nodes
+                .iter()
+                .any(|d| d.child.is_some() && !runtime_containers(d).is_empty())
+        {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        for daemon in &mut self.0.nodes {
+            daemon.kill9();
+            for id in runtime_containers(daemon) {
+                reap(&daemon.name, &id, &daemon.dir);
+            }
+        }
+    }
+}
+
+fn runtime_containers(daemon: &Daemon) -> Vec<String> {
+    let dir = daemon.dir.join("state/containers/containers");
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|entry| Some(entry.ok()?.file_name().to_string_lossy().into_owned()))
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+fn reap(node: &str, id: &str, dir: &Path) {
+    for procs in [
+        format!("/sys/fs/cgroup/pids/shoal/{node}/{id}/cgroup.procs"),
+        format!("/sys/fs/cgroup/shoal/{node}/{id}/cgroup.procs"),
+    ] {
+        if let Ok(text) = std::fs::read_to_string(&procs) {
+            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+    let rootfs = dir
+        .join("state/containers/containers")
+        .join(id)
+        .join("rootfs");
+    let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
+}
+
+fn ps(daemon: &Daemon) -> PsView {
+    let output = Command::new(BINARY)
+        .args(["ps", "--json", "--socket"])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "shoal ps failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn of_service(view: &PsView, service: &str) -> Option<ContainerView> {
+    view.containers
+        .iter()
+        .find(|container| container.service == service)
+        .cloned()
+}
+
+fn apply(daemon: &Daemon, name: &str, spec: ServiceSpec) {
+    daemon
+        .client()
+        .call::<Vec<ServiceView>>(Request::ServiceApply {
+            services: vec![NamedSpec {
+                name: name.parse().unwrap(),
+                spec,
+            }],
+        })
+        .unwrap();
+}
+
+fn check(mut check: HealthCheck) -> HealthCheck {
+    check.interval_ms = 500;
+    check.timeout_ms = 400;
+    check.retries = 2;
+    check
+}
+
+#[test]
+fn an_http_check_makes_a_server_healthy_and_a_failing_tcp_check_restarts_its_container() {
+    if !image_support::require_root() {
+        return;
+    }
+    let netns = Netns::new(&format!("shoal-health-{}", std::process::id()));
+    let mut cluster = Guarded(Cluster::new(
+        1,
+        "\n[containers]\nreconcile_interval_ms = 200\nstop_grace_ms = 500\nsubnet = \"10.78.1.0/24\"\nbridge = \"shoalhealth0\"\n",
+    ));
+    let layout = cluster.0.root.path().join("busybox-image");
+    image_support::busybox_image(&layout, &["/bin/busybox", "sleep", "3600"]);
+    let image = layout.display().to_string();
+    {
+        let daemon = &mut cluster.0.nodes[0];
+        let log = std::fs::File::create(daemon.dir.join("daemon.log")).unwrap();
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", netns.0))
+            .arg(BINARY)
+            .args(["daemon", "--config"])
+            .arg(&daemon.config)
+            .env_remove("NOTIFY_SOCKET")
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        daemon.child = Some(child);
+        daemon.wait_ready();
+    }
+    let daemon = &cluster.0.nodes[0];
+
+    let mut web = ServiceSpec::new(&image);
+    web.command = vec![
+        "/bin/busybox".into(),
+        "sh".into(),
+        "-c".into(),
+        "mkdir -p /www && echo ok > /www/healthz && exec /bin/busybox httpd -f -p 8080 -h /www"
+            .into(),
+    ];
+    web.health = Some(check(HealthCheck::http("http://127.0.0.1:8080/healthz")));
+    apply(daemon, "web", web);
+
+    let mut dead = ServiceSpec::new(&image);
+    dead.command = vec!["/bin/busybox".into(), "sleep".into(), "3600".into()];
+    dead.restart = shoal_crdt::RestartPolicy::Always;
+    dead.health = Some(check(HealthCheck::tcp(9)));
+    apply(daemon, "dead", dead);
+
+    let healthy = wait_for("web to be healthy in shoal ps --json", 30_000, || {
+        of_service(&ps(daemon), "web")
+            .filter(|web| web.state == "running" && web.health == "healthy")
+    });
+    assert!(healthy.ip.is_some());
+    assert_eq!(healthy.health_reason, None);
+
+    // The dead one is seen unhealthy, with the probe's failure as the reason, then
+    // restarted again and again (always, with backoff).
+    let unhealthy = wait_for("dead to be unhealthy", 30_000, || {
+        of_service(&ps(daemon), "dead").filter(|dead| dead.health == "unhealthy")
+    });
+    let reason = unhealthy
+        .health_reason
+        .expect("an unhealthy container says why");
+    assert!(reason.contains(":9"), "{reason}");
+    wait_for("dead to be restarted twice", 45_000, || {
+        of_service(&ps(daemon), "dead").filter(|dead| dead.restarts >= 2)
+    });
+    // The healthy one was never restarted.
+    let web = of_service(&ps(daemon), "web").unwrap();
+    assert_eq!((web.restarts, web.health.as_str()), (0, "healthy"));
+
+    let table = Command::new(BINARY)
+        .args(["ps", "--socket"])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(
+        table.contains("HEALTH") && table.contains("healthy"),
+        "{table}"
+    );
+    assert!(
+        daemon.log().contains("container unhealthy"),
+        "the daemon logs why it restarts"
+    );
+}
