@@ -98,7 +98,8 @@ impl HealthCheck {
     pub fn http(url: impl Into<String>) -> HealthCheck {
         HealthCheck {
             http: Some(url.into()),
-            ..HealthCheck::tcp(0)
+            tcp: None,
+            ..HealthCheck::tcp(1)
         }
     }
 
@@ -295,6 +296,14 @@ mod tests {
             r#"{"tcp": 80, "start_period_ms": 99999999}"#,
             Err("health.start_period_ms: "),
         );
+    }
+
+    #[test]
+    fn constructors_give_valid_checks() {
+        HealthCheck::http("http://127.0.0.1:80/")
+            .validate()
+            .unwrap();
+        HealthCheck::tcp(80).validate().unwrap();
     }
 
     #[test]
