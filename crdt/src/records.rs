@@ -125,7 +125,7 @@ pub struct ServiceSpec {
     pub spread: Option<String>,
     /// Probed on the node that runs each container; see `crate::health`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub health: Option<HealthCheck>,
+    pub health: Option<Box<HealthCheck>>,
 }
 
 impl ServiceSpec {

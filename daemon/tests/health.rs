@@ -192,13 +192,15 @@ fn an_http_check_makes_a_server_healthy_and_a_failing_tcp_check_restarts_its_con
         "mkdir -p /www && echo ok > /www/healthz && exec /bin/busybox httpd -f -p 8080 -h /www"
             .into(),
     ];
-    web.health = Some(check(HealthCheck::http("http://127.0.0.1:8080/healthz")));
+    web.health = Some(Box::new(check(HealthCheck::http(
+        "http://127.0.0.1:8080/healthz",
+    ))));
     apply(daemon, "web", web);
 
     let mut dead = ServiceSpec::new(&image);
     dead.command = vec!["/bin/busybox".into(), "sleep".into(), "3600".into()];
     dead.restart = shoal_crdt::RestartPolicy::Always;
-    dead.health = Some(check(HealthCheck::tcp(9)));
+    dead.health = Some(Box::new(check(HealthCheck::tcp(9))));
     apply(daemon, "dead", dead);
 
     let healthy = wait_for("web to be healthy in shoal ps --json", 30_000, || {

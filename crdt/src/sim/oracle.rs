@@ -39,7 +39,7 @@ pub(crate) struct Write {
 pub(crate) enum Op {
     PutService {
         name: ServiceName,
-        spec: ServiceSpec,
+        spec: Box<ServiceSpec>,
     },
     RemoveService {
         name: ServiceName,
@@ -135,7 +135,7 @@ impl History {
             match &write.op {
                 Op::PutService { spec, .. } => {
                     expected_live += 1;
-                    if actual != Some((spec, write.hlc)) {
+                    if actual != Some((&**spec, write.hlc)) {
                         return Err(Violation(format!(
                             "{who}: service {name} should be the put at {} by {}, found {actual:?}",
                             write.hlc, write.node
@@ -350,7 +350,7 @@ mod tests {
                 observed,
                 op: Op::PutService {
                     name: name.clone(),
-                    spec,
+                    spec: Box::new(spec),
                 },
             });
             if second == 1 {

@@ -108,7 +108,10 @@ pub(crate) fn perform(
             let result = replica.put_service(now, name.clone(), spec.clone());
             (
                 format!("put_service {name}"),
-                result.map(|delta| (Some(delta), Op::PutService { name, spec })),
+                result.map(|delta| {
+                    let spec = Box::new(spec);
+                    (Some(delta), Op::PutService { name, spec })
+                }),
             )
         }
         20..=27 => {

@@ -49,7 +49,13 @@ pub fn health_targets(
             if observed.containers.get(id) != Some(&ObservedState::Running) {
                 return None;
             }
-            let check = view.services.get(&record.service)?.spec.health.clone()?;
+            let check = view
+                .services
+                .get(&record.service)?
+                .spec
+                .health
+                .as_deref()?
+                .clone();
             let probe = check.probe().ok()?;
             Some(HealthTarget {
                 id: id.to_owned(),

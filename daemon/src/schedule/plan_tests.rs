@@ -285,7 +285,7 @@ fn an_ended_container_restarts_when_its_policy_says() {
 fn an_unhealthy_running_container_restarts_per_its_policy_with_backoff() {
     let v1 = version(10, "a");
     let mut checked = spec(1, 100);
-    checked.health = Some(shoal_crdt::HealthCheck::tcp(80));
+    checked.health = Some(Box::new(shoal_crdt::HealthCheck::tcp(80)));
     let mut view = view("a", &["a"], &[("web", checked.clone(), v1)]);
     view.own_records = vec![record("web-00000001", "web", "a", v1)];
     let running = observed(&[("web-00000001", ObservedState::Running)]);

@@ -267,7 +267,7 @@ mod tests {
     #[test]
     fn mesh_mode_with_a_health_check_forwards_to_healthy_replicas_only() {
         let mut web = spec(&["80:80"], true);
-        web.health = Some(shoal_crdt::HealthCheck::tcp(80));
+        web.health = Some(Box::new(shoal_crdt::HealthCheck::tcp(80)));
         let view = view(
             vec![("web", web.clone())],
             vec![
