@@ -278,6 +278,7 @@ expected = {
         "tls_key": directory + "svc-workload.tls_key",
         "db.password": directory + "svc-workload.db.password",
     },
+    "health": {"tcp": 80},
 }
 got = services["workload"]
 for key in sorted(set(expected) | set(got)):
@@ -291,6 +292,10 @@ new_fields = {"ports", "publish", "volumes", "tmpfs", "env_files", "secrets"}
 for name in ("web", "local"):
     unset = sorted(new_fields & set(services[name]))
     assert not unset, f"service {name} renders unset fields {unset}"
+# Issue 12's health check: every field as the spec names it; none set, no table.
+health = {"http": "http://127.0.0.1:8080/healthz", "interval_ms": 2000, "timeout_ms": 1000, "retries": 3, "start_period_ms": 5000}
+assert services["web"].get("health") == health, f"web.health: rendered {services['web'].get('health')!r}, expected {health!r}"
+assert "health" not in services["local"], f"local renders an unset health check {services['local']['health']!r}"
 print(f"workload: {sorted(got)}; secrets are the credentials {sorted(p.removeprefix(directory) for p in got['secrets'].values())}")
 PY
 
