@@ -344,6 +344,49 @@ pub fn ps(view: &PsView) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn ps_shows_each_containers_health_and_why_it_is_unhealthy() {
+        let container = |id: &str, health: &str, reason: Option<&str>| crate::api::ContainerView {
+            id: id.to_owned(),
+            service: "web".to_owned(),
+            node: "node-a".to_owned(),
+            state: "running".to_owned(),
+            ip: None,
+            since_unix_ms: None,
+            pid: None,
+            restarts: 0,
+            ports: Vec::new(),
+            health: health.to_owned(),
+            health_reason: reason.map(str::to_owned),
+        };
+        let view = PsView {
+            node: "node-a".to_owned(),
+            containers: vec![
+                container("web-1", "healthy", None),
+                container("web-2", "unhealthy", Some("cannot connect to 10.0.0.3:80")),
+                container("web-3", "-", None),
+            ],
+            ..PsView::default()
+        };
+        let text = ps(&view);
+        let header = text.lines().next().unwrap();
+        assert!(
+            header.contains("STATE") && header.contains("HEALTH"),
+            "{text}"
+        );
+        assert!(
+            text.lines()
+                .any(|l| l.contains("web-1") && l.contains("healthy"))
+        );
+        assert!(text.contains("unhealthy: container web-2: cannot connect to 10.0.0.3:80"));
+        // A view from a daemon without health checks reads as no check.
+        let old: crate::api::ContainerView = serde_json::from_str(
+            r#"{"id":"x","service":"s","node":"n","state":"running","ip":null,"since_unix_ms":null,"pid":null,"restarts":0}"#,
+        )
+        .unwrap();
+        assert_eq!((old.health.as_str(), old.health_reason), ("-", None));
+    }
+
     #[derive(Debug, thiserror::Error)]
     enum Outer {
         #[error("storage: {0}")]
