@@ -307,6 +307,7 @@ mod tests {
             subnet: Some("10.88.1.0/24".parse().unwrap()),
             heartbeat: uhlc::Timestamp::new(now, replica.node().hlc_id()),
             labels: Default::default(),
+            incarnation: None,
         };
         replica.put_node_meta(now, meta).unwrap();
         let snapshot = replica.to_snapshot();

@@ -70,6 +70,7 @@ pub mod constraints;
 mod delta;
 pub mod entry;
 mod ids;
+pub mod identity;
 mod records;
 mod replica;
 /// The deterministic simulator of replicas (feature `sim`; its tests turn it on).
@@ -84,6 +85,7 @@ pub use clock::{Clock, ClockError};
 pub use constraints::{Constraint, Mode};
 pub use delta::{Delta, DeltaBase, OriginRange, Summary};
 pub use entry::{Dot, Merge};
+pub use identity::{Evidence, Sighting};
 pub use ids::{ContainerId, NameError, NodeId, NodeIdError, ServiceName};
 pub use records::{
     Capacity, ContainerRecord, IpAllocation, IpConflict, NodeMeta, Resource, Resources,

@@ -43,6 +43,7 @@ use uhlc::{NTP64, Timestamp};
 use crate::clock::{Clock, ClockError};
 use crate::delta::{Delta, DeltaBase, OriginRange, Summary};
 use crate::entry::{Dot, Entry, MergeOutcome};
+use crate::identity::{IdentityWatch, Sighting};
 use crate::state::{Change, ClusterState, Counts, IpClaim, NodeRecord};
 use crate::status::{NodeStatus, StatusError};
 use crate::{
@@ -75,6 +76,14 @@ pub enum ReplicaError {
     DotsExhausted { node: NodeId },
     #[error(transparent)]
     Status(#[from] StatusError),
+    #[error(
+        "node {node} writes nothing while another writer uses its name ({evidence}, seen from {from})"
+    )]
+    Contested {
+        node: NodeId,
+        evidence: String,
+        from: NodeId,
+    },
 }
 
 /// A remote delta or a snapshot was refused; nothing changed.
@@ -155,6 +164,8 @@ pub struct Replica {
     peers: BTreeMap<NodeId, PeerView>,
     /// Writers' HLC ids, so validating an entry does not hash its writer's name.
     hlc_ids: BTreeMap<NodeId, uhlc::ID>,
+    /// What this replica saw of two writers with one name (`identity`); not persisted.
+    identity: IdentityWatch,
 }
 
 const HLC_ID_CACHE_ENTRIES_MAX: usize = 4096;
@@ -187,6 +198,7 @@ impl Replica {
             gc_floor: VersionVector::new(),
             peers: BTreeMap::new(),
             hlc_ids: BTreeMap::new(),
+            identity: IdentityWatch::default(),
         }
     }
 
@@ -217,6 +229,49 @@ impl Replica {
         &self.gc_floor
     }
 
+    // ---- identity ----
+
+    /// Sets this daemon's incarnation (a random number drawn at its start), written into its
+    /// node metadata from now on. `started` is the physical time after which a write of this
+    /// node's metadata by another incarnation is another live daemon with this name: when
+    /// this one started, plus the clock drift peers accept.
+    pub fn set_incarnation(&mut self, incarnation: u64, started: NTP64) {
+        self.identity.set_incarnation(incarnation, started);
+    }
+
+    /// This daemon's incarnation, if set.
+    pub fn incarnation(&self) -> Option<u64> {
+        self.identity.incarnation()
+    }
+
+    /// Another writer uses this node's name: the latest evidence. While this is `Some`, every
+    /// local operation is refused (`ReplicaError::Contested`) and peers' coverage of this
+    /// node's writes is adopted as a fresh node adopts it (see `crate::identity`).
+    pub fn contest(&self) -> Option<&Sighting> {
+        self.identity.contest()
+    }
+
+    /// Lets this node write again (its caller saw nothing new of the other writer for long
+    /// enough). Evidence already seen does not count again.
+    pub fn clear_contest(&mut self) {
+        self.identity.clear_contest();
+    }
+
+    /// Other nodes seen written by two writers, with the latest evidence.
+    pub fn duplicates(&self) -> &BTreeMap<NodeId, Sighting> {
+        self.identity.duplicates()
+    }
+
+    /// Forgets that `node` was seen written by two writers.
+    pub fn forget_duplicate(&mut self, node: &NodeId) {
+        self.identity.forget_duplicate(node);
+    }
+
+    /// Takes over what `other` (this node's replica before a reload) saw of identities.
+    pub fn keep_identity_of(&mut self, other: &Replica) {
+        self.identity = other.identity.clone();
+    }
+
     // ---- local operations ----
 
     /// Refuses an operation that needs `count` more dots than this node has left.
@@ -231,7 +286,16 @@ impl Replica {
     }
 
     /// Stamps one local write: the next HLC and the next dot (checked, never wrapping).
+    /// Refused while this node's identity is contested: every local operation stamps before
+    /// it changes anything, so it is refused whole.
     fn stamp(&mut self, now: NTP64) -> Result<(Timestamp, Dot), ReplicaError> {
+        if let Some(sighting) = self.identity.contest() {
+            return Err(ReplicaError::Contested {
+                node: self.node.clone(),
+                evidence: sighting.evidence.to_string(),
+                from: sighting.from.clone(),
+            });
+        }
         let counter = self
             .own_counter()
             .checked_add(1)
@@ -331,11 +395,15 @@ impl Replica {
         ))
     }
 
-    /// Writes this node's metadata. `meta.heartbeat` is set to the write's HLC.
+    /// Writes this node's metadata. `meta.heartbeat` is set to the write's HLC, and
+    /// `meta.incarnation` to this daemon's when it was set (`set_incarnation`).
     pub fn put_node_meta(&mut self, now: NTP64, mut meta: NodeMeta) -> Result<Delta, ReplicaError> {
         let since = self.vv.get(&self.node);
         let (hlc, dot) = self.stamp(now)?;
         meta.heartbeat = hlc;
+        if let Some(incarnation) = self.identity.incarnation() {
+            meta.incarnation = Some(incarnation);
+        }
         let previous = self
             .state
             .node_entry(&self.node)
@@ -722,7 +790,14 @@ impl Replica {
         delta: &Delta,
     ) -> Result<Applied, ApplyError> {
         self.remember_writer_ids(delta);
-        self.validate_delta(now, from, delta)?;
+        if let Err(error) = self.validate_delta(now, from, delta) {
+            // Writes of this node it did not make: its name is contested. Nothing else
+            // changes; the next such delta is adopted (`check_own_origin`).
+            if let ApplyError::OwnOrigin { until, own, .. } = &error {
+                self.identity.coverage_beyond(from, *until, *own);
+            }
+            return Err(error);
+        }
         if let Some(max) = delta.max_timestamp() {
             self.clock
                 .observe(now, &max)
@@ -730,6 +805,24 @@ impl Replica {
                     from: from.clone(),
                     source,
                 })?;
+        }
+        if from != &self.node {
+            let own = self.own_counter();
+            let claimed = match &delta.base {
+                DeltaBase::Ranges(ranges) => ranges
+                    .iter()
+                    .find(|range| range.node == self.node)
+                    .map_or(0, |range| range.until),
+                DeltaBase::Full { vv, .. } => vv.get(&self.node),
+                DeltaBase::Repair { .. } => 0,
+            };
+            // A contested replica adopts coverage of its writes beyond its counter (checked in
+            // `check_own_origin`): more of the other writer's writes.
+            if claimed > own && !self.is_fresh() {
+                self.identity.coverage_beyond(from, claimed, own);
+            }
+            self.identity
+                .observe(&self.node, &self.state, from, &delta.changes);
         }
         let mut applied = Applied::default();
         match &delta.base {
@@ -1041,11 +1134,14 @@ impl Replica {
     }
 
     /// Only this node writes its dots: coverage of them beyond its own counter is writes it
-    /// did not make, refused, except from its own log (`from` is itself) and while it is
-    /// fresh (it adopts what its previous incarnation wrote, up to `ADOPTED_COUNTER_MAX`).
+    /// did not make, refused, except from its own log (`from` is itself), while it is fresh
+    /// (it adopts what its previous incarnation wrote) and while its identity is contested (it
+    /// writes nothing, and adopts what the other writer wrote), up to `ADOPTED_COUNTER_MAX`.
     fn check_own_origin(&self, from: &NodeId, until: u64) -> Result<(), ApplyError> {
         let own = self.own_counter();
-        let adopts = from == &self.node || (self.is_fresh() && until <= ADOPTED_COUNTER_MAX);
+        let adopts = from == &self.node
+            || ((self.is_fresh() || self.identity.contest().is_some())
+                && until <= ADOPTED_COUNTER_MAX);
         if until > own && !adopts {
             return Err(ApplyError::OwnOrigin {
                 from: from.clone(),
@@ -1066,6 +1162,11 @@ impl Replica {
     pub fn observe_summary(&mut self, peer: &NodeId, summary: &Summary) -> bool {
         if peer == &self.node {
             return false;
+        }
+        let own = self.own_counter();
+        let claimed = summary.vv.get(&self.node);
+        if claimed > own && !self.is_fresh() {
+            self.identity.coverage_beyond(peer, claimed, own);
         }
         let covered = self.vv.get(peer);
         let mut corrected = false;
@@ -1124,6 +1225,7 @@ impl Replica {
         for peer in evicted {
             self.peers.remove(&peer);
         }
+        self.identity.prune(&self.state);
         let Some(stable) = self.stable_vv() else {
             return 0;
         };
@@ -1208,6 +1310,7 @@ impl Replica {
             gc_floor: snapshot.gc_floor,
             peers: snapshot.peers,
             hlc_ids: BTreeMap::new(),
+            identity: IdentityWatch::default(),
         })
     }
 
@@ -1246,6 +1349,7 @@ mod tests {
             subnet: Some(subnet.parse().unwrap()),
             heartbeat: Timestamp::new(NTP64(0), node("x").hlc_id()),
             labels: Default::default(),
+            incarnation: None,
         }
     }
 
@@ -1679,3 +1783,7 @@ mod tests {
 #[cfg(test)]
 #[path = "replica_trust_tests.rs"]
 mod trust_tests;
+
+#[cfg(test)]
+#[path = "replica_identity_tests.rs"]
+mod identity_tests;

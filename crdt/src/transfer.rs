@@ -198,6 +198,7 @@ mod tests {
             subnet: Some(subnet.parse().unwrap()),
             heartbeat: Timestamp::new(NTP64(0), node("x").hlc_id()),
             labels: Default::default(),
+            incarnation: None,
         }
     }
 
