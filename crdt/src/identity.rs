@@ -7,8 +7,12 @@
 //! - of its own name, any write it did not make: its node metadata written by another
 //!   incarnation after this one started (every daemon writes a random `NodeMeta::incarnation`,
 //!   and a previous incarnation of this node stopped writing before this one started), an
-//!   entry at one of its dots that differs from the one it holds, coverage of its writes beyond
-//!   its own counter (`ApplyError::OwnOrigin`, or a peer's summary). That makes its identity
+//!   entry at one of its dots that differs from the one it holds, or that it does not hold but
+//!   that is stamped after this daemon started and after a write of its own numbered higher (a
+//!   daemon numbers and stamps its writes in one order), coverage of its writes beyond
+//!   its own counter (`ApplyError::OwnOrigin`) unless every such write came with the delta and
+//!   was stamped before this daemon started (a previous incarnation's, or a stopped
+//!   duplicate's: adopted). That makes its identity
 //!   contested (`Replica::contest`), and a contested replica writes nothing (`stamp` refuses
 //!   with `ReplicaError::Contested`) and covers its own writes as far as peers have seen them,
 //!   as a fresh node does, so it still converges; the daemon decides when it clears;
@@ -38,7 +42,10 @@ pub enum Evidence {
     },
     /// Two different writes claim one dot of the node.
     CollidingDot { counter: u64 },
-    /// Coverage of the node's writes beyond what this node wrote (in a delta or a summary).
+    /// A write numbered below one of this node's own but stamped after it (a daemon's writes
+    /// are numbered and stamped in the same order), and after this daemon started.
+    OutOfOrder { counter: u64, later_than: u64 },
+    /// Coverage of the node's writes beyond what this node wrote.
     CoverageBeyond { until: u64, own: u64 },
     /// The node's newer heartbeats alternate between two incarnations.
     AlternatingIncarnations { first: u64, second: u64 },
@@ -58,6 +65,13 @@ impl fmt::Display for Evidence {
             Evidence::CollidingDot { counter } => write!(
                 f,
                 "two different writes claiming its write number {counter}"
+            ),
+            Evidence::OutOfOrder {
+                counter,
+                later_than,
+            } => write!(
+                f,
+                "its write number {counter} stamped after its write number {later_than}"
             ),
             Evidence::CoverageBeyond { until, own } => write!(
                 f,
@@ -124,12 +138,21 @@ impl IdentityWatch {
         self.incarnation
     }
 
+    /// When this daemon started (plus the drift), once its incarnation is set.
+    pub(crate) fn started(&self) -> Option<NTP64> {
+        self.incarnation.map(|_| self.started)
+    }
+
     pub(crate) fn contest(&self) -> Option<&Sighting> {
         self.contest.as_ref()
     }
 
     pub(crate) fn clear_contest(&mut self) {
         self.contest = None;
+    }
+
+    pub(crate) fn restore_contest(&mut self, contest: Sighting) {
+        self.contest = Some(contest);
     }
 
     pub(crate) fn duplicates(&self) -> &BTreeMap<NodeId, Sighting> {
@@ -195,10 +218,11 @@ impl IdentityWatch {
     ) {
         for change in changes {
             let dot = change.dot();
-            if let Some(held) = state.change_at_dot(dot)
-                && &held != change
-            {
-                self.colliding(me, from, &dot.node, dot.counter);
+            match state.change_at_dot(dot) {
+                Some(held) if &held != change => self.colliding(me, from, &dot.node, dot.counter),
+                Some(_) => {}
+                None if &dot.node == me => self.out_of_order(me, from, state, change),
+                None => {}
             }
             if let Change::Node { node, entry } = change
                 && let Some(record) = &entry.value
@@ -225,11 +249,36 @@ impl IdentityWatch {
         if counter <= seen {
             return;
         }
-        if self.collision_max.len() < TRACKED_NODES_MAX || self.collision_max.contains_key(origin)
-        {
+        if self.collision_max.len() < TRACKED_NODES_MAX || self.collision_max.contains_key(origin) {
             self.collision_max.insert(origin.clone(), counter);
         }
         self.duplicated(origin, from, Evidence::CollidingDot { counter });
+    }
+
+    /// A write of this node's name that it does not hold, stamped after this daemon started: a
+    /// daemon stamps its writes in the order it numbers them, so if this node holds a write of
+    /// its own numbered higher but stamped earlier, the incoming one is another daemon's.
+    /// (Writes of a previous incarnation were stamped before this one started.)
+    fn out_of_order(&mut self, me: &NodeId, from: &NodeId, state: &ClusterState, change: &Change) {
+        if self.incarnation.is_none() || *change.hlc().get_time() <= self.started {
+            return;
+        }
+        let counter = change.dot().counter;
+        let Some(next) = state.next_change_above(me, counter) else {
+            return;
+        };
+        if next.hlc() < change.hlc() {
+            let new = counter > self.own_collision_max;
+            self.own_collision_max = self.own_collision_max.max(counter);
+            self.contested(
+                from,
+                Evidence::OutOfOrder {
+                    counter,
+                    later_than: next.dot().counter,
+                },
+                new,
+            );
+        }
     }
 
     /// This node's metadata in a peer's delta: written by another incarnation after this one

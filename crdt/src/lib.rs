@@ -69,8 +69,8 @@ pub mod codec;
 pub mod constraints;
 mod delta;
 pub mod entry;
-mod ids;
 pub mod identity;
+mod ids;
 mod records;
 mod replica;
 /// The deterministic simulator of replicas (feature `sim`; its tests turn it on).

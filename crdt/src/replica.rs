@@ -166,6 +166,8 @@ pub struct Replica {
     hlc_ids: BTreeMap<NodeId, uhlc::ID>,
     /// What this replica saw of two writers with one name (`identity`); not persisted.
     identity: IdentityWatch,
+    /// Replaying its own log (`set_replaying`).
+    replaying: bool,
 }
 
 const HLC_ID_CACHE_ENTRIES_MAX: usize = 4096;
@@ -175,11 +177,14 @@ pub const DOT_COUNTER_MAX: u64 = 1 << 48;
 /// The highest counter of its own a fresh replica adopts from a peer (what its previous
 /// incarnation wrote): half the room, so whatever a peer claims, a node keeps 2^47 writes.
 pub const ADOPTED_COUNTER_MAX: u64 = DOT_COUNTER_MAX / 2;
+/// How far beyond its counter a contested node writes its announcement
+/// (`Replica::announce_contest`).
+pub const CONTEST_ANNOUNCE_JUMP: u64 = 1024;
 /// Up to this many origins, a delta's ranges are searched linearly.
 const SMALL_RANGE_COUNT: usize = 8;
 
 /// Whether `a` covers every write `b` covers.
-fn covers(a: &VersionVector, b: &VersionVector) -> bool {
+pub(crate) fn covers(a: &VersionVector, b: &VersionVector) -> bool {
     b.dots.iter().all(|(node, counter)| a.get(node) >= *counter)
 }
 
@@ -199,6 +204,7 @@ impl Replica {
             peers: BTreeMap::new(),
             hlc_ids: BTreeMap::new(),
             identity: IdentityWatch::default(),
+            replaying: false,
         }
     }
 
@@ -233,8 +239,7 @@ impl Replica {
 
     /// Sets this daemon's incarnation (a random number drawn at its start), written into its
     /// node metadata from now on. `started` is the physical time after which a write of this
-    /// node's metadata by another incarnation is another live daemon with this name: when
-    /// this one started, plus the clock drift peers accept.
+    /// node's name that it did not make is another live daemon's: when this one started.
     pub fn set_incarnation(&mut self, incarnation: u64, started: NTP64) {
         self.identity.set_incarnation(incarnation, started);
     }
@@ -265,6 +270,48 @@ impl Replica {
     /// Forgets that `node` was seen written by two writers.
     pub fn forget_duplicate(&mut self, node: &NodeId) {
         self.identity.forget_duplicate(node);
+    }
+
+    /// Writes this node's metadata once more while its identity is contested, numbered
+    /// `CONTEST_ANNOUNCE_JUMP` beyond its counter: the other daemon with this name, which may
+    /// have won every colliding write so far, then sees coverage of its writes beyond its own
+    /// counter and knows too. Returns an empty delta when not contested.
+    pub fn announce_contest(&mut self, now: NTP64, meta: NodeMeta) -> Result<Delta, ReplicaError> {
+        let since = self.own_counter();
+        let Some(contest) = self.identity.contest().cloned() else {
+            return Ok(Delta::ranges(Vec::new(), Vec::new()));
+        };
+        let counter = since
+            .checked_add(CONTEST_ANNOUNCE_JUMP)
+            .filter(|counter| *counter <= ADOPTED_COUNTER_MAX)
+            .ok_or_else(|| ReplicaError::DotsExhausted {
+                node: self.node.clone(),
+            })?;
+        self.vv.dots.insert(self.node.clone(), counter - 1);
+        self.identity.clear_contest();
+        let result = self.put_node_meta(now, meta);
+        self.identity.restore_contest(contest);
+        let mut delta = match result {
+            Ok(delta) => delta,
+            Err(error) => {
+                self.vv.dots.insert(self.node.clone(), since);
+                return Err(error);
+            }
+        };
+        // One range from the counter peers know, so they take it as a continuation.
+        if let DeltaBase::Ranges(ranges) = &mut delta.base {
+            for range in ranges.iter_mut() {
+                range.since = since;
+            }
+        }
+        Ok(delta)
+    }
+
+    /// While on, deltas are this node's log being replayed at startup: what was accepted
+    /// before is accepted again (own-origin coverage a contested identity adopted included),
+    /// and nothing in them counts as evidence of another writer.
+    pub fn set_replaying(&mut self, replaying: bool) {
+        self.replaying = replaying;
     }
 
     /// Takes over what `other` (this node's replica before a reload) saw of identities.
@@ -793,7 +840,9 @@ impl Replica {
         if let Err(error) = self.validate_delta(now, from, delta) {
             // Writes of this node it did not make: its name is contested. Nothing else
             // changes; the next such delta is adopted (`check_own_origin`).
-            if let ApplyError::OwnOrigin { until, own, .. } = &error {
+            if let ApplyError::OwnOrigin { until, own, .. } = &error
+                && !self.replaying
+            {
                 self.identity.coverage_beyond(from, *until, *own);
             }
             return Err(error);
@@ -806,7 +855,7 @@ impl Replica {
                     source,
                 })?;
         }
-        if from != &self.node {
+        if from != &self.node && !self.replaying {
             let own = self.own_counter();
             let claimed = match &delta.base {
                 DeltaBase::Ranges(ranges) => ranges
@@ -818,7 +867,7 @@ impl Replica {
             };
             // A contested replica adopts coverage of its writes beyond its counter (checked in
             // `check_own_origin`): more of the other writer's writes.
-            if claimed > own && !self.is_fresh() {
+            if claimed > own && !self.is_fresh() && !self.leftover_writes(&delta.changes) {
                 self.identity.coverage_beyond(from, claimed, own);
             }
             self.identity
@@ -1023,7 +1072,7 @@ impl Replica {
                         "snapshot covers {node} up to {counter}, beyond the highest counter {DOT_COUNTER_MAX}"
                     )));
                 }
-                self.check_own_origin(from, vv.get(&self.node))?;
+                self.check_own_origin(from, vv.get(&self.node), &delta.changes)?;
             }
             DeltaBase::Repair { vv } => {
                 if let Some(change) = delta.changes.iter().find(|c| !covers_dot(vv, c.dot())) {
@@ -1117,7 +1166,7 @@ impl Replica {
             }
         }
         if let Some(own) = find(&self.node) {
-            self.check_own_origin(from, own.until)?;
+            self.check_own_origin(from, own.until, changes)?;
         }
         for range in ranges {
             let have = self.vv.get(&range.node);
@@ -1137,10 +1186,22 @@ impl Replica {
     /// did not make, refused, except from its own log (`from` is itself), while it is fresh
     /// (it adopts what its previous incarnation wrote) and while its identity is contested (it
     /// writes nothing, and adopts what the other writer wrote), up to `ADOPTED_COUNTER_MAX`.
-    fn check_own_origin(&self, from: &NodeId, until: u64) -> Result<(), ApplyError> {
+    ///
+    /// Writes of this node's name beyond its counter that were all stamped before this daemon
+    /// started (`set_incarnation`) are adopted too: a previous incarnation's, or those of a
+    /// duplicate stopped before this one started, which this node missed.
+    fn check_own_origin(
+        &self,
+        from: &NodeId,
+        until: u64,
+        changes: &[Change],
+    ) -> Result<(), ApplyError> {
         let own = self.own_counter();
         let adopts = from == &self.node
-            || ((self.is_fresh() || self.identity.contest().is_some())
+            || self.replaying
+            || ((self.is_fresh()
+                || self.identity.contest().is_some()
+                || self.leftover_writes(changes))
                 && until <= ADOPTED_COUNTER_MAX);
         if until > own && !adopts {
             return Err(ApplyError::OwnOrigin {
@@ -1150,6 +1211,20 @@ impl Replica {
             });
         }
         Ok(())
+    }
+
+    /// Whether `changes` hold writes of this node's name beyond its counter, all stamped
+    /// before this daemon started (see `check_own_origin`).
+    fn leftover_writes(&self, changes: &[Change]) -> bool {
+        let Some(started) = self.identity.started() else {
+            return false;
+        };
+        let own = self.own_counter();
+        let mut beyond = changes
+            .iter()
+            .filter(|change| change.dot().node == self.node && change.dot().counter > own)
+            .peekable();
+        beyond.peek().is_some() && beyond.all(|change| *change.hlc().get_time() <= started)
     }
 
     /// Records a peer's summary (received from that peer, so `peer` comes from its
@@ -1163,11 +1238,9 @@ impl Replica {
         if peer == &self.node {
             return false;
         }
-        let own = self.own_counter();
-        let claimed = summary.vv.get(&self.node);
-        if claimed > own && !self.is_fresh() {
-            self.identity.coverage_beyond(peer, claimed, own);
-        }
+        // A summary covering this node's writes beyond its counter is not taken as evidence
+        // of another writer: after a restart, peers may cover writes stamped before it
+        // started (a duplicate since stopped). The delta that brings them tells (`apply_delta`).
         let covered = self.vv.get(peer);
         let mut corrected = false;
         if summary.vv.get(peer) < covered {
@@ -1311,6 +1384,7 @@ impl Replica {
             peers: snapshot.peers,
             hlc_ids: BTreeMap::new(),
             identity: IdentityWatch::default(),
+            replaying: false,
         })
     }
 

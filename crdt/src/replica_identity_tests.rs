@@ -112,19 +112,34 @@ fn two_daemons_with_one_name_both_notice_stop_writing_and_everyone_converges() {
     // A second daemon as n1, with an empty state, starts later and joins through n2.
     let mut twin = daemon("n1", 0xbeef, 2_000);
     twin.put_node_meta(ms(5_000), meta("10.88.9.0/24")).unwrap();
-    assert!(exchange(&mut twin, &mut n2, ms(5_001)).is_empty(), "fresh: adopts");
+    assert!(
+        exchange(&mut twin, &mut n2, ms(5_001)).is_empty(),
+        "fresh: adopts"
+    );
     assert!(twin.contest().is_none());
     // Both write at the same next dots.
     // Their writes interleave in time, as their heartbeats do, so each wins a dot.
     let next = n1.own_counter() + 1;
-    n1.put_service(ms(5_010), "from-n1".parse().unwrap(), ServiceSpec::new("/n1"))
-        .unwrap();
-    twin.put_service(ms(5_011), "from-twin".parse().unwrap(), ServiceSpec::new("/twin"))
-        .unwrap();
+    n1.put_service(
+        ms(5_010),
+        "from-n1".parse().unwrap(),
+        ServiceSpec::new("/n1"),
+    )
+    .unwrap();
+    twin.put_service(
+        ms(5_011),
+        "from-twin".parse().unwrap(),
+        ServiceSpec::new("/twin"),
+    )
+    .unwrap();
     n1.put_node_meta(ms(5_012), meta("10.88.1.0/24")).unwrap();
     twin.put_node_meta(ms(5_013), meta("10.88.9.0/24")).unwrap();
-    n1.put_service(ms(5_014), "more-n1".parse().unwrap(), ServiceSpec::new("/n1"))
-        .unwrap();
+    n1.put_service(
+        ms(5_014),
+        "more-n1".parse().unwrap(),
+        ServiceSpec::new("/n1"),
+    )
+    .unwrap();
     assert_eq!(twin.own_counter(), next + 1);
 
     let mut all = [&mut n1, &mut twin, &mut n2, &mut n3];
@@ -145,13 +160,28 @@ fn two_daemons_with_one_name_both_notice_stop_writing_and_everyone_converges() {
     }
     let mut n1_after = n1.clone();
     let refused = n1_after
-        .put_service(ms(7_000), "refused".parse().unwrap(), ServiceSpec::new("/x"))
+        .put_service(
+            ms(7_000),
+            "refused".parse().unwrap(),
+            ServiceSpec::new("/x"),
+        )
         .unwrap_err();
-    assert!(matches!(refused, ReplicaError::Contested { .. }), "{refused}");
-    assert!(twin.clone().put_node_meta(ms(7_000), meta("10.88.9.0/24")).is_err());
+    assert!(
+        matches!(refused, ReplicaError::Contested { .. }),
+        "{refused}"
+    );
+    assert!(
+        twin.clone()
+            .put_node_meta(ms(7_000), meta("10.88.9.0/24"))
+            .is_err()
+    );
     // Their peers saw n1 written by two writers.
     for peer in [&n2, &n3] {
-        assert!(peer.duplicates().contains_key(&node("n1")), "{}", peer.node());
+        assert!(
+            peer.duplicates().contains_key(&node("n1")),
+            "{}",
+            peer.node()
+        );
         assert!(peer.contest().is_none());
     }
     // All four converge, the colliding dots decided the same everywhere.
@@ -216,13 +246,17 @@ fn a_restart_with_its_state_or_with_none_is_not_a_duplicate() {
     }
     // Restarted again with an empty state (its state_dir emptied): it adopts its writes.
     let mut fresh = daemon("n1", 8, 4_000);
-    fresh.put_node_meta(ms(5_500), meta("10.88.1.0/24")).unwrap();
+    fresh
+        .put_node_meta(ms(5_500), meta("10.88.1.0/24"))
+        .unwrap();
     for _ in 0..2 {
         exchange(&mut fresh, &mut n2, ms(5_501));
         exchange(&mut n2, &mut n3, ms(5_501));
         exchange(&mut fresh, &mut n3, ms(5_501));
     }
-    fresh.put_node_meta(ms(5_502), meta("10.88.1.0/24")).unwrap();
+    fresh
+        .put_node_meta(ms(5_502), meta("10.88.1.0/24"))
+        .unwrap();
     exchange(&mut fresh, &mut n2, ms(5_503));
     exchange(&mut n2, &mut n3, ms(5_503));
     assert!(fresh.contest().is_none(), "{:?}", fresh.contest());

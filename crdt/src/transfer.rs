@@ -62,7 +62,7 @@
 
 use crate::codec::HEADER_BYTES;
 use crate::delta::{Delta, DeltaBase, OriginRange, Summary};
-use crate::replica::Replica;
+use crate::replica::{Replica, covers};
 use crate::state::{Change, Key};
 
 /// The postcard size of an in-memory value. Every in-memory value serializes (the codec's
@@ -100,6 +100,21 @@ impl Replica {
                 |key| state.change_at(key),
                 encoded_bytes_max,
             );
+        }
+        // As `delta_for`: a peer that covers exactly the writes this replica covers but holds
+        // other entries (a lying peer, or two daemons with one name) gets every entry, as a
+        // repair.
+        if covers(vv, &theirs.vv) && covers(&theirs.vv, vv) {
+            return match theirs.digest {
+                Some(digest) if digest != state.digest() => collect_within(
+                    DeltaBase::Repair { vv: vv.clone() },
+                    state.entry_count(),
+                    state.keys(),
+                    |key| state.change_at(key),
+                    encoded_bytes_max,
+                ),
+                _ => Some(Delta::ranges(Vec::new(), Vec::new())),
+            };
         }
         let mut ranges = Vec::new();
         let mut count = 0;

@@ -370,6 +370,8 @@ struct Inner {
     poisoned: bool,
     /// The replica's contest sightings count and when (ms) it last grew.
     contest_seen: Option<(u64, u64)>,
+    /// A contest began and this node has not announced it yet (`Replica::announce_contest`).
+    announce_contest: bool,
     /// Per node seen written by two daemons: the sightings count and when (ms) it last grew.
     duplicates_seen: BTreeMap<NodeId, (u64, u64)>,
 }
@@ -408,7 +410,7 @@ impl Node {
         let mut loaded = load_replica(&options, &store, clock.now())?;
         loaded
             .replica
-            .set_incarnation(options.incarnation, incarnation_started(&options, &*clock));
+            .set_incarnation(options.incarnation, incarnation_started(&*clock));
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
         let (plan_inputs, _) = watch::channel(0);
         let started_ms = clock.now_ms();
@@ -424,6 +426,7 @@ impl Node {
                 clock_floor: loaded.clock_floor,
                 poisoned: false,
                 contest_seen: None,
+                announce_contest: false,
                 duplicates_seen: BTreeMap::new(),
             }),
             changes,
@@ -505,6 +508,7 @@ impl Node {
             (None, _) => inner.contest_seen = None,
             (Some(sighting), None) => {
                 inner.contest_seen = Some((sighting.count, now_ms));
+                inner.announce_contest = true;
                 let contest = self.contest_of(inner).expect("contested");
                 tracing::error!(
                     node = %self.options.node,
@@ -947,7 +951,24 @@ impl Node {
     pub fn heartbeat(&self) -> Result<(), NodeError> {
         if self.identity_contest().is_some() {
             // Another daemon writes as this node: nothing is written under its name (the
-            // contest was logged when it began). Tombstones are still collected.
+            // contest was logged when it began) but one announcement, numbered beyond every
+            // write of the other daemon, so that it learns of the contest too. Tombstones are
+            // still collected.
+            let announce = std::mem::take(&mut self.lock().announce_contest);
+            if announce {
+                let meta = self.own_meta(None);
+                self.write_one(
+                    || "contest announcement".to_string(),
+                    |replica, now| {
+                        let mut meta = meta;
+                        meta.subnet = meta.subnet.or(replica
+                            .state()
+                            .node(&self.options.node)
+                            .and_then(|own| own.subnet));
+                        replica.announce_contest(now, meta)
+                    },
+                )?;
+            }
             self.lock().replica.collect_garbage();
             return Ok(());
         }
@@ -969,14 +990,7 @@ impl Node {
                          state_dir and start it again to rejoin with a clean state"
                     );
                 }
-                let meta = NodeMeta {
-                    address: self.options.address,
-                    capacity: self.options.capacity,
-                    subnet: self.options.subnet.or(own.as_ref().and_then(|m| m.subnet)),
-                    heartbeat: Timestamp::new(now, node.hlc_id()),
-                    labels: self.options.labels.clone(),
-                    incarnation: Some(self.options.incarnation),
-                };
+                let meta = self.own_meta(own.as_ref().and_then(|m| m.subnet));
                 replica.put_node_meta(now, meta).map(|_| own.is_none())
             },
         )?;
@@ -990,6 +1004,19 @@ impl Node {
             tracing::debug!(collected, "collected tombstones");
         }
         Ok(())
+    }
+
+    /// This node's metadata as its options say (the replica sets the heartbeat), with
+    /// `subnet` when the options name none.
+    fn own_meta(&self, subnet: Option<Subnet>) -> NodeMeta {
+        NodeMeta {
+            address: self.options.address,
+            capacity: self.options.capacity,
+            subnet: self.options.subnet.or(subnet),
+            heartbeat: Timestamp::new(NTP64(0), self.options.node.hlc_id()),
+            labels: self.options.labels.clone(),
+            incarnation: Some(self.options.incarnation),
+        }
     }
 
     /// Evicts every member whose heartbeat is older than `evict_after_ms`. An evicted node
@@ -1206,13 +1233,13 @@ impl Node {
     }
 }
 
-/// When this incarnation started, as the replica needs it: a write of this node's metadata by
-/// another incarnation with a later timestamp is another live daemon. A previous incarnation
-/// stopped before this one started, though its clock may have been ahead by up to the drift
-/// peers accept.
-fn incarnation_started(options: &NodeOptions, clock: &dyn Clock) -> NTP64 {
-    let drift = NTP64::from(options.max_clock_drift);
-    NTP64(clock.now().0.saturating_add(drift.0))
+/// When this incarnation started, as the replica needs it: a write of this node's name
+/// stamped later is this daemon's or another live daemon's, one stamped earlier a previous
+/// incarnation's (or a duplicate's that stopped), which is adopted. (A previous incarnation
+/// whose clock ran ahead and that stopped less than that far before this start looks like a
+/// duplicate until `contest_quiet_ms` has passed.)
+fn incarnation_started(clock: &dyn Clock) -> NTP64 {
+    clock.now()
 }
 
 fn map_apply_error(peer: &NodeId, source: ApplyError) -> NodeError {

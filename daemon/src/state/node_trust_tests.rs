@@ -291,7 +291,9 @@ fn two_daemons_with_one_name_stop_writing_and_write_again_once_the_other_is_gone
         let error = node.apply_services(vec![spec("third")]).unwrap_err();
         assert!(matches!(error, NodeError::Contested(_)), "{error}");
         assert!(
-            error.to_string().contains("another daemon runs as node node-a"),
+            error
+                .to_string()
+                .contains("another daemon runs as node node-a"),
             "{error}"
         );
         assert_eq!(node.status().contest, Some(contest));
