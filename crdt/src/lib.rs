@@ -44,6 +44,8 @@
 //!   replica holds one of them; a node's own summary takes back coverage of its writes
 //!   that it did not make; and summaries carry a digest, so two replicas that cover the
 //!   same writes but hold different entries repair each other (`DeltaBase::Repair`).
+//!   Two daemons with one name are seen (`identity`): a replica that sees writes of its name
+//!   it did not make writes nothing while its identity is contested.
 //! - **Tombstone GC by causal stability** (`Replica::collect_garbage`, rule and proof in
 //!   `replica`): a tombstone is dropped once every live member's latest summary that this
 //!   replica has caught up with covers its dot. A peer below the GC floor gets a full
