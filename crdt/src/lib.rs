@@ -95,8 +95,8 @@ pub use records::{
     SubnetError,
 };
 pub use replica::{
-    ADOPTED_COUNTER_MAX, Applied, ApplyError, DOT_COUNTER_MAX, PeerView, Replica, ReplicaError,
-    Snapshot,
+    ADOPTED_COUNTER_MAX, Applied, ApplyError, CONTEST_ANNOUNCE_JUMP, DOT_COUNTER_MAX, PeerView,
+    Replica, ReplicaError, Snapshot,
 };
 pub use state::ClusterState;
 pub use status::{ContainerStatus, NodeStatus, RunState};
