@@ -104,17 +104,17 @@ impl Replica {
         // As `delta_for`: a peer that covers exactly the writes this replica covers but holds
         // other entries (a lying peer, or two daemons with one name) gets every entry, as a
         // repair.
-        if covers(vv, &theirs.vv) && covers(&theirs.vv, vv) {
-            return match theirs.digest {
-                Some(digest) if digest != state.digest() => collect_within(
-                    DeltaBase::Repair { vv: vv.clone() },
-                    state.entry_count(),
-                    state.keys(),
-                    |key| state.change_at(key),
-                    encoded_bytes_max,
-                ),
-                _ => Some(Delta::ranges(Vec::new(), Vec::new())),
-            };
+        if covers(vv, &theirs.vv)
+            && covers(&theirs.vv, vv)
+            && theirs.digest.is_some_and(|digest| digest != state.digest())
+        {
+            return collect_within(
+                DeltaBase::Repair { vv: vv.clone() },
+                state.entry_count(),
+                state.keys(),
+                |key| state.change_at(key),
+                encoded_bytes_max,
+            );
         }
         let mut ranges = Vec::new();
         let mut count = 0;
@@ -257,6 +257,18 @@ mod tests {
         assert_eq!(sender.delta_for_within(theirs, length), Some(delta));
         assert_eq!(sender.delta_for_within(theirs, length - 1), None);
         assert_eq!(sender.delta_for_within(theirs, 0), None);
+    }
+
+    #[test]
+    fn a_peer_covering_the_same_writes_with_other_entries_gets_a_bounded_repair() {
+        let (mut a, b) = collected_pair();
+        // a holds a write b never got, covered by b through a lie: same vector, other digest.
+        let mut liar_view = b.summary();
+        put(&mut a, 5, "api", "/img/api");
+        liar_view.vv = a.version_vector().clone();
+        let delta = a.delta_for(&liar_view);
+        assert!(matches!(delta.base, DeltaBase::Repair { .. }), "{delta:?}");
+        check_bounded(&a, &liar_view);
     }
 
     #[test]
