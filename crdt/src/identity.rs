@@ -3,7 +3,7 @@
 //! one write per dot and drop the other, and without this nothing says so.
 //!
 //! A replica watches what comes in (`IdentityWatch::observe`, called by `Replica` for every
-//! delta it accepts, and for the refusals and summaries that show the same):
+//! delta it accepts, and for the own-origin refusals that show the same):
 //! - of its own name, any write it did not make: its node metadata written by another
 //!   incarnation after this one started (every daemon writes a random `NodeMeta::incarnation`,
 //!   and a previous incarnation of this node stopped writing before this one started), an
@@ -89,7 +89,7 @@ impl fmt::Display for Evidence {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Sighting {
     pub evidence: Evidence,
-    /// The peer whose delta or summary showed it.
+    /// The peer whose delta showed it.
     pub from: NodeId,
     /// Sightings of something new since the first; a caller that sees it grow knows that the
     /// other writer is still at it.
