@@ -80,6 +80,8 @@ mod replica;
 pub mod sim;
 pub mod state;
 pub mod status;
+#[cfg(test)]
+mod test_support;
 mod transfer;
 pub mod workload;
 

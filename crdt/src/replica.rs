@@ -1397,35 +1397,7 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Capacity;
-
-    const DRIFT: Duration = Duration::from_secs(1);
-
-    fn node(name: &str) -> NodeId {
-        name.parse().unwrap()
-    }
-
-    fn ms(value: u64) -> NTP64 {
-        NTP64::from(Duration::from_millis(value))
-    }
-
-    fn replica(name: &str) -> Replica {
-        Replica::new(node(name), DRIFT)
-    }
-
-    fn meta(subnet: &str) -> NodeMeta {
-        NodeMeta {
-            address: "127.0.0.1:7000".parse().unwrap(),
-            capacity: Capacity {
-                cpu_millis: 1000,
-                memory_bytes: 1 << 30,
-            },
-            subnet: Some(subnet.parse().unwrap()),
-            heartbeat: Timestamp::new(NTP64(0), node("x").hlc_id()),
-            labels: Default::default(),
-            incarnation: None,
-        }
-    }
+    use crate::test_support::{DRIFT, meta, ms, node, replica};
 
     fn record(id: &str, owner: &str) -> ContainerRecord {
         ContainerRecord {

@@ -2,35 +2,9 @@
 //! peers notice, neither writes any more, and every replica converges on the colliding dots;
 //! a restart (with its state, or empty) is not taken for a duplicate.
 
-use std::time::Duration;
-
 use super::*;
-use crate::Capacity;
 use crate::identity::Evidence;
-
-const DRIFT: Duration = Duration::from_secs(1);
-
-fn node(name: &str) -> NodeId {
-    name.parse().unwrap()
-}
-
-fn ms(value: u64) -> NTP64 {
-    NTP64::from(Duration::from_millis(value))
-}
-
-fn meta(subnet: &str) -> NodeMeta {
-    NodeMeta {
-        address: "127.0.0.1:7000".parse().unwrap(),
-        capacity: Capacity {
-            cpu_millis: 1000,
-            memory_bytes: 1 << 30,
-        },
-        subnet: Some(subnet.parse().unwrap()),
-        heartbeat: Timestamp::new(NTP64(0), node("x").hlc_id()),
-        labels: Default::default(),
-        incarnation: None,
-    }
-}
+use crate::test_support::{DRIFT, meta, ms, node};
 
 /// A replica of `name` whose daemon drew `incarnation` and started at `started_ms`.
 fn daemon(name: &str, incarnation: u64, started_ms: u64) -> Replica {

@@ -186,36 +186,9 @@ fn collect_within<'a>(
 mod tests {
     use std::time::Duration;
 
-    use uhlc::{NTP64, Timestamp};
-
     use super::*;
-    use crate::{Capacity, NodeId, NodeMeta, ServiceSpec, codec};
-
-    fn node(name: &str) -> NodeId {
-        name.parse().unwrap()
-    }
-
-    fn ms(value: u64) -> NTP64 {
-        NTP64::from(Duration::from_millis(value))
-    }
-
-    fn replica(name: &str) -> Replica {
-        Replica::new(node(name), Duration::from_secs(1))
-    }
-
-    fn meta(subnet: &str) -> NodeMeta {
-        NodeMeta {
-            address: "127.0.0.1:7000".parse().unwrap(),
-            capacity: Capacity {
-                cpu_millis: 1000,
-                memory_bytes: 1 << 30,
-            },
-            subnet: Some(subnet.parse().unwrap()),
-            heartbeat: Timestamp::new(NTP64(0), node("x").hlc_id()),
-            labels: Default::default(),
-            incarnation: None,
-        }
-    }
+    use crate::test_support::{meta, ms, node, replica};
+    use crate::{ServiceSpec, codec};
 
     fn put(replica: &mut Replica, at: u64, name: &str, image: &str) {
         replica
