@@ -9,7 +9,9 @@
 //! laid out as version 3's (a version 2 delta is never a repair), its summaries have no
 //! digest. Version 1 (`v1`, specs in place, no statuses) is still read. A daemon that
 //! upgrades keeps its state and accepts bodies from peers not yet upgraded; those peers
-//! refuse version 3 until they upgrade too.
+//! refuse version 3 until they upgrade too. Node metadata, JSON inside like specs, gained
+//! `incarnation` without a new version: daemons built before it refuse metadata that carries
+//! one (`NodeMeta` denies unknown fields), so a cluster upgrades every node.
 
 mod v1;
 
@@ -307,6 +309,7 @@ mod tests {
             subnet: Some("10.88.1.0/24".parse().unwrap()),
             heartbeat: uhlc::Timestamp::new(now, replica.node().hlc_id()),
             labels: Default::default(),
+            incarnation: None,
         };
         replica.put_node_meta(now, meta).unwrap();
         let snapshot = replica.to_snapshot();

@@ -44,6 +44,8 @@
 //!   replica holds one of them; a node's own summary takes back coverage of its writes
 //!   that it did not make; and summaries carry a digest, so two replicas that cover the
 //!   same writes but hold different entries repair each other (`DeltaBase::Repair`).
+//!   Two daemons with one name are seen (`identity`): a replica that sees writes of its name
+//!   it did not make writes nothing while its identity is contested.
 //! - **Tombstone GC by causal stability** (`Replica::collect_garbage`, rule and proof in
 //!   `replica`): a tombstone is dropped once every live member's latest summary that this
 //!   replica has caught up with covers its dot. A peer below the GC floor gets a full
@@ -70,6 +72,7 @@ pub mod constraints;
 mod delta;
 pub mod entry;
 pub mod health;
+pub mod identity;
 mod ids;
 mod records;
 mod replica;
@@ -78,6 +81,8 @@ mod replica;
 pub mod sim;
 pub mod state;
 pub mod status;
+#[cfg(test)]
+mod test_support;
 mod transfer;
 pub mod workload;
 
@@ -86,6 +91,7 @@ pub use constraints::{Constraint, Mode};
 pub use delta::{Delta, DeltaBase, OriginRange, Summary};
 pub use entry::{Dot, Merge};
 pub use health::{HealthCheck, HealthProbe};
+pub use identity::{Evidence, Sighting};
 pub use ids::{ContainerId, NameError, NodeId, NodeIdError, ServiceName};
 pub use records::{
     Capacity, ContainerRecord, IpAllocation, IpConflict, NodeMeta, Resource, Resources,
@@ -93,8 +99,8 @@ pub use records::{
     SubnetError,
 };
 pub use replica::{
-    ADOPTED_COUNTER_MAX, Applied, ApplyError, DOT_COUNTER_MAX, PeerView, Replica, ReplicaError,
-    Snapshot,
+    ADOPTED_COUNTER_MAX, Applied, ApplyError, CONTEST_ANNOUNCE_JUMP, DOT_COUNTER_MAX, PeerView,
+    Replica, ReplicaError, Snapshot,
 };
 pub use state::ClusterState;
 pub use status::{ContainerStatus, Health, NodeStatus, RunState};

@@ -540,6 +540,10 @@ pub struct NodeMeta {
     /// The node's labels (`zone = "eu-1"`), for placement constraints and spread.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Drawn at random by each daemon at its start (`Replica::set_incarnation`): metadata of
+    /// one node written by two incarnations that alternate is two daemons with one name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub incarnation: Option<u64>,
 }
 
 /// A per-node resource counter (PN-Counter).

@@ -43,6 +43,7 @@ use uhlc::{NTP64, Timestamp};
 use crate::clock::{Clock, ClockError};
 use crate::delta::{Delta, DeltaBase, OriginRange, Summary};
 use crate::entry::{Dot, Entry, MergeOutcome};
+use crate::identity::{IdentityWatch, Sighting};
 use crate::state::{Change, ClusterState, Counts, IpClaim, NodeRecord};
 use crate::status::{NodeStatus, StatusError};
 use crate::{
@@ -75,6 +76,14 @@ pub enum ReplicaError {
     DotsExhausted { node: NodeId },
     #[error(transparent)]
     Status(#[from] StatusError),
+    #[error(
+        "node {node} writes nothing while another writer uses its name ({evidence}, seen from {from})"
+    )]
+    Contested {
+        node: NodeId,
+        evidence: String,
+        from: NodeId,
+    },
 }
 
 /// A remote delta or a snapshot was refused; nothing changed.
@@ -155,6 +164,10 @@ pub struct Replica {
     peers: BTreeMap<NodeId, PeerView>,
     /// Writers' HLC ids, so validating an entry does not hash its writer's name.
     hlc_ids: BTreeMap<NodeId, uhlc::ID>,
+    /// What this replica saw of two writers with one name (`identity`); not persisted.
+    identity: IdentityWatch,
+    /// Replaying its own log (`set_replaying`).
+    replaying: bool,
 }
 
 const HLC_ID_CACHE_ENTRIES_MAX: usize = 4096;
@@ -164,11 +177,14 @@ pub const DOT_COUNTER_MAX: u64 = 1 << 48;
 /// The highest counter of its own a fresh replica adopts from a peer (what its previous
 /// incarnation wrote): half the room, so whatever a peer claims, a node keeps 2^47 writes.
 pub const ADOPTED_COUNTER_MAX: u64 = DOT_COUNTER_MAX / 2;
+/// How far beyond its counter a contested node writes its announcement
+/// (`Replica::announce_contest`).
+pub const CONTEST_ANNOUNCE_JUMP: u64 = 1024;
 /// Up to this many origins, a delta's ranges are searched linearly.
 const SMALL_RANGE_COUNT: usize = 8;
 
 /// Whether `a` covers every write `b` covers.
-fn covers(a: &VersionVector, b: &VersionVector) -> bool {
+pub(crate) fn covers(a: &VersionVector, b: &VersionVector) -> bool {
     b.dots.iter().all(|(node, counter)| a.get(node) >= *counter)
 }
 
@@ -187,6 +203,8 @@ impl Replica {
             gc_floor: VersionVector::new(),
             peers: BTreeMap::new(),
             hlc_ids: BTreeMap::new(),
+            identity: IdentityWatch::default(),
+            replaying: false,
         }
     }
 
@@ -217,6 +235,90 @@ impl Replica {
         &self.gc_floor
     }
 
+    // ---- identity ----
+
+    /// Sets this daemon's incarnation (a random number drawn at its start), written into its
+    /// node metadata from now on. `started` is the physical time after which a write of this
+    /// node's name that it did not make is another live daemon's: when this one started.
+    pub fn set_incarnation(&mut self, incarnation: u64, started: NTP64) {
+        self.identity.set_incarnation(incarnation, started);
+    }
+
+    /// This daemon's incarnation, if set.
+    pub fn incarnation(&self) -> Option<u64> {
+        self.identity.incarnation()
+    }
+
+    /// Another writer uses this node's name: the latest evidence. While this is `Some`, every
+    /// local operation is refused (`ReplicaError::Contested`) and peers' coverage of this
+    /// node's writes is adopted as a fresh node adopts it (see `crate::identity`).
+    pub fn contest(&self) -> Option<&Sighting> {
+        self.identity.contest()
+    }
+
+    /// Lets this node write again (its caller saw nothing new of the other writer for long
+    /// enough). Evidence already seen does not count again.
+    pub fn clear_contest(&mut self) {
+        self.identity.clear_contest();
+    }
+
+    /// Other nodes seen written by two writers, with the latest evidence.
+    pub fn duplicates(&self) -> &BTreeMap<NodeId, Sighting> {
+        self.identity.duplicates()
+    }
+
+    /// Forgets that `node` was seen written by two writers.
+    pub fn forget_duplicate(&mut self, node: &NodeId) {
+        self.identity.forget_duplicate(node);
+    }
+
+    /// Writes this node's metadata once more while its identity is contested, numbered
+    /// `CONTEST_ANNOUNCE_JUMP` beyond its counter: the other daemon with this name, which may
+    /// have won every colliding write so far, then sees coverage of its writes beyond its own
+    /// counter and knows too. Returns an empty delta when not contested.
+    pub fn announce_contest(&mut self, now: NTP64, meta: NodeMeta) -> Result<Delta, ReplicaError> {
+        let since = self.own_counter();
+        let Some(contest) = self.identity.contest().cloned() else {
+            return Ok(Delta::ranges(Vec::new(), Vec::new()));
+        };
+        let counter = since
+            .checked_add(CONTEST_ANNOUNCE_JUMP)
+            .filter(|counter| *counter <= ADOPTED_COUNTER_MAX)
+            .ok_or_else(|| ReplicaError::DotsExhausted {
+                node: self.node.clone(),
+            })?;
+        self.vv.dots.insert(self.node.clone(), counter - 1);
+        self.identity.clear_contest();
+        let result = self.put_node_meta(now, meta);
+        self.identity.restore_contest(contest);
+        let mut delta = match result {
+            Ok(delta) => delta,
+            Err(error) => {
+                self.vv.dots.insert(self.node.clone(), since);
+                return Err(error);
+            }
+        };
+        // One range from the counter peers know, so they take it as a continuation.
+        if let DeltaBase::Ranges(ranges) = &mut delta.base {
+            for range in ranges.iter_mut() {
+                range.since = since;
+            }
+        }
+        Ok(delta)
+    }
+
+    /// While on, deltas are this node's log being replayed at startup: what was accepted
+    /// before is accepted again (own-origin coverage a contested identity adopted included),
+    /// and nothing in them counts as evidence of another writer.
+    pub fn set_replaying(&mut self, replaying: bool) {
+        self.replaying = replaying;
+    }
+
+    /// Takes over what `other` (this node's replica before a reload) saw of identities.
+    pub fn keep_identity_of(&mut self, other: &Replica) {
+        self.identity = other.identity.clone();
+    }
+
     // ---- local operations ----
 
     /// Refuses an operation that needs `count` more dots than this node has left.
@@ -231,7 +333,16 @@ impl Replica {
     }
 
     /// Stamps one local write: the next HLC and the next dot (checked, never wrapping).
+    /// Refused while this node's identity is contested: every local operation stamps before
+    /// it changes anything, so it is refused whole.
     fn stamp(&mut self, now: NTP64) -> Result<(Timestamp, Dot), ReplicaError> {
+        if let Some(sighting) = self.identity.contest() {
+            return Err(ReplicaError::Contested {
+                node: self.node.clone(),
+                evidence: sighting.evidence.to_string(),
+                from: sighting.from.clone(),
+            });
+        }
         let counter = self
             .own_counter()
             .checked_add(1)
@@ -331,11 +442,15 @@ impl Replica {
         ))
     }
 
-    /// Writes this node's metadata. `meta.heartbeat` is set to the write's HLC.
+    /// Writes this node's metadata. `meta.heartbeat` is set to the write's HLC, and
+    /// `meta.incarnation` to this daemon's when it was set (`set_incarnation`).
     pub fn put_node_meta(&mut self, now: NTP64, mut meta: NodeMeta) -> Result<Delta, ReplicaError> {
         let since = self.vv.get(&self.node);
         let (hlc, dot) = self.stamp(now)?;
         meta.heartbeat = hlc;
+        if let Some(incarnation) = self.identity.incarnation() {
+            meta.incarnation = Some(incarnation);
+        }
         let previous = self
             .state
             .node_entry(&self.node)
@@ -722,7 +837,16 @@ impl Replica {
         delta: &Delta,
     ) -> Result<Applied, ApplyError> {
         self.remember_writer_ids(delta);
-        self.validate_delta(now, from, delta)?;
+        if let Err(error) = self.validate_delta(now, from, delta) {
+            // Writes of this node it did not make: its name is contested. Nothing else
+            // changes; the next such delta is adopted (`check_own_origin`).
+            if let ApplyError::OwnOrigin { until, own, .. } = &error
+                && !self.replaying
+            {
+                self.identity.coverage_beyond(from, *until, *own);
+            }
+            return Err(error);
+        }
         if let Some(max) = delta.max_timestamp() {
             self.clock
                 .observe(now, &max)
@@ -730,6 +854,24 @@ impl Replica {
                     from: from.clone(),
                     source,
                 })?;
+        }
+        if from != &self.node && !self.replaying {
+            let own = self.own_counter();
+            let claimed = match &delta.base {
+                DeltaBase::Ranges(ranges) => ranges
+                    .iter()
+                    .find(|range| range.node == self.node)
+                    .map_or(0, |range| range.until),
+                DeltaBase::Full { vv, .. } => vv.get(&self.node),
+                DeltaBase::Repair { .. } => 0,
+            };
+            // A contested replica adopts coverage of its writes beyond its counter (checked in
+            // `check_own_origin`): more of the other writer's writes.
+            if claimed > own && !self.is_fresh() && !self.leftover_writes(&delta.changes) {
+                self.identity.coverage_beyond(from, claimed, own);
+            }
+            self.identity
+                .observe(&self.node, &self.state, from, &delta.changes);
         }
         let mut applied = Applied::default();
         match &delta.base {
@@ -930,7 +1072,7 @@ impl Replica {
                         "snapshot covers {node} up to {counter}, beyond the highest counter {DOT_COUNTER_MAX}"
                     )));
                 }
-                self.check_own_origin(from, vv.get(&self.node))?;
+                self.check_own_origin(from, vv.get(&self.node), &delta.changes)?;
             }
             DeltaBase::Repair { vv } => {
                 if let Some(change) = delta.changes.iter().find(|c| !covers_dot(vv, c.dot())) {
@@ -1024,7 +1166,7 @@ impl Replica {
             }
         }
         if let Some(own) = find(&self.node) {
-            self.check_own_origin(from, own.until)?;
+            self.check_own_origin(from, own.until, changes)?;
         }
         for range in ranges {
             let have = self.vv.get(&range.node);
@@ -1041,11 +1183,26 @@ impl Replica {
     }
 
     /// Only this node writes its dots: coverage of them beyond its own counter is writes it
-    /// did not make, refused, except from its own log (`from` is itself) and while it is
-    /// fresh (it adopts what its previous incarnation wrote, up to `ADOPTED_COUNTER_MAX`).
-    fn check_own_origin(&self, from: &NodeId, until: u64) -> Result<(), ApplyError> {
+    /// did not make, refused, except from its own log (`from` is itself), while it is fresh
+    /// (it adopts what its previous incarnation wrote) and while its identity is contested (it
+    /// writes nothing, and adopts what the other writer wrote), up to `ADOPTED_COUNTER_MAX`.
+    ///
+    /// Writes of this node's name beyond its counter that were all stamped before this daemon
+    /// started (`set_incarnation`) are adopted too: a previous incarnation's, or those of a
+    /// duplicate stopped before this one started, which this node missed.
+    fn check_own_origin(
+        &self,
+        from: &NodeId,
+        until: u64,
+        changes: &[Change],
+    ) -> Result<(), ApplyError> {
         let own = self.own_counter();
-        let adopts = from == &self.node || (self.is_fresh() && until <= ADOPTED_COUNTER_MAX);
+        let adopts = from == &self.node
+            || self.replaying
+            || ((self.is_fresh()
+                || self.identity.contest().is_some()
+                || self.leftover_writes(changes))
+                && until <= ADOPTED_COUNTER_MAX);
         if until > own && !adopts {
             return Err(ApplyError::OwnOrigin {
                 from: from.clone(),
@@ -1054,6 +1211,20 @@ impl Replica {
             });
         }
         Ok(())
+    }
+
+    /// Whether `changes` hold writes of this node's name beyond its counter, all stamped
+    /// before this daemon started (see `check_own_origin`).
+    fn leftover_writes(&self, changes: &[Change]) -> bool {
+        let Some(started) = self.identity.started() else {
+            return false;
+        };
+        let own = self.own_counter();
+        let mut beyond = changes
+            .iter()
+            .filter(|change| change.dot().node == self.node && change.dot().counter > own)
+            .peekable();
+        beyond.peek().is_some() && beyond.all(|change| *change.hlc().get_time() <= started)
     }
 
     /// Records a peer's summary (received from that peer, so `peer` comes from its
@@ -1067,6 +1238,9 @@ impl Replica {
         if peer == &self.node {
             return false;
         }
+        // A summary covering this node's writes beyond its counter is not taken as evidence
+        // of another writer: after a restart, peers may cover writes stamped before it
+        // started (a duplicate since stopped). The delta that brings them tells (`apply_delta`).
         let covered = self.vv.get(peer);
         let mut corrected = false;
         if summary.vv.get(peer) < covered {
@@ -1124,6 +1298,7 @@ impl Replica {
         for peer in evicted {
             self.peers.remove(&peer);
         }
+        self.identity.prune(&self.state);
         let Some(stable) = self.stable_vv() else {
             return 0;
         };
@@ -1208,6 +1383,8 @@ impl Replica {
             gc_floor: snapshot.gc_floor,
             peers: snapshot.peers,
             hlc_ids: BTreeMap::new(),
+            identity: IdentityWatch::default(),
+            replaying: false,
         })
     }
 
@@ -1220,34 +1397,7 @@ impl Replica {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Capacity;
-
-    const DRIFT: Duration = Duration::from_secs(1);
-
-    fn node(name: &str) -> NodeId {
-        name.parse().unwrap()
-    }
-
-    fn ms(value: u64) -> NTP64 {
-        NTP64::from(Duration::from_millis(value))
-    }
-
-    fn replica(name: &str) -> Replica {
-        Replica::new(node(name), DRIFT)
-    }
-
-    fn meta(subnet: &str) -> NodeMeta {
-        NodeMeta {
-            address: "127.0.0.1:7000".parse().unwrap(),
-            capacity: Capacity {
-                cpu_millis: 1000,
-                memory_bytes: 1 << 30,
-            },
-            subnet: Some(subnet.parse().unwrap()),
-            heartbeat: Timestamp::new(NTP64(0), node("x").hlc_id()),
-            labels: Default::default(),
-        }
-    }
+    use crate::test_support::{DRIFT, meta, ms, node, replica};
 
     fn record(id: &str, owner: &str) -> ContainerRecord {
         ContainerRecord {
@@ -1679,3 +1829,7 @@ mod tests {
 #[cfg(test)]
 #[path = "replica_trust_tests.rs"]
 mod trust_tests;
+
+#[cfg(test)]
+#[path = "replica_identity_tests.rs"]
+mod identity_tests;

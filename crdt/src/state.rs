@@ -475,6 +475,16 @@ impl ClusterState {
         self.change_at(&self.indexed(dot)?.key)
     }
 
+    /// The stored entry of `origin` with the lowest counter above `counter`, if any.
+    pub(crate) fn next_change_above(&self, origin: &NodeId, counter: u64) -> Option<Change> {
+        let (_, indexed) = self
+            .by_dot
+            .get(origin)?
+            .range(counter.saturating_add(1)..)
+            .next()?;
+        self.change_at(&indexed.key)
+    }
+
     /// The highest counter of `origin` among the stored entries (0 if none): a write of
     /// `origin` this replica can show.
     pub(crate) fn highest_counter(&self, origin: &NodeId) -> u64 {

@@ -62,7 +62,7 @@
 
 use crate::codec::HEADER_BYTES;
 use crate::delta::{Delta, DeltaBase, OriginRange, Summary};
-use crate::replica::Replica;
+use crate::replica::{Replica, covers};
 use crate::state::{Change, Key};
 
 /// The postcard size of an in-memory value. Every in-memory value serializes (the codec's
@@ -95,6 +95,21 @@ impl Replica {
             };
             return collect_within(
                 base,
+                state.entry_count(),
+                state.keys(),
+                |key| state.change_at(key),
+                encoded_bytes_max,
+            );
+        }
+        // As `delta_for`: a peer that covers exactly the writes this replica covers but holds
+        // other entries (a lying peer, or two daemons with one name) gets every entry, as a
+        // repair.
+        if covers(vv, &theirs.vv)
+            && covers(&theirs.vv, vv)
+            && theirs.digest.is_some_and(|digest| digest != state.digest())
+        {
+            return collect_within(
+                DeltaBase::Repair { vv: vv.clone() },
                 state.entry_count(),
                 state.keys(),
                 |key| state.change_at(key),
@@ -171,35 +186,9 @@ fn collect_within<'a>(
 mod tests {
     use std::time::Duration;
 
-    use uhlc::{NTP64, Timestamp};
-
     use super::*;
-    use crate::{Capacity, NodeId, NodeMeta, ServiceSpec, codec};
-
-    fn node(name: &str) -> NodeId {
-        name.parse().unwrap()
-    }
-
-    fn ms(value: u64) -> NTP64 {
-        NTP64::from(Duration::from_millis(value))
-    }
-
-    fn replica(name: &str) -> Replica {
-        Replica::new(node(name), Duration::from_secs(1))
-    }
-
-    fn meta(subnet: &str) -> NodeMeta {
-        NodeMeta {
-            address: "127.0.0.1:7000".parse().unwrap(),
-            capacity: Capacity {
-                cpu_millis: 1000,
-                memory_bytes: 1 << 30,
-            },
-            subnet: Some(subnet.parse().unwrap()),
-            heartbeat: Timestamp::new(NTP64(0), node("x").hlc_id()),
-            labels: Default::default(),
-        }
-    }
+    use crate::test_support::{meta, ms, node, replica};
+    use crate::{ServiceSpec, codec};
 
     fn put(replica: &mut Replica, at: u64, name: &str, image: &str) {
         replica
@@ -241,6 +230,18 @@ mod tests {
         assert_eq!(sender.delta_for_within(theirs, length), Some(delta));
         assert_eq!(sender.delta_for_within(theirs, length - 1), None);
         assert_eq!(sender.delta_for_within(theirs, 0), None);
+    }
+
+    #[test]
+    fn a_peer_covering_the_same_writes_with_other_entries_gets_a_bounded_repair() {
+        let (mut a, b) = collected_pair();
+        // a holds a write b never got, covered by b through a lie: same vector, other digest.
+        let mut liar_view = b.summary();
+        put(&mut a, 5, "api", "/img/api");
+        liar_view.vv = a.version_vector().clone();
+        let delta = a.delta_for(&liar_view);
+        assert!(matches!(delta.base, DeltaBase::Repair { .. }), "{delta:?}");
+        check_bounded(&a, &liar_view);
     }
 
     #[test]

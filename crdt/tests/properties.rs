@@ -39,6 +39,7 @@ fn meta(index: usize) -> NodeMeta {
         subnet: Some(Subnet::new(format!("10.88.{index}.0").parse().unwrap(), 24).unwrap()),
         heartbeat: Timestamp::new(NTP64(0), node(index).hlc_id()),
         labels: Default::default(),
+        incarnation: None,
     }
 }
 

@@ -67,6 +67,7 @@ impl From<NodeRecordV1> for NodeRecord {
                 subnet: old.meta.subnet,
                 heartbeat: old.meta.heartbeat,
                 labels: BTreeMap::new(),
+                incarnation: None,
             },
             subnet_claimed: old.subnet_claimed,
         }

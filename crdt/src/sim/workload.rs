@@ -80,6 +80,7 @@ pub(crate) fn node_meta(
         subnet: Some(subnet_of(subnet_index)),
         heartbeat,
         labels: Default::default(),
+        incarnation: None,
     }
 }
 

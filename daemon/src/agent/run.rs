@@ -67,8 +67,8 @@ pub enum RunError {
     Signal(#[source] std::io::Error),
 }
 
-/// A random seed for the gossip and the planner's container ids: the only place the
-/// daemon takes randomness from the host.
+/// A random seed for the gossip, the planner's container ids and the node's incarnation: the
+/// only place the daemon takes randomness from the host.
 fn rng_seed() -> u64 {
     rand::random()
 }
@@ -103,6 +103,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     options.evict_after_ms = config.sync.evict_after_ms;
     options.subnet = config.containers.subnet;
     options.labels = config.labels.clone();
+    // A new incarnation at every start: another daemon with this name writes another one.
+    options.incarnation = rng_seed();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let node = Arc::new(
         tokio::task::spawn_blocking(move || Node::open(options, clock))

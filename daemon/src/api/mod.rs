@@ -129,6 +129,15 @@ pub struct NodeView {
     pub writes_refused: Option<String>,
     #[serde(default)]
     pub writes_refused_ms_ago: Option<u64>,
+    /// The incarnation in the node's metadata (hex): each daemon draws one at its start.
+    #[serde(default)]
+    pub incarnation: Option<String>,
+    /// Two daemons were seen writing as this node, recently: what was seen last. On the node
+    /// itself, its own contested identity.
+    #[serde(default)]
+    pub duplicated: Option<String>,
+    #[serde(default)]
+    pub duplicated_ms_ago: Option<u64>,
 }
 
 fn member_by_default() -> bool {
@@ -176,6 +185,13 @@ pub struct StatusView {
     /// How far this node's clock is ahead of its system clock, when that refuses changes.
     #[serde(default)]
     pub clock_ahead_ms: Option<u64>,
+    /// Another daemon runs with this node's name: what was seen, and what to do. This node
+    /// writes nothing meanwhile (`writes_refused` says so too).
+    #[serde(default)]
+    pub identity_contested: Option<String>,
+    /// This daemon's incarnation (hex), drawn at its start and written in its metadata.
+    #[serde(default)]
+    pub incarnation: Option<String>,
     /// A peer evicted this node after a long silence; see the daemon log.
     pub evicted: bool,
     /// service -> why this node cannot run its share of it (bad image, no room, ...).

@@ -343,10 +343,27 @@ fn service_view(entry: &ServiceEntry) -> ServiceView {
 /// `shoal nodes`: every member, then every other node whose writes this node refused.
 fn node_views(node: &Node) -> Vec<NodeView> {
     let mut refused = node.refused_writes();
+    let duplicated = node.duplicated_nodes();
+    let contest = node.identity_contest();
     let mut views: Vec<NodeView> = node
         .members()
         .iter()
-        .map(|member| node_view(member, refused.remove(&member.id)))
+        .map(|member| {
+            let mut view = node_view(member, refused.remove(&member.id));
+            if member.is_self {
+                if let Some(contest) = &contest {
+                    view.duplicated = Some(format!(
+                        "this daemon's identity is contested: {}",
+                        contest.evidence
+                    ));
+                    view.duplicated_ms_ago = Some(contest.ms_ago);
+                }
+            } else if let Some(seen) = duplicated.get(&member.id) {
+                view.duplicated = Some(format!("{} (seen from {})", seen.evidence, seen.from));
+                view.duplicated_ms_ago = Some(seen.ms_ago);
+            }
+            view
+        })
         .collect();
     views.extend(refused.into_iter().map(|(id, refused)| NodeView {
         id,
@@ -361,6 +378,9 @@ fn node_views(node: &Node) -> Vec<NodeView> {
         member: false,
         writes_refused: Some(refused.reason),
         writes_refused_ms_ago: Some(refused.ms_ago),
+        incarnation: None,
+        duplicated: None,
+        duplicated_ms_ago: None,
     }));
     views
 }
@@ -379,6 +399,12 @@ fn node_view(member: &Member, refused: Option<RefusedWrites>) -> NodeView {
         member: true,
         writes_refused_ms_ago: refused.as_ref().map(|refused| refused.ms_ago),
         writes_refused: refused.map(|refused| refused.reason),
+        incarnation: member
+            .meta
+            .incarnation
+            .map(|incarnation| format!("{incarnation:016x}")),
+        duplicated: None,
+        duplicated_ms_ago: None,
     }
 }
 
@@ -435,8 +461,13 @@ fn status_view(
             .collect(),
         live_peers: status.live_peers,
         converged: status.converged,
-        writes_refused: status.clock_ahead.map(|ahead| ahead.to_string()),
+        writes_refused: status
+            .clock_ahead
+            .map(|ahead| ahead.to_string())
+            .or_else(|| status.contest.as_ref().map(ToString::to_string)),
         clock_ahead_ms: status.clock_ahead.map(|ahead| ahead.ahead_ms),
+        identity_contested: status.contest.as_ref().map(ToString::to_string),
+        incarnation: Some(format!("{:016x}", status.incarnation)),
         evicted: status.evicted,
         service_errors,
         certificates,

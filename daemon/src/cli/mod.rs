@@ -58,11 +58,15 @@ pub enum Command {
     /// List and remove this node's named volumes (`volumes = ["NAME:/target"]` in a spec).
     #[command(subcommand)]
     Volume(VolumeCommand),
-    /// List cluster members: id, address, liveness, heartbeat age, subnet, capacity, labels.
+    /// List cluster members: id, address, liveness, heartbeat age, subnet, capacity, labels;
+    /// under the table, a node seen written by two daemons with its name (DUPLICATED) and
+    /// nodes whose writes this node refused.
     #[command(after_help = "Example:\n  shoal nodes --json | jq '.[] | select(.live | not) | .id'")]
     Nodes,
     /// This node's summary: what it has seen, state digest, peers and last successful sync,
-    /// tombstones, and whether it is converged as far as it knows.
+    /// tombstones, and whether it is converged as far as it knows; its incarnation, and
+    /// whether its identity is contested (another daemon runs with its name: it writes
+    /// nothing) or its writes are refused for another reason.
     Status,
     /// List containers cluster-wide: node, service, id, state, IP, published ports, since
     /// when. This node's containers are read from its runtime; the others' states are what

@@ -148,7 +148,18 @@ pub fn nodes(nodes: &[NodeView]) -> String {
         ]);
     }
     let mut text = table.render();
-    // Refusals are long sentences: said under the table, one node per line.
+    // Refusals and duplicates are long sentences: said under the table, one node per line.
+    for node in nodes {
+        if let Some(evidence) = &node.duplicated {
+            let _ = writeln!(
+                text,
+                "DUPLICATED: two daemons write as node {}, {} ago: {evidence}; stop one of them \
+                 and give it its own node name and certificate",
+                node.id,
+                age(node.duplicated_ms_ago)
+            );
+        }
+    }
     for node in nodes {
         if let Some(reason) = &node.writes_refused {
             let what = if node.member { "" } else { " (not a member)" };
@@ -196,6 +207,12 @@ pub fn status(status: &StatusView) -> String {
         "not yet, as far as this node knows"
     };
     let _ = writeln!(text, "converged:   {converged}");
+    if let Some(incarnation) = &status.incarnation {
+        let _ = writeln!(text, "incarnation: {incarnation}");
+    }
+    if let Some(contest) = &status.identity_contested {
+        let _ = writeln!(text, "identity:    CONTESTED: {contest}");
+    }
     if let Some(reason) = &status.writes_refused {
         let _ = writeln!(text, "writes:      refused: {reason}");
     }
@@ -452,6 +469,8 @@ mod tests {
             converged: false,
             writes_refused: None,
             clock_ahead_ms: None,
+            identity_contested: None,
+            incarnation: None,
             evicted: false,
             service_errors: Default::default(),
         }
@@ -512,6 +531,9 @@ mod tests {
             member,
             writes_refused: refused.map(str::to_string),
             writes_refused_ms_ago: refused.map(|_| 1_500),
+            incarnation: None,
+            duplicated: None,
+            duplicated_ms_ago: None,
         };
         let text = nodes(&[
             node(
@@ -533,6 +555,49 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("refused: node-c"), "{text}");
+    }
+
+    #[test]
+    fn a_contested_identity_is_shown_by_status_and_a_duplicated_node_by_nodes() {
+        let mut view = status_view(vec![("node-b", true)]);
+        view.incarnation = Some("00000000000000aa".to_string());
+        view.identity_contested = Some("another daemon runs as node node-a".to_string());
+        view.writes_refused = view.identity_contested.clone();
+        let text = status(&view);
+        assert!(text.contains("incarnation: 00000000000000aa"), "{text}");
+        assert!(
+            text.contains("identity:    CONTESTED: another daemon runs as node node-a"),
+            "{text}"
+        );
+        assert!(
+            text.contains("writes:      refused: another daemon runs as node node-a"),
+            "{text}"
+        );
+        let duplicated = NodeView {
+            id: "node-a".parse().unwrap(),
+            address: "127.0.0.1:7444".to_string(),
+            live: true,
+            is_self: false,
+            heartbeat_age_ms: Some(100),
+            subnet: None,
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            labels: Default::default(),
+            member: true,
+            writes_refused: None,
+            writes_refused_ms_ago: None,
+            incarnation: Some("00000000000000bb".to_string()),
+            duplicated: Some("two different writes claiming its write number 7".to_string()),
+            duplicated_ms_ago: Some(2_000),
+        };
+        let text = nodes(&[duplicated]);
+        assert!(
+            text.contains(
+                "DUPLICATED: two daemons write as node node-a, 2.0s ago: two different writes \
+                 claiming its write number 7"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

@@ -257,6 +257,12 @@ impl Reconciler {
             if !self.view_is_fresh() {
                 continue;
             }
+            // Another daemon writes as this node: no pass, so no record is written and no
+            // container is started or stopped; running ones are left alone (the contest is
+            // in the log and in `shoal status`). Passes resume when it clears.
+            if self.node.identity_contest().is_some() {
+                continue;
+            }
             let reconciler = self.clone();
             let pass = tokio::task::spawn_blocking(move || reconciler.reconcile_once());
             tokio::select! {

@@ -211,6 +211,7 @@ mod tests {
                     subnet: Some(subnet.parse().unwrap()),
                     heartbeat: Timestamp::new(ms(1), node.hlc_id()),
                     labels: Default::default(),
+                    incarnation: None,
                 },
             )
             .unwrap();

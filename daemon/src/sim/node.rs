@@ -212,6 +212,7 @@ impl SimNode {
                 subnet: Some(machine.subnet),
                 heartbeat: Timestamp::new(now, me.hlc_id()),
                 labels: machine.labels.clone(),
+                incarnation: None,
             };
             replica.put_node_meta(now, meta).map(|_| first)
         })

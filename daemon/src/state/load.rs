@@ -61,6 +61,9 @@ pub(super) fn load_replica(
             options.node
         )));
     }
+    // What was accepted is taken again, also what a contested identity adopted, and what it
+    // shows of writers sharing a name is not evidence now (it was seen when it came).
+    replica.set_replaying(true);
     for (index, bytes) in loaded.log.iter().enumerate() {
         let record: LogRecord = postcard::from_bytes(bytes)
             .map_err(|e| load_error(format!("log entry {index}: {e}")))?;
@@ -79,6 +82,7 @@ pub(super) fn load_replica(
             .apply_delta(now, &record.origin, &delta)
             .map_err(|e| load_error(format!("log entry {index} from {}: {e}", record.origin)))?;
     }
+    replica.set_replaying(false);
     let mut clock_floor = NTP64(0);
     if let Some(bytes) = &loaded.hlc_last {
         let stored: Timestamp =

@@ -15,6 +15,6 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use load::STORED_BYTES_MAX;
 pub use members::Member;
 pub use node::{
-    ClockAhead, CommitCounts, Node, NodeError, NodeOptions, NodeStatus, PeerInfo, PeerStatus,
-    RefusedWrites, ServiceEntry, SyncOutcome,
+    CONTEST_QUIET_MS, ClockAhead, CommitCounts, Duplicated, IdentityContest, Node, NodeError,
+    NodeOptions, NodeStatus, PeerInfo, PeerStatus, RefusedWrites, ServiceEntry, SyncOutcome,
 };

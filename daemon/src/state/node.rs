@@ -55,6 +55,9 @@ pub const EVICT_AFTER_MS: u64 = 86_400_000;
 pub const DOWN_AFTER_MS: u64 = 5_000;
 /// Default largest clock drift accepted from a peer (`sync.max_clock_drift_ms`).
 pub const MAX_CLOCK_DRIFT_MS: u64 = 1_000;
+/// Default quiet time after which a contested identity clears: nothing new seen of another
+/// daemon with this node's name for this long (`NodeOptions::contest_quiet_ms`).
+pub const CONTEST_QUIET_MS: u64 = 300_000;
 
 /// What a node needs to start.
 #[derive(Debug, Clone)]
@@ -75,6 +78,12 @@ pub struct NodeOptions {
     pub compact_every_entries: u64,
     /// This node's labels, published in its metadata (`labels` in the config).
     pub labels: BTreeMap<String, String>,
+    /// This daemon's incarnation, published in its metadata: `agent::run` draws it from the
+    /// OS RNG at every start; tests pick it. Two daemons with one name tell each other apart
+    /// by it.
+    pub incarnation: u64,
+    /// Quiet time after which a contested identity clears (see `IdentityContest`).
+    pub contest_quiet_ms: u64,
 }
 
 impl NodeOptions {
@@ -96,6 +105,8 @@ impl NodeOptions {
             subnet: None,
             compact_every_entries: COMPACT_EVERY_ENTRIES,
             labels: BTreeMap::new(),
+            incarnation: 0,
+            contest_quiet_ms: CONTEST_QUIET_MS,
         }
     }
 }
@@ -194,6 +205,54 @@ impl std::fmt::Display for ClockAhead {
     }
 }
 
+/// Another daemon writes with this node's name (two daemons started with one name and
+/// certificate): this node saw writes under its name that it did not make. While this holds,
+/// the node writes nothing under its name (`NodeError::Contested` for changes, no heartbeats,
+/// no reconcile passes), so the cluster no longer gets two sets of writes on one set of dots;
+/// it still syncs, adopting what the other wrote, so it converges. It clears when nothing new
+/// of the other daemon has been seen for `NodeOptions::contest_quiet_ms`, and at a restart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdentityContest {
+    pub node: NodeId,
+    /// This daemon's incarnation.
+    pub incarnation: u64,
+    /// What was seen last (`shoal_crdt::Evidence`, as text), and from which peer.
+    pub evidence: String,
+    pub from: NodeId,
+    /// How long ago something new was last seen.
+    pub ms_ago: u64,
+    /// How long until it clears if nothing new is seen.
+    pub clears_in_ms: u64,
+}
+
+impl std::fmt::Display for IdentityContest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "another daemon runs as node {node} (seen {ago} ago from {from}: {evidence}); this \
+             daemon (incarnation {incarnation:016x}) writes nothing as {node} (no changes, no \
+             heartbeats, no container starts or stops; running containers are left alone) until \
+             nothing new is seen of the other for {quiet} more: stop one of them, and give it its \
+             own node name, certificate and an empty state_dir",
+            node = self.node,
+            ago = duration_text(self.ms_ago),
+            from = self.from,
+            evidence = self.evidence,
+            incarnation = self.incarnation,
+            quiet = duration_text(self.clears_in_ms),
+        )
+    }
+}
+
+/// Another node seen written by two daemons with its name, for `shoal nodes`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Duplicated {
+    /// What was seen last (`shoal_crdt::Evidence`, as text), and from which peer.
+    pub evidence: String,
+    pub from: NodeId,
+    pub ms_ago: u64,
+}
+
 /// A duration as hours, minutes and seconds (`1h 2m 3s`, `4m 0s`, `5s`).
 fn duration_text(ms: u64) -> String {
     let seconds = ms.div_ceil(1000);
@@ -226,6 +285,10 @@ pub struct NodeStatus {
     pub evicted: bool,
     /// This node refuses local changes now because its clock is too far ahead.
     pub clock_ahead: Option<ClockAhead>,
+    /// Another daemon writes with this node's name; this one writes nothing.
+    pub contest: Option<IdentityContest>,
+    /// This daemon's incarnation.
+    pub incarnation: u64,
 }
 
 /// How many changes this node made durable and broadcast since it started.
@@ -282,6 +345,8 @@ pub enum NodeError {
     Load { path: PathBuf, message: String },
     #[error("{0}")]
     ClockAhead(ClockAhead),
+    #[error("{0}")]
+    Contested(IdentityContest),
 }
 
 #[derive(Debug, Default, Clone)]
@@ -303,6 +368,12 @@ struct Inner {
     /// Physical time passed to the replica is never below this (see `Node::physical`).
     clock_floor: NTP64,
     poisoned: bool,
+    /// The replica's contest sightings count and when (ms) it last grew.
+    contest_seen: Option<(u64, u64)>,
+    /// A contest began and this node has not announced it yet (`Replica::announce_contest`).
+    announce_contest: bool,
+    /// Per node seen written by two daemons: the sightings count and when (ms) it last grew.
+    duplicates_seen: BTreeMap<NodeId, (u64, u64)>,
 }
 
 /// The node's state and everything that makes it durable and observable.
@@ -336,7 +407,10 @@ impl Node {
             "evict_after_ms must be positive"
         );
         let store = Store::open(&options.database)?;
-        let loaded = load_replica(&options, &store, clock.now())?;
+        let mut loaded = load_replica(&options, &store, clock.now())?;
+        loaded
+            .replica
+            .set_incarnation(options.incarnation, incarnation_started(&*clock));
         let (changes, _) = broadcast::channel(CHANGES_CAPACITY);
         let (plan_inputs, _) = watch::channel(0);
         let started_ms = clock.now_ms();
@@ -351,6 +425,9 @@ impl Node {
                 log_entries: loaded.log_entries,
                 clock_floor: loaded.clock_floor,
                 poisoned: false,
+                contest_seen: None,
+                announce_contest: false,
+                duplicates_seen: BTreeMap::new(),
             }),
             changes,
             plan_inputs,
@@ -422,6 +499,141 @@ impl Node {
         }
     }
 
+    /// Logs what the replica newly saw of writers with one name, and remembers when: a
+    /// contest that begins is an error in the log (once, not at every sighting), and so is a
+    /// node first seen written by two daemons.
+    fn note_identity(&self, inner: &mut Inner) {
+        let now_ms = self.clock.now_ms();
+        match (inner.replica.contest(), inner.contest_seen) {
+            (None, _) => inner.contest_seen = None,
+            (Some(sighting), None) => {
+                inner.contest_seen = Some((sighting.count, now_ms));
+                inner.announce_contest = true;
+                let contest = self.contest_of(inner).expect("contested");
+                tracing::error!(
+                    node = %self.options.node,
+                    incarnation = format_args!("{:016x}", self.options.incarnation),
+                    from = %sighting.from,
+                    "{contest}"
+                );
+            }
+            (Some(sighting), Some((count, _))) if sighting.count != count => {
+                tracing::debug!(from = %sighting.from, evidence = %sighting.evidence, "another daemon with this node's name is still writing");
+                inner.contest_seen = Some((sighting.count, now_ms));
+            }
+            (Some(_), Some(_)) => {}
+        }
+        let duplicates = inner.replica.duplicates();
+        for (node, sighting) in duplicates {
+            match inner.duplicates_seen.get(node) {
+                Some((count, _)) if *count == sighting.count => {}
+                seen => {
+                    if seen.is_none() {
+                        tracing::error!(
+                            %node,
+                            from = %sighting.from,
+                            "two daemons write as node {node} ({}): one of them must stop, and get its \
+                             own node name and certificate",
+                            sighting.evidence
+                        );
+                    }
+                    inner
+                        .duplicates_seen
+                        .insert(node.clone(), (sighting.count, now_ms));
+                }
+            }
+        }
+        inner
+            .duplicates_seen
+            .retain(|node, _| duplicates.contains_key(node));
+    }
+
+    /// Clears a contest, and forgets a duplicated node, once nothing new was seen for
+    /// `contest_quiet_ms`.
+    fn settle_identity(&self, inner: &mut Inner) {
+        let now_ms = self.clock.now_ms();
+        let quiet_ms = self.options.contest_quiet_ms;
+        if let Some((_, at_ms)) = inner.contest_seen
+            && now_ms.saturating_sub(at_ms) >= quiet_ms
+        {
+            inner.replica.clear_contest();
+            inner.contest_seen = None;
+            tracing::warn!(
+                node = %self.options.node,
+                quiet_ms,
+                "nothing new seen of another daemon with this node's name for {}: writing again",
+                duration_text(quiet_ms)
+            );
+        }
+        let quiet: Vec<NodeId> = inner
+            .duplicates_seen
+            .iter()
+            .filter(|(_, (_, at_ms))| now_ms.saturating_sub(*at_ms) >= quiet_ms)
+            .map(|(node, _)| node.clone())
+            .collect();
+        for node in quiet {
+            inner.replica.forget_duplicate(&node);
+            inner.duplicates_seen.remove(&node);
+        }
+    }
+
+    fn contest_of(&self, inner: &Inner) -> Option<IdentityContest> {
+        let sighting = inner.replica.contest()?;
+        let now_ms = self.clock.now_ms();
+        let at_ms = inner.contest_seen.map_or(now_ms, |(_, at_ms)| at_ms);
+        let ms_ago = now_ms.saturating_sub(at_ms);
+        Some(IdentityContest {
+            node: self.options.node.clone(),
+            incarnation: self.options.incarnation,
+            evidence: sighting.evidence.to_string(),
+            from: sighting.from.clone(),
+            ms_ago,
+            clears_in_ms: self.options.contest_quiet_ms.saturating_sub(ms_ago),
+        })
+    }
+
+    /// `Some` while another daemon writes with this node's name and this one writes nothing.
+    pub fn identity_contest(&self) -> Option<IdentityContest> {
+        let mut inner = self.lock();
+        self.settle_identity(&mut inner);
+        self.contest_of(&inner)
+    }
+
+    /// Other nodes seen written by two daemons with their name, recently (within
+    /// `contest_quiet_ms`).
+    pub fn duplicated_nodes(&self) -> BTreeMap<NodeId, Duplicated> {
+        let now_ms = self.clock.now_ms();
+        let mut inner = self.lock();
+        self.settle_identity(&mut inner);
+        inner
+            .replica
+            .duplicates()
+            .iter()
+            .map(|(node, sighting)| {
+                let at_ms = inner
+                    .duplicates_seen
+                    .get(node)
+                    .map_or(now_ms, |(_, at_ms)| *at_ms);
+                (
+                    node.clone(),
+                    Duplicated {
+                        evidence: sighting.evidence.to_string(),
+                        from: sighting.from.clone(),
+                        ms_ago: now_ms.saturating_sub(at_ms),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Refuses a local change while another daemon writes with this node's name.
+    fn check_identity_for_local_change(&self) -> Result<(), NodeError> {
+        match self.identity_contest() {
+            Some(contest) => Err(NodeError::Contested(contest)),
+            None => Ok(()),
+        }
+    }
+
     /// The clock this node reads.
     pub fn clock(&self) -> &Arc<dyn Clock> {
         &self.clock
@@ -454,7 +666,8 @@ impl Node {
                 tracing::error!(%error, "cannot persist a change; reloading the state from the database");
                 let now = self.clock.now();
                 match load_replica(&self.options, &inner.store, now) {
-                    Ok(reloaded) => {
+                    Ok(mut reloaded) => {
+                        reloaded.replica.keep_identity_of(&inner.replica);
                         inner.replica = reloaded.replica;
                         inner.log_entries = reloaded.log_entries;
                         inner.clock_floor = inner.clock_floor.max(reloaded.clock_floor);
@@ -496,6 +709,7 @@ impl Node {
         if inner.poisoned {
             return Err(NodeError::Poisoned);
         }
+        self.settle_identity(&mut inner);
         let now = self.physical(&inner);
         let since = inner.replica.own_counter();
         let value = operations(&mut inner.replica, now);
@@ -555,6 +769,7 @@ impl Node {
             );
             self.compact(&mut inner);
         }
+        self.note_identity(&mut inner);
         inner.peers.entry(peer.clone()).or_default().last_summary = Some(theirs.clone());
         inner.replica.delta_for(theirs)
     }
@@ -579,6 +794,7 @@ impl Node {
     ) -> Option<Delta> {
         let mut inner = self.lock();
         inner.replica.observe_summary(peer, theirs);
+        self.note_identity(&mut inner);
         inner.peers.entry(peer.clone()).or_default().last_summary = Some(theirs.clone());
         inner.replica.delta_for_within(theirs, encoded_bytes_max)
     }
@@ -616,10 +832,10 @@ impl Node {
             now,
             self.options.down_after_ms,
         );
-        let applied = inner
-            .replica
-            .apply_delta(now, peer, &delta)
-            .map_err(|error| map_apply_error(peer, error))?;
+        let result = inner.replica.apply_delta(now, peer, &delta);
+        // What the delta showed of writers with one name counts, refused or not.
+        self.note_identity(&mut inner);
+        let applied = result.map_err(|error| map_apply_error(peer, error))?;
         // A full snapshot may also have dropped entries (removals its sender collected).
         if applied.entries_applied > 0
             || delta.is_full()
@@ -733,6 +949,29 @@ impl Node {
     /// Writes our node metadata (address, capacity, subnet, heartbeat), evicts members
     /// silent longer than `evict_after_ms` and collects garbage.
     pub fn heartbeat(&self) -> Result<(), NodeError> {
+        if self.identity_contest().is_some() {
+            // Another daemon writes as this node: nothing is written under its name (the
+            // contest was logged when it began) but one announcement, numbered beyond every
+            // write of the other daemon, so that it learns of the contest too. Tombstones are
+            // still collected.
+            let announce = std::mem::take(&mut self.lock().announce_contest);
+            if announce {
+                let meta = self.own_meta(None);
+                self.write_one(
+                    || "contest announcement".to_string(),
+                    |replica, now| {
+                        let mut meta = meta;
+                        meta.subnet = meta.subnet.or(replica
+                            .state()
+                            .node(&self.options.node)
+                            .and_then(|own| own.subnet));
+                        replica.announce_contest(now, meta)
+                    },
+                )?;
+            }
+            self.lock().replica.collect_garbage();
+            return Ok(());
+        }
         let node = self.options.node.clone();
         let first = self.write_one(
             || "heartbeat".to_string(),
@@ -751,13 +990,7 @@ impl Node {
                          state_dir and start it again to rejoin with a clean state"
                     );
                 }
-                let meta = NodeMeta {
-                    address: self.options.address,
-                    capacity: self.options.capacity,
-                    subnet: self.options.subnet.or(own.as_ref().and_then(|m| m.subnet)),
-                    heartbeat: Timestamp::new(now, node.hlc_id()),
-                    labels: self.options.labels.clone(),
-                };
+                let meta = self.own_meta(own.as_ref().and_then(|m| m.subnet));
                 replica.put_node_meta(now, meta).map(|_| own.is_none())
             },
         )?;
@@ -771,6 +1004,19 @@ impl Node {
             tracing::debug!(collected, "collected tombstones");
         }
         Ok(())
+    }
+
+    /// This node's metadata as its options say (the replica sets the heartbeat), with
+    /// `subnet` when the options name none.
+    fn own_meta(&self, subnet: Option<Subnet>) -> NodeMeta {
+        NodeMeta {
+            address: self.options.address,
+            capacity: self.options.capacity,
+            subnet: self.options.subnet.or(subnet),
+            heartbeat: Timestamp::new(NTP64(0), self.options.node.hlc_id()),
+            labels: self.options.labels.clone(),
+            incarnation: Some(self.options.incarnation),
+        }
     }
 
     /// Evicts every member whose heartbeat is older than `evict_after_ms`. An evicted node
@@ -816,6 +1062,7 @@ impl Node {
             }
         }
         self.check_clock_for_local_change()?;
+        self.check_identity_for_local_change()?;
         let mut entries = Vec::with_capacity(services.len());
         for (name, spec) in services {
             let entry = self.write_one(
@@ -844,6 +1091,7 @@ impl Node {
     /// node's clock is too far ahead for peers to take its changes.
     pub fn remove_service(&self, name: &ServiceName) -> Result<ServiceEntry, NodeError> {
         self.check_clock_for_local_change()?;
+        self.check_identity_for_local_change()?;
         let removed = self.write_batch(|replica, now| {
             let (spec, version) = match replica.state().service(name) {
                 Some((spec, version)) => (spec.clone(), version),
@@ -892,7 +1140,10 @@ impl Node {
     pub fn status(&self) -> NodeStatus {
         let peers_info = self.peers();
         let refused = self.refused_writes();
-        let inner = self.lock();
+        let mut inner = self.lock();
+        self.settle_identity(&mut inner);
+        let contest = self.contest_of(&inner);
+        let inner = inner;
         let summary = inner.replica.summary();
         let state = inner.replica.state();
         let peers: Vec<PeerStatus> = peers_info
@@ -928,6 +1179,8 @@ impl Node {
             converged,
             evicted: self.evicted.load(Ordering::Relaxed),
             clock_ahead: self.clock_ahead_of(&inner),
+            contest,
+            incarnation: self.options.incarnation,
         }
     }
 
@@ -978,6 +1231,15 @@ impl Node {
             broadcast: self.broadcasts.load(Ordering::Relaxed),
         }
     }
+}
+
+/// When this incarnation started, as the replica needs it: a write of this node's name
+/// stamped later is this daemon's or another live daemon's, one stamped earlier a previous
+/// incarnation's (or a duplicate's that stopped), which is adopted. (A previous incarnation
+/// whose clock ran ahead and that stopped less than that far before this start looks like a
+/// duplicate until `contest_quiet_ms` has passed.)
+fn incarnation_started(clock: &dyn Clock) -> NTP64 {
+    clock.now()
 }
 
 fn map_apply_error(peer: &NodeId, source: ApplyError) -> NodeError {

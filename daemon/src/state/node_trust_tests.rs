@@ -1,7 +1,8 @@
 //! Tests of `Node` against peers that lie or are not members (issue 13, item 1): a push from a
 //! certificate that is not a member may only join, a peer with this node's own name is
 //! refused, a push that would wrap this node's counter changes nothing (on disk either) and
-//! the node goes on, and coverage a peer's own summary takes back stays taken back across a
+//! the node goes on once the contest it raised clears, two daemons with one name both stop
+//! writing and write again once the other is gone, and coverage a peer's own summary takes back stays taken back across a
 //! restart.
 
 use shoal_crdt::{DeltaBase, OriginRange};
@@ -184,6 +185,18 @@ fn a_push_that_would_wrap_this_nodes_counter_changes_nothing_and_the_node_goes_o
         assert_eq!(a.summary().vv.get(a.node_id()), own);
         assert_eq!(a.digest(), before);
     }
+    // A member claimed writes of node-a that node-a did not make: its name is contested, and
+    // it writes nothing until nothing new has been seen for contest_quiet_ms.
+    let error = a.apply_services(vec![spec("web")]).unwrap_err();
+    assert!(matches!(error, NodeError::Contested(_)), "{error}");
+    // Its next heartbeat writes only the announcement, numbered beyond the jump; the one after
+    // writes nothing.
+    a.heartbeat().unwrap();
+    let announced = own + shoal_crdt::CONTEST_ANNOUNCE_JUMP;
+    assert_eq!(a.summary().vv.get(a.node_id()), announced);
+    a.heartbeat().unwrap();
+    assert_eq!(a.summary().vv.get(a.node_id()), announced);
+    clock.advance_ms(a_options.contest_quiet_ms);
     // The node goes on writing, and restarts on what it accepted.
     clock.advance_ms(1);
     a.heartbeat().unwrap();
@@ -194,7 +207,7 @@ fn a_push_that_would_wrap_this_nodes_counter_changes_nothing_and_the_node_goes_o
     assert_eq!(a.summary(), summary);
     clock.advance_ms(1);
     a.heartbeat().unwrap();
-    assert_eq!(a.summary().vv.get(a.node_id()), own + 3);
+    assert_eq!(a.summary().vv.get(a.node_id()), announced + 3);
 }
 
 #[test]
@@ -224,4 +237,101 @@ fn coverage_a_peers_own_summary_takes_back_stays_taken_back_after_a_restart() {
     a.apply_push(newcomer.node_id(), push_of(&newcomer, &a))
         .unwrap();
     assert!(a.members().iter().any(|m| &m.id == newcomer.node_id()));
+}
+
+/// `to` takes what `from` has that it lacks, as a pull does; a refusal is returned.
+fn pull(from: &Node, to: &Node) -> Result<Applied, NodeError> {
+    to.apply_remote(from.node_id(), from.delta_for(to.node_id(), &to.summary()))
+}
+
+#[test]
+fn two_daemons_with_one_name_stop_writing_and_write_again_once_the_other_is_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let a_options = NodeOptions {
+        incarnation: 0xa,
+        ..options(dir.path(), "node-a")
+    };
+    let a = open(a_options.clone(), &clock);
+    let b = open(options(dir.path(), "node-b"), &clock);
+    a.heartbeat().unwrap();
+    b.heartbeat().unwrap();
+    pull(&a, &b).unwrap();
+    pull(&b, &a).unwrap();
+    a.apply_services(vec![spec("first")]).unwrap();
+    // Later, a second daemon as node-a, with its own empty database.
+    clock.advance_ms(5_000);
+    let twin = open(
+        NodeOptions {
+            database: dir.path().join("twin.redb"),
+            incarnation: 0xb,
+            ..options(dir.path(), "node-a")
+        },
+        &clock,
+    );
+    twin.heartbeat().unwrap();
+    twin.apply_services(vec![spec("second")]).unwrap();
+    clock.advance_ms(2_000);
+    // Both heartbeat, in turn, and sync with node-b, never with each other.
+    for round in 0..10 {
+        let (first, second) = if round % 2 == 0 {
+            (&a, &twin)
+        } else {
+            (&twin, &a)
+        };
+        clock.advance_ms(100);
+        let _ = first.heartbeat();
+        clock.advance_ms(50);
+        let _ = second.heartbeat();
+        // One exchange as the daemon makes it, from either side: pull, push, and the repair
+        // back when the two cover the same writes but hold different entries.
+        for node in [&a, &twin] {
+            let _ = pull(&b, node);
+            let _ = pull(node, &b);
+            let _ = pull(&b, node);
+        }
+    }
+    for node in [&a, &twin] {
+        let contest = node.identity_contest().expect("contested");
+        let error = node.apply_services(vec![spec("third")]).unwrap_err();
+        assert!(matches!(error, NodeError::Contested(_)), "{error}");
+        assert!(
+            error
+                .to_string()
+                .contains("another daemon runs as node node-a"),
+            "{error}"
+        );
+        assert_eq!(node.status().contest, Some(contest));
+        // Heartbeats write nothing now.
+        let before = node.summary();
+        node.heartbeat().unwrap();
+        assert_eq!(node.summary(), before);
+    }
+    assert!(b.duplicated_nodes().contains_key(&node_id("node-a")));
+    // Everyone converges. "first" and "second" claim one dot (node-a's second write): one of
+    // them is kept, the same one everywhere.
+    for node in [&a, &twin] {
+        let _ = pull(&b, node);
+        let _ = pull(node, &b);
+    }
+    for node in [&a, &twin] {
+        let _ = pull(&b, node);
+    }
+    assert_eq!(a.digest(), b.digest());
+    assert_eq!(twin.digest(), b.digest());
+    assert_eq!(b.services().len(), 1);
+    assert_eq!(a.services(), b.services());
+    // The twin is stopped; after contest_quiet_ms with nothing new, node-a writes again.
+    drop(twin);
+    clock.advance_ms(a_options.contest_quiet_ms);
+    pull(&b, &a).unwrap();
+    assert!(a.identity_contest().is_none());
+    a.heartbeat().unwrap();
+    a.apply_services(vec![spec("after")]).unwrap();
+    pull(&a, &b).unwrap();
+    assert_eq!(b.services().len(), 2);
+    assert_eq!(a.digest(), b.digest());
+    // node-b forgets node-a's duplicate once nothing new was seen for contest_quiet_ms.
+    clock.advance_ms(a_options.contest_quiet_ms);
+    assert!(b.duplicated_nodes().is_empty());
 }

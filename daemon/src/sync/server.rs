@@ -430,7 +430,8 @@ fn status_for(error: &NodeError) -> StatusCode {
         | NodeError::Poisoned
         | NodeError::Load { .. }
         | NodeError::Encode { .. }
-        | NodeError::ClockAhead(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        | NodeError::ClockAhead(_)
+        | NodeError::Contested(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 

@@ -46,6 +46,7 @@
 //! state (reading logs or snapshots changes nothing at all).
 
 use http::StatusCode;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use shoal_crdt::codec::{self, DecodeError};
@@ -65,8 +66,11 @@ const LENGTH_PREFIX_BYTES: usize = 4;
 pub const LOG_QUERY_BYTES_MAX: usize = 512;
 /// Format version of an encoded [`LogPiece`]; bump on an incompatible change.
 pub const LOG_FORMAT_VERSION: u16 = 1;
-const LOG_MAGIC: &[u8; 4] = b"SHLG";
-const LOG_HEADER_BYTES: usize = 6;
+const LOG_FRAMING: Framing = Framing {
+    part: "log piece",
+    magic: b"SHLG",
+    version: LOG_FORMAT_VERSION,
+};
 /// What an encoded [`LogPiece`] adds to its two streams: the header, two length prefixes,
 /// two offsets and two flags, each varint at most 10 bytes.
 pub const LOG_PIECE_OVERHEAD_BYTES: usize = 64;
@@ -344,11 +348,10 @@ pub fn log_stream_bytes_max(body_bytes_max: usize) -> u64 {
 }
 
 pub fn encode_log_piece(piece: &LogPiece) -> Vec<u8> {
-    let mut bytes =
-        Vec::with_capacity(LOG_PIECE_OVERHEAD_BYTES + piece.stdout.len() + piece.stderr.len());
-    bytes.extend_from_slice(LOG_MAGIC);
-    bytes.extend_from_slice(&LOG_FORMAT_VERSION.to_le_bytes());
-    postcard::to_extend(piece, bytes).expect("in-memory values serialize")
+    LOG_FRAMING.encode(
+        piece,
+        LOG_PIECE_OVERHEAD_BYTES + piece.stdout.len() + piece.stderr.len(),
+    )
 }
 
 /// Decodes a [`LogPiece`], refusing one whose streams hold more than `stream_bytes_max` (the
@@ -358,31 +361,7 @@ pub fn decode_log_piece(
     body_bytes_max: usize,
     stream_bytes_max: u64,
 ) -> Result<LogPiece, WireError> {
-    let refuse = |source| WireError::Decode {
-        part: "log piece",
-        source,
-    };
-    if bytes.len() > body_bytes_max {
-        return Err(refuse(DecodeError::TooLarge {
-            size: bytes.len(),
-            max: body_bytes_max,
-        }));
-    }
-    if bytes.len() < LOG_HEADER_BYTES || &bytes[..4] != LOG_MAGIC {
-        return Err(refuse(DecodeError::BadMagic));
-    }
-    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    if version != LOG_FORMAT_VERSION {
-        return Err(refuse(DecodeError::UnsupportedVersion {
-            found: version,
-            supported: LOG_FORMAT_VERSION,
-        }));
-    }
-    let (piece, rest): (LogPiece, _) = postcard::take_from_bytes(&bytes[LOG_HEADER_BYTES..])
-        .map_err(|error| refuse(DecodeError::Malformed(error.to_string())))?;
-    if !rest.is_empty() {
-        return Err(refuse(DecodeError::TrailingBytes));
-    }
+    let piece: LogPiece = LOG_FRAMING.decode(bytes, body_bytes_max)?;
     for (stream, data, offset) in [
         ("stdout", &piece.stdout, piece.stdout_offset),
         ("stderr", &piece.stderr, piece.stderr_offset),
@@ -395,10 +374,13 @@ pub fn decode_log_piece(
             });
         }
         if (data.len() as u64) > offset {
-            return Err(refuse(DecodeError::Malformed(format!(
-                "{stream} holds {} bytes but ends at offset {offset}",
-                data.len()
-            ))));
+            return Err(WireError::Decode {
+                part: LOG_FRAMING.part,
+                source: DecodeError::Malformed(format!(
+                    "{stream} holds {} bytes but ends at offset {offset}",
+                    data.len()
+                )),
+            });
         }
     }
     Ok(piece)
@@ -416,8 +398,11 @@ pub fn sync_delta_bytes_max(body_bytes_max: usize, summary: &Summary) -> usize {
 pub const SNAPSHOT_QUERY_BYTES_MAX: usize = 256;
 /// Format version of an encoded [`SnapshotPiece`]; bump on an incompatible change.
 pub const SNAPSHOT_FORMAT_VERSION: u16 = 1;
-const SNAPSHOT_MAGIC: &[u8; 4] = b"SHSN";
-const SNAPSHOT_HEADER_BYTES: usize = 6;
+const SNAPSHOT_FRAMING: Framing = Framing {
+    part: "snapshot piece",
+    magic: b"SHSN",
+    version: SNAPSHOT_FORMAT_VERSION,
+};
 /// What an encoded [`SnapshotPiece`] adds to its data: the header, the 32-byte transfer id, and
 /// the total, the offset and the data's length, each varint at most 10 bytes.
 pub const SNAPSHOT_PIECE_OVERHEAD_BYTES: usize = 96;
@@ -572,10 +557,7 @@ pub fn snapshot_piece_bytes_max(body_bytes_max: usize) -> u64 {
 }
 
 pub fn encode_snapshot_piece(piece: &SnapshotPiece) -> Vec<u8> {
-    let mut bytes = Vec::with_capacity(SNAPSHOT_PIECE_OVERHEAD_BYTES + piece.data.len());
-    bytes.extend_from_slice(SNAPSHOT_MAGIC);
-    bytes.extend_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
-    postcard::to_extend(piece, bytes).expect("in-memory values serialize")
+    SNAPSHOT_FRAMING.encode(piece, SNAPSHOT_PIECE_OVERHEAD_BYTES + piece.data.len())
 }
 
 /// Decodes a [`SnapshotPiece`], refusing one with more than `bytes_max` bytes of data (the
@@ -585,32 +567,7 @@ pub fn decode_snapshot_piece(
     body_bytes_max: usize,
     bytes_max: u64,
 ) -> Result<SnapshotPiece, WireError> {
-    let refuse = |source| WireError::Decode {
-        part: "snapshot piece",
-        source,
-    };
-    if bytes.len() > body_bytes_max {
-        return Err(refuse(DecodeError::TooLarge {
-            size: bytes.len(),
-            max: body_bytes_max,
-        }));
-    }
-    if bytes.len() < SNAPSHOT_HEADER_BYTES || &bytes[..4] != SNAPSHOT_MAGIC {
-        return Err(refuse(DecodeError::BadMagic));
-    }
-    let version = u16::from_le_bytes([bytes[4], bytes[5]]);
-    if version != SNAPSHOT_FORMAT_VERSION {
-        return Err(refuse(DecodeError::UnsupportedVersion {
-            found: version,
-            supported: SNAPSHOT_FORMAT_VERSION,
-        }));
-    }
-    let (piece, rest): (SnapshotPiece, _) =
-        postcard::take_from_bytes(&bytes[SNAPSHOT_HEADER_BYTES..])
-            .map_err(|error| refuse(DecodeError::Malformed(error.to_string())))?;
-    if !rest.is_empty() {
-        return Err(refuse(DecodeError::TrailingBytes));
-    }
+    let piece: SnapshotPiece = SNAPSHOT_FRAMING.decode(bytes, body_bytes_max)?;
     let length = piece.data.len() as u64;
     if length > bytes_max {
         return Err(WireError::SnapshotPiece(format!(
@@ -628,6 +585,58 @@ pub fn decode_snapshot_piece(
         )));
     }
     Ok(piece)
+}
+
+/// A body of its own kind: four magic bytes, a little-endian format version, then one
+/// postcard value and nothing after it.
+struct Framing {
+    part: &'static str,
+    magic: &'static [u8; 4],
+    version: u16,
+}
+
+impl Framing {
+    const HEADER_BYTES: usize = 6;
+
+    fn encode<T: Serialize>(&self, value: &T, capacity_bytes: usize) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(capacity_bytes);
+        bytes.extend_from_slice(self.magic);
+        bytes.extend_from_slice(&self.version.to_le_bytes());
+        postcard::to_extend(value, bytes).expect("in-memory values serialize")
+    }
+
+    fn decode<T: DeserializeOwned>(
+        &self,
+        bytes: &[u8],
+        body_bytes_max: usize,
+    ) -> Result<T, WireError> {
+        let refuse = |source| WireError::Decode {
+            part: self.part,
+            source,
+        };
+        if bytes.len() > body_bytes_max {
+            return Err(refuse(DecodeError::TooLarge {
+                size: bytes.len(),
+                max: body_bytes_max,
+            }));
+        }
+        if bytes.len() < Self::HEADER_BYTES || &bytes[..4] != self.magic {
+            return Err(refuse(DecodeError::BadMagic));
+        }
+        let version = u16::from_le_bytes([bytes[4], bytes[5]]);
+        if version != self.version {
+            return Err(refuse(DecodeError::UnsupportedVersion {
+                found: version,
+                supported: self.version,
+            }));
+        }
+        let (value, rest) = postcard::take_from_bytes(&bytes[Self::HEADER_BYTES..])
+            .map_err(|error| refuse(DecodeError::Malformed(error.to_string())))?;
+        if !rest.is_empty() {
+            return Err(refuse(DecodeError::TrailingBytes));
+        }
+        Ok(value)
+    }
 }
 
 #[cfg(test)]
