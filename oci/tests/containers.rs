@@ -101,12 +101,22 @@ fn run(fixture: &Fixture, config: &ContainerConfig, timeout_ms: u64) -> ExitStat
 
 fn stdout_of(fixture: &Fixture, id: &str) -> String {
     let (stdout, _) = fixture.runtime().log_paths(id);
-    // The reader thread may still be draining the FIFO right after the exit.
+    // The reader thread may still be draining the FIFO right after the exit, in more than
+    // one write: the text counts once it is non-empty and has not changed for a while.
+    const QUIET_MS: u64 = 300;
     let deadline = Instant::now() + Duration::from_secs(5);
+    let mut last = String::new();
+    let mut unchanged_since = Instant::now();
     loop {
         let text = fs::read_to_string(&stdout).unwrap_or_default();
-        if !text.is_empty() || Instant::now() > deadline {
-            return text;
+        if text != last {
+            last = text;
+            unchanged_since = Instant::now();
+        } else if !last.is_empty() && unchanged_since.elapsed() >= Duration::from_millis(QUIET_MS) {
+            return last;
+        }
+        if Instant::now() > deadline {
+            return last;
         }
         std::thread::sleep(Duration::from_millis(20));
     }
