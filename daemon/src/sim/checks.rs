@@ -418,9 +418,14 @@ pub(crate) fn settled(world: &World) -> Result<Settled, Violation> {
     // 9. Host ports unique per node.
     host_ports(&state, &up_ids)?;
 
-    // 11. No container on a node its service's constraints exclude, and a global service
-    // on every eligible node that has room (placement says which; 1. checked the records).
-    for record in state.containers() {
+    // 11. No container on a live node its service's constraints exclude, and a global
+    // service on every eligible node that has room (placement says which; 1. checked the
+    // records). A node that is down cannot remove its records (they are owner-only): they
+    // stay, whatever the spec says now, until it comes back or is evicted.
+    for record in state
+        .containers()
+        .filter(|record| up_ids.contains(&record.node))
+    {
         let (Some((spec, _)), Some(meta)) =
             (state.service(&record.service), state.node(&record.node))
         else {
