@@ -9,9 +9,9 @@ mod host_support;
 #[path = "../../oci/tests/common/mod.rs"]
 mod image_support;
 
-use std::path::Path;
 use std::process::Command;
 
+use host_support::guard::Guarded;
 use host_support::{BINARY, Cluster, Daemon, wait_for};
 use shoal::api::{ContainerView, NamedSpec, PsView, Request, ServiceView};
 use shoal_crdt::{HealthCheck, ServiceSpec};
@@ -43,73 +43,6 @@ impl Drop for Netns {
             .args(["netns", "delete", &self.0])
             .status();
     }
-}
-
-/// The cluster; on drop its services are removed while the daemon runs, then whatever is
-/// left is killed through its cgroups and unmounted.
-struct Guarded(Cluster);
-
-impl Drop for Guarded {
-    fn drop(&mut self) {
-        for daemon in self.0.nodes.iter().filter(|d| d.child.is_some()) {
-            let Ok(mut client) =
-                shoal::api::Client::connect(&daemon.socket, std::time::Duration::from_secs(5))
-            else {
-                continue;
-            };
-            let services: Vec<ServiceView> = client.call(Request::ServiceList).unwrap_or_default();
-            for service in services {
-                let _ = client.call::<ServiceView>(Request::ServiceRemove { name: service.name });
-            }
-        }
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while std::time::Instant::now() < deadline
-            && self
-                .0
-                .nodes
-                .iter()
-                .any(|d| d.child.is_some() && !runtime_containers(d).is_empty())
-        {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        for daemon in &mut self.0.nodes {
-            daemon.kill9();
-            for id in runtime_containers(daemon) {
-                reap(&daemon.name, &id, &daemon.dir);
-            }
-        }
-    }
-}
-
-fn runtime_containers(daemon: &Daemon) -> Vec<String> {
-    let dir = daemon.dir.join("state/containers/containers");
-    match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|entry| Some(entry.ok()?.file_name().to_string_lossy().into_owned()))
-            .collect(),
-        Err(_) => Vec::new(),
-    }
-}
-
-fn reap(node: &str, id: &str, dir: &Path) {
-    for procs in [
-        format!("/sys/fs/cgroup/pids/shoal/{node}/{id}/cgroup.procs"),
-        format!("/sys/fs/cgroup/shoal/{node}/{id}/cgroup.procs"),
-    ] {
-        if let Ok(text) = std::fs::read_to_string(&procs) {
-            for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-    let rootfs = dir
-        .join("state/containers/containers")
-        .join(id)
-        .join("rootfs");
-    let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
 }
 
 fn ps(daemon: &Daemon) -> PsView {

@@ -3,6 +3,8 @@
 //! and API calls through the real Unix socket.
 #![allow(dead_code)]
 
+pub mod guard;
+
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
