@@ -69,29 +69,48 @@ fn refuse(input: &str, reason: impl Into<String>) -> WorkloadError {
     }
 }
 
+/// Why a label name, a label value or a node's labels are refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LabelError {
+    #[error("{text:?} is not 1..={LABEL_BYTES_MAX} characters of [A-Za-z0-9_.-]")]
+    Malformed { text: String },
+    #[error("more than {LABELS_PER_NODE_MAX} labels")]
+    TooMany,
+    #[error("label name {0}")]
+    Name(Box<LabelError>),
+    #[error("label {name}: value {source}")]
+    Value {
+        name: String,
+        source: Box<LabelError>,
+    },
+}
+
 /// Checks a label name or value: 1..=63 characters of `[A-Za-z0-9_.-]`.
-pub fn check_label(text: &str) -> Result<(), String> {
+pub fn check_label(text: &str) -> Result<(), LabelError> {
     if text.is_empty()
         || text.len() > LABEL_BYTES_MAX
         || !text
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
     {
-        return Err(format!(
-            "{text:?} is not 1..={LABEL_BYTES_MAX} characters of [A-Za-z0-9_.-]"
-        ));
+        return Err(LabelError::Malformed {
+            text: text.to_owned(),
+        });
     }
     Ok(())
 }
 
 /// Checks a node's labels.
-pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), String> {
+pub fn check_labels(labels: &BTreeMap<String, String>) -> Result<(), LabelError> {
     if labels.len() > LABELS_PER_NODE_MAX {
-        return Err(format!("more than {LABELS_PER_NODE_MAX} labels"));
+        return Err(LabelError::TooMany);
     }
     for (name, value) in labels {
-        check_label(name).map_err(|reason| format!("label name {reason}"))?;
-        check_label(value).map_err(|reason| format!("label {name}: value {reason}"))?;
+        check_label(name).map_err(|reason| LabelError::Name(Box::new(reason)))?;
+        check_label(value).map_err(|reason| LabelError::Value {
+            name: name.clone(),
+            source: Box::new(reason),
+        })?;
     }
     Ok(())
 }

@@ -167,7 +167,9 @@ impl HealthCheck {
     /// What to probe: exactly one of `http`, `tcp` and `cmd` must be given.
     pub fn probe(&self) -> Result<HealthProbe, HealthError> {
         match (&self.http, self.tcp, &self.cmd) {
-            (Some(url), None, None) => parse_http_url(url).map_err(|reason| error("http", reason)),
+            (Some(url), None, None) => {
+                parse_http_url(url).map_err(|reason| error("http", reason.to_string()))
+            }
             (None, Some(0), None) => Err(error("tcp", "port 0 is not a port")),
             (None, Some(port), None) => Ok(HealthProbe::Tcp { port }),
             (None, None, Some(_)) => Err(error(
@@ -183,39 +185,64 @@ impl HealthCheck {
     }
 }
 
+/// Why a health check's `http` URL is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HttpUrlError {
+    #[error("is longer than {HEALTH_URL_BYTES_MAX} bytes")]
+    TooLong,
+    #[error("{url:?} does not start with \"http://\"")]
+    NotHttp { url: String },
+    #[error("{url:?} has no path (such as /healthz)")]
+    NoPath { url: String },
+    #[error("{url:?} has no port (http://127.0.0.1:<port>/<path>)")]
+    NoPort { url: String },
+    #[error("{url:?}: host {host:?} is not 127.0.0.1 or localhost (the container itself)")]
+    Host { url: String, host: String },
+    #[error("{url:?}: {port:?} is not a port (1 to 65535)")]
+    Port { url: String, port: String },
+    #[error("{url:?}: the path contains {bad:?} (only visible ASCII, no '#')")]
+    Path { url: String, bad: char },
+}
+
 /// `http://127.0.0.1:<port>/<path>` or `http://localhost:<port>/<path>`.
-fn parse_http_url(url: &str) -> Result<HealthProbe, String> {
+fn parse_http_url(url: &str) -> Result<HealthProbe, HttpUrlError> {
+    let url_owned = || url.to_owned();
     if url.len() > HEALTH_URL_BYTES_MAX {
-        return Err(format!("is longer than {HEALTH_URL_BYTES_MAX} bytes"));
+        return Err(HttpUrlError::TooLong);
     }
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| format!("{url:?} does not start with \"http://\""))?;
-    let (authority, path) = match rest.find('/') {
-        Some(slash) => (&rest[..slash], &rest[slash..]),
-        None => return Err(format!("{url:?} has no path (such as /healthz)")),
-    };
+        .ok_or_else(|| HttpUrlError::NotHttp { url: url_owned() })?;
+    let (authority, path) = rest
+        .find('/')
+        .map(|slash| rest.split_at(slash))
+        .ok_or_else(|| HttpUrlError::NoPath { url: url_owned() })?;
     let (host, port) = authority
         .rsplit_once(':')
-        .ok_or_else(|| format!("{url:?} has no port (http://127.0.0.1:<port>/<path>)"))?;
+        .ok_or_else(|| HttpUrlError::NoPort { url: url_owned() })?;
     if host != "127.0.0.1" && host != "localhost" {
-        return Err(format!(
-            "{url:?}: host {host:?} is not 127.0.0.1 or localhost (the container itself)"
-        ));
+        return Err(HttpUrlError::Host {
+            url: url_owned(),
+            host: host.to_owned(),
+        });
     }
-    let port: u16 = port
-        .parse()
-        .ok()
-        .filter(|port| *port != 0)
-        .ok_or_else(|| format!("{url:?}: {port:?} is not a port (1 to 65535)"))?;
+    let port_number: u16 =
+        port.parse()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| HttpUrlError::Port {
+                url: url_owned(),
+                port: port.to_owned(),
+            })?;
     if let Some(bad) = path.chars().find(|c| !c.is_ascii_graphic() || *c == '#') {
-        return Err(format!(
-            "{url:?}: the path contains {bad:?} (only visible ASCII, no '#')"
-        ));
+        return Err(HttpUrlError::Path {
+            url: url_owned(),
+            bad,
+        });
     }
     Ok(HealthProbe::Http {
         host: host.to_owned(),
-        port,
+        port: port_number,
         path: path.to_owned(),
     })
 }

@@ -258,7 +258,7 @@ impl ServiceSpec {
         }
         self.placement_constraints()?;
         if let Some(label) = &self.spread {
-            check_label(label).map_err(|reason| field_error("spread", reason))?;
+            check_label(label).map_err(|reason| field_error("spread", reason.to_string()))?;
         }
         if let Some(health) = &self.health {
             health

@@ -394,7 +394,7 @@ impl Config {
             ));
         }
         if let Err(reason) = shoal_crdt::constraints::check_labels(&self.labels) {
-            return Err(invalid("labels", reason));
+            return Err(invalid("labels", reason.to_string()));
         }
         if let Some(dir) = &containers.runtime_dir
             && !dir.is_absolute()
