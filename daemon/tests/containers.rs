@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::Command;
 
-use host_support::guard::{Guarded, runtime_containers};
+use host_support::guard::{Guarded, ps, runtime_containers};
 use host_support::{BINARY, Cluster, Daemon, wait_for};
 use shoal::api::NamedSpec;
 use shoal::api::{ContainerView, PsView};
@@ -42,21 +42,6 @@ fn apply(daemon: &Daemon, name: &str, image: &str, replicas: u32) -> ServiceView
         })
         .unwrap();
     views.pop().unwrap()
-}
-
-/// `shoal ps --json` through the real CLI.
-fn ps(daemon: &Daemon) -> PsView {
-    let output = Command::new(BINARY)
-        .args(["ps", "--json", "--socket"])
-        .arg(&daemon.socket)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "shoal ps failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 fn running_of(view: &PsView, service: &str) -> Vec<ContainerView> {

@@ -11,7 +11,7 @@ mod image_support;
 
 use std::process::Command;
 
-use host_support::guard::Guarded;
+use host_support::guard::{Guarded, ps};
 use host_support::{BINARY, Cluster, Daemon, wait_for};
 use shoal::api::{ContainerView, NamedSpec, PsView, Request, ServiceView};
 use shoal_crdt::{HealthCheck, ServiceSpec};
@@ -43,20 +43,6 @@ impl Drop for Netns {
             .args(["netns", "delete", &self.0])
             .status();
     }
-}
-
-fn ps(daemon: &Daemon) -> PsView {
-    let output = Command::new(BINARY)
-        .args(["ps", "--json", "--socket"])
-        .arg(&daemon.socket)
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "shoal ps failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).unwrap()
 }
 
 fn of_service(view: &PsView, service: &str) -> Option<ContainerView> {

@@ -3,9 +3,11 @@
 
 use std::path::Path;
 
-use shoal::api::{Request, ServiceView};
+use std::process::Command;
 
-use super::{Cluster, Daemon};
+use shoal::api::{PsView, Request, ServiceView};
+
+use super::{BINARY, Cluster, Daemon};
 
 /// A cluster whose containers are removed when the test ends, passed or not: services are
 /// removed through the API while the daemons run, and whatever is left is killed through
@@ -94,4 +96,19 @@ pub fn runtime_containers(daemon: &Daemon) -> Vec<String> {
             .collect(),
         Err(_) => Vec::new(),
     }
+}
+
+/// `shoal ps --json` through the real CLI.
+pub fn ps(daemon: &Daemon) -> PsView {
+    let output = Command::new(BINARY)
+        .args(["ps", "--json", "--socket"])
+        .arg(&daemon.socket)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "shoal ps failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).unwrap()
 }
