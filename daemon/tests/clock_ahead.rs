@@ -8,10 +8,9 @@ mod net_support;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
-use net_support::{Pki, Server, named_spec, node_id};
-use shoal::api::{self, Client, NodeView, Request, StatusView};
+use net_support::{Pki, Server, call, named_spec, node_id};
+use shoal::api::{self, NodeView, Request, StatusView};
 use shoal::state::{Clock, ManualClock, Node, NodeError, NodeOptions, SystemClock};
 use shoal::sync;
 
@@ -36,20 +35,6 @@ fn serve_api(
         },
     ));
     (path, stop)
-}
-
-async fn call<T: serde::de::DeserializeOwned + Send + 'static>(
-    socket: &Path,
-    request: Request,
-) -> Result<T, api::ApiError> {
-    let socket = socket.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        Client::connect(&socket, Duration::from_secs(10))
-            .unwrap()
-            .call(request)
-    })
-    .await
-    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use net_support::{Pki, limits, named_spec, node_id};
-use shoal::api::{self, Client, NodeView, Request, StatusView};
+use net_support::{Pki, call, limits, named_spec, node_id};
+use shoal::api::{self, NodeView, Request, StatusView};
 use shoal::state::{Node, NodeError, NodeOptions, SystemClock};
 use shoal::sync::{self, GossipConfig, TlsMaterial};
 use tokio::sync::watch;
@@ -95,20 +95,6 @@ impl Daemon {
         self.endpoint.close(0u32.into(), b"stopped");
         self.node
     }
-}
-
-async fn call<T: serde::de::DeserializeOwned + Send + 'static>(
-    socket: &Path,
-    request: Request,
-) -> Result<T, api::ApiError> {
-    let socket = socket.to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        Client::connect(&socket, Duration::from_secs(10))
-            .unwrap()
-            .call(request)
-    })
-    .await
-    .unwrap()
 }
 
 async fn wait_until(what: &str, done: impl Fn() -> bool) {

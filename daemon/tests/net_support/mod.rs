@@ -345,3 +345,18 @@ impl GossipCluster {
         }
     }
 }
+
+/// One request to a daemon's API socket, off the async runtime's threads.
+pub async fn call<T: serde::de::DeserializeOwned + Send + 'static>(
+    socket: &Path,
+    request: shoal::api::Request,
+) -> Result<T, shoal::api::ApiError> {
+    let socket = socket.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        shoal::api::Client::connect(&socket, Duration::from_secs(10))
+            .unwrap()
+            .call(request)
+    })
+    .await
+    .unwrap()
+}
