@@ -242,13 +242,13 @@ impl ServiceSpec {
         for (name, path) in &self.secrets {
             let field = format!("secrets.{name}");
             check_string(&field, path)?;
-            check_name(name).map_err(|reason| field_error(&field, reason))?;
-            check_host_path(path).map_err(|reason| field_error(&field, reason))?;
+            check_name(name).map_err(|reason| field_error(&field, reason.to_string()))?;
+            check_host_path(path).map_err(|reason| field_error(&field, reason.to_string()))?;
             claim(field, &secret_target(name))?;
         }
         for (index, path) in self.env_files.iter().enumerate() {
             check_host_path(path)
-                .map_err(|reason| field_error(format!("env_files[{index}]"), reason))?;
+                .map_err(|reason| field_error(format!("env_files[{index}]"), reason.to_string()))?;
         }
         if self.constraints.len() > SPEC_LIST_LEN_MAX {
             return Err(field_error(

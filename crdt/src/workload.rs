@@ -225,13 +225,13 @@ impl std::str::FromStr for VolumeMount {
             _ => return Err(refuse(input, "is not source:target[:ro|:rw]")),
         };
         let source = if source.starts_with('/') {
-            check_host_path(source).map_err(|reason| refuse(input, reason))?;
+            check_host_path(source).map_err(|reason| refuse(input, reason.to_string()))?;
             VolumeSource::HostPath(source.to_owned())
         } else {
             check_name(source).map_err(|reason| refuse(input, format!("volume name: {reason}")))?;
             VolumeSource::Named(source.to_owned())
         };
-        check_target(target).map_err(|reason| refuse(input, reason))?;
+        check_target(target).map_err(|reason| refuse(input, reason.to_string()))?;
         Ok(VolumeMount {
             source,
             target: target.to_owned(),
@@ -254,7 +254,7 @@ impl std::str::FromStr for TmpfsMount {
             Some((target, options)) => (target, Some(options)),
             None => (input, None),
         };
-        check_target(target).map_err(|reason| refuse(input, reason))?;
+        check_target(target).map_err(|reason| refuse(input, reason.to_string()))?;
         let size_bytes = match options {
             None => TMPFS_SIZE_BYTES_DEFAULT,
             Some(options) => {
@@ -294,54 +294,85 @@ pub fn secret_target(name: &str) -> String {
     format!("{SECRETS_DIR}/{name}")
 }
 
+/// Why a secret's or volume's name, a host path or a mount target is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathCheckError {
+    #[error(
+        "{name:?} is not 1..={WORKLOAD_NAME_BYTES_MAX} characters of [A-Za-z0-9_.-] starting with a letter or digit"
+    )]
+    Name { name: String },
+    #[error("host path {path:?} is not absolute")]
+    HostNotAbsolute { path: String },
+    #[error("host path {path:?} contains . or ..")]
+    HostDots { path: String },
+    #[error("target {target:?} is not an absolute path")]
+    TargetNotAbsolute { target: String },
+    #[error("target {target:?} contains . or ..")]
+    TargetDots { target: String },
+    #[error("target \"/\": a mount over the root is not allowed")]
+    TargetRoot,
+    #[error("target {target:?} is under {owned}, which the runtime owns")]
+    TargetOwned { target: String, owned: &'static str },
+}
+
 /// Checks a secret's or a named volume's name: `[A-Za-z0-9][A-Za-z0-9_.-]*`.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), PathCheckError> {
     let mut bytes = name.bytes();
     let first_ok = bytes.next().is_some_and(|b| b.is_ascii_alphanumeric());
     if !first_ok
         || name.len() > WORKLOAD_NAME_BYTES_MAX
         || !bytes.all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
     {
-        return Err(format!(
-            "{name:?} is not 1..={WORKLOAD_NAME_BYTES_MAX} characters of [A-Za-z0-9_.-] starting with a letter or digit"
-        ));
+        return Err(PathCheckError::Name {
+            name: name.to_owned(),
+        });
     }
     Ok(())
 }
 
 /// Checks a host path: absolute, no `..`, no empty or `.` components.
-pub fn check_host_path(path: &str) -> Result<(), String> {
+pub fn check_host_path(path: &str) -> Result<(), PathCheckError> {
     if !path.starts_with('/') {
-        return Err(format!("host path {path:?} is not absolute"));
+        return Err(PathCheckError::HostNotAbsolute {
+            path: path.to_owned(),
+        });
     }
     if path
         .split('/')
         .skip(1)
         .any(|part| part == ".." || part == ".")
     {
-        return Err(format!("host path {path:?} contains . or .."));
+        return Err(PathCheckError::HostDots {
+            path: path.to_owned(),
+        });
     }
     Ok(())
 }
 
 /// Checks a mount target inside the container: absolute, no `..`, not `/` and not over
 /// `/proc`, `/sys` or `/dev` (the runtime owns those).
-pub fn check_target(target: &str) -> Result<(), String> {
+pub fn check_target(target: &str) -> Result<(), PathCheckError> {
+    let target_owned = || target.to_owned();
     if !target.starts_with('/') {
-        return Err(format!("target {target:?} is not an absolute path"));
+        return Err(PathCheckError::TargetNotAbsolute {
+            target: target_owned(),
+        });
     }
     if target.split('/').any(|part| part == ".." || part == ".") {
-        return Err(format!("target {target:?} contains . or .."));
+        return Err(PathCheckError::TargetDots {
+            target: target_owned(),
+        });
     }
     let normal = target.trim_end_matches('/');
     if normal.is_empty() {
-        return Err("target \"/\": a mount over the root is not allowed".to_owned());
+        return Err(PathCheckError::TargetRoot);
     }
     for owned in ["/proc", "/sys", "/dev"] {
         if normal == owned || normal.starts_with(&format!("{owned}/")) {
-            return Err(format!(
-                "target {target:?} is under {owned}, which the runtime owns"
-            ));
+            return Err(PathCheckError::TargetOwned {
+                target: target_owned(),
+                owned,
+            });
         }
     }
     Ok(())

@@ -113,9 +113,9 @@ impl HealthTracker {
         self.next_probe_at_ms = now_ms.saturating_add(self.check.interval_ms);
     }
 
-    /// The outcome of the probe in flight (`Err` with why it failed); whether the health
-    /// changed.
-    pub fn handle_outcome(&mut self, outcome: Result<(), String>) -> bool {
+    /// The outcome of the probe in flight (`Err` with why it failed, which becomes the
+    /// unhealthy reason); whether the health changed.
+    pub fn handle_outcome<E: std::fmt::Display>(&mut self, outcome: Result<(), E>) -> bool {
         let Some(began_ms) = self.probing_since_ms.take() else {
             return false;
         };
@@ -131,7 +131,9 @@ impl HealthTracker {
                 if !in_start_period {
                     self.failures = self.failures.saturating_add(1);
                     if self.failures >= self.check.retries {
-                        self.health = Health::Unhealthy { reason };
+                        self.health = Health::Unhealthy {
+                            reason: reason.to_string(),
+                        };
                     }
                 }
             }
@@ -186,11 +188,11 @@ impl HealthTrackers {
 
     /// The outcome of a probe of `id`'s run that began at `since_ms`; the new health when
     /// it changed. An outcome about an earlier run is ignored.
-    pub fn handle_outcome(
+    pub fn handle_outcome<E: std::fmt::Display>(
         &mut self,
         id: &str,
         since_ms: u64,
-        outcome: Result<(), String>,
+        outcome: Result<(), E>,
     ) -> Option<Health> {
         let (target, tracker) = self.by_id.get_mut(id)?;
         if target.since_ms != since_ms {
@@ -316,7 +318,7 @@ mod tests {
         assert!(!tracker.is_due(2000));
         // Twice the timeout after it began, a lost probe no longer holds the next back.
         assert!(tracker.is_due(3000));
-        assert!(tracker.handle_outcome(Ok(())));
+        assert!(tracker.handle_outcome(Ok::<(), String>(())));
         assert_eq!(tracker.health(), &Health::Healthy);
         // An outcome without a probe in flight changes nothing.
         assert!(!tracker.handle_outcome(Err("late".to_owned())));
@@ -346,12 +348,12 @@ mod tests {
             Some(unhealthy("refused"))
         );
         assert_eq!(
-            trackers.handle_outcome("b", 0, Ok(())),
+            trackers.handle_outcome("b", 0, Ok::<(), String>(())),
             Some(Health::Healthy)
         );
         // a restarted at 5000: it starts over, and the old run's outcome is ignored.
         assert!(trackers.follow(vec![target("a", 5000), target("b", 0)]));
-        assert_eq!(trackers.handle_outcome("a", 0, Ok(())), None);
+        assert_eq!(trackers.handle_outcome("a", 0, Ok::<(), String>(())), None);
         assert_eq!(
             trackers.verdicts(),
             BTreeMap::from([

@@ -195,7 +195,6 @@ impl Reconciler {
                 }
                 Some(joined) = probes.join_next(), if !probes.is_empty() => {
                     let Ok((target, outcome)) = joined else { continue };
-                    let outcome = outcome.map_err(|failure| failure.to_string());
                     if let Some(health) =
                         trackers.handle_outcome(&target.id, target.since_ms, outcome)
                     {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use shoal_crdt::workload::{VolumeSource, check_name};
+use shoal_crdt::workload::{PathCheckError, VolumeSource, check_name};
 use shoal_crdt::{ContainerRecord, ServiceName, ServiceSpec};
 
 use super::workload::volume_path;
@@ -19,7 +19,11 @@ pub enum VolumeError {
     #[error("this node keeps no named volumes (containers are disabled or have no state dir)")]
     NoVolumeDir,
     #[error("volume name {name:?}: {reason}")]
-    Name { name: String, reason: String },
+    Name {
+        name: String,
+        #[source]
+        reason: PathCheckError,
+    },
     #[error("volume {name} does not exist on this node")]
     NotFound { name: String },
     #[error(
