@@ -232,7 +232,7 @@ mod tests {
             .iter()
             .map(|change| match change {
                 Change::Service { name, entry } => {
-                    let spec = entry.value.clone().unwrap();
+                    let spec = entry.value.clone().unwrap().spec;
                     v1::ChangeV1::Service {
                         name: name.clone(),
                         entry: Entry {
@@ -419,6 +419,8 @@ mod tests {
                 started_unix_ms: Some(7),
                 restarts: 2,
                 health: Default::default(),
+                spec: Some("0123456789abcdef".to_owned()),
+                ready: true,
             },
         );
         replica.put_node_status(now, status).unwrap();

@@ -76,6 +76,7 @@ pub mod identity;
 mod ids;
 mod records;
 mod replica;
+pub mod rollout;
 /// The deterministic simulator of replicas (feature `sim`; its tests turn it on).
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -102,6 +103,7 @@ pub use replica::{
     ADOPTED_COUNTER_MAX, Applied, ApplyError, CONTEST_ANNOUNCE_JUMP, DOT_COUNTER_MAX, PeerView,
     Replica, ReplicaError, Snapshot,
 };
+pub use rollout::{PastVersion, ServiceRecord, UpdateOrder, UpdatePolicy};
 pub use state::ClusterState;
 pub use status::{ContainerStatus, Health, NodeStatus, RunState};
 pub use transfer::encoded_delta_bytes;

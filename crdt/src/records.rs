@@ -11,6 +11,7 @@ use uhlc::Timestamp;
 
 use crate::constraints::{Constraint, Mode, check_label};
 use crate::health::HealthCheck;
+use crate::rollout::UpdatePolicy;
 use crate::workload::{
     HostPort, PortMapping, Publish, TmpfsMount, VolumeMount, WorkloadError, check_host_path,
     check_name, secret_target,
@@ -126,6 +127,9 @@ pub struct ServiceSpec {
     /// Probed on the node that runs each container; see `crate::health`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<Box<HealthCheck>>,
+    /// How a new version replaces the running replicas; see `crate::rollout`.
+    #[serde(default, skip_serializing_if = "UpdatePolicy::is_default")]
+    pub update: UpdatePolicy,
 }
 
 impl ServiceSpec {
@@ -149,6 +153,7 @@ impl ServiceSpec {
             constraints: Vec::new(),
             spread: None,
             health: None,
+            update: UpdatePolicy::default(),
         }
     }
 
@@ -265,6 +270,9 @@ impl ServiceSpec {
                 .validate()
                 .map_err(|error| field_error(format!("health.{}", error.field), error.reason))?;
         }
+        self.update
+            .validate(self.health.as_ref().map(|health| health.interval_ms))
+            .map_err(|error| field_error(format!("update.{}", error.field), error.reason))?;
         Ok(())
     }
 

@@ -47,8 +47,8 @@ use crate::identity::{IdentityWatch, Sighting};
 use crate::state::{Change, ClusterState, Counts, IpClaim, NodeRecord};
 use crate::status::{NodeStatus, StatusError};
 use crate::{
-    ContainerId, ContainerRecord, NodeId, NodeMeta, Resource, ServiceName, ServiceSpec, SpecError,
-    Subnet, VersionVector,
+    ContainerId, ContainerRecord, NodeId, NodeMeta, Resource, ServiceName, ServiceRecord,
+    ServiceSpec, SpecError, Subnet, VersionVector,
 };
 
 /// A local operation was refused; nothing changed.
@@ -76,6 +76,12 @@ pub enum ReplicaError {
     DotsExhausted { node: NodeId },
     #[error(transparent)]
     Status(#[from] StatusError),
+    #[error("service {service}: {source}")]
+    ServiceRecord {
+        service: ServiceName,
+        #[source]
+        source: crate::rollout::RecordError,
+    },
     #[error(
         "node {node} writes nothing while another writer uses its name ({evidence}, seen from {from})"
     )]
@@ -402,6 +408,34 @@ impl Replica {
         spec: ServiceSpec,
     ) -> Result<Delta, ReplicaError> {
         spec.validate()?;
+        let record = ServiceRecord::succeeding(self.state.service_record(&name), spec);
+        self.write_service_record(now, name, record)
+    }
+
+    /// Writes a whole service record: a rollout's outcome (`ServiceRecord::after_failure`)
+    /// or a rollback, with the history the record carries.
+    pub fn put_service_record(
+        &mut self,
+        now: NTP64,
+        name: ServiceName,
+        record: ServiceRecord,
+    ) -> Result<Delta, ReplicaError> {
+        record.spec.validate()?;
+        record
+            .validate_history()
+            .map_err(|source| ReplicaError::ServiceRecord {
+                service: name.clone(),
+                source,
+            })?;
+        self.write_service_record(now, name, record)
+    }
+
+    fn write_service_record(
+        &mut self,
+        now: NTP64,
+        name: ServiceName,
+        record: ServiceRecord,
+    ) -> Result<Delta, ReplicaError> {
         let since = self.vv.get(&self.node);
         let (hlc, dot) = self.stamp(now)?;
         Ok(self.commit(
@@ -411,7 +445,7 @@ impl Replica {
                 entry: Entry {
                     hlc,
                     dot,
-                    value: Some(spec),
+                    value: Some(record),
                 },
             }],
         ))
@@ -1623,7 +1657,7 @@ mod tests {
             Err(ApplyError::Invalid(_))
         ));
         if let Some(Change::Service { entry, .. }) = delta.changes.first_mut() {
-            entry.value = Some(ServiceSpec::new(""));
+            entry.value = Some(ServiceSpec::new("").into());
         }
         assert!(matches!(
             b.apply_delta(ms(3), a.node(), &delta),

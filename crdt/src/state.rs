@@ -19,7 +19,7 @@ use crate::entry::{Dot, Entry, MergeOutcome, Table};
 use crate::status::{NodeStatus, StatusError};
 use crate::{
     ContainerId, ContainerRecord, IpAllocation, IpConflict, NodeId, NodeMeta, Resource,
-    ServiceName, ServiceSpec, SpecError, Subnet, SubnetConflict,
+    ServiceName, ServiceRecord, ServiceSpec, SpecError, Subnet, SubnetConflict,
 };
 
 /// Node metadata as stored: the meta plus when this node first claimed its
@@ -64,7 +64,7 @@ pub enum Change {
     Service {
         name: ServiceName,
         #[serde(with = "crate::entry::json_value")]
-        entry: Entry<ServiceSpec>,
+        entry: Entry<ServiceRecord>,
     },
     /// Node metadata travels as JSON inside the binary encoding, like specs.
     Node {
@@ -169,9 +169,17 @@ impl Change {
             Change::Service { name, entry } => {
                 // Fields only: a spec written before its size was bounded still loads and
                 // travels (see `ServiceSpec::validate_fields`).
-                if let Some(spec) = &entry.value {
-                    spec.validate_fields()
+                if let Some(record) = &entry.value {
+                    record
+                        .spec
+                        .validate_fields()
                         .map_err(|source| InvalidChange::Spec {
+                            service: name.clone(),
+                            source,
+                        })?;
+                    record
+                        .validate_history()
+                        .map_err(|source| InvalidChange::ServiceRecord {
                             service: name.clone(),
                             source,
                         })?;
@@ -256,6 +264,12 @@ pub enum InvalidChange {
         #[source]
         source: SpecError,
     },
+    #[error("service {service}: {source}")]
+    ServiceRecord {
+        service: ServiceName,
+        #[source]
+        source: crate::rollout::RecordError,
+    },
     #[error("node meta of {node} written by {writer}")]
     NodeMetaWriter { node: NodeId, writer: NodeId },
     #[error("node meta of {node}: subnet and claim time disagree")]
@@ -322,7 +336,7 @@ fn entry_hash(change: &Change) -> [u8; 32] {
 /// The replicated document.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterState {
-    services: Table<ServiceName, ServiceSpec>,
+    services: Table<ServiceName, ServiceRecord>,
     nodes: Table<NodeId, NodeRecord>,
     containers: Table<(ContainerId, Dot), ContainerRecord>,
     counters: Table<(NodeId, Resource), Counts>,
@@ -614,14 +628,21 @@ impl ClusterState {
     pub fn services(&self) -> impl Iterator<Item = (&ServiceName, &ServiceSpec, Timestamp)> {
         self.services
             .live()
-            .map(|(name, entry, spec)| (name, spec, entry.hlc))
+            .map(|(name, entry, record)| (name, &record.spec, entry.hlc))
+    }
+
+    /// One live service's record (its spec, history and rollout marks) and its version.
+    pub fn service_record(&self, name: &ServiceName) -> Option<(&ServiceRecord, Timestamp)> {
+        self.services
+            .get(name)
+            .and_then(|entry| entry.value.as_ref().map(|record| (record, entry.hlc)))
     }
 
     /// One live service and its version.
     pub fn service(&self, name: &ServiceName) -> Option<(&ServiceSpec, Timestamp)> {
         self.services
             .get(name)
-            .and_then(|entry| entry.value.as_ref().map(|spec| (spec, entry.hlc)))
+            .and_then(|entry| entry.value.as_ref().map(|record| (&record.spec, entry.hlc)))
     }
 
     /// Live containers, one per id (the latest add if an id was re-added), by id.

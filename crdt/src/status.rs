@@ -12,6 +12,8 @@ use crate::{ContainerId, ServiceName};
 pub const STATUS_CONTAINERS_MAX: usize = 1024;
 /// Longest failure reason kept in a status.
 pub const STATUS_REASON_BYTES_MAX: usize = 512;
+/// Longest spec digest a container status carries.
+pub const STATUS_SPEC_DIGEST_BYTES_MAX: usize = 64;
 
 /// How a container is doing, as its node's runtime sees it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -106,6 +108,14 @@ pub struct ContainerStatus {
     /// predates health checks) reads as `Health::None`.
     #[serde(default, skip_serializing_if = "Health::is_none")]
     pub health: Health,
+    /// A short digest of the spec it runs, the replica count left out (so every node can
+    /// tell an updated replica from an outdated one); absent from nodes that predate it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spec: Option<String>,
+    /// It counts for its service's rollout: running, healthy if checked, for the spec's
+    /// `update.min_healthy_ms` without a break (by its node's clock).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ready: bool,
 }
 
 /// Every container a node runs, with its status (an entry of the status LWW-map).
@@ -127,6 +137,8 @@ pub enum StatusError {
     ReasonTooLong { id: ContainerId },
     #[error("reports errors of {count} services, more than {STATUS_CONTAINERS_MAX}")]
     TooManyErrors { count: usize },
+    #[error("container {id}: spec digest longer than {STATUS_SPEC_DIGEST_BYTES_MAX} bytes")]
+    DigestTooLong { id: ContainerId },
     #[error("service {service}: error longer than {STATUS_REASON_BYTES_MAX} bytes")]
     ErrorTooLong { service: ServiceName },
 }
@@ -162,6 +174,13 @@ impl NodeStatus {
                 && reason.len() > STATUS_REASON_BYTES_MAX
             {
                 return Err(StatusError::ReasonTooLong { id: id.clone() });
+            }
+            if status
+                .spec
+                .as_ref()
+                .is_some_and(|digest| digest.len() > STATUS_SPEC_DIGEST_BYTES_MAX)
+            {
+                return Err(StatusError::DigestTooLong { id: id.clone() });
             }
         }
         Ok(())
@@ -206,6 +225,8 @@ mod tests {
                 started_unix_ms: None,
                 restarts: 0,
                 health: Health::None,
+                spec: None,
+                ready: false,
             },
         );
         assert!(matches!(

@@ -292,7 +292,7 @@ mod tests {
             )
             .unwrap();
         if let Some(Change::Service { entry, .. }) = delta.changes.first_mut() {
-            entry.value = Some(big);
+            entry.value = Some(big.into());
         }
         let mut b = replica("b");
         b.apply_delta(ms(3), a.node(), &delta).unwrap();

@@ -14,7 +14,7 @@ use crate::replica::{PeerView, Snapshot};
 use crate::state::{Change, Counts, IpClaim, NodeRecord};
 use crate::{
     Capacity, ContainerId, ContainerRecord, NodeId, NodeMeta, Resource, Resources, RestartPolicy,
-    ServiceName, ServiceSpec, Subnet, VersionVector,
+    ServiceName, ServiceRecord, ServiceSpec, Subnet, VersionVector,
 };
 
 /// A service spec as version 1 laid it out.
@@ -109,7 +109,7 @@ impl From<ChangeV1> for Change {
                 entry: Entry {
                     hlc: entry.hlc,
                     dot: entry.dot,
-                    value: entry.value.map(ServiceSpec::from),
+                    value: entry.value.map(ServiceSpec::from).map(ServiceRecord::from),
                 },
             },
             ChangeV1::Node { node, entry } => Change::Node {

@@ -26,6 +26,7 @@ use shoal_oci::PreparedImage;
 
 use super::executor::{ExecError, Executor};
 use super::health::{HealthTarget, health_targets};
+use crate::schedule::plan::UpdateFailure;
 use crate::schedule::ports::port_plan;
 use crate::schedule::records::{self, BatchResult, NewRecord, RecordBatch};
 use crate::schedule::{ClusterView, Outcome, Plan, Planner};
@@ -39,6 +40,8 @@ pub trait StatePort {
     fn commit(&self, batch: &RecordBatch) -> Result<BatchResult, NodeError>;
     /// Writes this node's container status report if it changed (one durable change).
     fn report_status(&self, status: &NodeStatus) -> Result<(), NodeError>;
+    /// Writes what a failed update leaves: a rollback or a pause (one durable change).
+    fn fail_update(&self, failure: &UpdateFailure) -> Result<bool, NodeError>;
 }
 
 impl StatePort for Node {
@@ -55,6 +58,14 @@ impl StatePort for Node {
             .map(|_| ())
             .map_err(|source| NodeError::Operation {
                 what: "container status report".to_owned(),
+                source,
+            })
+    }
+
+    fn fail_update(&self, failure: &UpdateFailure) -> Result<bool, NodeError> {
+        self.write_batch(|replica, now| records::fail_update(replica, now, failure))?
+            .map_err(|source| NodeError::Operation {
+                what: format!("the failed update of {}", failure.service),
                 source,
             })
     }
@@ -89,6 +100,21 @@ pub fn run_pass(
         plan: plan.clone(),
         ..PassReport::default()
     };
+    for failure in &plan.update_failures {
+        match state.fail_update(failure) {
+            Ok(true) => tracing::warn!(
+                service = %failure.service,
+                reason = %failure.reason,
+                rollback = view
+                    .services
+                    .get(&failure.service)
+                    .is_some_and(|service| service.spec.update.auto_rollback),
+                "update failed"
+            ),
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "cannot record a failed update"),
+        }
+    }
 
     // Images and workloads first: a bad image or a missing secret is an error on its
     // service, and nothing is recorded.

@@ -59,6 +59,10 @@ pub struct Reconciler {
 
 /// How often the health loop looks for due probes.
 pub const HEALTH_TICK_MS: u64 = 100;
+/// While a rolling update is in progress, passes run at least this often: a replica
+/// becomes ready (`update.min_healthy_ms`) by time passing, and the next replacement
+/// waits for that.
+const ROLLING_PASS_INTERVAL: Duration = Duration::from_millis(250);
 
 /// Aborts a task when dropped.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
@@ -239,6 +243,7 @@ impl Reconciler {
             tokio::time::interval(Duration::from_millis(self.settings.interval_ms.max(1)));
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut again = false;
+        let mut soon = false;
         // Aborted (with its probes) when this loop ends.
         let health = AbortOnDrop(tokio::spawn(self.clone().run_health()));
         loop {
@@ -248,6 +253,7 @@ impl Reconciler {
                     _ = ticker.tick() => {}
                     changed = inputs.changed() => if changed.is_err() { break },
                     _ = self.health_changed.notified() => {}
+                    _ = tokio::time::sleep(ROLLING_PASS_INTERVAL), if soon => {}
                 }
             }
             // Changes that arrived until now are covered by this pass.
@@ -270,7 +276,10 @@ impl Reconciler {
                     break;
                 }
                 result = pass => match result {
-                    Ok(report) => again = report.plan.more_to_start && !report.cut_short,
+                    Ok(report) => {
+                        again = report.plan.more_to_start && !report.cut_short;
+                        soon = report.plan.rolling;
+                    }
                     Err(error) => tracing::error!(%error, "reconcile pass panicked"),
                 }
             }

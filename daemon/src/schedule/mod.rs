@@ -8,6 +8,8 @@
 //! - `view`: the converged view one pass plans from, read from a `ClusterState`;
 //! - `plan`: the planner, which turns the view, the observed runtime and the time into a
 //!   `Plan` for this node, and takes the executor's outcomes back;
+//! - `rollout`: how far this node goes in replacing outdated replicas of a changed service
+//!   (leaderless rolling updates, paced by `[update]`);
 //! - `restarts`: the planner's per-container restart bookkeeping;
 //! - `ports`: which published ports this node forwards where (its firewall's input);
 //! - `status`: what this node reports about its own containers;
@@ -22,6 +24,7 @@ pub mod plan;
 pub mod ports;
 pub mod records;
 pub mod restarts;
+pub mod rollout;
 pub mod room;
 pub mod status;
 pub mod view;

@@ -37,7 +37,8 @@ use shoal_crdt::{
 };
 use shoal_oci::{ContainerStatus, ExitStatus};
 
-use super::restarts::{AfterExit, Restarts, spec_digest};
+use super::restarts::{AfterExit, Restarts, short_digest, spec_digest};
+use super::rollout::{self, Pacing, Replica};
 use super::room::Reserved;
 use super::view::{ClusterView, ServiceVersion};
 
@@ -125,6 +126,20 @@ pub struct Plan {
     pub leftover_attachments: Vec<String>,
     /// The placement says more starts than this pass makes: plan again soon.
     pub more_to_start: bool,
+    /// Updates that failed on this node: a new replica not ready by its deadline.
+    pub update_failures: Vec<UpdateFailure>,
+    /// An update is in progress (this node waits for a replica here or elsewhere to
+    /// become ready): plan again soon.
+    pub rolling: bool,
+}
+
+/// The update to `version` of `service` failed on this node; the pass writes the
+/// record's `after_failure` (a rollback, or a pause) unless the service changed since.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpdateFailure {
+    pub service: ServiceName,
+    pub version: Timestamp,
+    pub reason: String,
 }
 
 impl Plan {
@@ -185,6 +200,19 @@ pub struct Planner {
     /// Health of running containers with a check, by id, with the start (`since_ms`) it
     /// is about: a state about an earlier run of the container is stale.
     health: BTreeMap<String, (u64, Health)>,
+    /// Since when each current, running container has been running (and healthy, if
+    /// checked) without a break.
+    healthy_since: BTreeMap<String, u64>,
+    /// Containers that count for their service's rollout (`update.min_healthy_ms`).
+    ready: BTreeSet<String>,
+    /// When this planner first saw each current container: its rollout deadline counts
+    /// from here.
+    first_seen: BTreeMap<String, u64>,
+    /// The version of each service this node saw fully rolled out: a replica of it that
+    /// fails later (a lost node's replacement) is no failed update.
+    settled: BTreeMap<ServiceName, Timestamp>,
+    /// Failed updates already reported, so each is written once.
+    reported_failures: BTreeSet<(ServiceName, Timestamp)>,
 }
 
 impl Planner {
@@ -199,6 +227,11 @@ impl Planner {
             unplaced: BTreeMap::new(),
             unplaced_reasons: BTreeMap::new(),
             health: BTreeMap::new(),
+            healthy_since: BTreeMap::new(),
+            ready: BTreeSet::new(),
+            first_seen: BTreeMap::new(),
+            settled: BTreeMap::new(),
+            reported_failures: BTreeSet::new(),
         }
     }
 
@@ -243,7 +276,9 @@ impl Planner {
             }
         }
 
-        let kept = self.keep_or_remove(view, observed, &desired, &mut plan);
+        self.track_readiness(view, observed, now_ms);
+        let pacing = self.pace(view, observed, &placement, now_ms, &mut plan);
+        let (kept, outdated) = self.keep_or_remove(view, observed, &desired, &pacing, &mut plan);
         for (service, records) in &kept {
             let Some(current) = view.services.get(service) else {
                 continue;
@@ -252,7 +287,7 @@ impl Planner {
                 self.restart_if_due(record, &current.spec, observed, now_ms, &mut plan);
             }
         }
-        self.plan_starts(view, &desired, &kept, now_ms, &mut plan);
+        self.plan_starts(view, &desired, &kept, &outdated, &pacing, now_ms, &mut plan);
 
         if let Some(attachments) = &observed.attachments {
             plan.routes = Some(view.peer_subnets.clone());
@@ -274,22 +309,185 @@ impl Planner {
             .collect();
         self.restarts.retain(|id| live.contains(id));
         self.health.retain(|id, _| live.contains(id.as_str()));
+        self.first_seen.retain(|id, _| live.contains(id.as_str()));
+        self.settled
+            .retain(|service, _| view.services.contains_key(service));
+        self.reported_failures
+            .retain(|(service, _)| view.services.contains_key(service));
         plan
     }
 
-    /// Splits this node's records into kept ones (by service) and removals.
+    /// Which of this node's current, running containers count for their rollout now.
+    fn track_readiness(&mut self, view: &ClusterView, observed: &Observed, now_ms: u64) {
+        let mut ready = BTreeSet::new();
+        let mut healthy_since = BTreeMap::new();
+        for record in &view.own_records {
+            let Some(current) = view.services.get(&record.service) else {
+                continue;
+            };
+            if is_outdated(record, Some(current), observed) {
+                continue;
+            }
+            let id = record.id.as_str();
+            self.first_seen.entry(id.to_owned()).or_insert(now_ms);
+            let running = matches!(observed.containers.get(id), Some(ObservedState::Running));
+            let healthy = match self.health_of(id, current.spec.health.is_some()) {
+                Health::None | Health::Healthy => running,
+                Health::Starting | Health::Unhealthy { .. } => false,
+            };
+            if !healthy {
+                continue;
+            }
+            let since = self.healthy_since.get(id).copied().unwrap_or(now_ms);
+            healthy_since.insert(id.to_owned(), since);
+            if now_ms.saturating_sub(since) >= current.spec.update.min_healthy_ms {
+                ready.insert(id.to_owned());
+            }
+        }
+        self.healthy_since = healthy_since;
+        self.ready = ready;
+    }
+
+    /// The rollout pacing of every service this node runs or should run, and the updates
+    /// that failed here.
+    fn pace(
+        &mut self,
+        view: &ClusterView,
+        observed: &Observed,
+        placement: &super::placement::Placement,
+        now_ms: u64,
+        plan: &mut Plan,
+    ) -> BTreeMap<ServiceName, Pacing> {
+        let mut paced = BTreeMap::new();
+        for (service, current) in &view.services {
+            let mut replicas: Vec<Replica> = view.fleet.get(service).cloned().unwrap_or_default();
+            let mine: Vec<&ContainerRecord> = view
+                .own_records
+                .iter()
+                .filter(|record| &record.service == service)
+                .collect();
+            for record in &mine {
+                let outdated = is_outdated(record, Some(current), observed);
+                let running = matches!(
+                    observed.containers.get(record.id.as_str()),
+                    Some(ObservedState::Running)
+                );
+                if outdated && !running {
+                    continue;
+                }
+                replicas.push(Replica {
+                    node: self.me.clone(),
+                    id: record.id.clone(),
+                    current: !outdated,
+                    ready: !outdated && self.ready.contains(record.id.as_str()),
+                });
+            }
+            let wanted = placement.replicas.get(service).cloned().unwrap_or_default();
+            let pacing = rollout::pace(
+                &self.me,
+                &current.spec.update,
+                current.spec.update.order,
+                &wanted,
+                &replicas,
+                current.failed.is_some(),
+            );
+            let all_wanted: u32 = wanted.values().sum();
+            let all_ready = replicas.iter().filter(|replica| replica.ready).count();
+            if !pacing.updating && all_ready >= all_wanted as usize {
+                self.settled.insert(service.clone(), current.version);
+            }
+            if pacing.updating && current.failed.is_none() {
+                plan.rolling = true;
+            }
+            self.check_deadline(service, current, &mine, observed, now_ms, plan);
+            paced.insert(service.clone(), pacing);
+        }
+        paced
+    }
+
+    /// Reports the update of `current` failed when one of this node's new replicas is not
+    /// ready by `update.healthy_deadline_ms` after this node first saw it, while the
+    /// version has an earlier one and was never seen fully rolled out here.
+    fn check_deadline(
+        &mut self,
+        service: &ServiceName,
+        current: &ServiceVersion,
+        mine: &[&ContainerRecord],
+        observed: &Observed,
+        now_ms: u64,
+        plan: &mut Plan,
+    ) {
+        let key = (service.clone(), current.version);
+        if !current.has_earlier
+            || current.failed.is_some()
+            || self.settled.get(service) == Some(&current.version)
+            || self.reported_failures.contains(&key)
+        {
+            return;
+        }
+        let deadline_ms = current.spec.update.healthy_deadline_ms;
+        for record in mine {
+            let id = record.id.as_str();
+            if is_outdated(record, Some(current), observed) || self.ready.contains(id) {
+                continue;
+            }
+            let Some(first_seen) = self.first_seen.get(id) else {
+                continue;
+            };
+            if now_ms.saturating_sub(*first_seen) < deadline_ms {
+                continue;
+            }
+            let why = match observed.containers.get(id) {
+                Some(ObservedState::Running) => {
+                    match self.health_of(id, current.spec.health.is_some()) {
+                        Health::Unhealthy { reason } => format!("unhealthy: {reason}"),
+                        Health::Starting => "its health check has not passed".to_owned(),
+                        _ => "it has not run long enough without a break".to_owned(),
+                    }
+                }
+                Some(ObservedState::Exited(exit)) => format!("it exited ({exit:?})"),
+                Some(ObservedState::Created) => "it was created but never started".to_owned(),
+                Some(ObservedState::Unreadable(reason)) => reason.clone(),
+                None => self
+                    .failures
+                    .get(service)
+                    .map_or("it never started".to_owned(), |failure| {
+                        failure.message.clone()
+                    }),
+            };
+            plan.update_failures.push(UpdateFailure {
+                service: service.clone(),
+                version: current.version,
+                reason: format!(
+                    "replica {id} on {} not ready within {deadline_ms} ms: {why}",
+                    self.me
+                ),
+            });
+            self.reported_failures.insert(key);
+            return;
+        }
+    }
+
+    /// Splits this node's records into kept current ones (by service), outdated ones kept
+    /// running until their rollout replaces them (by service), and removals.
+    #[allow(clippy::type_complexity)]
     fn keep_or_remove(
         &self,
         view: &ClusterView,
         observed: &Observed,
         desired: &BTreeMap<ServiceName, u32>,
+        pacing: &BTreeMap<ServiceName, Pacing>,
         plan: &mut Plan,
-    ) -> BTreeMap<ServiceName, Vec<ContainerRecord>> {
+    ) -> (
+        BTreeMap<ServiceName, Vec<ContainerRecord>>,
+        BTreeMap<ServiceName, Vec<ContainerRecord>>,
+    ) {
         let mut by_service: BTreeMap<&ServiceName, Vec<&ContainerRecord>> = BTreeMap::new();
         for record in &view.own_records {
             by_service.entry(&record.service).or_default().push(record);
         }
         let mut kept: BTreeMap<ServiceName, Vec<ContainerRecord>> = BTreeMap::new();
+        let mut outdated: BTreeMap<ServiceName, Vec<ContainerRecord>> = BTreeMap::new();
         for (service, mut records) in by_service {
             let current = view.services.get(service);
             let wanted = desired.get(service).copied().unwrap_or(0) as usize;
@@ -305,9 +503,25 @@ impl Planner {
                     record.id.clone(),
                 )
             });
+            let paced = pacing.get(service);
             for (index, record) in records.into_iter().enumerate() {
-                if index < wanted && !is_outdated(record, current, observed) {
+                let is_old = is_outdated(record, current, observed);
+                let running = matches!(
+                    observed.containers.get(record.id.as_str()),
+                    Some(ObservedState::Running)
+                );
+                if index < wanted && !is_old {
                     kept.entry(service.clone())
+                        .or_default()
+                        .push(record.clone());
+                } else if is_old
+                    && running
+                    && paced
+                        .is_some_and(|paced| paced.updating && !paced.stops.contains(&record.id))
+                {
+                    // Still serving until the rollout replaces it.
+                    outdated
+                        .entry(service.clone())
                         .or_default()
                         .push(record.clone());
                 } else {
@@ -318,7 +532,7 @@ impl Planner {
                 }
             }
         }
-        kept
+        (kept, outdated)
     }
 
     fn restart_if_due(
@@ -372,11 +586,14 @@ impl Planner {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn plan_starts(
         &mut self,
         view: &ClusterView,
         desired: &BTreeMap<ServiceName, u32>,
         kept: &BTreeMap<ServiceName, Vec<ContainerRecord>>,
+        outdated: &BTreeMap<ServiceName, Vec<ContainerRecord>>,
+        pacing: &BTreeMap<ServiceName, Pacing>,
         now_ms: u64,
         plan: &mut Plan,
     ) {
@@ -389,7 +606,7 @@ impl Planner {
             .find(|node| node.id == self.me)
             .and_then(|node| node.sync_port);
         let mut reserved = Reserved::with_sync_port(sync_port);
-        for record in kept.values().flatten() {
+        for record in kept.values().flatten().chain(outdated.values().flatten()) {
             match view.services.get(&record.service) {
                 Some(service) => {
                     reserved.add(&service.spec.resources);
@@ -408,7 +625,9 @@ impl Planner {
             if self.failed_recently(service, now_ms) {
                 continue;
             }
-            for _ in have..(*wanted as usize) {
+            let allowed = pacing.get(service).map_or(0, |paced| paced.starts as usize);
+            let mut in_place = outdated.get(service).cloned().unwrap_or_default();
+            for _ in have..(*wanted as usize).min(have + allowed) {
                 if plan.starts.len() >= self.settings.starts_per_pass_max {
                     plan.more_to_start = true;
                     return;
@@ -438,6 +657,16 @@ impl Planner {
                     })
                 };
                 if let Some(message) = refusal {
+                    // No room beside an outdated replica (its resources or host ports):
+                    // replace that one stop-first instead; its place is filled next pass.
+                    if let Some(old) = in_place.pop() {
+                        plan.removals.push(Removal {
+                            id: old.id.as_str().to_string(),
+                            record: Some(old),
+                        });
+                        plan.rolling = true;
+                        break;
+                    }
                     self.failures.insert(
                         service.clone(),
                         Failure {
@@ -540,6 +769,18 @@ impl Planner {
 
     /// What this node reports about its own containers, after the outcomes of a pass.
     pub fn status(&self, view: &ClusterView, observed: &Observed) -> shoal_crdt::NodeStatus {
+        let mut status = self.health_status(view, observed);
+        for (id, container) in &mut status.containers {
+            container.spec = observed
+                .spec_digests
+                .get(id.as_str())
+                .map(|digest| short_digest(digest));
+            container.ready = self.ready.contains(id.as_str());
+        }
+        status
+    }
+
+    fn health_status(&self, view: &ClusterView, observed: &Observed) -> shoal_crdt::NodeStatus {
         super::status::node_status(
             &view.own_records,
             observed,

@@ -38,10 +38,7 @@ fn view(me: &str, nodes: &[&str], services: &[(&str, ServiceSpec, Timestamp)]) -
             .map(|(name, spec, version)| {
                 (
                     name.parse().unwrap(),
-                    ServiceVersion {
-                        spec: spec.clone(),
-                        version: *version,
-                    },
+                    ServiceVersion::new(spec.clone(), *version),
                 )
             })
             .collect(),
@@ -58,6 +55,7 @@ fn view(me: &str, nodes: &[&str], services: &[(&str, ServiceSpec, Timestamp)]) -
             })
             .collect(),
         own_records: Vec::new(),
+        fleet: Default::default(),
         subnet: None,
         peer_subnets: Vec::new(),
         mesh_backends: Default::default(),
@@ -180,22 +178,59 @@ fn a_new_spec_replaces_containers_but_a_new_replica_count_does_not_even_after_a_
     assert!(plan.removals.is_empty(), "{plan:?}");
     assert_eq!(plan.starts.len(), 1);
 
-    // A changed command: replaced.
+    // A changed command: replaced, start-first by default: the new one starts beside the
+    // old, which stops once the new one has run `min_healthy_ms`.
     let v3 = version(30, "a");
     let mut changed_spec = spec(1, 100);
     changed_spec.command = vec!["/bin/other".into()];
-    let mut changed = view("a", &["a"], &[("web", changed_spec, v3)]);
+    let mut changed = view("a", &["a"], &[("web", changed_spec.clone(), v3)]);
+    changed.own_records = own.clone();
+    let mut planner = Planner::new(node("a"), SETTINGS, 1);
+    let plan = planner.plan(&changed, &running, 20);
+    assert!(plan.removals.is_empty(), "{plan:?}");
+    assert!(plan.rolling);
+    assert_eq!(plan.starts.len(), 1);
+    assert_eq!(plan.starts[0].version, v3);
+    let new_id = plan.starts[0].id.as_str().to_string();
+    changed.own_records.push(record(&new_id, "web", "a", v3));
+    let mut both = running.clone();
+    both.containers
+        .insert(new_id.clone(), ObservedState::Running);
+    both.spec_digests
+        .insert(new_id.clone(), spec_digest(&changed_spec));
+    let min_healthy_ms = changed_spec.update.min_healthy_ms;
+    let plan = planner.plan(&changed, &both, 30);
+    assert!(
+        plan.removals.is_empty() && plan.starts.is_empty(),
+        "{plan:?}"
+    );
+    let plan = planner.plan(&changed, &both, 30 + min_healthy_ms);
+    assert_eq!(
+        removed_ids(&plan),
+        [id],
+        "the new one counts: the old one stops"
+    );
+    assert!(plan.starts.is_empty());
+
+    // Stop-first: the old one stops first, its place is filled next pass.
+    let mut stop_first = changed_spec.clone();
+    stop_first.update.order = shoal_crdt::UpdateOrder::StopFirst;
+    let mut changed = view("a", &["a"], &[("web", stop_first, v3)]);
     changed.own_records = own.clone();
     let plan = Planner::new(node("a"), SETTINGS, 1).plan(&changed, &running, 20);
     assert_eq!(removed_ids(&plan), [id]);
-    assert_eq!(plan.starts.len(), 1);
-    assert_eq!(plan.starts[0].version, v3);
+    assert!(plan.starts.is_empty());
 
     // A container without a digest (made before digests were written) of an older version
-    // counts as outdated.
+    // counts as outdated: it keeps running while both replicas of the new version start.
     let bare = observed(&[(id, ObservedState::Running)]);
     let plan = Planner::new(node("a"), SETTINGS, 1).plan(&scaled, &bare, 10);
-    assert_eq!(removed_ids(&plan), [id]);
+    assert!(plan.removals.is_empty(), "{plan:?}");
+    assert_eq!(
+        plan.starts.len(),
+        1,
+        "the hole starts at once, the slot waits"
+    );
 }
 
 #[test]

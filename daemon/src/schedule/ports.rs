@@ -149,11 +149,12 @@ mod tests {
                 .into_iter()
                 .map(|(name, spec)| {
                     let version = Timestamp::new(Default::default(), uhlc::ID::rand());
-                    (name.parse().unwrap(), ServiceVersion { spec, version })
+                    (name.parse().unwrap(), ServiceVersion::new(spec, version))
                 })
                 .collect(),
             live_nodes: Vec::new(),
             own_records: records,
+            fleet: Default::default(),
             subnet: Some("10.88.1.0/24".parse().unwrap()),
             peer_subnets: vec![(
                 "10.88.2.0/24".parse().unwrap(),
@@ -256,6 +257,8 @@ mod tests {
                         started_unix_ms: None,
                         restarts: 0,
                         health: health.clone(),
+                        spec: None,
+                        ready: false,
                     };
                     (id.parse().unwrap(), status)
                 })
@@ -305,6 +308,8 @@ mod tests {
             started_unix_ms: None,
             restarts: 0,
             health,
+            spec: None,
+            ready: false,
         };
         assert!(serves_mesh(&web, Some(&running(Health::Healthy))));
         assert!(!serves_mesh(&web, Some(&running(Health::Starting))));

@@ -33,6 +33,25 @@ pub fn report_status(
     Ok(true)
 }
 
+/// Writes what a failed update leaves (`ServiceRecord::after_failure`: the last good spec
+/// back, or the failed one paused), unless the service changed or went since the failure was
+/// seen. Returns whether it wrote.
+pub fn fail_update(
+    replica: &mut Replica,
+    now: NTP64,
+    failure: &super::plan::UpdateFailure,
+) -> Result<bool, ReplicaError> {
+    let Some((record, version)) = replica.state().service_record(&failure.service) else {
+        return Ok(false);
+    };
+    if version != failure.version || record.failed.is_some() {
+        return Ok(false);
+    }
+    let after = record.after_failure(version, &failure.reason);
+    replica.put_service_record(now, failure.service.clone(), after)?;
+    Ok(true)
+}
+
 /// A container record to write before the container is created.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRecord {

@@ -24,13 +24,19 @@ pub fn restart_policy(policy: shoal_crdt::RestartPolicy) -> RestartPolicy {
     }
 }
 
-/// A spec without its replica count: a new spec version that changes only the replica
-/// count does not replace running containers.
+/// A spec without its replica count and update policy: a new spec version that changes only
+/// those does not replace running containers.
 pub fn without_replicas(spec: &ServiceSpec) -> ServiceSpec {
     ServiceSpec {
         replicas: 0,
+        update: shoal_crdt::UpdatePolicy::default(),
         ..spec.clone()
     }
+}
+
+/// The short form of `spec_digest` a container status carries (16 hex digits).
+pub fn short_digest(digest: &str) -> String {
+    digest.chars().take(16).collect()
 }
 
 /// A fingerprint of what a container runs: the sha256 of its spec without the replica

@@ -54,6 +54,8 @@ pub fn node_status(
                     },
                     health => health,
                 },
+                spec: None,
+                ready: false,
             };
             (record.id.clone(), status)
         })

@@ -10,12 +10,33 @@ use shoal_crdt::{
 };
 
 use super::placement::{self, NodeInput, Placement, ServiceInput};
+use super::restarts::{short_digest, spec_digest};
+use super::rollout::Replica;
 
 /// A service's current spec and the HLC of the write that won.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceVersion {
     pub spec: ServiceSpec,
     pub version: Timestamp,
+    /// `restarts::short_digest` of the spec: what a container status says it runs.
+    pub digest: String,
+    /// The record keeps an earlier version to roll back to.
+    pub has_earlier: bool,
+    /// The current version's update failed and was not rolled back: its rollout pauses.
+    pub failed: Option<String>,
+}
+
+impl ServiceVersion {
+    /// A version without history or failure (a first write).
+    pub fn new(spec: ServiceSpec, version: Timestamp) -> ServiceVersion {
+        ServiceVersion {
+            digest: short_digest(&spec_digest(&spec)),
+            spec,
+            version,
+            has_earlier: false,
+            failed: None,
+        }
+    }
 }
 
 /// The converged view one pass plans from.
@@ -37,16 +58,26 @@ pub struct ClusterView {
     /// running, and healthy when the service has a health check (`ports::serves_mesh`;
     /// this node's own come from its runtime).
     pub mesh_backends: BTreeMap<ServiceName, Vec<Ipv4Addr>>,
+    /// Every service's replicas on the other live nodes, as their statuses report them
+    /// (the rollout's input; this node's own come from its runtime).
+    pub fleet: BTreeMap<ServiceName, Vec<Replica>>,
 }
 
 impl ClusterView {
     /// Reads the view of node `me` from `state`, given which members are live.
     pub fn read(state: &ClusterState, me: &NodeId, live: &BTreeSet<NodeId>) -> ClusterView {
-        let services = state
+        let services: BTreeMap<ServiceName, ServiceVersion> = state
             .services()
-            .map(|(name, spec, version)| {
-                let spec = spec.clone();
-                (name.clone(), ServiceVersion { spec, version })
+            .filter_map(|(name, _, _)| {
+                let (record, version) = state.service_record(name)?;
+                let service = ServiceVersion {
+                    spec: record.spec.clone(),
+                    version,
+                    digest: short_digest(&spec_digest(&record.spec)),
+                    has_earlier: record.history.iter().any(|past| past.spec != record.spec),
+                    failed: record.failed.clone(),
+                };
+                Some((name.clone(), service))
             })
             .collect();
         let live_nodes = state
@@ -97,9 +128,35 @@ impl ClusterView {
                     .push(ip);
             }
         }
+        let mut fleet: BTreeMap<ServiceName, Vec<Replica>> = BTreeMap::new();
+        for record in state.containers() {
+            if &record.node == me || !live.contains(&record.node) {
+                continue;
+            }
+            let Some(service) = services.get(&record.service) else {
+                continue;
+            };
+            let status = state
+                .node_status(&record.node)
+                .and_then(|status| status.containers.get(&record.id));
+            let current = match status.and_then(|status| status.spec.as_ref()) {
+                Some(digest) => *digest == service.digest,
+                None => record.spec_version == service.version,
+            };
+            fleet
+                .entry(record.service.clone())
+                .or_default()
+                .push(Replica {
+                    node: record.node.clone(),
+                    id: record.id.clone(),
+                    current,
+                    ready: current && status.is_some_and(|status| status.ready),
+                });
+        }
         ClusterView {
             me: me.clone(),
             services,
+            fleet,
             live_nodes,
             own_records,
             subnet: state.node(me).and_then(|meta| meta.subnet),

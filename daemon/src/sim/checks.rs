@@ -101,6 +101,12 @@ pub(crate) fn own_delta(writer: &NodeId, source: Writer, delta: &Delta) -> Resul
                 node == writer && entry.value.is_some()
             }
             (Writer::Operator, Change::Service { .. }) => true,
+            // A pass writes a service only as a failed update's outcome: the last good
+            // spec back, or the failed one paused.
+            (Writer::Pass, Change::Service { entry, .. }) => entry
+                .value
+                .as_ref()
+                .is_some_and(|record| record.rollback_of.is_some() || record.failed.is_some()),
             _ => false,
         };
         if !mine {

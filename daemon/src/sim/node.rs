@@ -98,6 +98,26 @@ impl StatePort for NodeState {
         }
         Ok(())
     }
+
+    fn fail_update(
+        &self,
+        failure: &crate::schedule::plan::UpdateFailure,
+    ) -> Result<bool, NodeError> {
+        let mut replica = self.replica.borrow_mut();
+        let since = replica.own_counter();
+        let wrote =
+            records::fail_update(&mut replica, self.clock.now(), failure).map_err(|source| {
+                NodeError::Operation {
+                    what: format!("the failed update of {}", failure.service),
+                    source,
+                }
+            })?;
+        let delta = replica.own_delta_since(since);
+        if !delta.is_empty() {
+            self.committed.borrow_mut().push(delta);
+        }
+        Ok(wrote)
+    }
 }
 
 pub(crate) struct SimNode {
