@@ -51,8 +51,11 @@ fn value(text: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// Scrapes until every `(series, check)` holds, and returns the last scrape.
-fn scrape_until(address: SocketAddr, what: &str, checks: &[(&str, fn(f64) -> bool)]) -> String {
+/// A series and what its value must satisfy.
+type Check<'a> = (&'a str, fn(f64) -> bool);
+
+/// Scrapes until every check holds, and returns the last scrape.
+fn scrape_until(address: SocketAddr, what: &str, checks: &[Check]) -> String {
     let mut last = String::new();
     let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         wait_for(what, TIMEOUT_MS, || {
