@@ -199,7 +199,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tasks.spawn(containers.clone().run(stopped(stop_receiver.clone())));
     }
     if let Some(listener) = metrics_listener {
-        tracing::info!(address = ?listener.local_addr().ok(), "metrics endpoint listening");
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "metrics endpoint listening: GET /metrics");
+        }
         let sampled = node.clone();
         let sample: metrics::serve::Sample =
             Arc::new(move |metrics: &Metrics| sampling::sample(&sampled, metrics));
