@@ -3,10 +3,11 @@
 //! tasks, and on shutdown stop them within a bound and close the database.
 //!
 //! Order matters: READY=1 is sent only after the state is loaded and the listeners (sync,
-//! API and, when configured, metrics) are bound, so `systemctl start` returning means the node answers. At shutdown, STOPPING=1 is
-//! sent first, then every task is told to stop through one watch channel; tasks get
-//! `SHUTDOWN_GRACE_MS` to finish in-flight work and are aborted after that. The database is
-//! closed when the last `Arc<Node>` is dropped, which `run` checks before returning.
+//! API and, when configured, metrics) are bound, so `systemctl start` returning means the
+//! node answers. At shutdown, STOPPING=1 is sent first, then every task is told to stop
+//! through one watch channel; tasks get `SHUTDOWN_GRACE_MS` to finish in-flight work and
+//! are aborted after that. The database is closed when the last `Arc<Node>` is dropped,
+//! which `run` checks before returning.
 //!
 //! SIGHUP reloads the TLS files (see `reload`); its handler is installed first thing, so a
 //! SIGHUP never kills the daemon by the default action once `run` has begun.
