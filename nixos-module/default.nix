@@ -375,6 +375,19 @@ in
       '';
     };
 
+    metrics.listen = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "127.0.0.1:9464";
+      description = ''
+        The TCP address (${addressRule}) of the daemon's Prometheus
+        endpoint, `GET /metrics` in the OpenMetrics text format (the
+        config's `metrics.listen`); `null`, the default, serves none. It is
+        plain HTTP without authentication: keep it on loopback or a
+        management network. `openFirewall` does not open it.
+      '';
+    };
+
     nodeName = mkOption {
       type = types.str;
       default = config.networking.hostName;
@@ -390,8 +403,9 @@ in
       description = ''
         The daemon's configuration file (TOML), see
         `shoal daemon --print-example-config`. Keys without a typed option
-        here are passed through as written. `node_name` and `tls.*` are set
-        from `nodeName` and `tls`.
+        here are passed through as written. `node_name`, `labels`,
+        `metrics.listen` and `tls.*` are set from `nodeName`, `labels`,
+        `metrics.listen` and `tls`.
       '';
       type = types.submodule {
         freeformType = settingsFormat.type;
@@ -583,6 +597,10 @@ in
         message = "services.shoal.settings.peers: ${lib.concatMapStringsSep ", " (peer: "\"${peer}\"") badPeers} must each be ${addressRule}";
       }
       {
+        assertion = cfg.metrics.listen == null || portOf cfg.metrics.listen != null;
+        message = "services.shoal.metrics.listen (\"${toString cfg.metrics.listen}\") must be ${addressRule}";
+      }
+      {
         assertion = !listenIsUnspecified || cfg.settings.advertise != null;
         message = "services.shoal.settings.advertise must be set when settings.listen (${cfg.settings.listen}) is an unspecified address";
       }
@@ -610,6 +628,7 @@ in
     services.shoal.settings = {
       node_name = cfg.nodeName;
       labels = lib.mkIf (cfg.labels != { }) cfg.labels;
+      metrics = lib.mkIf (cfg.metrics.listen != null) { inherit (cfg.metrics) listen; };
       # Relative: resolved against $CREDENTIALS_DIRECTORY by the daemon.
       tls = {
         ca_file = credentials.ca;

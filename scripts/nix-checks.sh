@@ -395,6 +395,13 @@ asserts 'listen = "10.0.0.256:7443";' 'services.shoal.settings.listen ("10.0.0.2
 asserts 'listen = "10.0.0.1";' 'services.shoal.settings.listen ("10.0.0.1")'
 asserts 'advertise = "node-a:7443";' 'services.shoal.settings.advertise ("node-a:7443")'
 asserts 'peers = [ "192.0.2.11:7443" "node-b:7443" ];' 'services.shoal.settings.peers: "node-b:7443"'
+asserts 'metricsListen = "localhost:9464";' 'services.shoal.metrics.listen ("localhost:9464")'
+render "$work/metrics.json" '' config_json
+"$python" -c 'import json, sys; sys.exit(json.loads(json.load(open(sys.argv[1]))).get("metrics") != {"listen": "127.0.0.1:9464"})' "$work/metrics.json" \
+    || fail "services.shoal.metrics.listen does not write metrics.listen"
+render "$work/metrics.json" 'metricsListen = null;' config_json
+"$python" -c 'import json, sys; sys.exit("metrics" in json.loads(json.load(open(sys.argv[1]))))' "$work/metrics.json" \
+    || fail "services.shoal.metrics.listen = null still writes a [metrics] table"
 render "$work/port.json" 'listen = "10.0.0.1:70000";' firewall_udp_ports
 [[ $(cat "$work/port.json") == "[5353]" ]] || fail "an invalid port reached the firewall: $(cat "$work/port.json")"
 render "$work/v6.json" 'listen = "[::]:7443"; peers = [ "[2001:db8::1]:7443" ];' assertion_failures

@@ -1,6 +1,8 @@
 //! shoal's node daemon and operator CLI as a library; `main.rs` only parses and dispatches.
 //!
 //! The rooms, from the bottom up (each imports only rooms above it in this list):
+//! - `metrics`: the Prometheus metric families, one handle made by the agent, and the
+//!   optional HTTP endpoint; a leaf every room may record into;
 //! - `schedule`: placement and the container planner, pure;
 //! - `state`: the node's CRDT replica, made durable in redb, with time passed in;
 //! - `api`: the local API's request and response types (a leaf), its server and client;
@@ -16,6 +18,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod containers;
+pub mod metrics;
 pub mod schedule;
 #[cfg(feature = "sim")]
 pub mod sim;

@@ -20,6 +20,7 @@
 , peers ? [ "192.0.2.11:7443" "192.0.2.12:7443" ]
 , extraSettings ? { }
 , labels ? { zone = "eu-1"; role = "edge"; }
+, metricsListen ? "127.0.0.1:9464"
   # Merged into the `workload` service (lists concatenate), for refusals.
 , workload ? { }
   # More declared services, for refusals.
@@ -54,6 +55,7 @@ let
       enable = true;
       openFirewall = true;
       inherit labels;
+      metrics.listen = metricsListen;
       tls = {
         caFile = "/var/lib/shoal-keys/ca.pem";
         certFile = "/var/lib/shoal-keys/node.pem";

@@ -64,6 +64,35 @@ pub struct Config {
     /// metadata; services select nodes by them (`constraints`, `spread`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// The Prometheus metrics endpoint; off unless `listen` is set.
+    #[serde(default)]
+    pub metrics: MetricsSettings,
+}
+
+/// The Prometheus metrics endpoint (`GET /metrics`, plain HTTP).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsSettings {
+    /// TCP address to serve on, e.g. "127.0.0.1:9464"; absent: no endpoint. It is plain
+    /// HTTP without authentication: keep it on loopback or a management network.
+    #[serde(
+        deserialize_with = "socket_address_or_none",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub listen: Option<SocketAddr>,
+}
+
+/// An optional `IP:port`, refused with a message that says what is expected.
+fn socket_address_or_none<'de, D>(deserializer: D) -> Result<Option<SocketAddr>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let text = String::deserialize(deserializer)?;
+    text.parse().map(Some).map_err(|_| {
+        serde::de::Error::custom(format!(
+            "{text:?} is not an IP address and port, like \"127.0.0.1:9464\" or \"[::1]:9464\""
+        ))
+    })
 }
 
 /// The container runtime and the reconcile loop.
@@ -531,6 +560,9 @@ impl Config {
                 ("role".to_owned(), "edge".to_owned()),
             ]
             .into(),
+            metrics: MetricsSettings {
+                listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
+            },
         }
     }
 }
@@ -580,7 +612,8 @@ pub fn example_config_text() -> String {
          # or else under this file's directory.\n\
          # advertise is required when listen is 0.0.0.0 or [::].\n\
          # [sync] intervals are milliseconds; body_bytes_max bounds every sync body.\n\
-         # [capacity] is optional: without it the host's CPUs and memory are offered.\n\n",
+         # [capacity] is optional: without it the host's CPUs and memory are offered.\n\
+         # [metrics] is off unless listen is set: plain HTTP GET /metrics, keep it private.\n\n",
     );
     text.push_str(&body);
     text
@@ -732,10 +765,11 @@ key_file = "/etc/shoal/node.key"
             "containers.bridge",
             "containers.firewall",
             "labels",
+            "metrics.listen",
         ] {
             assert!(keys.contains(&key.to_string()), "missing {key}");
         }
-        assert_eq!(keys.len(), 31, "{keys:?}");
+        assert_eq!(keys.len(), 32, "{keys:?}");
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
@@ -790,6 +824,31 @@ key_file = "/etc/shoal/node.key"
         check_error(
             &format!("{MINIMAL}\n[containers]\nruntime = \"runc\"\n"),
             &["/etc/shoal/shoal.toml", "runtime"],
+        );
+    }
+
+    #[test]
+    fn metrics_are_off_unless_an_address_is_given() {
+        assert_eq!(parse(MINIMAL).unwrap().metrics.listen, None);
+        let config = parse(&format!(
+            "{MINIMAL}\n[metrics]\nlisten = \"127.0.0.1:9464\"\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.metrics.listen,
+            Some("127.0.0.1:9464".parse().unwrap())
+        );
+        check_error(
+            &format!("{MINIMAL}\n[metrics]\nlisten = \"localhost:9464\"\n"),
+            &[
+                "/etc/shoal/shoal.toml",
+                "listen",
+                "\"localhost:9464\" is not an IP address and port",
+            ],
+        );
+        check_error(
+            &format!("{MINIMAL}\n[metrics]\nport = 9464\n"),
+            &["/etc/shoal/shoal.toml", "port"],
         );
     }
 

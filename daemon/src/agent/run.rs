@@ -2,11 +2,12 @@
 //! systemd READY=1, run the sync server, gossip, heartbeat, API, reconcile and watchdog
 //! tasks, and on shutdown stop them within a bound and close the database.
 //!
-//! Order matters: READY=1 is sent only after the state is loaded and both listeners are
-//! bound, so `systemctl start` returning means the node answers. At shutdown, STOPPING=1 is
-//! sent first, then every task is told to stop through one watch channel; tasks get
-//! `SHUTDOWN_GRACE_MS` to finish in-flight work and are aborted after that. The database is
-//! closed when the last `Arc<Node>` is dropped, which `run` checks before returning.
+//! Order matters: READY=1 is sent only after the state is loaded and the listeners (sync,
+//! API and, when configured, metrics) are bound, so `systemctl start` returning means the
+//! node answers. At shutdown, STOPPING=1 is sent first, then every task is told to stop
+//! through one watch channel; tasks get `SHUTDOWN_GRACE_MS` to finish in-flight work and
+//! are aborted after that. The database is closed when the last `Arc<Node>` is dropped,
+//! which `run` checks before returning.
 //!
 //! SIGHUP reloads the TLS files (see `reload`); its handler is installed first thing, so a
 //! SIGHUP never kills the daemon by the default action once `run` has begun.
@@ -26,9 +27,11 @@ use tokio::task::JoinSet;
 use super::config::{Config, TlsCheckError};
 use super::notify::{self, Notifier};
 use super::reload::{self, CertificateReloader};
+use super::sampling;
 use super::tasks::{self, stopped};
 use crate::api;
 use crate::containers::{Executor, LogPaths, ReconcileSettings, Reconciler};
+use crate::metrics::{self, Metrics};
 use crate::schedule::PlannerSettings;
 use crate::schedule::plan::STARTS_PER_PASS_MAX;
 use crate::state::{Clock, Node, NodeError, NodeOptions, SystemClock};
@@ -65,6 +68,8 @@ pub enum RunError {
     Panicked { what: &'static str, message: String },
     #[error("cannot install the SIGHUP handler: {0}")]
     Signal(#[source] std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] metrics::serve::ServeError),
 }
 
 /// A random seed for the gossip, the planner's container ids and the node's incarnation: the
@@ -105,6 +110,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     options.labels = config.labels.clone();
     // A new incarnation at every start: another daemon with this name writes another one.
     options.incarnation = rng_seed();
+    // The daemon's one metrics handle; every room that records reaches it through the node.
+    let metrics_handle = Arc::new(Metrics::new());
+    options.metrics = metrics_handle.clone();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let node = Arc::new(
         tokio::task::spawn_blocking(move || Node::open(options, clock))
@@ -123,6 +131,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         })?;
     let api_socket = config.api_socket();
     let api_listener = api::server::bind(&api_socket)?;
+    let metrics_listener = match config.metrics.listen {
+        Some(address) => Some(metrics::serve::bind(address).await?),
+        None => None,
+    };
 
     // Our metadata is in the state before anyone can ask for it.
     {
@@ -186,6 +198,20 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     ));
     if let Some(containers) = &containers {
         tasks.spawn(containers.clone().run(stopped(stop_receiver.clone())));
+    }
+    if let Some(listener) = metrics_listener {
+        if let Ok(address) = listener.local_addr() {
+            tracing::info!(%address, "metrics endpoint listening: GET /metrics");
+        }
+        let sampled = node.clone();
+        let sample: metrics::serve::Sample =
+            Arc::new(move |metrics: &Metrics| sampling::sample(&sampled, metrics));
+        tasks.spawn(metrics::serve::serve(
+            listener,
+            metrics_handle,
+            sample,
+            stopped(stop_receiver.clone()),
+        ));
     }
     let notifier = Notifier;
     tasks.spawn(reload::reload_loop(

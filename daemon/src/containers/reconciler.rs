@@ -149,6 +149,7 @@ impl Reconciler {
     /// One pass, on the calling thread.
     pub fn reconcile_once(&self) -> PassReport {
         let stopping = || self.stopping.load(Ordering::SeqCst);
+        self.node.metrics().reconcile_pass();
         let mut report = run_pass(
             self.node.as_ref(),
             &self.planner,

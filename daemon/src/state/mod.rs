@@ -2,8 +2,9 @@
 //! made durable in redb (`store`, `load`), with liveness as pure functions of the state
 //! (`members`). `node::Node` is what every other room talks to.
 //!
-//! *Invariant:* this room imports nothing of the daemon's other rooms: not the API's views,
-//! not the scheduler, not the sync transport. They import it.
+//! *Invariant:* this room imports nothing of the daemon's other rooms but the `metrics`
+//! leaf (where the node counts its commits): not the API's views, not the scheduler, not
+//! the sync transport. They import it.
 
 pub mod clock;
 mod load;

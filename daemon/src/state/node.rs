@@ -43,6 +43,7 @@ use super::clock::{Clock, millis_between, ntp_to_ms};
 use super::load::{LogRecord, encode_timestamp, load_replica};
 use super::members::{self, Member, changes_plan_inputs, heartbeat_is_recent};
 use super::store::{Store, StoreError};
+use crate::metrics::Metrics;
 
 /// Default number of appends between two compactions of the log into the snapshot.
 pub const COMPACT_EVERY_ENTRIES: u64 = 1000;
@@ -84,6 +85,9 @@ pub struct NodeOptions {
     pub incarnation: u64,
     /// Quiet time after which a contested identity clears (see `IdentityContest`).
     pub contest_quiet_ms: u64,
+    /// Where commits and refused deltas are counted, and where the other rooms that hold
+    /// this node record theirs (`Node::metrics`); `new` gives a private one.
+    pub metrics: Arc<Metrics>,
 }
 
 impl NodeOptions {
@@ -107,6 +111,7 @@ impl NodeOptions {
             labels: BTreeMap::new(),
             incarnation: 0,
             contest_quiet_ms: CONTEST_QUIET_MS,
+            metrics: Arc::default(),
         }
     }
 }
@@ -347,6 +352,29 @@ pub enum NodeError {
     ClockAhead(ClockAhead),
     #[error("{0}")]
     Contested(IdentityContest),
+}
+
+impl NodeError {
+    /// A short fixed name of the error's kind, a metric label (`shoal_apply_errors_total`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NodeError::StaleBase { .. } => "stale_base",
+            NodeError::ClockDrift { .. } => "clock_drift",
+            NodeError::Invalid { .. } => "invalid",
+            NodeError::NotMember { .. } => "not_member",
+            NodeError::OwnName { .. } => "own_name",
+            NodeError::Storage(_) => "storage",
+            NodeError::Poisoned => "poisoned",
+            NodeError::Operation { .. } => "operation",
+            NodeError::InvalidSpec { .. } => "invalid_spec",
+            NodeError::DuplicateService(_) => "duplicate_service",
+            NodeError::NotFound(_) => "not_found",
+            NodeError::Encode { .. } => "encode",
+            NodeError::Load { .. } => "load",
+            NodeError::ClockAhead(_) => "clock_ahead",
+            NodeError::Contested(_) => "contested",
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -639,8 +667,14 @@ impl Node {
         &self.clock
     }
 
+    /// The daemon's metrics, given in `NodeOptions::metrics`.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.options.metrics
+    }
+
     /// Writes one accepted change; on failure restores memory from disk.
     fn persist(&self, inner: &mut Inner, origin: &NodeId, delta: &Delta) -> Result<(), NodeError> {
+        let timer = self.options.metrics.commit_started();
         let result = postcard::to_allocvec(&LogRecord {
             origin: origin.clone(),
             delta: codec::encode_delta(delta),
@@ -655,6 +689,7 @@ impl Node {
         });
         match result {
             Ok(length) => {
+                self.options.metrics.commit_done(timer);
                 self.durable_commits.fetch_add(1, Ordering::Relaxed);
                 inner.log_entries = length;
                 if length >= self.options.compact_every_entries.max(1) {
@@ -781,6 +816,7 @@ impl Node {
     /// before it is a member.
     pub fn apply_push(&self, peer: &NodeId, delta: Delta) -> Result<Applied, NodeError> {
         self.apply(peer, delta, true)
+            .inspect_err(|error| self.options.metrics.apply_error(error.kind()))
     }
 
     /// [`Node::delta_for`] when its encoding fits in `encoded_bytes_max`, else `None`: the
@@ -811,6 +847,7 @@ impl Node {
     /// coming back or changing its address, capacity or subnet) wakes the loop at once.
     pub fn apply_remote(&self, peer: &NodeId, delta: Delta) -> Result<Applied, NodeError> {
         self.apply(peer, delta, false)
+            .inspect_err(|error| self.options.metrics.apply_error(error.kind()))
     }
 
     fn apply(&self, peer: &NodeId, delta: Delta, members_only: bool) -> Result<Applied, NodeError> {

@@ -1,6 +1,7 @@
 //! Tests of `Node`: durability across reopen and compaction, refused deltas that change
 //! nothing, status and eviction driven by a manual clock, one commit per batch, and the
-//! wake-up of the reconcile loop by remote changes that matter to it.
+//! wake-up of the reconcile loop by remote changes that matter to it, and the commits and
+//! refusals counted in the node's metrics.
 
 use super::*;
 use crate::state::clock::ManualClock;
@@ -401,4 +402,47 @@ fn remote_changes_that_matter_to_the_planner_wake_it_and_heartbeats_do_not() {
     b.heartbeat().unwrap();
     pull(&b, &a);
     assert!(wake.has_changed().unwrap(), "a member coming back does");
+}
+
+#[test]
+fn commits_and_refused_deltas_are_counted_in_the_nodes_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let mut a_options = options(dir.path(), "node-a", 1000);
+    a_options.metrics = metrics.clone();
+    let a = open(a_options, &clock);
+    let b = open(options(dir.path(), "node-b", 1000), &clock);
+    a.heartbeat().unwrap();
+    a.apply_services(vec![spec("web", "/i.tar")]).unwrap();
+    b.heartbeat().unwrap();
+    // A peer presenting a's own name is refused.
+    let refused = a.apply_push(a.node_id(), b.delta_for(a.node_id(), &a.summary()));
+    assert!(
+        matches!(refused, Err(NodeError::OwnName { .. })),
+        "{refused:?}"
+    );
+    let text = a.metrics().encode();
+    let line = |series: &str| {
+        text.lines()
+            .find(|line| {
+                line.strip_prefix(series)
+                    .is_some_and(|rest| rest.starts_with(' '))
+            })
+            .unwrap_or_else(|| panic!("{series} missing in:\n{text}"))
+            .to_string()
+    };
+    assert_eq!(
+        line("shoal_state_commits_total"),
+        "shoal_state_commits_total 2"
+    );
+    assert_eq!(
+        line("shoal_state_commit_duration_seconds_count"),
+        "shoal_state_commit_duration_seconds_count 2"
+    );
+    assert_eq!(
+        line("shoal_apply_errors_total{kind=\"own_name\"}"),
+        "shoal_apply_errors_total{kind=\"own_name\"} 1"
+    );
+    assert!(Arc::ptr_eq(a.metrics(), &metrics));
 }

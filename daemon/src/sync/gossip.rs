@@ -206,6 +206,9 @@ impl Driver {
         match result {
             Ok(stats) => {
                 GossipCounters::add(ok, 1);
+                self.node
+                    .metrics()
+                    .exchange_done(pushed, stats.bytes_sent, stats.bytes_received);
                 if stats.snapshot_bytes_received > 0 {
                     GossipCounters::add(&self.counters.snapshots_fetched, 1);
                 }
@@ -216,6 +219,7 @@ impl Driver {
             }
             Err(error) => {
                 GossipCounters::add(failed, 1);
+                self.node.metrics().exchange_failed(pushed);
                 tracing::debug!(address = %target.address, reason = %error, pushed, "sync failed");
             }
         }
@@ -315,10 +319,12 @@ impl Driver {
                 Ok(delta) => {
                     if queue.try_send(delta).is_err() {
                         GossipCounters::add(&self.counters.pushes_dropped, 1);
+                        self.node.metrics().pushes_dropped(1);
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(missed)) => {
                     GossipCounters::add(&self.counters.pushes_dropped, missed);
+                    self.node.metrics().pushes_dropped(missed);
                 }
                 Err(broadcast::error::RecvError::Closed) => return,
             }
@@ -337,6 +343,7 @@ impl Driver {
             let bytes = shoal_crdt::encoded_delta_bytes(&delta);
             if bytes > self.limits.body_bytes_max {
                 GossipCounters::add(&self.counters.pushes_dropped, 1);
+                self.node.metrics().pushes_dropped(1);
                 tracing::debug!(
                     bytes,
                     body_bytes_max = self.limits.body_bytes_max,
