@@ -165,6 +165,8 @@ let
     # No field set: no check. Any field set renders the table, so the daemon's
     # validation names what is missing or wrong (`health.http: ...`).
     health = nonEmpty (withoutNulls service.health);
+    # No field set: the daemon's defaults (no [update] table).
+    update = nonEmpty (withoutNulls service.update);
   };
   servicesFile = settingsFormat.generate "shoal-services.toml" {
     service = lib.mapAttrsToList serviceSpec cfg.services;
@@ -286,6 +288,34 @@ let
           type = types.nullOr types.ints.unsigned;
           default = null;
           description = "Failures this long after a start do not count. `null` leaves the daemon's default (0).";
+        };
+      };
+      update = {
+        max_parallel = optionalPositive "Replicas of ${name} in transition at once during an update (daemon default 1).";
+        order = mkOption {
+          type = types.nullOr (types.enum [ "start-first" "stop-first" ]);
+          default = null;
+          description = ''
+            `start-first` (the daemon's default): a new replica starts beside the
+            old one, which stops once the new one counts. `stop-first`: the old
+            one stops first (no extra room or host port needed). `null` leaves
+            the daemon's default.
+          '';
+        };
+        min_healthy_ms = mkOption {
+          type = types.nullOr types.ints.unsigned;
+          default = null;
+          description = "A new replica counts after running (and passing its health check) this long. `null` leaves the daemon's default (3000).";
+        };
+        healthy_deadline_ms = optionalPositive "A new replica that does not count this long after its start fails the update (daemon default 60000).";
+        auto_rollback = mkOption {
+          type = types.nullOr types.bool;
+          default = null;
+          description = ''
+            Whether a failed update writes the last good spec back on its own
+            (the daemon's default, true); false pauses the update instead.
+            `null` leaves the daemon's default.
+          '';
         };
       };
       publish.mode = mkOption {

@@ -320,6 +320,31 @@ impl ServiceRecord {
         }
     }
 
+    /// The record `shoal service rollback` writes while the current version was written at
+    /// `version`: the last good spec, with the current one on top of the history (not
+    /// marked failed: an operator chose to go back). `None` without a good earlier version.
+    pub fn rolled_back(&self, version: Timestamp) -> Option<ServiceRecord> {
+        let good = self.last_good()?;
+        let mut history = self.history.clone();
+        history.insert(
+            0,
+            PastVersion {
+                spec: self.spec.clone(),
+                version,
+                failed: self.failed.clone(),
+                rollback_of: self.rollback_of,
+            },
+        );
+        let mut record = ServiceRecord {
+            spec: good.spec.clone(),
+            history,
+            failed: None,
+            rollback_of: Some(version),
+        };
+        record.bound();
+        Some(record)
+    }
+
     /// The newest earlier version that differs from the current spec and did not fail:
     /// what `shoal service rollback` writes back.
     pub fn last_good(&self) -> Option<&PastVersion> {
@@ -460,6 +485,19 @@ mod tests {
 
         let first = ServiceRecord::from(spec("/img/only"));
         assert_eq!(first.after_failure(at(1), "x").failed.as_deref(), Some("x"));
+    }
+
+    #[test]
+    fn a_manual_rollback_goes_to_the_newest_good_version() {
+        let first = ServiceRecord::from(spec("/img/a"));
+        let second = ServiceRecord::succeeding(Some((&first, at(1))), spec("/img/b"));
+        let third = ServiceRecord::succeeding(Some((&second, at(2))), spec("/img/c"));
+        let back = third.rolled_back(at(3)).expect("b is good");
+        assert_eq!(back.spec.image, "/img/b");
+        assert_eq!(back.rollback_of, Some(at(3)));
+        assert_eq!(back.history[0].spec.image, "/img/c");
+        assert!(back.history[0].failed.is_none());
+        assert!(first.rolled_back(at(1)).is_none(), "nothing to go back to");
     }
 
     #[test]

@@ -118,6 +118,13 @@ let
             retries = 3;
             start_period_ms = 5000;
           };
+          update = {
+            max_parallel = 2;
+            order = "stop-first";
+            min_healthy_ms = 1000;
+            healthy_deadline_ms = 30000;
+            auto_rollback = false;
+          };
         };
         # A Nix path literal: must be rendered as a store path.
         local.image = ./drift-image;

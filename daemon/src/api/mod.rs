@@ -54,6 +54,14 @@ pub enum Request {
     ServiceRemove {
         name: ServiceName,
     },
+    /// A service's current version and the earlier ones its record keeps.
+    ServiceHistory {
+        name: ServiceName,
+    },
+    /// Writes a service's last good earlier version back.
+    ServiceRollback {
+        name: ServiceName,
+    },
     Nodes,
     Status,
     /// Containers cluster-wide, with this node's runtime states.
@@ -104,6 +112,28 @@ pub struct ServiceView {
     pub name: ServiceName,
     pub version: String,
     pub spec: ServiceSpec,
+}
+
+/// One version of a service in `shoal service history`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VersionView {
+    /// The HLC of the write that made it current.
+    pub version: String,
+    pub current: bool,
+    pub spec: ServiceSpec,
+    /// Its update failed: why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failed: Option<String>,
+    /// It was written back because the version with this HLC failed or was rolled back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback_of: Option<String>,
+}
+
+/// `shoal service history`: newest first, the current version on top.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryView {
+    pub name: ServiceName,
+    pub versions: Vec<VersionView>,
 }
 
 /// A cluster member as this node sees it, or a node that is not a member but whose writes

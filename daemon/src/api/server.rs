@@ -14,9 +14,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::{
-    API_VERSION, ApiError, CONNECTIONS_MAX, CertificatesView, Envelope, IDLE_TIMEOUT_MS,
-    LOG_OFFSETS_MAX, NodeView, PeerView, REQUEST_BYTES_MAX, Reply, Request,
-    SERVICES_PER_REQUEST_MAX, ServiceView, StatusView,
+    API_VERSION, ApiError, CONNECTIONS_MAX, CertificatesView, Envelope, HistoryView,
+    IDLE_TIMEOUT_MS, LOG_OFFSETS_MAX, NodeView, PeerView, REQUEST_BYTES_MAX, Reply, Request,
+    SERVICES_PER_REQUEST_MAX, ServiceView, StatusView, VersionView,
 };
 use crate::containers::Reconciler;
 use crate::state::{Member, Node, NodeStatus, RefusedWrites, ServiceEntry};
@@ -303,6 +303,14 @@ fn handle(
             Ok(entry) => to_value(&service_view(&entry)),
             Err(error) => Reply::Error(error.to_string()),
         },
+        Request::ServiceHistory { name } => match node.service_record(&name) {
+            Ok((record, version)) => to_value(&history_view(&name, &record, version)),
+            Err(error) => Reply::Error(error.to_string()),
+        },
+        Request::ServiceRollback { name } => match node.rollback_service(&name) {
+            Ok(entry) => to_value(&service_view(&entry)),
+            Err(error) => Reply::Error(error.to_string()),
+        },
         Request::Nodes => to_value(&node_views(node)),
         Request::Status => {
             let errors = containers.map(Reconciler::errors).unwrap_or_default();
@@ -337,6 +345,31 @@ fn service_view(entry: &ServiceEntry) -> ServiceView {
         name: entry.name.clone(),
         version: entry.version.to_string(),
         spec: entry.spec.clone(),
+    }
+}
+
+fn history_view(
+    name: &shoal_crdt::ServiceName,
+    record: &shoal_crdt::ServiceRecord,
+    version: shoal_crdt::Timestamp,
+) -> HistoryView {
+    let current = VersionView {
+        version: version.to_string(),
+        current: true,
+        spec: record.spec.clone(),
+        failed: record.failed.clone(),
+        rollback_of: record.rollback_of.map(|of| of.to_string()),
+    };
+    let earlier = record.history.iter().map(|past| VersionView {
+        version: past.version.to_string(),
+        current: false,
+        spec: past.spec.clone(),
+        failed: past.failed.clone(),
+        rollback_of: past.rollback_of.map(|of| of.to_string()),
+    });
+    HistoryView {
+        name: name.clone(),
+        versions: std::iter::once(current).chain(earlier).collect(),
     }
 }
 

@@ -12,7 +12,7 @@ use super::{CaCommand, CertCommand, Cli, DaemonArgs, LogsArgs, ServiceCommand, V
 use super::{output, spec_file};
 use crate::agent::config::{self, Config};
 use crate::api::{
-    Client, LogChunk, NodeView, PsView, Request, ServiceView, StatusView, VolumeView,
+    Client, HistoryView, LogChunk, NodeView, PsView, Request, ServiceView, StatusView, VolumeView,
 };
 use crate::sync::pki;
 
@@ -67,6 +67,27 @@ pub fn service(cli: &Cli, command: &ServiceCommand) -> Result<()> {
                 return print_json(&view);
             }
             println!("removed {}", view.name);
+        }
+        ServiceCommand::History { name } => {
+            let view: HistoryView =
+                client(&cli.socket)?.call(Request::ServiceHistory { name: name.clone() })?;
+            if cli.json {
+                return print_json(&view);
+            }
+            print!("{}", output::history(&view));
+        }
+        ServiceCommand::Rollback { name } => {
+            let view: ServiceView =
+                client(&cli.socket)?.call(Request::ServiceRollback { name: name.clone() })?;
+            if cli.json {
+                return print_json(&view);
+            }
+            println!(
+                "rolled {} back to {} (version {})",
+                view.name,
+                view.spec.image,
+                output::hlc(&view.version)
+            );
         }
     }
     Ok(())

@@ -161,6 +161,19 @@ Where it runs (node labels come from each daemon's config: labels = { zone = \"e
                                              # count; default 0
   An unhealthy container is restarted per its restart policy (with its backoff); mesh
   ports forward only to healthy replicas of a service with a check; shoal ps shows HEALTH.
+  [update]                                   # how a changed spec replaces running replicas
+  max_parallel = 1                           # replicas in transition at once (default 1)
+  order = \"start-first\"                      # start-first (default): the new one starts,
+                                             # the old one stops once the new one counts;
+                                             # stop-first: the old one stops first
+  min_healthy_ms = 3000                      # a new replica counts after running (healthy,
+                                             # with a check) this long; default 3000
+  healthy_deadline_ms = 60000                # not counted by then: the update failed
+  auto_rollback = true                       # a failed update writes the last good spec
+                                             # back (default); false: the update pauses
+  Every node paces the update from the same replicated state, without a leader; a change of
+  replicas or of [update] alone replaces nothing. shoal service history NAME lists the
+  versions; shoal service rollback NAME goes back by hand.
 or several as [[service]] tables. Env files and secrets are read on the node that starts the
 container; only their paths are replicated, never their content.
 
@@ -175,6 +188,19 @@ Example:
     Ls,
     /// Remove a service.
     Rm {
+        /// The service name.
+        name: ServiceName,
+    },
+    /// A service's versions, newest first: when each was written (HLC), its image, and
+    /// whether its update failed or it was written back by a rollback.
+    #[command(after_help = "The record keeps the current version and up to 5 earlier ones.")]
+    History {
+        /// The service name.
+        name: ServiceName,
+    },
+    /// Write a service's newest earlier version that did not fail back as its current
+    /// spec; the replicas roll to it like any update (paced by its [update]).
+    Rollback {
         /// The service name.
         name: ServiceName,
     },

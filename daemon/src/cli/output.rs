@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::api::{NodeView, PsView, ServiceView, StatusView, VolumeView};
+use crate::api::{HistoryView, NodeView, PsView, ServiceView, StatusView, VolumeView};
 
 /// An error and its causes on one line, each message once. The daemon's error messages
 /// name their cause's message (so a log line or an API reply is whole on its own) and also
@@ -94,6 +94,34 @@ pub fn services(services: &[ServiceView]) -> String {
             service.spec.replicas.to_string(),
             service.spec.image.clone(),
             hlc(&service.version),
+        ]);
+    }
+    table.render()
+}
+
+/// `shoal service history`.
+pub fn history(view: &HistoryView) -> String {
+    let mut table = Table::new(&["VERSION", "IMAGE", "REPLICAS", "STATE"]);
+    for version in &view.versions {
+        let mut state = Vec::new();
+        if version.current {
+            state.push("current".to_owned());
+        }
+        if let Some(of) = &version.rollback_of {
+            state.push(format!("rollback of {}", hlc(of)));
+        }
+        if let Some(reason) = &version.failed {
+            state.push(format!("failed: {reason}"));
+        }
+        table.row(vec![
+            hlc(&version.version),
+            version.spec.image.clone(),
+            version.spec.replicas.to_string(),
+            if state.is_empty() {
+                "replaced".to_owned()
+            } else {
+                state.join("; ")
+            },
         ]);
     }
     table.render()

@@ -35,7 +35,8 @@ use std::time::Duration;
 
 use shoal_crdt::{
     Applied, ApplyError, Capacity, ClusterState, Delta, NTP64, NodeId, NodeMeta, Replica,
-    ReplicaError, ServiceName, ServiceSpec, SpecError, Subnet, Summary, Timestamp, codec,
+    ReplicaError, ServiceName, ServiceRecord, ServiceSpec, SpecError, Subnet, Summary, Timestamp,
+    codec,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -344,6 +345,8 @@ pub enum NodeError {
     DuplicateService(ServiceName),
     #[error("service {0} not found")]
     NotFound(ServiceName),
+    #[error("service {0} has no earlier version that did not fail to roll back to")]
+    NothingToRollBack(ServiceName),
     #[error("cannot encode {what}: {message}")]
     Encode { what: &'static str, message: String },
     #[error("cannot load the state from {path}: {message}")]
@@ -369,6 +372,7 @@ impl NodeError {
             NodeError::InvalidSpec { .. } => "invalid_spec",
             NodeError::DuplicateService(_) => "duplicate_service",
             NodeError::NotFound(_) => "not_found",
+            NodeError::NothingToRollBack(_) => "nothing_to_roll_back",
             NodeError::Encode { .. } => "encode",
             NodeError::Load { .. } => "load",
             NodeError::ClockAhead(_) => "clock_ahead",
@@ -1149,6 +1153,52 @@ impl Node {
             .ok_or_else(|| NodeError::NotFound(name.clone()))?;
         self.wake_planner();
         Ok(removed)
+    }
+
+    /// A service's record (its spec, earlier versions and rollout marks) and its version.
+    pub fn service_record(
+        &self,
+        name: &ServiceName,
+    ) -> Result<(ServiceRecord, Timestamp), NodeError> {
+        self.read_state(|state| {
+            state
+                .service_record(name)
+                .map(|(record, version)| (record.clone(), version))
+        })
+        .ok_or_else(|| NodeError::NotFound(name.clone()))
+    }
+
+    /// Writes a service's last good earlier version back (`shoal service rollback`); the
+    /// rollout to it paces itself like any update.
+    pub fn rollback_service(&self, name: &ServiceName) -> Result<ServiceEntry, NodeError> {
+        self.check_clock_for_local_change()?;
+        self.check_identity_for_local_change()?;
+        let written = self.write_batch(|replica, now| {
+            let Some((record, version)) = replica.state().service_record(name) else {
+                return Ok::<_, ReplicaError>(Err(NodeError::NotFound(name.clone())));
+            };
+            let Some(back) = record.rolled_back(version) else {
+                return Ok(Err(NodeError::NothingToRollBack(name.clone())));
+            };
+            let spec = back.spec.clone();
+            replica.put_service_record(now, name.clone(), back)?;
+            let version = replica
+                .state()
+                .service(name)
+                .map(|(_, version)| version)
+                .expect("a service just written is stored");
+            Ok(Ok(ServiceEntry {
+                name: name.clone(),
+                spec,
+                version,
+            }))
+        })?;
+        let entry = written.map_err(|source| NodeError::Operation {
+            what: format!("service {name}"),
+            source,
+        })??;
+        self.wake_planner();
+        Ok(entry)
     }
 
     /// Every service, by name.

@@ -425,7 +425,8 @@ fn status_for(error: &NodeError) -> StatusCode {
         | NodeError::Operation { .. }
         | NodeError::InvalidSpec { .. }
         | NodeError::DuplicateService(_)
-        | NodeError::NotFound(_) => StatusCode::BAD_REQUEST,
+        | NodeError::NotFound(_)
+        | NodeError::NothingToRollBack(_) => StatusCode::BAD_REQUEST,
         NodeError::Storage(_)
         | NodeError::Poisoned
         | NodeError::Load { .. }
