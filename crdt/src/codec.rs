@@ -421,6 +421,7 @@ mod tests {
                 health: Default::default(),
                 spec: Some("0123456789abcdef".to_owned()),
                 ready: true,
+                retiring: true,
             },
         );
         replica.put_node_status(now, status).unwrap();

@@ -116,6 +116,9 @@ pub struct ContainerStatus {
     /// `update.min_healthy_ms` without a break (by its node's clock).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ready: bool,
+    /// About to be stopped by its service's rollout: no node forwards new connections to it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retiring: bool,
 }
 
 /// Every container a node runs, with its status (an entry of the status LWW-map).
@@ -227,6 +230,7 @@ mod tests {
                 health: Health::None,
                 spec: None,
                 ready: false,
+                retiring: false,
             },
         );
         assert!(matches!(

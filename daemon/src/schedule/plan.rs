@@ -44,6 +44,9 @@ use super::view::{ClusterView, ServiceVersion};
 
 /// Default for `PlannerSettings::starts_per_pass_max`.
 pub const STARTS_PER_PASS_MAX: usize = 8;
+/// A rollout stops an outdated replica of a service with published ports this long after
+/// it reported it retiring: time for every node to stop forwarding new connections to it.
+pub const RETIRE_GRACE_MS: u64 = 1_500;
 /// Longest service-name prefix of a container id (ids are at most 64 bytes).
 const ID_SERVICE_BYTES_MAX: usize = 48;
 
@@ -213,6 +216,8 @@ pub struct Planner {
     settled: BTreeMap<ServiceName, Timestamp>,
     /// Failed updates already reported, so each is written once.
     reported_failures: BTreeSet<(ServiceName, Timestamp)>,
+    /// Outdated replicas a rollout stops once `RETIRE_GRACE_MS` passed, with since when.
+    retiring: BTreeMap<String, u64>,
 }
 
 impl Planner {
@@ -232,6 +237,7 @@ impl Planner {
             first_seen: BTreeMap::new(),
             settled: BTreeMap::new(),
             reported_failures: BTreeSet::new(),
+            retiring: BTreeMap::new(),
         }
     }
 
@@ -278,7 +284,8 @@ impl Planner {
 
         self.track_readiness(view, observed, now_ms);
         let pacing = self.pace(view, observed, &placement, now_ms, &mut plan);
-        let (kept, outdated) = self.keep_or_remove(view, observed, &desired, &pacing, &mut plan);
+        let (kept, outdated) =
+            self.keep_or_remove(view, observed, &desired, &pacing, now_ms, &mut plan);
         for (service, records) in &kept {
             let Some(current) = view.services.get(service) else {
                 continue;
@@ -310,11 +317,26 @@ impl Planner {
         self.restarts.retain(|id| live.contains(id));
         self.health.retain(|id, _| live.contains(id.as_str()));
         self.first_seen.retain(|id, _| live.contains(id.as_str()));
+        self.retiring.retain(|id, _| live.contains(id.as_str()));
         self.settled
             .retain(|service, _| view.services.contains_key(service));
         self.reported_failures
             .retain(|(service, _)| view.services.contains_key(service));
         plan
+    }
+
+    /// Whether outdated `record`, which its rollout stops, must first stay retiring (its
+    /// service publishes ports and `RETIRE_GRACE_MS` has not passed since it was first
+    /// asked to stop); marks it retiring on the first ask.
+    fn still_retiring(&mut self, record: &ContainerRecord, spec: &ServiceSpec, now_ms: u64) -> bool {
+        if spec.ports.is_empty() {
+            return false;
+        }
+        let since = *self
+            .retiring
+            .entry(record.id.as_str().to_owned())
+            .or_insert(now_ms);
+        now_ms < since.saturating_add(RETIRE_GRACE_MS)
     }
 
     /// Which of this node's current, running containers count for their rollout now.
@@ -472,11 +494,12 @@ impl Planner {
     /// running until their rollout replaces them (by service), and removals.
     #[allow(clippy::type_complexity)]
     fn keep_or_remove(
-        &self,
+        &mut self,
         view: &ClusterView,
         observed: &Observed,
         desired: &BTreeMap<ServiceName, u32>,
         pacing: &BTreeMap<ServiceName, Pacing>,
+        now_ms: u64,
         plan: &mut Plan,
     ) -> (
         BTreeMap<ServiceName, Vec<ContainerRecord>>,
@@ -516,8 +539,11 @@ impl Planner {
                         .push(record.clone());
                 } else if is_old
                     && running
-                    && paced
-                        .is_some_and(|paced| paced.updating && !paced.stops.contains(&record.id))
+                    && paced.is_some_and(|paced| paced.updating)
+                    && current.is_some_and(|current| {
+                        !paced.is_some_and(|paced| paced.stops.contains(&record.id))
+                            || self.still_retiring(record, &current.spec, now_ms)
+                    })
                 {
                     // Still serving until the rollout replaces it.
                     outdated
@@ -660,10 +686,12 @@ impl Planner {
                     // No room beside an outdated replica (its resources or host ports):
                     // replace that one stop-first instead; its place is filled next pass.
                     if let Some(old) = in_place.pop() {
-                        plan.removals.push(Removal {
-                            id: old.id.as_str().to_string(),
-                            record: Some(old),
-                        });
+                        if !self.still_retiring(&old, &current.spec, now_ms) {
+                            plan.removals.push(Removal {
+                                id: old.id.as_str().to_string(),
+                                record: Some(old),
+                            });
+                        }
                         plan.rolling = true;
                         break;
                     }
@@ -776,6 +804,7 @@ impl Planner {
                 .get(id.as_str())
                 .map(|digest| short_digest(digest));
             container.ready = self.ready.contains(id.as_str());
+            container.retiring = self.retiring.contains_key(id.as_str());
         }
         status
     }

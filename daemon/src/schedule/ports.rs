@@ -46,11 +46,13 @@ pub struct PortPlan {
     pub forwards: Vec<Forward>,
 }
 
-/// Whether a mesh-mode replica of `spec` with `status` gets traffic: it runs and, when
-/// the service has a health check, its check says healthy.
+/// Whether a mesh-mode replica of `spec` with `status` gets traffic: it runs, is not
+/// retiring (about to be stopped by a rollout) and, when the service has a health check,
+/// its check says healthy.
 pub fn serves_mesh(spec: &ServiceSpec, status: Option<&ContainerStatus>) -> bool {
     status.is_some_and(|status| {
         status.state == RunState::Running
+            && !status.retiring
             && (spec.health.is_none() || status.health == Health::Healthy)
     })
 }
@@ -259,6 +261,7 @@ mod tests {
                         health: health.clone(),
                         spec: None,
                         ready: false,
+                        retiring: false,
                     };
                     (id.parse().unwrap(), status)
                 })
@@ -310,6 +313,7 @@ mod tests {
             health,
             spec: None,
             ready: false,
+            retiring: false,
         };
         assert!(serves_mesh(&web, Some(&running(Health::Healthy))));
         assert!(!serves_mesh(&web, Some(&running(Health::Starting))));
@@ -325,5 +329,10 @@ mod tests {
             ..running(Health::None)
         };
         assert!(!serves_mesh(&unchecked, Some(&exited)));
+        let retiring = ContainerStatus {
+            retiring: true,
+            ..running(Health::Healthy)
+        };
+        assert!(!serves_mesh(&web, Some(&retiring)), "a retiring replica gets no traffic");
     }
 }

@@ -56,6 +56,7 @@ pub fn node_status(
                 },
                 spec: None,
                 ready: false,
+                retiring: false,
             };
             (record.id.clone(), status)
         })
