@@ -1,0 +1,268 @@
+//! The update scenarios of vm-tests/README.md (issue 12): a 3-replica httpd behind a
+//! mesh-mode published port, polled from the lab's outside host through every node while
+//! its spec changes. A good update rolls through without one failed request; an update
+//! whose health check never passes is rolled back by the cluster on its own while the old
+//! version keeps answering. Real daemons in network namespaces, real busybox containers.
+//!
+//! Needs root (namespaces, mounts, cgroups, nftables) and /bin/busybox. A failure prints
+//! every node's `shoal ps --json`, its nftables table and the daemons' log tails.
+
+mod workload_support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use shoal_vm_tests::cluster::Cluster;
+use workload_support::*;
+
+/// Between two requests of the outside client.
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+/// A whole rolling update of three replicas, with time to spare.
+const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The web service answering `body`; `/healthz` exists only when `healthy`.
+fn web(image: &str, body: &str, healthy: bool) -> String {
+    let health_file = if healthy {
+        "echo ok > /tmp/healthz; "
+    } else {
+        ""
+    };
+    let script = format!("{health_file}{}", httpd_command(body));
+    spec(
+        "web",
+        image,
+        &script,
+        "replicas = 3\nports = [\"8080:80\"]\n\
+         [publish]\nmode = \"mesh\"\n\
+         [health]\nhttp = \"http://127.0.0.1:80/healthz\"\ninterval_ms = 500\ntimeout_ms = 400\nretries = 2\n\
+         [update]\nmax_parallel = 1\norder = \"start-first\"\nmin_healthy_ms = 1000\nhealthy_deadline_ms = 10000",
+    )
+}
+
+/// What the outside client saw.
+#[derive(Debug, Default)]
+struct Seen {
+    answers: Vec<String>,
+    failures: Vec<String>,
+}
+
+/// Polls port 8080 of every node in turn from the outside host until stopped.
+struct Client {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<Seen>,
+}
+
+impl Client {
+    fn start(cluster: &Cluster) -> Client {
+        let stop = Arc::new(AtomicBool::new(false));
+        let netns = cluster.outside_netns().to_owned();
+        let addresses: Vec<_> = (0..cluster.len())
+            .map(|index| node_address(cluster, index))
+            .collect();
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut seen = Seen::default();
+            let mut turn = 0usize;
+            while !flag.load(Ordering::Relaxed) {
+                let address = addresses[turn % addresses.len()];
+                turn += 1;
+                let target = std::net::SocketAddrV4::new(address, 8080);
+                match shoal_vm_tests::probe::get_in(&netns, target, "/", PROBE_TIMEOUT) {
+                    Ok(answer) if answer.status == 200 => {
+                        seen.answers.push(answer.body.trim().to_owned())
+                    }
+                    other => seen.failures.push(format!("{target}: {other:?}")),
+                }
+                std::thread::sleep(POLL_INTERVAL);
+            }
+            seen
+        });
+        Client { stop, thread }
+    }
+
+    fn finish(self) -> Seen {
+        self.stop.store(true, Ordering::Relaxed);
+        self.thread.join().expect("the client thread")
+    }
+}
+
+/// Healthy running replicas of web, by the body they answer, as `shoal ps` on node 0
+/// reports them cluster-wide.
+fn healthy_replicas(cluster: &Cluster) -> Option<usize> {
+    let ps = cluster.cli_json(0, &["ps"]).ok()?;
+    Some(
+        ps["containers"]
+            .as_array()?
+            .iter()
+            .filter(|c| c["service"] == "web" && c["state"] == "running" && c["health"] == "healthy")
+            .count(),
+    )
+}
+
+/// Three running replicas of web whose own nodes answer `body` through the mesh.
+fn wait_serving(cluster: &Cluster, body: &str) {
+    wait_for(cluster, "3 running replicas of web", || {
+        let running = own_containers(cluster, "web")
+            .iter()
+            .filter(|c| c.state == "running")
+            .count();
+        (running == 3).then_some(())
+    });
+    for index in 0..cluster.len() {
+        wait_answers(cluster, index, 8080, body);
+    }
+}
+
+/// Polls until `done` holds, sampling the healthy replicas on the way; returns the
+/// fewest seen. Panics with the diagnostics after `ROLLOUT_TIMEOUT`.
+fn roll_until(cluster: &Cluster, what: &str, mut done: impl FnMut() -> bool) -> usize {
+    let started = Instant::now();
+    let mut fewest = usize::MAX;
+    loop {
+        if let Some(healthy) = healthy_replicas(cluster) {
+            fewest = fewest.min(healthy);
+        }
+        if done() {
+            return fewest;
+        }
+        assert!(
+            started.elapsed() < ROLLOUT_TIMEOUT,
+            "timed out after {ROLLOUT_TIMEOUT:?} waiting for {what}\n{}",
+            cluster.diagnostics()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The versions in `shoal service history web --json`, newest first.
+fn history(cluster: &Cluster) -> Vec<serde_json::Value> {
+    cluster
+        .cli_json(0, &["service", "history", "web"])
+        .ok()
+        .and_then(|view| view["versions"].as_array().cloned())
+        .unwrap_or_default()
+}
+
+/// Whether every node answers `body` and only `body` right now.
+fn all_answer(cluster: &Cluster, body: &str) -> bool {
+    (0..cluster.len()).all(|index| {
+        get_from_outside(cluster, index, 8080)
+            .is_ok_and(|answer| answer.status == 200 && answer.body.trim() == body)
+    })
+}
+
+/// A good update rolls one replica at a time: the outside client never sees a failed
+/// request and some replica is healthy throughout; at the end all three run v2.
+#[test]
+fn rolling_update_serves_every_request() {
+    if !image_support::require_root() {
+        return;
+    }
+    let (cluster, image) = start(3, true);
+    cluster.apply(0, &web(&image, "v1", true)).expect("apply v1");
+    wait_serving(&cluster, "v1");
+
+    let client = Client::start(&cluster);
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.apply(1, &web(&image, "v2", true)).expect("apply v2");
+    let fewest = roll_until(&cluster, "every node to answer v2 from 3 replicas", || {
+        let replicas = own_containers(&cluster, "web");
+        replicas.len() == 3
+            && replicas.iter().all(|c| c.state == "running")
+            && all_answer(&cluster, "v2")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = client.finish();
+
+    assert!(
+        seen.failures.is_empty(),
+        "{} of {} requests failed during the update: {:?}\n{}",
+        seen.failures.len(),
+        seen.failures.len() + seen.answers.len(),
+        seen.failures,
+        cluster.diagnostics()
+    );
+    assert!(seen.answers.iter().any(|body| body == "v1"));
+    assert!(seen.answers.iter().any(|body| body == "v2"));
+    assert!(
+        seen.answers.iter().all(|body| body == "v1" || body == "v2"),
+        "{:?}",
+        seen.answers
+    );
+    assert!(fewest >= 1, "no healthy replica at some point of the update");
+    let versions = history(&cluster);
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    assert!(versions[0]["current"].as_bool().unwrap_or(false));
+    eprintln!(
+        "rolling update: {} requests, none failed; at least {fewest} healthy replicas throughout",
+        seen.answers.len()
+    );
+}
+
+/// An update whose health check never passes fails its deadline; the cluster writes v1
+/// back by itself, the new replica goes, and v1 answers every request throughout.
+#[test]
+fn failed_update_rolls_back_by_itself() {
+    if !image_support::require_root() {
+        return;
+    }
+    let (cluster, image) = start(3, true);
+    cluster.apply(0, &web(&image, "v1", true)).expect("apply v1");
+    wait_serving(&cluster, "v1");
+    let replicas_v1: Vec<String> = own_containers(&cluster, "web")
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+
+    let client = Client::start(&cluster);
+    cluster
+        .apply(2, &web(&image, "broken", false))
+        .expect("apply the broken version");
+    roll_until(&cluster, "the broken version to be rolled back", || {
+        let versions = history(&cluster);
+        versions.first().is_some_and(|current| {
+            current["current"].as_bool() == Some(true)
+                && current["rollback_of"].is_string()
+                && versions
+                    .get(1)
+                    .is_some_and(|failed| failed["failed"].is_string())
+        })
+    });
+    roll_until(&cluster, "only the three v1 replicas to be left", || {
+        let mut ids: Vec<String> = own_containers(&cluster, "web")
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        ids.sort();
+        let mut expected = replicas_v1.clone();
+        expected.sort();
+        ids == expected
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = client.finish();
+
+    assert!(
+        seen.failures.is_empty(),
+        "{} requests failed while the broken version was tried: {:?}\n{}",
+        seen.failures.len(),
+        seen.failures,
+        cluster.diagnostics()
+    );
+    assert!(
+        !seen.answers.is_empty() && seen.answers.iter().all(|body| body == "v1"),
+        "the broken version answered or nothing did: {:?}",
+        seen.answers
+    );
+    let versions = history(&cluster);
+    let reason = versions[1]["failed"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("not ready within 10000 ms"),
+        "the failure does not say why: {reason:?}"
+    );
+    eprintln!(
+        "rolled back: {} requests answered v1, none failed; reason: {reason}",
+        seen.answers.len()
+    );
+}

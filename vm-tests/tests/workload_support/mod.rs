@@ -1,0 +1,171 @@
+//! What the workload and update scenarios share: a cluster with container subnets and a
+//! busybox image, specs of `/bin/sh -c` services, the containers each node reports as its
+//! own, and requests from the lab's outside host to a node's published port.
+#![allow(dead_code)] // each scenario file uses its part
+
+#[path = "../../../oci/tests/common/mod.rs"]
+pub mod image_support;
+
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use shoal_vm_tests::cluster::{Cluster, ClusterOptions};
+use shoal_vm_tests::probe::{self, HttpResponse, ProbeError};
+
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+/// Each probe's connect, write and read.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// A shell that idles and stops at once on SIGTERM (a shell runs its trap
+/// only after a foreground command ends, so it waits on a background sleep).
+pub const IDLE: &str = "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done";
+
+/// An httpd container answering `body` on port 80.
+pub fn httpd_command(body: &str) -> String {
+    format!("echo {body} > /tmp/index.html; exec httpd -f -p 80 -h /tmp")
+}
+
+/// A TOML basic string (JSON's escapes are valid TOML).
+pub fn quoted(text: &str) -> String {
+    serde_json::to_string(text).expect("a string serializes")
+}
+
+/// One service's spec: `/bin/sh -c SCRIPT` in the busybox image, plus `extra`
+/// TOML lines (ports, volumes, secrets, restart, a `[publish]` table last).
+pub fn spec(name: &str, image: &str, script: &str, extra: &str) -> String {
+    format!(
+        "name = {}\nimage = {}\ncommand = [\"/bin/sh\", \"-c\", {}]\n{extra}\n",
+        quoted(name),
+        quoted(image),
+        quoted(script)
+    )
+}
+
+/// A cluster with container subnets and the busybox image; returns the
+/// image's path.
+pub fn start(nodes: usize, outside_host: bool) -> (Cluster, String) {
+    let cluster = Cluster::start(ClusterOptions {
+        nodes,
+        container_subnets: true,
+        outside_host,
+        ..ClusterOptions::default()
+    })
+    .expect("cluster");
+    let image = image_support::busybox_image(&cluster.dir().join("image"), &["/bin/sh"]);
+    (cluster, image.path.display().to_string())
+}
+
+/// A container as its own node reports it in `shoal ps --json`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Container {
+    pub node: usize,
+    pub id: String,
+    pub ip: String,
+    pub state: String,
+    pub ports: Vec<String>,
+}
+
+/// Containers of `service` as each running node reports its own.
+pub fn own_containers(cluster: &Cluster, service: &str) -> Vec<Container> {
+    let mut found = Vec::new();
+    for index in cluster.running() {
+        let Ok(ps) = cluster.cli_json(index, &["ps"]) else {
+            continue;
+        };
+        let me = cluster.node(index).name.as_str();
+        for c in ps["containers"].as_array().into_iter().flatten() {
+            if c["service"] != service || c["node"] != me {
+                continue;
+            }
+            let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+            found.push(Container {
+                node: index,
+                id: text(&c["id"]),
+                ip: text(&c["ip"]),
+                state: text(&c["state"]),
+                ports: c["ports"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(text)
+                    .collect(),
+            });
+        }
+    }
+    found
+}
+
+/// Polls `check` until it gives a value; on timeout panics with `what` and the
+/// cluster's diagnostics.
+pub fn wait_for<T>(cluster: &Cluster, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        if started.elapsed() > TIMEOUT {
+            panic!(
+                "timed out after {TIMEOUT:?} waiting for {what}\n{}",
+                cluster.diagnostics()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// Waits until exactly one container of `service` exists and it runs.
+pub fn one_running(cluster: &Cluster, service: &str) -> Container {
+    wait_for(
+        cluster,
+        &format!("one running replica of {service}"),
+        || match own_containers(cluster, service).as_slice() {
+            [only] if only.state == "running" => Some(only.clone()),
+            _ => None,
+        },
+    )
+}
+
+/// Node `index`'s address in the lab.
+pub fn node_address(cluster: &Cluster, index: usize) -> Ipv4Addr {
+    cluster.lab().host(index).address
+}
+
+/// `GET /` to node `index`'s `port` from the outside host.
+pub fn get_from_outside(
+    cluster: &Cluster,
+    index: usize,
+    port: u16,
+) -> Result<HttpResponse, ProbeError> {
+    let addr = SocketAddrV4::new(node_address(cluster, index), port);
+    probe::get_in(cluster.outside_netns(), addr, "/", PROBE_TIMEOUT)
+}
+
+/// Waits until node `index`'s `port` answers `body` to the outside host.
+pub fn wait_answers(cluster: &Cluster, index: usize, port: u16, body: &str) {
+    let mut last = None;
+    let what = format!("n{index}:{port} to answer {body:?} to the outside host");
+    wait_for(cluster, &what, || {
+        match get_from_outside(cluster, index, port) {
+            Ok(answer) if answer.status == 200 && answer.body.trim() == body => Some(()),
+            other => {
+                if last.as_ref() != Some(&format!("{other:?}")) {
+                    eprintln!("n{index}:{port} from outside: {other:?}");
+                    last = Some(format!("{other:?}"));
+                }
+                None
+            }
+        }
+    });
+}
+
+/// Asserts that node `index`'s `port` does not answer the outside host.
+pub fn assert_unanswered(cluster: &Cluster, index: usize, port: u16, why: &str) {
+    match get_from_outside(cluster, index, port) {
+        Err(error) if error.is_unanswered() => {}
+        other => panic!(
+            "n{index}:{port} answered the outside host ({why}): {other:?}\n{}",
+            cluster.diagnostics()
+        ),
+    }
+}
+
