@@ -96,7 +96,9 @@ fn healthy_replicas(cluster: &Cluster) -> Option<usize> {
         ps["containers"]
             .as_array()?
             .iter()
-            .filter(|c| c["service"] == "web" && c["state"] == "running" && c["health"] == "healthy")
+            .filter(|c| {
+                c["service"] == "web" && c["state"] == "running" && c["health"] == "healthy"
+            })
             .count(),
     )
 }
@@ -161,12 +163,16 @@ fn rolling_update_serves_every_request() {
         return;
     }
     let (cluster, image) = start(3, true);
-    cluster.apply(0, &web(&image, "v1", true)).expect("apply v1");
+    cluster
+        .apply(0, &web(&image, "v1", true))
+        .expect("apply v1");
     wait_serving(&cluster, "v1");
 
     let client = Client::start(&cluster);
     std::thread::sleep(Duration::from_secs(1));
-    cluster.apply(1, &web(&image, "v2", true)).expect("apply v2");
+    cluster
+        .apply(1, &web(&image, "v2", true))
+        .expect("apply v2");
     let fewest = roll_until(&cluster, "every node to answer v2 from 3 replicas", || {
         let replicas = own_containers(&cluster, "web");
         replicas.len() == 3
@@ -191,7 +197,10 @@ fn rolling_update_serves_every_request() {
         "{:?}",
         seen.answers
     );
-    assert!(fewest >= 1, "no healthy replica at some point of the update");
+    assert!(
+        fewest >= 1,
+        "no healthy replica at some point of the update"
+    );
     let versions = history(&cluster);
     assert_eq!(versions.len(), 2, "{versions:?}");
     assert!(versions[0]["current"].as_bool().unwrap_or(false));
@@ -209,7 +218,9 @@ fn failed_update_rolls_back_by_itself() {
         return;
     }
     let (cluster, image) = start(3, true);
-    cluster.apply(0, &web(&image, "v1", true)).expect("apply v1");
+    cluster
+        .apply(0, &web(&image, "v1", true))
+        .expect("apply v1");
     wait_serving(&cluster, "v1");
     let replicas_v1: Vec<String> = own_containers(&cluster, "web")
         .into_iter()

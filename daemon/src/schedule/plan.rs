@@ -218,6 +218,9 @@ pub struct Planner {
     reported_failures: BTreeSet<(ServiceName, Timestamp)>,
     /// Outdated replicas a rollout stops once `RETIRE_GRACE_MS` passed, with since when.
     retiring: BTreeMap<String, u64>,
+    /// Each service's current version and when this planner first saw it: a rollout
+    /// deadline counts from the later of this and the replica's first sighting.
+    version_seen: BTreeMap<ServiceName, (Timestamp, u64)>,
 }
 
 impl Planner {
@@ -238,6 +241,7 @@ impl Planner {
             settled: BTreeMap::new(),
             reported_failures: BTreeSet::new(),
             retiring: BTreeMap::new(),
+            version_seen: BTreeMap::new(),
         }
     }
 
@@ -328,7 +332,12 @@ impl Planner {
     /// Whether outdated `record`, which its rollout stops, must first stay retiring (its
     /// service publishes ports and `RETIRE_GRACE_MS` has not passed since it was first
     /// asked to stop); marks it retiring on the first ask.
-    fn still_retiring(&mut self, record: &ContainerRecord, spec: &ServiceSpec, now_ms: u64) -> bool {
+    fn still_retiring(
+        &mut self,
+        record: &ContainerRecord,
+        spec: &ServiceSpec,
+        now_ms: u64,
+    ) -> bool {
         if spec.ports.is_empty() {
             return false;
         }
@@ -347,22 +356,24 @@ impl Planner {
             let Some(current) = view.services.get(&record.service) else {
                 continue;
             };
-            if is_outdated(record, Some(current), observed) {
-                continue;
-            }
+            // Health is the container's, whatever the version: a replica of an earlier
+            // version that a rollback makes current again counts at once.
             let id = record.id.as_str();
-            self.first_seen.entry(id.to_owned()).or_insert(now_ms);
             let running = matches!(observed.containers.get(id), Some(ObservedState::Running));
             let healthy = match self.health_of(id, current.spec.health.is_some()) {
                 Health::None | Health::Healthy => running,
                 Health::Starting | Health::Unhealthy { .. } => false,
             };
+            let outdated = is_outdated(record, Some(current), observed);
+            if !outdated {
+                self.first_seen.entry(id.to_owned()).or_insert(now_ms);
+            }
             if !healthy {
                 continue;
             }
             let since = self.healthy_since.get(id).copied().unwrap_or(now_ms);
             healthy_since.insert(id.to_owned(), since);
-            if now_ms.saturating_sub(since) >= current.spec.update.min_healthy_ms {
+            if !outdated && now_ms.saturating_sub(since) >= current.spec.update.min_healthy_ms {
                 ready.insert(id.to_owned());
             }
         }
@@ -381,7 +392,16 @@ impl Planner {
         plan: &mut Plan,
     ) -> BTreeMap<ServiceName, Pacing> {
         let mut paced = BTreeMap::new();
+        self.version_seen
+            .retain(|service, _| view.services.contains_key(service));
         for (service, current) in &view.services {
+            let seen = self
+                .version_seen
+                .entry(service.clone())
+                .or_insert((current.version, now_ms));
+            if seen.0 != current.version {
+                *seen = (current.version, now_ms);
+            }
             let mut replicas: Vec<Replica> = view.fleet.get(service).cloned().unwrap_or_default();
             let mine: Vec<&ContainerRecord> = view
                 .own_records
@@ -456,7 +476,11 @@ impl Planner {
             let Some(first_seen) = self.first_seen.get(id) else {
                 continue;
             };
-            if now_ms.saturating_sub(*first_seen) < deadline_ms {
+            let version_seen = self
+                .version_seen
+                .get(service)
+                .map_or(now_ms, |(_, at_ms)| *at_ms);
+            if now_ms.saturating_sub((*first_seen).max(version_seen)) < deadline_ms {
                 continue;
             }
             let why = match observed.containers.get(id) {

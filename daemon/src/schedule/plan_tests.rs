@@ -234,6 +234,116 @@ fn a_new_spec_replaces_containers_but_a_new_replica_count_does_not_even_after_a_
 }
 
 #[test]
+fn a_new_replica_not_ready_by_its_deadline_fails_the_update_once() {
+    let v1 = version(10, "a");
+    let v2 = version(20, "a");
+    let mut old_spec = spec(1, 100);
+    old_spec.command = vec!["/bin/v1".into()];
+    let mut new_spec = spec(1, 100);
+    new_spec.command = vec!["/bin/v2".into()];
+    new_spec.update.healthy_deadline_ms = 10_000;
+    let mut view = view("a", &["a"], &[("web", new_spec.clone(), v2)]);
+    view.services
+        .get_mut(&"web".parse::<ServiceName>().unwrap())
+        .unwrap()
+        .has_earlier = true;
+    view.own_records = vec![
+        record("web-00000001", "web", "a", v1),
+        record("web-00000002", "web", "a", v2),
+    ];
+    // The new one keeps exiting: never ready.
+    let mut runtime = observed(&[
+        ("web-00000001", ObservedState::Running),
+        ("web-00000002", ObservedState::Exited(ExitStatus::Code(1))),
+    ]);
+    runtime
+        .spec_digests
+        .insert("web-00000001".into(), spec_digest(&old_spec));
+    runtime
+        .spec_digests
+        .insert("web-00000002".into(), spec_digest(&new_spec));
+    let mut planner = Planner::new(node("a"), SETTINGS, 1);
+    let plan = planner.plan(&view, &runtime, 1_000);
+    assert!(plan.update_failures.is_empty());
+    assert!(plan.rolling);
+    assert!(
+        !removed_ids(&plan).contains(&"web-00000001"),
+        "the old one serves on: {plan:?}"
+    );
+    let plan = planner.plan(&view, &runtime, 11_000);
+    assert_eq!(plan.update_failures.len(), 1, "{plan:?}");
+    let failure = &plan.update_failures[0];
+    assert_eq!(failure.version, v2);
+    assert!(
+        failure.reason.contains("web-00000002")
+            && failure.reason.contains("not ready within 10000 ms"),
+        "{}",
+        failure.reason
+    );
+    assert!(
+        planner
+            .plan(&view, &runtime, 12_000)
+            .update_failures
+            .is_empty(),
+        "one failure is reported once"
+    );
+
+    // Without an earlier version (a first deploy) there is nothing to fail.
+    view.services
+        .get_mut(&"web".parse::<ServiceName>().unwrap())
+        .unwrap()
+        .has_earlier = false;
+    let mut fresh = Planner::new(node("a"), SETTINGS, 1);
+    fresh.plan(&view, &runtime, 0);
+    assert!(
+        fresh
+            .plan(&view, &runtime, 50_000)
+            .update_failures
+            .is_empty()
+    );
+}
+
+#[test]
+fn a_rollback_makes_the_old_replicas_current_and_ready_at_once() {
+    let v1 = version(10, "a");
+    let v2 = version(20, "a");
+    let v3 = version(30, "a");
+    let old_spec = spec(1, 100);
+    let mut new_spec = spec(1, 100);
+    new_spec.command = vec!["/bin/broken".into()];
+    let mut runtime = observed(&[
+        ("web-00000001", ObservedState::Running),
+        ("web-00000002", ObservedState::Running),
+    ]);
+    runtime
+        .spec_digests
+        .insert("web-00000001".into(), spec_digest(&old_spec));
+    runtime
+        .spec_digests
+        .insert("web-00000002".into(), spec_digest(&new_spec));
+    let records = vec![
+        record("web-00000001", "web", "a", v1),
+        record("web-00000002", "web", "a", v2),
+    ];
+    let mut planner = Planner::new(node("a"), SETTINGS, 1);
+    let mut during = view("a", &["a"], &[("web", new_spec, v2)]);
+    during.own_records = records.clone();
+    planner.plan(&during, &runtime, 0);
+    // v1 written back as v3: the v1 replica, running all along, counts at once and the
+    // broken one goes; no deadline failure, however long it has run.
+    let mut back = view("a", &["a"], &[("web", old_spec, v3)]);
+    back.own_records = records;
+    back.services
+        .get_mut(&"web".parse::<ServiceName>().unwrap())
+        .unwrap()
+        .has_earlier = true;
+    let plan = planner.plan(&back, &runtime, 100_000);
+    assert_eq!(removed_ids(&plan), ["web-00000002"], "{plan:?}");
+    assert!(plan.update_failures.is_empty(), "{plan:?}");
+    assert!(plan.starts.is_empty());
+}
+
+#[test]
 fn a_record_the_runtime_never_held_is_started_whatever_its_policy() {
     let v1 = version(10, "a");
     let mut never = spec(1, 100);

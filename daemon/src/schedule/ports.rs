@@ -333,6 +333,9 @@ mod tests {
             retiring: true,
             ..running(Health::Healthy)
         };
-        assert!(!serves_mesh(&web, Some(&retiring)), "a retiring replica gets no traffic");
+        assert!(
+            !serves_mesh(&web, Some(&retiring)),
+            "a retiring replica gets no traffic"
+        );
     }
 }

@@ -168,4 +168,3 @@ pub fn assert_unanswered(cluster: &Cluster, index: usize, port: u16, why: &str) 
         ),
     }
 }
-
