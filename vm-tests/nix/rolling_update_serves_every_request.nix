@@ -1,0 +1,80 @@
+# Update scenario rolling_update_serves_every_request (vm-tests/tests/updates.rs):
+# three replicas of an httpd with a health check behind a mesh-mode port
+# (declared in every node's configuration). While a client outside the cluster
+# polls port 8080 of every node, version v2 is applied with the CLI on node b;
+# the update rolls one replica at a time (start-first) and no request fails.
+{ pkgs }:
+let
+  common = import ./common.nix { inherit pkgs; };
+  web = body: {
+    inherit (common) image;
+    command = common.shell "echo ok > /tmp/healthz; echo ${body} > /tmp/index.html; exec httpd -f -p 80 -h /tmp";
+    tmpfs = [ "/tmp" ];
+    replicas = 3;
+    ports = [ "8080:80" ];
+    publish.mode = "mesh";
+    health = {
+      http = "http://127.0.0.1:80/healthz";
+      interval_ms = 500;
+      timeout_ms = 400;
+      retries = 2;
+    };
+    update = {
+      max_parallel = 1;
+      order = "start-first";
+      min_healthy_ms = 1000;
+      healthy_deadline_ms = 30000;
+    };
+  };
+  v2 = (pkgs.formats.toml { }).generate "web-v2.toml" ((web "v2") // { name = "web"; image = "${common.image}"; });
+in
+pkgs.testers.runNixOSTest {
+  name = "shoal-rolling_update_serves_every_request";
+  nodes = common.workloadCluster [ "a" "b" "c" ] { web = web "v1"; } // { inherit (common) outside; };
+  testScript = { nodes, ... }: ''
+    ${common.prelude}
+    ${common.workloadPrelude}
+
+    machines = [a, b, c]
+    address = {
+        "a": "${nodes.a.networking.primaryIPAddress}",
+        "b": "${nodes.b.networking.primaryIPAddress}",
+        "c": "${nodes.c.networking.primaryIPAddress}",
+    }
+    start_all()
+    for machine in machines:
+        machine.wait_for_unit("shoal.service")
+    outside.wait_for_unit("multi-user.target")
+    wait_converged(machines, 3)
+
+    with subtest("v1 answers on every node"):
+        for machine in machines:
+            wait_answers(outside, address[machine.name], 8080, "v1")
+
+    with subtest("v2 rolls through while the outside client polls: no request fails"):
+        targets = " ".join(f"{address[m.name]}" for m in machines)
+        outside.succeed(
+            "(while true; do for ip in " + targets + "; do "
+            "curl --silent --max-time 2 http://$ip:8080/ >> /tmp/answers || echo FAILED >> /tmp/answers; "
+            "sleep 0.05; done; done) >/dev/null 2>&1 & echo $! > /tmp/client.pid"
+        )
+        b.succeed("shoal service apply -f ${v2}")
+
+        def rolled():
+            replicas = own_containers(machines, "web")
+            if len(replicas) != 3 or any(r["state"] != "running" for r in replicas):
+                return None
+            for machine in machines:
+                status, body = get(outside, address[machine.name], 8080)
+                if status != 0 or body.strip() != "v2":
+                    return None
+            return True
+
+        wait_for("every node to answer v2 from three replicas", rolled)
+        outside.succeed("kill $(cat /tmp/client.pid)")
+        answers = outside.succeed("cat /tmp/answers").split()
+        failed = [line for line in answers if line not in ("v1", "v2")]
+        assert not failed, f"{len(failed)} of {len(answers)} requests failed: {failed[:10]}"
+        assert "v1" in answers and "v2" in answers, f"the client saw {set(answers)}"
+  '';
+}
