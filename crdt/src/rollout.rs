@@ -255,6 +255,15 @@ pub enum RecordError {
     },
 }
 
+/// Whether two specs run the same thing: equal but for the replica count and the update
+/// policy (a change of only those replaces no container).
+pub fn same_workload(a: &ServiceSpec, b: &ServiceSpec) -> bool {
+    let mut a = a.clone();
+    a.replicas = b.replicas;
+    a.update = b.update;
+    a == *b
+}
+
 impl ServiceRecord {
     /// The record a write of `spec` at `version` leaves when `previous` (written at
     /// `previous_version`) was current: the previous version goes on top of the history
@@ -288,11 +297,7 @@ impl ServiceRecord {
     /// marked failed, which pauses its rollout.
     pub fn after_failure(&self, version: Timestamp, reason: &str) -> ServiceRecord {
         let reason = bounded(reason);
-        let good = self
-            .history
-            .iter()
-            .find(|past| past.failed.is_none() && past.spec != self.spec);
-        match good {
+        match self.last_good() {
             Some(good) if self.spec.update.auto_rollback => {
                 let mut history = self.history.clone();
                 history.insert(
@@ -345,12 +350,19 @@ impl ServiceRecord {
         Some(record)
     }
 
-    /// The newest earlier version that differs from the current spec and did not fail:
-    /// what `shoal service rollback` writes back.
+    /// The newest earlier version that runs something else than the current spec (not
+    /// only another replica count) and did not fail: what a rollback writes back.
     pub fn last_good(&self) -> Option<&PastVersion> {
         self.history
             .iter()
-            .find(|past| past.failed.is_none() && past.spec != self.spec)
+            .find(|past| past.failed.is_none() && !same_workload(&past.spec, &self.spec))
+    }
+
+    /// Whether the record keeps an earlier version that runs something else.
+    pub fn has_earlier_workload(&self) -> bool {
+        self.history
+            .iter()
+            .any(|past| !same_workload(&past.spec, &self.spec))
     }
 
     /// Drops the oldest versions until the history and the encoding fit their bounds.
@@ -498,6 +510,15 @@ mod tests {
         assert_eq!(back.history[0].spec.image, "/img/c");
         assert!(back.history[0].failed.is_none());
         assert!(first.rolled_back(at(1)).is_none(), "nothing to go back to");
+
+        // Another replica count of the same workload is no version to go back to.
+        let mut scaled = spec("/img/c");
+        scaled.replicas = 7;
+        let fourth = ServiceRecord::succeeding(Some((&third, at(3))), scaled);
+        assert_eq!(
+            fourth.last_good().map(|past| past.spec.image.as_str()),
+            Some("/img/b")
+        );
     }
 
     #[test]

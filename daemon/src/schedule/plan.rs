@@ -211,9 +211,10 @@ pub struct Planner {
     /// When this planner first saw each current container: its rollout deadline counts
     /// from here.
     first_seen: BTreeMap<String, u64>,
-    /// The version of each service this node saw fully rolled out: a replica of it that
-    /// fails later (a lost node's replacement) is no failed update.
-    settled: BTreeMap<ServiceName, Timestamp>,
+    /// The spec digest of each service this node saw fully rolled out (every placed
+    /// replica ready, none outdated): a replica of it that fails later (a lost node's
+    /// replacement, a scale-up) is no failed update.
+    settled: BTreeMap<ServiceName, String>,
     /// Failed updates already reported, so each is written once.
     reported_failures: BTreeSet<(ServiceName, Timestamp)>,
     /// Outdated replicas a rollout stops once `RETIRE_GRACE_MS` passed, with since when.
@@ -367,6 +368,14 @@ impl Planner {
             let outdated = is_outdated(record, Some(current), observed);
             if !outdated {
                 self.first_seen.entry(id.to_owned()).or_insert(now_ms);
+                // Ended for good (its policy will not restart it): done, so it holds up no
+                // rollout (a batch job's replica).
+                if matches!(observed.containers.get(id), Some(ObservedState::Exited(_)))
+                    && self.restarts.gave_up(id)
+                {
+                    ready.insert(id.to_owned());
+                    continue;
+                }
             }
             if !healthy {
                 continue;
@@ -435,8 +444,8 @@ impl Planner {
             );
             let all_wanted: u32 = wanted.values().sum();
             let all_ready = replicas.iter().filter(|replica| replica.ready).count();
-            if !pacing.updating && all_ready >= all_wanted as usize {
-                self.settled.insert(service.clone(), current.version);
+            if !pacing.updating && all_wanted > 0 && all_ready >= all_wanted as usize {
+                self.settled.insert(service.clone(), current.digest.clone());
             }
             if pacing.updating && current.failed.is_none() {
                 plan.rolling = true;
@@ -462,12 +471,34 @@ impl Planner {
         let key = (service.clone(), current.version);
         if !current.has_earlier
             || current.failed.is_some()
-            || self.settled.get(service) == Some(&current.version)
+            || self.settled.get(service) == Some(&current.digest)
             || self.reported_failures.contains(&key)
         {
             return;
         }
         let deadline_ms = current.spec.update.healthy_deadline_ms;
+        let version_seen_ms = self
+            .version_seen
+            .get(service)
+            .map_or(now_ms, |(_, at_ms)| *at_ms);
+        // A replica of the new version this node could not even start (a refused image, a
+        // missing secret) fails the update the same way, once the version is as old as
+        // the deadline.
+        if let Some(failure) = self.failures.get(service)
+            && failure.at_ms >= version_seen_ms
+            && now_ms.saturating_sub(version_seen_ms) >= deadline_ms
+        {
+            plan.update_failures.push(UpdateFailure {
+                service: service.clone(),
+                version: current.version,
+                reason: format!(
+                    "a replica on {} did not start within {deadline_ms} ms: {}",
+                    self.me, failure.message
+                ),
+            });
+            self.reported_failures.insert(key);
+            return;
+        }
         for record in mine {
             let id = record.id.as_str();
             if is_outdated(record, Some(current), observed) || self.ready.contains(id) {
@@ -476,11 +507,7 @@ impl Planner {
             let Some(first_seen) = self.first_seen.get(id) else {
                 continue;
             };
-            let version_seen = self
-                .version_seen
-                .get(service)
-                .map_or(now_ms, |(_, at_ms)| *at_ms);
-            if now_ms.saturating_sub((*first_seen).max(version_seen)) < deadline_ms {
+            if now_ms.saturating_sub((*first_seen).max(version_seen_ms)) < deadline_ms {
                 continue;
             }
             let why = match observed.containers.get(id) {

@@ -74,7 +74,7 @@ impl ClusterView {
                     spec: record.spec.clone(),
                     version,
                     digest: short_digest(&spec_digest(&record.spec)),
-                    has_earlier: record.history.iter().any(|past| past.spec != record.spec),
+                    has_earlier: record.has_earlier_workload(),
                     failed: record.failed.clone(),
                 };
                 Some((name.clone(), service))

@@ -222,7 +222,12 @@ pub(crate) fn settled(world: &World) -> Result<Settled, Violation> {
                 .map_or(0, |nodes| nodes.values().sum())
         };
         let wanted = if bad_image { 0 } else { placeable };
-        if recorded != wanted as usize {
+        // A paused update (it failed without a good version to roll back to) leaves the
+        // outdated replicas serving.
+        let paused = state
+            .service_record(name)
+            .is_some_and(|(record, _)| record.failed.is_some());
+        if recorded != wanted as usize && !paused {
             return Err(Violation(format!(
                 "service {name} has {recorded} containers on live nodes, wants {} replicas of \
                  which {unplaced} found no room{}",
@@ -243,6 +248,9 @@ pub(crate) fn settled(world: &World) -> Result<Settled, Violation> {
                 .filter(|record| &record.service == name && record.node == node.id)
                 .collect();
             let placed = placement.on(name, &node.id);
+            if paused {
+                continue;
+            }
             if bad_image {
                 if let Some(record) = records.first() {
                     return Err(Violation(format!(
