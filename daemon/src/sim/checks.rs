@@ -435,11 +435,15 @@ pub(crate) fn settled(world: &World) -> Result<Settled, Violation> {
     // 11. No container on a live node its service's constraints exclude, and a global
     // service on every eligible node that has room (placement says which; 1. checked the
     // records). A node that is down cannot remove its records (they are owner-only): they
-    // stay, whatever the spec says now, until it comes back or is evicted.
-    for record in state
-        .containers()
-        .filter(|record| up_ids.contains(&record.node))
-    {
+    // stay, whatever the spec says now, until it comes back or is evicted. A paused update
+    // (failed with no version to roll back to) leaves its outdated replicas where the
+    // earlier spec placed them.
+    for record in state.containers().filter(|record| {
+        up_ids.contains(&record.node)
+            && !state
+                .service_record(&record.service)
+                .is_some_and(|(service, _)| service.failed.is_some())
+    }) {
         let (Some((spec, _)), Some(meta)) =
             (state.service(&record.service), state.node(&record.node))
         else {
