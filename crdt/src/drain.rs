@@ -142,7 +142,9 @@ mod tests {
         });
         assert!(matches!(
             a.put_node_meta(ms(3), bad.clone()),
-            Err(ReplicaError::Drain(DrainError::Deadline { deadline_ms: 10 }))
+            Err(ReplicaError::Drain(DrainError::Deadline {
+                deadline_ms: 10
+            }))
         ));
         // A peer that wrote one anyway (here: the honest delta, altered) is refused whole.
         let mut forged = delta.clone();
@@ -156,7 +158,10 @@ mod tests {
         let mut c = replica("c");
         let error = c.apply_delta(ms(2), a.node(), &forged).unwrap_err();
         assert!(matches!(error, ApplyError::Invalid(_)), "{error:?}");
-        assert!(error.to_string().contains("drain deadline of 10 ms"), "{error}");
+        assert!(
+            error.to_string().contains("drain deadline of 10 ms"),
+            "{error}"
+        );
         assert!(c.state().node(a.node()).is_none());
     }
 }

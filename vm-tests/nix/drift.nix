@@ -21,6 +21,8 @@
 , extraSettings ? { }
 , labels ? { zone = "eu-1"; role = "edge"; }
 , metricsListen ? "127.0.0.1:9464"
+  # services.shoal.drainOnStop, when given.
+, drainOnStop ? null
   # Merged into the `workload` service (lists concatenate), for refusals.
 , workload ? { }
   # More declared services, for refusals.
@@ -56,6 +58,7 @@ let
       openFirewall = true;
       inherit labels;
       metrics.listen = metricsListen;
+      drainOnStop = lib.mkIf (drainOnStop != null) drainOnStop;
       tls = {
         caFile = "/var/lib/shoal-keys/ca.pem";
         certFile = "/var/lib/shoal-keys/node.pem";
@@ -197,6 +200,12 @@ in
     "BindReadOnlyPaths"
     "RootDirectory"
   ];
+  # drainOnStop: what the unit runs when it stops and once it has started.
+  stop_commands = {
+    ExecStop = unit.serviceConfig.ExecStop or null;
+    ExecStartPost = unit.serviceConfig.ExecStartPost or null;
+    TimeoutStopSec = unit.serviceConfig.TimeoutStopSec or null;
+  };
   start_limit = {
     startLimitBurst = unit.startLimitBurst or null;
     startLimitIntervalSec = unit.startLimitIntervalSec or null;

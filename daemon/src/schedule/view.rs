@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use shoal_crdt::{
-    Capacity, ClusterState, ContainerRecord, NodeId, ServiceName, ServiceSpec, Subnet, Timestamp,
+    Capacity, ClusterState, ContainerRecord, Drain, NodeId, ServiceName, ServiceSpec, Subnet,
+    Timestamp,
 };
 
 use super::placement::{self, NodeInput, Placement, ServiceInput};
@@ -61,6 +62,8 @@ pub struct ClusterView {
     /// Every service's replicas on the other live nodes, as their statuses report them
     /// (the rollout's input; this node's own come from its runtime).
     pub fleet: BTreeMap<ServiceName, Vec<Replica>>,
+    /// Live members that are drained (this node included): placement gives them nothing.
+    pub drained: BTreeMap<NodeId, Drain>,
 }
 
 impl ClusterView {
@@ -88,7 +91,13 @@ impl ClusterView {
                 capacity: meta.capacity,
                 sync_port: Some(meta.address.port()),
                 labels: meta.labels.clone(),
+                drained: meta.drain.is_some(),
             })
+            .collect();
+        let drained = state
+            .nodes()
+            .filter(|(id, _)| live.contains(*id))
+            .filter_map(|(id, meta)| Some((id.clone(), meta.drain?)))
             .collect();
         let own_records = state
             .containers()
@@ -162,6 +171,7 @@ impl ClusterView {
             subnet: state.node(me).and_then(|meta| meta.subnet),
             peer_subnets,
             mesh_backends,
+            drained,
         }
     }
 
