@@ -58,7 +58,6 @@ let
       openFirewall = true;
       inherit labels;
       metrics.listen = metricsListen;
-      drainOnStop = lib.mkIf (drainOnStop != null) drainOnStop;
       tls = {
         caFile = "/var/lib/shoal-keys/ca.pem";
         certFile = "/var/lib/shoal-keys/node.pem";
@@ -142,7 +141,7 @@ let
           workload
         ];
       } // extraServices;
-    };
+    } // lib.optionalAttrs (drainOnStop != null) { inherit drainOnStop; };
   };
 
   evaluated = import (nixpkgs + "/nixos/lib/eval-config.nix") {
