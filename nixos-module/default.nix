@@ -388,7 +388,9 @@ in
         lets the node take replicas again. A failed drain or undrain (the
         daemon not answering, the deadline passed) is logged by systemd and
         does not fail the unit; `shoal nodes` shows a node still DRAINED.
-        The unit's stop timeout is raised to the deadline plus 30 seconds'';
+        Every start undrains the node, so a drain set by hand
+        (`shoal node drain`) also ends when the unit restarts. The unit's
+        stop timeout is raised to the deadline plus 30 seconds'';
       deadlineMs = mkOption {
         type = types.ints.between 1000 86400000;
         default = 60000;

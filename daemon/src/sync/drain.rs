@@ -3,8 +3,8 @@
 //! [`ask_drain`] is the caller's side on a [`PeerSession`].
 //!
 //! Only a member may ask (a certificate of the cluster CA whose node is not in the state, or
-//! was evicted, is refused with 403), as only a member may write services or evict a node:
-//! draining is an operator's change like those.
+//! was evicted, is refused with 403, and so is one with this node's own name), as only a
+//! member may write services or evict a node: draining is an operator's change like those.
 
 use std::sync::Arc;
 
@@ -43,6 +43,15 @@ pub async fn answer(
     let request = wire::decode_drain_request(body)
         .map_err(|error| DrainRefusal::new(error.status(), error.to_string()))?;
     let me = node.node_id().clone();
+    if peer == &me {
+        return Err(DrainRefusal::new(
+            StatusCode::FORBIDDEN,
+            format!(
+                "the caller presents this node's own name {me}: another daemon runs with this \
+                 node's certificate"
+            ),
+        ));
+    }
     if request.node != me {
         return Err(DrainRefusal::new(
             StatusCode::MISDIRECTED_REQUEST,
