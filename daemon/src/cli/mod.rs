@@ -31,7 +31,8 @@ pub const DEFAULT_SOCKET: &str = "/var/lib/shoal/shoal.sock";
   shoal daemon --config /etc/shoal/shoal.toml
   shoal service apply -f web.toml            add or replace the services in web.toml
   shoal service ls --json                    list services as JSON for scripts
-  shoal status                               this node's view and how fresh it is"
+  shoal status                               this node's view and how fresh it is
+  shoal node drain node-b --wait             move node-b's replicas off it, from any node"
 )]
 pub struct Cli {
     /// The daemon's API socket.
@@ -59,7 +60,8 @@ pub enum Command {
     /// List and remove this node's named volumes (`volumes = ["NAME:/target"]` in a spec).
     #[command(subcommand)]
     Volume(VolumeCommand),
-    /// List cluster members: id, address, liveness, heartbeat age, subnet, capacity, labels;
+    /// List cluster members: id, address, liveness, state (active, or DRAINED with what is left
+    /// of the drain's deadline), heartbeat age, subnet, capacity, labels;
     /// under the table, a node seen written by two daemons with its name (DUPLICATED) and
     /// nodes whose writes this node refused.
     #[command(after_help = "Example:\n  shoal nodes --json | jq '.[] | select(.live | not) | .id'")]
