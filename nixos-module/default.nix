@@ -405,6 +405,35 @@ in
       '';
     };
 
+    drainOnStop = {
+      enable = mkEnableOption ''
+        draining this node when its unit stops, and undraining it when the
+        unit has started. Stopping the unit (a reboot, a package upgrade)
+        then first runs `shoal node drain <nodeName> --deadline-ms
+        <deadlineMs> --wait`: the node takes no new replicas and its running
+        replicas are started on other nodes before they stop here, and the
+        stop waits until none runs here or the deadline passes; then the
+        daemon stops as before (its containers are left running, as always).
+        Once the unit has started again, `shoal node undrain <nodeName>`
+        lets the node take replicas again. A failed drain or undrain (the
+        daemon not answering, the deadline passed) is logged by systemd and
+        does not fail the unit; `shoal nodes` shows a node still DRAINED.
+        Every start undrains the node, so a drain set by hand
+        (`shoal node drain`) also ends when the unit restarts. The unit's
+        stop timeout is raised to the deadline plus 30 seconds'';
+      deadlineMs = mkOption {
+        type = types.ints.between 1000 86400000;
+        default = 60000;
+        example = 300000;
+        description = ''
+          How long, in milliseconds, the drain on stop may take
+          (`--deadline-ms`): the node's replicas may keep running this long
+          while they are replaced elsewhere, and the stop waits at most this
+          long for them. 1000 to 86400000 (a day).
+        '';
+      };
+    };
+
     metrics.listen = mkOption {
       type = types.nullOr types.str;
       default = null;
@@ -703,9 +732,18 @@ in
         # The daemon pings at half this period.
         WatchdogSec = "30s";
         ExecStart = "${cfg.package}/bin/shoal daemon --config ${configFile}";
+        # drainOnStop: "-", so a drain or undrain that fails does not fail
+        # the unit (systemd logs it); the stop waits for the drain.
+        ExecStartPost = mkIf cfg.drainOnStop.enable
+          "-${cfg.package}/bin/shoal node undrain ${cfg.nodeName}";
+        ExecStop = mkIf cfg.drainOnStop.enable
+          "-${cfg.package}/bin/shoal node drain ${cfg.nodeName} --deadline-ms ${toString cfg.drainOnStop.deadlineMs} --wait";
         Restart = "on-failure";
         RestartSec = "2s";
-        TimeoutStopSec = "30s";
+        TimeoutStopSec =
+          if cfg.drainOnStop.enable
+          then "${toString (cfg.drainOnStop.deadlineMs / 1000 + 30)}s"
+          else "30s";
         User = "root";
 
         StateDirectory = lib.removePrefix "/var/lib/" cfg.settings.state_dir;

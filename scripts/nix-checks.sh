@@ -405,6 +405,29 @@ render "$work/metrics.json" '' config_json
 render "$work/metrics.json" 'metricsListen = null;' config_json
 "$python" -c 'import json, sys; sys.exit("metrics" in json.loads(json.load(open(sys.argv[1]))))' "$work/metrics.json" \
     || fail "services.shoal.metrics.listen = null still writes a [metrics] table"
+# drainOnStop: off, the unit runs no drain; on, it drains this node (waiting) before it
+# stops and undrains it once started, and its stop timeout covers the deadline.
+render "$work/stop.json" '' stop_commands
+"$python" -c 'import json, sys; d = json.load(open(sys.argv[1])); sys.exit(d != {"ExecStop": None, "ExecStartPost": None, "TimeoutStopSec": "30s"})' "$work/stop.json" \
+    || fail "the unit drains on stop without services.shoal.drainOnStop: $(cat "$work/stop.json")"
+render "$work/stop.json" 'drainOnStop = { enable = true; deadlineMs = 90000; };' stop_commands
+"$python" - "$work/stop.json" <<'PY' || fail "services.shoal.drainOnStop does not drain on stop and undrain at start: $(cat "$work/stop.json")"
+import json, sys
+d = json.load(open(sys.argv[1]))
+ok = d["ExecStop"].startswith("-") \
+    and d["ExecStop"].endswith("/bin/shoal node drain node-a --deadline-ms 90000 --wait") \
+    and d["ExecStartPost"].startswith("-") \
+    and d["ExecStartPost"].endswith("/bin/shoal node undrain node-a") \
+    and d["TimeoutStopSec"] == "120s"
+sys.exit(not ok)
+PY
+refused 'drainOnStop = { enable = true; deadlineMs = 10; };' "services.shoal.drainOnStop.deadlineMs" stop_commands
+# The CLI the unit runs takes those arguments (it fails only at the connection).
+if output=$(SHOAL_SOCKET="$work/no-daemon.sock" "$shoal_bin" node drain node-a --deadline-ms 90000 --wait 2>&1); then
+    fail "node drain succeeded without a daemon"
+fi
+grep -q "cannot connect to the daemon" <<<"$output" \
+    || fail "the CLI refuses the unit's drain command: $output"
 render "$work/port.json" 'listen = "10.0.0.1:70000";' firewall_udp_ports
 [[ $(cat "$work/port.json") == "[5353]" ]] || fail "an invalid port reached the firewall: $(cat "$work/port.json")"
 render "$work/v6.json" 'listen = "[::]:7443"; peers = [ "[2001:db8::1]:7443" ];' assertion_failures

@@ -310,6 +310,7 @@ mod tests {
             heartbeat: uhlc::Timestamp::new(now, replica.node().hlc_id()),
             labels: Default::default(),
             incarnation: None,
+            drain: None,
         };
         replica.put_node_meta(now, meta).unwrap();
         let snapshot = replica.to_snapshot();

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use uhlc::Timestamp;
 
 use crate::constraints::{Constraint, Mode, check_label};
+use crate::drain::{Drain, DrainError};
 use crate::health::HealthCheck;
 use crate::rollout::UpdatePolicy;
 use crate::workload::{
@@ -552,6 +553,20 @@ pub struct NodeMeta {
     /// one node written by two incarnations that alternate is two daemons with one name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub incarnation: Option<u64>,
+    /// Set while the node is drained (`shoal node drain`): it takes no new replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
+}
+
+impl NodeMeta {
+    /// Checks what an honest node writes in its metadata (the drain's bounds). Paired: the
+    /// writer checks before it writes, every replica checks what it receives or loads.
+    pub fn validate(&self) -> Result<(), DrainError> {
+        match &self.drain {
+            Some(drain) => drain.validate(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// A per-node resource counter (PN-Counter).

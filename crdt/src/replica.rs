@@ -76,6 +76,8 @@ pub enum ReplicaError {
     DotsExhausted { node: NodeId },
     #[error(transparent)]
     Status(#[from] StatusError),
+    #[error(transparent)]
+    Drain(#[from] crate::drain::DrainError),
     #[error("service {service}: {source}")]
     ServiceRecord {
         service: ServiceName,
@@ -479,6 +481,7 @@ impl Replica {
     /// Writes this node's metadata. `meta.heartbeat` is set to the write's HLC, and
     /// `meta.incarnation` to this daemon's when it was set (`set_incarnation`).
     pub fn put_node_meta(&mut self, now: NTP64, mut meta: NodeMeta) -> Result<Delta, ReplicaError> {
+        meta.validate()?;
         let since = self.vv.get(&self.node);
         let (hlc, dot) = self.stamp(now)?;
         meta.heartbeat = hlc;

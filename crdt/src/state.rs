@@ -196,6 +196,13 @@ impl Change {
                     if record.meta.subnet.is_some() != record.subnet_claimed.is_some() {
                         return Err(InvalidChange::SubnetClaim { node: node.clone() });
                     }
+                    record
+                        .meta
+                        .validate()
+                        .map_err(|source| InvalidChange::NodeMeta {
+                            node: node.clone(),
+                            source,
+                        })?;
                 }
             }
             Change::Container { id, add, entry } => {
@@ -274,6 +281,12 @@ pub enum InvalidChange {
     NodeMetaWriter { node: NodeId, writer: NodeId },
     #[error("node meta of {node}: subnet and claim time disagree")]
     SubnetClaim { node: NodeId },
+    #[error("node meta of {node}: {source}")]
+    NodeMeta {
+        node: NodeId,
+        #[source]
+        source: crate::drain::DrainError,
+    },
     #[error("container add {id} at {add:?} is inconsistent")]
     ContainerAdd { id: ContainerId, add: Dot },
     #[error("counter {node}/{resource:?} written by {writer} or removed")]

@@ -34,5 +34,6 @@ pub fn meta(subnet: &str) -> NodeMeta {
         heartbeat: Timestamp::new(NTP64(0), node("x").hlc_id()),
         labels: Default::default(),
         incarnation: None,
+        drain: None,
     }
 }

@@ -54,6 +54,7 @@ fn meta(index: usize) -> NodeMeta {
         heartbeat: Timestamp::new(NTP64(0), node(index).hlc_id()),
         labels: Default::default(),
         incarnation: None,
+        drain: None,
     }
 }
 

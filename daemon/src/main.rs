@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::Parser;
 use shoal::agent::config::LogFormat;
-use shoal::cli::{Cli, Command, commands, demo, output};
+use shoal::cli::{Cli, Command, commands, demo, node, output};
 
 fn main() -> ExitCode {
     // `shoal zygote` is the helper the daemon starts to create containers from a process
@@ -51,6 +51,7 @@ fn dispatch(cli: &Cli) -> Result<()> {
         Command::Service(command) => commands::service(cli, command),
         Command::Volume(command) => commands::volume(cli, command),
         Command::Nodes => commands::nodes(cli),
+        Command::Node(command) => node::run(cli, command),
         Command::Status => commands::status(cli),
         Command::Ps => commands::ps(cli),
         Command::Logs(args) => commands::logs(cli, args),

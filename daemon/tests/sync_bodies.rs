@@ -39,6 +39,7 @@ fn join(replica: &mut Replica, now: NTP64) -> shoal_crdt::Delta {
         heartbeat: Timestamp::new(now, node_id("client").hlc_id()),
         labels: Default::default(),
         incarnation: None,
+        drain: None,
     };
     replica.put_node_meta(now, meta).unwrap()
 }

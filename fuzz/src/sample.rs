@@ -51,6 +51,7 @@ pub fn meta(index: u8) -> NodeMeta {
         heartbeat: Timestamp::new(NTP64(0), node(&name).hlc_id()),
         labels: [("zone".to_owned(), format!("z{index}"))].into(),
         incarnation: Some(0x5eed_0000 + u64::from(index)),
+        drain: None,
     }
 }
 

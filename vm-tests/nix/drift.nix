@@ -21,6 +21,8 @@
 , extraSettings ? { }
 , labels ? { zone = "eu-1"; role = "edge"; }
 , metricsListen ? "127.0.0.1:9464"
+  # services.shoal.drainOnStop, when given.
+, drainOnStop ? null
   # Merged into the `workload` service (lists concatenate), for refusals.
 , workload ? { }
   # More declared services, for refusals.
@@ -146,7 +148,7 @@ let
           workload
         ];
       } // extraServices;
-    };
+    } // lib.optionalAttrs (drainOnStop != null) { inherit drainOnStop; };
   };
 
   evaluated = import (nixpkgs + "/nixos/lib/eval-config.nix") {
@@ -204,6 +206,12 @@ in
     "BindReadOnlyPaths"
     "RootDirectory"
   ];
+  # drainOnStop: what the unit runs when it stops and once it has started.
+  stop_commands = {
+    ExecStop = unit.serviceConfig.ExecStop or null;
+    ExecStartPost = unit.serviceConfig.ExecStartPost or null;
+    TimeoutStopSec = unit.serviceConfig.TimeoutStopSec or null;
+  };
   start_limit = {
     startLimitBurst = unit.startLimitBurst or null;
     startLimitIntervalSec = unit.startLimitIntervalSec or null;

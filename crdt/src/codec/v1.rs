@@ -68,6 +68,7 @@ impl From<NodeRecordV1> for NodeRecord {
                 heartbeat: old.meta.heartbeat,
                 labels: BTreeMap::new(),
                 incarnation: None,
+                drain: None,
             },
             subnet_claimed: old.subnet_claimed,
         }

@@ -81,6 +81,7 @@ pub(crate) fn node_meta(
         heartbeat,
         labels: Default::default(),
         incarnation: None,
+        drain: None,
     }
 }
 

@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
-use shoal_crdt::{NodeId, ServiceName, ServiceSpec};
+use shoal_crdt::{Drain, NodeId, ServiceName, ServiceSpec};
 
 pub use client::Client;
 
@@ -42,6 +42,10 @@ pub const LOG_OFFSETS_MAX: usize = 1024;
 pub const LOG_REPLY_BYTES_MAX: u64 = 4 * 1024 * 1024;
 /// Deadline for everything one `logs` call asks of one other node, handshake included.
 pub const REMOTE_LOG_TIMEOUT_MS: u64 = 5_000;
+/// Deadline for asking another node to drain or undrain itself, handshake included.
+pub const REMOTE_DRAIN_TIMEOUT_MS: u64 = 5_000;
+/// The drain deadline `shoal node drain` asks for when none is given.
+pub const DRAIN_DEADLINE_MS_DEFAULT: u64 = 300_000;
 
 /// One request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -79,6 +83,20 @@ pub enum Request {
         /// container -> (stdout offset, stderr offset) from the previous call.
         #[serde(default)]
         offsets: BTreeMap<String, (u64, u64)>,
+    },
+    /// Drains a node (this one, or another asked over sync to drain itself): it takes no new
+    /// replicas, and its running ones move elsewhere within `deadline_ms`.
+    NodeDrain {
+        node: NodeId,
+        deadline_ms: u64,
+    },
+    /// Ends a node's drain, as `NodeDrain` reaches it.
+    NodeUndrain {
+        node: NodeId,
+    },
+    /// Removes a member that is down in this node's view from the cluster.
+    NodeEvict {
+        node: NodeId,
     },
 }
 
@@ -168,6 +186,29 @@ pub struct NodeView {
     pub duplicated: Option<String>,
     #[serde(default)]
     pub duplicated_ms_ago: Option<u64>,
+    /// Set while the node is drained (in its own metadata): since when and for how long.
+    #[serde(default)]
+    pub drain: Option<Drain>,
+    /// What is left of the drain's deadline by this node's clock (0 once it passed).
+    #[serde(default)]
+    pub drain_left_ms: Option<u64>,
+    /// Containers the node's own status report lists as starting, running or restarting.
+    #[serde(default)]
+    pub containers_running: u64,
+}
+
+/// What `node drain`, `node undrain` and `node evict` changed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeChangeView {
+    pub node: NodeId,
+    /// `drained`, `undrained` or `evicted`.
+    pub change: String,
+    /// The drain's deadline, for `drained`.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// The sync address of the node that wrote the change, when this node asked another.
+    #[serde(default)]
+    pub asked: Option<String>,
 }
 
 fn member_by_default() -> bool {
@@ -377,6 +418,16 @@ mod tests {
             Request::Status,
             Request::ServiceRemove {
                 name: "web".parse().unwrap(),
+            },
+            Request::NodeDrain {
+                node: "n2".parse().unwrap(),
+                deadline_ms: 60_000,
+            },
+            Request::NodeUndrain {
+                node: "n2".parse().unwrap(),
+            },
+            Request::NodeEvict {
+                node: "n3".parse().unwrap(),
             },
         ] {
             let text = serde_json::to_string(&Envelope {

@@ -1,8 +1,9 @@
 //! The daemon's side of the local API: binds the Unix socket (mode 0660), serves request
 //! lines within the bounds `api` sets, runs each request against the node and the
 //! reconciler, and builds the response views. Every view of `api` is built here (and in
-//! `logs`, which answers `shoal logs`, asking other nodes over sync), and only here, from
-//! what the node, the reconciler and other nodes return.
+//! `logs`, which answers `shoal logs`, and `drain`, which answers `shoal node drain|undrain`,
+//! both asking other nodes over sync), and only here, from what the node, the reconciler
+//! and other nodes return.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -10,18 +11,20 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use shoal_crdt::{NodeId, RunState};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::{
     API_VERSION, ApiError, CONNECTIONS_MAX, CertificatesView, Envelope, HistoryView,
-    IDLE_TIMEOUT_MS, LOG_OFFSETS_MAX, NodeView, PeerView, REQUEST_BYTES_MAX, Reply, Request,
-    SERVICES_PER_REQUEST_MAX, ServiceView, StatusView, VersionView,
+    IDLE_TIMEOUT_MS, LOG_OFFSETS_MAX, NodeChangeView, NodeView, PeerView, REQUEST_BYTES_MAX,
+    Reply, Request, SERVICES_PER_REQUEST_MAX, ServiceView, StatusView, VersionView,
 };
 use crate::containers::Reconciler;
 use crate::state::{Member, Node, NodeStatus, RefusedWrites, ServiceEntry};
 use crate::sync::{SyncLimits, TlsHandle, TlsMaterial};
 
+mod drain;
 mod logs;
 
 /// How the API reaches other nodes (for `shoal logs`): the node's sync endpoint, whose default
@@ -195,6 +198,13 @@ async fn serve_connection(
                     let (node, containers) = (node.clone(), containers.clone());
                     logs::answer(node, containers, peers.clone(), target, offsets).await
                 }
+                Request::NodeDrain {
+                    node: target,
+                    deadline_ms,
+                } => drain::answer(node.clone(), peers.clone(), target, Some(deadline_ms)).await,
+                Request::NodeUndrain { node: target } => {
+                    drain::answer(node.clone(), peers.clone(), target, None).await
+                }
                 request => {
                     let node = node.clone();
                     let containers = containers.clone();
@@ -335,8 +345,19 @@ fn handle(
             },
             None => Reply::Error(CONTAINERS_DISABLED.to_string()),
         },
+        Request::NodeEvict { node: target } => match node.evict_member(&target) {
+            Ok(()) => to_value(&NodeChangeView {
+                node: target,
+                change: "evicted".to_owned(),
+                deadline_ms: None,
+                asked: None,
+            }),
+            Err(error) => Reply::Error(error.to_string()),
+        },
         // Answered asynchronously before `handle` is called; kept total without a panic.
-        Request::Logs { .. } => Reply::Error("logs: not answered here".to_string()),
+        Request::Logs { .. } | Request::NodeDrain { .. } | Request::NodeUndrain { .. } => {
+            Reply::Error("this request is not answered here".to_string())
+        }
     }
 }
 
@@ -378,11 +399,15 @@ fn node_views(node: &Node) -> Vec<NodeView> {
     let mut refused = node.refused_writes();
     let duplicated = node.duplicated_nodes();
     let contest = node.identity_contest();
+    let running = containers_running(node);
+    let now_ms = node.clock().now_ms();
     let mut views: Vec<NodeView> = node
         .members()
         .iter()
         .map(|member| {
             let mut view = node_view(member, refused.remove(&member.id));
+            view.drain_left_ms = member.meta.drain.map(|drain| drain.left_ms(now_ms));
+            view.containers_running = running.get(&member.id).copied().unwrap_or(0);
             if member.is_self {
                 if let Some(contest) = &contest {
                     view.duplicated = Some(format!(
@@ -414,8 +439,34 @@ fn node_views(node: &Node) -> Vec<NodeView> {
         incarnation: None,
         duplicated: None,
         duplicated_ms_ago: None,
+        drain: None,
+        drain_left_ms: None,
+        containers_running: 0,
     }));
     views
+}
+
+/// Per node, the containers its own status report lists as starting, running or restarting.
+fn containers_running(node: &Node) -> BTreeMap<NodeId, u64> {
+    node.read_state(|state| {
+        state
+            .nodes()
+            .filter_map(|(id, _)| {
+                let status = state.node_status(id)?;
+                let running = status
+                    .containers
+                    .values()
+                    .filter(|container| {
+                        matches!(
+                            container.state,
+                            RunState::Starting | RunState::Running | RunState::Restarting { .. }
+                        )
+                    })
+                    .count();
+                Some((id.clone(), u64::try_from(running).unwrap_or(u64::MAX)))
+            })
+            .collect()
+    })
 }
 
 fn node_view(member: &Member, refused: Option<RefusedWrites>) -> NodeView {
@@ -438,6 +489,9 @@ fn node_view(member: &Member, refused: Option<RefusedWrites>) -> NodeView {
             .map(|incarnation| format!("{incarnation:016x}")),
         duplicated: None,
         duplicated_ms_ago: None,
+        drain: member.meta.drain,
+        drain_left_ms: None,
+        containers_running: 0,
     }
 }
 

@@ -23,14 +23,14 @@ pub(crate) const FOLLOW_INTERVAL_MS: u64 = 500;
 /// Most calls `logs` without `-f` makes to print what is written so far.
 const LOG_CALLS_MAX: u32 = 1_024;
 
-fn client(socket: &Path) -> Result<Client> {
+pub(crate) fn client(socket: &Path) -> Result<Client> {
     Ok(Client::connect(
         socket,
         Duration::from_millis(CALL_TIMEOUT_MS),
     )?)
 }
 
-fn print_json<T: Serialize>(value: &T) -> Result<()> {
+pub(crate) fn print_json<T: Serialize>(value: &T) -> Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }

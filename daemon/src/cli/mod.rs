@@ -6,6 +6,7 @@
 
 pub mod commands;
 pub mod demo;
+pub mod node;
 pub mod output;
 pub mod spec_file;
 
@@ -30,7 +31,8 @@ pub const DEFAULT_SOCKET: &str = "/var/lib/shoal/shoal.sock";
   shoal daemon --config /etc/shoal/shoal.toml
   shoal service apply -f web.toml            add or replace the services in web.toml
   shoal service ls --json                    list services as JSON for scripts
-  shoal status                               this node's view and how fresh it is"
+  shoal status                               this node's view and how fresh it is
+  shoal node drain node-b --wait             move node-b's replicas off it, from any node"
 )]
 pub struct Cli {
     /// The daemon's API socket.
@@ -58,11 +60,15 @@ pub enum Command {
     /// List and remove this node's named volumes (`volumes = ["NAME:/target"]` in a spec).
     #[command(subcommand)]
     Volume(VolumeCommand),
-    /// List cluster members: id, address, liveness, heartbeat age, subnet, capacity, labels;
+    /// List cluster members: id, address, liveness, state (active, or DRAINED with what is left
+    /// of the drain's deadline), heartbeat age, subnet, capacity, labels;
     /// under the table, a node seen written by two daemons with its name (DUPLICATED) and
     /// nodes whose writes this node refused.
     #[command(after_help = "Example:\n  shoal nodes --json | jq '.[] | select(.live | not) | .id'")]
     Nodes,
+    /// Drain, undrain or evict a node, from any node.
+    #[command(subcommand)]
+    Node(NodeCommand),
     /// This node's summary: what it has seen, state digest, peers and last successful sync,
     /// tombstones, and whether it is converged as far as it knows; its incarnation, and
     /// whether its identity is contested (another daemon runs with its name: it writes
@@ -207,6 +213,51 @@ Example:
 }
 
 #[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Drain a node: placement gives it no replica of any service, so its replicas are placed
+    /// on other nodes and stopped on it; the deadline is how long they may keep running there
+    /// while they are replaced (what `--wait` waits for at most). The drain is written by the
+    /// drained node itself, in its own metadata: run on another node, this asks that node over
+    /// the sync channel (it must be up); `shoal nodes` then shows it DRAINED with the deadline
+    /// left, on every node. The node stays drained across restarts until `shoal node undrain`.
+    #[command(after_help = "Examples:
+  shoal node drain node-b                        drain for the default 300000 ms (5 minutes)
+  shoal node drain node-b --deadline-ms 60000 --wait
+                                                 wait until node-b runs no container; exit 1
+                                                 with a message if the deadline passes first")]
+    Drain(DrainArgs),
+    /// End a node's drain: it takes replicas again. Like drain, written by that node itself.
+    #[command(after_help = "Example:\n  shoal node undrain node-b")]
+    Undrain {
+        /// The node's name.
+        node: NodeId,
+    },
+    /// Remove a node that is gone from the cluster: it leaves `shoal nodes` on every node and
+    /// its replicas are placed elsewhere. Only a node that is down (no recent heartbeat) can
+    /// be evicted, never this node; a live node is drained instead. A node evicted by mistake
+    /// rejoins with its next heartbeat when it comes back.
+    #[command(after_help = "Example:\n  shoal node evict node-c")]
+    Evict {
+        /// The node's name.
+        node: NodeId,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DrainArgs {
+    /// The node's name.
+    pub node: NodeId,
+    /// How long, in milliseconds, its replicas may keep running while they are replaced
+    /// elsewhere: 1000 to 86400000 (a day).
+    #[arg(long, value_name = "MS", default_value_t = crate::api::DRAIN_DEADLINE_MS_DEFAULT)]
+    pub deadline_ms: u64,
+    /// Wait, printing progress, until the node's status reports no running container (exit
+    /// 0), or until the deadline passes (exit 1 with a message).
+    #[arg(long)]
+    pub wait: bool,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
     /// List this node's named volumes with their directory and the containers using them.
     #[command(after_help = "Example:\n  shoal volume ls --json")]
@@ -300,6 +351,76 @@ mod tests {
             assert!(help.contains(fragment), "{help} lacks {fragment:?}");
         }
         assert!(!help.contains("run it there"), "{help}");
+    }
+
+    #[test]
+    fn node_commands_parse_with_their_defaults() {
+        let cli = Cli::try_parse_from(["shoal", "node", "drain", "n2"]).unwrap();
+        match cli.command {
+            Command::Node(NodeCommand::Drain(args)) => {
+                assert_eq!(args.node.as_str(), "n2");
+                assert_eq!(args.deadline_ms, 300_000);
+                assert!(!args.wait);
+            }
+            other => panic!("{other:?}"),
+        }
+        let cli = Cli::try_parse_from([
+            "shoal",
+            "node",
+            "drain",
+            "n2",
+            "--deadline-ms",
+            "60000",
+            "--wait",
+        ])
+        .unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Node(NodeCommand::Drain(DrainArgs {
+                deadline_ms: 60_000,
+                wait: true,
+                ..
+            }))
+        ));
+        let cli = Cli::try_parse_from(["shoal", "node", "undrain", "n2"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Node(NodeCommand::Undrain { .. })
+        ));
+        let cli = Cli::try_parse_from(["shoal", "node", "evict", "n3"]).unwrap();
+        assert!(matches!(
+            cli.command,
+            Command::Node(NodeCommand::Evict { .. })
+        ));
+        for bad in [
+            vec!["shoal", "node", "drain"],
+            vec!["shoal", "node", "drain", "Not A Name"],
+            vec!["shoal", "node", "drain", "n2", "--deadline-ms", "soon"],
+            vec!["shoal", "node", "evict"],
+            vec!["shoal", "node", "reboot", "n2"],
+        ] {
+            assert!(Cli::try_parse_from(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_node_help_explains_the_deadline() {
+        let mut command = Cli::command();
+        let node = command.find_subcommand_mut("node").unwrap();
+        let drain = node
+            .find_subcommand_mut("drain")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        for fragment in ["deadline", "300000", "--wait", "86400000", "undrain"] {
+            assert!(drain.contains(fragment), "{drain} lacks {fragment:?}");
+        }
+        let evict = node
+            .find_subcommand_mut("evict")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        assert!(evict.contains("down"), "{evict}");
     }
 
     #[test]

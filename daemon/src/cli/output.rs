@@ -144,6 +144,7 @@ pub fn nodes(nodes: &[NodeView]) -> String {
         "ID",
         "ADDRESS",
         "LIVE",
+        "STATE",
         "HEARTBEAT",
         "SUBNET",
         "CPU",
@@ -160,6 +161,7 @@ pub fn nodes(nodes: &[NodeView]) -> String {
             id,
             node.address.clone(),
             if node.live { "yes" } else { "no" }.to_string(),
+            node_state(node),
             age(node.heartbeat_age_ms),
             node.subnet.clone().unwrap_or_else(|| "-".to_string()),
             format!("{}m", node.cpu_millis),
@@ -201,6 +203,17 @@ pub fn nodes(nodes: &[NodeView]) -> String {
         }
     }
     text
+}
+
+/// A node's STATE in `shoal nodes`: `DRAINED` with what is left of its deadline, or `active`.
+fn node_state(node: &NodeView) -> String {
+    match (node.drain, node.drain_left_ms) {
+        (Some(_), Some(0)) => "DRAINED (deadline passed)".to_string(),
+        (Some(_), Some(left)) => format!("DRAINED ({} left)", age(Some(left))),
+        (Some(drain), None) => format!("DRAINED ({} ms deadline)", drain.deadline_ms),
+        (None, _) if node.member => "active".to_string(),
+        (None, _) => "-".to_string(),
+    }
 }
 
 /// `shoal status`.
@@ -562,6 +575,9 @@ mod tests {
             incarnation: None,
             duplicated: None,
             duplicated_ms_ago: None,
+            drain: None,
+            drain_left_ms: None,
+            containers_running: 0,
         };
         let text = nodes(&[
             node(
@@ -617,6 +633,9 @@ mod tests {
             incarnation: Some("00000000000000bb".to_string()),
             duplicated: Some("two different writes claiming its write number 7".to_string()),
             duplicated_ms_ago: Some(2_000),
+            drain: None,
+            drain_left_ms: None,
+            containers_running: 0,
         };
         let text = nodes(&[duplicated]);
         assert!(
@@ -626,6 +645,48 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_drained_node_shows_drained_with_the_deadline_left() {
+        let node = |id: &str, drain_left_ms: Option<u64>| NodeView {
+            id: id.parse().unwrap(),
+            address: "127.0.0.1:7444".to_string(),
+            live: true,
+            is_self: false,
+            heartbeat_age_ms: Some(100),
+            subnet: None,
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            labels: Default::default(),
+            member: true,
+            writes_refused: None,
+            writes_refused_ms_ago: None,
+            incarnation: None,
+            duplicated: None,
+            duplicated_ms_ago: None,
+            drain: drain_left_ms.map(|_| shoal_crdt::Drain {
+                since_unix_ms: 1,
+                deadline_ms: 300_000,
+            }),
+            drain_left_ms,
+            containers_running: 0,
+        };
+        let text = nodes(&[
+            node("n1", None),
+            node("n2", Some(240_000)),
+            node("n3", Some(0)),
+        ]);
+        let line = |id: &str| {
+            text.lines()
+                .find(|line| line.starts_with(id))
+                .unwrap_or_default()
+                .to_string()
+        };
+        assert!(text.lines().next().unwrap().contains("STATE"), "{text}");
+        assert!(line("n1").contains("active"), "{text}");
+        assert!(line("n2").contains("DRAINED (4m left)"), "{text}");
+        assert!(line("n3").contains("DRAINED (deadline passed)"), "{text}");
     }
 
     #[test]

@@ -17,8 +17,9 @@
 //!   planner instead checks this node's kept records before it starts anything, so a
 //!   node's own reservations never exceed its capacity.
 //!
-//! - eligible nodes: the live nodes whose labels satisfy all of the service's constraints;
-//!   none eligible leaves the service unplaced with the reason. A `global` service wants one
+//! - eligible nodes: the live nodes that are not drained and whose labels satisfy all of the
+//!   service's constraints; none eligible leaves the service unplaced with the reason (which
+//!   names drained nodes when they are why). A `global` service wants one
 //!   replica on each eligible node (dealt in one round, so never two on one node);
 //! - with `spread = LABEL`, the ranking is regrouped so that every value's best node comes
 //!   before any value's second: one round visits every value before it visits one twice;
@@ -48,6 +49,8 @@ pub struct NodeInput {
     pub sync_port: Option<u16>,
     /// Its labels, for constraints and spread.
     pub labels: BTreeMap<String, String>,
+    /// Drained (`shoal node drain`): it gets no replica of any service.
+    pub drained: bool,
 }
 
 /// A service to place.
@@ -130,16 +133,16 @@ pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
         if service.replicas == 0 && !service.global {
             continue;
         }
-        let eligible: BTreeMap<&NodeId, &NodeInput> = nodes
-            .iter()
-            .filter(|(_, node)| {
-                service
-                    .constraints
-                    .iter()
-                    .all(|constraint| constraint.matches(&node.labels))
-            })
-            .map(|(id, node)| (*id, *node))
-            .collect();
+        let matching = nodes.values().copied().filter(|node| {
+            service
+                .constraints
+                .iter()
+                .all(|constraint| constraint.matches(&node.labels))
+        });
+        let (drained, eligible): (Vec<&NodeInput>, Vec<&NodeInput>) =
+            matching.partition(|node| node.drained);
+        let eligible: BTreeMap<&NodeId, &NodeInput> =
+            eligible.into_iter().map(|node| (&node.id, node)).collect();
         let wanted = if service.global {
             u32::try_from(eligible.len()).unwrap_or(u32::MAX)
         } else {
@@ -148,6 +151,8 @@ pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
         if eligible.is_empty() {
             let reason = if nodes.is_empty() {
                 "no live node"
+            } else if !drained.is_empty() {
+                "every live node that matches the constraints is drained"
             } else {
                 "no live node matches the constraints"
             };
@@ -199,7 +204,13 @@ pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
         if placed < wanted {
             let missing = wanted - placed;
             placement.unplaced.insert(name.clone(), missing);
-            let reason = unplaced_reason(service, node_ports, &eligible, &reserved);
+            let mut reason = unplaced_reason(service, node_ports, &eligible, &reserved);
+            if !drained.is_empty() {
+                reason.push_str(&format!(
+                    "; {} drained node(s) take no new replicas",
+                    drained.len()
+                ));
+            }
             placement.reasons.insert(name.clone(), reason);
         }
         if !counts.is_empty() {
@@ -275,6 +286,7 @@ mod tests {
             id: name.parse().unwrap(),
             sync_port: None,
             labels: Default::default(),
+            drained: false,
             capacity: Capacity {
                 cpu_millis,
                 memory_bytes: memory_mib << 20,
@@ -398,6 +410,60 @@ mod tests {
         assert_eq!((on("a"), on("b"), on("c"), on("d")), (1, 1, 0, 0));
         assert_eq!(placement.unplaced[&name], 1, "d has no room");
         assert!(placement.reasons[&name].contains("room"));
+    }
+
+    fn drained(mut input: NodeInput) -> NodeInput {
+        input.drained = true;
+        input
+    }
+
+    #[test]
+    fn a_drained_node_gets_no_replica_and_gets_them_back_when_undrained() {
+        let nodes = [
+            node("a", 4000, 4096),
+            drained(node("b", 4000, 4096)),
+            node("c", 4000, 4096),
+        ];
+        let web = service("web", 6, 100, 64);
+        let mut agent = service("agent", 1, 100, 64);
+        agent.global = true;
+        let placement = place(&[web.clone(), agent.clone()], &nodes);
+        let b: NodeId = "b".parse().unwrap();
+        assert!(placement.for_node(&b).is_empty(), "{placement:?}");
+        assert_eq!(total(&placement, "web"), 6, "the others take b's share");
+        assert_eq!(total(&placement, "agent"), 2, "a global service skips b");
+        assert!(placement.unplaced.is_empty(), "{placement:?}");
+
+        let undrained = [
+            node("a", 4000, 4096),
+            node("b", 4000, 4096),
+            node("c", 4000, 4096),
+        ];
+        let placement = place(&[web, agent], &undrained);
+        assert_eq!(placement.on(&"web".parse().unwrap(), &b), 2);
+        assert_eq!(placement.on(&"agent".parse().unwrap(), &b), 1);
+    }
+
+    #[test]
+    fn what_only_drained_nodes_could_take_is_unplaced_and_says_so() {
+        let nodes = [
+            drained(node("a", 4000, 4096)),
+            drained(node("b", 4000, 4096)),
+        ];
+        let placement = place(&[service("web", 2, 100, 64)], &nodes);
+        let web: ServiceName = "web".parse().unwrap();
+        assert_eq!(placement.unplaced[&web], 2);
+        assert!(placement.reasons[&web].contains("drained"), "{placement:?}");
+
+        // One node left with room for one replica: the rest is unplaced, drain named.
+        let nodes = [node("a", 100, 4096), drained(node("b", 4000, 4096))];
+        let placement = place(&[service("web", 2, 100, 64)], &nodes);
+        assert_eq!(placement.unplaced[&web], 1);
+        let reason = &placement.reasons[&web];
+        assert!(
+            reason.contains("room") && reason.contains("1 drained node(s)"),
+            "{reason}"
+        );
     }
 
     #[test]
@@ -616,6 +682,7 @@ mod tests {
                     id: n.id.clone(),
                     sync_port: None,
                     labels: Default::default(),
+                    drained: false,
                     capacity: Capacity { cpu_millis: cpu.max(1), memory_bytes: memory.max(1) },
                 })
                 .collect();
@@ -655,6 +722,7 @@ mod tests {
                     id: n.id.clone(),
                     sync_port: None,
                     labels: Default::default(),
+                    drained: false,
                     capacity: Capacity { cpu_millis: u32::MAX, memory_bytes: u64::MAX },
                 })
                 .collect();

@@ -48,6 +48,7 @@ fn view(me: &str, nodes: &[&str], services: &[(&str, ServiceSpec, Timestamp)]) -
                 id: node(name),
                 sync_port: None,
                 labels: Default::default(),
+                drained: false,
                 capacity: Capacity {
                     cpu_millis: 1000,
                     memory_bytes: 1 << 30,
@@ -59,6 +60,7 @@ fn view(me: &str, nodes: &[&str], services: &[(&str, ServiceSpec, Timestamp)]) -
         subnet: None,
         peer_subnets: Vec::new(),
         mesh_backends: Default::default(),
+        drained: Default::default(),
     }
 }
 

@@ -163,6 +163,7 @@ mod tests {
                 "192.0.2.2".parse().unwrap(),
             )],
             mesh_backends: BTreeMap::new(),
+            drained: BTreeMap::new(),
         }
     }
 

@@ -231,6 +231,7 @@ mod tests {
                     heartbeat: Timestamp::new(ms(1), node.hlc_id()),
                     labels: Default::default(),
                     incarnation: None,
+                    drain: None,
                 },
             )
             .unwrap();

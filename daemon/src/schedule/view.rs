@@ -6,7 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use shoal_crdt::{
-    Capacity, ClusterState, ContainerRecord, NodeId, ServiceName, ServiceSpec, Subnet, Timestamp,
+    Capacity, ClusterState, ContainerRecord, Drain, NodeId, ServiceName, ServiceSpec, Subnet,
+    Timestamp,
 };
 
 use super::placement::{self, NodeInput, Placement, ServiceInput};
@@ -61,6 +62,8 @@ pub struct ClusterView {
     /// Every service's replicas on the other live nodes, as their statuses report them
     /// (the rollout's input; this node's own come from its runtime).
     pub fleet: BTreeMap<ServiceName, Vec<Replica>>,
+    /// Live members that are drained (this node included): placement gives them nothing.
+    pub drained: BTreeMap<NodeId, Drain>,
 }
 
 impl ClusterView {
@@ -88,7 +91,13 @@ impl ClusterView {
                 capacity: meta.capacity,
                 sync_port: Some(meta.address.port()),
                 labels: meta.labels.clone(),
+                drained: meta.drain.is_some(),
             })
+            .collect();
+        let drained = state
+            .nodes()
+            .filter(|(id, _)| live.contains(*id))
+            .filter_map(|(id, meta)| Some((id.clone(), meta.drain?)))
             .collect();
         let own_records = state
             .containers()
@@ -162,6 +171,7 @@ impl ClusterView {
             subnet: state.node(me).and_then(|meta| meta.subnet),
             peer_subnets,
             mesh_backends,
+            drained,
         }
     }
 
@@ -190,5 +200,57 @@ impl ClusterView {
             })
             .collect();
         placement::place(&services, &self.live_nodes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use shoal_crdt::{NTP64, NodeMeta, Replica};
+
+    use super::*;
+
+    #[test]
+    fn drained_live_members_come_from_their_own_metadata() {
+        let now = NTP64::from(Duration::from_millis(5));
+        // The state as an observer holds it, with each node's metadata written by that node.
+        let mut state = Replica::new("observer".parse().unwrap(), Duration::from_secs(1));
+        let mut drained_b = None;
+        for (name, drain) in [("a", None), ("b", Some(60_000)), ("c", Some(1_000))] {
+            let mut replica = Replica::new(name.parse().unwrap(), Duration::from_secs(1));
+            let meta = NodeMeta {
+                address: "127.0.0.1:7443".parse().unwrap(),
+                capacity: Capacity {
+                    cpu_millis: 1000,
+                    memory_bytes: 1 << 30,
+                },
+                subnet: None,
+                heartbeat: Timestamp::new(now, replica.node().hlc_id()),
+                labels: Default::default(),
+                incarnation: None,
+                drain: drain.map(|deadline_ms| Drain {
+                    since_unix_ms: 1,
+                    deadline_ms,
+                }),
+            };
+            if name == "b" {
+                drained_b = meta.drain;
+            }
+            let delta = replica.put_node_meta(now, meta).unwrap();
+            state.apply_delta(now, replica.node(), &delta).unwrap();
+        }
+        // c is drained but down: it is in neither list.
+        let live: BTreeSet<NodeId> = ["a", "b"].iter().map(|n| n.parse().unwrap()).collect();
+        let view = ClusterView::read(state.state(), &"a".parse().unwrap(), &live);
+        let b: NodeId = "b".parse().unwrap();
+        assert_eq!(view.drained.keys().collect::<Vec<_>>(), [&b]);
+        assert_eq!(view.drained.get(&b).copied(), drained_b);
+        let flags: Vec<(String, bool)> = view
+            .live_nodes
+            .iter()
+            .map(|node| (node.id.to_string(), node.drained))
+            .collect();
+        assert_eq!(flags, [("a".to_string(), false), ("b".to_string(), true)]);
     }
 }

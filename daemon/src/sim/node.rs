@@ -233,6 +233,7 @@ impl SimNode {
                 heartbeat: Timestamp::new(now, me.hlc_id()),
                 labels: machine.labels.clone(),
                 incarnation: None,
+                drain: None,
             };
             replica.put_node_meta(now, meta).map(|_| first)
         })

@@ -16,6 +16,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use load::STORED_BYTES_MAX;
 pub use members::Member;
 pub use node::{
-    CONTEST_QUIET_MS, ClockAhead, CommitCounts, Duplicated, IdentityContest, Node, NodeError,
-    NodeOptions, NodeStatus, PeerInfo, PeerStatus, RefusedWrites, ServiceEntry, SyncOutcome,
+    CONTEST_QUIET_MS, ClockAhead, CommitCounts, Duplicated, EvictRefused, IdentityContest, Node,
+    NodeError, NodeOptions, NodeStatus, PeerInfo, PeerStatus, RefusedWrites, ServiceEntry,
+    SyncOutcome,
 };

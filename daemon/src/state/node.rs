@@ -355,6 +355,10 @@ pub enum NodeError {
     ClockAhead(ClockAhead),
     #[error("{0}")]
     Contested(IdentityContest),
+    #[error("node {0} is not a member of this cluster (see `shoal nodes`)")]
+    UnknownNode(NodeId),
+    #[error("{0}")]
+    Evict(#[from] EvictRefused),
 }
 
 impl NodeError {
@@ -377,6 +381,8 @@ impl NodeError {
             NodeError::Load { .. } => "load",
             NodeError::ClockAhead(_) => "clock_ahead",
             NodeError::Contested(_) => "contested",
+            NodeError::UnknownNode(_) => "unknown_node",
+            NodeError::Evict(_) => "evict_refused",
         }
     }
 }
@@ -997,15 +1003,10 @@ impl Node {
             // still collected.
             let announce = std::mem::take(&mut self.lock().announce_contest);
             if announce {
-                let meta = self.own_meta(None);
                 self.write_one(
                     || "contest announcement".to_string(),
                     |replica, now| {
-                        let mut meta = meta;
-                        meta.subnet = meta.subnet.or(replica
-                            .state()
-                            .node(&self.options.node)
-                            .and_then(|own| own.subnet));
+                        let meta = self.own_meta(replica.state().node(&self.options.node));
                         replica.announce_contest(now, meta)
                     },
                 )?;
@@ -1031,7 +1032,7 @@ impl Node {
                          state_dir and start it again to rejoin with a clean state"
                     );
                 }
-                let meta = self.own_meta(own.as_ref().and_then(|m| m.subnet));
+                let meta = self.own_meta(own.as_ref());
                 replica.put_node_meta(now, meta).map(|_| own.is_none())
             },
         )?;
@@ -1047,16 +1048,22 @@ impl Node {
         Ok(())
     }
 
-    /// This node's metadata as its options say (the replica sets the heartbeat), with
-    /// `subnet` when the options name none.
-    fn own_meta(&self, subnet: Option<Subnet>) -> NodeMeta {
+    /// This node's metadata as its options say (the replica sets the heartbeat), keeping of
+    /// `stored` (its metadata in the state) the subnet when the options name none, and the
+    /// drain: a drain is set and cleared only by `set_drain`, and the state it is kept in is
+    /// what the node reloads, so it survives a restart.
+    fn own_meta(&self, stored: Option<&NodeMeta>) -> NodeMeta {
         NodeMeta {
             address: self.options.address,
             capacity: self.options.capacity,
-            subnet: self.options.subnet.or(subnet),
+            subnet: self
+                .options
+                .subnet
+                .or(stored.and_then(|stored| stored.subnet)),
             heartbeat: Timestamp::new(NTP64(0), self.options.node.hlc_id()),
             labels: self.options.labels.clone(),
             incarnation: Some(self.options.incarnation),
+            drain: stored.and_then(|stored| stored.drain),
         }
     }
 
@@ -1337,6 +1344,10 @@ fn map_apply_error(peer: &NodeId, source: ApplyError) -> NodeError {
         _ => NodeError::Invalid { peer, source },
     }
 }
+
+#[path = "node_drain.rs"]
+mod drain;
+pub use drain::EvictRefused;
 
 #[cfg(test)]
 #[path = "node_tests.rs"]

@@ -1,11 +1,13 @@
 //! State sync between nodes over mutually authenticated HTTP/3 (quinn + h3 + rustls).
 //!
 //! - [`wire`]: the protocol: versioned paths, body framing, status codes.
-//! - [`server`]: [`serve`] answers `POST /v1/sync`, `POST /v1/push`, `GET /v1/logs` and
-//!   `GET /v1/snapshot` on the endpoint.
+//! - [`server`]: [`serve`] answers `POST /v1/sync`, `POST /v1/push`, `GET /v1/logs`,
+//!   `GET /v1/snapshot` and `POST /v1/drain` on the endpoint.
 //! - [`client`]: [`sync_once`] (one push-pull with a peer) and [`push`] (eager push).
 //! - [`logs`]: remote `shoal logs`: the [`LogSource`] seam the server reads this node's
 //!   containers through, and [`fetch_log`] for the caller.
+//! - [`drain`]: `shoal node drain|undrain` of another node: `POST /v1/drain`, answered by
+//!   the node named, which writes its own drain; [`ask_drain`] for the caller.
 //! - [`membership`]: sans-IO choice of whom to sync with, with seeded randomness.
 //! - [`gossip`]: [`run_gossip`], the anti-entropy loop plus eager push of local changes.
 //! - [`transfer`]: a state too large for one body travels as a snapshot in pieces
@@ -19,6 +21,7 @@
 //! is used only while that certificate is valid.
 
 pub mod client;
+pub mod drain;
 pub mod gossip;
 pub mod logs;
 pub mod membership;
@@ -37,6 +40,7 @@ use shoal_crdt::NodeId;
 pub use client::{
     PeerSession, Reply, SyncStats, connect, push, push_with, sync_once, sync_once_with,
 };
+pub use drain::ask_drain;
 pub use gossip::{GossipConfig, GossipCounters, run_gossip};
 pub use logs::{LogSource, LogSourceError, fetch_log};
 pub use server::serve;

@@ -1,8 +1,9 @@
 //! The answering side of sync: accepts mutually authenticated HTTP/3 connections and serves
-//! `POST /v1/sync`, `POST /v1/push`, `GET /v1/logs` and `GET /v1/snapshot` (see
-//! [`super::wire`]; logs are read through the [`LogSource`] the caller gives, see
+//! `POST /v1/sync`, `POST /v1/push`, `GET /v1/logs`, `GET /v1/snapshot` and `POST /v1/drain`
+//! (see [`super::wire`]; logs are read through the [`LogSource`] the caller gives, see
 //! [`super::logs`]; a delta too large for one body is answered with 303 and fetched as a
-//! snapshot in pieces from the server's [`SnapshotCache`], see [`super::transfer`]).
+//! snapshot in pieces from the server's [`SnapshotCache`], see [`super::transfer`]; a drain
+//! is written by this node itself, see [`super::drain`]).
 //!
 //! Bounds: at most `connections_max` connections at once (more are refused before the
 //! handshake), `STREAMS_PER_CONNECTION_MAX` concurrent requests per connection (QUIC stream
@@ -31,6 +32,7 @@ use shoal_crdt::NodeId;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+use super::drain;
 use super::logs::{self, LogSource};
 use super::tls::{peer_node_id, peer_not_after};
 use super::transfer::{self, SnapshotCache};
@@ -396,6 +398,12 @@ impl RequestContext {
                     .map_err(|refusal| Refusal::new(refusal.status, refusal.message))?;
                 Ok(Some((StatusCode::OK, Bytes::from(piece))))
             }
+            Route::Drain => {
+                drain::answer(self.node.clone(), &self.peer, &body)
+                    .await
+                    .map_err(|refusal| Refusal::new(refusal.status, refusal.message))?;
+                Ok(Some((StatusCode::NO_CONTENT, Bytes::new())))
+            }
             Route::Snapshot => {
                 if !body.is_empty() {
                     return Err(Refusal::new(
@@ -426,7 +434,9 @@ fn status_for(error: &NodeError) -> StatusCode {
         | NodeError::InvalidSpec { .. }
         | NodeError::DuplicateService(_)
         | NodeError::NotFound(_)
-        | NodeError::NothingToRollBack(_) => StatusCode::BAD_REQUEST,
+        | NodeError::NothingToRollBack(_)
+        | NodeError::UnknownNode(_)
+        | NodeError::Evict(_) => StatusCode::BAD_REQUEST,
         NodeError::Storage(_)
         | NodeError::Poisoned
         | NodeError::Load { .. }

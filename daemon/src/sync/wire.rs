@@ -30,9 +30,17 @@
 //!   time, and whether more is already written. The query is at most [`LOG_QUERY_BYTES_MAX`]
 //!   bytes, holds exactly these four keys once each, and a container id needs no escaping.
 //!
+//! `shoal node drain|undrain` of another node asks that node to write its own metadata:
+//! - `POST /v1/drain`, body = an encoded [`DrainRequest`] (at most [`DRAIN_BODY_BYTES_MAX`]
+//!   bytes): the node it is meant for and the deadline (none: undrain). Response 204 once the
+//!   answering node's drain is durable. 403 when the caller is not a member, 421 when the
+//!   answering node is not the one named, 400 for a deadline out of bounds, 503 while the
+//!   answering node may not write (its clock ahead, its name contested).
+//!
 //! Every encoded part carries a magic and a format version: the codec's for states, `SHLG`
 //! and [`LOG_FORMAT_VERSION`] for log pieces, `SHSN` and [`SNAPSHOT_FORMAT_VERSION`] for
-//! snapshot pieces. Refusals answer with a `text/plain` reason:
+//! snapshot pieces, `SHDR` and [`DRAIN_FORMAT_VERSION`] for drain requests. Refusals answer
+//! with a `text/plain` reason:
 //! 400 malformed, truncated or wrong-version body, a body longer or shorter than its
 //! `content-length`, malformed log query, or a body on `GET`;
 //! 403 a push from a peer that is not a member and does not join with it (`Node::apply_push`),
@@ -42,20 +50,21 @@
 //! first); 410 snapshot transfer no longer held; 413 body over the limit (refused before it
 //! is read in full); 414 log or snapshot query over its limit; 416 snapshot offset past the
 //! end; 422 clock too far ahead; 500 storage or log file failure; 503 server busy. A refused
-//! request changes nothing, and only `/v1/push` changes the answering node's replicated
-//! state (reading logs or snapshots changes nothing at all).
+//! request changes nothing, and only `/v1/push` and `/v1/drain` change the answering node's
+//! replicated state (reading logs or snapshots changes nothing at all).
 
 use http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use shoal_crdt::codec::{self, DecodeError};
-use shoal_crdt::{ContainerId, Delta, Summary};
+use shoal_crdt::{ContainerId, Delta, NodeId, Summary};
 
 pub const PATH_SYNC: &str = "/v1/sync";
 pub const PATH_PUSH: &str = "/v1/push";
 pub const PATH_LOGS: &str = "/v1/logs";
 pub const PATH_SNAPSHOT: &str = "/v1/snapshot";
+pub const PATH_DRAIN: &str = "/v1/drain";
 /// The path prefix of the protocol version this build speaks.
 pub const PATH_PREFIX: &str = "/v1/";
 pub const CONTENT_TYPE: &str = "application/vnd.shoal";
@@ -74,6 +83,33 @@ const LOG_FRAMING: Framing = Framing {
 /// What an encoded [`LogPiece`] adds to its two streams: the header, two length prefixes,
 /// two offsets and two flags, each varint at most 10 bytes.
 pub const LOG_PIECE_OVERHEAD_BYTES: usize = 64;
+
+/// Largest `POST /v1/drain` body: a node id of at most 63 bytes and a deadline need under 90.
+pub const DRAIN_BODY_BYTES_MAX: usize = 256;
+/// Format version of an encoded [`DrainRequest`]; bump on an incompatible change.
+pub const DRAIN_FORMAT_VERSION: u16 = 1;
+const DRAIN_FRAMING: Framing = Framing {
+    part: "drain request",
+    magic: b"SHDR",
+    version: DRAIN_FORMAT_VERSION,
+};
+
+/// `POST /v1/drain`: drain the answering node for `deadline_ms`, or undrain it (`None`).
+/// `node` names the node the caller means, so a request that reached another is refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainRequest {
+    pub node: NodeId,
+    pub deadline_ms: Option<u64>,
+}
+
+pub fn encode_drain_request(request: &DrainRequest) -> Vec<u8> {
+    DRAIN_FRAMING.encode(request, DRAIN_BODY_BYTES_MAX)
+}
+
+/// Decodes a [`DrainRequest`] of at most [`DRAIN_BODY_BYTES_MAX`] bytes (413 beyond).
+pub fn decode_drain_request(bytes: &[u8]) -> Result<DrainRequest, WireError> {
+    DRAIN_FRAMING.decode(bytes, DRAIN_BODY_BYTES_MAX)
+}
 
 /// A body that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -143,13 +179,14 @@ pub enum Route {
     Push,
     Logs,
     Snapshot,
+    Drain,
 }
 
 impl Route {
     /// The one method the route answers.
     pub fn method(self) -> http::Method {
         match self {
-            Route::Sync | Route::Push => http::Method::POST,
+            Route::Sync | Route::Push | Route::Drain => http::Method::POST,
             Route::Logs | Route::Snapshot => http::Method::GET,
         }
     }
@@ -169,6 +206,7 @@ pub fn route(method: &http::Method, path: &str) -> Result<Route, RouteError> {
         PATH_PUSH => Route::Push,
         PATH_LOGS => Route::Logs,
         PATH_SNAPSHOT => Route::Snapshot,
+        PATH_DRAIN => Route::Drain,
         _ if path.starts_with("/v") && !path.starts_with(PATH_PREFIX) => {
             return Err(RouteError {
                 status: StatusCode::NOT_FOUND,
@@ -658,6 +696,8 @@ mod tests {
         check(http::Method::POST, "/v1/push", Ok(Route::Push));
         check(http::Method::GET, "/v1/logs", Ok(Route::Logs));
         check(http::Method::GET, "/v1/snapshot", Ok(Route::Snapshot));
+        check(http::Method::POST, "/v1/drain", Ok(Route::Drain));
+        check(http::Method::GET, "/v1/drain", Err(405));
         check(http::Method::POST, "/v1/snapshot", Err(405));
         check(http::Method::GET, "/v1/sync", Err(405));
         check(http::Method::POST, "/v1/logs", Err(405));
@@ -671,6 +711,48 @@ mod tests {
         );
         let message = route(&http::Method::POST, "/v1/logs").unwrap_err().message;
         assert_eq!(message, "/v1/logs: method POST not allowed, use GET");
+    }
+
+    #[test]
+    fn drain_requests_round_trip_and_bad_ones_are_refused() {
+        for request in [
+            DrainRequest {
+                node: "n2".parse().unwrap(),
+                deadline_ms: Some(300_000),
+            },
+            DrainRequest {
+                node: "a".repeat(63).parse().unwrap(),
+                deadline_ms: Some(u64::MAX),
+            },
+            DrainRequest {
+                node: "n2".parse().unwrap(),
+                deadline_ms: None,
+            },
+        ] {
+            let bytes = encode_drain_request(&request);
+            assert!(bytes.len() <= DRAIN_BODY_BYTES_MAX, "{}", bytes.len());
+            assert_eq!(decode_drain_request(&bytes).unwrap(), request);
+        }
+        let good = encode_drain_request(&DrainRequest {
+            node: "n2".parse().unwrap(),
+            deadline_ms: None,
+        });
+        let mut trailing = good.clone();
+        trailing.push(0);
+        assert_eq!(decode_drain_request(&trailing).unwrap_err().status(), 400);
+        assert_eq!(decode_drain_request(b"SHDR").unwrap_err().status(), 400);
+        assert_eq!(
+            decode_drain_request(&good[..good.len() - 1])
+                .unwrap_err()
+                .status(),
+            400
+        );
+        let mut wrong_version = good.clone();
+        wrong_version[4] = 9;
+        let error = decode_drain_request(&wrong_version).unwrap_err();
+        assert!(error.to_string().contains("drain request"), "{error}");
+        let large = vec![0u8; DRAIN_BODY_BYTES_MAX + 1];
+        assert_eq!(decode_drain_request(&large).unwrap_err().status(), 413);
     }
 
     fn query(container: &str, stdout: u64, stderr: u64, bytes_max: u64) -> LogQuery {
