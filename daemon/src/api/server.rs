@@ -17,8 +17,8 @@ use tokio::net::{UnixListener, UnixStream};
 
 use super::{
     API_VERSION, ApiError, CONNECTIONS_MAX, CertificatesView, Envelope, HistoryView,
-    IDLE_TIMEOUT_MS, LOG_OFFSETS_MAX, NodeChangeView, NodeView, PeerView, REQUEST_BYTES_MAX,
-    Reply, Request, SERVICES_PER_REQUEST_MAX, ServiceView, StatusView, VersionView,
+    IDLE_TIMEOUT_MS, LOG_OFFSETS_MAX, NodeChangeView, NodeView, PeerView, REQUEST_BYTES_MAX, Reply,
+    Request, SERVICES_PER_REQUEST_MAX, ServiceView, StatusView, VersionView,
 };
 use crate::containers::Reconciler;
 use crate::state::{Member, Node, NodeStatus, RefusedWrites, ServiceEntry};

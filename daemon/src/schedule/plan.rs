@@ -330,6 +330,20 @@ impl Planner {
         plan
     }
 
+    /// Whether this node is drained and its replicas still wait for their replacements
+    /// (the drain's deadline has not passed).
+    fn leaving(&self, view: &ClusterView, now_ms: u64) -> bool {
+        view.drained.contains_key(&self.me) && !self.drain_deadline_passed(view, now_ms)
+    }
+
+    /// Whether this node is drained and the drain's deadline passed: it stops every
+    /// replica, replaced or not.
+    fn drain_deadline_passed(&self, view: &ClusterView, now_ms: u64) -> bool {
+        view.drained
+            .get(&self.me)
+            .is_some_and(|drain| now_ms >= drain.since_unix_ms.saturating_add(drain.deadline_ms))
+    }
+
     /// Whether outdated `record`, which its rollout stops, must first stay retiring (its
     /// service publishes ports and `RETIRE_GRACE_MS` has not passed since it was first
     /// asked to stop); marks it retiring on the first ask.
@@ -411,7 +425,23 @@ impl Planner {
             if seen.0 != current.version {
                 *seen = (current.version, now_ms);
             }
-            let mut replicas: Vec<Replica> = view.fleet.get(service).cloned().unwrap_or_default();
+            // Replicas on a drained node are replaced like outdated ones: started elsewhere
+            // first, stopped once those count.
+            let mut replicas: Vec<Replica> = view
+                .fleet
+                .get(service)
+                .into_iter()
+                .flatten()
+                .map(|replica| {
+                    let drained = view.drained.contains_key(&replica.node);
+                    Replica {
+                        current: replica.current && !drained,
+                        ready: replica.ready && !drained,
+                        ..replica.clone()
+                    }
+                })
+                .collect();
+            let leaving = self.leaving(view, now_ms);
             let mine: Vec<&ContainerRecord> = view
                 .own_records
                 .iter()
@@ -429,8 +459,8 @@ impl Planner {
                 replicas.push(Replica {
                     node: self.me.clone(),
                     id: record.id.clone(),
-                    current: !outdated,
-                    ready: !outdated && self.ready.contains(record.id.as_str()),
+                    current: !outdated && !leaving,
+                    ready: !outdated && !leaving && self.ready.contains(record.id.as_str()),
                 });
             }
             let wanted = placement.replicas.get(service).cloned().unwrap_or_default();
@@ -578,8 +608,11 @@ impl Planner {
                 )
             });
             let paced = pacing.get(service);
+            let leaving = self.leaving(view, now_ms);
+            let past_drain_deadline = self.drain_deadline_passed(view, now_ms);
             for (index, record) in records.into_iter().enumerate() {
-                let is_old = is_outdated(record, current, observed);
+                // On a drained node every replica is on its way out, until the deadline.
+                let is_old = is_outdated(record, current, observed) || leaving;
                 let running = matches!(
                     observed.containers.get(record.id.as_str()),
                     Some(ObservedState::Running)
@@ -590,6 +623,7 @@ impl Planner {
                         .push(record.clone());
                 } else if is_old
                     && running
+                    && !past_drain_deadline
                     && paced.is_some_and(|paced| paced.updating)
                     && current.is_some_and(|current| {
                         !paced.is_some_and(|paced| paced.stops.contains(&record.id))

@@ -7,6 +7,7 @@ use shoal_crdt::{Capacity, NTP64};
 use crate::schedule::restarts::spec_digest;
 
 use crate::schedule::placement::NodeInput;
+use crate::schedule::rollout::Replica;
 
 const SETTINGS: PlannerSettings = PlannerSettings {
     starts_per_pass_max: STARTS_PER_PASS_MAX,
@@ -343,6 +344,65 @@ fn a_rollback_makes_the_old_replicas_current_and_ready_at_once() {
     assert_eq!(removed_ids(&plan), ["web-00000002"], "{plan:?}");
     assert!(plan.update_failures.is_empty(), "{plan:?}");
     assert!(plan.starts.is_empty());
+}
+
+#[test]
+fn a_drained_node_keeps_its_replica_until_one_elsewhere_counts_or_the_deadline() {
+    let v1 = version(10, "a");
+    let web = spec(1, 100);
+    let drain = shoal_crdt::Drain {
+        since_unix_ms: 1_000,
+        deadline_ms: 60_000,
+    };
+    let mut view = view("a", &["a", "b"], &[("web", web.clone(), v1)]);
+    view.drained.insert(node("a"), drain);
+    for input in &mut view.live_nodes {
+        input.drained = input.id == node("a");
+    }
+    view.own_records = vec![record("web-00000001", "web", "a", v1)];
+    let mut runtime = observed(&[("web-00000001", ObservedState::Running)]);
+    runtime
+        .spec_digests
+        .insert("web-00000001".into(), spec_digest(&web));
+    let mut planner = Planner::new(node("a"), SETTINGS, 1);
+    let plan = planner.plan(&view, &runtime, 2_000);
+    assert!(
+        plan.removals.is_empty(),
+        "nothing runs elsewhere yet: {plan:?}"
+    );
+    assert!(plan.starts.is_empty());
+
+    // b's replacement runs but does not count yet: a keeps its own.
+    let pending = Replica {
+        node: node("b"),
+        id: "web-000000b1".parse().unwrap(),
+        current: true,
+        ready: false,
+    };
+    view.fleet
+        .insert("web".parse().unwrap(), vec![pending.clone()]);
+    assert!(planner.plan(&view, &runtime, 3_000).removals.is_empty());
+
+    // It counts: a stops its replica.
+    view.fleet.insert(
+        "web".parse().unwrap(),
+        vec![Replica {
+            ready: true,
+            ..pending.clone()
+        }],
+    );
+    assert_eq!(
+        removed_ids(&planner.plan(&view, &runtime, 4_000)),
+        ["web-00000001"]
+    );
+
+    // Past the deadline a drained node stops its replicas, replaced or not.
+    view.fleet.insert("web".parse().unwrap(), vec![pending]);
+    let mut late = Planner::new(node("a"), SETTINGS, 1);
+    assert_eq!(
+        removed_ids(&late.plan(&view, &runtime, 61_000)),
+        ["web-00000001"]
+    );
 }
 
 #[test]
