@@ -57,6 +57,10 @@ pub enum Key {
 }
 
 /// One entry with its key: the unit of deltas and snapshots.
+// A service's record (spec, history, rollout marks) is the largest variant; changes are
+// built once per entry and moved into vectors, so boxing it would add an allocation per
+// service entry without saving a copy.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Change {
     /// Specs travel as JSON inside the binary encoding, so fields added later with

@@ -139,6 +139,9 @@ pub fn cluster() -> [Replica; 3] {
             started_unix_ms: Some(START_UNIX_S * 1000),
             restarts: 1,
             health: Default::default(),
+            spec: Some("0123456789abcdef".to_owned()),
+            ready: true,
+            retiring: false,
         },
     );
     status

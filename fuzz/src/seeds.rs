@@ -119,6 +119,9 @@ fn codec_apply(seeds: &mut Vec<Seed>) {
             started_unix_ms: Some(1_700_000_000_000),
             restarts: 3,
             health: Default::default(),
+            spec: Some("0123456789abcdef".to_owned()),
+            ready: true,
+            retiring: false,
         },
     );
     delta(

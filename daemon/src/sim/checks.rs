@@ -440,9 +440,9 @@ pub(crate) fn settled(world: &World) -> Result<Settled, Violation> {
     // earlier spec placed them.
     for record in state.containers().filter(|record| {
         up_ids.contains(&record.node)
-            && !state
+            && state
                 .service_record(&record.service)
-                .is_some_and(|(service, _)| service.failed.is_some())
+                .is_none_or(|(service, _)| service.failed.is_none())
     }) {
         let (Some((spec, _)), Some(meta)) =
             (state.service(&record.service), state.node(&record.node))
