@@ -447,13 +447,19 @@ impl Planner {
                 .iter()
                 .filter(|record| &record.service == service)
                 .collect();
+            // Without an earlier version in the record (the service was removed and
+            // written anew) outdated replicas are not paced: they go at once.
+            if !current.has_earlier {
+                replicas
+                    .retain(|replica| replica.current || view.drained.contains_key(&replica.node));
+            }
             for record in &mine {
                 let outdated = is_outdated(record, Some(current), observed);
                 let running = matches!(
                     observed.containers.get(record.id.as_str()),
                     Some(ObservedState::Running)
                 );
-                if outdated && !running {
+                if outdated && (!running || !current.has_earlier) {
                     continue;
                 }
                 replicas.push(Replica {
@@ -624,6 +630,7 @@ impl Planner {
                 } else if is_old
                     && running
                     && !past_drain_deadline
+                    && (leaving || current.is_some_and(|current| current.has_earlier))
                     && paced.is_some_and(|paced| paced.updating)
                     && current.is_some_and(|current| {
                         !paced.is_some_and(|paced| paced.stops.contains(&record.id))

@@ -65,6 +65,18 @@ fn view(me: &str, nodes: &[&str], services: &[(&str, ServiceSpec, Timestamp)]) -
     }
 }
 
+/// Marks `service` in `view` as having an earlier version in its record (so its outdated
+/// replicas are replaced by a paced rollout).
+fn with_earlier(mut view: ClusterView, service: &str) -> ClusterView {
+    if let Some(current) = view
+        .services
+        .get_mut(&service.parse::<ServiceName>().unwrap())
+    {
+        current.has_earlier = true;
+    }
+    view
+}
+
 fn record(id: &str, service: &str, owner: &str, version: Timestamp) -> ContainerRecord {
     ContainerRecord {
         id: id.parse().unwrap(),
@@ -186,7 +198,10 @@ fn a_new_spec_replaces_containers_but_a_new_replica_count_does_not_even_after_a_
     let v3 = version(30, "a");
     let mut changed_spec = spec(1, 100);
     changed_spec.command = vec!["/bin/other".into()];
-    let mut changed = view("a", &["a"], &[("web", changed_spec.clone(), v3)]);
+    let mut changed = with_earlier(
+        view("a", &["a"], &[("web", changed_spec.clone(), v3)]),
+        "web",
+    );
     changed.own_records = own.clone();
     let mut planner = Planner::new(node("a"), SETTINGS, 1);
     let plan = planner.plan(&changed, &running, 20);
@@ -218,7 +233,7 @@ fn a_new_spec_replaces_containers_but_a_new_replica_count_does_not_even_after_a_
     // Stop-first: the old one stops first, its place is filled next pass.
     let mut stop_first = changed_spec.clone();
     stop_first.update.order = shoal_crdt::UpdateOrder::StopFirst;
-    let mut changed = view("a", &["a"], &[("web", stop_first, v3)]);
+    let mut changed = with_earlier(view("a", &["a"], &[("web", stop_first, v3)]), "web");
     changed.own_records = own.clone();
     let plan = Planner::new(node("a"), SETTINGS, 1).plan(&changed, &running, 20);
     assert_eq!(removed_ids(&plan), [id]);
@@ -227,6 +242,7 @@ fn a_new_spec_replaces_containers_but_a_new_replica_count_does_not_even_after_a_
     // A container without a digest (made before digests were written) of an older version
     // counts as outdated: it keeps running while both replicas of the new version start.
     let bare = observed(&[(id, ObservedState::Running)]);
+    let scaled = with_earlier(scaled, "web");
     let plan = Planner::new(node("a"), SETTINGS, 1).plan(&scaled, &bare, 10);
     assert!(plan.removals.is_empty(), "{plan:?}");
     assert_eq!(
@@ -234,6 +250,26 @@ fn a_new_spec_replaces_containers_but_a_new_replica_count_does_not_even_after_a_
         1,
         "the hole starts at once, the slot waits"
     );
+}
+
+#[test]
+fn without_an_earlier_version_outdated_replicas_go_at_once() {
+    // The service was removed and written anew: its record has no history, so a replica
+    // of whatever ran before is not paced, it is replaced.
+    let v1 = version(10, "a");
+    let v2 = version(20, "a");
+    let mut new_spec = spec(1, 100);
+    new_spec.command = vec!["/bin/new".into()];
+    let mut view = view("a", &["a"], &[("web", new_spec, v2)]);
+    view.own_records = vec![record("web-00000001", "web", "a", v1)];
+    let mut runtime = observed(&[("web-00000001", ObservedState::Running)]);
+    runtime
+        .spec_digests
+        .insert("web-00000001".into(), spec_digest(&spec(1, 100)));
+    let plan = Planner::new(node("a"), SETTINGS, 1).plan(&view, &runtime, 0);
+    assert_eq!(removed_ids(&plan), ["web-00000001"]);
+    assert_eq!(plan.starts.len(), 1);
+    assert!(!plan.rolling);
 }
 
 #[test]
@@ -329,12 +365,13 @@ fn a_rollback_makes_the_old_replicas_current_and_ready_at_once() {
         record("web-00000002", "web", "a", v2),
     ];
     let mut planner = Planner::new(node("a"), SETTINGS, 1);
-    let mut during = view("a", &["a"], &[("web", new_spec, v2)]);
+    let mut during = with_earlier(view("a", &["a"], &[("web", new_spec, v2)]), "web");
     during.own_records = records.clone();
     planner.plan(&during, &runtime, 0);
     // v1 written back as v3: the v1 replica, running all along, counts at once and the
     // broken one goes; no deadline failure, however long it has run.
     let mut back = view("a", &["a"], &[("web", old_spec, v3)]);
+    // (has_earlier is set below, as the rollback's record has it.)
     back.own_records = records;
     back.services
         .get_mut(&"web".parse::<ServiceName>().unwrap())

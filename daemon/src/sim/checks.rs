@@ -28,7 +28,9 @@
 //!    mesh-mode service runs with is published by no other running service;
 //! 10. every up node's status report in the converged state lists exactly its records, and
 //!     says running exactly for the containers its runtime runs;
-//! 11. no container runs on a node its service's constraints exclude.
+//! 11. no container runs on a node its service's constraints exclude;
+//! 12. after the heal one version: every replica runs its service's current spec (rolling
+//!     updates finished), unless the update is paused (it failed with nothing to roll back to).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -42,6 +44,7 @@ use super::node::{BAD_IMAGE_PREFIX, SimNode, Writer};
 use super::world::World;
 use crate::schedule::ClusterView;
 use crate::schedule::records::reserved_by_records;
+use crate::schedule::restarts::{short_digest, spec_digest};
 use crate::state::Clock;
 use crate::state::members::live_set;
 
@@ -488,6 +491,33 @@ pub(crate) fn settled(world: &World) -> Result<Settled, Violation> {
                     node.id,
                     status.state.label(),
                     statuses.get(id.as_str())
+                )));
+            }
+        }
+    }
+
+    // 12. One version: every replica on an up node runs its service's current spec (its
+    // status says which), unless the service's update is paused.
+    for (name, spec, _) in state.services() {
+        let paused = state
+            .service_record(name)
+            .is_some_and(|(record, _)| record.failed.is_some());
+        if paused {
+            continue;
+        }
+        let current = short_digest(&spec_digest(spec));
+        for record in state
+            .containers()
+            .filter(|record| &record.service == name && up_ids.contains(&record.node))
+        {
+            let runs = state
+                .node_status(&record.node)
+                .and_then(|status| status.containers.get(&record.id))
+                .and_then(|status| status.spec.clone());
+            if runs.as_ref().is_some_and(|runs| *runs != current) {
+                return Err(Violation(format!(
+                    "{} still runs {} of service {name} from spec {runs:?}, the current one is {current}",
+                    record.node, record.id
                 )));
             }
         }

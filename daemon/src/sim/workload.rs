@@ -118,6 +118,12 @@ fn spec(rng: &mut ChaCha8Rng, bad_image: bool) -> ServiceSpec {
         }
         _ => {}
     }
+    // Rolling updates: how many at once, which order, how long a new replica must run.
+    spec.update.max_parallel = rng.gen_range(1..=3);
+    if rng.gen_ratio(1, 3) {
+        spec.update.order = shoal_crdt::UpdateOrder::StopFirst;
+    }
+    spec.update.min_healthy_ms = [0, 3_000][rng.gen_range(0..2)];
     spec
 }
 
