@@ -78,7 +78,7 @@ impl Default for Config {
             fanout: 3,
             down_after_ms: 5_000,
             max_clock_drift_ms: 1_000,
-            settle_rounds_max: 60,
+            settle_rounds_max: 30,
             events_max: 5_000_000,
             message_bytes_max: 16 << 20,
             trace: false,

@@ -19,8 +19,14 @@
 //! all final after round 1. Round 1 starts and removes what placement says and sees what
 //! ended; round 2 restarts what was waiting; a restart that fails there (a create failure
 //! armed during the faults, at most one per node) is waited out in round 3 and done in
-//! round 4; two quiet rounds confirm. That is six at most (the most 3,000 seeds took), and
-//! `Config::settle_rounds_max` (8) leaves two to spare.
+//! round 4; two quiet rounds confirm. That was six at most before rolling updates.
+//!
+//! Rolling updates add rounds: a paced replacement starts in one round and counts in the
+//! next (`min_healthy_ms` is shorter than a round), where its outdated replica stops and the
+//! next slot starts, so a service rolls about one round per `max_parallel` replicas (at most
+//! `REPLICAS_MAX` 8); a failed update waits its deadline (60 s: two rounds) and its rollback
+//! rolls again. Services roll side by side. The most 1,000 seeds took is 19;
+//! `Config::settle_rounds_max` (30) leaves room without hiding a rollout that never ends.
 
 use super::checks::Violation;
 use super::node::Status;
