@@ -9,113 +9,10 @@
 
 mod workload_support;
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use shoal_vm_tests::cluster::Cluster;
 use workload_support::*;
-
-/// Between two requests of the outside client.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
-/// A whole rolling update of three replicas, with time to spare.
-const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The web service answering `body`; `/healthz` exists only when `healthy`.
-fn web(image: &str, body: &str, healthy: bool) -> String {
-    let health_file = if healthy {
-        "echo ok > /tmp/healthz; "
-    } else {
-        ""
-    };
-    let script = format!("{health_file}{}", httpd_command(body));
-    spec(
-        "web",
-        image,
-        &script,
-        "replicas = 3\nports = [\"8080:80\"]\n\
-         [publish]\nmode = \"mesh\"\n\
-         [health]\nhttp = \"http://127.0.0.1:80/healthz\"\ninterval_ms = 500\ntimeout_ms = 400\nretries = 2\n\
-         [update]\nmax_parallel = 1\norder = \"start-first\"\nmin_healthy_ms = 1000\nhealthy_deadline_ms = 10000",
-    )
-}
-
-/// What the outside client saw.
-#[derive(Debug, Default)]
-struct Seen {
-    answers: Vec<String>,
-    failures: Vec<String>,
-}
-
-/// Polls port 8080 of every node in turn from the outside host until stopped.
-struct Client {
-    stop: Arc<AtomicBool>,
-    thread: JoinHandle<Seen>,
-}
-
-impl Client {
-    fn start(cluster: &Cluster) -> Client {
-        let stop = Arc::new(AtomicBool::new(false));
-        let netns = cluster.outside_netns().to_owned();
-        let addresses: Vec<_> = (0..cluster.len())
-            .map(|index| node_address(cluster, index))
-            .collect();
-        let flag = stop.clone();
-        let thread = std::thread::spawn(move || {
-            let mut seen = Seen::default();
-            let mut turn = 0usize;
-            while !flag.load(Ordering::Relaxed) {
-                let address = addresses[turn % addresses.len()];
-                turn += 1;
-                let target = std::net::SocketAddrV4::new(address, 8080);
-                match shoal_vm_tests::probe::get_in(&netns, target, "/", PROBE_TIMEOUT) {
-                    Ok(answer) if answer.status == 200 => {
-                        seen.answers.push(answer.body.trim().to_owned())
-                    }
-                    other => seen.failures.push(format!("{target}: {other:?}")),
-                }
-                std::thread::sleep(POLL_INTERVAL);
-            }
-            seen
-        });
-        Client { stop, thread }
-    }
-
-    fn finish(self) -> Seen {
-        self.stop.store(true, Ordering::Relaxed);
-        self.thread.join().expect("the client thread")
-    }
-}
-
-/// Healthy running replicas of web, by the body they answer, as `shoal ps` on node 0
-/// reports them cluster-wide.
-fn healthy_replicas(cluster: &Cluster) -> Option<usize> {
-    let ps = cluster.cli_json(0, &["ps"]).ok()?;
-    Some(
-        ps["containers"]
-            .as_array()?
-            .iter()
-            .filter(|c| {
-                c["service"] == "web" && c["state"] == "running" && c["health"] == "healthy"
-            })
-            .count(),
-    )
-}
-
-/// Three running replicas of web whose own nodes answer `body` through the mesh.
-fn wait_serving(cluster: &Cluster, body: &str) {
-    wait_for(cluster, "3 running replicas of web", || {
-        let running = own_containers(cluster, "web")
-            .iter()
-            .filter(|c| c.state == "running")
-            .count();
-        (running == 3).then_some(())
-    });
-    for index in 0..cluster.len() {
-        wait_answers(cluster, index, 8080, body);
-    }
-}
 
 /// Polls until `done` holds, sampling the healthy replicas on the way; returns the
 /// fewest seen. Panics with the diagnostics after `ROLLOUT_TIMEOUT`.
@@ -145,14 +42,6 @@ fn history(cluster: &Cluster) -> Vec<serde_json::Value> {
         .ok()
         .and_then(|view| view["versions"].as_array().cloned())
         .unwrap_or_default()
-}
-
-/// Whether every node answers `body` and only `body` right now.
-fn all_answer(cluster: &Cluster, body: &str) -> bool {
-    (0..cluster.len()).all(|index| {
-        get_from_outside(cluster, index, 8080)
-            .is_ok_and(|answer| answer.status == 200 && answer.body.trim() == body)
-    })
 }
 
 /// A good update rolls one replica at a time: the outside client never sees a failed
