@@ -15,7 +15,8 @@
 //!
 //! The update also waits `min_healthy_ms` per replica and the retiring grace (1.5 s) per
 //! outdated replica, which the baseline does not: those are the cost of never dropping a
-//! request.
+//! request. Both services stop on SIGTERM: the executor stops a container within the pass,
+//! so one that ignores SIGTERM holds its node's pass for the stop grace (10 s).
 
 #[path = "../tests/workload_support/mod.rs"]
 mod workload_support;
@@ -37,7 +38,9 @@ fn create_start_healthy(
     image: &str,
     name: &str,
 ) -> Duration {
-    let script = format!("echo ok > /tmp/healthz; {}", httpd_command(name));
+    let script = format!(
+        "echo ok > /tmp/healthz; echo {name} > /tmp/index.html; trap 'exit 0' TERM; httpd -f -p 80 -h /tmp & wait $!"
+    );
     let toml = spec(
         name,
         image,
@@ -69,7 +72,9 @@ fn main() {
         .map(|round| create_start_healthy(&cluster, &image, &format!("base-{round}")) * 3)
         .collect();
 
-    cluster.apply(0, &web(&image, "v0", true)).expect("apply v0");
+    cluster
+        .apply(0, &web(&image, "v0", true))
+        .expect("apply v0");
     wait_serving(&cluster, "v0");
     let mut updates = Vec::new();
     let (mut requests, mut failed) = (0usize, Vec::new());

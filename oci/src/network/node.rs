@@ -253,6 +253,11 @@ impl NodeNetwork {
         ])?;
         ip(&["-n", netns, "addr", "add", cidr, "dev", CONTAINER_INTERFACE])?;
         ip(&["-n", netns, "link", "set", "dev", CONTAINER_INTERFACE, "up"])?;
+        // The address may have been a removed container's a moment ago: the node's
+        // neighbour entry for it would still name that container's MAC, and the node would
+        // not reach the new one (probes, forwarded ports) until the entry went stale.
+        let address = cidr.split('/').next().unwrap_or(cidr);
+        ip(&["neigh", "flush", "to", address, "dev", &self.bridge])?;
         ip(&[
             "-n",
             netns,

@@ -184,7 +184,11 @@ pub fn web(image: &str, body: &str, healthy: bool) -> String {
     } else {
         ""
     };
-    let script = format!("{health_file}{}", httpd_command(body));
+    // The shell stays PID 1 and exits on SIGTERM (httpd as PID 1 would ignore it and be
+    // killed only after the stop grace), as a well-behaved service stops.
+    let script = format!(
+        "{health_file}echo {body} > /tmp/index.html; trap 'exit 0' TERM; httpd -f -p 80 -h /tmp & wait $!"
+    );
     spec(
         "web",
         image,
@@ -243,7 +247,6 @@ impl Client {
     }
 }
 
-
 /// Healthy running replicas of web, by the body they answer, as `shoal ps` on node 0
 /// reports them cluster-wide.
 pub fn healthy_replicas(cluster: &Cluster) -> Option<usize> {
@@ -273,7 +276,6 @@ pub fn wait_serving(cluster: &Cluster, body: &str) {
     }
 }
 
-
 /// Whether every node answers `body` and only `body` right now.
 pub fn all_answer(cluster: &Cluster, body: &str) -> bool {
     (0..cluster.len()).all(|index| {
@@ -281,4 +283,3 @@ pub fn all_answer(cluster: &Cluster, body: &str) -> bool {
             .is_ok_and(|answer| answer.status == 200 && answer.body.trim() == body)
     })
 }
-
