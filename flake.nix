@@ -30,6 +30,7 @@
         # Issue 12: named as the netns tests in vm-tests/tests/updates.rs.
         "rolling_update_serves_every_request"
         "failed_update_rolls_back_by_itself"
+        "drain_moves_replicas_with_no_failed_request"
       ];
     in
     {

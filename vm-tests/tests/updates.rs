@@ -166,3 +166,55 @@ fn failed_update_rolls_back_by_itself() {
         seen.answers.len()
     );
 }
+
+/// Draining a node moves its replica with no failed request: its replacement starts on
+/// another node and counts before the drained node stops its own; afterwards the drained
+/// node runs nothing and still forwards its mesh port to the replicas elsewhere.
+#[test]
+fn drain_moves_replicas_with_no_failed_request() {
+    if !image_support::require_root() {
+        return;
+    }
+    let (cluster, image) = start(3, true);
+    cluster.apply(0, &web(&image, "v1", true)).expect("apply v1");
+    wait_serving(&cluster, "v1");
+    let drained = cluster.node(1).name.clone();
+
+    let client = Client::start(&cluster);
+    std::thread::sleep(Duration::from_secs(1));
+    cluster
+        .cli_text(0, &["node", "drain", &drained, "--deadline-ms", "60000"])
+        .expect("drain from another node");
+    let fewest = roll_until(&cluster, "the drained node's replica to move", || {
+        let replicas = own_containers(&cluster, "web");
+        replicas.len() == 3
+            && replicas.iter().all(|c| c.state == "running" && c.node != 1)
+            && all_answer(&cluster, "v1")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let seen = client.finish();
+
+    assert!(
+        seen.failures.is_empty(),
+        "{} of {} requests failed during the drain: {:?}\n{}",
+        seen.failures.len(),
+        seen.failures.len() + seen.answers.len(),
+        seen.failures,
+        cluster.diagnostics()
+    );
+    assert!(fewest >= 1, "no healthy replica at some point of the drain");
+    let nodes = cluster.cli_json(2, &["nodes"]).expect("nodes");
+    let listed = nodes
+        .as_array()
+        .and_then(|nodes| nodes.iter().find(|node| node["id"] == drained.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        listed["drain"].is_object(),
+        "{drained} is not shown drained on n2: {listed}"
+    );
+    eprintln!(
+        "drain: {} requests, none failed; at least {fewest} healthy replicas throughout",
+        seen.answers.len()
+    );
+}

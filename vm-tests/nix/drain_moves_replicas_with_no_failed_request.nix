@@ -1,0 +1,71 @@
+# Update scenario drain_moves_replicas_with_no_failed_request
+# (vm-tests/tests/updates.rs): three replicas of an httpd with a health check
+# behind a mesh-mode port. While a client outside the cluster polls port 8080
+# of every node, node b is drained from node a; b's replica is replaced on
+# another node before b stops it, and no request fails.
+{ pkgs }:
+let
+  common = import ./common.nix { inherit pkgs; };
+in
+pkgs.testers.runNixOSTest {
+  name = "shoal-drain_moves_replicas_with_no_failed_request";
+  nodes = common.workloadCluster [ "a" "b" "c" ]
+    {
+      web = {
+        inherit (common) image;
+        command = common.shell "echo ok > /tmp/healthz; echo v1 > /tmp/index.html; exec httpd -f -p 80 -h /tmp";
+        tmpfs = [ "/tmp" ];
+        replicas = 3;
+        ports = [ "8080:80" ];
+        publish.mode = "mesh";
+        health = {
+          http = "http://127.0.0.1:80/healthz";
+          interval_ms = 500;
+          timeout_ms = 400;
+          retries = 2;
+        };
+        update.min_healthy_ms = 1000;
+      };
+    } // { inherit (common) outside; };
+  testScript = { nodes, ... }: ''
+    ${common.prelude}
+    ${common.workloadPrelude}
+
+    machines = [a, b, c]
+    address = {
+        "a": "${nodes.a.networking.primaryIPAddress}",
+        "b": "${nodes.b.networking.primaryIPAddress}",
+        "c": "${nodes.c.networking.primaryIPAddress}",
+    }
+    start_all()
+    for machine in machines:
+        machine.wait_for_unit("shoal.service")
+    outside.wait_for_unit("multi-user.target")
+    wait_converged(machines, 3)
+    for machine in machines:
+        wait_answers(outside, address[machine.name], 8080, "v1")
+
+    with subtest("b is drained from a: its replica moves and no request fails"):
+        targets = " ".join(f"{address[m.name]}" for m in machines)
+        outside.succeed(
+            "(while true; do for ip in " + targets + "; do "
+            "curl --silent --max-time 2 http://$ip:8080/ >> /tmp/answers || echo FAILED >> /tmp/answers; "
+            "sleep 0.05; done; done) >/dev/null 2>&1 & echo $! > /tmp/client.pid"
+        )
+        a.succeed("shoal node drain b --deadline-ms 60000")
+
+        def moved():
+            replicas = own_containers(machines, "web")
+            if len(replicas) != 3 or any(r["state"] != "running" or r["machine"] == "b" for r in replicas):
+                return None
+            return True
+
+        wait_for("b's replica to move off b", moved)
+        outside.succeed("kill $(cat /tmp/client.pid)")
+        answers = outside.succeed("cat /tmp/answers").split()
+        failed = [line for line in answers if line != "v1"]
+        assert answers and not failed, f"{len(failed)} of {len(answers)} requests failed: {failed[:10]}"
+        listed = json.loads(c.succeed("shoal nodes --json"))
+        assert any(node["id"] == "b" and node.get("drain") for node in listed), listed
+  '';
+}
