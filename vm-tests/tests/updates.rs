@@ -176,7 +176,9 @@ fn drain_moves_replicas_with_no_failed_request() {
         return;
     }
     let (cluster, image) = start(3, true);
-    cluster.apply(0, &web(&image, "v1", true)).expect("apply v1");
+    cluster
+        .apply(0, &web(&image, "v1", true))
+        .expect("apply v1");
     wait_serving(&cluster, "v1");
     let drained = cluster.node(1).name.clone();
 
