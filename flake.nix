@@ -31,6 +31,7 @@
         "rolling_update_serves_every_request"
         "failed_update_rolls_back_by_itself"
         "drain_moves_replicas_with_no_failed_request"
+        "partition_during_update_ends_on_one_version"
       ];
     in
     {

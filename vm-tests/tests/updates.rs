@@ -220,3 +220,77 @@ fn drain_moves_replicas_with_no_failed_request() {
         seen.answers.len()
     );
 }
+
+/// A partition during an update: v2 is applied on n0 and n2 is cut off from the others at
+/// once; each side rolls on its own view, and n2's side takes a v3 too. After the heal the
+/// cluster ends on one version (v3, the later write) with exactly three replicas, every
+/// node answering it.
+#[test]
+fn partition_during_update_ends_on_one_version() {
+    if !image_support::require_root() {
+        return;
+    }
+    let (cluster, image) = start(3, true);
+    cluster
+        .apply(0, &web(&image, "v1", true))
+        .expect("apply v1");
+    wait_serving(&cluster, "v1");
+
+    cluster
+        .apply(0, &web(&image, "v2", true))
+        .expect("apply v2");
+    for other in [0, 1] {
+        cluster.lab().cut(other, 2).expect("cut");
+    }
+    // n2, alone, sees the others go down and runs all three itself; the majority side
+    // keeps rolling.
+    roll_until(
+        &cluster,
+        "n2's side to run three replicas of its own",
+        || {
+            own_containers(&cluster, "web")
+                .iter()
+                .filter(|c| c.node == 2 && c.state == "running")
+                .count()
+                == 3
+        },
+    );
+    cluster
+        .apply(2, &web(&image, "v3", true))
+        .expect("apply v3 on the small side");
+    std::thread::sleep(Duration::from_secs(3));
+
+    cluster.lab().heal().expect("heal");
+    roll_until(
+        &cluster,
+        "one version (v3) with exactly three replicas",
+        || {
+            let replicas = own_containers(&cluster, "web");
+            replicas.len() == 3
+                && replicas.iter().all(|c| c.state == "running")
+                && (0..5).all(|_| all_answer(&cluster, "v3"))
+        },
+    );
+    cluster
+        .wait_converged(&[0, 1, 2], ROLLOUT_TIMEOUT)
+        .expect("state converged after heal");
+    let replicas = own_containers(&cluster, "web");
+    assert_eq!(replicas.len(), 3, "{replicas:?}\n{}", cluster.diagnostics());
+    for index in 0..3 {
+        let versions = cluster
+            .cli_json(index, &["service", "history", "web"])
+            .expect("history");
+        let current = &versions["versions"][0];
+        assert_eq!(
+            current["current"].as_bool(),
+            Some(true),
+            "n{index}: {versions}"
+        );
+        assert!(
+            current["spec"]["command"][2]
+                .as_str()
+                .is_some_and(|script| script.contains("echo v3")),
+            "n{index} does not hold v3 as current: {current}"
+        );
+    }
+}
