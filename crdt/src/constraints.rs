@@ -62,6 +62,19 @@ impl Constraint {
     }
 }
 
+/// The constraint as a spec writes it (`zone == eu-1`, `role in (edge, core)`).
+impl std::fmt::Display for Constraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let label = &self.label;
+        match &self.operator {
+            Operator::Equal(value) => write!(f, "{label} == {value}"),
+            Operator::NotEqual(value) => write!(f, "{label} != {value}"),
+            Operator::In(values) => write!(f, "{label} in ({})", values.join(", ")),
+            Operator::NotIn(values) => write!(f, "{label} not in ({})", values.join(", ")),
+        }
+    }
+}
+
 fn refuse(input: &str, reason: impl Into<String>) -> WorkloadError {
     WorkloadError {
         input: input.to_owned(),

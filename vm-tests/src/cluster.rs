@@ -77,6 +77,8 @@ pub struct ClusterOptions {
     /// namespace on the bridge that runs no daemon, for clients of published
     /// ports and servers that containers reach through their node.
     pub outside_host: bool,
+    /// Node `i`'s labels (`labels` in its config), when given.
+    pub labels: Vec<Vec<(String, String)>>,
 }
 
 impl Default for ClusterOptions {
@@ -90,6 +92,7 @@ impl Default for ClusterOptions {
             rogue_last: false,
             container_subnets: false,
             reconcile_interval_ms: None,
+            labels: Vec::new(),
             outside_host: false,
         }
     }
@@ -198,6 +201,7 @@ impl Cluster {
                  state_dir = \"{state}\"\n\
                  listen = \"{address}:{SYNC_PORT}\"\n\
                  peers = {seeds}\n\
+                 {labels}\
                  [tls]\n\
                  ca_file = \"{ca}\"\n\
                  cert_file = \"{cert}\"\n\
@@ -218,6 +222,17 @@ impl Cluster {
                 heartbeat = options.heartbeat_interval_ms,
                 down = options.down_after_ms,
                 evict = options.evict_after_ms,
+                labels = match options.labels.get(index) {
+                    Some(labels) if !labels.is_empty() => format!(
+                        "labels = {{ {} }}\n",
+                        labels
+                            .iter()
+                            .map(|(name, value)| format!("{name} = \"{value}\""))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    _ => String::new(),
+                },
                 containers = if options.container_subnets {
                     let interval = options
                         .reconcile_interval_ms

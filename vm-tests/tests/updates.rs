@@ -294,3 +294,79 @@ fn partition_during_update_ends_on_one_version() {
         );
     }
 }
+
+/// A global service follows the fleet and constraints hold: with n2 (the only node in zone
+/// b) stopped, a global service runs on n0 and n1 and a service constrained to zone b is
+/// unplaced with the reason; when n2 comes back, the global service gets a replica there
+/// and the constrained one runs there only.
+#[test]
+fn global_service_follows_the_fleet_and_constraints_hold() {
+    if !image_support::require_root() {
+        return;
+    }
+    let zone = |value: &str| vec![("zone".to_owned(), value.to_owned())];
+    let mut cluster =
+        shoal_vm_tests::cluster::Cluster::start(shoal_vm_tests::cluster::ClusterOptions {
+            nodes: 3,
+            container_subnets: true,
+            labels: vec![zone("a"), zone("a"), zone("b")],
+            ..Default::default()
+        })
+        .expect("cluster");
+    let image = image_support::busybox_image(&cluster.dir().join("image"), &["/bin/sh"]);
+    let image = image.path.display().to_string();
+    cluster.stop(2).expect("stop n2");
+    wait_for(&cluster, "n2 to be down for n0", || {
+        let nodes = cluster.cli_json(0, &["nodes"]).ok()?;
+        nodes
+            .as_array()?
+            .iter()
+            .any(|node| node["id"] == "n2" && node["live"] == false)
+            .then_some(())
+    });
+
+    cluster
+        .apply(0, &spec("agent", &image, IDLE, "mode = \"global\""))
+        .expect("apply the global service");
+    cluster
+        .apply(
+            0,
+            &spec(
+                "edge",
+                &image,
+                IDLE,
+                "replicas = 2\nconstraints = [\"zone == b\"]",
+            ),
+        )
+        .expect("apply the constrained service");
+    wait_for(&cluster, "agent on n0 and n1", || {
+        (running_on(&cluster, "agent") == [0, 1]).then_some(())
+    });
+    let ps = cluster.cli_json(0, &["ps"]).expect("ps");
+    let reason = ps["unplaced_reasons"]["edge"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        running_on(&cluster, "edge").is_empty() && reason.contains("zone == b"),
+        "edge runs where its constraint fails, or its reason does not say why: {reason:?}\n{}",
+        cluster.diagnostics()
+    );
+
+    cluster.restart(2).expect("n2 comes back");
+    wait_for(&cluster, "agent on every node and edge only on n2", || {
+        (running_on(&cluster, "agent") == [0, 1, 2] && running_on(&cluster, "edge") == [2, 2])
+            .then_some(())
+    });
+}
+
+/// The nodes (sorted, once per replica) where `service` has a running container.
+fn running_on(cluster: &shoal_vm_tests::cluster::Cluster, service: &str) -> Vec<usize> {
+    let mut nodes: Vec<usize> = own_containers(cluster, service)
+        .into_iter()
+        .filter(|c| c.state == "running")
+        .map(|c| c.node)
+        .collect();
+    nodes.sort();
+    nodes
+}

@@ -150,14 +150,22 @@ pub fn place(services: &[ServiceInput], nodes: &[NodeInput]) -> Placement {
         };
         if eligible.is_empty() {
             let reason = if nodes.is_empty() {
-                "no live node"
+                "no live node".to_owned()
             } else if !drained.is_empty() {
-                "every live node that matches the constraints is drained"
+                "every live node that matches the constraints is drained".to_owned()
             } else {
-                "no live node matches the constraints"
+                format!(
+                    "no live node matches the constraints ({})",
+                    service
+                        .constraints
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
             };
             placement.unplaced.insert(name.clone(), wanted.max(1));
-            placement.reasons.insert(name.clone(), reason.to_owned());
+            placement.reasons.insert(name.clone(), reason);
             continue;
         }
         if service.mesh {
