@@ -32,6 +32,7 @@
         "failed_update_rolls_back_by_itself"
         "drain_moves_replicas_with_no_failed_request"
         "partition_during_update_ends_on_one_version"
+        "global_service_follows_the_fleet_and_constraints_hold"
       ];
     in
     {
