@@ -97,6 +97,8 @@ fn seeds_keep_the_cluster_invariants() {
             ("failed starts", totals.starts_failed),
             ("services scaled", totals.services_scaled),
             ("services removed", totals.services_removed),
+            ("nodes drained", totals.nodes_drained),
+            ("nodes undrained", totals.nodes_undrained),
             ("services with unplaced replicas", totals.services_unplaced),
             ("tombstones collected", totals.tombstones_collected),
         ],

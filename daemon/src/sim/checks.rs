@@ -30,7 +30,8 @@
 //!     says running exactly for the containers its runtime runs;
 //! 11. no container runs on a node its service's constraints exclude;
 //! 12. after the heal one version: every replica runs its service's current spec (rolling
-//!     updates finished), unless the update is paused (it failed with nothing to roll back to).
+//!     updates finished), unless the update is paused (it failed with nothing to roll back to);
+//! 13. no drained live node holds a container.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -520,6 +521,20 @@ pub(crate) fn settled(world: &World) -> Result<Settled, Violation> {
                     record.node, record.id
                 )));
             }
+        }
+    }
+
+    // 13. A drained node runs nothing once the cluster is at rest: its replicas were
+    // started elsewhere and stopped on it, or stopped at the drain's deadline.
+    for record in state.containers() {
+        let drained = state
+            .node(&record.node)
+            .is_some_and(|meta| meta.drain.is_some());
+        if drained && up_ids.contains(&record.node) {
+            return Err(Violation(format!(
+                "drained {} still holds container {} of {}",
+                record.node, record.id, record.service
+            )));
         }
     }
 

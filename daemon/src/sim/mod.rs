@@ -120,6 +120,9 @@ pub struct Stats {
     pub services_applied: usize,
     pub services_scaled: usize,
     pub services_removed: usize,
+    /// Drains and undrains the operator wrote.
+    pub nodes_drained: usize,
+    pub nodes_undrained: usize,
     pub bad_image_applies: usize,
     /// Services with replicas no live node had room for, at the end.
     pub services_unplaced: usize,
@@ -163,6 +166,8 @@ impl Stats {
             services_applied,
             services_scaled,
             services_removed,
+            nodes_drained,
+            nodes_undrained,
             bad_image_applies,
             services_unplaced,
             containers_left_stopped,
@@ -198,6 +203,8 @@ impl Stats {
         self.services_applied += services_applied;
         self.services_scaled += services_scaled;
         self.services_removed += services_removed;
+        self.nodes_drained += nodes_drained;
+        self.nodes_undrained += nodes_undrained;
         self.bad_image_applies += bad_image_applies;
         self.services_unplaced += services_unplaced;
         self.containers_left_stopped += containers_left_stopped;

@@ -222,6 +222,17 @@ impl SimNode {
     /// `Node::heartbeat`'s write: this node's address, capacity, subnet and a fresh
     /// heartbeat. Returns whether its metadata was new (which wakes the planner).
     pub(crate) fn heartbeat(&self) -> (Result<bool, ReplicaError>, Option<Delta>) {
+        let drain = self.state().node(&self.id).and_then(|meta| meta.drain);
+        self.write_meta(drain)
+    }
+
+    /// Writes this node's metadata with `drain` (a heartbeat keeps the one in the state, as
+    /// the daemon's does; the operator's drain and undrain set it). Returns whether it was
+    /// the node's first.
+    pub(crate) fn write_meta(
+        &self,
+        drain: Option<shoal_crdt::Drain>,
+    ) -> (Result<bool, ReplicaError>, Option<Delta>) {
         let machine = self.machine.clone();
         let me = self.id.clone();
         self.write(|replica, now| {
@@ -233,7 +244,7 @@ impl SimNode {
                 heartbeat: Timestamp::new(now, me.hlc_id()),
                 labels: machine.labels.clone(),
                 incarnation: None,
-                drain: None,
+                drain,
             };
             replica.put_node_meta(now, meta).map(|_| first)
         })

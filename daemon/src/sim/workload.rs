@@ -11,6 +11,7 @@ use shoal_crdt::{RestartPolicy, ServiceName, ServiceSpec};
 use super::checks::Violation;
 use super::node::{BAD_IMAGE_PREFIX, Writer};
 use super::world::{World, trace};
+use crate::state::Clock as _;
 
 /// Service names per run.
 const SERVICE_POOL: usize = 6;
@@ -30,6 +31,11 @@ pub(crate) enum Command {
     Remove {
         name: ServiceName,
     },
+    /// `shoal node drain` of the receiving node (a drain elsewhere is forwarded to its
+    /// owner, which writes it the same way), or its undrain when it is drained.
+    Drain {
+        deadline_ms: u64,
+    },
 }
 
 pub(crate) fn service_name(index: usize) -> ServiceName {
@@ -45,6 +51,11 @@ pub(crate) fn draw_command(
     bad_image_per_mille: u32,
 ) -> Command {
     let roll = rng.gen_range(0..100);
+    if roll < 4 {
+        return Command::Drain {
+            deadline_ms: rng.gen_range(5_000..=60_000),
+        };
+    }
     match known.choose(rng) {
         Some((name, _)) if roll < 20 => Command::Remove { name: name.clone() },
         Some((name, spec)) if roll < 50 => {
@@ -166,6 +177,29 @@ impl World {
                 );
                 if let Some(delta) = delta {
                     self.local_change(node, Writer::Operator, &delta, true)?;
+                }
+            }
+            Command::Drain { deadline_ms } => {
+                let drained = self.nodes[node]
+                    .state()
+                    .node(&id)
+                    .and_then(|meta| meta.drain)
+                    .is_some();
+                let drain = (!drained).then(|| shoal_crdt::Drain {
+                    since_unix_ms: self.nodes[node].clock.now_ms(),
+                    deadline_ms: *deadline_ms,
+                });
+                let (result, delta) = self.nodes[node].write_meta(drain);
+                result.map_err(|error| format!("{id}: drain refused: {error}"))?;
+                if drained {
+                    self.stats.nodes_undrained += 1;
+                    trace!(self, "{id}: operator undrains it");
+                } else {
+                    self.stats.nodes_drained += 1;
+                    trace!(self, "{id}: operator drains it for {deadline_ms} ms");
+                }
+                if let Some(delta) = delta {
+                    self.local_change(node, Writer::Heartbeat, &delta, true)?;
                 }
             }
             Command::Remove { name } => {
