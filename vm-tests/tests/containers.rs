@@ -187,8 +187,21 @@ fn cluster_with_web(nodes: usize, replicas: usize) -> (Cluster, String) {
     (cluster, image.path.display().to_string())
 }
 
-/// Each node's own containers as it reports them: (node, id, pid).
+/// Each node's own containers as it reports them: (node, id, pid). A node reads a pid from
+/// its runtime's state file, which a pass may be rewriting at that moment (the read then
+/// fails and `ps` has no pid): read again until every pid is known, bounded.
 fn own_pids(cluster: &Cluster) -> BTreeSet<(String, String, i64)> {
+    let started = Instant::now();
+    loop {
+        let pids = own_pids_once(cluster);
+        if pids.iter().all(|(_, _, pid)| *pid >= 0) || started.elapsed() > TIMEOUT {
+            return pids;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn own_pids_once(cluster: &Cluster) -> BTreeSet<(String, String, i64)> {
     (0..cluster.len())
         .flat_map(|i| {
             let ps = cluster.cli_json(i, &["ps"]).expect("ps");
