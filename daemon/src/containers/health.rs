@@ -240,7 +240,7 @@ mod tests {
     fn drive(
         tracker: &mut HealthTracker,
         until_ms: u64,
-        outcome: impl Fn(u64) -> Result<(), String>,
+        outcome: impl Fn(u64) -> Result<(), &'static str>,
     ) -> Vec<(u64, Health)> {
         let mut seen = Vec::new();
         for now_ms in 0..=until_ms {
@@ -259,7 +259,7 @@ mod tests {
         assert_eq!(tracker.health(), &Health::Starting);
         let seen = drive(&mut tracker, 6000, |now_ms| {
             if now_ms <= 3000 || now_ms == 6000 {
-                Err("refused".to_owned())
+                Err("refused")
             } else {
                 Ok(())
             }
@@ -281,7 +281,7 @@ mod tests {
     #[test]
     fn failures_in_the_start_period_do_not_count_but_a_success_does() {
         let mut tracker = HealthTracker::new(check(1000, 2, 2500), 0);
-        let seen = drive(&mut tracker, 4000, |_| Err("timeout".to_owned()));
+        let seen = drive(&mut tracker, 4000, |_| Err("timeout"));
         assert_eq!(
             seen,
             vec![
@@ -296,7 +296,7 @@ mod tests {
             if now_ms == 2000 {
                 Ok(())
             } else {
-                Err("x".to_owned())
+                Err("x")
             }
         });
         assert_eq!(seen.last(), Some(&(2000, Health::Healthy)));
@@ -321,7 +321,7 @@ mod tests {
         assert!(tracker.handle_outcome(Ok::<(), String>(())));
         assert_eq!(tracker.health(), &Health::Healthy);
         // An outcome without a probe in flight changes nothing.
-        assert!(!tracker.handle_outcome(Err("late".to_owned())));
+        assert!(!tracker.handle_outcome(Err("late")));
         assert_eq!(tracker.health(), &Health::Healthy);
     }
 
@@ -344,7 +344,7 @@ mod tests {
         assert_eq!(trackers.begin_due(1000, 1), vec![target("a", 0)]);
         assert_eq!(trackers.begin_due(1000, 8), vec![target("b", 0)]);
         assert_eq!(
-            trackers.handle_outcome("a", 0, Err("refused".to_owned())),
+            trackers.handle_outcome("a", 0, Err("refused")),
             Some(unhealthy("refused"))
         );
         assert_eq!(
