@@ -88,11 +88,7 @@ fn main() {
             .expect("apply");
         let deadline = started + ROLLOUT_TIMEOUT;
         loop {
-            let replicas = own_containers(&cluster, "web");
-            if replicas.len() == 3
-                && replicas.iter().all(|c| c.state == "running")
-                && all_answer(&cluster, &body)
-            {
+            if three_serve(&cluster, &body) {
                 break;
             }
             assert!(

@@ -294,5 +294,45 @@ rec {
         """The client addresses of the outside server's requests for `path`."""
         log = outside.succeed("journalctl --no-pager -o cat -u outside-http.service")
         return {match.group(1) for match in re.finditer(rf'^(\S+) - - \[[^]]*\] "GET {re.escape(path)} ', log, re.MULTILINE)}
+
+
+    def start_polling(outside, addresses):
+        """Polls port 8080 of every address in turn from `outside`, every 50 ms,
+        in the background; each answer (or FAILED) is a line of /tmp/answers."""
+        targets = " ".join(addresses)
+        outside.succeed(
+            "(while true; do for ip in " + targets + "; do "
+            "curl --silent --max-time 2 http://$ip:8080/ >> /tmp/answers || echo FAILED >> /tmp/answers; "
+            "sleep 0.05; done; done) >/dev/null 2>&1 & echo $! > /tmp/client.pid"
+        )
+
+
+    def stop_polling(outside):
+        """Stops `start_polling`; returns the answers, one per request."""
+        outside.succeed("kill $(cat /tmp/client.pid)")
+        return outside.succeed("cat /tmp/answers").split()
   '';
+
+  # The update scenarios' service: three replicas of an httpd answering `body`
+  # behind a mesh-mode port 8080, with an HTTP health check on /healthz (which
+  # exists only when `healthy`), and `update` for its [update] table.
+  checkedWeb = { body, healthy ? true, update ? { min_healthy_ms = 1000; } }: {
+    inherit image update;
+    command = shell ((if healthy then "echo ok > /tmp/healthz; " else "")
+      + "echo ${body} > /tmp/index.html; exec httpd -f -p 80 -h /tmp");
+    tmpfs = [ "/tmp" ];
+    replicas = 3;
+    ports = [ "8080:80" ];
+    publish.mode = "mesh";
+    health = {
+      http = "http://127.0.0.1:80/healthz";
+      interval_ms = 500;
+      timeout_ms = 400;
+      retries = 2;
+    };
+  };
+  # A spec file of `service` for `shoal service apply -f` (a service declared
+  # in the NixOS configuration, written as the CLI takes it).
+  specFile = name: service: (pkgs.formats.toml { }).generate "${name}.toml"
+    (service // { inherit name; image = "${image}"; });
 }

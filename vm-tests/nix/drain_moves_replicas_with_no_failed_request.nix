@@ -10,23 +10,8 @@ in
 pkgs.testers.runNixOSTest {
   name = "shoal-drain_moves_replicas_with_no_failed_request";
   nodes = common.workloadCluster [ "a" "b" "c" ]
-    {
-      web = {
-        inherit (common) image;
-        command = common.shell "echo ok > /tmp/healthz; echo v1 > /tmp/index.html; exec httpd -f -p 80 -h /tmp";
-        tmpfs = [ "/tmp" ];
-        replicas = 3;
-        ports = [ "8080:80" ];
-        publish.mode = "mesh";
-        health = {
-          http = "http://127.0.0.1:80/healthz";
-          interval_ms = 500;
-          timeout_ms = 400;
-          retries = 2;
-        };
-        update.min_healthy_ms = 1000;
-      };
-    } // { inherit (common) outside; };
+    { web = common.checkedWeb { body = "v1"; }; }
+  // { inherit (common) outside; };
   testScript = { nodes, ... }: ''
     ${common.prelude}
     ${common.workloadPrelude}
@@ -46,12 +31,7 @@ pkgs.testers.runNixOSTest {
         wait_answers(outside, address[machine.name], 8080, "v1")
 
     with subtest("b is drained from a: its replica moves and no request fails"):
-        targets = " ".join(f"{address[m.name]}" for m in machines)
-        outside.succeed(
-            "(while true; do for ip in " + targets + "; do "
-            "curl --silent --max-time 2 http://$ip:8080/ >> /tmp/answers || echo FAILED >> /tmp/answers; "
-            "sleep 0.05; done; done) >/dev/null 2>&1 & echo $! > /tmp/client.pid"
-        )
+        start_polling(outside, [address[m.name] for m in machines])
         a.succeed("shoal node drain b --deadline-ms 60000")
 
         def moved():
@@ -61,8 +41,7 @@ pkgs.testers.runNixOSTest {
             return True
 
         wait_for("b's replica to move off b", moved)
-        outside.succeed("kill $(cat /tmp/client.pid)")
-        answers = outside.succeed("cat /tmp/answers").split()
+        answers = stop_polling(outside)
         failed = [line for line in answers if line != "v1"]
         assert answers and not failed, f"{len(failed)} of {len(answers)} requests failed: {failed[:10]}"
         listed = json.loads(c.succeed("shoal nodes --json"))

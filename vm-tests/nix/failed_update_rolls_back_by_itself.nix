@@ -7,27 +7,13 @@
 { pkgs }:
 let
   common = import ./common.nix { inherit pkgs; };
-  web = { body, healthy }: {
-    inherit (common) image;
-    command = common.shell ((if healthy then "echo ok > /tmp/healthz; " else "")
-      + "echo ${body} > /tmp/index.html; exec httpd -f -p 80 -h /tmp");
-    tmpfs = [ "/tmp" ];
-    replicas = 3;
-    ports = [ "8080:80" ];
-    publish.mode = "mesh";
-    health = {
-      http = "http://127.0.0.1:80/healthz";
-      interval_ms = 500;
-      timeout_ms = 400;
-      retries = 2;
-    };
+  web = { body, healthy }: common.checkedWeb {
+    inherit body healthy;
     update = {
       min_healthy_ms = 1000;
       healthy_deadline_ms = 10000;
     };
   };
-  broken = (pkgs.formats.toml { }).generate "web-broken.toml"
-    ((web { body = "broken"; healthy = false; }) // { name = "web"; image = "${common.image}"; });
 in
 pkgs.testers.runNixOSTest {
   name = "shoal-failed_update_rolls_back_by_itself";
@@ -53,13 +39,8 @@ pkgs.testers.runNixOSTest {
     before = sorted(r["id"] for r in own_containers(machines, "web"))
 
     with subtest("the broken version is rolled back by the cluster; v1 serves throughout"):
-        targets = " ".join(f"{address[m.name]}" for m in machines)
-        outside.succeed(
-            "(while true; do for ip in " + targets + "; do "
-            "curl --silent --max-time 2 http://$ip:8080/ >> /tmp/answers || echo FAILED >> /tmp/answers; "
-            "sleep 0.05; done; done) >/dev/null 2>&1 & echo $! > /tmp/client.pid"
-        )
-        c.succeed("shoal service apply -f ${broken}")
+        start_polling(outside, [address[m.name] for m in machines])
+        c.succeed("shoal service apply -f ${common.specFile "web" (web { body = "broken"; healthy = false; })}")
 
         def rolled_back():
             versions = json.loads(a.succeed("shoal service history web --json"))["versions"]
@@ -73,8 +54,7 @@ pkgs.testers.runNixOSTest {
             "only the three v1 replicas to be left",
             lambda: True if sorted(r["id"] for r in own_containers(machines, "web")) == before else None,
         )
-        outside.succeed("kill $(cat /tmp/client.pid)")
-        answers = outside.succeed("cat /tmp/answers").split()
+        answers = stop_polling(outside)
         assert answers and all(line == "v1" for line in answers), \
             f"not every request got v1: {[line for line in answers if line != 'v1'][:10]} of {len(answers)}"
   '';

@@ -23,10 +23,7 @@ let
   };
   cluster = common.workloadCluster [ "a" "b" "c" ] { };
   zone = name: if name == "c" then "b" else "a";
-  files = lib.mapAttrs
-    (name: spec: (pkgs.formats.toml { }).generate "${name}.toml"
-      (spec // { inherit name; image = "${common.image}"; }))
-    specs;
+  files = lib.mapAttrs common.specFile specs;
 in
 pkgs.testers.runNixOSTest {
   name = "shoal-global_service_follows_the_fleet_and_constraints_hold";

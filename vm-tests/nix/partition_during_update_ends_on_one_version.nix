@@ -6,23 +6,8 @@
 { pkgs }:
 let
   common = import ./common.nix { inherit pkgs; };
-  web = body: {
-    inherit (common) image;
-    command = common.shell "echo ok > /tmp/healthz; echo ${body} > /tmp/index.html; exec httpd -f -p 80 -h /tmp";
-    tmpfs = [ "/tmp" ];
-    replicas = 3;
-    ports = [ "8080:80" ];
-    publish.mode = "mesh";
-    health = {
-      http = "http://127.0.0.1:80/healthz";
-      interval_ms = 500;
-      timeout_ms = 400;
-      retries = 2;
-    };
-    update.min_healthy_ms = 1000;
-  };
-  file = body: (pkgs.formats.toml { }).generate "web-${body}.toml"
-    ((web body) // { name = "web"; image = "${common.image}"; });
+  web = body: common.checkedWeb { inherit body; };
+  file = body: common.specFile "web" (web body);
 in
 pkgs.testers.runNixOSTest {
   name = "shoal-partition_during_update_ends_on_one_version";

@@ -6,19 +6,8 @@
 { pkgs }:
 let
   common = import ./common.nix { inherit pkgs; };
-  web = body: {
-    inherit (common) image;
-    command = common.shell "echo ok > /tmp/healthz; echo ${body} > /tmp/index.html; exec httpd -f -p 80 -h /tmp";
-    tmpfs = [ "/tmp" ];
-    replicas = 3;
-    ports = [ "8080:80" ];
-    publish.mode = "mesh";
-    health = {
-      http = "http://127.0.0.1:80/healthz";
-      interval_ms = 500;
-      timeout_ms = 400;
-      retries = 2;
-    };
+  web = body: common.checkedWeb {
+    inherit body;
     update = {
       max_parallel = 1;
       order = "start-first";
@@ -26,7 +15,6 @@ let
       healthy_deadline_ms = 30000;
     };
   };
-  v2 = (pkgs.formats.toml { }).generate "web-v2.toml" ((web "v2") // { name = "web"; image = "${common.image}"; });
 in
 pkgs.testers.runNixOSTest {
   name = "shoal-rolling_update_serves_every_request";
@@ -52,13 +40,8 @@ pkgs.testers.runNixOSTest {
             wait_answers(outside, address[machine.name], 8080, "v1")
 
     with subtest("v2 rolls through while the outside client polls: no request fails"):
-        targets = " ".join(f"{address[m.name]}" for m in machines)
-        outside.succeed(
-            "(while true; do for ip in " + targets + "; do "
-            "curl --silent --max-time 2 http://$ip:8080/ >> /tmp/answers || echo FAILED >> /tmp/answers; "
-            "sleep 0.05; done; done) >/dev/null 2>&1 & echo $! > /tmp/client.pid"
-        )
-        b.succeed("shoal service apply -f ${v2}")
+        start_polling(outside, [address[m.name] for m in machines])
+        b.succeed("shoal service apply -f ${common.specFile "web" (web "v2")}")
 
         def rolled():
             replicas = own_containers(machines, "web")
@@ -71,8 +54,7 @@ pkgs.testers.runNixOSTest {
             return True
 
         wait_for("every node to answer v2 from three replicas", rolled)
-        outside.succeed("kill $(cat /tmp/client.pid)")
-        answers = outside.succeed("cat /tmp/answers").split()
+        answers = stop_polling(outside)
         failed = [line for line in answers if line not in ("v1", "v2")]
         assert not failed, f"{len(failed)} of {len(answers)} requests failed: {failed[:10]}"
         assert "v1" in answers and "v2" in answers, f"the client saw {set(answers)}"

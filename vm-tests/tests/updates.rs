@@ -44,6 +44,28 @@ fn history(cluster: &Cluster) -> Vec<serde_json::Value> {
         .unwrap_or_default()
 }
 
+/// A 3-node cluster serving v1 of web from three replicas; returns it and the image path.
+fn serving_v1() -> (Cluster, String) {
+    let (cluster, image) = start(3, true);
+    cluster
+        .apply(0, &web(&image, "v1", true))
+        .expect("apply v1");
+    wait_serving(&cluster, "v1");
+    (cluster, image)
+}
+
+/// Fails with the cluster's diagnostics when the outside client saw a failed request.
+fn assert_none_failed(cluster: &Cluster, seen: &Seen, during: &str) {
+    assert!(
+        seen.failures.is_empty(),
+        "{} of {} requests failed {during}: {:?}\n{}",
+        seen.failures.len(),
+        seen.failures.len() + seen.answers.len(),
+        seen.failures,
+        cluster.diagnostics()
+    );
+}
+
 /// A good update rolls one replica at a time: the outside client never sees a failed
 /// request and some replica is healthy throughout; at the end all three run v2.
 #[test]
@@ -51,11 +73,7 @@ fn rolling_update_serves_every_request() {
     if !image_support::require_root() {
         return;
     }
-    let (cluster, image) = start(3, true);
-    cluster
-        .apply(0, &web(&image, "v1", true))
-        .expect("apply v1");
-    wait_serving(&cluster, "v1");
+    let (cluster, image) = serving_v1();
 
     let client = Client::start(&cluster);
     std::thread::sleep(Duration::from_secs(1));
@@ -63,22 +81,12 @@ fn rolling_update_serves_every_request() {
         .apply(1, &web(&image, "v2", true))
         .expect("apply v2");
     let fewest = roll_until(&cluster, "every node to answer v2 from 3 replicas", || {
-        let replicas = own_containers(&cluster, "web");
-        replicas.len() == 3
-            && replicas.iter().all(|c| c.state == "running")
-            && all_answer(&cluster, "v2")
+        three_serve(&cluster, "v2")
     });
     std::thread::sleep(Duration::from_secs(1));
     let seen = client.finish();
 
-    assert!(
-        seen.failures.is_empty(),
-        "{} of {} requests failed during the update: {:?}\n{}",
-        seen.failures.len(),
-        seen.failures.len() + seen.answers.len(),
-        seen.failures,
-        cluster.diagnostics()
-    );
+    assert_none_failed(&cluster, &seen, "during the update");
     assert!(seen.answers.iter().any(|body| body == "v1"));
     assert!(seen.answers.iter().any(|body| body == "v2"));
     assert!(
@@ -106,11 +114,7 @@ fn failed_update_rolls_back_by_itself() {
     if !image_support::require_root() {
         return;
     }
-    let (cluster, image) = start(3, true);
-    cluster
-        .apply(0, &web(&image, "v1", true))
-        .expect("apply v1");
-    wait_serving(&cluster, "v1");
+    let (cluster, image) = serving_v1();
     let replicas_v1: Vec<String> = own_containers(&cluster, "web")
         .into_iter()
         .map(|c| c.id)
@@ -143,13 +147,7 @@ fn failed_update_rolls_back_by_itself() {
     std::thread::sleep(Duration::from_secs(1));
     let seen = client.finish();
 
-    assert!(
-        seen.failures.is_empty(),
-        "{} requests failed while the broken version was tried: {:?}\n{}",
-        seen.failures.len(),
-        seen.failures,
-        cluster.diagnostics()
-    );
+    assert_none_failed(&cluster, &seen, "while the broken version was tried");
     assert!(
         !seen.answers.is_empty() && seen.answers.iter().all(|body| body == "v1"),
         "the broken version answered or nothing did: {:?}",
@@ -175,11 +173,7 @@ fn drain_moves_replicas_with_no_failed_request() {
     if !image_support::require_root() {
         return;
     }
-    let (cluster, image) = start(3, true);
-    cluster
-        .apply(0, &web(&image, "v1", true))
-        .expect("apply v1");
-    wait_serving(&cluster, "v1");
+    let (cluster, _) = serving_v1();
     let drained = cluster.node(1).name.clone();
 
     let client = Client::start(&cluster);
@@ -196,14 +190,7 @@ fn drain_moves_replicas_with_no_failed_request() {
     std::thread::sleep(Duration::from_secs(1));
     let seen = client.finish();
 
-    assert!(
-        seen.failures.is_empty(),
-        "{} of {} requests failed during the drain: {:?}\n{}",
-        seen.failures.len(),
-        seen.failures.len() + seen.answers.len(),
-        seen.failures,
-        cluster.diagnostics()
-    );
+    assert_none_failed(&cluster, &seen, "during the drain");
     assert!(fewest >= 1, "no healthy replica at some point of the drain");
     let nodes = cluster.cli_json(2, &["nodes"]).expect("nodes");
     let listed = nodes
@@ -230,11 +217,7 @@ fn partition_during_update_ends_on_one_version() {
     if !image_support::require_root() {
         return;
     }
-    let (cluster, image) = start(3, true);
-    cluster
-        .apply(0, &web(&image, "v1", true))
-        .expect("apply v1");
-    wait_serving(&cluster, "v1");
+    let (cluster, image) = serving_v1();
 
     cluster
         .apply(0, &web(&image, "v2", true))
@@ -264,12 +247,7 @@ fn partition_during_update_ends_on_one_version() {
     roll_until(
         &cluster,
         "one version (v3) with exactly three replicas",
-        || {
-            let replicas = own_containers(&cluster, "web");
-            replicas.len() == 3
-                && replicas.iter().all(|c| c.state == "running")
-                && (0..5).all(|_| all_answer(&cluster, "v3"))
-        },
+        || three_serve(&cluster, "v3") && (0..4).all(|_| all_answer(&cluster, "v3")),
     );
     cluster
         .wait_converged(&[0, 1, 2], ROLLOUT_TIMEOUT)

@@ -293,11 +293,7 @@ mod tests {
         );
         let mut tracker = HealthTracker::new(check(1000, 2, 10_000), 0);
         let seen = drive(&mut tracker, 2000, |now_ms| {
-            if now_ms == 2000 {
-                Ok(())
-            } else {
-                Err("x")
-            }
+            if now_ms == 2000 { Ok(()) } else { Err("x") }
         });
         assert_eq!(seen.last(), Some(&(2000, Health::Healthy)));
     }

@@ -276,6 +276,14 @@ pub fn wait_serving(cluster: &Cluster, body: &str) {
     }
 }
 
+/// Whether web runs exactly three replicas, all running, and every node answers `body`.
+pub fn three_serve(cluster: &Cluster, body: &str) -> bool {
+    let replicas = own_containers(cluster, "web");
+    replicas.len() == 3
+        && replicas.iter().all(|c| c.state == "running")
+        && all_answer(cluster, body)
+}
+
 /// Whether every node answers `body` and only `body` right now.
 pub fn all_answer(cluster: &Cluster, body: &str) -> bool {
     (0..cluster.len()).all(|index| {
