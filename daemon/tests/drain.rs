@@ -10,17 +10,13 @@
 mod net_support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Output;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use net_support::{Pki, call, limits, node_id};
-use shoal::api::{self, NodeView, Request};
-use shoal::state::{Node, NodeOptions, SystemClock};
-use shoal::sync::{self, GossipConfig, TlsHandle, TlsMaterial};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use net_support::{Daemon, DaemonSpec, Pki, call, node_id};
+use shoal::api::{NodeView, Request};
+use shoal::sync::TlsMaterial;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_shoal");
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -28,82 +24,22 @@ const HEARTBEAT_MS: u64 = 200;
 /// Short, so a stopped daemon counts as down soon.
 const DOWN_AFTER_MS: u64 = 1_500;
 
-/// One daemon's sync tasks (server, gossip, heartbeat) and its local API, which dials other
-/// nodes through the node's endpoint as the daemon's does.
-struct Daemon {
-    node: Arc<Node>,
-    address: SocketAddr,
-    socket: PathBuf,
-    stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
-    endpoint: quinn::Endpoint,
+/// A daemon named `name` with this test's heartbeat and down time.
+fn start(tls: &TlsMaterial, dir: &Path, name: &str, seeds: Vec<SocketAddr>) -> Daemon {
+    let spec = DaemonSpec {
+        name,
+        label: name,
+        seeds,
+        incarnation: None,
+        down_after_ms: Some(DOWN_AFTER_MS),
+        heartbeat_ms: HEARTBEAT_MS,
+        rng_seed: u64::from(name.as_bytes()[1]),
+    };
+    Daemon::start(tls, dir, spec)
 }
 
-impl Daemon {
-    fn start(tls: &TlsMaterial, dir: &Path, name: &str, seeds: Vec<SocketAddr>) -> Daemon {
-        let handle = TlsHandle::new(tls.clone());
-        let endpoint =
-            sync::bind_reloadable_endpoint("127.0.0.1:0".parse().unwrap(), &handle).unwrap();
-        let address = endpoint.local_addr().unwrap();
-        let mut options =
-            NodeOptions::new(node_id(name), dir.join(format!("{name}.redb")), address);
-        options.seeds = seeds;
-        options.down_after_ms = DOWN_AFTER_MS;
-        let node = Arc::new(Node::open(options, Arc::new(SystemClock)).unwrap());
-        node.heartbeat().unwrap();
-        let (stop, stopped) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        let gossip = GossipConfig {
-            interval_ms: 100,
-            jitter_ms: 20,
-            rng_seed: u64::from(name.as_bytes()[1]),
-            ..GossipConfig::default()
-        };
-        shoal::agent::tasks::spawn_sync_tasks(
-            &mut tasks,
-            &endpoint,
-            &node,
-            gossip,
-            limits(),
-            None,
-            Duration::from_millis(HEARTBEAT_MS),
-            &stopped,
-        );
-        let socket = dir.join(format!("{name}.sock"));
-        let listener = api::server::bind(&socket).unwrap();
-        let peers = api::server::PeerAccess {
-            endpoint: endpoint.clone(),
-            limits: limits(),
-            tls: handle,
-        };
-        tasks.spawn(api::server::serve(
-            listener,
-            node.clone(),
-            None,
-            Some(peers),
-            shoal::agent::tasks::stopped(stopped.clone()),
-        ));
-        Daemon {
-            node,
-            address,
-            socket,
-            stop,
-            tasks,
-            endpoint,
-        }
-    }
-
-    async fn stop(mut self) {
-        let _ = self.stop.send(true);
-        while let Some(joined) = self.tasks.join_next().await {
-            joined.unwrap();
-        }
-        self.endpoint.close(0u32.into(), b"stopped");
-    }
-
-    async fn nodes(&self) -> Vec<NodeView> {
-        call(&self.socket, Request::Nodes).await.unwrap()
-    }
+async fn nodes(daemon: &Daemon) -> Vec<NodeView> {
+    call(&daemon.socket, Request::Nodes).await.unwrap()
 }
 
 /// Polls `check` until it holds, failing after `DEADLINE`.
@@ -167,7 +103,7 @@ fn view<'a>(views: &'a [NodeView], name: &str) -> Option<&'a NodeView> {
 /// Whether every daemon's `shoal nodes` shows `name` drained (`true`) or not (`false`).
 async fn all_see_drained(daemons: &[&Daemon], name: &str, drained: bool) -> bool {
     for daemon in daemons {
-        let views = daemon.nodes().await;
+        let views = nodes(daemon).await;
         match view(&views, name) {
             Some(view) if view.drain.is_some() == drained => {}
             _ => return false,
@@ -180,9 +116,9 @@ async fn all_see_drained(daemons: &[&Daemon], name: &str, drained: bool) -> bool
 async fn drain_undrain_and_evict_work_from_any_node_and_refuse_what_they_cannot_do() {
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
-    let n1 = Daemon::start(&pki.material("n1"), dir.path(), "n1", Vec::new());
-    let n2 = Daemon::start(&pki.material("n2"), dir.path(), "n2", vec![n1.address]);
-    let n3 = Daemon::start(
+    let n1 = start(&pki.material("n1"), dir.path(), "n1", Vec::new());
+    let n2 = start(&pki.material("n2"), dir.path(), "n2", vec![n1.address]);
+    let n3 = start(
         &pki.material("n3"),
         dir.path(),
         "n3",
@@ -190,7 +126,7 @@ async fn drain_undrain_and_evict_work_from_any_node_and_refuse_what_they_cannot_
     );
     wait_until("n1, n2 and n3 know each other, all live", || async {
         for daemon in [&n1, &n2, &n3] {
-            let views = daemon.nodes().await;
+            let views = nodes(daemon).await;
             if views.len() != 3 || !views.iter().all(|view| view.live) {
                 return false;
             }
@@ -244,7 +180,7 @@ async fn drain_undrain_and_evict_work_from_any_node_and_refuse_what_they_cannot_
     let stderr = shoal_fails(&n1.socket, &["node", "drain", "n2", "--deadline-ms", "10"]).await;
     assert!(stderr.contains("drain deadline of 10 ms"), "{stderr}");
     for daemon in [&n1, &n2, &n3] {
-        let views = daemon.nodes().await;
+        let views = nodes(daemon).await;
         assert!(
             views.iter().all(|view| view.drain.is_none()),
             "a refused drain drained something: {views:?}"
@@ -257,7 +193,7 @@ async fn drain_undrain_and_evict_work_from_any_node_and_refuse_what_they_cannot_
     assert!(stderr.contains("node n2 is live"), "{stderr}");
     let stderr = shoal_fails(&n1.socket, &["node", "evict", "n1"]).await;
     assert!(stderr.contains("cannot evict itself"), "{stderr}");
-    assert_eq!(n1.nodes().await.len(), 3);
+    assert_eq!(nodes(&n1).await.len(), 3);
 
     // --wait on a node that runs nothing returns once the drain is seen here.
     let stdout = shoal_ok(
@@ -281,7 +217,7 @@ async fn drain_undrain_and_evict_work_from_any_node_and_refuse_what_they_cannot_
     n3.stop().await;
     wait_until("n1 and n2 see n3 down", || async {
         for daemon in [&n1, &n2] {
-            let views = daemon.nodes().await;
+            let views = nodes(daemon).await;
             if view(&views, "n3").is_none_or(|view| view.live) {
                 return false;
             }
@@ -299,7 +235,7 @@ async fn drain_undrain_and_evict_work_from_any_node_and_refuse_what_they_cannot_
     assert!(stdout.contains("evicted n3"), "{stdout}");
     wait_until("n3 is gone from shoal nodes on n1 and n2", || async {
         for daemon in [&n1, &n2] {
-            if view(&daemon.nodes().await, "n3").is_some() {
+            if view(&nodes(daemon).await, "n3").is_some() {
                 return false;
             }
         }

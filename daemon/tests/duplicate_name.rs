@@ -8,93 +8,37 @@
 mod net_support;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use net_support::{Pki, call, limits, named_spec, node_id};
+use net_support::{Daemon, DaemonSpec, Pki, call, named_spec, node_id};
 use shoal::api::{self, NodeView, Request, StatusView};
-use shoal::state::{Node, NodeError, NodeOptions, SystemClock};
-use shoal::sync::{self, GossipConfig, TlsMaterial};
-use tokio::sync::watch;
-use tokio::task::JoinSet;
+use shoal::state::{Node, NodeError};
+use shoal::sync::TlsMaterial;
 
 const DEADLINE: Duration = Duration::from_secs(30);
 const HEARTBEAT_MS: u64 = 200;
 
-/// One daemon's sync tasks (server, gossip, heartbeat) and its local API, until stopped.
-struct Daemon {
-    node: Arc<Node>,
-    address: SocketAddr,
-    socket: PathBuf,
-    stop: watch::Sender<bool>,
-    tasks: JoinSet<()>,
-    endpoint: quinn::Endpoint,
-}
-
-impl Daemon {
-    fn start(
-        tls: &TlsMaterial,
-        dir: &Path,
-        name: &str,
-        label: &str,
-        incarnation: u64,
-        seeds: Vec<SocketAddr>,
-    ) -> Daemon {
-        let endpoint = sync::bind_endpoint("127.0.0.1:0".parse().unwrap(), tls).unwrap();
-        let address = endpoint.local_addr().unwrap();
-        let mut options =
-            NodeOptions::new(node_id(name), dir.join(format!("{label}.redb")), address);
-        options.seeds = seeds;
-        options.incarnation = incarnation;
-        let node = Arc::new(Node::open(options, Arc::new(SystemClock)).unwrap());
-        node.heartbeat().unwrap();
-        let (stop, stopped) = watch::channel(false);
-        let mut tasks = JoinSet::new();
-        let gossip = GossipConfig {
-            interval_ms: 100,
-            jitter_ms: 20,
-            rng_seed: incarnation,
-            ..GossipConfig::default()
-        };
-        shoal::agent::tasks::spawn_sync_tasks(
-            &mut tasks,
-            &endpoint,
-            &node,
-            gossip,
-            limits(),
-            None,
-            Duration::from_millis(HEARTBEAT_MS),
-            &stopped,
-        );
-        let socket = dir.join(format!("{label}.sock"));
-        let listener = api::server::bind(&socket).unwrap();
-        let api_stop = stopped.clone();
-        tasks.spawn(api::server::serve(
-            listener,
-            node.clone(),
-            None,
-            None,
-            shoal::agent::tasks::stopped(api_stop),
-        ));
-        Daemon {
-            node,
-            address,
-            socket,
-            stop,
-            tasks,
-            endpoint,
-        }
-    }
-
-    async fn stop(mut self) -> Arc<Node> {
-        let _ = self.stop.send(true);
-        while let Some(joined) = self.tasks.join_next().await {
-            joined.unwrap();
-        }
-        self.endpoint.close(0u32.into(), b"stopped");
-        self.node
-    }
+/// A daemon named `name` whose database and socket are named `label` (two daemons share n1).
+fn start(
+    tls: &TlsMaterial,
+    dir: &Path,
+    name: &str,
+    label: &str,
+    incarnation: u64,
+    seeds: Vec<SocketAddr>,
+) -> Daemon {
+    let spec = DaemonSpec {
+        name,
+        label,
+        seeds,
+        incarnation: Some(incarnation),
+        down_after_ms: None,
+        heartbeat_ms: HEARTBEAT_MS,
+        rng_seed: incarnation,
+    };
+    Daemon::start(tls, dir, spec)
 }
 
 async fn wait_until(what: &str, done: impl Fn() -> bool) {
@@ -128,8 +72,8 @@ async fn two_daemons_with_one_name_both_say_so_stop_writing_and_the_cluster_conv
     let pki = Pki::new();
     let dir = tempfile::tempdir().unwrap();
     let n1_tls = pki.material("n1");
-    let n2 = Daemon::start(&pki.material("n2"), dir.path(), "n2", "n2", 2, Vec::new());
-    let n3 = Daemon::start(
+    let n2 = start(&pki.material("n2"), dir.path(), "n2", "n2", 2, Vec::new());
+    let n3 = start(
         &pki.material("n3"),
         dir.path(),
         "n3",
@@ -137,7 +81,7 @@ async fn two_daemons_with_one_name_both_say_so_stop_writing_and_the_cluster_conv
         3,
         vec![n2.address],
     );
-    let first = Daemon::start(
+    let first = start(
         &n1_tls,
         dir.path(),
         "n1",
@@ -159,7 +103,7 @@ async fn two_daemons_with_one_name_both_say_so_stop_writing_and_the_cluster_conv
     // The same name and certificate, its own empty state directory: it applies a service as
     // its first write after its metadata, then syncs with n2 and n3.
     let second_dir = tempfile::tempdir().unwrap();
-    let second = Daemon::start(
+    let second = start(
         &n1_tls,
         second_dir.path(),
         "n1",
@@ -255,7 +199,7 @@ async fn two_daemons_with_one_name_both_say_so_stop_writing_and_the_cluster_conv
     let node = first.stop().await;
     assert_eq!(Arc::strong_count(&node), 1, "nobody else holds the node");
     drop(node);
-    let first = Daemon::start(
+    let first = start(
         &n1_tls,
         dir.path(),
         "n1",

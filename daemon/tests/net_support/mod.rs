@@ -1,7 +1,8 @@
 //! The in-process test kit of the sync tests and benches: a CA, nodes with real
 //! certificates and a real redb database in a temp dir, HTTP/3 sync servers on 127.0.0.1
 //! port 0, and a gossip cluster running the daemon's own sync tasks
-//! (`agent::tasks::spawn_sync_tasks`).
+//! (`agent::tasks::spawn_sync_tasks`), and whole in-process daemons with their local API
+//! (`Daemon`).
 #![allow(dead_code)] // each test file uses a different part
 
 use std::net::SocketAddr;
@@ -9,12 +10,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use shoal::api;
 use shoal::state::{Node, NodeOptions, SystemClock};
 use shoal::sync::pki::{self, NodePaths, Validity};
 use shoal::sync::tls::ClusterServerVerifier;
-use shoal::sync::{self, SyncLimits, TlsMaterial};
+use shoal::sync::{self, GossipConfig, SyncLimits, TlsHandle, TlsMaterial};
 use shoal_crdt::NodeId;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinSet;
 
 pub fn node_id(name: &str) -> NodeId {
     name.parse().unwrap()
@@ -359,4 +362,104 @@ pub async fn call<T: serde::de::DeserializeOwned + Send + 'static>(
     })
     .await
     .unwrap()
+}
+
+/// How `Daemon::start` starts one in-process daemon.
+pub struct DaemonSpec<'a> {
+    pub name: &'a str,
+    /// Names its database and API socket in the directory (two daemons may share a name).
+    pub label: &'a str,
+    pub seeds: Vec<SocketAddr>,
+    /// The daemon's incarnation; `NodeOptions`' own when `None`.
+    pub incarnation: Option<u64>,
+    /// `NodeOptions`' own when `None`.
+    pub down_after_ms: Option<u64>,
+    pub heartbeat_ms: u64,
+    /// Seeds the gossip's peer choice.
+    pub rng_seed: u64,
+}
+
+/// One daemon's sync tasks (server, gossip, heartbeat) and its local API, which dials other
+/// nodes through the node's endpoint as the daemon's does; until stopped.
+pub struct Daemon {
+    pub node: Arc<Node>,
+    pub address: SocketAddr,
+    pub socket: PathBuf,
+    stop: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    endpoint: quinn::Endpoint,
+}
+
+impl Daemon {
+    pub fn start(tls: &TlsMaterial, dir: &Path, spec: DaemonSpec<'_>) -> Daemon {
+        let handle = TlsHandle::new(tls.clone());
+        let endpoint =
+            sync::bind_reloadable_endpoint("127.0.0.1:0".parse().unwrap(), &handle).unwrap();
+        let address = endpoint.local_addr().unwrap();
+        let mut options = NodeOptions::new(
+            node_id(spec.name),
+            dir.join(format!("{}.redb", spec.label)),
+            address,
+        );
+        options.seeds = spec.seeds;
+        if let Some(incarnation) = spec.incarnation {
+            options.incarnation = incarnation;
+        }
+        if let Some(down_after_ms) = spec.down_after_ms {
+            options.down_after_ms = down_after_ms;
+        }
+        let node = Arc::new(Node::open(options, Arc::new(SystemClock)).unwrap());
+        node.heartbeat().unwrap();
+        let (stop, stopped) = watch::channel(false);
+        let mut tasks = JoinSet::new();
+        let gossip = GossipConfig {
+            interval_ms: 100,
+            jitter_ms: 20,
+            rng_seed: spec.rng_seed,
+            ..GossipConfig::default()
+        };
+        shoal::agent::tasks::spawn_sync_tasks(
+            &mut tasks,
+            &endpoint,
+            &node,
+            gossip,
+            limits(),
+            None,
+            Duration::from_millis(spec.heartbeat_ms),
+            &stopped,
+        );
+        let socket = dir.join(format!("{}.sock", spec.label));
+        let listener = api::server::bind(&socket).unwrap();
+        let peers = api::server::PeerAccess {
+            endpoint: endpoint.clone(),
+            limits: limits(),
+            tls: handle,
+        };
+        tasks.spawn(api::server::serve(
+            listener,
+            node.clone(),
+            None,
+            Some(peers),
+            shoal::agent::tasks::stopped(stopped),
+        ));
+        Daemon {
+            node,
+            address,
+            socket,
+            stop,
+            tasks,
+            endpoint,
+        }
+    }
+
+    /// Stops every task and closes the endpoint; returns the node (its database closes
+    /// when the last reference goes).
+    pub async fn stop(mut self) -> Arc<Node> {
+        let _ = self.stop.send(true);
+        while let Some(joined) = self.tasks.join_next().await {
+            joined.unwrap();
+        }
+        self.endpoint.close(0u32.into(), b"stopped");
+        self.node
+    }
 }
