@@ -197,6 +197,34 @@ pub struct NodeView {
     pub containers_running: u64,
 }
 
+#[cfg(test)]
+impl NodeView {
+    /// A live member with 1000 millicpu and 1 GiB, nothing refused, not drained: what the
+    /// CLI's output tests vary one field of at a time.
+    pub fn sample(id: &str) -> NodeView {
+        NodeView {
+            id: id.parse().expect("a sample node id"),
+            address: "127.0.0.1:7444".to_string(),
+            live: true,
+            is_self: false,
+            heartbeat_age_ms: Some(100),
+            subnet: None,
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+            labels: Default::default(),
+            member: true,
+            writes_refused: None,
+            writes_refused_ms_ago: None,
+            incarnation: None,
+            duplicated: None,
+            duplicated_ms_ago: None,
+            drain: None,
+            drain_left_ms: None,
+            containers_running: 0,
+        }
+    }
+}
+
 /// What `node drain`, `node undrain` and `node evict` changed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeChangeView {

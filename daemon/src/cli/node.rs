@@ -167,27 +167,13 @@ mod tests {
 
     fn node_view(name: &str, drain_left_ms: Option<u64>, running: u64) -> NodeView {
         NodeView {
-            id: name.parse().unwrap(),
-            address: "127.0.0.1:7444".to_string(),
-            live: true,
-            is_self: false,
-            heartbeat_age_ms: Some(100),
-            subnet: None,
-            cpu_millis: 1000,
-            memory_bytes: 1 << 30,
-            labels: Default::default(),
-            member: true,
-            writes_refused: None,
-            writes_refused_ms_ago: None,
-            incarnation: None,
-            duplicated: None,
-            duplicated_ms_ago: None,
             drain: drain_left_ms.map(|_| shoal_crdt::Drain {
                 since_unix_ms: 1,
                 deadline_ms: 60_000,
             }),
             drain_left_ms,
             containers_running: running,
+            ..NodeView::sample(name)
         }
     }
 

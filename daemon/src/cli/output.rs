@@ -560,24 +560,12 @@ mod tests {
             "{text}"
         );
         let node = |id: &str, member: bool, refused: Option<&str>| NodeView {
-            id: id.parse().unwrap(),
-            address: "127.0.0.1:7444".to_string(),
             live: member,
-            is_self: false,
             heartbeat_age_ms: member.then_some(100),
-            subnet: None,
-            cpu_millis: 1000,
-            memory_bytes: 1 << 30,
-            labels: Default::default(),
             member,
             writes_refused: refused.map(str::to_string),
             writes_refused_ms_ago: refused.map(|_| 1_500),
-            incarnation: None,
-            duplicated: None,
-            duplicated_ms_ago: None,
-            drain: None,
-            drain_left_ms: None,
-            containers_running: 0,
+            ..NodeView::sample(id)
         };
         let text = nodes(&[
             node(
@@ -650,27 +638,12 @@ mod tests {
     #[test]
     fn a_drained_node_shows_drained_with_the_deadline_left() {
         let node = |id: &str, drain_left_ms: Option<u64>| NodeView {
-            id: id.parse().unwrap(),
-            address: "127.0.0.1:7444".to_string(),
-            live: true,
-            is_self: false,
-            heartbeat_age_ms: Some(100),
-            subnet: None,
-            cpu_millis: 1000,
-            memory_bytes: 1 << 30,
-            labels: Default::default(),
-            member: true,
-            writes_refused: None,
-            writes_refused_ms_ago: None,
-            incarnation: None,
-            duplicated: None,
-            duplicated_ms_ago: None,
             drain: drain_left_ms.map(|_| shoal_crdt::Drain {
                 since_unix_ms: 1,
                 deadline_ms: 300_000,
             }),
             drain_left_ms,
-            containers_running: 0,
+            ..NodeView::sample(id)
         };
         let text = nodes(&[
             node("n1", None),
