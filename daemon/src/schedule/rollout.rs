@@ -227,6 +227,24 @@ mod tests {
         }
     }
 
+    /// `pace` of an update that is not paused.
+    fn paced(
+        me: &str,
+        max_parallel: u32,
+        order: UpdateOrder,
+        want: &BTreeMap<NodeId, u32>,
+        replicas: &[Replica],
+    ) -> Pacing {
+        pace(
+            &node(me),
+            &policy(max_parallel),
+            order,
+            want,
+            replicas,
+            false,
+        )
+    }
+
     fn ids(pacing: &Pacing) -> Vec<&str> {
         pacing.stops.iter().map(ContainerId::as_str).collect()
     }
@@ -259,16 +277,7 @@ mod tests {
     fn start_first_replaces_one_node_at_a_time_in_node_order() {
         let want = wanted(&[("a", 1), ("b", 1), ("c", 1)]);
         let old = three_old();
-        let start = |me| {
-            pace(
-                &node(me),
-                &policy(1),
-                UpdateOrder::StartFirst,
-                &want,
-                &old,
-                false,
-            )
-        };
+        let start = |me| paced(me, 1, UpdateOrder::StartFirst, &want, &old);
         assert_eq!(start("a").starts, 1, "a's slot is first");
         assert_eq!(start("b").starts, 0);
         assert_eq!(start("c").starts, 0);
@@ -281,14 +290,7 @@ mod tests {
         let mut now = old.clone();
         now.push(replica("a", "web-a1", true, false));
         for me in ["a", "b", "c"] {
-            let pacing = pace(
-                &node(me),
-                &policy(1),
-                UpdateOrder::StartFirst,
-                &want,
-                &now,
-                false,
-            );
+            let pacing = paced(me, 1, UpdateOrder::StartFirst, &want, &now);
             assert_eq!(pacing.starts, 0, "{me}");
             assert!(pacing.stops.is_empty(), "{me}");
             assert_eq!(pacing.in_transition, 1);
@@ -297,23 +299,9 @@ mod tests {
         // Ready: a stops its outdated one, b's slot is next.
         now.pop();
         now.push(replica("a", "web-a1", true, true));
-        let a = pace(
-            &node("a"),
-            &policy(1),
-            UpdateOrder::StartFirst,
-            &want,
-            &now,
-            false,
-        );
+        let a = paced("a", 1, UpdateOrder::StartFirst, &want, &now);
         assert_eq!(ids(&a), ["web-a0"]);
-        let b = pace(
-            &node("b"),
-            &policy(1),
-            UpdateOrder::StartFirst,
-            &want,
-            &now,
-            false,
-        );
+        let b = paced("b", 1, UpdateOrder::StartFirst, &want, &now);
         assert_eq!(b.starts, 1);
         assert!(b.stops.is_empty());
     }
@@ -324,17 +312,7 @@ mod tests {
         let old = three_old();
         let starts: Vec<u32> = ["a", "b", "c"]
             .iter()
-            .map(|me| {
-                pace(
-                    &node(me),
-                    &policy(2),
-                    UpdateOrder::StartFirst,
-                    &want,
-                    &old,
-                    false,
-                )
-                .starts
-            })
+            .map(|me| paced(me, 2, UpdateOrder::StartFirst, &want, &old).starts)
             .collect();
         assert_eq!(starts, [1, 1, 0]);
     }
@@ -346,45 +324,17 @@ mod tests {
             replica("a", "web-a0", false, false),
             replica("b", "web-b0", false, false),
         ];
-        let a = pace(
-            &node("a"),
-            &policy(1),
-            UpdateOrder::StopFirst,
-            &want,
-            &old,
-            false,
-        );
+        let a = paced("a", 1, UpdateOrder::StopFirst, &want, &old);
         assert_eq!(ids(&a), ["web-a0"]);
         assert_eq!(a.starts, 0);
-        let b = pace(
-            &node("b"),
-            &policy(1),
-            UpdateOrder::StopFirst,
-            &want,
-            &old,
-            false,
-        );
+        let b = paced("b", 1, UpdateOrder::StopFirst, &want, &old);
         assert!(b.stops.is_empty());
 
         // a's old one is gone: a hole, filled at once; b waits.
         let now = vec![replica("b", "web-b0", false, false)];
-        let a = pace(
-            &node("a"),
-            &policy(1),
-            UpdateOrder::StopFirst,
-            &want,
-            &now,
-            false,
-        );
+        let a = paced("a", 1, UpdateOrder::StopFirst, &want, &now);
         assert_eq!(a.starts, 1);
-        let b = pace(
-            &node("b"),
-            &policy(1),
-            UpdateOrder::StopFirst,
-            &want,
-            &now,
-            false,
-        );
+        let b = paced("b", 1, UpdateOrder::StopFirst, &want, &now);
         assert!(b.stops.is_empty());
         assert_eq!(b.in_transition, 1);
     }
@@ -397,48 +347,20 @@ mod tests {
             replica("a", "web-a0", false, false),
             replica("b", "web-b0", false, false),
         ];
-        let a = pace(
-            &node("a"),
-            &policy(1),
-            UpdateOrder::StartFirst,
-            &want,
-            &old,
-            false,
-        );
+        let a = paced("a", 1, UpdateOrder::StartFirst, &want, &old);
         assert!(a.stops.is_empty(), "no ready replica yet");
-        let c = pace(
-            &node("c"),
-            &policy(1),
-            UpdateOrder::StartFirst,
-            &want,
-            &old,
-            false,
-        );
+        let c = paced("c", 1, UpdateOrder::StartFirst, &want, &old);
         assert_eq!(c.starts, 1, "c's place is a hole");
 
         let mut now = old.clone();
         now.push(replica("c", "web-c1", true, true));
-        let a = pace(
-            &node("a"),
-            &policy(1),
-            UpdateOrder::StartFirst,
-            &want,
-            &now,
-            false,
-        );
+        let a = paced("a", 1, UpdateOrder::StartFirst, &want, &now);
         assert_eq!(
             ids(&a),
             ["web-a0"],
             "a is over its count: its replica goes first"
         );
-        let b = pace(
-            &node("b"),
-            &policy(1),
-            UpdateOrder::StartFirst,
-            &want,
-            &now,
-            false,
-        );
+        let b = paced("b", 1, UpdateOrder::StartFirst, &want, &now);
         assert!(b.stops.is_empty());
     }
 
@@ -483,28 +405,14 @@ mod tests {
                 for _round in 0..40 {
                     let mut next = replicas.clone();
                     for me in ["a", "b", "c", "d"] {
-                        let pacing = pace(
-                            &node(me),
-                            &policy(max_parallel),
-                            order,
-                            &want,
-                            &replicas,
-                            false,
-                        );
+                        let pacing = paced(me, max_parallel, order, &want, &replicas);
                         next.retain(|replica| !pacing.stops.contains(&replica.id));
                         for _ in 0..pacing.starts {
                             fresh += 1;
                             next.push(replica(me, &format!("web-n{fresh}"), true, false));
                         }
                     }
-                    let view = pace(
-                        &node("a"),
-                        &policy(max_parallel),
-                        order,
-                        &want,
-                        &next,
-                        false,
-                    );
+                    let view = paced("a", max_parallel, order, &want, &next);
                     assert!(
                         view.in_transition <= max_parallel,
                         "{order:?} max_parallel {max_parallel}: {} in transition",
