@@ -158,6 +158,16 @@ impl ServiceSpec {
         }
     }
 
+    /// What the spec runs: the spec without its replica count and update policy. Two specs
+    /// with one workload run the same containers (a change of only those replaces nothing).
+    pub fn workload(&self) -> ServiceSpec {
+        ServiceSpec {
+            replicas: 0,
+            update: UpdatePolicy::default(),
+            ..self.clone()
+        }
+    }
+
     /// The placement constraints. Specs in a state were validated, so this only fails on a
     /// spec that was never checked.
     pub fn placement_constraints(&self) -> Result<Vec<Constraint>, SpecError> {

@@ -255,13 +255,9 @@ pub enum RecordError {
     },
 }
 
-/// Whether two specs run the same thing: equal but for the replica count and the update
-/// policy (a change of only those replaces no container).
+/// Whether two specs run the same thing (`ServiceSpec::workload`).
 pub fn same_workload(a: &ServiceSpec, b: &ServiceSpec) -> bool {
-    let mut a = a.clone();
-    a.replicas = b.replicas;
-    a.update = b.update;
-    a == *b
+    a.workload() == b.workload()
 }
 
 impl ServiceRecord {

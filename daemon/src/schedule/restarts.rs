@@ -24,27 +24,18 @@ pub fn restart_policy(policy: shoal_crdt::RestartPolicy) -> RestartPolicy {
     }
 }
 
-/// A spec without its replica count and update policy: a new spec version that changes only
-/// those does not replace running containers.
-pub fn without_replicas(spec: &ServiceSpec) -> ServiceSpec {
-    ServiceSpec {
-        replicas: 0,
-        update: shoal_crdt::UpdatePolicy::default(),
-        ..spec.clone()
-    }
-}
-
 /// The short form of `spec_digest` a container status carries (16 hex digits).
 pub fn short_digest(digest: &str) -> String {
     digest.chars().take(16).collect()
 }
 
-/// A fingerprint of what a container runs: the sha256 of its spec without the replica
-/// count, which the executor writes on the container (`SPEC_ANNOTATION`) and the planner
-/// compares with the current spec.
+/// A fingerprint of what a container runs: the sha256 of its spec's workload
+/// (`ServiceSpec::workload`: no replica count, no update policy, so a change of only those
+/// replaces nothing), which the executor writes on the container (`SPEC_ANNOTATION`) and
+/// the planner compares with the current spec.
 pub fn spec_digest(spec: &ServiceSpec) -> String {
     use sha2::Digest as _;
-    let bytes = serde_json::to_vec(&without_replicas(spec)).expect("a spec serialises");
+    let bytes = serde_json::to_vec(&spec.workload()).expect("a spec serialises");
     hex::encode(sha2::Sha256::digest(&bytes))
 }
 
