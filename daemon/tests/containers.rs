@@ -446,7 +446,14 @@ fn logs_of_a_container_on_another_node_are_read_and_followed_through_its_node() 
         );
     }
     let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
-    let view = ps(a);
+    // B's record of its replica reaches A by sync, a moment after B starts it.
+    let view = wait_for("A to see B's running replica", 30_000, || {
+        let view = ps(a);
+        view.containers
+            .iter()
+            .any(|c| c.node == "node-b" && c.state == "running")
+            .then_some(view)
+    });
     let on_b = view
         .containers
         .iter()
