@@ -271,8 +271,8 @@ let
             Health check of each container of ${name}: a `GET` of this URL,
             healthy on a 2xx or 3xx status. The host must be `127.0.0.1` or
             `localhost`, meaning the container itself; the node probes the
-            container's own address. Give this or `tcp`, not both; with
-            neither (and no other `health` option) there is no check.
+            container's own address. Give one of `http`, `tcp` and `cmd`;
+            with none (and no other `health` option) there is no check.
           '';
         };
         tcp = mkOption {
@@ -280,6 +280,17 @@ let
           default = null;
           example = 5432;
           description = "Health check: a TCP connection to this port of the container.";
+        };
+        cmd = mkOption {
+          type = types.nullOr (types.listOf types.str);
+          default = null;
+          example = [ "/bin/sh" "-c" "test -e /run/ready" ];
+          description = ''
+            Health check: this program with its arguments, run inside each
+            container of ${name} (its filesystem, user and environment);
+            healthy when it exits 0 within `timeout_ms`. No shell is
+            involved: use `[ "/bin/sh" "-c" "..." ]` for one.
+          '';
         };
         interval_ms = optionalPositive "Time between probes (daemon default 30000; 500 to 3600000).";
         timeout_ms = optionalPositive "How long one probe may take (daemon default 30000; at most `interval_ms`).";

@@ -296,6 +296,8 @@ for name in ("web", "local"):
 health = {"http": "http://127.0.0.1:8080/healthz", "interval_ms": 2000, "timeout_ms": 1000, "retries": 3, "start_period_ms": 5000}
 assert services["web"].get("health") == health, f"web.health: rendered {services['web'].get('health')!r}, expected {health!r}"
 assert "health" not in services["local"], f"local renders an unset health check {services['local']['health']!r}"
+probed = {"cmd": ["/bin/sh", "-c", "test -e /run/ready"], "interval_ms": 5000, "timeout_ms": 2000}
+assert services["probed"].get("health") == probed, f"probed.health: rendered {services['probed'].get('health')!r}, expected {probed!r}"
 update = {"max_parallel": 2, "order": "stop-first", "min_healthy_ms": 1000, "healthy_deadline_ms": 30000, "auto_rollback": False}
 assert services["web"].get("update") == update, f"web.update: rendered {services['web'].get('update')!r}, expected {update!r}"
 assert "update" not in services["local"], f"local renders an unset update policy {services['local']['update']!r}"

@@ -9,8 +9,10 @@
 //!   is `127.0.0.1` or `localhost`, which means the container itself (its own address when it
 //!   has one on the node bridge);
 //! - `tcp = 8080`: a connection to the container's port;
-//! - `cmd = [...]`: a command run inside the container. Not supported yet: refused with a
-//!   message saying so.
+//! - `cmd = ["/bin/check", "arg"]`: a command run inside the container (its namespaces,
+//!   root, user and environment), healthy when it exits 0 within the timeout. The program is
+//!   an absolute path or a name the container's `PATH` finds; no shell is involved, so write
+//!   `["/bin/sh", "-c", "..."]` for one.
 
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +26,9 @@ pub const HEALTH_START_PERIOD_MS_MAX: u64 = 3_600_000;
 pub const HEALTH_RETRIES_MAX: u32 = 100;
 /// Longest `http` URL.
 pub const HEALTH_URL_BYTES_MAX: usize = 1024;
+/// Most words of a `cmd`, and most bytes of them all together.
+pub const HEALTH_CMD_ARGS_MAX: usize = 64;
+pub const HEALTH_CMD_BYTES_MAX: usize = 4096;
 
 /// Docker's defaults.
 pub const HEALTH_INTERVAL_MS_DEFAULT: u64 = 30_000;
@@ -51,7 +56,7 @@ pub struct HealthCheck {
     /// A port of the container to connect to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcp: Option<u16>,
-    /// A command to run inside the container (not supported yet).
+    /// A command to run inside the container: healthy when it exits 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cmd: Option<Vec<String>>,
     #[serde(default = "default_interval_ms")]
@@ -75,6 +80,10 @@ pub enum HealthProbe {
     },
     Tcp {
         port: u16,
+    },
+    /// Run `argv` inside the container.
+    Cmd {
+        argv: Vec<String>,
     },
 }
 
@@ -172,10 +181,7 @@ impl HealthCheck {
             }
             (None, Some(0), None) => Err(error("tcp", "port 0 is not a port")),
             (None, Some(port), None) => Ok(HealthProbe::Tcp { port }),
-            (None, None, Some(_)) => Err(error(
-                "cmd",
-                "running a command inside the container is not supported yet; use health.http or health.tcp",
-            )),
+            (None, None, Some(argv)) => parse_cmd(argv).map_err(|reason| error("cmd", reason)),
             (None, None, None) => Err(error("http", "one of http, tcp or cmd must be given")),
             _ => Err(error(
                 if self.http.is_some() { "http" } else { "tcp" },
@@ -202,6 +208,34 @@ pub enum HttpUrlError {
     Port { url: String, port: String },
     #[error("{url:?}: the path contains {bad:?} (only visible ASCII, no '#')")]
     Path { url: String, bad: char },
+}
+
+/// A `cmd`: at least a program, bounded, no NUL byte (a process's arguments are C strings).
+fn parse_cmd(argv: &[String]) -> Result<HealthProbe, String> {
+    let Some(program) = argv.first() else {
+        return Err("is empty; give the program and its arguments, e.g. [\"/bin/check\"]".into());
+    };
+    if program.is_empty() {
+        return Err("the program (the first word) is empty".into());
+    }
+    if argv.len() > HEALTH_CMD_ARGS_MAX {
+        return Err(format!(
+            "has {} words, more than {HEALTH_CMD_ARGS_MAX}",
+            argv.len()
+        ));
+    }
+    let bytes: usize = argv.iter().map(String::len).sum();
+    if bytes > HEALTH_CMD_BYTES_MAX {
+        return Err(format!(
+            "is {bytes} bytes long, more than {HEALTH_CMD_BYTES_MAX}"
+        ));
+    }
+    if let Some(word) = argv.iter().position(|word| word.contains('\0')) {
+        return Err(format!("word {word} contains a NUL byte"));
+    }
+    Ok(HealthProbe::Cmd {
+        argv: argv.to_vec(),
+    })
 }
 
 /// `http://127.0.0.1:<port>/<path>` or `http://localhost:<port>/<path>`.
@@ -303,8 +337,21 @@ mod tests {
         );
         check(r#"{"tcp": 0}"#, Err("health.tcp: "));
         check(
-            r#"{"cmd": ["/bin/check"]}"#,
-            Err("health.cmd: running a command"),
+            r#"{"cmd": ["/bin/check", "--quick"]}"#,
+            Ok(HealthProbe::Cmd {
+                argv: vec!["/bin/check".into(), "--quick".into()],
+            }),
+        );
+        check(r#"{"cmd": []}"#, Err("health.cmd: is empty"));
+        check(r#"{"cmd": [""]}"#, Err("health.cmd: the program"));
+        check(r#"{"cmd": ["/bin/a\u0000b"]}"#, Err("health.cmd: word 0"));
+        let long = format!(r#"{{"cmd": ["{}"]}}"#, "a".repeat(HEALTH_CMD_BYTES_MAX + 1));
+        check(&long, Err("health.cmd: is 4097 bytes"));
+        let many = format!(r#"{{"cmd": [{}]}}"#, vec![r#""a""#; 65].join(","));
+        check(&many, Err("health.cmd: has 65 words"));
+        check(
+            r#"{"cmd": ["/bin/check"], "tcp": 80}"#,
+            Err("health.tcp: give only one"),
         );
         check(
             r#"{"tcp": 80, "interval_ms": 100}"#,

@@ -3,7 +3,10 @@
 //! a container whose `tcp` check finds nothing listening becomes unhealthy and is
 //! restarted per its policy (its restart count grows). The daemon runs in a network
 //! namespace of its own with a container subnet, so probes go to the containers'
-//! addresses on the node bridge. Needs root (mounts, cgroups, namespaces).
+//! addresses on the node bridge. A `cmd` check runs inside the container through
+//! libcontainer, with no network at all: healthy once the container's own file exists,
+//! unhealthy (and restarted) when the command exits non-zero. Needs root (mounts, cgroups,
+//! namespaces).
 
 mod host_support;
 #[path = "../../oci/tests/common/mod.rs"]
@@ -159,4 +162,70 @@ fn an_http_check_makes_a_server_healthy_and_a_failing_tcp_check_restarts_its_con
         daemon.log().contains("container unhealthy"),
         "the daemon logs why it restarts"
     );
+}
+
+#[test]
+fn a_command_check_runs_inside_the_container_and_needs_no_network() {
+    if !image_support::require_root() {
+        return;
+    }
+    // No container subnet: the containers' namespaces have nothing a node could reach.
+    let mut cluster = Guarded::new(
+        1,
+        "\n[containers]\nreconcile_interval_ms = 200\nstop_grace_ms = 500\n",
+    );
+    cluster.start_all();
+    let layout = cluster.root.path().join("busybox-image");
+    image_support::busybox_image(&layout, &["/bin/busybox", "sleep", "3600"]);
+    let image = layout.display().to_string();
+    let daemon = &cluster.nodes[0];
+
+    // Ready once it has made its own file, a second after it starts; only its root has it.
+    let mut ready = ServiceSpec::new(&image);
+    ready.command = vec![
+        "/bin/busybox".into(),
+        "sh".into(),
+        "-c".into(),
+        "sleep 1; touch /tmp/ready; exec /bin/busybox sleep 3600".into(),
+    ];
+    let mut probe = check(HealthCheck::tcp(1));
+    probe.tcp = None;
+    probe.cmd = Some(vec![
+        "/bin/busybox".into(),
+        "test".into(),
+        "-e".into(),
+        "/tmp/ready".into(),
+    ]);
+    ready.health = Some(Box::new(probe.clone()));
+    apply(daemon, "ready", ready);
+
+    let mut failing = ServiceSpec::new(&image);
+    failing.command = vec!["/bin/busybox".into(), "sleep".into(), "3600".into()];
+    failing.restart = shoal_crdt::RestartPolicy::Always;
+    probe.cmd = Some(vec![
+        "/bin/busybox".into(),
+        "sh".into(),
+        "-c".into(),
+        "exit 4".into(),
+    ]);
+    failing.health = Some(Box::new(probe));
+    apply(daemon, "failing", failing);
+
+    let healthy = wait_for("ready to be healthy", 30_000, || {
+        of_service(&ps(daemon), "ready")
+            .filter(|ready| ready.state == "running" && ready.health == "healthy")
+    });
+    assert_eq!(healthy.ip, None, "no subnet, no address");
+    let unhealthy = wait_for("failing to be unhealthy", 30_000, || {
+        of_service(&ps(daemon), "failing").filter(|failing| failing.health == "unhealthy")
+    });
+    assert_eq!(
+        unhealthy.health_reason.as_deref(),
+        Some("/bin/busybox exited with code 4")
+    );
+    wait_for("failing to be restarted", 45_000, || {
+        of_service(&ps(daemon), "failing").filter(|failing| failing.restarts >= 1)
+    });
+    let ready = of_service(&ps(daemon), "ready").unwrap();
+    assert_eq!((ready.restarts, ready.health.as_str()), (0, "healthy"));
 }

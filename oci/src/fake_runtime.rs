@@ -2,6 +2,7 @@
 //! state machine as the real runtime (created -> running -> stopped, delete removes) and
 //! enforces the same rules, but runs nothing. The test decides when a container ends with
 //! `finish`, and can make the next operations fail with `fail_next` to exercise error paths.
+//! A command run in a container (`exec`) exits 0 unless `set_exec_outcome` says otherwise.
 //! It keeps each container's mounts (`mounts_of`) and refuses the mount targets the real
 //! runtime refuses; it does not look at bind sources on the host.
 
@@ -11,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use crate::bundle::{self, Mount};
 use crate::runtime::{
-    ContainerConfig, ContainerState, ContainerStatus, ExitStatus, Runtime, RuntimeError,
+    ContainerConfig, ContainerState, ContainerStatus, ExecOutcome, ExitStatus, Runtime,
+    RuntimeError,
 };
 
 /// What the fake runtime was asked to do, in order, for assertions.
@@ -21,6 +23,7 @@ pub enum FakeCall {
     Start(String),
     Stop(String),
     Delete(String),
+    Exec(String, Vec<String>),
 }
 
 #[derive(Default)]
@@ -30,6 +33,7 @@ struct FakeState {
     mounts: BTreeMap<String, Vec<Mount>>,
     calls: Vec<FakeCall>,
     failures: VecDeque<String>,
+    exec_outcomes: BTreeMap<String, ExecOutcome>,
 }
 
 #[derive(Default)]
@@ -47,6 +51,11 @@ impl FakeRuntime {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// How commands run in container `id` end from now on.
+    pub fn set_exec_outcome(&self, id: &str, outcome: ExecOutcome) {
+        self.lock().exec_outcomes.insert(id.to_owned(), outcome);
     }
 
     /// Ends a running container with `exit`, as if its process had exited.
@@ -202,6 +211,37 @@ impl Runtime for FakeRuntime {
             pid: None,
             annotations: state.annotations.get(id).cloned().unwrap_or_default(),
         })
+    }
+
+    fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        _timeout_ms: u64,
+    ) -> Result<ExecOutcome, RuntimeError> {
+        let mut state = self.lock();
+        let status = *state
+            .containers
+            .get(id)
+            .ok_or_else(|| RuntimeError::NotFound { id: id.to_owned() })?;
+        if status != ContainerStatus::Running {
+            return Err(RuntimeError::WrongState {
+                id: id.to_owned(),
+                action: "exec in",
+                status,
+            });
+        }
+        self.record(
+            &mut state,
+            FakeCall::Exec(id.to_owned(), args.to_vec()),
+            id,
+            "exec in",
+        )?;
+        Ok(state
+            .exec_outcomes
+            .get(id)
+            .copied()
+            .unwrap_or(ExecOutcome::Exited(ExitStatus::Code(0))))
     }
 
     fn wait(&self, id: &str, timeout_ms: u64) -> Result<Option<ExitStatus>, RuntimeError> {

@@ -31,8 +31,8 @@ pub use libcontainer_runtime::{CREATE_TIMEOUT_MS, LibcontainerRuntime, RuntimeSe
 pub use restart_policy::{RestartDecision, RestartPolicy, RestartTracker};
 pub use rootfs::{Rootfs, RootfsError, RootfsMode};
 pub use runtime::{
-    AdoptionReport, ContainerConfig, ContainerState, ContainerStatus, ExitStatus, Runtime,
-    RuntimeError,
+    AdoptionReport, ContainerConfig, ContainerState, ContainerStatus, ExecOutcome, ExitStatus,
+    Runtime, RuntimeError,
 };
 pub use tar;
 pub use zygote_client::{ZygoteCommand, ZygoteError};

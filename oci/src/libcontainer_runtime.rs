@@ -36,8 +36,8 @@ use crate::container_log;
 use crate::layer_unpack::remove_any;
 use crate::rootfs::{self, Rootfs, RootfsKind};
 use crate::runtime::{
-    AdoptionReport, ContainerConfig, ContainerState, ContainerStatus, ExitStatus, Runtime,
-    RuntimeError,
+    AdoptionReport, ContainerConfig, ContainerState, ContainerStatus, ExecOutcome, ExitStatus,
+    Runtime, RuntimeError,
 };
 use crate::zygote_client::{Zygote, ZygoteCommand, ZygoteError};
 use crate::zygote_protocol::{Request, Response};
@@ -164,7 +164,14 @@ pub struct LibcontainerRuntime {
     settings: RuntimeSettings,
     containers: Mutex<HashMap<String, Arc<Tracked>>>,
     zygote: Zygote,
+    /// A second zygote for `exec` (health check commands), started at the first one, so a
+    /// slow check never holds a container's create or start back.
+    exec_zygote: Mutex<Option<Arc<Zygote>>>,
 }
+
+/// What the exec zygote gets beyond a command's own timeout: the tenant's setup and the
+/// kill at the timeout.
+const EXEC_MARGIN_MS: u64 = 5_000;
 
 fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
@@ -241,6 +248,7 @@ impl LibcontainerRuntime {
             settings,
             containers: Mutex::new(HashMap::new()),
             zygote,
+            exec_zygote: Mutex::new(None),
         };
         let report = runtime.adopt()?;
         Ok((runtime, report))
@@ -280,6 +288,23 @@ impl LibcontainerRuntime {
         self.zygote
             .request(request, self.settings.create_timeout_ms)
             .map_err(|error| Self::zygote_error(id, action, error))
+    }
+
+    /// The exec zygote, started if it is not running yet.
+    fn exec_zygote(&self, id: &str) -> Result<Arc<Zygote>, RuntimeError> {
+        let mut slot = self
+            .exec_zygote
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(zygote) = slot.as_ref() {
+            return Ok(Arc::clone(zygote));
+        }
+        let zygote = Arc::new(
+            Zygote::start(self.settings.zygote.clone())
+                .map_err(|error| Self::zygote_error(id, "start the exec zygote", error))?,
+        );
+        *slot = Some(Arc::clone(&zygote));
+        Ok(zygote)
     }
 
     fn zygote_error(id: &str, action: &'static str, error: ZygoteError) -> RuntimeError {
@@ -678,6 +703,37 @@ impl Runtime for LibcontainerRuntime {
             },
             annotations: tracked.annotations.clone(),
         })
+    }
+
+    fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        timeout_ms: u64,
+    ) -> Result<ExecOutcome, RuntimeError> {
+        let status = self.tracked(id)?.status();
+        if status != ContainerStatus::Running {
+            return Err(RuntimeError::WrongState {
+                id: id.to_owned(),
+                action: "exec in",
+                status,
+            });
+        }
+        let request = Request::Exec {
+            id: id.to_owned(),
+            state_dir: self.state_dir(),
+            args: args.to_vec(),
+            timeout_ms,
+        };
+        let answer = self
+            .exec_zygote(id)?
+            .request(&request, timeout_ms.saturating_add(EXEC_MARGIN_MS))
+            .map_err(|error| Self::zygote_error(id, "exec in", error))?;
+        match answer {
+            Response::Ran { exit } => Ok(ExecOutcome::Exited(exit)),
+            Response::TimedOut => Ok(ExecOutcome::TimedOut),
+            other => Err(Self::unexpected(id, "exec in", other)),
+        }
     }
 
     fn wait(&self, id: &str, timeout_ms: u64) -> Result<Option<ExitStatus>, RuntimeError> {

@@ -24,6 +24,14 @@ impl ExitStatus {
     }
 }
 
+/// How a command run inside a container (`Runtime::exec`) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExecOutcome {
+    Exited(ExitStatus),
+    /// Still running at its timeout: killed.
+    TimedOut,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ContainerStatus {
     /// Created, its process waiting for `start`.
@@ -123,6 +131,11 @@ pub trait Runtime: Send + Sync {
     /// Removes the container: processes, cgroup, rootfs mount, bundle and logs.
     fn delete(&self, id: &str) -> Result<(), RuntimeError>;
     fn state(&self, id: &str) -> Result<ContainerState, RuntimeError>;
+    /// Runs `args` inside the running container (its namespaces, root, cgroup, user and
+    /// environment) with no input and its output discarded; kills it `timeout_ms` after the
+    /// call began. For health checks: calls may run one at a time.
+    fn exec(&self, id: &str, args: &[String], timeout_ms: u64)
+    -> Result<ExecOutcome, RuntimeError>;
     /// Waits up to `timeout_ms` for the container to end; `None` if it is still running.
     fn wait(&self, id: &str, timeout_ms: u64) -> Result<Option<ExitStatus>, RuntimeError>;
     /// The ids of all containers this runtime knows.

@@ -1,6 +1,7 @@
 //! The zygote: a helper process with one thread that makes the libcontainer calls which
 //! clone a process or change the working directory (`ContainerBuilder::build`,
-//! `Container::start`), on request from the daemon, as containerd's shims do for it.
+//! `Container::start`, and the tenant builder that runs a command inside a running
+//! container), on request from the daemon, as containerd's shims do for it.
 //!
 //! A raw clone copies only the calling thread; a lock any other thread held at that instant
 //! (the allocator's, stdout's, a tracing writer's, Rust's environment lock) stays held in
@@ -288,6 +289,12 @@ fn perform(request: &Request) -> Response {
             stderr_fifo,
         } => create(id, state_dir, bundle_dir, stdout_fifo, stderr_fifo),
         Request::Start { id, state_dir } => start(id, state_dir),
+        Request::Exec {
+            id,
+            state_dir,
+            args,
+            timeout_ms,
+        } => exec(id, state_dir, args, *timeout_ms),
     }
 }
 
@@ -347,5 +354,143 @@ fn start(id: &str, state_dir: &Path) -> Response {
     match container.start() {
         Ok(()) => Response::Started,
         Err(error) => Response::failed(Step::Start, error),
+    }
+}
+
+/// Runs `args` in the running container `id` as a tenant process (a child of this worker),
+/// waits for it until `timeout_ms` after the call began, and kills it then.
+fn exec(id: &str, state_dir: &Path, args: &[String], timeout_ms: u64) -> Response {
+    let began = std::time::Instant::now();
+    if let Err(error) = bundle::validate_id(id) {
+        return Response::failed(Step::Configure, error);
+    }
+    let null = |write: bool| {
+        std::fs::OpenOptions::new()
+            .read(!write)
+            .write(write)
+            .open("/dev/null")
+            .map_err(|error| Response::failed(Step::Open, format!("/dev/null: {error}")))
+    };
+    let (stdin, stdout, stderr) = match (null(false), null(true), null(true)) {
+        (Ok(stdin), Ok(stdout), Ok(stderr)) => (stdin, stdout, stderr),
+        (Err(failure), _, _) | (_, Err(failure), _) | (_, _, Err(failure)) => return failure,
+    };
+    let builder = match ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_root_path(state_dir)
+    {
+        Ok(builder) => builder,
+        Err(error) => return Response::failed(Step::Configure, error),
+    };
+    let built = builder
+        .with_stdin(stdin)
+        .with_stdout(stdout)
+        .with_stderr(stderr)
+        .as_tenant()
+        .with_container_args(args.to_vec())
+        .with_detach(true)
+        .build();
+    // The tenant builder names a notify socket in the container's state directory for each
+    // call and leaves it there; execs run one at a time, so whatever is there is ours.
+    remove_tenant_sockets(&state_dir.join(id));
+    let response = match built {
+        Ok(pid) => {
+            let left_ms = timeout_ms.saturating_sub(began.elapsed().as_millis() as u64);
+            match wait_until(pid, left_ms) {
+                Some(status) => Response::Ran { exit: status },
+                None => {
+                    let _ = kill(pid, Signal::SIGKILL);
+                    reap(pid);
+                    Response::TimedOut
+                }
+            }
+        }
+        Err(error) => Response::failed(Step::Exec, error),
+    };
+    // A tenant process lives in the container's pid namespace but is this worker's child:
+    // left unreaped (a failed exec's, whose pid libcontainer does not return), its zombie
+    // would pass to the daemon, which reaps only containers' inits, and the container's init
+    // could then never finish exiting (the kernel waits for every process of the namespace
+    // to be reaped). So every child is reaped before the worker ends.
+    reap_children(TENANT_REAP_MS);
+    response
+}
+
+/// How long a worker waits for its tenant's processes to end before killing them.
+const TENANT_REAP_MS: u64 = 2_000;
+
+/// Reaps every child of this process; those still running after `wait_ms` are killed first.
+fn reap_children(wait_ms: u64) {
+    use nix::sys::wait::WaitPidFlag;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(wait_ms);
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) => {
+                if std::time::Instant::now() >= deadline {
+                    for child in children() {
+                        let _ = kill(child, Signal::SIGKILL);
+                    }
+                    while !matches!(waitpid(None, None), Err(nix::Error::ECHILD)) {}
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(_) => return, // ECHILD: none left
+        }
+    }
+}
+
+/// This process's children, from `/proc/self/task/<pid>/children` (one thread: the pid).
+fn children() -> Vec<Pid> {
+    let path = format!("/proc/self/task/{}/children", getpid());
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|pid| pid.parse().ok())
+        .map(Pid::from_raw)
+        .collect()
+}
+
+/// Waits up to `timeout_ms` for this worker's child `pid` to end; `None` if it still runs.
+fn wait_until(pid: Pid, timeout_ms: u64) -> Option<crate::runtime::ExitStatus> {
+    use crate::runtime::ExitStatus;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_millis(timeout_ms);
+    let status = |status: Option<WaitStatus>| match status {
+        Some(WaitStatus::Exited(_, code)) => ExitStatus::Code(code),
+        Some(WaitStatus::Signaled(_, signal, _)) => ExitStatus::Signal(signal as i32),
+        _ => ExitStatus::Unknown,
+    };
+    let Ok(pidfd) = pidfd_open(pid) else {
+        // It has already been reaped or cannot be watched: a blocking wait, bounded by the
+        // daemon's deadline on the whole request.
+        return Some(status(reap(pid)));
+    };
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        let left_ms = u16::try_from(left.as_millis().max(1)).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(left_ms)) {
+            Ok(0) | Err(nix::Error::EINTR) => continue,
+            Ok(_) => return Some(status(reap(pid))),
+            // Cannot watch it: it is killed, as at the timeout.
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Removes the tenant builder's notify sockets (`tenant-notify-*.sock`) from `dir`.
+fn remove_tenant_sockets(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("tenant-notify-") && name.ends_with(".sock") {
+            let _ = std::fs::remove_file(entry.path());
+        }
     }
 }

@@ -132,6 +132,7 @@ impl Zygote {
         let action = match request {
             Request::Create { .. } => "create",
             Request::Start { .. } => "start",
+            Request::Exec { .. } => "exec in",
         };
         let mut slot = self.lock();
         let mut resent = false;

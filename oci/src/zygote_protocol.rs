@@ -6,8 +6,10 @@
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
 
+use crate::runtime::ExitStatus;
+
 /// Bumped on any change to the messages below; a zygote of another version is refused.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 /// A request holds an id and a few paths (each at most `PATH_MAX`, 4 KiB).
 pub const REQUEST_BYTES_MAX: usize = 64 * 1024;
 /// Also the most a worker writes into its pipe, far below the pipe's 64 KiB buffer, so a
@@ -39,6 +41,15 @@ pub enum Request {
     },
     /// `Container::start` of a created container.
     Start { id: String, state_dir: PathBuf },
+    /// Runs `args` inside the running container `id` (libcontainer's tenant builder: its
+    /// namespaces, root, cgroup, user and environment), input and output `/dev/null`; killed
+    /// if it has not ended `timeout_ms` after the request began.
+    Exec {
+        id: String,
+        state_dir: PathBuf,
+        args: Vec<String>,
+        timeout_ms: u64,
+    },
 }
 
 /// Which part of a request failed.
@@ -51,6 +62,8 @@ pub enum Step {
     Create,
     Load,
     Start,
+    /// Joining a running container with a command.
+    Exec,
     /// The worker process itself: it could not be forked, or ended without an answer.
     Worker,
 }
@@ -64,6 +77,7 @@ impl Step {
             Self::Create => "create",
             Self::Load => "load",
             Self::Start => "start",
+            Self::Exec => "exec in",
             Self::Worker => "run the zygote worker for",
         }
     }
@@ -76,6 +90,12 @@ pub enum Response {
         pid: i32,
     },
     Started,
+    /// The command of an `Exec` ended so.
+    Ran {
+        exit: ExitStatus,
+    },
+    /// The command of an `Exec` was killed at its timeout.
+    TimedOut,
     Failed {
         step: Step,
         message: String,

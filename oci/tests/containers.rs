@@ -1,5 +1,6 @@
 //! Real containers through libcontainer, as root: exit codes, logs, cgroup limits, stop with
-//! a grace period, seccomp, adoption after the runtime is dropped, and complete deletion.
+//! a grace period, seccomp, adoption after the runtime is dropped, complete deletion, and
+//! commands run inside a running container (`exec`, for health checks).
 
 mod common;
 
@@ -9,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use shoal_oci::{
-    ContainerConfig, ContainerStatus, ExitStatus, ImageStore, LibcontainerRuntime, Limits,
-    PreparedImage, RootfsMode, Runtime, RuntimeError, RuntimeSettings,
+    ContainerConfig, ContainerStatus, ExecOutcome, ExitStatus, ImageStore, LibcontainerRuntime,
+    Limits, PreparedImage, RootfsMode, Runtime, RuntimeError, RuntimeSettings,
 };
 
 struct Fixture {
@@ -339,6 +340,83 @@ fn stop_sends_sigterm_then_sigkill_after_the_grace_period() {
     );
     fixture.runtime().delete(&polite).unwrap();
     fixture.runtime().delete(&stubborn).unwrap();
+}
+
+#[test]
+fn exec_runs_a_command_inside_the_container_and_reports_how_it_ended() {
+    if !require_root() {
+        return;
+    }
+    let fixture = fixture();
+    let id = unique_id("exec");
+    // The container's own file, made after start: only its root has it.
+    let config = config(
+        &fixture,
+        &id,
+        "echo inside > /tmp/marker; while true; do sleep 0.05; done",
+    );
+    fixture.runtime().create(&config).unwrap();
+    fixture.runtime().start(&id).unwrap();
+    let runtime = fixture.runtime();
+    let sh = |script: &str| vec!["/bin/sh".to_owned(), "-c".to_owned(), script.to_owned()];
+    let marker = sh("test \"$(cat /tmp/marker)\" = inside");
+    // The marker appears a moment after start.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while runtime.exec(&id, &marker, 2_000).unwrap() != ExecOutcome::Exited(ExitStatus::Code(0)) {
+        assert!(
+            Instant::now() < deadline,
+            "the container's file never showed"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Its environment, its pid namespace (the container's init is pid 1 there), its code.
+    assert_eq!(
+        runtime
+            .exec(&id, &sh("test \"$GREETING\" = 'hello from shoal'"), 2_000)
+            .unwrap(),
+        ExecOutcome::Exited(ExitStatus::Code(0))
+    );
+    assert_eq!(
+        runtime
+            .exec(&id, &sh("grep -q 'while true' /proc/1/cmdline"), 2_000)
+            .unwrap(),
+        ExecOutcome::Exited(ExitStatus::Code(0))
+    );
+    assert_eq!(
+        runtime.exec(&id, &sh("exit 3"), 2_000).unwrap(),
+        ExecOutcome::Exited(ExitStatus::Code(3))
+    );
+    // A command still running at its timeout is killed, within a bounded time.
+    let started = Instant::now();
+    assert_eq!(
+        runtime
+            .exec(&id, &["/bin/sleep".to_owned(), "30".to_owned()], 300)
+            .unwrap(),
+        ExecOutcome::TimedOut
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A program the container does not have is an error, not a hang.
+    let missing = runtime.exec(&id, &["/no/such/check".to_owned()], 2_000);
+    assert!(
+        !matches!(missing, Ok(ExecOutcome::Exited(ExitStatus::Code(0)))),
+        "{missing:?}"
+    );
+    // The container itself is untouched, and libcontainer's per-call sockets are gone.
+    assert_eq!(runtime.state(&id).unwrap().status, ContainerStatus::Running);
+    let leftovers: Vec<String> = fs::read_dir(fixture.root.join("state").join(&id))
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with("tenant-"))
+        .collect();
+    assert_eq!(leftovers, Vec::<String>::new());
+    runtime.stop(&id, 0).unwrap();
+    // A stopped container runs nothing.
+    assert!(matches!(
+        runtime.exec(&id, &sh("true"), 1_000),
+        Err(RuntimeError::WrongState { .. })
+    ));
+    runtime.delete(&id).unwrap();
 }
 
 #[test]

@@ -130,6 +130,15 @@ let
         };
         # A Nix path literal: must be rendered as a store path.
         local.image = ./drift-image;
+        # A command health check.
+        probed = {
+          image = "/var/lib/images/probed.tar";
+          health = {
+            cmd = [ "/bin/sh" "-c" "test -e /run/ready" ];
+            interval_ms = 5000;
+            timeout_ms = 2000;
+          };
+        };
         # Every issue 11 field, each rule's every branch.
         workload = lib.mkMerge [
           {

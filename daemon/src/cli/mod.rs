@@ -158,8 +158,9 @@ Where it runs (node labels come from each daemon's config: labels = { zone = \"e
   http = \"http://127.0.0.1:8080/healthz\"     # GET, 2xx/3xx is healthy; host 127.0.0.1 or
                                              # localhost = the container itself
   # tcp = 8080                               # or: a connection to the container's port
-                                             # (exactly one of http, tcp; cmd is not
-                                             # supported yet)
+  # cmd = [\"/bin/sh\", \"-c\", \"test -e /ready\"]   # or: run inside the container, exit 0
+                                             # is healthy (no shell unless you call one)
+                                             # exactly one of http, tcp, cmd
   interval_ms = 2000                         # default 30000, 500..=3600000
   timeout_ms = 1000                          # default 30000, 100..=300000, <= interval_ms
   retries = 3                                # failures in a row before unhealthy, 1..=100

@@ -254,8 +254,12 @@ start_period_ms = 5000
             &["web", "health.timeout_ms", "interval_ms"],
         );
         check_error(
-            &format!("{base}cmd = [\"/bin/check\"]\n"),
-            &["web", "health.cmd", "not supported yet"],
+            &format!("{base}cmd = []\n"),
+            &["web", "health.cmd", "empty"],
+        );
+        check_error(
+            &format!("{base}cmd = [\"/bin/check\"]\ntcp = 80\n"),
+            &["web", "health.tcp", "only one"],
         );
         check_error(&format!("{base}tcp = 80\nretry = 3\n"), &["web", "retry"]);
     }

@@ -1,7 +1,8 @@
 //! The I/O half of health checks: one probe of one container, bounded by the check's
 //! `timeout_ms`. TCP: a connection. HTTP: a connection, `GET <path> HTTP/1.1` with `Host`
 //! and `Connection: close`, and a status line (parsed with `httparse`) that says 2xx or
-//! 3xx. `containers::health` decides when.
+//! 3xx. Command: run inside the container by the runtime (`Runtime::exec`, on a blocking
+//! thread), healthy when it exits 0. `containers::health` decides when.
 //!
 //! Where: a container with an address on the node bridge is reached at that address from
 //! the node. A container without one (the node has no container subnet) has a network
@@ -11,9 +12,11 @@
 //! and the thread's namespace ends with the thread).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use shoal_crdt::HealthProbe;
+use shoal_oci::{ExecOutcome, ExitStatus, Runtime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -45,6 +48,16 @@ pub enum ProbeFailure {
     Status { addr: SocketAddr, code: u16 },
     #[error("{addr} did not answer with an HTTP status line: {why}")]
     NotHttp { addr: SocketAddr, why: String },
+    #[error("{program} exited with code {code}")]
+    Exited { program: String, code: i32 },
+    #[error("{program} was killed by signal {signal}")]
+    Signaled { program: String, signal: i32 },
+    #[error("{program} did not end within {timeout_ms} ms")]
+    CommandTimeout { program: String, timeout_ms: u64 },
+    #[error("cannot run {program} in the container: {message}")]
+    Exec { program: String, message: String },
+    #[error("a command check is run by the runtime, not reached over the network")]
+    NotNetwork,
 }
 
 /// How a probe reaches its container.
@@ -65,10 +78,52 @@ pub fn route(target: &HealthTarget) -> Option<Route> {
     }
 }
 
-/// Probes `target` once.
-pub async fn probe(target: &HealthTarget) -> Result<(), ProbeFailure> {
+/// Probes `target` once; a command check runs through `runtime`.
+pub async fn probe(target: &HealthTarget, runtime: &Arc<dyn Runtime>) -> Result<(), ProbeFailure> {
+    if let HealthProbe::Cmd { argv } = &target.probe {
+        return command(runtime, &target.id, argv, target.check.timeout_ms).await;
+    }
     let route = route(target).unwrap_or(Route::Address(IpAddr::V4(Ipv4Addr::LOCALHOST)));
     probe_at(route, &target.probe, target.check.timeout_ms).await
+}
+
+/// Runs `argv` in container `id` and waits for it, within `timeout_ms` (the runtime kills
+/// it then). The failure names the program only: its reason stays the same from one
+/// failed probe to the next.
+pub async fn command(
+    runtime: &Arc<dyn Runtime>,
+    id: &str,
+    argv: &[String],
+    timeout_ms: u64,
+) -> Result<(), ProbeFailure> {
+    let program = argv.first().cloned().unwrap_or_default();
+    let (runtime, id, args) = (Arc::clone(runtime), id.to_owned(), argv.to_vec());
+    let ran = tokio::task::spawn_blocking(move || runtime.exec(&id, &args, timeout_ms)).await;
+    match ran {
+        Ok(Ok(ExecOutcome::Exited(ExitStatus::Code(0)))) => Ok(()),
+        Ok(Ok(ExecOutcome::Exited(ExitStatus::Code(code)))) => {
+            Err(ProbeFailure::Exited { program, code })
+        }
+        Ok(Ok(ExecOutcome::Exited(ExitStatus::Signal(signal)))) => {
+            Err(ProbeFailure::Signaled { program, signal })
+        }
+        Ok(Ok(ExecOutcome::Exited(ExitStatus::Unknown))) => Err(ProbeFailure::Exec {
+            program,
+            message: "its exit status could not be collected".to_owned(),
+        }),
+        Ok(Ok(ExecOutcome::TimedOut)) => Err(ProbeFailure::CommandTimeout {
+            program,
+            timeout_ms,
+        }),
+        Ok(Err(error)) => Err(ProbeFailure::Exec {
+            program,
+            message: error.to_string(),
+        }),
+        Err(joined) => Err(ProbeFailure::Exec {
+            program,
+            message: format!("the probe thread ended: {joined}"),
+        }),
+    }
 }
 
 /// Probes `probe` through `route`, all of it within `timeout_ms`.
@@ -79,6 +134,7 @@ pub async fn probe_at(
 ) -> Result<(), ProbeFailure> {
     let port = match probe {
         HealthProbe::Http { port, .. } | HealthProbe::Tcp { port } => *port,
+        HealthProbe::Cmd { .. } => return Err(ProbeFailure::NotNetwork),
     };
     let ip = match route {
         Route::Address(ip) => ip,
@@ -92,6 +148,7 @@ pub async fn probe_at(
         match probe {
             HealthProbe::Tcp { .. } => Ok(()),
             HealthProbe::Http { host, path, .. } => http_get(&mut stream, addr, host, path).await,
+            HealthProbe::Cmd { .. } => Err(ProbeFailure::NotNetwork),
         }
     };
     match tokio::time::timeout(Duration::from_millis(timeout_ms), work).await {
@@ -289,6 +346,65 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(failure, ProbeFailure::Connect { .. }), "{failure}");
+    }
+
+    #[tokio::test]
+    async fn a_command_check_passes_on_exit_zero_and_names_its_program_otherwise() {
+        use crate::containers::images::{FakeImages, Images};
+        use shoal_oci::{ContainerConfig, FakeRuntime, Limits, RootfsMode};
+        let fake = Arc::new(FakeRuntime::new());
+        let runtime: Arc<dyn Runtime> = fake.clone();
+        let argv = vec!["/bin/check".to_owned(), "--deep".to_owned()];
+        // Not created: the runtime's error, with the program named.
+        let failure = command(&runtime, "c1", &argv, 500).await.unwrap_err();
+        assert!(
+            failure
+                .to_string()
+                .starts_with("cannot run /bin/check in the container: "),
+            "{failure}"
+        );
+        let image = FakeImages::new("missing/")
+            .prepare(&shoal_crdt::ServiceSpec::new("img"))
+            .unwrap();
+        fake.create(&ContainerConfig {
+            id: "c1".to_owned(),
+            image,
+            command: None,
+            env: Vec::new(),
+            limits: Limits::default(),
+            netns_path: None,
+            rootfs_mode: RootfsMode::Auto,
+            mounts: Vec::new(),
+            annotations: Default::default(),
+        })
+        .unwrap();
+        fake.start("c1").unwrap();
+        command(&runtime, "c1", &argv, 500).await.unwrap();
+        assert!(
+            fake.calls()
+                .contains(&shoal_oci::fake_runtime::FakeCall::Exec(
+                    "c1".to_owned(),
+                    argv.clone()
+                ))
+        );
+        for (outcome, reason) in [
+            (
+                ExecOutcome::Exited(ExitStatus::Code(2)),
+                "/bin/check exited with code 2",
+            ),
+            (
+                ExecOutcome::Exited(ExitStatus::Signal(9)),
+                "/bin/check was killed by signal 9",
+            ),
+            (
+                ExecOutcome::TimedOut,
+                "/bin/check did not end within 500 ms",
+            ),
+        ] {
+            fake.set_exec_outcome("c1", outcome);
+            let failure = command(&runtime, "c1", &argv, 500).await.unwrap_err();
+            assert_eq!(failure.to_string(), reason);
+        }
     }
 
     #[tokio::test]

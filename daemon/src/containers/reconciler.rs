@@ -192,8 +192,9 @@ impl Reconciler {
                     let free = HEALTH_PROBES_IN_FLIGHT_MAX.saturating_sub(probes.len());
                     let now_ms = self.node.clock().now_ms();
                     for target in trackers.begin_due(now_ms, free) {
+                        let runtime = Arc::clone(self.executor.runtime());
                         probes.spawn(async move {
-                            let outcome = probe::probe(&target).await;
+                            let outcome = probe::probe(&target, &runtime).await;
                             (target, outcome)
                         });
                     }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use shoal_oci::{
-    ContainerConfig, ContainerState, ContainerStatus, ExitStatus, FakeRuntime, Runtime,
-    RuntimeError,
+    ContainerConfig, ContainerState, ContainerStatus, ExecOutcome, ExitStatus, FakeRuntime,
+    Runtime, RuntimeError,
 };
 
 #[derive(Default)]
@@ -88,6 +88,15 @@ impl Runtime for SimRuntime {
 
     fn state(&self, id: &str) -> Result<ContainerState, RuntimeError> {
         self.fake.state(id)
+    }
+
+    fn exec(
+        &self,
+        id: &str,
+        args: &[String],
+        timeout_ms: u64,
+    ) -> Result<ExecOutcome, RuntimeError> {
+        self.fake.exec(id, args, timeout_ms)
     }
 
     fn wait(&self, id: &str, timeout_ms: u64) -> Result<Option<ExitStatus>, RuntimeError> {
