@@ -120,6 +120,11 @@ impl ClusterNode {
     pub fn netns(&self) -> &str {
         &self.netns
     }
+
+    /// The daemon's process id while it runs (`nsenter` execs the daemon).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(Child::id)
+    }
 }
 
 /// Running nodes in a lab. Dropping it kills every daemon, then removes the

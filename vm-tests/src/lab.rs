@@ -14,7 +14,7 @@ use crate::command::{self, CommandError};
 use crate::netns::{self, Netns};
 
 /// Most hosts a lab holds; the address plan and veth names assume it.
-pub const HOSTS_MAX: usize = 16;
+pub const HOSTS_MAX: usize = 64;
 
 /// The outside host's address, outside the range of [`host_address`].
 pub const OUTSIDE_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 250);

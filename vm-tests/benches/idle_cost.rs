@@ -1,0 +1,143 @@
+//! What an idle cluster costs each node, by fleet size (issue 14):
+//! `cargo bench -p shoal-vm-tests --bench idle_cost`. Needs root.
+//!
+//! Real daemons in the lab's network namespaces, default sync and heartbeat intervals
+//! (1000 ms), no services. Once every node sees all the others live and a few rounds
+//! have passed, each node is measured over a window: bytes its host sent (the
+//! namespace's `eth0` counter: UDP payload, QUIC, IP and Ethernet headers), CPU time of
+//! its daemon process (`/proc/<pid>/stat`, user + system) and its resident memory. The
+//! table gives the mean per node and the ratio of each size to the smallest, the
+//! baseline: a flat cost is a ratio near 1.
+//!
+//! `SHOAL_IDLE_NODES=3,12,24` (the default) picks the sizes; `SHOAL_IDLE_SECONDS`
+//! the window (default 15).
+
+use std::time::{Duration, Instant};
+
+use shoal_vm_tests::cluster::{Cluster, ClusterOptions};
+
+const DEFAULT_SIZES: &[usize] = &[3, 12, 24];
+const DEFAULT_WINDOW_SECONDS: u64 = 15;
+/// Time after every node sees the others live before the window opens.
+const SETTLE_SECONDS: u64 = 5;
+const INTERVAL_MS: u64 = 1_000;
+
+/// One size's figures, means per node.
+struct Cost {
+    nodes: usize,
+    bytes_per_second: f64,
+    cpu_percent: f64,
+    rss_mib: f64,
+}
+
+/// `/proc/<pid>/stat` counts CPU time in USER_HZ ticks, 100 a second on Linux.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// User plus system CPU time of `pid`, in clock ticks.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("daemon stat");
+    // The command name is in parentheses and may hold spaces: fields follow the last ')'.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat; `rest` starts at field 3.
+    let utime: u64 = fields[11].parse().expect("utime");
+    let stime: u64 = fields[12].parse().expect("stime");
+    utime + stime
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("daemon status");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS")
+}
+
+fn measure(nodes: usize, window: Duration) -> Cost {
+    let started = Instant::now();
+    let cluster = Cluster::start(ClusterOptions {
+        nodes,
+        sync_interval_ms: INTERVAL_MS,
+        heartbeat_interval_ms: INTERVAL_MS,
+        down_after_ms: 10 * INTERVAL_MS,
+        ..ClusterOptions::default()
+    })
+    .expect("cluster");
+    eprintln!(
+        "{nodes} nodes up and members in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(SETTLE_SECONDS));
+    let pids: Vec<u32> = (0..nodes)
+        .map(|index| cluster.node(index).pid().expect("a running daemon"))
+        .collect();
+    let sent = |index: usize| cluster.lab().sent_bytes(index).expect("tx counter");
+    let bytes_before: Vec<u64> = (0..nodes).map(sent).collect();
+    let ticks_before: Vec<u64> = pids.iter().map(|pid| cpu_ticks(*pid)).collect();
+    let opened = Instant::now();
+    std::thread::sleep(window);
+    let elapsed = opened.elapsed().as_secs_f64();
+    let bytes: u64 = (0..nodes)
+        .map(|index| sent(index) - bytes_before[index])
+        .sum();
+    let ticks: u64 = pids
+        .iter()
+        .zip(&ticks_before)
+        .map(|(pid, before)| cpu_ticks(*pid) - before)
+        .sum();
+    let rss: u64 = pids.iter().map(|pid| rss_kib(*pid)).sum();
+    let per_node = nodes as f64;
+    Cost {
+        nodes,
+        bytes_per_second: bytes as f64 / elapsed / per_node,
+        cpu_percent: ticks as f64 / TICKS_PER_SECOND / elapsed / per_node * 100.0,
+        rss_mib: rss as f64 / 1024.0 / per_node,
+    }
+}
+
+fn main() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("idle_cost needs root (network namespaces)");
+        std::process::exit(1);
+    }
+    let sizes: Vec<usize> = match std::env::var("SHOAL_IDLE_NODES") {
+        Ok(list) => list
+            .split(',')
+            .map(|size| {
+                size.trim()
+                    .parse()
+                    .expect("SHOAL_IDLE_NODES: numbers, comma-separated")
+            })
+            .collect(),
+        Err(_) => DEFAULT_SIZES.to_vec(),
+    };
+    let window = Duration::from_secs(
+        std::env::var("SHOAL_IDLE_SECONDS")
+            .ok()
+            .map(|seconds| seconds.parse().expect("SHOAL_IDLE_SECONDS: a number"))
+            .unwrap_or(DEFAULT_WINDOW_SECONDS),
+    );
+    let costs: Vec<Cost> = sizes.iter().map(|nodes| measure(*nodes, window)).collect();
+    let base = &costs[0];
+    println!(
+        "idle cluster, sync and heartbeat every {INTERVAL_MS} ms, per node over {} s:\n",
+        window.as_secs()
+    );
+    println!(
+        "| nodes | bytes sent/s per node | x{} | CPU per node | x{} | RSS per node |",
+        base.nodes, base.nodes
+    );
+    println!("|---:|---:|---:|---:|---:|---:|");
+    for cost in &costs {
+        println!(
+            "| {} | {:.1} KB | {:.2} | {:.2} % | {:.2} | {:.1} MiB |",
+            cost.nodes,
+            cost.bytes_per_second / 1000.0,
+            cost.bytes_per_second / base.bytes_per_second,
+            cost.cpu_percent,
+            cost.cpu_percent / base.cpu_percent,
+            cost.rss_mib
+        );
+    }
+}
