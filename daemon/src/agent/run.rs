@@ -39,8 +39,10 @@ use crate::sync::{self, GossipConfig, SyncLimits, TlsHandle};
 
 /// Time given to tasks to finish after shutdown begins, before they are aborted.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
-/// Concurrent sync connections served.
-pub const SYNC_CONNECTIONS_MAX: usize = 256;
+/// Concurrent sync connections served. Peers keep their connections (one each, plus one
+/// for an exchange that finds it busy), so this bounds the fleet a node serves at once:
+/// 2,048 leaves room for a thousand peers. An idle connection costs a few KiB.
+pub const SYNC_CONNECTIONS_MAX: usize = 2_048;
 
 /// Why the daemon could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]

@@ -18,6 +18,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
 use shoal_crdt::{Delta, NodeId, codec};
 
+use super::connections::Connections;
 use super::tls::{peer_node_id, peer_not_after, server_name_for};
 use super::transfer::{SNAPSHOT_TRANSFERS_PER_SYNC_MAX, TransferGate, fetch_snapshot};
 use super::wire::{self, CONTENT_TYPE, PATH_PUSH, PATH_SYNC};
@@ -247,6 +248,11 @@ impl PeerSession {
         (stats.udp_tx.bytes, stats.udp_rx.bytes)
     }
 
+    /// Whether the connection has not been closed by either side.
+    pub fn is_open(&self) -> bool {
+        self.connection.close_reason().is_none()
+    }
+
     /// Closes the connection.
     pub fn close(self) {
         self.connection.close(0u32.into(), b"done");
@@ -306,7 +312,7 @@ pub async fn sync_once(
     limits: &SyncLimits,
 ) -> Result<SyncStats, SyncError> {
     sync_once_with(
-        endpoint,
+        &Connections::fresh(endpoint.clone()),
         node,
         address,
         expected,
@@ -323,7 +329,7 @@ pub async fn sync_once(
 /// The push-pull proper has one deadline (`request_timeout_ms`); a snapshot transfer in
 /// between has one per piece, and the push-pull after it a fresh one.
 pub async fn sync_once_with(
-    endpoint: &quinn::Endpoint,
+    connections: &Connections,
     node: &Arc<Node>,
     address: SocketAddr,
     expected: Option<&NodeId>,
@@ -332,7 +338,7 @@ pub async fn sync_once_with(
 ) -> Result<SyncStats, SyncError> {
     let mut known_peer = expected.cloned();
     let result = exchange(
-        endpoint,
+        connections,
         node,
         address,
         expected,
@@ -357,7 +363,7 @@ pub async fn sync_once_with(
 }
 
 /// `future` within `request_timeout_ms`.
-async fn within<T>(
+pub(super) async fn within<T>(
     limits: &SyncLimits,
     address: SocketAddr,
     future: impl std::future::Future<Output = Result<T, SyncError>>,
@@ -379,7 +385,7 @@ enum PushPull {
 }
 
 async fn exchange(
-    endpoint: &quinn::Endpoint,
+    connections: &Connections,
     node: &Arc<Node>,
     address: SocketAddr,
     expected: Option<&NodeId>,
@@ -387,57 +393,62 @@ async fn exchange(
     gate: &TransferGate,
     known_peer: &mut Option<NodeId>,
 ) -> Result<SyncStats, SyncError> {
-    let (mut session, mut stats, mut step) = within(limits, address, async {
-        let mut session = connect(endpoint, address, expected, limits).await?;
-        let peer = session.peer().clone();
-        *known_peer = Some(peer.clone());
-        if &peer == node.node_id() {
-            session.close();
-            return Err(SyncError::SelfConnection { peer: address });
-        }
-        let mut stats = SyncStats {
-            peer,
-            bytes_sent: 0,
-            bytes_received: 0,
-            udp_bytes_sent: 0,
-            udp_bytes_received: 0,
-            entries_received: 0,
-            entries_sent: 0,
-            snapshot_bytes_received: 0,
-        };
-        let step = push_pull(&mut session, node, limits, &mut stats).await?;
-        Ok((session, stats, step))
-    })
-    .await?;
-    let mut last = None;
-    let mut transfers = 0;
-    while let PushPull::SnapshotNeeded = step {
-        if transfers == SNAPSHOT_TRANSFERS_PER_SYNC_MAX {
-            return Err(SyncError::Status {
-                peer: address,
-                path: PATH_SYNC,
-                status: StatusCode::SEE_OTHER.as_u16(),
-                message: format!(
-                    "still too large for one body after {transfers} snapshot transfers"
-                ),
-            });
-        }
-        transfers += 1;
-        let fetched = fetch_snapshot(&mut session, node, limits, gate, last).await?;
-        last = Some(fetched.transfer);
-        stats.bytes_received += fetched.bytes;
-        stats.snapshot_bytes_received += fetched.bytes;
-        stats.entries_received += fetched.entries;
-        step = within(
-            limits,
-            address,
-            push_pull(&mut session, node, limits, &mut stats),
-        )
-        .await?;
-    }
-    (stats.udp_bytes_sent, stats.udp_bytes_received) = session.udp_bytes();
-    session.close();
-    Ok(stats)
+    connections
+        .with_session(address, expected, limits, async |session| {
+            let (udp_sent_before, udp_received_before) = session.udp_bytes();
+            let peer = session.peer().clone();
+            *known_peer = Some(peer.clone());
+            if &peer == node.node_id() {
+                return Err(SyncError::SelfConnection { peer: address });
+            }
+            let mut stats = SyncStats {
+                peer,
+                bytes_sent: 0,
+                bytes_received: 0,
+                udp_bytes_sent: 0,
+                udp_bytes_received: 0,
+                entries_received: 0,
+                entries_sent: 0,
+                snapshot_bytes_received: 0,
+            };
+            let mut step = within(
+                limits,
+                address,
+                push_pull(session, node, limits, &mut stats),
+            )
+            .await?;
+            let mut last = None;
+            let mut transfers = 0;
+            while let PushPull::SnapshotNeeded = step {
+                if transfers == SNAPSHOT_TRANSFERS_PER_SYNC_MAX {
+                    return Err(SyncError::Status {
+                        peer: address,
+                        path: PATH_SYNC,
+                        status: StatusCode::SEE_OTHER.as_u16(),
+                        message: format!(
+                            "still too large for one body after {transfers} snapshot transfers"
+                        ),
+                    });
+                }
+                transfers += 1;
+                let fetched = fetch_snapshot(session, node, limits, gate, last).await?;
+                last = Some(fetched.transfer);
+                stats.bytes_received += fetched.bytes;
+                stats.snapshot_bytes_received += fetched.bytes;
+                stats.entries_received += fetched.entries;
+                step = within(
+                    limits,
+                    address,
+                    push_pull(session, node, limits, &mut stats),
+                )
+                .await?;
+            }
+            let (udp_sent, udp_received) = session.udp_bytes();
+            stats.udp_bytes_sent = udp_sent - udp_sent_before;
+            stats.udp_bytes_received = udp_received - udp_received_before;
+            Ok(stats)
+        })
+        .await
 }
 
 /// `POST /v1/sync` with our summary, apply what we lack, `POST /v1/push` what the peer lacks.
@@ -499,7 +510,7 @@ pub async fn push(
     limits: &SyncLimits,
 ) -> Result<SyncStats, SyncError> {
     push_with(
-        endpoint,
+        &Connections::fresh(endpoint.clone()),
         node,
         address,
         expected,
@@ -514,7 +525,7 @@ pub async fn push(
 /// exceeds `body_bytes_max` is refused here with [`SyncError::PushTooLarge`], unsent: the
 /// peers pull it (in pieces) by anti-entropy.
 pub async fn push_with(
-    endpoint: &quinn::Endpoint,
+    connections: &Connections,
     node: &Arc<Node>,
     address: SocketAddr,
     expected: Option<&NodeId>,
@@ -530,33 +541,30 @@ pub async fn push_with(
         });
     }
     let body = codec::encode_delta(delta);
-    let attempt = async {
-        let mut session = connect(endpoint, address, expected, limits).await?;
+    let attempt = connections.with_session(address, expected, limits, async |session| {
         if session.peer() == node.node_id() {
-            session.close();
             return Err(SyncError::SelfConnection { peer: address });
         }
+        let (udp_sent_before, udp_received_before) = session.udp_bytes();
         let bytes_sent = body.len() as u64;
-        let reply = session.post(PATH_PUSH, body).await?;
-        let (udp_bytes_sent, udp_bytes_received) = session.udp_bytes();
-        let status = expect_status(&session, PATH_PUSH, &reply, StatusCode::NO_CONTENT);
-        let peer = session.peer().clone();
-        session.close();
-        status.map(|()| SyncStats {
-            peer,
+        let reply = within(limits, address, session.post(PATH_PUSH, body)).await?;
+        let (udp_sent, udp_received) = session.udp_bytes();
+        expect_status(session, PATH_PUSH, &reply, StatusCode::NO_CONTENT)?;
+        Ok(SyncStats {
+            peer: session.peer().clone(),
             bytes_sent,
             bytes_received: reply.body.len() as u64,
-            udp_bytes_sent,
-            udp_bytes_received,
+            udp_bytes_sent: udp_sent - udp_sent_before,
+            udp_bytes_received: udp_received - udp_received_before,
             entries_received: 0,
             entries_sent: delta.entry_count(),
             snapshot_bytes_received: 0,
         })
-    };
-    let result = within(limits, address, attempt).await;
+    });
+    let result = attempt.await;
     match result {
         Err(SyncError::Status { status, .. }) if status == StatusCode::CONFLICT.as_u16() => {
-            sync_once_with(endpoint, node, address, expected, limits, gate).await
+            sync_once_with(connections, node, address, expected, limits, gate).await
         }
         other => other,
     }

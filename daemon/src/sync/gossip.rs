@@ -13,6 +13,8 @@
 //! - Large states: an exchange whose delta does not fit in one body fetches the peer's snapshot
 //!   in pieces ([`super::transfer`]); every exchange of this loop shares one
 //!   [`TransferGate`], so the node fetches one snapshot at a time.
+//! - Connections: one kept per peer and reused by every exchange and push
+//!   ([`super::connections`]), so handshakes happen on (re)connect only.
 //! - Liveness: a member is live when the node says so (HLC heartbeat in node metadata within
 //!   `down_after_ms`) or we synced with it successfully within `down_after_ms`.
 
@@ -30,6 +32,7 @@ use tokio::task::JoinSet;
 use super::SyncError;
 use super::SyncLimits;
 use super::client::{push_with, sync_once_with};
+use super::connections::Connections;
 use super::membership::{Member, PeerSelector, Target};
 use super::transfer::TransferGate;
 use crate::state::Node;
@@ -118,7 +121,7 @@ pub async fn run_gossip_with_counters(
     let (stop_sender, stop) = watch::channel(false);
     let selector = Arc::new(std::sync::Mutex::new(PeerSelector::new(cfg.rng_seed)));
     let driver = Driver {
-        endpoint,
+        connections: Arc::new(Connections::new(endpoint)),
         node,
         cfg,
         limits,
@@ -153,7 +156,8 @@ pub async fn run_gossip_with_counters(
 }
 
 struct Driver {
-    endpoint: quinn::Endpoint,
+    /// One kept connection per peer, for exchanges and pushes alike.
+    connections: Arc<Connections>,
     node: Arc<Node>,
     cfg: GossipConfig,
     limits: SyncLimits,
@@ -271,13 +275,13 @@ impl Driver {
                 .round_targets(&members, &seeds, self.cfg.fanout);
             for target in targets {
                 in_flight.insert(target.address);
-                let endpoint = self.endpoint.clone();
+                let connections = self.connections.clone();
                 let node = self.node.clone();
                 let limits = self.limits.clone();
                 let transfers = self.transfers.clone();
                 exchanges.spawn(async move {
                     let result = sync_once_with(
-                        &endpoint,
+                        &connections,
                         &node,
                         target.address,
                         target.expected.as_ref(),
@@ -359,7 +363,7 @@ impl Driver {
                 let delta = delta.clone();
                 async move {
                     let result = push_with(
-                        &self.endpoint,
+                        &self.connections,
                         &self.node,
                         target.address,
                         target.expected.as_ref(),

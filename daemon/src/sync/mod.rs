@@ -21,6 +21,7 @@
 //! is used only while that certificate is valid.
 
 pub mod client;
+pub mod connections;
 pub mod drain;
 pub mod gossip;
 pub mod logs;

@@ -1,0 +1,163 @@
+//! Long-lived connections to peers: one QUIC connection per peer address, reused for every
+//! exchange and push as HTTP/3 requests, so a handshake (about 16 KB and two signatures per
+//! side) happens only when a connection is (re)made, not at every exchange.
+//!
+//! A cached connection is used by one exchange at a time; a second one that finds it busy
+//! dials a connection of its own for that exchange and closes it after, so nothing waits
+//! behind a slow exchange. A connection is dropped, and the next use dials again, when an
+//! exchange on it fails, when it has been idle for half the QUIC idle timeout (so it is not
+//! used just as the peer drops it), when it is older than `CONNECTION_AGE_MAX_MS` (so a
+//! reloaded certificate or CA is in force everywhere within that bound), and when the peer's
+//! certificate expires (the session refuses to send). Bounded: at most `CONNECTIONS_MAX`
+//! addresses are remembered.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use shoal_crdt::NodeId;
+
+use super::client::{PeerSession, connect, within};
+use super::{IDLE_TIMEOUT_MS, SyncError, SyncLimits};
+
+/// A connection older than this is replaced at its next use.
+pub const CONNECTION_AGE_MAX_MS: u64 = 60_000;
+/// A connection idle this long is replaced at its next use: half the QUIC idle timeout.
+pub const CONNECTION_IDLE_REUSE_MS: u64 = IDLE_TIMEOUT_MS as u64 / 2;
+/// Most peer addresses whose connections are kept.
+pub const CONNECTIONS_MAX: usize = 4_096;
+
+struct Cached {
+    session: PeerSession,
+    opened: Instant,
+    used: Instant,
+}
+
+impl Cached {
+    fn reusable(&self, expected: Option<&NodeId>, now: Instant) -> bool {
+        expected.is_none_or(|expected| expected == self.session.peer())
+            && now.duration_since(self.used) < Duration::from_millis(CONNECTION_IDLE_REUSE_MS)
+            && now.duration_since(self.opened) < Duration::from_millis(CONNECTION_AGE_MAX_MS)
+            && self.session.is_open()
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
+
+/// The dialing side's connections, shared by the gossip loop's exchanges and pushes.
+pub struct Connections {
+    endpoint: quinn::Endpoint,
+    reuse: bool,
+    slots: std::sync::Mutex<HashMap<SocketAddr, Slot>>,
+}
+
+impl Connections {
+    /// Connections of `endpoint`, kept and reused.
+    pub fn new(endpoint: quinn::Endpoint) -> Connections {
+        Connections {
+            endpoint,
+            reuse: true,
+            slots: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A connection per use, closed after it: one exchange on its own.
+    pub fn fresh(endpoint: quinn::Endpoint) -> Connections {
+        Connections {
+            reuse: false,
+            ..Connections::new(endpoint)
+        }
+    }
+
+    /// Connections currently kept (for tests and metrics).
+    pub fn kept(&self) -> usize {
+        self.slots()
+            .values()
+            .filter(|slot| {
+                slot.try_lock()
+                    .map(|cached| cached.is_some())
+                    .unwrap_or(true)
+            })
+            .count()
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Slot>> {
+        // Only whole values are inserted or removed under the lock.
+        self.slots
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn slot(&self, address: SocketAddr) -> Slot {
+        let mut slots = self.slots();
+        if slots.len() >= CONNECTIONS_MAX && !slots.contains_key(&address) {
+            // Forget the addresses with no connection kept and none in use.
+            slots.retain(|_, slot| {
+                slot.try_lock()
+                    .map(|cached| cached.is_some())
+                    .unwrap_or(true)
+            });
+        }
+        if slots.len() >= CONNECTIONS_MAX && !slots.contains_key(&address) {
+            // Still full of live connections: this use gets a slot that is not kept.
+            return Slot::default();
+        }
+        Arc::clone(slots.entry(address).or_default())
+    }
+
+    /// Runs `work` on a session with the peer at `address` (whose certificate must name
+    /// `expected`, when given): the kept connection if it can be reused, else a new one
+    /// (dialing within the request deadline). After `work` succeeds the connection is kept;
+    /// after it fails the connection is closed.
+    pub async fn with_session<T>(
+        &self,
+        address: SocketAddr,
+        expected: Option<&NodeId>,
+        limits: &SyncLimits,
+        work: impl AsyncFnOnce(&mut PeerSession) -> Result<T, SyncError>,
+    ) -> Result<T, SyncError> {
+        let slot = if self.reuse {
+            self.slot(address)
+        } else {
+            Slot::default()
+        };
+        let mut own = None;
+        // In use by another exchange: this one dials a connection of its own.
+        let mut guard = slot.try_lock().ok();
+        let keep = self.reuse && guard.is_some();
+        let cached = match guard.as_mut() {
+            Some(guard) => &mut **guard,
+            None => &mut own,
+        };
+        let now = Instant::now();
+        if let Some(old) = cached.take_if(|old| !old.reusable(expected, now)) {
+            old.session.close();
+        }
+        let mut current = match cached.take() {
+            Some(current) => current,
+            None => {
+                let session = within(
+                    limits,
+                    address,
+                    connect(&self.endpoint, address, expected, limits),
+                )
+                .await?;
+                let now = Instant::now();
+                Cached {
+                    session,
+                    opened: now,
+                    used: now,
+                }
+            }
+        };
+        let result = work(&mut current.session).await;
+        if result.is_ok() && keep {
+            current.used = Instant::now();
+            *cached = Some(current);
+        } else {
+            current.session.close();
+        }
+        result
+    }
+}
