@@ -104,3 +104,187 @@ async fn eager_push_delivers_without_waiting_for_anti_entropy() {
         .await;
     cluster.stop().await;
 }
+
+/// Exchanges and pushes through one `Connections` reuse one kept connection: only the
+/// first pays for a handshake; one that finds the connection busy dials its own and
+/// leaves the kept one in place; asking an address for another node than the one its kept
+/// connection reaches dials again (and that handshake refuses the certificate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exchanges_reuse_one_kept_connection_and_handshake_once() {
+    use shoal::sync::connections::Connections;
+    use shoal::sync::transfer::TransferGate;
+    use shoal::sync::{SyncError, push_with, sync_once_with};
+
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let server = net_support::Server::start(&pki, dir.path(), "node-b").await;
+    let endpoint =
+        shoal::sync::bind_endpoint("127.0.0.1:0".parse().unwrap(), &pki.material("node-a"))
+            .unwrap();
+    let client = net_support::open_node(dir.path(), "node-a", endpoint.local_addr().unwrap());
+    // Its node metadata reaches node-b with the first exchange: it joins.
+    client.heartbeat().unwrap();
+    let connections = Connections::new(endpoint.clone());
+    let limits = net_support::limits();
+    let gate = TransferGate::default();
+    let b = node_id("node-b");
+    let exchange = || {
+        sync_once_with(
+            &connections,
+            &client,
+            server.address,
+            Some(&b),
+            &limits,
+            &gate,
+        )
+    };
+
+    let first = exchange().await.unwrap();
+    assert_eq!(connections.kept(), 1);
+    let second = exchange().await.unwrap();
+    assert_eq!(connections.kept(), 1);
+    // A handshake sends the certificate chain and signatures (kilobytes); a reused
+    // connection sends only the two requests.
+    assert!(
+        second.udp_bytes_sent * 3 < first.udp_bytes_sent,
+        "first {} bytes, second {} bytes: the second exchange handshook again",
+        first.udp_bytes_sent,
+        second.udp_bytes_sent
+    );
+
+    // A change pushed on the same connection arrives.
+    apply_service(&client, "web", "img");
+    let delta = client.delta_for(&b, &server.node.summary());
+    let pushed = push_with(
+        &connections,
+        &client,
+        server.address,
+        Some(&b),
+        &delta,
+        &limits,
+        &gate,
+    )
+    .await
+    .unwrap();
+    assert!(
+        pushed.udp_bytes_sent * 3 < first.udp_bytes_sent,
+        "first {} bytes, push {} bytes ({} of body)",
+        first.udp_bytes_sent,
+        pushed.udp_bytes_sent,
+        pushed.bytes_sent
+    );
+    assert!(has_service(&server.node, "web"));
+
+    // Two at once: one takes the kept connection, the other dials its own; both succeed.
+    let (one, two) = tokio::join!(exchange(), exchange());
+    one.unwrap();
+    two.unwrap();
+    assert_eq!(connections.kept(), 1);
+
+    // The kept connection is to node-b; asking that address for another node is refused.
+    let other = node_id("node-c");
+    let refused = sync_once_with(
+        &connections,
+        &client,
+        server.address,
+        Some(&other),
+        &limits,
+        &gate,
+    )
+    .await;
+    assert!(
+        matches!(&refused, Err(SyncError::Connect { reason, .. }) if reason.contains("NotValidForName")),
+        "{refused:?}"
+    );
+    assert_eq!(
+        connections.kept(),
+        0,
+        "the kept connection to node-b was not reused"
+    );
+    exchange().await.unwrap();
+    assert_eq!(connections.kept(), 1);
+    // Dropped, the kept connection closes: the server's shutdown has nothing to wait for.
+    drop(connections);
+    server.stop().await;
+}
+
+/// A peer killed and started again on its address (same certificate and key) answers the
+/// packets of the connection its previous run held with a stateless reset keyed by its
+/// private key: the kept connection fails at once and the exchange runs again on a new
+/// one, instead of waiting out the request deadline.
+#[test]
+fn a_restarted_peer_is_reached_again_in_the_same_exchange() {
+    use shoal::sync::connections::Connections;
+    use shoal::sync::sync_once_with;
+    use shoal::sync::transfer::TransferGate;
+
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let tls_b = pki.material("node-b");
+    // node-b runs on a runtime of its own, so that dropping that runtime stops it without
+    // a word on the wire, as a kill would.
+    let serve_b = |state: &std::path::Path, address: std::net::SocketAddr| {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let endpoint = {
+            let _inside = runtime.enter();
+            shoal::sync::bind_endpoint(address, &tls_b).unwrap()
+        };
+        let address = endpoint.local_addr().unwrap();
+        let node = net_support::open_node(state, "node-b", address);
+        runtime.spawn(shoal::sync::serve(
+            endpoint,
+            node,
+            net_support::limits(),
+            None,
+            std::future::pending(),
+        ));
+        (runtime, address)
+    };
+    let first_state = dir.path().join("b1");
+    std::fs::create_dir_all(&first_state).unwrap();
+    let (first_run, address) = serve_b(&first_state, "127.0.0.1:0".parse().unwrap());
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let endpoint = {
+        let _inside = runtime.enter();
+        shoal::sync::bind_endpoint("127.0.0.1:0".parse().unwrap(), &pki.material("node-a")).unwrap()
+    };
+    let client = net_support::open_node(dir.path(), "node-a", endpoint.local_addr().unwrap());
+    client.heartbeat().unwrap();
+    let connections = Connections::new(endpoint);
+    let mut limits = net_support::limits();
+    limits.request_timeout_ms = 10_000;
+    let gate = TransferGate::default();
+    let b = node_id("node-b");
+    let exchange = || {
+        runtime.block_on(sync_once_with(
+            &connections,
+            &client,
+            address,
+            Some(&b),
+            &limits,
+            &gate,
+        ))
+    };
+    exchange().unwrap();
+    assert_eq!(connections.kept(), 1);
+
+    // Gone without a word; then up again on its address, with its own key, empty.
+    drop(first_run);
+    let second_state = dir.path().join("b2");
+    std::fs::create_dir_all(&second_state).unwrap();
+    let (second_run, _) = serve_b(&second_state, address);
+
+    let started = std::time::Instant::now();
+    let stats = exchange().unwrap();
+    assert!(
+        started.elapsed() < Duration::from_millis(limits.request_timeout_ms / 2),
+        "the broken connection was found only after {:?}",
+        started.elapsed()
+    );
+    // The new node-b had nothing: it received node-a's metadata in this exchange.
+    assert!(stats.entries_sent > 0);
+    assert_eq!(connections.kept(), 1);
+    drop(connections);
+    drop(second_run);
+}

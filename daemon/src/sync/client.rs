@@ -393,62 +393,81 @@ async fn exchange(
     gate: &TransferGate,
     known_peer: &mut Option<NodeId>,
 ) -> Result<SyncStats, SyncError> {
-    connections
-        .with_session(address, expected, limits, async |session| {
-            let (udp_sent_before, udp_received_before) = session.udp_bytes();
-            let peer = session.peer().clone();
-            *known_peer = Some(peer.clone());
-            if &peer == node.node_id() {
-                return Err(SyncError::SelfConnection { peer: address });
-            }
-            let mut stats = SyncStats {
-                peer,
-                bytes_sent: 0,
-                bytes_received: 0,
-                udp_bytes_sent: 0,
-                udp_bytes_received: 0,
-                entries_received: 0,
-                entries_sent: 0,
-                snapshot_bytes_received: 0,
-            };
-            let mut step = within(
-                limits,
-                address,
-                push_pull(session, node, limits, &mut stats),
-            )
-            .await?;
-            let mut last = None;
-            let mut transfers = 0;
-            while let PushPull::SnapshotNeeded = step {
-                if transfers == SNAPSHOT_TRANSFERS_PER_SYNC_MAX {
-                    return Err(SyncError::Status {
-                        peer: address,
-                        path: PATH_SYNC,
-                        status: StatusCode::SEE_OTHER.as_u16(),
-                        message: format!(
-                            "still too large for one body after {transfers} snapshot transfers"
-                        ),
-                    });
-                }
-                transfers += 1;
-                let fetched = fetch_snapshot(session, node, limits, gate, last).await?;
-                last = Some(fetched.transfer);
-                stats.bytes_received += fetched.bytes;
-                stats.snapshot_bytes_received += fetched.bytes;
-                stats.entries_received += fetched.entries;
-                step = within(
-                    limits,
-                    address,
-                    push_pull(session, node, limits, &mut stats),
-                )
-                .await?;
-            }
-            let (udp_sent, udp_received) = session.udp_bytes();
-            stats.udp_bytes_sent = udp_sent - udp_sent_before;
-            stats.udp_bytes_received = udp_received - udp_received_before;
-            Ok(stats)
-        })
-        .await
+    let mut lease = connections.lease(address, expected, limits).await?;
+    let before = lease.udp_bytes_before();
+    let mut result = exchange_on(lease.session(), before, node, limits, gate, known_peer).await;
+    if let Err(error) = &result
+        && lease.redial_after(error).await?
+    {
+        let before = lease.udp_bytes_before();
+        result = exchange_on(lease.session(), before, node, limits, gate, known_peer).await;
+    }
+    lease.finish(result.is_ok());
+    result
+}
+
+/// One exchange on `session`: push-pull, and snapshot transfers while the delta we lack
+/// does not fit in one body.
+async fn exchange_on(
+    session: &mut PeerSession,
+    (udp_sent_before, udp_received_before): (u64, u64),
+    node: &Arc<Node>,
+    limits: &SyncLimits,
+    gate: &TransferGate,
+    known_peer: &mut Option<NodeId>,
+) -> Result<SyncStats, SyncError> {
+    let address = session.address();
+    let peer = session.peer().clone();
+    *known_peer = Some(peer.clone());
+    if &peer == node.node_id() {
+        return Err(SyncError::SelfConnection { peer: address });
+    }
+    let mut stats = SyncStats {
+        peer,
+        bytes_sent: 0,
+        bytes_received: 0,
+        udp_bytes_sent: 0,
+        udp_bytes_received: 0,
+        entries_received: 0,
+        entries_sent: 0,
+        snapshot_bytes_received: 0,
+    };
+    let mut step = within(
+        limits,
+        address,
+        push_pull(session, node, limits, &mut stats),
+    )
+    .await?;
+    let mut last = None;
+    let mut transfers = 0;
+    while let PushPull::SnapshotNeeded = step {
+        if transfers == SNAPSHOT_TRANSFERS_PER_SYNC_MAX {
+            return Err(SyncError::Status {
+                peer: address,
+                path: PATH_SYNC,
+                status: StatusCode::SEE_OTHER.as_u16(),
+                message: format!(
+                    "still too large for one body after {transfers} snapshot transfers"
+                ),
+            });
+        }
+        transfers += 1;
+        let fetched = fetch_snapshot(session, node, limits, gate, last).await?;
+        last = Some(fetched.transfer);
+        stats.bytes_received += fetched.bytes;
+        stats.snapshot_bytes_received += fetched.bytes;
+        stats.entries_received += fetched.entries;
+        step = within(
+            limits,
+            address,
+            push_pull(session, node, limits, &mut stats),
+        )
+        .await?;
+    }
+    let (udp_sent, udp_received) = session.udp_bytes();
+    stats.udp_bytes_sent = udp_sent - udp_sent_before;
+    stats.udp_bytes_received = udp_received - udp_received_before;
+    Ok(stats)
 }
 
 /// `POST /v1/sync` with our summary, apply what we lack, `POST /v1/push` what the peer lacks.
@@ -541,31 +560,52 @@ pub async fn push_with(
         });
     }
     let body = codec::encode_delta(delta);
-    let attempt = connections.with_session(address, expected, limits, async |session| {
-        if session.peer() == node.node_id() {
-            return Err(SyncError::SelfConnection { peer: address });
+    let result = async {
+        let mut lease = connections.lease(address, expected, limits).await?;
+        let before = lease.udp_bytes_before();
+        let mut result = push_on(lease.session(), before, node, delta, &body, limits).await;
+        if let Err(error) = &result
+            && lease.redial_after(error).await?
+        {
+            let before = lease.udp_bytes_before();
+            result = push_on(lease.session(), before, node, delta, &body, limits).await;
         }
-        let (udp_sent_before, udp_received_before) = session.udp_bytes();
-        let bytes_sent = body.len() as u64;
-        let reply = within(limits, address, session.post(PATH_PUSH, body)).await?;
-        let (udp_sent, udp_received) = session.udp_bytes();
-        expect_status(session, PATH_PUSH, &reply, StatusCode::NO_CONTENT)?;
-        Ok(SyncStats {
-            peer: session.peer().clone(),
-            bytes_sent,
-            bytes_received: reply.body.len() as u64,
-            udp_bytes_sent: udp_sent - udp_sent_before,
-            udp_bytes_received: udp_received - udp_received_before,
-            entries_received: 0,
-            entries_sent: delta.entry_count(),
-            snapshot_bytes_received: 0,
-        })
-    });
-    let result = attempt.await;
+        lease.finish(result.is_ok());
+        result
+    }
+    .await;
     match result {
         Err(SyncError::Status { status, .. }) if status == StatusCode::CONFLICT.as_u16() => {
             sync_once_with(connections, node, address, expected, limits, gate).await
         }
         other => other,
     }
+}
+
+/// One `POST /v1/push` of `body` (the encoding of `delta`) on `session`.
+async fn push_on(
+    session: &mut PeerSession,
+    (udp_sent_before, udp_received_before): (u64, u64),
+    node: &Arc<Node>,
+    delta: &Delta,
+    body: &[u8],
+    limits: &SyncLimits,
+) -> Result<SyncStats, SyncError> {
+    let address = session.address();
+    if session.peer() == node.node_id() {
+        return Err(SyncError::SelfConnection { peer: address });
+    }
+    let reply = within(limits, address, session.post(PATH_PUSH, body.to_vec())).await?;
+    let (udp_sent, udp_received) = session.udp_bytes();
+    expect_status(session, PATH_PUSH, &reply, StatusCode::NO_CONTENT)?;
+    Ok(SyncStats {
+        peer: session.peer().clone(),
+        bytes_sent: body.len() as u64,
+        bytes_received: reply.body.len() as u64,
+        udp_bytes_sent: udp_sent - udp_sent_before,
+        udp_bytes_received: udp_received - udp_received_before,
+        entries_received: 0,
+        entries_sent: delta.entry_count(),
+        snapshot_bytes_received: 0,
+    })
 }

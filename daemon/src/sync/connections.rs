@@ -2,6 +2,10 @@
 //! exchange and push as HTTP/3 requests, so a handshake (about 16 KB and two signatures per
 //! side) happens only when a connection is (re)made, not at every exchange.
 //!
+//! A kept connection that breaks under an exchange (the peer restarted: its reset, keyed
+//! by its private key, says so at once) is replaced and the exchange runs once more on a
+//! new connection, so a peer that comes back is reached in the same round.
+//!
 //! A cached connection is used by one exchange at a time; a second one that finds it busy
 //! dials a connection of its own for that exchange and closes it after, so nothing waits
 //! behind a slow exchange. A connection is dropped, and the next use dials again, when an
@@ -106,58 +110,127 @@ impl Connections {
         Arc::clone(slots.entry(address).or_default())
     }
 
-    /// Runs `work` on a session with the peer at `address` (whose certificate must name
-    /// `expected`, when given): the kept connection if it can be reused, else a new one
-    /// (dialing within the request deadline). After `work` succeeds the connection is kept;
-    /// after it fails the connection is closed.
-    pub async fn with_session<T>(
+    /// A new connection, dialed within the request deadline.
+    async fn dial(
         &self,
         address: SocketAddr,
         expected: Option<&NodeId>,
         limits: &SyncLimits,
-        work: impl AsyncFnOnce(&mut PeerSession) -> Result<T, SyncError>,
-    ) -> Result<T, SyncError> {
+    ) -> Result<Cached, SyncError> {
+        let session = within(
+            limits,
+            address,
+            connect(&self.endpoint, address, expected, limits),
+        )
+        .await?;
+        let now = Instant::now();
+        Ok(Cached {
+            session,
+            opened: now,
+            used: now,
+        })
+    }
+
+    /// A session with the peer at `address` (whose certificate must name `expected`, when
+    /// given) for one exchange: the kept connection if it can be reused, else a new one.
+    /// Hand it back with [`Lease::finish`].
+    pub async fn lease(
+        &self,
+        address: SocketAddr,
+        expected: Option<&NodeId>,
+        limits: &SyncLimits,
+    ) -> Result<Lease<'_>, SyncError> {
         let slot = if self.reuse {
             self.slot(address)
         } else {
             Slot::default()
         };
-        let mut own = None;
         // In use by another exchange: this one dials a connection of its own.
-        let mut guard = slot.try_lock().ok();
-        let keep = self.reuse && guard.is_some();
-        let cached = match guard.as_mut() {
-            Some(guard) => &mut **guard,
-            None => &mut own,
-        };
+        let mut guard = slot.try_lock_owned().ok();
         let now = Instant::now();
-        if let Some(old) = cached.take_if(|old| !old.reusable(expected, now)) {
-            old.session.close();
-        }
-        let mut current = match cached.take() {
-            Some(current) => current,
-            None => {
-                let session = within(
-                    limits,
-                    address,
-                    connect(&self.endpoint, address, expected, limits),
-                )
-                .await?;
-                let now = Instant::now();
-                Cached {
-                    session,
-                    opened: now,
-                    used: now,
-                }
+        let kept = guard.as_mut().and_then(|guard| guard.take());
+        let kept = match kept {
+            Some(old) if old.reusable(expected, now) => Some(old),
+            Some(old) => {
+                old.session.close();
+                None
             }
+            None => None,
         };
-        let result = work(&mut current.session).await;
-        if result.is_ok() && keep {
-            current.used = Instant::now();
-            *cached = Some(current);
+        let (current, reused) = match kept {
+            Some(current) => (current, true),
+            None => (self.dial(address, expected, limits).await?, false),
+        };
+        Ok(Lease {
+            connections: self,
+            address,
+            expected: expected.cloned(),
+            limits: limits.clone(),
+            keep: self.reuse && guard.is_some(),
+            slot: guard,
+            current,
+            reused,
+        })
+    }
+}
+
+/// One exchange's use of a connection.
+pub struct Lease<'a> {
+    connections: &'a Connections,
+    address: SocketAddr,
+    expected: Option<NodeId>,
+    limits: SyncLimits,
+    keep: bool,
+    slot: Option<tokio::sync::OwnedMutexGuard<Option<Cached>>>,
+    current: Cached,
+    reused: bool,
+}
+
+impl Lease<'_> {
+    pub fn session(&mut self) -> &mut PeerSession {
+        &mut self.current.session
+    }
+
+    /// UDP bytes (sent, received) on the connection before this use: none for one dialed
+    /// for it, so its handshake counts.
+    pub fn udp_bytes_before(&self) -> (u64, u64) {
+        if self.reused {
+            self.current.session.udp_bytes()
         } else {
-            current.session.close();
+            (0, 0)
         }
-        result
+    }
+
+    /// After an attempt that failed with `error`: whether to run it once more. Yes when a
+    /// kept connection broke under it (the peer restarted or dropped it), after dialing a
+    /// new one; no for a new connection or an answer from the peer.
+    pub async fn redial_after(&mut self, error: &SyncError) -> Result<bool, SyncError> {
+        if !self.reused || !matches!(error, SyncError::Http { .. }) {
+            return Ok(false);
+        }
+        let fresh = self
+            .connections
+            .dial(self.address, self.expected.as_ref(), &self.limits)
+            .await?;
+        std::mem::replace(&mut self.current, fresh).session.close();
+        self.reused = false;
+        Ok(true)
+    }
+
+    /// Hands the connection back: kept after a success, closed after a failure.
+    pub fn finish(self, succeeded: bool) {
+        let Lease {
+            keep,
+            slot,
+            mut current,
+            ..
+        } = self;
+        match slot {
+            Some(mut slot) if succeeded && keep => {
+                current.used = Instant::now();
+                *slot = Some(current);
+            }
+            _ => current.session.close(),
+        }
     }
 }

@@ -152,11 +152,20 @@ pub fn bind_reloadable_endpoint(
         .map_err(|error| TlsError::Config(error.to_string()))?;
     let mut server_config = quinn::ServerConfig::with_crypto(Arc::new(server_crypto));
     server_config.transport_config(transport_config());
-    let mut endpoint =
-        quinn::Endpoint::server(server_config, listen).map_err(|source| SyncError::Bind {
-            address: listen,
-            source,
-        })?;
+    let bind_error = |source| SyncError::Bind {
+        address: listen,
+        source,
+    };
+    let socket = std::net::UdpSocket::bind(listen).map_err(bind_error)?;
+    let runtime = quinn::default_runtime()
+        .ok_or_else(|| bind_error(std::io::Error::other("no async runtime for QUIC")))?;
+    let mut endpoint = quinn::Endpoint::new(
+        tls.current().quic_endpoint_config(),
+        Some(server_config),
+        socket,
+        runtime,
+    )
+    .map_err(bind_error)?;
     endpoint.set_default_client_config(client_config(tls)?);
     Ok(endpoint)
 }

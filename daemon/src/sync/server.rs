@@ -16,8 +16,9 @@
 //! before each request, in case the wall clock jumped): the handshake verified it, and nothing
 //! checks it again later.
 //!
-//! Shutdown: when `shutdown` completes, no new connection is accepted; in-flight connections
-//! get `request_timeout_ms` to finish, then are aborted. The endpoint itself is left open (the
+//! Shutdown: when `shutdown` completes, no new connection is accepted and open connections
+//! (peers keep theirs between exchanges) take no new request: each is closed once its
+//! requests in flight have been answered, within `request_timeout_ms`, then aborted. The endpoint itself is left open (the
 //! gossip loop dials through it); the caller closes it.
 
 use std::future::Future;
@@ -59,10 +60,14 @@ pub async fn serve(
     let permits = Arc::new(Semaphore::new(limits.connections_max));
     let snapshots = Arc::new(SnapshotCache::new());
     let mut connections = JoinSet::new();
+    let (closing_sender, closing) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            () = &mut shutdown => break,
+            () = &mut shutdown => {
+                let _ = closing_sender.send(true);
+                break;
+            }
             incoming = endpoint.accept() => {
                 let Some(incoming) = incoming else { break };
                 match permits.clone().try_acquire_owned() {
@@ -74,6 +79,7 @@ pub async fn serve(
                             logs.clone(),
                             snapshots.clone(),
                             permit,
+                            closing.clone(),
                         ));
                     }
                     Err(_) => {
@@ -110,6 +116,7 @@ async fn serve_connection(
     logs: Option<Arc<dyn LogSource>>,
     snapshots: Arc<SnapshotCache>,
     _permit: OwnedSemaphorePermit,
+    mut closing: tokio::sync::watch::Receiver<bool>,
 ) {
     let remote = incoming.remote_address();
     let connection = match tokio::time::timeout(limits.request_timeout(), incoming).await {
@@ -162,8 +169,13 @@ async fn serve_connection(
     };
     tokio::pin!(expiry);
     let mut requests = JoinSet::new();
+    let mut shutting_down = false;
     loop {
         tokio::select! {
+            _ = closing.wait_for(|closing| *closing) => {
+                shutting_down = true;
+                break;
+            }
             () = &mut expiry => {
                 close_expired(&connection, &peer, remote);
                 requests.abort_all();
@@ -201,6 +213,9 @@ async fn serve_connection(
         }
     }
     while requests.join_next().await.is_some() {}
+    if shutting_down {
+        connection.close(0u32.into(), b"shutting down");
+    }
 }
 
 /// `time` on the wall clock as a tokio deadline (now if past; `None` if too far to represent).

@@ -96,6 +96,9 @@ pub struct TlsMaterial {
     /// rustls' WebPKI verifier for client certificates, built from `roots`.
     client_verifier: Arc<dyn ClientCertVerifier>,
     expiry: CertificateExpiry,
+    /// Derived from the private key: the keys of the endpoint's QUIC stateless resets and
+    /// connection ids.
+    endpoint_secret: [u8; 32],
 }
 
 impl fmt::Debug for TlsMaterial {
@@ -153,6 +156,13 @@ impl TlsMaterial {
                 format!("does not verify against {}: {error}", ca.display()),
             )
         })?;
+        let endpoint_secret = {
+            use sha2::Digest as _;
+            let mut hasher = sha2::Sha256::new();
+            hasher.update(b"shoal quic endpoint v1\0");
+            hasher.update(key_der.secret_der());
+            hasher.finalize().into()
+        };
         let provider = provider();
         let signing_key = provider
             .key_provider
@@ -176,7 +186,31 @@ impl TlsMaterial {
                 certificate: cert_not_after,
                 ca: ca_not_after,
             },
+            endpoint_secret,
         })
+    }
+
+    /// The QUIC endpoint configuration of this node: its stateless-reset key and the key
+    /// that signs its connection ids are derived from the private key, so they are the same
+    /// in every run with that key. A restarted node then recognises the connection ids its
+    /// previous run handed out and answers their packets with a reset the peer accepts, and
+    /// the peer drops that connection at once instead of waiting out its request deadline.
+    /// Secret as the private key is.
+    pub fn quic_endpoint_config(&self) -> quinn::EndpointConfig {
+        use sha2::Digest as _;
+        let reset_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &self.endpoint_secret);
+        let mut config = quinn::EndpointConfig::new(Arc::new(reset_key));
+        let mut cid_digest = sha2::Sha256::new();
+        cid_digest.update(b"shoal quic connection ids v1\0");
+        cid_digest.update(self.endpoint_secret);
+        let cid_digest = cid_digest.finalize();
+        let mut cid_key = [0u8; 8];
+        cid_key.copy_from_slice(&cid_digest[..8]);
+        let cid_key = u64::from_le_bytes(cid_key);
+        config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
+        config
     }
 
     /// The node id in our own certificate.
