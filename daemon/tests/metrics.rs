@@ -93,6 +93,8 @@ fn a_daemon_serves_its_metrics_and_nothing_else() {
             ("shoal_state_commits_total", |v| v > 0.0),
             ("shoal_state_commit_duration_seconds_count", |v| v > 0.0),
             ("shoal_reconcile_passes_total", |v| v > 0.0),
+            ("shoal_sync_connections_total{how=\"dialed\"}", |v| v > 0.0),
+            ("shoal_sync_connections_total{how=\"reused\"}", |v| v > 0.0),
         ],
     );
     assert!(body.ends_with("# EOF\n"), "{body}");

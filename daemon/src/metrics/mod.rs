@@ -53,6 +53,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HowLabels {
+    how: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct KindLabels {
     kind: &'static str,
 }
@@ -68,6 +73,7 @@ pub struct Metrics {
     sync_received_bytes: Counter,
     eager_pushes: Family<OutcomeLabels, Counter>,
     eager_pushes_dropped: Counter,
+    sync_connections: Family<HowLabels, Counter>,
     state_commits: Counter,
     state_commit_duration: Histogram,
     apply_errors: Family<KindLabels, Counter>,
@@ -103,6 +109,7 @@ impl Metrics {
             sync_received_bytes: Counter::default(),
             eager_pushes: Family::default(),
             eager_pushes_dropped: Counter::default(),
+            sync_connections: Family::default(),
             state_commits: Counter::default(),
             state_commit_duration: Histogram::new(commit_buckets()),
             apply_errors: Family::default(),
@@ -125,6 +132,12 @@ impl Metrics {
             metrics
                 .eager_pushes
                 .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(0);
+        }
+        for how in ["dialed", "reused"] {
+            metrics
+                .sync_connections
+                .get_or_create(&HowLabels { how })
                 .inc_by(0);
         }
         metrics.registered()
@@ -168,6 +181,11 @@ impl Metrics {
             "eager_pushes_dropped",
             "Local changes not pushed eagerly (queue full, lagged, or over body_bytes_max); anti-entropy delivers them",
             self.eager_pushes_dropped.clone(),
+        );
+        registry.register(
+            "sync_connections",
+            "Connections the successful exchanges and pushes this node started ran on, by whether they were dialed for it or kept from an earlier one",
+            self.sync_connections.clone(),
         );
         registry.register(
             "state_commits",
@@ -224,6 +242,14 @@ impl Metrics {
             &self.sync_exchanges
         };
         family.get_or_create(&OutcomeLabels { outcome }).inc();
+    }
+
+    /// A successful exchange or push ran on a connection dialed for it (`dialed`) or kept.
+    pub fn connection_used(&self, dialed: bool) {
+        let how = if dialed { "dialed" } else { "reused" };
+        self.sync_connections
+            .get_or_create(&HowLabels { how })
+            .inc();
     }
 
     /// `count` local changes were not pushed eagerly.

@@ -43,6 +43,8 @@ pub struct SyncStats {
     /// Bytes of snapshots fetched in pieces (counted in `bytes_received` too); 0 when the
     /// delta fit in one body.
     pub snapshot_bytes_received: u64,
+    /// It ran on a connection dialed for it, not on one kept from an earlier exchange.
+    pub dialed: bool,
 }
 
 /// A response: status and body (bounded by `body_bytes_max`).
@@ -431,6 +433,8 @@ async fn exchange_on(
         entries_received: 0,
         entries_sent: 0,
         snapshot_bytes_received: 0,
+        // A connection dialed for this use counts its bytes from zero.
+        dialed: udp_sent_before == 0,
     };
     let mut step = within(
         limits,
@@ -607,5 +611,7 @@ async fn push_on(
         entries_received: 0,
         entries_sent: delta.entry_count(),
         snapshot_bytes_received: 0,
+        // A connection dialed for this use counts its bytes from zero.
+        dialed: udp_sent_before == 0,
     })
 }

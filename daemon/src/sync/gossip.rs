@@ -213,6 +213,7 @@ impl Driver {
                 self.node
                     .metrics()
                     .exchange_done(pushed, stats.bytes_sent, stats.bytes_received);
+                self.node.metrics().connection_used(stats.dialed);
                 if stats.snapshot_bytes_received > 0 {
                     GossipCounters::add(&self.counters.snapshots_fetched, 1);
                 }
