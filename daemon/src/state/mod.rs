@@ -7,6 +7,7 @@
 //! the sync transport. They import it.
 
 pub mod clock;
+pub mod group_commit;
 mod load;
 pub mod members;
 pub mod node;

@@ -12,7 +12,9 @@
 //!
 //! One commit is one log record and one eager push: `write_batch` runs several local
 //! operations (the reconcile loop's records, addresses and counters of one pass) and
-//! commits them as one delta. Every `compact_every_entries` appends the snapshot is
+//! commits them as one delta. Peers' deltas that arrive together are committed as a group
+//! (`group_commit`): each is validated and applied on its own, all or nothing, and those
+//! accepted are written in one redb transaction (one fsync) before any is acknowledged. Every `compact_every_entries` appends the snapshot is
 //! rewritten and the log cleared in one transaction (`store.rs`).
 //!
 //! A clock that ran ahead: the hybrid logical clock never goes back, so after the system clock
@@ -41,6 +43,7 @@ use shoal_crdt::{
 use tokio::sync::{broadcast, watch};
 
 use super::clock::{Clock, millis_between, ntp_to_ms};
+use super::group_commit::{Abandoned, GroupCommit};
 use super::load::{LogRecord, encode_timestamp, load_replica};
 use super::members::{self, Member, changes_plan_inputs, heartbeat_is_recent};
 use super::store::{Store, StoreError};
@@ -300,7 +303,8 @@ pub struct NodeStatus {
 /// How many changes this node made durable and broadcast since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct CommitCounts {
-    /// Log records written (local and remote changes), each its own redb transaction.
+    /// redb transactions that made changes durable: one per local change, one per group of
+    /// peers' deltas applied together.
     pub durable: u64,
     /// Local deltas handed to the eager push.
     pub broadcast: u64,
@@ -359,6 +363,8 @@ pub enum NodeError {
     UnknownNode(NodeId),
     #[error("{0}")]
     Evict(#[from] EvictRefused),
+    #[error("{0}; the delta was not applied")]
+    Abandoned(#[from] Abandoned),
 }
 
 impl NodeError {
@@ -383,6 +389,7 @@ impl NodeError {
             NodeError::Contested(_) => "contested",
             NodeError::UnknownNode(_) => "unknown_node",
             NodeError::Evict(_) => "evict_refused",
+            NodeError::Abandoned(_) => "abandoned",
         }
     }
 }
@@ -427,6 +434,36 @@ pub struct Node {
     started_ms: u64,
     durable_commits: AtomicU64,
     broadcasts: AtomicU64,
+    /// Peers' deltas waiting to be applied and made durable together.
+    remote: GroupCommit<Remote, Result<Applied, NodeError>>,
+}
+
+/// Why changes could not be made durable; every change of a group gets a copy.
+#[derive(Debug, Clone, thiserror::Error)]
+enum PersistError {
+    #[error("cannot encode {what}: {message}")]
+    Encode { what: &'static str, message: String },
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl From<PersistError> for NodeError {
+    fn from(error: PersistError) -> NodeError {
+        match error {
+            PersistError::Encode { what, message } => NodeError::Encode { what, message },
+            PersistError::Store(error) => NodeError::Storage(error),
+        }
+    }
+}
+
+/// Peers' deltas applied and made durable together at most.
+pub const GROUP_COMMIT_DELTAS_MAX: usize = 256;
+
+/// A peer's delta for the group commit.
+struct Remote {
+    peer: NodeId,
+    delta: Delta,
+    members_only: bool,
 }
 
 impl std::fmt::Debug for Node {
@@ -472,6 +509,7 @@ impl Node {
             started_ms,
             durable_commits: AtomicU64::new(0),
             broadcasts: AtomicU64::new(0),
+            remote: GroupCommit::new(GROUP_COMMIT_DELTAS_MAX),
         };
         if let Some(ahead) = node.clock_ahead() {
             tracing::error!(
@@ -684,18 +722,41 @@ impl Node {
 
     /// Writes one accepted change; on failure restores memory from disk.
     fn persist(&self, inner: &mut Inner, origin: &NodeId, delta: &Delta) -> Result<(), NodeError> {
+        self.persist_all(inner, &[(origin, delta)])
+            .map_err(NodeError::from)
+    }
+
+    /// Writes accepted changes, in order, in one transaction; on failure restores memory
+    /// from disk (none of them is then applied).
+    fn persist_all(
+        &self,
+        inner: &mut Inner,
+        changes: &[(&NodeId, &Delta)],
+    ) -> Result<(), PersistError> {
         let timer = self.options.metrics.commit_started();
-        let result = postcard::to_allocvec(&LogRecord {
-            origin: origin.clone(),
-            delta: codec::encode_delta(delta),
-        })
-        .map_err(|error| NodeError::Encode {
-            what: "a log record",
-            message: error.to_string(),
-        })
-        .and_then(|bytes| {
-            let hlc_last = encode_timestamp(&inner.replica.clock().last())?;
-            Ok(inner.store.append(&bytes, &hlc_last)?)
+        let records: Result<Vec<Vec<u8>>, PersistError> = changes
+            .iter()
+            .map(|(origin, delta)| {
+                postcard::to_allocvec(&LogRecord {
+                    origin: (*origin).clone(),
+                    delta: codec::encode_delta(delta),
+                })
+                .map_err(|error| PersistError::Encode {
+                    what: "a log record",
+                    message: error.to_string(),
+                })
+            })
+            .collect();
+        let result = records.and_then(|records| {
+            let hlc_last =
+                postcard::to_allocvec(&inner.replica.clock().last()).map_err(|error| {
+                    PersistError::Encode {
+                        what: "the clock's last timestamp",
+                        message: error.to_string(),
+                    }
+                })?;
+            let records: Vec<&[u8]> = records.iter().map(Vec::as_slice).collect();
+            Ok(inner.store.append_all(&records, &hlc_last)?)
         });
         match result {
             Ok(length) => {
@@ -864,37 +925,90 @@ impl Node {
         if peer == &self.options.node {
             return Err(NodeError::OwnName { peer: peer.clone() });
         }
+        let remote = Remote {
+            peer: peer.clone(),
+            delta,
+            members_only,
+        };
+        self.remote
+            .submit(remote, |group| self.apply_group(group))
+            .unwrap_or_else(|abandoned| Err(abandoned.into()))
+    }
+
+    /// Validates and applies each delta of `group` on its own, all or nothing, then makes
+    /// those accepted durable in one transaction. A failed write undoes them all (memory is
+    /// reloaded from disk) and each of them gets the error.
+    fn apply_group(&self, group: Vec<Remote>) -> Vec<Result<Applied, NodeError>> {
         let mut inner = self.lock();
+        let mut results = Vec::with_capacity(group.len());
+        let mut to_persist = Vec::new();
+        let mut wakes = false;
+        for (index, remote) in group.iter().enumerate() {
+            results.push(
+                self.apply_one(&mut inner, remote)
+                    .map(|(applied, persist, wake)| {
+                        if persist {
+                            to_persist.push(index);
+                        }
+                        wakes |= wake && applied.entries_applied > 0;
+                        applied
+                    }),
+            );
+        }
+        if !to_persist.is_empty() {
+            let changes: Vec<(&NodeId, &Delta)> = to_persist
+                .iter()
+                .map(|index| (&group[*index].peer, &group[*index].delta))
+                .collect();
+            if let Err(error) = self.persist_all(&mut inner, &changes) {
+                for index in &to_persist {
+                    results[*index] = Err(error.clone().into());
+                }
+                wakes = false;
+            }
+        }
+        drop(inner);
+        if wakes {
+            self.wake_planner();
+        }
+        results
+    }
+
+    /// Validates and applies one peer's delta in memory: what it applied, whether it must be
+    /// made durable, and whether it changes what the reconcile loop plans from.
+    fn apply_one(
+        &self,
+        inner: &mut Inner,
+        remote: &Remote,
+    ) -> Result<(Applied, bool, bool), NodeError> {
+        let Remote {
+            peer,
+            delta,
+            members_only,
+        } = remote;
         if inner.poisoned {
             return Err(NodeError::Poisoned);
         }
-        if members_only && inner.replica.state().node(peer).is_none() && !delta.is_join_of(peer) {
+        if *members_only && inner.replica.state().node(peer).is_none() && !delta.is_join_of(peer) {
             return Err(NodeError::NotMember { peer: peer.clone() });
         }
         let before = inner.replica.version_vector().clone();
-        let now = self.physical(&inner);
+        let now = self.physical(inner);
         let wakes = changes_plan_inputs(
             inner.replica.state(),
-            &delta,
+            delta,
             now,
             self.options.down_after_ms,
         );
-        let result = inner.replica.apply_delta(now, peer, &delta);
+        let result = inner.replica.apply_delta(now, peer, delta);
         // What the delta showed of writers with one name counts, refused or not.
-        self.note_identity(&mut inner);
+        self.note_identity(inner);
         let applied = result.map_err(|error| map_apply_error(peer, error))?;
         // A full snapshot may also have dropped entries (removals its sender collected).
-        if applied.entries_applied > 0
+        let persist = applied.entries_applied > 0
             || delta.is_full()
-            || inner.replica.version_vector() != &before
-        {
-            self.persist(&mut inner, peer, &delta)?;
-        }
-        drop(inner);
-        if wakes && applied.entries_applied > 0 {
-            self.wake_planner();
-        }
-        Ok(applied)
+            || inner.replica.version_vector() != &before;
+        Ok((applied, persist, wakes))
     }
 
     /// Local changes, for the eager push.

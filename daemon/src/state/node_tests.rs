@@ -446,3 +446,90 @@ fn commits_and_refused_deltas_are_counted_in_the_nodes_metrics() {
     );
     assert!(Arc::ptr_eq(a.metrics(), &metrics));
 }
+
+#[test]
+fn peers_deltas_arriving_together_are_applied_on_their_own_and_made_durable_in_one_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let receiver_options = options(dir.path(), "node-r", 1000);
+    let receiver = Arc::new(open(receiver_options.clone(), &clock));
+    // Twelve members, each with a change of its own, and one that is not a member.
+    let senders: Vec<Node> = (0..12)
+        .map(|index| {
+            let sender = open(options(dir.path(), &format!("node-{index}"), 1000), &clock);
+            sender.heartbeat().unwrap();
+            pull(&sender, &receiver);
+            sender
+                .apply_services(vec![spec(&format!("svc-{index}"), "/i.tar")])
+                .unwrap();
+            sender
+        })
+        .collect();
+    let stranger = open(options(dir.path(), "node-x", 1000), &clock);
+    stranger
+        .apply_services(vec![spec("svc-x", "/i.tar")])
+        .unwrap();
+    let before = receiver.commit_counts().durable;
+    // Every push at once, from threads, as the sync server's handlers make them; the
+    // receiver's state is held meanwhile, as by a commit in progress, so that all of them
+    // arrive before the first group is written.
+    let held = receiver.lock();
+    let pushes: Vec<(NodeId, Delta)> = senders
+        .iter()
+        .chain(std::iter::once(&stranger))
+        .map(|sender| {
+            (
+                sender.node_id().clone(),
+                sender.delta_for(receiver.node_id(), &receiver.summary()),
+            )
+        })
+        .collect();
+    let count = pushes.len();
+    let handles: Vec<_> = pushes
+        .into_iter()
+        .map(|(peer, delta)| {
+            let receiver = receiver.clone();
+            std::thread::spawn(move || (peer.clone(), receiver.apply_push(&peer, delta)))
+        })
+        .collect();
+    // One caller runs a group (of what had come when it began) and waits for the state;
+    // the others wait for the next group.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while receiver.remote.waiting() < count - 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the pushes never queued"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    drop(held);
+    for handle in handles {
+        let (peer, result) = handle.join().unwrap();
+        if peer.as_str() == "node-x" {
+            assert!(
+                matches!(result, Err(NodeError::NotMember { .. })),
+                "{result:?}"
+            );
+        } else {
+            assert!(result.unwrap().entries_applied > 0, "{peer}");
+        }
+    }
+    let commits = receiver.commit_counts().durable - before;
+    assert!(
+        (1..=2).contains(&commits),
+        "12 accepted deltas took {commits} commits, not one or two groups"
+    );
+    let services = receiver.services();
+    assert_eq!(services.len(), 12);
+    assert!(
+        services
+            .iter()
+            .all(|service| service.name.as_ref() != "svc-x")
+    );
+    // Durable: a reopened receiver has every accepted change.
+    let digest = receiver.digest();
+    drop(receiver);
+    let reopened = open(receiver_options, &clock);
+    assert_eq!(reopened.digest(), digest);
+    assert_eq!(reopened.services().len(), 12);
+}

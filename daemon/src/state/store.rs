@@ -34,7 +34,7 @@ const KEY_FORMAT_VERSION: &str = "format_version";
 const KEY_HLC_LAST: &str = "hlc_last";
 
 /// Why the store failed. Every message names the database file.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("database {path}: {message}")]
     Database { path: PathBuf, message: String },
@@ -197,16 +197,25 @@ impl Store {
     /// Appends one encoded delta and the clock's last timestamp, durably; returns the number
     /// of log entries after the append.
     pub fn append(&self, delta: &[u8], hlc_last: &[u8]) -> Result<u64, StoreError> {
+        self.append_all(&[delta], hlc_last)
+    }
+
+    /// Appends encoded deltas, in order, and the clock's last timestamp, durably, in one
+    /// transaction (one fsync); returns the number of log entries after the append.
+    pub fn append_all(&self, deltas: &[&[u8]], hlc_last: &[u8]) -> Result<u64, StoreError> {
         let transaction = self.database.begin_write().map_err(|e| self.error(e))?;
         let length;
         {
             let mut log = transaction.open_table(LOG).map_err(|e| self.error(e))?;
-            let next = log
+            let mut next = log
                 .last()
                 .map_err(|e| self.error(e))?
                 .map(|(key, _)| key.value() + 1)
                 .unwrap_or(0);
-            log.insert(next, delta).map_err(|e| self.error(e))?;
+            for delta in deltas {
+                log.insert(next, *delta).map_err(|e| self.error(e))?;
+                next += 1;
+            }
             length = log.len().map_err(|e| self.error(e))?;
             let mut meta = transaction.open_table(META).map_err(|e| self.error(e))?;
             meta.insert(KEY_HLC_LAST, hlc_last)
