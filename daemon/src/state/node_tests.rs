@@ -470,10 +470,6 @@ fn peers_deltas_arriving_together_are_applied_on_their_own_and_made_durable_in_o
         .apply_services(vec![spec("svc-x", "/i.tar")])
         .unwrap();
     let before = receiver.commit_counts().durable;
-    // Every push at once, from threads, as the sync server's handlers make them; the
-    // receiver's state is held meanwhile, as by a commit in progress, so that all of them
-    // arrive before the first group is written.
-    let held = receiver.lock();
     let pushes: Vec<(NodeId, Delta)> = senders
         .iter()
         .chain(std::iter::once(&stranger))
@@ -484,6 +480,10 @@ fn peers_deltas_arriving_together_are_applied_on_their_own_and_made_durable_in_o
             )
         })
         .collect();
+    // Every push at once, from threads, as the sync server's handlers make them; the
+    // receiver's state is held meanwhile, as by a commit in progress, so that all of them
+    // arrive before the first group is written.
+    let held = receiver.lock();
     let count = pushes.len();
     let handles: Vec<_> = pushes
         .into_iter()

@@ -207,14 +207,13 @@ impl Store {
         let length;
         {
             let mut log = transaction.open_table(LOG).map_err(|e| self.error(e))?;
-            let mut next = log
+            let next = log
                 .last()
                 .map_err(|e| self.error(e))?
                 .map(|(key, _)| key.value() + 1)
                 .unwrap_or(0);
-            for delta in deltas {
-                log.insert(next, *delta).map_err(|e| self.error(e))?;
-                next += 1;
+            for (key, delta) in (next..).zip(deltas) {
+                log.insert(key, *delta).map_err(|e| self.error(e))?;
             }
             length = log.len().map_err(|e| self.error(e))?;
             let mut meta = transaction.open_table(META).map_err(|e| self.error(e))?;

@@ -454,6 +454,7 @@ fn status_for(error: &NodeError) -> StatusCode {
         | NodeError::Evict(_) => StatusCode::BAD_REQUEST,
         NodeError::Storage(_)
         | NodeError::Poisoned
+        | NodeError::Abandoned(_)
         | NodeError::Load { .. }
         | NodeError::Encode { .. }
         | NodeError::ClockAhead(_)
