@@ -302,12 +302,7 @@ impl ServiceSpec {
 
     /// The size of the spec's encoding: the JSON text it travels and is stored as.
     pub fn encoded_bytes(&self) -> usize {
-        let mut counter = ByteCounter(0);
-        // Writing to a counter cannot fail, and a spec's fields always serialize to JSON.
-        match serde_json::to_writer(&mut counter, self) {
-            Ok(()) => counter.0,
-            Err(_) => usize::MAX,
-        }
+        json_bytes(self)
     }
 
     /// Checks every field; the error names the first bad one. Unlike [`ServiceSpec::validate`]
@@ -389,6 +384,17 @@ impl ServiceSpec {
 }
 
 /// An `io::Write` that only counts the bytes written.
+/// The length of `value`'s JSON encoding, counted without building it (`usize::MAX` if it
+/// does not serialize).
+pub(crate) fn json_bytes(value: &impl serde::Serialize) -> usize {
+    let mut counter = ByteCounter(0);
+    // Writing to a counter cannot fail.
+    match serde_json::to_writer(&mut counter, value) {
+        Ok(()) => counter.0,
+        Err(_) => usize::MAX,
+    }
+}
+
 struct ByteCounter(usize);
 
 impl std::io::Write for ByteCounter {

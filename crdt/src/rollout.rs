@@ -369,8 +369,9 @@ impl ServiceRecord {
         }
     }
 
+    /// The length of the record's JSON encoding, counted without building it.
     pub fn encoded_bytes(&self) -> usize {
-        serde_json::to_vec(self).map_or(usize::MAX, |bytes| bytes.len())
+        crate::records::json_bytes(self)
     }
 
     /// Checks what the spec's own validation does not: the history's length and specs,

@@ -10,8 +10,8 @@ use std::time::Duration;
 use automerge::transaction::Transactable;
 use crdts::{CmRDT, CvRDT, LWWReg, Orswot};
 use shoal_crdt::{
-    ContainerId, ContainerRecord, Delta, NTP64, NodeId, Replica, ServiceName, ServiceSpec,
-    Timestamp,
+    ContainerId, ContainerRecord, Delta, NTP64, NodeId, Replica, ServiceName, ServiceRecord,
+    ServiceSpec, Timestamp,
 };
 
 /// Distinct keys the map-set workload writes (each is written many times).
@@ -75,17 +75,27 @@ pub fn shoal_apply(workload: &ShoalMapSet, at: NTP64) -> Replica {
 /// The fair raw-`crdts` equivalent of shoal's LWW map: one `LWWReg` per key
 /// in a `BTreeMap`, the op being the writer's register, stamped with the same
 /// HLC type shoal uses.
-pub type CrdtsMap = BTreeMap<ServiceName, LWWReg<ServiceSpec, Timestamp>>;
+pub type CrdtsMap = BTreeMap<ServiceName, LWWReg<ServiceRecord, Timestamp>>;
 
-pub fn crdts_map_set(ops: usize) -> Vec<(ServiceName, LWWReg<ServiceSpec, Timestamp>)> {
-    let id = node("source").hlc_id();
+/// The map-set workload as `crdts` registers holding the very values shoal's deltas carry:
+/// a service's register holds its record, the spec with its earlier versions, so both
+/// sides merge values of the same size.
+pub fn crdts_map_set(ops: usize) -> Vec<(ServiceName, LWWReg<ServiceRecord, Timestamp>)> {
+    let mut replica = Replica::new(node("source"), max_drift());
     (0..ops)
         .map(|op| {
-            let marker = Timestamp::new(physical(op), id);
+            let name = service_name(op % MAP_KEYS);
+            replica
+                .put_service(physical(op), name.clone(), ServiceSpec::new(image(op)))
+                .expect("valid spec");
+            let (record, marker) = replica
+                .state()
+                .service_record(&name)
+                .expect("just written");
             (
-                service_name(op % MAP_KEYS),
+                name,
                 LWWReg {
-                    val: ServiceSpec::new(image(op)),
+                    val: record.clone(),
                     marker,
                 },
             )
@@ -93,7 +103,7 @@ pub fn crdts_map_set(ops: usize) -> Vec<(ServiceName, LWWReg<ServiceSpec, Timest
         .collect()
 }
 
-pub fn crdts_apply(ops: &[(ServiceName, LWWReg<ServiceSpec, Timestamp>)]) -> CrdtsMap {
+pub fn crdts_apply(ops: &[(ServiceName, LWWReg<ServiceRecord, Timestamp>)]) -> CrdtsMap {
     let mut target = CrdtsMap::new();
     for (key, register) in ops {
         match target.get_mut(key) {
