@@ -320,16 +320,11 @@ fn create(
         Ok(stdin) => stdin,
         Err(error) => return Response::failed(Step::Open, format!("/dev/null: {error}")),
     };
-    let builder = match ContainerBuilder::new(id.to_owned(), SyscallType::default())
-        .with_root_path(state_dir)
-    {
+    let builder = match builder(id, state_dir, stdin, stdout, stderr) {
         Ok(builder) => builder,
-        Err(error) => return Response::failed(Step::Configure, error),
+        Err(failure) => return failure,
     };
     let built = builder
-        .with_stdin(stdin)
-        .with_stdout(stdout)
-        .with_stderr(stderr)
         .as_init(bundle_dir)
         .with_systemd(false)
         .with_detach(true)
@@ -341,6 +336,25 @@ fn create(
         },
         Err(error) => Response::failed(Step::Create, error),
     }
+}
+
+/// libcontainer's builder for container `id` under `state_dir`, with its standard streams.
+fn builder(
+    id: &str,
+    state_dir: &Path,
+    stdin: File,
+    stdout: impl Into<OwnedFd>,
+    stderr: impl Into<OwnedFd>,
+) -> Result<ContainerBuilder, Response> {
+    ContainerBuilder::new(id.to_owned(), SyscallType::default())
+        .with_root_path(state_dir)
+        .map(|builder| {
+            builder
+                .with_stdin(stdin)
+                .with_stdout(stdout)
+                .with_stderr(stderr)
+        })
+        .map_err(|error| Response::failed(Step::Configure, error))
 }
 
 fn start(id: &str, state_dir: &Path) -> Response {
@@ -375,16 +389,11 @@ fn exec(id: &str, state_dir: &Path, args: &[String], timeout_ms: u64) -> Respons
         (Ok(stdin), Ok(stdout), Ok(stderr)) => (stdin, stdout, stderr),
         (Err(failure), _, _) | (_, Err(failure), _) | (_, _, Err(failure)) => return failure,
     };
-    let builder = match ContainerBuilder::new(id.to_owned(), SyscallType::default())
-        .with_root_path(state_dir)
-    {
+    let builder = match builder(id, state_dir, stdin, stdout, stderr) {
         Ok(builder) => builder,
-        Err(error) => return Response::failed(Step::Configure, error),
+        Err(failure) => return failure,
     };
     let built = builder
-        .with_stdin(stdin)
-        .with_stdout(stdout)
-        .with_stderr(stderr)
         .as_tenant()
         .with_container_args(args.to_vec())
         .with_detach(true)

@@ -88,10 +88,7 @@ pub fn crdts_map_set(ops: usize) -> Vec<(ServiceName, LWWReg<ServiceRecord, Time
             replica
                 .put_service(physical(op), name.clone(), ServiceSpec::new(image(op)))
                 .expect("valid spec");
-            let (record, marker) = replica
-                .state()
-                .service_record(&name)
-                .expect("just written");
+            let (record, marker) = replica.state().service_record(&name).expect("just written");
             (
                 name,
                 LWWReg {
