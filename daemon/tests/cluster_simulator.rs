@@ -101,6 +101,15 @@ fn seeds_keep_the_cluster_invariants() {
             ("nodes undrained", totals.nodes_undrained),
             ("services with unplaced replicas", totals.services_unplaced),
             ("tombstones collected", totals.tombstones_collected),
+            ("replacements begun by rollouts", totals.replacements_begun),
+            (
+                "synced components checked for paced rollouts",
+                totals.transition_checks,
+            ),
+            (
+                "rollout checks at max_parallel",
+                totals.transition_checks_at_limit,
+            ),
         ],
     );
     if seeds >= 200 {

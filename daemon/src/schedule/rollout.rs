@@ -12,7 +12,8 @@
 //!   still wait for a current one in their place (`min(outdated(n), on(n) - current(n))`);
 //! - with `start-first`, the first `max_parallel - in transition` slots start their new
 //!   replica now; an outdated replica stops once there are more ready replicas plus outdated
-//!   ones than placement wants (surplus), outdated replicas on nodes over their count first;
+//!   ones than placement wants (surplus), first the outdated replicas beyond their node's
+//!   count (so no node's place is left empty while another holds one too many);
 //! - with `stop-first`, the first `max_parallel - in transition` slots stop their outdated
 //!   replica now; the hole that leaves is filled at once (holes are always filled).
 //!
@@ -73,8 +74,13 @@ impl Counts {
         self.outdated.min(self.wanted.saturating_sub(self.current))
     }
 
-    fn over(&self) -> bool {
-        self.current.saturating_add(self.outdated) > self.wanted
+    /// Outdated replicas beyond the node's count.
+    fn beyond(&self) -> u32 {
+        self.outdated.min(
+            self.current
+                .saturating_add(self.outdated)
+                .saturating_sub(self.wanted),
+        )
     }
 }
 
@@ -147,13 +153,26 @@ pub fn pace(
         stops: BTreeSet::new(),
         in_transition,
     };
-    // Outdated replicas in stopping order: those on nodes over their count first.
-    let mut old: Vec<(bool, &NodeId, &ContainerId)> = replicas
+    // Outdated replicas in stopping order: those beyond their node's count first (a node
+    // over its count by k has k of them; stopping more of its replicas would leave its
+    // place empty while another node still holds one too many).
+    let mut old: Vec<(&NodeId, &ContainerId)> = replicas
         .iter()
         .filter(|replica| !replica.current)
-        .map(|replica| {
-            let over = nodes.get(&replica.node).is_some_and(Counts::over);
-            (!over, &replica.node, &replica.id)
+        .map(|replica| (&replica.node, &replica.id))
+        .collect();
+    old.sort();
+    let mut beyond: BTreeMap<&NodeId, u32> = nodes
+        .iter()
+        .map(|(node, counts)| (*node, counts.beyond()))
+        .collect();
+    let mut old: Vec<(bool, &NodeId, &ContainerId)> = old
+        .into_iter()
+        .map(|(node, id)| {
+            let left = beyond.entry(node).or_default();
+            let over = *left > 0;
+            *left = left.saturating_sub(1);
+            (!over, node, id)
         })
         .collect();
     old.sort();
@@ -362,6 +381,25 @@ mod tests {
         );
         let b = paced("b", 1, UpdateOrder::StartFirst, &want, &now);
         assert!(b.stops.is_empty());
+    }
+
+    #[test]
+    fn surplus_stops_leave_no_place_empty() {
+        // a and b each hold one outdated replica beyond their count; c and d are done. A
+        // surplus of two stops one on a and one on b, not both of a's.
+        let want = wanted(&[("a", 1), ("b", 1), ("c", 1), ("d", 1)]);
+        let now = vec![
+            replica("a", "web-a0", false, false),
+            replica("a", "web-a1", false, false),
+            replica("b", "web-b0", false, false),
+            replica("b", "web-b1", false, false),
+            replica("c", "web-c2", true, true),
+            replica("d", "web-d2", true, true),
+        ];
+        let a = paced("a", 1, UpdateOrder::StartFirst, &want, &now);
+        assert_eq!(ids(&a), ["web-a0"]);
+        let b = paced("b", 1, UpdateOrder::StartFirst, &want, &now);
+        assert_eq!(ids(&b), ["web-b0"]);
     }
 
     #[test]

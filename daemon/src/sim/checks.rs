@@ -5,7 +5,14 @@
 //! - (5) after every pass that ran to its end, the node's runtime holds no container without
 //!   a record, and (2) its network holds no address twice;
 //! - (6) a removed container id is never recorded again (`Ledger::pass_delta`) nor left in
-//!   the runtime that removed it.
+//!   the runtime that removed it;
+//! - (14) rolling updates pace themselves: wherever the up nodes of a connected component
+//!   share one view of a service, at most its current `update.max_parallel` of the
+//!   replacements that view's rollout began are in transition there: current replicas
+//!   started beyond their node's count and not yet reported ready, and places a stopped
+//!   outdated replica left empty. Judged along the run from the records and runtimes
+//!   (`transitions` tracks what each pass began; `pacing` counts, and says why holes,
+//!   drained nodes and views not shared are left out).
 //!
 //! Checked once the cluster is at rest (`settled`):
 //! 7. every up node's replica has the same digest, and all agree who is live: the up nodes;

@@ -18,7 +18,8 @@
 //! but a dead one returns, and `settle` runs at most `Config::settle_rounds_max` rounds
 //! until two in a row change nothing; then `checks` asserts the cluster's invariants, each
 //! failure naming the node, service or container that broke it. Along the way every delta
-//! a node emits is checked to touch only what that node owns.
+//! a node emits is checked to touch only what that node owns, and every rollout to pace
+//! itself wherever connected nodes share a view (`transitions`, `pacing`).
 //!
 //! `run(seed, &config)` is the whole API; a failing seed replays with `Config::trace` set.
 
@@ -27,12 +28,14 @@ mod faults;
 mod ledger;
 mod network;
 mod node;
+mod pacing;
 mod reconcile;
 mod runtime;
 mod scenario;
 mod settle;
 mod sync;
 mod trace;
+mod transitions;
 mod workload;
 mod world;
 
@@ -131,6 +134,14 @@ pub struct Stats {
     /// Removals a machine lost for good took with it before anyone received them.
     pub removals_lost_with_machine: usize,
     pub settle_rounds: usize,
+    /// Replacements rollouts began: replicas started beyond their node's count, and
+    /// outdated ones stopped that left their node short (invariant 14).
+    pub replacements_begun: usize,
+    /// Checks of invariant 14: a connected component that shared one view of a service
+    /// with a replacement open on one of its nodes.
+    pub transition_checks: usize,
+    /// Of those, the checks that counted exactly `max_parallel` in transition.
+    pub transition_checks_at_limit: usize,
 }
 
 impl Stats {
@@ -173,6 +184,9 @@ impl Stats {
             containers_left_stopped,
             removals_lost_with_machine,
             settle_rounds,
+            replacements_begun,
+            transition_checks,
+            transition_checks_at_limit,
         } = other;
         self.events += events;
         self.nodes += nodes;
@@ -210,6 +224,9 @@ impl Stats {
         self.containers_left_stopped += containers_left_stopped;
         self.removals_lost_with_machine += removals_lost_with_machine;
         self.settle_rounds += settle_rounds;
+        self.replacements_begun += replacements_begun;
+        self.transition_checks += transition_checks;
+        self.transition_checks_at_limit += transition_checks_at_limit;
     }
 }
 

@@ -27,6 +27,7 @@ impl World {
             return Ok(PassResult::default());
         }
         let crash_in_pass = self.nodes[node].crash_in_pass;
+        let before = self.nodes[node].runtime.specs();
         let calls = Cell::new(0u32);
         let report = {
             let sim = &self.nodes[node];
@@ -71,6 +72,7 @@ impl World {
             );
         }
         changed |= !committed.is_empty();
+        self.note_transitions(node, &report.plan, &committed, &before);
         if crashed {
             let started: Vec<&str> = report
                 .outcomes

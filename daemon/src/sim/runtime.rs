@@ -4,6 +4,7 @@
 //! threads, so which removal it hit would depend on thread timing; creates run one after
 //! another, so failing the next create keeps a seed's run deterministic.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -11,6 +12,8 @@ use shoal_oci::{
     ContainerConfig, ContainerState, ContainerStatus, ExecOutcome, ExitStatus, FakeRuntime,
     Runtime, RuntimeError,
 };
+
+use crate::schedule::restarts::SPEC_ANNOTATION;
 
 #[derive(Default)]
 pub(crate) struct SimRuntime {
@@ -46,6 +49,20 @@ impl SimRuntime {
             .filter_map(|id| {
                 let status = self.fake.state(&id).ok()?.status;
                 Some((id, status))
+            })
+            .collect()
+    }
+
+    /// Every container with its status and the spec digest written on it at create
+    /// (`restarts::SPEC_ANNOTATION`), by id: what each one really runs.
+    pub(crate) fn specs(&self) -> BTreeMap<String, (ContainerStatus, Option<String>)> {
+        self.fake
+            .list()
+            .into_iter()
+            .filter_map(|id| {
+                let state = self.fake.state(&id).ok()?;
+                let digest = state.annotations.get(SPEC_ANNOTATION).cloned();
+                Some((id, (state.status, digest)))
             })
             .collect()
     }

@@ -109,6 +109,9 @@ impl World {
         for &node in others {
             self.exchange(node, hub)?;
         }
+        // Every node holds one state now: the passes of the last round are judged here.
+        self.transitions.views_moved();
+        self.check_transitions()?;
         let mut changes = Vec::new();
         for &node in &up {
             for pass in 1.. {

@@ -232,6 +232,7 @@ impl World {
             Ok((applied, wakes)) => {
                 self.stats.deltas_applied += 1;
                 if applied.entries_applied > 0 {
+                    self.transitions.views_moved();
                     trace!(
                         self,
                         "{from_id} -> {to_id}: applied {} of {} entries{}",

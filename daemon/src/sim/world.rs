@@ -20,6 +20,7 @@ use super::network::{Envelope, LATE_DUPLICATE_MS_MAX, Network};
 use super::node::{SimNode, Status, Writer};
 use super::scenario::Scenario;
 use super::trace::Trace;
+use super::transitions::Transitions;
 use super::{Config, Failure, Report, Stats};
 use crate::schedule::PlannerSettings;
 use crate::schedule::plan::STARTS_PER_PASS_MAX;
@@ -73,6 +74,8 @@ pub(crate) struct World {
     pub(crate) nodes: Vec<SimNode>,
     pub(crate) index_of: BTreeMap<NodeId, usize>,
     pub(crate) ledger: Ledger,
+    /// The replacements rollouts began and that are not over (invariant 14).
+    pub(crate) transitions: Transitions,
     pub(crate) stats: Stats,
     pub(crate) trace: Trace,
     /// The faults are over: no pushes or wake-ups any more, `settle` drives the nodes.
@@ -173,6 +176,7 @@ impl World {
             nodes,
             index_of,
             ledger: Ledger::default(),
+            transitions: Transitions::default(),
             stats,
             settling: false,
             settings,
@@ -209,7 +213,23 @@ impl World {
             let (_, event) = self.queue.pop_first().expect("the queue is not empty");
             self.advance_to(at_ms);
             self.count_event()?;
+            // Besides a delivery that applied something, these can bring connected nodes
+            // to one view (invariant 14 looks only then).
+            let topology = matches!(
+                event,
+                Event::Partition
+                    | Event::Heal
+                    | Event::LoseMachine(_)
+                    | Event::ReturnMachine(_)
+                    | Event::CrashDaemon { .. }
+                    | Event::RestartDaemon(_)
+            );
+            let crashes = self.stats.daemon_crashes;
             self.handle(event)?;
+            if topology || self.stats.daemon_crashes != crashes {
+                self.transitions.views_moved();
+            }
+            self.check_transitions()?;
         }
         self.advance_to(self.config.duration_ms);
         let rounds = self.settle()?;
