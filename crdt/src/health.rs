@@ -181,7 +181,7 @@ impl HealthCheck {
             }
             (None, Some(0), None) => Err(error("tcp", "port 0 is not a port")),
             (None, Some(port), None) => Ok(HealthProbe::Tcp { port }),
-            (None, None, Some(argv)) => parse_cmd(argv).map_err(|reason| error("cmd", reason)),
+            (None, None, Some(argv)) => parse_cmd(argv),
             (None, None, None) => Err(error("http", "one of http, tcp or cmd must be given")),
             _ => Err(error(
                 if self.http.is_some() { "http" } else { "tcp" },
@@ -211,27 +211,31 @@ pub enum HttpUrlError {
 }
 
 /// A `cmd`: at least a program, bounded, no NUL byte (a process's arguments are C strings).
-fn parse_cmd(argv: &[String]) -> Result<HealthProbe, String> {
+fn parse_cmd(argv: &[String]) -> Result<HealthProbe, HealthError> {
     let Some(program) = argv.first() else {
-        return Err("is empty; give the program and its arguments, e.g. [\"/bin/check\"]".into());
+        return Err(error(
+            "cmd",
+            "is empty; give the program and its arguments, e.g. [\"/bin/check\"]",
+        ));
     };
     if program.is_empty() {
-        return Err("the program (the first word) is empty".into());
+        return Err(error("cmd", "the program (the first word) is empty"));
     }
     if argv.len() > HEALTH_CMD_ARGS_MAX {
-        return Err(format!(
-            "has {} words, more than {HEALTH_CMD_ARGS_MAX}",
-            argv.len()
+        return Err(error(
+            "cmd",
+            format!("has {} words, more than {HEALTH_CMD_ARGS_MAX}", argv.len()),
         ));
     }
     let bytes: usize = argv.iter().map(String::len).sum();
     if bytes > HEALTH_CMD_BYTES_MAX {
-        return Err(format!(
-            "is {bytes} bytes long, more than {HEALTH_CMD_BYTES_MAX}"
+        return Err(error(
+            "cmd",
+            format!("is {bytes} bytes long, more than {HEALTH_CMD_BYTES_MAX}"),
         ));
     }
     if let Some(word) = argv.iter().position(|word| word.contains('\0')) {
-        return Err(format!("word {word} contains a NUL byte"));
+        return Err(error("cmd", format!("word {word} contains a NUL byte")));
     }
     Ok(HealthProbe::Cmd {
         argv: argv.to_vec(),
