@@ -331,6 +331,19 @@ rec {
       retries = 2;
     };
   };
+  # The opening of a workload test script with nodes a, b and c and the
+  # outside host: every machine up, each node's address in `address`, the
+  # three members converged.
+  startThreeWithOutside = nodes: ''
+    machines = [a, b, c]
+    address = {
+    ${lib.concatMapStrings (name: "    \"${name}\": \"${nodes.${name}.networking.primaryIPAddress}\",\n") [ "a" "b" "c" ]}}
+    start_all()
+    for machine in machines:
+        machine.wait_for_unit("shoal.service")
+    outside.wait_for_unit("multi-user.target")
+    wait_converged(machines, 3)
+  '';
   # A spec file of `service` for `shoal service apply -f` (a service declared
   # in the NixOS configuration, written as the CLI takes it).
   specFile = name: service: (pkgs.formats.toml { }).generate "${name}.toml"

@@ -21,17 +21,7 @@ pkgs.testers.runNixOSTest {
     ${common.prelude}
     ${common.workloadPrelude}
 
-    machines = [a, b, c]
-    address = {
-        "a": "${nodes.a.networking.primaryIPAddress}",
-        "b": "${nodes.b.networking.primaryIPAddress}",
-        "c": "${nodes.c.networking.primaryIPAddress}",
-    }
-    start_all()
-    for machine in machines:
-        machine.wait_for_unit("shoal.service")
-    outside.wait_for_unit("multi-user.target")
-    wait_converged(machines, 3)
+    ${common.startThreeWithOutside nodes}
 
     with subtest("one replica runs and ps lists its published port"):
         replica = one_running(machines, "web")
