@@ -17,7 +17,7 @@
 
 use std::collections::BTreeSet;
 
-use shoal_crdt::{ContainerId, ContainerRecord, NodeId, ServiceName, Timestamp};
+use shoal_crdt::{ClusterState, ContainerId, ContainerRecord, NodeId, ServiceName, Timestamp};
 
 use super::checks::Violation;
 use super::node::SimNode;
@@ -39,6 +39,37 @@ struct ServiceView {
     replicas: Vec<(ContainerId, NodeId, Timestamp, Option<String>, bool)>,
 }
 
+/// The records of `service` in `state`, each with the spec digest and readiness its node
+/// reports.
+fn replicas_of<'a>(
+    state: &'a ClusterState,
+    service: &'a ServiceName,
+) -> impl Iterator<
+    Item = (
+        &'a ContainerId,
+        &'a NodeId,
+        Timestamp,
+        Option<&'a String>,
+        bool,
+    ),
+> + 'a {
+    state
+        .containers()
+        .filter(move |record| &record.service == service)
+        .map(move |record| {
+            let status = state
+                .node_status(&record.node)
+                .and_then(|status| status.containers.get(&record.id));
+            (
+                &record.id,
+                &record.node,
+                record.spec_version,
+                status.and_then(|status| status.spec.as_ref()),
+                status.is_some_and(|status| status.ready),
+            )
+        })
+}
+
 impl ServiceView {
     fn read(node: &SimNode, service: &ServiceName, down_after_ms: u64) -> ServiceView {
         let state = node.state();
@@ -52,20 +83,9 @@ impl ServiceView {
             .services()
             .map(|(name, _, version)| (name.clone(), version))
             .collect();
-        let replicas = state
-            .containers()
-            .filter(|record| &record.service == service)
-            .map(|record| {
-                let status = state
-                    .node_status(&record.node)
-                    .and_then(|status| status.containers.get(&record.id));
-                (
-                    record.id.clone(),
-                    record.node.clone(),
-                    record.spec_version,
-                    status.and_then(|status| status.spec.clone()),
-                    status.is_some_and(|status| status.ready),
-                )
+        let replicas = replicas_of(&state, service)
+            .map(|(id, on, version, spec, ready)| {
+                (id.clone(), on.clone(), version, spec.cloned(), ready)
             })
             .collect();
         ServiceView {
@@ -92,21 +112,7 @@ impl ServiceView {
             if !versions.eq(self.versions.iter().map(|(name, version)| (name, *version))) {
                 return false;
             }
-            let replicas = state
-                .containers()
-                .filter(|record| &record.service == service)
-                .map(|record| {
-                    let status = state
-                        .node_status(&record.node)
-                        .and_then(|status| status.containers.get(&record.id));
-                    (
-                        &record.id,
-                        &record.node,
-                        record.spec_version,
-                        status.and_then(|status| status.spec.as_ref()),
-                        status.is_some_and(|status| status.ready),
-                    )
-                });
+            let replicas = replicas_of(&state, service);
             let mine = self
                 .replicas
                 .iter()
