@@ -34,7 +34,8 @@ pub struct SyncStats {
     pub bytes_sent: u64,
     /// Response bodies received.
     pub bytes_received: u64,
-    /// UDP payload bytes sent and received on the connection, handshake and framing included.
+    /// UDP payload bytes sent and received for it, framing included, and the handshake when
+    /// it dialed (filled in by `connections::Lease::account`).
     pub udp_bytes_sent: u64,
     pub udp_bytes_received: u64,
     /// Entries in the delta received from the peer and in the one pushed back.
@@ -396,13 +397,14 @@ async fn exchange(
     known_peer: &mut Option<NodeId>,
 ) -> Result<SyncStats, SyncError> {
     let mut lease = connections.lease(address, expected, limits).await?;
-    let before = lease.udp_bytes_before();
-    let mut result = exchange_on(lease.session(), before, node, limits, gate, known_peer).await;
+    let mut result = exchange_on(lease.session(), node, limits, gate, known_peer).await;
     if let Err(error) = &result
         && lease.redial_after(error).await?
     {
-        let before = lease.udp_bytes_before();
-        result = exchange_on(lease.session(), before, node, limits, gate, known_peer).await;
+        result = exchange_on(lease.session(), node, limits, gate, known_peer).await;
+    }
+    if let Ok(stats) = &mut result {
+        lease.account(stats);
     }
     lease.finish(result.is_ok());
     result
@@ -412,7 +414,6 @@ async fn exchange(
 /// does not fit in one body.
 async fn exchange_on(
     session: &mut PeerSession,
-    (udp_sent_before, udp_received_before): (u64, u64),
     node: &Arc<Node>,
     limits: &SyncLimits,
     gate: &TransferGate,
@@ -433,8 +434,7 @@ async fn exchange_on(
         entries_received: 0,
         entries_sent: 0,
         snapshot_bytes_received: 0,
-        // A connection dialed for this use counts its bytes from zero.
-        dialed: udp_sent_before == 0,
+        dialed: false,
     };
     let mut step = within(
         limits,
@@ -468,9 +468,6 @@ async fn exchange_on(
         )
         .await?;
     }
-    let (udp_sent, udp_received) = session.udp_bytes();
-    stats.udp_bytes_sent = udp_sent - udp_sent_before;
-    stats.udp_bytes_received = udp_received - udp_received_before;
     Ok(stats)
 }
 
@@ -566,13 +563,14 @@ pub async fn push_with(
     let body = codec::encode_delta(delta);
     let result = async {
         let mut lease = connections.lease(address, expected, limits).await?;
-        let before = lease.udp_bytes_before();
-        let mut result = push_on(lease.session(), before, node, delta, &body, limits).await;
+        let mut result = push_on(lease.session(), node, delta, &body, limits).await;
         if let Err(error) = &result
             && lease.redial_after(error).await?
         {
-            let before = lease.udp_bytes_before();
-            result = push_on(lease.session(), before, node, delta, &body, limits).await;
+            result = push_on(lease.session(), node, delta, &body, limits).await;
+        }
+        if let Ok(stats) = &mut result {
+            lease.account(stats);
         }
         lease.finish(result.is_ok());
         result
@@ -589,7 +587,6 @@ pub async fn push_with(
 /// One `POST /v1/push` of `body` (the encoding of `delta`) on `session`.
 async fn push_on(
     session: &mut PeerSession,
-    (udp_sent_before, udp_received_before): (u64, u64),
     node: &Arc<Node>,
     delta: &Delta,
     body: &[u8],
@@ -600,18 +597,16 @@ async fn push_on(
         return Err(SyncError::SelfConnection { peer: address });
     }
     let reply = within(limits, address, session.post(PATH_PUSH, body.to_vec())).await?;
-    let (udp_sent, udp_received) = session.udp_bytes();
     expect_status(session, PATH_PUSH, &reply, StatusCode::NO_CONTENT)?;
     Ok(SyncStats {
         peer: session.peer().clone(),
         bytes_sent: body.len() as u64,
         bytes_received: reply.body.len() as u64,
-        udp_bytes_sent: udp_sent - udp_sent_before,
-        udp_bytes_received: udp_received - udp_received_before,
+        udp_bytes_sent: 0,
+        udp_bytes_received: 0,
         entries_received: 0,
         entries_sent: delta.entry_count(),
         snapshot_bytes_received: 0,
-        // A connection dialed for this use counts its bytes from zero.
-        dialed: udp_sent_before == 0,
+        dialed: false,
     })
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use shoal_crdt::NodeId;
 
-use super::client::{PeerSession, connect, within};
+use super::client::{PeerSession, SyncStats, connect, within};
 use super::{IDLE_TIMEOUT_MS, SyncError, SyncLimits};
 
 /// A connection older than this is replaced at its next use.
@@ -49,6 +49,11 @@ impl Cached {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Cached>>>;
 
+/// Whether a slot holds a kept connection or is in use by an exchange.
+fn occupied(slot: &Slot) -> bool {
+    slot.try_lock().map_or(true, |cached| cached.is_some())
+}
+
 /// The dialing side's connections, shared by the gossip loop's exchanges and pushes.
 pub struct Connections {
     endpoint: quinn::Endpoint,
@@ -74,16 +79,9 @@ impl Connections {
         }
     }
 
-    /// Connections currently kept (for tests and metrics).
+    /// Connections currently kept or in use (for tests).
     pub fn kept(&self) -> usize {
-        self.slots()
-            .values()
-            .filter(|slot| {
-                slot.try_lock()
-                    .map(|cached| cached.is_some())
-                    .unwrap_or(true)
-            })
-            .count()
+        self.slots().values().filter(|slot| occupied(slot)).count()
     }
 
     fn slots(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Slot>> {
@@ -97,11 +95,7 @@ impl Connections {
         let mut slots = self.slots();
         if slots.len() >= CONNECTIONS_MAX && !slots.contains_key(&address) {
             // Forget the addresses with no connection kept and none in use.
-            slots.retain(|_, slot| {
-                slot.try_lock()
-                    .map(|cached| cached.is_some())
-                    .unwrap_or(true)
-            });
+            slots.retain(|_, slot| occupied(slot));
         }
         if slots.len() >= CONNECTIONS_MAX && !slots.contains_key(&address) {
             // Still full of live connections: this use gets a slot that is not kept.
@@ -168,6 +162,11 @@ impl Connections {
             limits: limits.clone(),
             keep: self.reuse && guard.is_some(),
             slot: guard,
+            udp_before: if reused {
+                current.session.udp_bytes()
+            } else {
+                (0, 0)
+            },
             current,
             reused,
         })
@@ -184,6 +183,9 @@ pub struct Lease<'a> {
     slot: Option<tokio::sync::OwnedMutexGuard<Option<Cached>>>,
     current: Cached,
     reused: bool,
+    /// UDP bytes (sent, received) on the connection when this use began: none for one
+    /// dialed for it, so its handshake counts.
+    udp_before: (u64, u64),
 }
 
 impl Lease<'_> {
@@ -191,14 +193,13 @@ impl Lease<'_> {
         &mut self.current.session
     }
 
-    /// UDP bytes (sent, received) on the connection before this use: none for one dialed
-    /// for it, so its handshake counts.
-    pub fn udp_bytes_before(&self) -> (u64, u64) {
-        if self.reused {
-            self.current.session.udp_bytes()
-        } else {
-            (0, 0)
-        }
+    /// Writes into `stats` what this use moved on the wire (UDP bytes since it began, a
+    /// dialed connection's handshake included) and whether it dialed.
+    pub fn account(&self, stats: &mut SyncStats) {
+        let (sent, received) = self.current.session.udp_bytes();
+        stats.udp_bytes_sent = sent.saturating_sub(self.udp_before.0);
+        stats.udp_bytes_received = received.saturating_sub(self.udp_before.1);
+        stats.dialed = !self.reused;
     }
 
     /// After an attempt that failed with `error`: whether to run it once more. Yes when a
@@ -214,6 +215,7 @@ impl Lease<'_> {
             .await?;
         std::mem::replace(&mut self.current, fresh).session.close();
         self.reused = false;
+        self.udp_before = (0, 0);
         Ok(true)
     }
 
