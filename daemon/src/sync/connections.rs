@@ -25,8 +25,9 @@ use shoal_crdt::NodeId;
 use super::client::{PeerSession, SyncStats, connect, within};
 use super::{IDLE_TIMEOUT_MS, SyncError, SyncLimits};
 
-/// A connection older than this is replaced at its next use.
-pub const CONNECTION_AGE_MAX_MS: u64 = 60_000;
+/// A connection older than this is replaced at its next use (a reloaded certificate or CA is
+/// in force on every connection within this bound).
+pub const CONNECTION_AGE_MAX_MS: u64 = 900_000;
 /// A connection idle this long is replaced at its next use: half the QUIC idle timeout.
 pub const CONNECTION_IDLE_REUSE_MS: u64 = IDLE_TIMEOUT_MS as u64 / 2;
 /// Most peer addresses whose connections are kept.

@@ -103,13 +103,31 @@ pub async fn run_gossip(
     limits: SyncLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let counters = Arc::new(GossipCounters::default());
-    run_gossip_with_counters(endpoint, node, cfg, limits, counters, shutdown).await;
+    run_gossip_on(
+        Arc::new(Connections::new(endpoint)),
+        node,
+        cfg,
+        limits,
+        shutdown,
+    )
+    .await;
 }
 
-/// [`run_gossip`], reporting into `counters`.
+/// [`run_gossip`] on `connections` (kept connections shared with SWIM).
+pub async fn run_gossip_on(
+    connections: Arc<Connections>,
+    node: Arc<Node>,
+    cfg: GossipConfig,
+    limits: SyncLimits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let counters = Arc::new(GossipCounters::default());
+    run_gossip_with_counters(connections, node, cfg, limits, counters, shutdown).await;
+}
+
+/// [`run_gossip_on`], reporting into `counters`.
 pub async fn run_gossip_with_counters(
-    endpoint: quinn::Endpoint,
+    connections: Arc<Connections>,
     node: Arc<Node>,
     cfg: GossipConfig,
     limits: SyncLimits,
@@ -121,7 +139,7 @@ pub async fn run_gossip_with_counters(
     let (stop_sender, stop) = watch::channel(false);
     let selector = Arc::new(std::sync::Mutex::new(PeerSelector::new(cfg.rng_seed)));
     let driver = Driver {
-        connections: Arc::new(Connections::new(endpoint)),
+        connections,
         node,
         cfg,
         limits,
