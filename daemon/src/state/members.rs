@@ -146,3 +146,80 @@ pub fn changes_plan_inputs(state: &ClusterState, delta: &Delta, liveness: &Liven
         Change::Container { .. } | Change::Counter { .. } | Change::Ip { .. } => false,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use shoal_crdt::{Capacity, Replica};
+
+    use super::*;
+
+    fn id(name: &str) -> NodeId {
+        name.parse().unwrap()
+    }
+
+    /// A state holding the metadata of `a` and `b`, written at 1 s.
+    fn state() -> ClusterState {
+        let at = NTP64::from(std::time::Duration::from_secs(1));
+        let mut merged = Replica::new(id("a"), std::time::Duration::from_secs(1));
+        for name in ["a", "b"] {
+            let mut replica = Replica::new(id(name), std::time::Duration::from_secs(1));
+            let meta = NodeMeta {
+                address: "127.0.0.1:7000".parse().unwrap(),
+                capacity: Capacity {
+                    cpu_millis: 1000,
+                    memory_bytes: 1 << 30,
+                },
+                subnet: None,
+                heartbeat: shoal_crdt::Timestamp::new(NTP64(0), id(name).hlc_id()),
+                labels: BTreeMap::new(),
+                incarnation: None,
+                drain: None,
+            };
+            let delta = replica.put_node_meta(at, meta).unwrap();
+            merged.apply_delta(at, &id(name), &delta).unwrap();
+        }
+        merged.state().clone()
+    }
+
+    fn swim(state: PeerState) -> PeerStates {
+        [(
+            id("b"),
+            PeerView {
+                state,
+                incarnation: 1,
+                address: "127.0.0.1:7000".parse().unwrap(),
+            },
+        )]
+        .into()
+    }
+
+    #[test]
+    fn swim_decides_for_members_it_knows_and_the_metadata_age_for_the_others() {
+        let state = state();
+        let fresh = NTP64::from(std::time::Duration::from_secs(2));
+        let stale = NTP64::from(std::time::Duration::from_secs(100));
+        let live = |now, peers: Option<&PeerStates>| {
+            live_set(
+                &state,
+                &id("a"),
+                &Liveness {
+                    now,
+                    down_after_ms: 5_000,
+                    swim: peers,
+                },
+            )
+            .contains(&id("b"))
+        };
+        // Without SWIM: the heartbeat's age.
+        assert!(live(fresh, None));
+        assert!(!live(stale, None));
+        // SWIM's word wins over the age either way; a suspect is still live.
+        assert!(live(stale, Some(&swim(PeerState::Alive))));
+        assert!(live(stale, Some(&swim(PeerState::Suspect))));
+        assert!(!live(fresh, Some(&swim(PeerState::Down))));
+        // A member SWIM has no entry for falls back to the age.
+        let empty = PeerStates::new();
+        assert!(live(fresh, Some(&empty)));
+        assert!(!live(stale, Some(&empty)));
+    }
+}

@@ -1360,6 +1360,11 @@ impl Node {
         }
     }
 
+    /// SWIM's view of the other members, once a SWIM driver runs.
+    pub fn peer_states(&self) -> Option<PeerStates> {
+        self.lock().swim.clone()
+    }
+
     /// Replaces SWIM's view of the other members (`sync::swim` calls it after every change).
     /// Wakes the reconcile loop when the set of live members changed.
     pub fn set_peer_states(&self, peers: PeerStates) {
