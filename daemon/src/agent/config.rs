@@ -840,7 +840,7 @@ key_file = "/etc/shoal/node.key"
         ] {
             assert!(keys.contains(&key.to_string()), "missing {key}");
         }
-        assert_eq!(keys.len(), 32, "{keys:?}");
+        assert_eq!(keys.len(), 35, "{keys:?}");
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
@@ -871,6 +871,24 @@ key_file = "/etc/shoal/node.key"
         check_error(
             &format!("{MINIMAL}\n[sync]\nfanout = 0\n"),
             &["/etc/shoal/shoal.toml", "sync.fanout"],
+        );
+        check_error(
+            &format!("{MINIMAL}\n[membership]\nprobe_period_ms = 500\nprobe_timeout_ms = 500\n"),
+            &[
+                "membership.probe_timeout_ms",
+                "less than membership.probe_period_ms (500)",
+            ],
+        );
+        check_error(
+            &format!("{MINIMAL}\n[membership]\nsuspect_to_down_ms = 10\n"),
+            &[
+                "membership.suspect_to_down_ms",
+                "at least membership.probe_period_ms (1000)",
+            ],
+        );
+        check_error(
+            &format!("{MINIMAL}\n[membership]\nprobe_period_ms = 0\n"),
+            &["membership.probe_period_ms", "greater than 0"],
         );
         check_error(
             &format!("{MINIMAL}\n[sync]\ndown_after_ms = 500\n"),
