@@ -46,6 +46,9 @@ impl LogSource for ContainerLogs {
     }
 }
 
+/// Members SWIM saw come back, queued for an exchange at once.
+const RETURNS_QUEUED_MAX: usize = 64;
+
 /// How often the STATUS= line is refreshed.
 const STATUS_INTERVAL_MS: u64 = 2_000;
 
@@ -72,15 +75,19 @@ pub fn spawn_sync_tasks(
 ) {
     let connections = Arc::new(Connections::new(endpoint.clone()));
     let mut handlers = Handlers { logs, swim: None };
+    let mut returned_members = None;
     if let Some(settings) = swim {
         let (inbox, packets) = SwimInbox::new();
+        let (returned, returns) = tokio::sync::mpsc::channel(RETURNS_QUEUED_MAX);
         handlers.swim = Some(inbox);
+        returned_members = Some(returns);
         tasks.spawn(sync::run_swim(
             connections.clone(),
             node.clone(),
             settings,
             limits.clone(),
             packets,
+            returned,
             stopped(stop.clone()),
         ));
     }
@@ -100,6 +107,7 @@ pub fn spawn_sync_tasks(
         node.clone(),
         gossip,
         limits,
+        returned_members,
         stopped(stop.clone()),
     ));
     tasks.spawn(heartbeat_loop(

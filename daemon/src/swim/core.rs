@@ -170,11 +170,6 @@ impl Swim {
         Ok(self.foca.handle_timer(timer, &mut self.runtime)?)
     }
 
-    /// Tells the others this member leaves (a clean shutdown).
-    pub fn leave(&mut self) -> Result<(), SwimError> {
-        Ok(self.foca.leave_cluster(&mut self.runtime)?)
-    }
-
     /// Retunes for a cluster of `members` (how often updates are piggybacked grows as log N).
     pub fn resize(&mut self, members: u32) -> Result<(), SwimError> {
         if members.max(1) == self.config.cluster_size.max(1) {

@@ -5,10 +5,15 @@
 //! deadline. After every step SWIM's view is handed to the node (`Node::set_peer_states`),
 //! which wakes the reconcile loop when the live set changed.
 //!
+//! A member SWIM sees come back (alive after down, or new) is handed to the gossip loop for
+//! an anti-entropy exchange at once, so a heal converges without waiting for a random round.
+//!
 //! Joining: every `probe_period_ms` the members in the node metadata that SWIM has no entry
 //! for are announced to (at most [`ANNOUNCES_PER_TICK_MAX`] a tick, in turn), so a node
-//! learns its first peers from the document and the rest from their replies. At shutdown the
-//! node says it leaves, so the others count it down at once rather than after suspicion.
+//! learns its first peers from the document and the rest from their replies. A stopping
+//! daemon does not say it leaves: its containers keep running and the next daemon adopts
+//! them, so a restart quicker than SWIM's detection time moves no replica (the restarted
+//! daemon is a newer identity that replaces the old one at once).
 //!
 //! Bounds: the inbox holds [`INBOX_PACKETS_MAX`] packets (a full inbox answers 503 and SWIM
 //! counts the packet lost), at most [`SENDS_IN_FLIGHT_MAX`] sends at once (one more is
@@ -29,7 +34,7 @@ use super::SyncLimits;
 use super::connections::Connections;
 use super::wire::PATH_SWIM;
 use crate::state::Node;
-use crate::state::members::PeerStates;
+use crate::state::members::{PeerState, PeerStates};
 use crate::swim::{Swim, SwimConfig, SwimError, SwimId, SwimTimer, core::check_packet};
 
 /// Packets waiting for the driver.
@@ -95,13 +100,16 @@ pub struct SwimSettings {
     pub started_ms: u64,
 }
 
-/// Runs SWIM for `node` until `shutdown`, then announces that it leaves.
+/// Runs SWIM for `node` until `shutdown`. Each member that
+/// comes back (alive again after down, or first seen alive) is sent on `returned`, for an
+/// anti-entropy exchange at once.
 pub async fn run_swim(
     connections: Arc<Connections>,
     node: Arc<Node>,
     settings: SwimSettings,
     limits: SyncLimits,
     mut inbox: mpsc::Receiver<(NodeId, Bytes)>,
+    returned: mpsc::Sender<NodeId>,
     shutdown: impl Future<Output = ()>,
 ) {
     let me = SwimId::new(node.node_id().clone(), node.address(), settings.started_ms);
@@ -118,6 +126,7 @@ pub async fn run_swim(
         send_timeout,
         announce_turn: 0,
         node,
+        returned,
     };
     let mut join = tokio::time::interval(probe_period);
     join.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -136,16 +145,6 @@ pub async fn run_swim(
         }
         driver.flush();
     }
-    if let Err(error) = driver.swim.leave() {
-        tracing::debug!(%error, "SWIM leave");
-    }
-    driver.flush();
-    // Give the leave packets their send timeout to go out.
-    let _ = tokio::time::timeout(
-        send_timeout,
-        driver.sends.acquire_many(SENDS_IN_FLIGHT_MAX as u32),
-    )
-    .await;
 }
 
 async fn sleep_until(at: Option<Instant>) {
@@ -168,6 +167,7 @@ struct Driver {
     send_timeout: Duration,
     announce_turn: usize,
     node: Arc<Node>,
+    returned: mpsc::Sender<NodeId>,
 }
 
 impl Driver {
@@ -221,10 +221,22 @@ impl Driver {
             self.send(to, packet);
         }
         let peers = self.swim.peers();
-        if self.published.as_ref() != Some(&peers) {
-            self.published = Some(peers.clone());
-            self.node.set_peer_states(peers);
+        if self.published.as_ref() == Some(&peers) {
+            return;
         }
+        for (peer, view) in &peers {
+            let was_down = self
+                .published
+                .as_ref()
+                .and_then(|published| published.get(peer))
+                .is_none_or(|before| before.state == PeerState::Down);
+            if view.state != PeerState::Down && was_down {
+                // Full: exchanges are already queued; the next round reaches it anyway.
+                let _ = self.returned.try_send(peer.clone());
+            }
+        }
+        self.published = Some(peers.clone());
+        self.node.set_peer_states(peers);
     }
 
     fn send(&self, to: SwimId, packet: Bytes) {
