@@ -230,24 +230,15 @@ impl Swim {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::{BTreeSet, VecDeque};
-
     use super::*;
+    use crate::swim::sim::{SwimWorld, member_name as node};
 
-    /// Members in one process with virtual time: packets arrive 1 ms after they are sent,
-    /// unless either end is cut off.
-    struct World {
-        swims: Vec<Swim>,
-        now_ms: u64,
-        sequence: u64,
-        timers: BTreeMap<(u64, u64), (usize, SwimTimer)>,
-        packets: VecDeque<(u64, usize, NodeId, Bytes)>,
-        cut: BTreeSet<usize>,
-        packets_sent: u64,
-    }
-
-    fn node(index: usize) -> NodeId {
-        format!("n{index}").parse().unwrap()
+    fn world(members: usize) -> SwimWorld {
+        let config = SwimConfig {
+            cluster_size: u32::try_from(members).unwrap(),
+            ..SwimConfig::default()
+        };
+        SwimWorld::new(members, &config, 0)
     }
 
     fn id(index: usize) -> SwimId {
@@ -255,135 +246,35 @@ mod tests {
         SwimId::new(node(index), address, 1_000)
     }
 
-    impl World {
-        fn new(members: usize) -> World {
-            let config = SwimConfig {
-                cluster_size: u32::try_from(members).unwrap(),
-                ..SwimConfig::default()
-            };
-            let mut world = World {
-                swims: (0..members)
-                    .map(|index| Swim::new(id(index), config.clone(), index as u64))
-                    .collect(),
-                now_ms: 0,
-                sequence: 0,
-                timers: BTreeMap::new(),
-                packets: VecDeque::new(),
-                cut: BTreeSet::new(),
-                packets_sent: 0,
-            };
-            for index in 1..members {
-                world.swims[index]
-                    .announce(SwimId::placeholder(node(0), id(0).address))
-                    .unwrap();
-                world.collect(index);
-            }
-            world
-        }
-
-        fn collect(&mut self, index: usize) {
-            let outbox = self.swims[index].take_outbox();
-            for (after, timer) in outbox.timers {
-                self.sequence += 1;
-                let at = self.now_ms + u64::try_from(after.as_millis()).unwrap();
-                self.timers.insert((at, self.sequence), (index, timer));
-            }
-            for (to, packet) in outbox.sends {
-                let target = self
-                    .swims
-                    .iter()
-                    .position(|swim| swim.identity().node == to.node)
-                    .unwrap();
-                self.packets_sent += 1;
-                let from = self.swims[index].identity().node.clone();
-                self.packets
-                    .push_back((self.now_ms + 1, target, from, packet));
-            }
-        }
-
-        /// Runs until `until_ms` of virtual time.
-        fn run(&mut self, until_ms: u64) {
-            loop {
-                let next_packet = self.packets.front().map(|packet| packet.0);
-                let next_timer = self.timers.keys().next().map(|key| key.0);
-                let next = match (next_packet, next_timer) {
-                    (Some(p), Some(t)) => p.min(t),
-                    (Some(p), None) => p,
-                    (None, Some(t)) => t,
-                    (None, None) => break,
-                };
-                if next > until_ms {
-                    break;
-                }
-                self.now_ms = next;
-                if next_packet == Some(next) {
-                    let (_, target, from, packet) = self.packets.pop_front().unwrap();
-                    let source = from.as_str()[1..].parse::<usize>().unwrap();
-                    if self.cut.contains(&target) || self.cut.contains(&source) {
-                        continue;
-                    }
-                    self.swims[target].handle_packet(&from, &packet).unwrap();
-                    self.collect(target);
-                } else {
-                    let (key, (index, timer)) = self.timers.pop_first().unwrap();
-                    debug_assert_eq!(key.0, next);
-                    self.swims[index].handle_timer(timer).unwrap();
-                    self.collect(index);
-                }
-            }
-            self.now_ms = until_ms;
-        }
-
-        fn state_of(&self, observer: usize, member: usize) -> Option<PeerState> {
-            self.swims[observer]
-                .peers()
-                .get(&node(member))
-                .map(|view| view.state)
-        }
-    }
-
     #[test]
     fn members_find_each_other_from_one_announce_each() {
-        let mut world = World::new(5);
+        let mut world = world(5);
         world.run(5_000);
-        for observer in 0..5 {
-            for member in (0..5).filter(|member| *member != observer) {
-                assert_eq!(
-                    world.state_of(observer, member),
-                    Some(PeerState::Alive),
-                    "n{observer} on n{member}"
-                );
-            }
-        }
+        let all: Vec<usize> = (0..5).collect();
+        assert!(world.all_see(&all, &all, PeerState::Alive));
     }
 
     #[test]
     fn a_silent_member_is_suspected_then_down_within_the_detection_time() {
-        let mut world = World::new(5);
+        let mut world = world(5);
         world.run(5_000);
-        world.cut.insert(3);
+        world.isolated.insert(3);
         let config = SwimConfig::default();
         // A probe period for someone to probe it (each probes one member per period, in
         // turn: at most 4 periods here), the timeout, then the suspicion.
         let detection =
             4 * config.probe_period_ms + config.probe_timeout_ms + config.suspect_to_down_ms;
         world.run(5_000 + detection + 1_000);
-        for observer in [0, 1, 2, 4] {
-            assert_eq!(
-                world.state_of(observer, 3),
-                Some(PeerState::Down),
-                "n{observer}"
-            );
-        }
+        assert!(world.all_see(&[0, 1, 2, 4], &[3], PeerState::Down));
     }
 
     #[test]
     fn a_member_suspected_for_less_than_the_suspicion_time_refutes_it_and_never_goes_down() {
-        let mut world = World::new(4);
+        let mut world = world(4);
         world.run(5_000);
         let mut suspected = false;
         // Cut n2 off for long enough to be suspected, short of being declared down.
-        world.cut.insert(2);
+        world.isolated.insert(2);
         let cut_until = world.now_ms + 4 * 1_000 + 600;
         while world.now_ms < cut_until {
             let next = world.now_ms + 100;
@@ -400,7 +291,7 @@ mod tests {
             }
         }
         assert!(suspected, "nobody suspected the cut member");
-        world.cut.clear();
+        world.isolated.clear();
         let until = world.now_ms + 4_000;
         while world.now_ms < until {
             let next = world.now_ms + 100;
@@ -409,22 +300,17 @@ mod tests {
                 assert_ne!(world.state_of(observer, 2), Some(PeerState::Down));
             }
         }
-        for observer in [0, 1, 3] {
-            assert_eq!(
-                world.state_of(observer, 2),
-                Some(PeerState::Alive),
-                "n{observer}"
-            );
-        }
+        assert!(world.all_see(&[0, 1, 3], &[2], PeerState::Alive));
     }
 
     #[test]
     fn idle_members_send_a_bounded_number_of_packets_per_period() {
-        let mut world = World::new(12);
+        let mut world = world(12);
         world.run(10_000);
-        let before = world.packets_sent;
+        let (before, _) = world.sent();
         world.run(40_000);
-        let per_member_per_period = (world.packets_sent - before) as f64 / 12.0 / 30.0;
+        let (after, _) = world.sent();
+        let per_member_per_period = (after - before) as f64 / 12.0 / 30.0;
         // A probe and its ack, an announce now and then.
         assert!(per_member_per_period <= 2.5, "{per_member_per_period}");
         assert!(per_member_per_period >= 1.0, "{per_member_per_period}");
@@ -432,7 +318,7 @@ mod tests {
 
     #[test]
     fn a_packet_whose_sender_is_not_the_authenticated_peer_is_refused() {
-        let mut world = World::new(2);
+        let mut world = world(2);
         world.swims[1]
             .announce(SwimId::placeholder(node(0), id(0).address))
             .unwrap();
@@ -454,20 +340,13 @@ mod tests {
 
     #[test]
     fn a_restarted_member_replaces_its_old_identity_at_once() {
-        let mut world = World::new(3);
+        let mut world = world(3);
         world.run(5_000);
         let config = SwimConfig {
             cluster_size: 3,
             ..SwimConfig::default()
         };
-        let restarted = SwimId::new(node(2), id(2).address, 2_000);
-        world.swims[2] = Swim::new(restarted, config, 99);
-        // The old process's timers die with it.
-        world.timers.retain(|_, (index, _)| *index != 2);
-        world.swims[2]
-            .announce(SwimId::placeholder(node(0), id(0).address))
-            .unwrap();
-        world.collect(2);
+        world.restart(2, 2_000, &config, 0);
         world.run(8_000);
         for observer in [0, 1] {
             assert_eq!(world.state_of(observer, 2), Some(PeerState::Alive));
@@ -478,5 +357,19 @@ mod tests {
                 .map(|member| member.id().started_ms);
             assert_eq!(known, Some(2_000), "n{observer} knows the new start");
         }
+    }
+
+    #[test]
+    fn two_halves_declared_down_to_each_other_find_each_other_again_after_the_heal() {
+        let mut world = world(10);
+        world.run(5_000);
+        world.sides = Some((0..10).map(|index| u8::from(index >= 5)).collect());
+        world.run(30_000);
+        let (left, right): (Vec<usize>, Vec<usize>) = (0..10).partition(|index| *index < 5);
+        assert!(world.all_see(&left, &right, PeerState::Down));
+        world.sides = None;
+        world.run(60_000);
+        let all: Vec<usize> = (0..10).collect();
+        assert!(world.all_see(&all, &all, PeerState::Alive));
     }
 }

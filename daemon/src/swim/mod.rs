@@ -11,6 +11,7 @@
 
 pub mod core;
 pub mod identity;
+pub mod sim;
 
 pub use self::core::{Outbox, Swim, SwimConfig, SwimError, SwimTimer};
 pub use self::identity::SwimId;
