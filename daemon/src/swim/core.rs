@@ -182,6 +182,28 @@ impl Swim {
     /// What to send and when to be called back, since the last call.
     pub fn take_outbox(&mut self) -> Outbox {
         let mut outbox = Outbox::default();
+        let mut rejoined = false;
+        while let Some(notification) = self.runtime.to_notify() {
+            match notification {
+                Notification::MemberUp(_)
+                | Notification::MemberDown(_)
+                | Notification::Rename(..) => {
+                    outbox.members_changed = true;
+                }
+                Notification::Rejoin(_) => rejoined = true,
+                _ => {}
+            }
+        }
+        if rejoined {
+            // A renewed identity starts disconnected, and foca reconnects only when its set
+            // of active members changes; with its members all still alive that never
+            // happens, and it would stop probing and announcing for good (seen with 100
+            // members healing from a partition). Reconnect it now.
+            if let Err(error) = self.foca.apply_many(std::iter::empty(), &mut self.runtime) {
+                tracing::debug!(%error, "SWIM reconnect after a rejoin");
+            }
+            outbox.members_changed = true;
+        }
         while let Some((to, packet)) = self.runtime.to_send() {
             outbox.sends.push((to, packet));
         }
@@ -361,15 +383,23 @@ mod tests {
 
     #[test]
     fn two_halves_declared_down_to_each_other_find_each_other_again_after_the_heal() {
-        let mut world = world(10);
-        world.run(5_000);
-        world.sides = Some((0..10).map(|index| u8::from(index >= 5)).collect());
-        world.run(30_000);
-        let (left, right): (Vec<usize>, Vec<usize>) = (0..10).partition(|index| *index < 5);
+        // 40 members: with foca left disconnected after its renewal, this never healed
+        // (`take_outbox` reconnects it).
+        let members = 40;
+        let mut world = world(members);
+        world.run(10_000);
+        world.sides = Some(
+            (0..members)
+                .map(|index| u8::from(index >= members / 2))
+                .collect(),
+        );
+        world.run(40_000);
+        let (left, right): (Vec<usize>, Vec<usize>) =
+            (0..members).partition(|index| *index < members / 2);
         assert!(world.all_see(&left, &right, PeerState::Down));
         world.sides = None;
         world.run(60_000);
-        let all: Vec<usize> = (0..10).collect();
+        let all: Vec<usize> = (0..members).collect();
         assert!(world.all_see(&all, &all, PeerState::Alive));
     }
 }
