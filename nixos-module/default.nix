@@ -521,7 +521,7 @@ in
               default = null;
               description = "Random delay added to each anti-entropy round. `null` leaves the daemon's default.";
             };
-            fanout = optionalPositive "Random live peers per anti-entropy round.";
+            fanout = optionalPositive "Random live peers per anti-entropy round (default 1: pushes carry changes at once and SWIM starts an exchange with a member that comes back).";
             heartbeat_interval_ms = optionalPositive "Period of this node's metadata refresh (liveness itself is SWIM's, see `membership`).";
             down_after_ms = optionalPositive "A peer SWIM has no entry for counts as down once its metadata is this old; must exceed `heartbeat_interval_ms`.";
             evict_after_ms = optionalPositive "Silence after which a member is evicted (unblocks tombstone collection).";

@@ -10,17 +10,21 @@
 //! table gives the mean per node and the ratio of each size to the smallest, the
 //! baseline: a flat cost is a ratio near 1.
 //!
-//! `SHOAL_IDLE_NODES=3,12,24` (the default) picks the sizes; `SHOAL_IDLE_SECONDS`
-//! the window (default 30: one metadata refresh per node falls in it).
+//! `SHOAL_IDLE_NODES=3,12,24,48` (the default) picks the sizes; `SHOAL_IDLE_SECONDS`
+//! the window (default 30: one metadata refresh per node falls in it),
+//! `SHOAL_IDLE_SETTLE_SECONDS` the wait before it (default 60: every node has probed every
+//! other once and made the connections it keeps).
 
 use std::time::{Duration, Instant};
 
 use shoal_vm_tests::cluster::{Cluster, ClusterOptions};
 
-const DEFAULT_SIZES: &[usize] = &[3, 12, 24];
+const DEFAULT_SIZES: &[usize] = &[3, 12, 24, 48];
 const DEFAULT_WINDOW_SECONDS: u64 = 30;
-/// Time after every node sees the others live before the window opens.
-const SETTLE_SECONDS: u64 = 5;
+/// Time after every node sees the others live before the window opens: long enough for
+/// every node to have probed every other once (so the connections SWIM keeps are made)
+/// at the largest default size. `SHOAL_IDLE_SETTLE_SECONDS` overrides it.
+const SETTLE_SECONDS: u64 = 60;
 /// The daemon's defaults (`sync.*` in its config).
 const INTERVAL_MS: u64 = 1_000;
 const REFRESH_MS: u64 = 30_000;
@@ -73,7 +77,11 @@ fn measure(nodes: usize, window: Duration) -> Cost {
         "{nodes} nodes up and members in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    std::thread::sleep(Duration::from_secs(SETTLE_SECONDS));
+    let settle = std::env::var("SHOAL_IDLE_SETTLE_SECONDS")
+        .ok()
+        .map(|seconds| seconds.parse().expect("SHOAL_IDLE_SETTLE_SECONDS: a number"))
+        .unwrap_or(SETTLE_SECONDS);
+    std::thread::sleep(Duration::from_secs(settle));
     let pids: Vec<u32> = (0..nodes)
         .map(|index| cluster.node(index).pid().expect("a running daemon"))
         .collect();

@@ -214,7 +214,7 @@ impl Default for SyncSettings {
         Self {
             interval_ms: 1000,
             jitter_ms: 200,
-            fanout: 3,
+            fanout: 1,
             heartbeat_interval_ms: 30_000,
             down_after_ms: 90_000,
             evict_after_ms: 86_400_000,

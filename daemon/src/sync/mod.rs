@@ -81,7 +81,7 @@ pub const STREAMS_PER_CONNECTION_MAX: u32 = 8;
 /// A connection with no traffic for this long is closed. Long, so the kept connection to a
 /// peer outlives the gaps between SWIM's probes of it (about one per member count of probe
 /// periods) and handshakes stay rare; an idle QUIC connection costs memory, not packets.
-pub const IDLE_TIMEOUT_MS: u32 = 120_000;
+pub const IDLE_TIMEOUT_MS: u32 = 300_000;
 
 /// Errors of the sync layer. Each names the peer (address or node id) or the address at fault.
 #[derive(Debug, thiserror::Error)]
