@@ -79,7 +79,11 @@ fn measure(nodes: usize, window: Duration) -> Cost {
     );
     let settle = std::env::var("SHOAL_IDLE_SETTLE_SECONDS")
         .ok()
-        .map(|seconds| seconds.parse().expect("SHOAL_IDLE_SETTLE_SECONDS: a number"))
+        .map(|seconds| {
+            seconds
+                .parse()
+                .expect("SHOAL_IDLE_SETTLE_SECONDS: a number")
+        })
         .unwrap_or(SETTLE_SECONDS);
     std::thread::sleep(Duration::from_secs(settle));
     let pids: Vec<u32> = (0..nodes)
