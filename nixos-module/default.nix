@@ -521,9 +521,9 @@ in
               default = null;
               description = "Random delay added to each anti-entropy round. `null` leaves the daemon's default.";
             };
-            fanout = optionalPositive "Random live peers per anti-entropy round.";
-            heartbeat_interval_ms = optionalPositive "Period of this node's heartbeat.";
-            down_after_ms = optionalPositive "Silence after which a peer counts as down.";
+            fanout = optionalPositive "Random live peers per anti-entropy round (default 1: pushes carry changes at once and SWIM starts an exchange with a member that comes back).";
+            heartbeat_interval_ms = optionalPositive "Period of this node's metadata refresh (liveness itself is SWIM's, see `membership`).";
+            down_after_ms = optionalPositive "A peer SWIM has no entry for counts as down once its metadata is this old; must exceed `heartbeat_interval_ms`.";
             evict_after_ms = optionalPositive "Silence after which a member is evicted (unblocks tombstone collection).";
             max_clock_drift_ms = optionalPositive "A peer whose clock is further ahead is refused.";
             body_bytes_max = optionalPositive "Largest sync body accepted.";
@@ -533,6 +533,11 @@ in
               default = null;
               description = "Push local changes at once instead of waiting for the next round. `null` leaves the daemon's default.";
             };
+          };
+          membership = {
+            probe_period_ms = optionalPositive "SWIM: one member is probed per period; a failed node is down after about `probe_period_ms + probe_timeout_ms + suspect_to_down_ms`.";
+            probe_timeout_ms = optionalPositive "SWIM: a probe unanswered this long is retried through other members; less than `probe_period_ms`.";
+            suspect_to_down_ms = optionalPositive "SWIM: a suspected member that does not refute it within this is down; at least `probe_period_ms`.";
           };
           api.socket = mkOption {
             type = types.nullOr types.str;

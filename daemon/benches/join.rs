@@ -241,7 +241,7 @@ fn parent() {
                 endpoint.clone(),
                 seed.clone(),
                 limits(body),
-                None,
+                sync::Handlers::default(),
                 shoal::agent::tasks::stopped(stopped.clone()),
             ))
         })

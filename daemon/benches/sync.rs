@@ -168,7 +168,7 @@ async fn measure_bytes(pki: &Pki, services: usize) -> BytesRow {
         server_endpoint.clone(),
         server.clone(),
         limits(),
-        None,
+        sync::Handlers::default(),
         shoal::agent::tasks::stopped(stopped),
     ));
     // Bring the client fully up to date (including the server's own summary knowledge).

@@ -6,6 +6,7 @@
 //! - `schedule`: placement and the container planner, pure;
 //! - `state`: the node's CRDT replica, made durable in redb, with time passed in;
 //! - `api`: the local API's request and response types (a leaf), its server and client;
+//! - `swim`: SWIM membership (foca), sans-IO: who is alive, suspected or down;
 //! - `sync`: HTTP/3 sync between nodes with mutual TLS, certificates (`pki`, `tls`);
 //! - `containers`: the executor and the reconcile loop that carry plans out;
 //! - `sim` (feature `sim`): the cluster simulator, driving `containers` on fake nodes;
@@ -23,4 +24,5 @@ pub mod schedule;
 #[cfg(feature = "sim")]
 pub mod sim;
 pub mod state;
+pub mod swim;
 pub mod sync;

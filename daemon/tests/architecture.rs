@@ -90,7 +90,8 @@ fn rooms_import_only_downwards() {
         ("schedule", &[][..]),
         ("state", &["metrics"][..]),
         ("api", &[][..]),
-        ("sync", &["state"][..]),
+        ("swim", &["state"][..]),
+        ("sync", &["state", "swim"][..]),
         ("containers", &["schedule", "state", "api"][..]),
         // `shoal logs` reads other nodes' containers through them over sync (the client and
         // the wire types of `GET /v1/logs`).
@@ -105,6 +106,7 @@ fn rooms_import_only_downwards() {
                 "metrics",
                 "schedule",
                 "state",
+                "swim",
                 "sync",
             ][..],
         ),

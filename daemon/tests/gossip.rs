@@ -235,7 +235,7 @@ fn a_restarted_peer_is_reached_again_in_the_same_exchange() {
             endpoint,
             node,
             net_support::limits(),
-            None,
+            shoal::sync::Handlers::default(),
             std::future::pending(),
         ));
         (runtime, address)

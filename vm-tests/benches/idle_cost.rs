@@ -1,26 +1,34 @@
 //! What an idle cluster costs each node, by fleet size (issue 14):
 //! `cargo bench -p shoal-vm-tests --bench idle_cost`. Needs root.
 //!
-//! Real daemons in the lab's network namespaces, default sync and heartbeat intervals
-//! (1000 ms), no services. Once every node sees all the others live and a few rounds
+//! Real daemons in the lab's network namespaces with the daemon's default settings (SWIM
+//! probes every 1000 ms, anti-entropy every 1000 ms, the metadata refresh every 30 s), no
+//! services. Once every node sees all the others live and a few rounds
 //! have passed, each node is measured over a window: bytes its host sent (the
 //! namespace's `eth0` counter: UDP payload, QUIC, IP and Ethernet headers), CPU time of
 //! its daemon process (`/proc/<pid>/stat`, user + system) and its resident memory. The
 //! table gives the mean per node and the ratio of each size to the smallest, the
 //! baseline: a flat cost is a ratio near 1.
 //!
-//! `SHOAL_IDLE_NODES=3,12,24` (the default) picks the sizes; `SHOAL_IDLE_SECONDS`
-//! the window (default 15).
+//! `SHOAL_IDLE_NODES=3,12,24,48` (the default) picks the sizes; `SHOAL_IDLE_SECONDS`
+//! the window (default 30: one metadata refresh per node falls in it),
+//! `SHOAL_IDLE_SETTLE_SECONDS` the wait before it (default 60: every node has probed every
+//! other once and made the connections it keeps).
 
 use std::time::{Duration, Instant};
 
 use shoal_vm_tests::cluster::{Cluster, ClusterOptions};
 
-const DEFAULT_SIZES: &[usize] = &[3, 12, 24];
-const DEFAULT_WINDOW_SECONDS: u64 = 15;
-/// Time after every node sees the others live before the window opens.
-const SETTLE_SECONDS: u64 = 5;
+const DEFAULT_SIZES: &[usize] = &[3, 12, 24, 48];
+const DEFAULT_WINDOW_SECONDS: u64 = 30;
+/// Time after every node sees the others live before the window opens: long enough for
+/// every node to have probed every other once (so the connections SWIM keeps are made)
+/// at the largest default size. `SHOAL_IDLE_SETTLE_SECONDS` overrides it.
+const SETTLE_SECONDS: u64 = 60;
+/// The daemon's defaults (`sync.*` in its config).
 const INTERVAL_MS: u64 = 1_000;
+const REFRESH_MS: u64 = 30_000;
+const DOWN_AFTER_MS: u64 = 90_000;
 
 /// One size's figures, means per node.
 struct Cost {
@@ -59,8 +67,9 @@ fn measure(nodes: usize, window: Duration) -> Cost {
     let cluster = Cluster::start(ClusterOptions {
         nodes,
         sync_interval_ms: INTERVAL_MS,
-        heartbeat_interval_ms: INTERVAL_MS,
-        down_after_ms: 10 * INTERVAL_MS,
+        heartbeat_interval_ms: REFRESH_MS,
+        down_after_ms: DOWN_AFTER_MS,
+        membership: None,
         ..ClusterOptions::default()
     })
     .expect("cluster");
@@ -68,7 +77,15 @@ fn measure(nodes: usize, window: Duration) -> Cost {
         "{nodes} nodes up and members in {:.1} s",
         started.elapsed().as_secs_f64()
     );
-    std::thread::sleep(Duration::from_secs(SETTLE_SECONDS));
+    let settle = std::env::var("SHOAL_IDLE_SETTLE_SECONDS")
+        .ok()
+        .map(|seconds| {
+            seconds
+                .parse()
+                .expect("SHOAL_IDLE_SETTLE_SECONDS: a number")
+        })
+        .unwrap_or(SETTLE_SECONDS);
+    std::thread::sleep(Duration::from_secs(settle));
     let pids: Vec<u32> = (0..nodes)
         .map(|index| cluster.node(index).pid().expect("a running daemon"))
         .collect();
@@ -121,7 +138,8 @@ fn main() {
     let costs: Vec<Cost> = sizes.iter().map(|nodes| measure(*nodes, window)).collect();
     let base = &costs[0];
     println!(
-        "idle cluster, sync and heartbeat every {INTERVAL_MS} ms, per node over {} s:\n",
+        "idle cluster, default settings (SWIM and anti-entropy every {INTERVAL_MS} ms, \
+         metadata refresh every {REFRESH_MS} ms), per node over {} s:\n",
         window.as_secs()
     );
     println!(

@@ -68,6 +68,12 @@ rec {
           heartbeat_interval_ms = 1000;
           down_after_ms = 4000;
         };
+        # Quick SWIM failure detection, as the netns scenarios use.
+        membership = {
+          probe_period_ms = 300;
+          probe_timeout_ms = 150;
+          suspect_to_down_ms = 1200;
+        };
       } // lib.optionalAttrs (subnet != null) { containers.subnet = subnet; };
     };
   };

@@ -80,6 +80,11 @@ let
             request_timeout_ms = 4000;
             eager_push = false;
           };
+          membership = {
+            probe_period_ms = 500;
+            probe_timeout_ms = 250;
+            suspect_to_down_ms = 2000;
+          };
           api.socket = "/var/lib/shoal/api.sock";
           capacity = {
             cpu_millis = 2000;

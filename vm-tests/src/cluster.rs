@@ -79,6 +79,25 @@ pub struct ClusterOptions {
     pub outside_host: bool,
     /// Node `i`'s labels (`labels` in its config), when given.
     pub labels: Vec<Vec<(String, String)>>,
+    /// SWIM timing (`[membership]`); the daemon's defaults when `None`.
+    pub membership: Option<Membership>,
+}
+
+/// `[membership]` in a test node's config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Membership {
+    pub probe_period_ms: u64,
+    pub probe_timeout_ms: u64,
+    pub suspect_to_down_ms: u64,
+}
+
+impl Membership {
+    /// Quick failure detection for scenarios: about 1.7 s after a node's last answer.
+    pub const QUICK: Membership = Membership {
+        probe_period_ms: 300,
+        probe_timeout_ms: 150,
+        suspect_to_down_ms: 1_200,
+    };
 }
 
 impl Default for ClusterOptions {
@@ -94,6 +113,7 @@ impl Default for ClusterOptions {
             reconcile_interval_ms: None,
             labels: Vec::new(),
             outside_host: false,
+            membership: Some(Membership::QUICK),
         }
     }
 }
@@ -217,6 +237,7 @@ impl Cluster {
                  heartbeat_interval_ms = {heartbeat}\n\
                  down_after_ms = {down}\n\
                  evict_after_ms = {evict}\n\
+                 {membership}\
                  {containers}",
                 state = node_dir.join("state").display(),
                 ca = ca_dir.join("ca.pem").display(),
@@ -227,6 +248,16 @@ impl Cluster {
                 heartbeat = options.heartbeat_interval_ms,
                 down = options.down_after_ms,
                 evict = options.evict_after_ms,
+                membership = match options.membership {
+                    Some(membership) => format!(
+                        "[membership]\nprobe_period_ms = {}\nprobe_timeout_ms = {}\n\
+                         suspect_to_down_ms = {}\n",
+                        membership.probe_period_ms,
+                        membership.probe_timeout_ms,
+                        membership.suspect_to_down_ms
+                    ),
+                    None => String::new(),
+                },
                 labels = match options.labels.get(index) {
                     Some(labels) if !labels.is_empty() => format!(
                         "labels = {{ {} }}\n",

@@ -67,6 +67,42 @@ pub struct Config {
     /// The Prometheus metrics endpoint; off unless `listen` is set.
     #[serde(default)]
     pub metrics: MetricsSettings,
+    /// SWIM membership: how quickly a failed node is found.
+    #[serde(default)]
+    pub membership: MembershipSettings,
+}
+
+/// SWIM failure detection (`[membership]`). A failed node is counted down after about
+/// `probe_period_ms + probe_timeout_ms + suspect_to_down_ms`; each node sends about two
+/// small packets per `probe_period_ms` whatever the fleet's size.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipSettings {
+    /// One member is probed per period.
+    pub probe_period_ms: u64,
+    /// A probe unanswered this long is retried through other members.
+    pub probe_timeout_ms: u64,
+    /// A suspected member that does not refute it within this is down.
+    pub suspect_to_down_ms: u64,
+}
+
+impl Default for MembershipSettings {
+    fn default() -> Self {
+        MembershipSettings {
+            probe_period_ms: 1_000,
+            probe_timeout_ms: 500,
+            suspect_to_down_ms: 4_000,
+        }
+    }
+}
+
+impl MembershipSettings {
+    /// About how long a failed node stays counted live.
+    pub fn detection_ms(&self) -> u64 {
+        self.probe_period_ms
+            .saturating_add(self.probe_timeout_ms)
+            .saturating_add(self.suspect_to_down_ms)
+    }
 }
 
 /// The Prometheus metrics endpoint (`GET /metrics`, plain HTTP).
@@ -178,9 +214,9 @@ impl Default for SyncSettings {
         Self {
             interval_ms: 1000,
             jitter_ms: 200,
-            fanout: 3,
-            heartbeat_interval_ms: 1000,
-            down_after_ms: 5000,
+            fanout: 1,
+            heartbeat_interval_ms: 30_000,
+            down_after_ms: 90_000,
             evict_after_ms: 86_400_000,
             max_clock_drift_ms: 1000,
             body_bytes_max: 8 * 1024 * 1024,
@@ -359,6 +395,37 @@ impl Config {
             if value == 0 {
                 return Err(invalid(key, "must be greater than 0".to_string()));
             }
+        }
+        let membership = &self.membership;
+        for (key, value) in [
+            ("membership.probe_period_ms", membership.probe_period_ms),
+            ("membership.probe_timeout_ms", membership.probe_timeout_ms),
+            (
+                "membership.suspect_to_down_ms",
+                membership.suspect_to_down_ms,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be greater than 0".to_string()));
+            }
+        }
+        if membership.probe_timeout_ms >= membership.probe_period_ms {
+            return Err(invalid(
+                "membership.probe_timeout_ms",
+                format!(
+                    "must be less than membership.probe_period_ms ({})",
+                    membership.probe_period_ms
+                ),
+            ));
+        }
+        if membership.suspect_to_down_ms < membership.probe_period_ms {
+            return Err(invalid(
+                "membership.suspect_to_down_ms",
+                format!(
+                    "must be at least membership.probe_period_ms ({})",
+                    membership.probe_period_ms
+                ),
+            ));
         }
         if sync.fanout == 0 {
             return Err(invalid("sync.fanout", "must be at least 1".to_string()));
@@ -563,6 +630,7 @@ impl Config {
             metrics: MetricsSettings {
                 listen: Some(SocketAddr::from(([127, 0, 0, 1], 9464))),
             },
+            membership: MembershipSettings::default(),
         }
     }
 }
@@ -753,6 +821,9 @@ key_file = "/etc/shoal/node.key"
             "sync.body_bytes_max",
             "sync.request_timeout_ms",
             "sync.eager_push",
+            "membership.probe_period_ms",
+            "membership.probe_timeout_ms",
+            "membership.suspect_to_down_ms",
             "api.socket",
             "capacity.cpu_millis",
             "capacity.memory_bytes",
@@ -769,7 +840,7 @@ key_file = "/etc/shoal/node.key"
         ] {
             assert!(keys.contains(&key.to_string()), "missing {key}");
         }
-        assert_eq!(keys.len(), 32, "{keys:?}");
+        assert_eq!(keys.len(), 35, "{keys:?}");
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
@@ -800,6 +871,24 @@ key_file = "/etc/shoal/node.key"
         check_error(
             &format!("{MINIMAL}\n[sync]\nfanout = 0\n"),
             &["/etc/shoal/shoal.toml", "sync.fanout"],
+        );
+        check_error(
+            &format!("{MINIMAL}\n[membership]\nprobe_period_ms = 500\nprobe_timeout_ms = 500\n"),
+            &[
+                "membership.probe_timeout_ms",
+                "less than membership.probe_period_ms (500)",
+            ],
+        );
+        check_error(
+            &format!("{MINIMAL}\n[membership]\nsuspect_to_down_ms = 10\n"),
+            &[
+                "membership.suspect_to_down_ms",
+                "at least membership.probe_period_ms (1000)",
+            ],
+        );
+        check_error(
+            &format!("{MINIMAL}\n[membership]\nprobe_period_ms = 0\n"),
+            &["membership.probe_period_ms", "greater than 0"],
         );
         check_error(
             &format!("{MINIMAL}\n[sync]\ndown_after_ms = 500\n"),

@@ -16,7 +16,7 @@ use std::future::Future;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use shoal_crdt::Capacity;
 use shoal_oci::network::{ContainerNetwork, NftFirewall, NodeNetwork};
@@ -35,7 +35,8 @@ use crate::metrics::{self, Metrics};
 use crate::schedule::PlannerSettings;
 use crate::schedule::plan::STARTS_PER_PASS_MAX;
 use crate::state::{Clock, Node, NodeError, NodeOptions, SystemClock};
-use crate::sync::{self, GossipConfig, SyncLimits, TlsHandle};
+use crate::swim::SwimConfig;
+use crate::sync::{self, GossipConfig, SwimSettings, SyncLimits, TlsHandle};
 
 /// Time given to tasks to finish after shutdown begins, before they are aborted.
 pub const SHUTDOWN_GRACE_MS: u64 = 5_000;
@@ -78,6 +79,30 @@ pub enum RunError {
 /// only place the daemon takes randomness from the host.
 fn rng_seed() -> u64 {
     rand::random()
+}
+
+/// SWIM's settings from the config; the start time orders this daemon's identity after
+/// every earlier start of it.
+fn swim_settings(config: &Config) -> SwimSettings {
+    let membership = &config.membership;
+    let started_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        });
+    SwimSettings {
+        swim: SwimConfig {
+            probe_period_ms: membership.probe_period_ms,
+            probe_timeout_ms: membership.probe_timeout_ms,
+            suspect_to_down_ms: membership.suspect_to_down_ms,
+            // Remembered down for longer than its metadata counts it live.
+            forget_down_after_ms: config.sync.down_after_ms.saturating_mul(2),
+            announce_down_every_ms: membership.probe_period_ms.saturating_mul(2),
+            cluster_size: 1,
+        },
+        seed: rng_seed(),
+        started_ms,
+    }
 }
 
 /// Runs the daemon until `shutdown` completes.
@@ -166,7 +191,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         interval_ms: config.sync.interval_ms,
         jitter_ms: config.sync.jitter_ms,
         fanout: config.sync.fanout,
-        down_after_ms: config.sync.down_after_ms,
+        // Peers SWIM counts live are chosen; one it has no entry for is tried until its
+        // metadata is this old, or for SWIM's detection time after the last good exchange.
+        down_after_ms: config.membership.detection_ms(),
         rng_seed: rng_seed(),
         eager_push: config.sync.eager_push,
         ..GossipConfig::default()
@@ -189,6 +216,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         limits,
         log_source,
         Duration::from_millis(config.sync.heartbeat_interval_ms),
+        Some(swim_settings(&config)),
         &stop_receiver,
     );
     tasks.spawn(api::server::serve(
@@ -280,7 +308,8 @@ async fn open_containers(config: &Config, node: Arc<Node>) -> Result<Arc<Reconci
     runtime_settings.cgroup_parent = format!("shoal/{}", config.node_name);
     let settings = ReconcileSettings {
         interval_ms: config.containers.reconcile_interval_ms,
-        startup_grace_ms: config.sync.down_after_ms,
+        // SWIM learns the members' states within its detection time of a start.
+        startup_grace_ms: config.membership.detection_ms(),
         planner: PlannerSettings {
             starts_per_pass_max: STARTS_PER_PASS_MAX,
             retry_after_failure_ms: config.containers.reconcile_interval_ms,

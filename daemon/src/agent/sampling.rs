@@ -1,4 +1,5 @@
 //! What the metrics endpoint reads from the node just before a scrape: members by liveness
+//! (SWIM's suspicion apart)
 //! and this node's containers by state, as gauges. Read from the replicated state, so a
 //! scrape never touches the container runtime; this node's containers are the ones its
 //! last status report names, which it rewrites whenever its runtime changes.
@@ -7,13 +8,28 @@ use shoal_crdt::RunState;
 
 use crate::metrics::Metrics;
 use crate::state::Node;
+use crate::state::members::PeerState;
 
 /// Sets the sampled gauges of `metrics` from `node`.
 pub fn sample(node: &Node, metrics: &Metrics) {
     let members = node.members();
-    let live = members.iter().filter(|member| member.live).count();
-    let down = members.len() - live;
-    metrics.set_members([("live", count(live)), ("down", count(down))]);
+    let suspect = members
+        .iter()
+        .filter(|member| {
+            member.live
+                && member
+                    .swim
+                    .as_ref()
+                    .is_some_and(|swim| swim.state == PeerState::Suspect)
+        })
+        .count();
+    let live = members.iter().filter(|member| member.live).count() - suspect;
+    let down = members.len() - live - suspect;
+    metrics.set_members([
+        ("live", count(live)),
+        ("suspect", count(suspect)),
+        ("down", count(down)),
+    ]);
     let states: Vec<&'static str> = node.read_state(|state| {
         state
             .node_status(node.node_id())

@@ -14,8 +14,11 @@ use tokio::task::JoinSet;
 use super::notify::Notifier;
 use crate::containers::{LogError, Reconciler};
 use crate::state::Node;
+use crate::sync::connections::Connections;
 use crate::sync::wire::{LogPiece, LogQuery};
-use crate::sync::{self, GossipConfig, LogSource, LogSourceError, SyncLimits};
+use crate::sync::{
+    self, GossipConfig, Handlers, LogSource, LogSourceError, SwimInbox, SwimSettings, SyncLimits,
+};
 
 /// The reconciler as the sync server's source of this node's container logs.
 pub struct ContainerLogs(pub Arc<Reconciler>);
@@ -43,6 +46,9 @@ impl LogSource for ContainerLogs {
     }
 }
 
+/// Members SWIM saw come back, queued for an exchange at once.
+const RETURNS_QUEUED_MAX: usize = 64;
+
 /// How often the STATUS= line is refreshed.
 const STATUS_INTERVAL_MS: u64 = 2_000;
 
@@ -52,8 +58,9 @@ pub async fn stopped(mut receiver: watch::Receiver<bool>) {
 }
 
 /// Spawns what keeps a node in sync on `endpoint`: the sync server (answering other nodes'
-/// log requests from `logs`), the gossip loop (anti-entropy and eager push) and a heartbeat
-/// every `heartbeat_every`.
+/// log requests from `logs`), the gossip loop (anti-entropy and eager push), SWIM membership
+/// when `swim` is given (else liveness is judged by heartbeats alone), and a heartbeat (the
+/// metadata refresh) every `heartbeat_every`. Gossip and SWIM share the kept connections.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_sync_tasks(
     tasks: &mut JoinSet<()>,
@@ -63,24 +70,44 @@ pub fn spawn_sync_tasks(
     limits: SyncLimits,
     logs: Option<Arc<dyn LogSource>>,
     heartbeat_every: Duration,
+    swim: Option<SwimSettings>,
     stop: &watch::Receiver<bool>,
 ) {
+    let connections = Arc::new(Connections::new(endpoint.clone()));
+    let mut handlers = Handlers { logs, swim: None };
+    let mut returned_members = None;
+    if let Some(settings) = swim {
+        let (inbox, packets) = SwimInbox::new();
+        let (returned, returns) = tokio::sync::mpsc::channel(RETURNS_QUEUED_MAX);
+        handlers.swim = Some(inbox);
+        returned_members = Some(returns);
+        tasks.spawn(sync::run_swim(
+            connections.clone(),
+            node.clone(),
+            settings,
+            limits.clone(),
+            packets,
+            returned,
+            stopped(stop.clone()),
+        ));
+    }
     {
         let endpoint = endpoint.clone();
         let node = node.clone();
         let limits = limits.clone();
         let stop = stopped(stop.clone());
         tasks.spawn(async move {
-            if let Err(error) = sync::serve(endpoint, node, limits, logs, stop).await {
+            if let Err(error) = sync::serve(endpoint, node, limits, handlers, stop).await {
                 tracing::error!(%error, "sync server stopped");
             }
         });
     }
-    tasks.spawn(sync::run_gossip(
-        endpoint.clone(),
+    tasks.spawn(sync::run_gossip_on(
+        connections,
         node.clone(),
         gossip,
         limits,
+        returned_members,
         stopped(stop.clone()),
     ));
     tasks.spawn(heartbeat_loop(

@@ -195,6 +195,18 @@ pub struct NodeView {
     /// Containers the node's own status report lists as starting, running or restarting.
     #[serde(default)]
     pub containers_running: u64,
+    /// What SWIM says of the node ("alive", "suspect" or "down") and its SWIM incarnation
+    /// (raised each time it refutes a suspicion); none for this node itself and for nodes
+    /// SWIM has no entry for (not contacted yet, or long gone).
+    #[serde(default)]
+    pub swim: Option<SwimView>,
+}
+
+/// A member in SWIM's view.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SwimView {
+    pub state: String,
+    pub incarnation: u16,
 }
 
 #[cfg(test)]
@@ -221,6 +233,7 @@ impl NodeView {
             drain: None,
             drain_left_ms: None,
             containers_running: 0,
+            swim: None,
         }
     }
 }

@@ -18,7 +18,7 @@ use tokio::net::{UnixListener, UnixStream};
 use super::{
     API_VERSION, ApiError, CONNECTIONS_MAX, CertificatesView, Envelope, HistoryView,
     IDLE_TIMEOUT_MS, LOG_OFFSETS_MAX, NodeChangeView, NodeView, PeerView, REQUEST_BYTES_MAX, Reply,
-    Request, SERVICES_PER_REQUEST_MAX, ServiceView, StatusView, VersionView,
+    Request, SERVICES_PER_REQUEST_MAX, ServiceView, StatusView, SwimView, VersionView,
 };
 use crate::containers::Reconciler;
 use crate::state::{Member, Node, NodeStatus, RefusedWrites, ServiceEntry};
@@ -442,6 +442,7 @@ fn node_views(node: &Node) -> Vec<NodeView> {
         drain: None,
         drain_left_ms: None,
         containers_running: 0,
+        swim: None,
     }));
     views
 }
@@ -492,6 +493,10 @@ fn node_view(member: &Member, refused: Option<RefusedWrites>) -> NodeView {
         drain: member.meta.drain,
         drain_left_ms: None,
         containers_running: 0,
+        swim: member.swim.as_ref().map(|view| SwimView {
+            state: view.state.as_str().to_string(),
+            incarnation: view.incarnation,
+        }),
     }
 }
 

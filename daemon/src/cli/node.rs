@@ -173,6 +173,7 @@ mod tests {
             }),
             drain_left_ms,
             containers_running: running,
+            swim: None,
             ..NodeView::sample(name)
         }
     }

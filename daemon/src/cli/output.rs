@@ -144,6 +144,7 @@ pub fn nodes(nodes: &[NodeView]) -> String {
         "ID",
         "ADDRESS",
         "LIVE",
+        "SWIM",
         "STATE",
         "HEARTBEAT",
         "SUBNET",
@@ -161,6 +162,10 @@ pub fn nodes(nodes: &[NodeView]) -> String {
             id,
             node.address.clone(),
             if node.live { "yes" } else { "no" }.to_string(),
+            node.swim.as_ref().map_or_else(
+                || "-".to_string(),
+                |swim| format!("{} #{}", swim.state, swim.incarnation),
+            ),
             node_state(node),
             age(node.heartbeat_age_ms),
             node.subnet.clone().unwrap_or_else(|| "-".to_string()),
@@ -624,6 +629,7 @@ mod tests {
             drain: None,
             drain_left_ms: None,
             containers_running: 0,
+            swim: None,
         };
         let text = nodes(&[duplicated]);
         assert!(

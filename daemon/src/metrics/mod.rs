@@ -31,7 +31,9 @@ use prometheus_client::registry::{Registry, Unit};
 pub const PREFIX: &str = "shoal";
 
 /// Member states, as `shoal_members{state}` reports them.
-pub const MEMBER_STATES: [&str; 2] = ["live", "down"];
+/// `suspect`: SWIM suspects it; still counted live (placement keeps its replicas) until it
+/// is declared down or refutes.
+pub const MEMBER_STATES: [&str; 3] = ["live", "suspect", "down"];
 
 /// Container states, as `shoal_containers{state}` reports them (`crdt::RunState`'s kinds).
 pub const CONTAINER_STATES: [&str; 5] = ["starting", "running", "exited", "restarting", "failed"];
@@ -282,7 +284,7 @@ impl Metrics {
     // ---- sampling: set from the state before a scrape ----
 
     /// Sets the members gauge: `counts` gives each state in [`MEMBER_STATES`] its count.
-    pub fn set_members(&self, counts: [(&'static str, i64); 2]) {
+    pub fn set_members(&self, counts: [(&'static str, i64); 3]) {
         for (state, count) in counts {
             self.members
                 .get_or_create(&StateLabels { state })
@@ -332,6 +334,7 @@ mod tests {
         let text = Metrics::new().encode();
         for series in [
             "shoal_members{state=\"live\"}",
+            "shoal_members{state=\"suspect\"}",
             "shoal_members{state=\"down\"}",
             "shoal_containers{state=\"running\"}",
             "shoal_sync_exchanges_total{outcome=\"ok\"}",
@@ -388,7 +391,7 @@ mod tests {
         );
         check(|m| m.reconcile_pass(), "shoal_reconcile_passes_total", 1.0);
         check(
-            |m| m.set_members([("live", 2), ("down", 1)]),
+            |m| m.set_members([("live", 2), ("suspect", 0), ("down", 1)]),
             "shoal_members{state=\"live\"}",
             2.0,
         );

@@ -213,8 +213,9 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let metrics = Arc::new(Metrics::new());
         metrics.reconcile_pass();
-        let sample: Sample =
-            Arc::new(|metrics: &Metrics| metrics.set_members([("live", 3), ("down", 0)]));
+        let sample: Sample = Arc::new(|metrics: &Metrics| {
+            metrics.set_members([("live", 3), ("suspect", 0), ("down", 0)])
+        });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(serve(listener, metrics, sample, async {
             let _ = stopped.await;

@@ -54,7 +54,7 @@ use crate::schedule::ClusterView;
 use crate::schedule::records::reserved_by_records;
 use crate::schedule::restarts::{short_digest, spec_digest};
 use crate::state::Clock;
-use crate::state::members::live_set;
+use crate::state::members::{Liveness, live_set};
 
 pub(crate) use shoal_crdt::sim::harness::Violation;
 
@@ -195,8 +195,7 @@ pub(crate) fn settled(world: &World) -> Result<Settled, Violation> {
         let live = live_set(
             &node.state(),
             &node.id,
-            node.clock.now(),
-            world.config.down_after_ms,
+            &Liveness::heartbeats(node.clock.now(), world.config.down_after_ms),
         );
         if live != up_ids {
             return Err(Violation(format!(

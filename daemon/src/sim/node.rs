@@ -65,8 +65,7 @@ impl StatePort for NodeState {
         let live = members::live_set(
             replica.state(),
             &self.me,
-            self.clock.now(),
-            self.down_after_ms,
+            &members::Liveness::heartbeats(self.clock.now(), self.down_after_ms),
         );
         ClusterView::read(replica.state(), &self.me, &live)
     }

@@ -25,7 +25,7 @@ use super::transitions::{Begun, Current, Transition, reported_ready};
 use super::world::World;
 use crate::schedule::ClusterView;
 use crate::state::Clock;
-use crate::state::members::{heartbeat_is_recent, live_set};
+use crate::state::members::{Liveness, heartbeat_is_recent, live_set};
 
 /// The view of one service a node plans from, as far as its rollout reads it (node
 /// capacities and labels never change in a run, so the live and drained members fix
@@ -73,7 +73,11 @@ fn replicas_of<'a>(
 impl ServiceView {
     fn read(node: &SimNode, service: &ServiceName, down_after_ms: u64) -> ServiceView {
         let state = node.state();
-        let live = live_set(&state, &node.id, node.clock.now(), down_after_ms);
+        let live = live_set(
+            &state,
+            &node.id,
+            &Liveness::heartbeats(node.clock.now(), down_after_ms),
+        );
         let drained = state
             .nodes()
             .filter(|(id, meta)| meta.drain.is_some() && live.contains(*id))

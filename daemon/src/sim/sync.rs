@@ -18,7 +18,7 @@ use super::checks::Violation;
 use super::network::{Envelope, Fate, Payload};
 use super::world::{Event, World, trace};
 use crate::state::Clock;
-use crate::state::members::{changes_plan_inputs, heartbeat_is_recent};
+use crate::state::members::{Liveness, changes_plan_inputs, heartbeat_is_recent};
 
 /// What became of a received delta.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -223,7 +223,11 @@ impl World {
         let down_after_ms = self.config.down_after_ms;
         let result = {
             let mut replica = self.nodes[to].replica_mut();
-            let wakes = changes_plan_inputs(replica.state(), &delta, now, down_after_ms);
+            let wakes = changes_plan_inputs(
+                replica.state(),
+                &delta,
+                &Liveness::heartbeats(now, down_after_ms),
+            );
             replica
                 .apply_delta(now, &from_id, &delta)
                 .map(|applied| (applied, wakes))

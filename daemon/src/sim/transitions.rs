@@ -36,7 +36,7 @@ use crate::schedule::ClusterView;
 use crate::schedule::plan::Plan;
 use crate::schedule::restarts::spec_digest;
 use crate::state::Clock;
-use crate::state::members::live_set;
+use crate::state::members::{Liveness, live_set};
 
 /// What a node's runtime holds: each container's status and the spec digest written on it.
 pub(crate) type RuntimeSpecs = BTreeMap<String, (ContainerStatus, Option<String>)>;
@@ -191,7 +191,11 @@ impl World {
         let sim = &self.nodes[node];
         let me = &sim.id;
         let state = sim.state();
-        let live = live_set(&state, me, sim.clock.now(), self.config.down_after_ms);
+        let live = live_set(
+            &state,
+            me,
+            &Liveness::heartbeats(sim.clock.now(), self.config.down_after_ms),
+        );
         let now_ms = self.now_ms;
         let open = self.transitions.open.entry(node).or_default();
         // Over for good: the service is gone or at another version (no later view counts
@@ -346,7 +350,11 @@ impl World {
         if touched.is_empty() {
             return Vec::new();
         }
-        let live = live_set(&state, me, sim.clock.now(), self.config.down_after_ms);
+        let live = live_set(
+            &state,
+            me,
+            &Liveness::heartbeats(sim.clock.now(), self.config.down_after_ms),
+        );
         let placement = ClusterView::read(&state, me, &live).placement();
         let after = sim.runtime.specs();
         let mut effects = Vec::new();

@@ -45,7 +45,7 @@ use tokio::sync::{broadcast, watch};
 use super::clock::{Clock, millis_between, ntp_to_ms};
 use super::group_commit::{Abandoned, GroupCommit};
 use super::load::{LogRecord, encode_timestamp, load_replica};
-use super::members::{self, Member, changes_plan_inputs, heartbeat_is_recent};
+use super::members::{self, Liveness, Member, PeerStates, changes_plan_inputs};
 use super::store::{Store, StoreError};
 use crate::metrics::Metrics;
 
@@ -419,6 +419,8 @@ struct Inner {
     announce_contest: bool,
     /// Per node seen written by two daemons: the sightings count and when (ms) it last grew.
     duplicates_seen: BTreeMap<NodeId, (u64, u64)>,
+    /// SWIM's view of the other members, once a SWIM driver runs (`set_peer_states`).
+    swim: Option<PeerStates>,
 }
 
 /// The node's state and everything that makes it durable and observable.
@@ -503,6 +505,7 @@ impl Node {
                 contest_seen: None,
                 announce_contest: false,
                 duplicates_seen: BTreeMap::new(),
+                swim: None,
             }),
             changes,
             plan_inputs,
@@ -854,6 +857,11 @@ impl Node {
     // ---- the sync contract (used by sync/**) ----
 
     /// This node's id.
+    /// The address peers reach this node at (published in its metadata).
+    pub fn address(&self) -> SocketAddr {
+        self.options.address
+    }
+
     pub fn node_id(&self) -> &NodeId {
         &self.options.node
     }
@@ -994,12 +1002,7 @@ impl Node {
         }
         let before = inner.replica.version_vector().clone();
         let now = self.physical(inner);
-        let wakes = changes_plan_inputs(
-            inner.replica.state(),
-            delta,
-            now,
-            self.options.down_after_ms,
-        );
+        let wakes = changes_plan_inputs(inner.replica.state(), delta, &self.liveness(inner, now));
         let result = inner.replica.apply_delta(now, peer, delta);
         // What the delta showed of writers with one name counts, refused or not.
         self.note_identity(inner);
@@ -1026,6 +1029,7 @@ impl Node {
         let inner = self.lock();
         let now = self.clock.now();
         let now_ms = self.clock.now_ms();
+        let liveness = self.liveness(&inner, now);
         inner
             .replica
             .state()
@@ -1034,7 +1038,7 @@ impl Node {
             .map(|(id, meta)| PeerInfo {
                 node: id.clone(),
                 address: meta.address,
-                live: heartbeat_is_recent(meta, now, self.options.down_after_ms),
+                live: liveness.is_live(id, meta),
                 last_sync_ms_ago: inner
                     .peers
                     .get(id)
@@ -1339,9 +1343,43 @@ impl Node {
     /// Every member, with liveness from its heartbeat.
     pub fn members(&self) -> Vec<Member> {
         let now = self.clock.now();
-        self.read_state(|state| {
-            members::members(state, &self.options.node, now, self.options.down_after_ms)
-        })
+        let inner = self.lock();
+        members::members(
+            inner.replica.state(),
+            &self.options.node,
+            &self.liveness(&inner, now),
+        )
+    }
+
+    /// How liveness is judged at `now`: by SWIM's view once a driver runs, else heartbeats.
+    fn liveness<'a>(&self, inner: &'a Inner, now: NTP64) -> Liveness<'a> {
+        Liveness {
+            now,
+            down_after_ms: self.options.down_after_ms,
+            swim: inner.swim.as_ref(),
+        }
+    }
+
+    /// SWIM's view of the other members, once a SWIM driver runs.
+    pub fn peer_states(&self) -> Option<PeerStates> {
+        self.lock().swim.clone()
+    }
+
+    /// Replaces SWIM's view of the other members (`sync::swim` calls it after every change).
+    /// Wakes the reconcile loop when the set of live members changed.
+    pub fn set_peer_states(&self, peers: PeerStates) {
+        let now = self.clock.now();
+        let changed = {
+            let mut inner = self.lock();
+            let me = &self.options.node;
+            let before = members::live_set(inner.replica.state(), me, &self.liveness(&inner, now));
+            inner.swim = Some(peers);
+            let after = members::live_set(inner.replica.state(), me, &self.liveness(&inner, now));
+            before != after
+        };
+        if changed {
+            self.wake_planner();
+        }
     }
 
     /// This node's view of the cluster and how fresh it is.
@@ -1413,7 +1451,7 @@ impl Node {
         let now = self.clock.now();
         let inner = self.lock();
         let state = inner.replica.state();
-        let live = members::live_set(state, &self.options.node, now, self.options.down_after_ms);
+        let live = members::live_set(state, &self.options.node, &self.liveness(&inner, now));
         read(state, &live)
     }
 

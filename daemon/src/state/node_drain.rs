@@ -6,7 +6,6 @@
 use shoal_crdt::{Drain, NodeId, ReplicaError};
 
 use super::{Node, NodeError};
-use crate::state::members;
 
 /// Why an eviction was refused; nothing changed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -78,11 +77,8 @@ impl Node {
         if node == &self.options.node {
             return Err(EvictRefused::Itself { node: node.clone() }.into());
         }
-        let now = self.clock.now();
         let member = self
-            .read_state(|state| {
-                members::members(state, &self.options.node, now, self.options.down_after_ms)
-            })
+            .members()
             .into_iter()
             .find(|member| &member.id == node)
             .ok_or_else(|| NodeError::UnknownNode(node.clone()))?;

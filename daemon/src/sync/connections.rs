@@ -9,7 +9,7 @@
 //! A cached connection is used by one exchange at a time; a second one that finds it busy
 //! dials a connection of its own for that exchange and closes it after, so nothing waits
 //! behind a slow exchange. A connection is dropped, and the next use dials again, when an
-//! exchange on it fails, when it has been idle for half the QUIC idle timeout (so it is not
+//! exchange on it fails, when it has been idle for nearly the QUIC idle timeout (so it is not
 //! used just as the peer drops it), when it is older than `CONNECTION_AGE_MAX_MS` (so a
 //! reloaded certificate or CA is in force everywhere within that bound), and when the peer's
 //! certificate expires (the session refuses to send). Bounded: at most `CONNECTIONS_MAX`
@@ -25,10 +25,13 @@ use shoal_crdt::NodeId;
 use super::client::{PeerSession, SyncStats, connect, within};
 use super::{IDLE_TIMEOUT_MS, SyncError, SyncLimits};
 
-/// A connection older than this is replaced at its next use.
-pub const CONNECTION_AGE_MAX_MS: u64 = 60_000;
-/// A connection idle this long is replaced at its next use: half the QUIC idle timeout.
-pub const CONNECTION_IDLE_REUSE_MS: u64 = IDLE_TIMEOUT_MS as u64 / 2;
+/// A connection older than this is replaced at its next use (a reloaded certificate or CA is
+/// in force on every connection within this bound).
+pub const CONNECTION_AGE_MAX_MS: u64 = 900_000;
+/// A connection idle this long is replaced at its next use: 15 s short of the QUIC idle
+/// timeout, so it is not used just as the peer drops it (and if it is, the exchange is
+/// retried on a new one).
+pub const CONNECTION_IDLE_REUSE_MS: u64 = IDLE_TIMEOUT_MS as u64 - 15_000;
 /// Most peer addresses whose connections are kept.
 pub const CONNECTIONS_MAX: usize = 4_096;
 

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use shoal_crdt::Delta;
+use shoal_crdt::{Delta, NodeId};
 use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinSet;
 
@@ -103,17 +103,40 @@ pub async fn run_gossip(
     limits: SyncLimits,
     shutdown: impl Future<Output = ()>,
 ) {
-    let counters = Arc::new(GossipCounters::default());
-    run_gossip_with_counters(endpoint, node, cfg, limits, counters, shutdown).await;
+    run_gossip_on(
+        Arc::new(Connections::new(endpoint)),
+        node,
+        cfg,
+        limits,
+        None,
+        shutdown,
+    )
+    .await;
 }
 
-/// [`run_gossip`], reporting into `counters`.
+/// [`run_gossip`] on `connections` (kept connections shared with SWIM). Each node id that
+/// arrives on `returned` (SWIM saw it come back) gets an exchange at once, not at a random
+/// later round, so a healed partition converges within one round trip of SWIM noticing.
+pub async fn run_gossip_on(
+    connections: Arc<Connections>,
+    node: Arc<Node>,
+    cfg: GossipConfig,
+    limits: SyncLimits,
+    returned: Option<mpsc::Receiver<NodeId>>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let counters = Arc::new(GossipCounters::default());
+    run_gossip_with_counters(connections, node, cfg, limits, counters, returned, shutdown).await;
+}
+
+/// [`run_gossip_on`], reporting into `counters`.
 pub async fn run_gossip_with_counters(
-    endpoint: quinn::Endpoint,
+    connections: Arc<Connections>,
     node: Arc<Node>,
     cfg: GossipConfig,
     limits: SyncLimits,
     counters: Arc<GossipCounters>,
+    returned: Option<mpsc::Receiver<NodeId>>,
     shutdown: impl Future<Output = ()>,
 ) {
     assert!(cfg.fanout > 0, "fanout must be positive");
@@ -121,7 +144,7 @@ pub async fn run_gossip_with_counters(
     let (stop_sender, stop) = watch::channel(false);
     let selector = Arc::new(std::sync::Mutex::new(PeerSelector::new(cfg.rng_seed)));
     let driver = Driver {
-        connections: Arc::new(Connections::new(endpoint)),
+        connections,
         node,
         cfg,
         limits,
@@ -133,7 +156,7 @@ pub async fn run_gossip_with_counters(
     let changes = driver.node.subscribe_changes();
     let work = async {
         tokio::join!(
-            driver.anti_entropy(stop.clone()),
+            driver.anti_entropy(returned, stop.clone()),
             driver.forward_changes(changes, queue_sender, stop.clone()),
             driver.pusher(queue, stop.clone()),
         );
@@ -165,6 +188,20 @@ struct Driver {
     selector: Arc<std::sync::Mutex<PeerSelector>>,
     /// One snapshot transfer at a time, across anti-entropy and push fallbacks.
     transfers: TransferGate,
+}
+
+/// The next member SWIM saw come back; never, without SWIM or once it stopped.
+async fn next_returned(returned: &mut Option<mpsc::Receiver<NodeId>>) -> Option<NodeId> {
+    match returned {
+        Some(receiver) => match receiver.recv().await {
+            Some(peer) => Some(peer),
+            None => {
+                *returned = None;
+                std::future::pending().await
+            }
+        },
+        None => std::future::pending().await,
+    }
 }
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
@@ -230,7 +267,11 @@ impl Driver {
         }
     }
 
-    async fn anti_entropy(&self, mut stop: watch::Receiver<bool>) {
+    async fn anti_entropy(
+        &self,
+        mut returned: Option<mpsc::Receiver<NodeId>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
         let mut exchanges: JoinSet<(Target, Result<super::SyncStats, SyncError>)> = JoinSet::new();
         let mut in_flight: BTreeSet<SocketAddr> = BTreeSet::new();
         // The first round comes after the jitter only: a starting node catches up at once.
@@ -257,6 +298,20 @@ impl Driver {
                             self.note_result(&target, &result, false);
                         }
                     }
+                    Some(peer) = next_returned(&mut returned) => {
+                        let address = self
+                            .node
+                            .peers()
+                            .into_iter()
+                            .find(|known| known.node == peer)
+                            .map(|known| known.address);
+                        if let Some(address) = address
+                            && in_flight.insert(address)
+                        {
+                            tracing::debug!(%peer, "member came back: exchanging at once");
+                            self.spawn_exchange(&mut exchanges, Target { address, expected: Some(peer) });
+                        }
+                    }
                 }
             }
             GossipCounters::add(&self.counters.rounds, 1);
@@ -276,24 +331,32 @@ impl Driver {
                 .round_targets(&members, &seeds, self.cfg.fanout);
             for target in targets {
                 in_flight.insert(target.address);
-                let connections = self.connections.clone();
-                let node = self.node.clone();
-                let limits = self.limits.clone();
-                let transfers = self.transfers.clone();
-                exchanges.spawn(async move {
-                    let result = sync_once_with(
-                        &connections,
-                        &node,
-                        target.address,
-                        target.expected.as_ref(),
-                        &limits,
-                        &transfers,
-                    )
-                    .await;
-                    (target, result)
-                });
+                self.spawn_exchange(&mut exchanges, target);
             }
         }
+    }
+
+    fn spawn_exchange(
+        &self,
+        exchanges: &mut JoinSet<(Target, Result<super::SyncStats, SyncError>)>,
+        target: Target,
+    ) {
+        let connections = self.connections.clone();
+        let node = self.node.clone();
+        let limits = self.limits.clone();
+        let transfers = self.transfers.clone();
+        exchanges.spawn(async move {
+            let result = sync_once_with(
+                &connections,
+                &node,
+                target.address,
+                target.expected.as_ref(),
+                &limits,
+                &transfers,
+            )
+            .await;
+            (target, result)
+        });
     }
 
     async fn finish<T: 'static>(&self, mut tasks: JoinSet<T>) {

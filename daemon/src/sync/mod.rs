@@ -28,6 +28,7 @@ pub mod logs;
 pub mod membership;
 pub mod pki;
 pub mod server;
+pub mod swim;
 pub mod tls;
 pub mod transfer;
 pub mod wire;
@@ -42,9 +43,10 @@ pub use client::{
     PeerSession, Reply, SyncStats, connect, push, push_with, sync_once, sync_once_with,
 };
 pub use drain::ask_drain;
-pub use gossip::{GossipConfig, GossipCounters, run_gossip};
+pub use gossip::{GossipConfig, GossipCounters, run_gossip, run_gossip_on};
 pub use logs::{LogSource, LogSourceError, fetch_log};
-pub use server::serve;
+pub use server::{Handlers, serve};
+pub use swim::{SwimInbox, SwimSettings, run_swim};
 pub use tls::{CertificateExpiry, TlsError, TlsHandle, TlsMaterial, node_id_from_cert};
 
 /// Bounds of the sync protocol, for both the server and the client side.
@@ -76,8 +78,10 @@ impl SyncLimits {
 
 /// Concurrent request streams one peer may open on a connection (QUIC flow control enforces it).
 pub const STREAMS_PER_CONNECTION_MAX: u32 = 8;
-/// A connection with no traffic for this long is closed.
-pub const IDLE_TIMEOUT_MS: u32 = 10_000;
+/// A connection with no traffic for this long is closed. Long, so the kept connection to a
+/// peer outlives the gaps between SWIM's probes of it (about one per member count of probe
+/// periods) and handshakes stay rare; an idle QUIC connection costs memory, not packets.
+pub const IDLE_TIMEOUT_MS: u32 = 300_000;
 
 /// Errors of the sync layer. Each names the peer (address or node id) or the address at fault.
 #[derive(Debug, thiserror::Error)]

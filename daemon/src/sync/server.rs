@@ -1,5 +1,7 @@
 //! The answering side of sync: accepts mutually authenticated HTTP/3 connections and serves
-//! `POST /v1/sync`, `POST /v1/push`, `GET /v1/logs`, `GET /v1/snapshot` and `POST /v1/drain`
+//! `POST /v1/sync`, `POST /v1/push`, `GET /v1/logs`, `GET /v1/snapshot`, `POST /v1/drain` and
+//! `POST /v1/swim` (a SWIM packet, handed to the membership driver's inbox, see
+//! [`super::swim`])
 //! (see [`super::wire`]; logs are read through the [`LogSource`] the caller gives, see
 //! [`super::logs`]; a delta too large for one body is answered with 303 and fetched as a
 //! snapshot in pieces from the server's [`SnapshotCache`], see [`super::transfer`]; a drain
@@ -35,6 +37,7 @@ use tokio::task::JoinSet;
 
 use super::drain;
 use super::logs::{self, LogSource};
+use super::swim::SwimInbox;
 use super::tls::{peer_node_id, peer_not_after};
 use super::transfer::{self, SnapshotCache};
 use super::wire::{self, CONTENT_TYPE, Route};
@@ -43,13 +46,21 @@ use crate::state::{Node, NodeError};
 
 type ServerStream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
+/// What answers the requests that are not the node's own: logs and SWIM packets.
+#[derive(Clone, Default)]
+pub struct Handlers {
+    /// Answers `GET /v1/logs`; without it every container is "not on this node".
+    pub logs: Option<Arc<dyn LogSource>>,
+    /// Takes `POST /v1/swim` packets; without it they are refused with 404.
+    pub swim: Option<SwimInbox>,
+}
+
 /// Serves sync requests on `endpoint` until `shutdown` completes or the endpoint is closed.
-/// `logs` answers `GET /v1/logs`; without it every container is "not on this node".
 pub async fn serve(
     endpoint: quinn::Endpoint,
     node: Arc<Node>,
     limits: SyncLimits,
-    logs: Option<Arc<dyn LogSource>>,
+    handlers: Handlers,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), SyncError> {
     assert!(
@@ -76,7 +87,7 @@ pub async fn serve(
                             incoming,
                             node.clone(),
                             limits.clone(),
-                            logs.clone(),
+                            handlers.clone(),
                             snapshots.clone(),
                             permit,
                             closing.clone(),
@@ -113,7 +124,7 @@ async fn serve_connection(
     incoming: quinn::Incoming,
     node: Arc<Node>,
     limits: SyncLimits,
-    logs: Option<Arc<dyn LogSource>>,
+    handlers: Handlers,
     snapshots: Arc<SnapshotCache>,
     _permit: OwnedSemaphorePermit,
     mut closing: tokio::sync::watch::Receiver<bool>,
@@ -193,7 +204,7 @@ async fn serve_connection(
                         peer: peer.clone(),
                         remote,
                         limits: limits.clone(),
-                        logs: logs.clone(),
+                        handlers: handlers.clone(),
                         snapshots: snapshots.clone(),
                     };
                     requests.spawn(async move {
@@ -236,7 +247,7 @@ struct RequestContext {
     peer: NodeId,
     remote: SocketAddr,
     limits: SyncLimits,
-    logs: Option<Arc<dyn LogSource>>,
+    handlers: Handlers,
     snapshots: Arc<SnapshotCache>,
 }
 
@@ -331,7 +342,10 @@ impl RequestContext {
     ) -> Result<Option<(StatusCode, Bytes)>, Refusal> {
         let route = wire::route(request.method(), request.uri().path())
             .map_err(|error| Refusal::new(error.status, error.message))?;
-        let max = self.limits.body_bytes_max;
+        let max = match route {
+            Route::Swim => wire::SWIM_BODY_BYTES_MAX,
+            _ => self.limits.body_bytes_max,
+        };
         let declared = declared_length(request)?;
         if let Some(length) = declared
             && length > max as u64
@@ -408,10 +422,23 @@ impl RequestContext {
                 }
                 let query = wire::LogQuery::parse(request.uri().query()).map_err(decode_refusal)?;
                 tracing::debug!(peer = %self.peer, container = %query.container, "log request");
-                let piece = logs::answer(self.logs.clone(), self.node.node_id(), query, max)
-                    .await
-                    .map_err(|refusal| Refusal::new(refusal.status, refusal.message))?;
+                let piece =
+                    logs::answer(self.handlers.logs.clone(), self.node.node_id(), query, max)
+                        .await
+                        .map_err(|refusal| Refusal::new(refusal.status, refusal.message))?;
                 Ok(Some((StatusCode::OK, Bytes::from(piece))))
+            }
+            Route::Swim => {
+                let Some(inbox) = &self.handlers.swim else {
+                    return Err(Refusal::new(
+                        StatusCode::NOT_FOUND,
+                        "this node does not run SWIM membership",
+                    ));
+                };
+                inbox
+                    .deliver(&self.peer, body)
+                    .map_err(|error| Refusal::new(error.status(), error.to_string()))?;
+                Ok(Some((StatusCode::NO_CONTENT, Bytes::new())))
             }
             Route::Drain => {
                 drain::answer(self.node.clone(), &self.peer, &body)

@@ -37,6 +37,12 @@
 //!   answering node is not the one named, 400 for a deadline out of bounds, 503 while the
 //!   answering node may not write (its clock ahead, its name contested).
 //!
+//! Membership (`swim`) sends one SWIM packet per request:
+//! - `POST /v1/swim`, body = the packet as foca encodes it (postcard), at most
+//!   [`SWIM_BODY_BYTES_MAX`] bytes. Response 204 once the driver has it queued; 400 when its
+//!   header names a sender other than the caller's certificate or does not decode, 404 on a
+//!   node that runs no SWIM, 503 while the driver's inbox is full (SWIM counts it as lost).
+//!
 //! Every encoded part carries a magic and a format version: the codec's for states, `SHLG`
 //! and [`LOG_FORMAT_VERSION`] for log pieces, `SHSN` and [`SNAPSHOT_FORMAT_VERSION`] for
 //! snapshot pieces, `SHDR` and [`DRAIN_FORMAT_VERSION`] for drain requests. Refusals answer
@@ -65,6 +71,7 @@ pub const PATH_PUSH: &str = "/v1/push";
 pub const PATH_LOGS: &str = "/v1/logs";
 pub const PATH_SNAPSHOT: &str = "/v1/snapshot";
 pub const PATH_DRAIN: &str = "/v1/drain";
+pub const PATH_SWIM: &str = "/v1/swim";
 /// The path prefix of the protocol version this build speaks.
 pub const PATH_PREFIX: &str = "/v1/";
 pub const CONTENT_TYPE: &str = "application/vnd.shoal";
@@ -86,6 +93,8 @@ pub const LOG_PIECE_OVERHEAD_BYTES: usize = 64;
 
 /// Largest `POST /v1/drain` body: a node id of at most 63 bytes and a deadline need under 90.
 pub const DRAIN_BODY_BYTES_MAX: usize = 256;
+/// Largest `POST /v1/swim` body: one SWIM packet.
+pub const SWIM_BODY_BYTES_MAX: usize = crate::swim::core::PACKET_BYTES_MAX;
 /// Format version of an encoded [`DrainRequest`]; bump on an incompatible change.
 pub const DRAIN_FORMAT_VERSION: u16 = 1;
 const DRAIN_FRAMING: Framing = Framing {
@@ -180,13 +189,14 @@ pub enum Route {
     Logs,
     Snapshot,
     Drain,
+    Swim,
 }
 
 impl Route {
     /// The one method the route answers.
     pub fn method(self) -> http::Method {
         match self {
-            Route::Sync | Route::Push | Route::Drain => http::Method::POST,
+            Route::Sync | Route::Push | Route::Drain | Route::Swim => http::Method::POST,
             Route::Logs | Route::Snapshot => http::Method::GET,
         }
     }
@@ -207,6 +217,7 @@ pub fn route(method: &http::Method, path: &str) -> Result<Route, RouteError> {
         PATH_LOGS => Route::Logs,
         PATH_SNAPSHOT => Route::Snapshot,
         PATH_DRAIN => Route::Drain,
+        PATH_SWIM => Route::Swim,
         _ if path.starts_with("/v") && !path.starts_with(PATH_PREFIX) => {
             return Err(RouteError {
                 status: StatusCode::NOT_FOUND,

@@ -140,7 +140,8 @@ impl Server {
         let address = endpoint.local_addr().unwrap();
         let node = open_node(dir, name, address);
         let (stop, stopped) = oneshot::channel::<()>();
-        let serving = sync::serve(endpoint.clone(), node.clone(), limits, logs, async {
+        let handlers = sync::Handlers { logs, swim: None };
+        let serving = sync::serve(endpoint.clone(), node.clone(), limits, handlers, async {
             let _ = stopped.await;
         });
         let task = tokio::spawn(serving);
@@ -274,6 +275,7 @@ impl GossipCluster {
                 limits.clone(),
                 None,
                 Duration::from_millis(heartbeat_ms),
+                None,
                 &stopped,
             );
             nodes.push(node);
@@ -317,6 +319,7 @@ impl GossipCluster {
             limits,
             None,
             Duration::from_millis(heartbeat_ms),
+            None,
             &self.stop.subscribe(),
         );
         self.nodes.push(node);
@@ -426,6 +429,7 @@ impl Daemon {
             limits(),
             None,
             Duration::from_millis(spec.heartbeat_ms),
+            None,
             &stopped,
         );
         let socket = dir.join(format!("{}.sock", spec.label));

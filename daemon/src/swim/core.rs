@@ -1,0 +1,405 @@
+//! `Swim`: one member's SWIM protocol, sans-IO. Packets and timer events go in; what to
+//! send, when to be called back and the members' states come out. No clock, no sockets:
+//! randomness comes from the seed it is made with, so a simulator replays it exactly.
+//!
+//! Each packet is checked before foca sees it: at most `max_packet_bytes`, a header that
+//! decodes, and a sender whose node id is the authenticated peer's. Everything else about
+//! the protocol (probes, indirect probes, suspicion, refutation, piggybacked updates) is
+//! foca's.
+
+use std::collections::BTreeMap;
+use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use bytes::Bytes;
+use foca::{AccumulatingRuntime, Codec, Foca, NoCustomBroadcast, Notification, PostcardCodec};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use shoal_crdt::NodeId;
+
+use super::identity::SwimId;
+use crate::state::members::{PeerState, PeerStates, PeerView};
+
+/// A timer event foca asked for.
+pub type SwimTimer = foca::Timer<SwimId>;
+
+/// Largest SWIM packet, sent or accepted (a QUIC datagram's worth).
+pub const PACKET_BYTES_MAX: usize = 1_400;
+
+/// The protocol's timing, from `[membership]` in the config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SwimConfig {
+    /// One member is probed per period.
+    pub probe_period_ms: u64,
+    /// A direct probe unanswered within this asks others to probe indirectly.
+    pub probe_timeout_ms: u64,
+    /// A suspected member that does not refute within this is down.
+    pub suspect_to_down_ms: u64,
+    /// A down member is forgotten after this (and then judged by its metadata's age).
+    pub forget_down_after_ms: u64,
+    /// While members are down, this often one of them is sent an announce, so the two
+    /// sides of a healed partition find each other.
+    pub announce_down_every_ms: u64,
+    /// Members in the cluster, for how many times an update is piggybacked (log N).
+    pub cluster_size: u32,
+}
+
+impl Default for SwimConfig {
+    fn default() -> Self {
+        SwimConfig {
+            probe_period_ms: 1_000,
+            probe_timeout_ms: 500,
+            suspect_to_down_ms: 4_000,
+            forget_down_after_ms: 180_000,
+            announce_down_every_ms: 2_000,
+            cluster_size: 3,
+        }
+    }
+}
+
+impl SwimConfig {
+    fn foca(&self) -> foca::Config {
+        let size = NonZeroU32::new(self.cluster_size).unwrap_or(NonZeroU32::MIN);
+        let mut config = foca::Config::new_lan(size);
+        config.probe_period = Duration::from_millis(self.probe_period_ms);
+        config.probe_rtt = Duration::from_millis(self.probe_timeout_ms);
+        config.num_indirect_probes = NonZeroUsize::new(3).unwrap_or(NonZeroUsize::MIN);
+        config.suspect_to_down_after = Duration::from_millis(self.suspect_to_down_ms);
+        config.remove_down_after = Duration::from_millis(self.forget_down_after_ms);
+        config.max_packet_size = NonZeroUsize::new(PACKET_BYTES_MAX).unwrap_or(NonZeroUsize::MIN);
+        config.notify_down_members = true;
+        // Updates ride on probes and their acks; no separate gossip rounds, which would
+        // cost packets every period whatever happens.
+        config.periodic_gossip = None;
+        config.periodic_announce = Some(foca::PeriodicParams {
+            frequency: Duration::from_millis(self.probe_period_ms.saturating_mul(30)),
+            num_members: NonZeroUsize::MIN,
+        });
+        config.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+            frequency: Duration::from_millis(self.announce_down_every_ms),
+            num_members: NonZeroUsize::MIN,
+        });
+        config.max_transmissions = config.max_transmissions.max(NonZeroU8::MIN);
+        config
+    }
+}
+
+/// Why a packet or event was refused. Nothing changed.
+#[derive(Debug, thiserror::Error)]
+pub enum SwimError {
+    #[error("SWIM packet of {bytes} bytes is larger than {max}")]
+    TooLarge { bytes: usize, max: usize },
+    #[error("malformed SWIM packet: {0}")]
+    Malformed(#[from] postcard::Error),
+    #[error("SWIM packet from {peer} claims to be from {claimed}")]
+    ForgedSender { peer: NodeId, claimed: NodeId },
+    #[error("SWIM: {0}")]
+    Protocol(#[from] foca::Error),
+}
+
+/// Checks a packet from the authenticated peer `from` before anything else reads it: at
+/// most [`PACKET_BYTES_MAX`] bytes, a header that decodes, and `from` as its sender.
+pub fn check_packet(from: &NodeId, packet: &[u8]) -> Result<(), SwimError> {
+    if packet.len() > PACKET_BYTES_MAX {
+        return Err(SwimError::TooLarge {
+            bytes: packet.len(),
+            max: PACKET_BYTES_MAX,
+        });
+    }
+    let header = Codec::<SwimId>::decode_header(&mut PostcardCodec, packet)?;
+    if &header.src.node != from {
+        return Err(SwimError::ForgedSender {
+            peer: from.clone(),
+            claimed: header.src.node,
+        });
+    }
+    Ok(())
+}
+
+/// What the driver must do after a call.
+#[derive(Debug, Default)]
+pub struct Outbox {
+    /// Packets to send, each to its member's address.
+    pub sends: Vec<(SwimId, Bytes)>,
+    /// Events to hand back to `handle_timer` after their delay.
+    pub timers: Vec<(Duration, SwimTimer)>,
+    /// Whether a member came up, went down or was renamed (a restart).
+    pub members_changed: bool,
+}
+
+/// One member's SWIM.
+pub struct Swim {
+    foca: Foca<SwimId, PostcardCodec, ChaCha8Rng, NoCustomBroadcast>,
+    runtime: AccumulatingRuntime<SwimId>,
+    config: SwimConfig,
+}
+
+impl Swim {
+    /// A member that knows nobody yet; `announce` introduces it.
+    pub fn new(me: SwimId, config: SwimConfig, seed: u64) -> Swim {
+        let foca = Foca::new(
+            me,
+            config.foca(),
+            ChaCha8Rng::seed_from_u64(seed),
+            PostcardCodec,
+        );
+        Swim {
+            foca,
+            runtime: AccumulatingRuntime::new(),
+            config,
+        }
+    }
+
+    pub fn identity(&self) -> &SwimId {
+        self.foca.identity()
+    }
+
+    /// Asks `to` to let this member in (it replies with members it knows).
+    pub fn announce(&mut self, to: SwimId) -> Result<(), SwimError> {
+        Ok(self.foca.announce(to, &mut self.runtime)?)
+    }
+
+    /// A packet from the authenticated peer `from` (see [`check_packet`]).
+    pub fn handle_packet(&mut self, from: &NodeId, packet: &[u8]) -> Result<(), SwimError> {
+        check_packet(from, packet)?;
+        Ok(self.foca.handle_data(packet, &mut self.runtime)?)
+    }
+
+    /// A timer event whose delay has passed.
+    pub fn handle_timer(&mut self, timer: SwimTimer) -> Result<(), SwimError> {
+        Ok(self.foca.handle_timer(timer, &mut self.runtime)?)
+    }
+
+    /// Retunes for a cluster of `members` (how often updates are piggybacked grows as log N).
+    pub fn resize(&mut self, members: u32) -> Result<(), SwimError> {
+        if members.max(1) == self.config.cluster_size.max(1) {
+            return Ok(());
+        }
+        self.config.cluster_size = members;
+        Ok(self.foca.set_config(self.config.foca())?)
+    }
+
+    /// What to send and when to be called back, since the last call.
+    pub fn take_outbox(&mut self) -> Outbox {
+        let mut outbox = Outbox::default();
+        let mut rejoined = false;
+        while let Some(notification) = self.runtime.to_notify() {
+            match notification {
+                Notification::MemberUp(_)
+                | Notification::MemberDown(_)
+                | Notification::Rename(..) => {
+                    outbox.members_changed = true;
+                }
+                Notification::Rejoin(_) => rejoined = true,
+                _ => {}
+            }
+        }
+        if rejoined {
+            // A renewed identity starts disconnected, and foca reconnects only when its set
+            // of active members changes; with its members all still alive that never
+            // happens, and it would stop probing and announcing for good (seen with 100
+            // members healing from a partition). Reconnect it now.
+            if let Err(error) = self.foca.apply_many(std::iter::empty(), &mut self.runtime) {
+                tracing::debug!(%error, "SWIM reconnect after a rejoin");
+            }
+            outbox.members_changed = true;
+        }
+        while let Some((to, packet)) = self.runtime.to_send() {
+            outbox.sends.push((to, packet));
+        }
+        while let Some((after, timer)) = self.runtime.to_schedule() {
+            outbox.timers.push((after, timer));
+        }
+        while let Some(notification) = self.runtime.to_notify() {
+            if matches!(
+                notification,
+                Notification::MemberUp(_) | Notification::MemberDown(_) | Notification::Rename(..)
+            ) {
+                outbox.members_changed = true;
+            }
+        }
+        outbox
+    }
+
+    /// Whether SWIM has an entry (alive, suspect or down) for `node`.
+    pub fn knows(&self, node: &NodeId) -> bool {
+        self.foca
+            .iter_membership_state()
+            .any(|member| &member.id().node == node)
+    }
+
+    /// Every member SWIM has an entry for, this one excluded.
+    pub fn peers(&self) -> PeerStates {
+        let mut peers = BTreeMap::new();
+        for member in self.foca.iter_membership_state() {
+            let state = match member.state() {
+                foca::State::Alive => PeerState::Alive,
+                foca::State::Suspect => PeerState::Suspect,
+                foca::State::Down => PeerState::Down,
+            };
+            peers.insert(
+                member.id().node.clone(),
+                PeerView {
+                    state,
+                    incarnation: member.incarnation(),
+                    address: member.id().address,
+                },
+            );
+        }
+        peers
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::swim::sim::{SwimWorld, member_name as node};
+
+    fn world(members: usize) -> SwimWorld {
+        let config = SwimConfig {
+            cluster_size: u32::try_from(members).unwrap(),
+            ..SwimConfig::default()
+        };
+        SwimWorld::new(members, &config, 0)
+    }
+
+    fn id(index: usize) -> SwimId {
+        let address = format!("127.0.0.1:{}", 7000 + index).parse().unwrap();
+        SwimId::new(node(index), address, 1_000)
+    }
+
+    #[test]
+    fn members_find_each_other_from_one_announce_each() {
+        let mut world = world(5);
+        world.run(5_000);
+        let all: Vec<usize> = (0..5).collect();
+        assert!(world.all_see(&all, &all, PeerState::Alive));
+    }
+
+    #[test]
+    fn a_silent_member_is_suspected_then_down_within_the_detection_time() {
+        let mut world = world(5);
+        world.run(5_000);
+        world.isolated.insert(3);
+        let config = SwimConfig::default();
+        // A probe period for someone to probe it (each probes one member per period, in
+        // turn: at most 4 periods here), the timeout, then the suspicion.
+        let detection =
+            4 * config.probe_period_ms + config.probe_timeout_ms + config.suspect_to_down_ms;
+        world.run(5_000 + detection + 1_000);
+        assert!(world.all_see(&[0, 1, 2, 4], &[3], PeerState::Down));
+    }
+
+    #[test]
+    fn a_member_suspected_for_less_than_the_suspicion_time_refutes_it_and_never_goes_down() {
+        let mut world = world(4);
+        world.run(5_000);
+        let mut suspected = false;
+        // Cut n2 off for long enough to be suspected, short of being declared down.
+        world.isolated.insert(2);
+        let cut_until = world.now_ms + 4 * 1_000 + 600;
+        while world.now_ms < cut_until {
+            let next = world.now_ms + 100;
+            world.run(next);
+            for observer in [0, 1, 3] {
+                let state = world.state_of(observer, 2);
+                assert_ne!(
+                    state,
+                    Some(PeerState::Down),
+                    "n{observer} at {}",
+                    world.now_ms
+                );
+                suspected |= state == Some(PeerState::Suspect);
+            }
+        }
+        assert!(suspected, "nobody suspected the cut member");
+        world.isolated.clear();
+        let until = world.now_ms + 4_000;
+        while world.now_ms < until {
+            let next = world.now_ms + 100;
+            world.run(next);
+            for observer in [0, 1, 3] {
+                assert_ne!(world.state_of(observer, 2), Some(PeerState::Down));
+            }
+        }
+        assert!(world.all_see(&[0, 1, 3], &[2], PeerState::Alive));
+    }
+
+    #[test]
+    fn idle_members_send_a_bounded_number_of_packets_per_period() {
+        let mut world = world(12);
+        world.run(10_000);
+        let (before, _) = world.sent();
+        world.run(40_000);
+        let (after, _) = world.sent();
+        let per_member_per_period = (after - before) as f64 / 12.0 / 30.0;
+        // A probe and its ack, an announce now and then.
+        assert!(per_member_per_period <= 2.5, "{per_member_per_period}");
+        assert!(per_member_per_period >= 1.0, "{per_member_per_period}");
+    }
+
+    #[test]
+    fn a_packet_whose_sender_is_not_the_authenticated_peer_is_refused() {
+        let mut world = world(2);
+        world.swims[1]
+            .announce(SwimId::placeholder(node(0), id(0).address))
+            .unwrap();
+        let (_, packet) = world.swims[1].take_outbox().sends.pop().unwrap();
+        let error = world.swims[0].handle_packet(&node(7), &packet).unwrap_err();
+        assert!(
+            matches!(&error, SwimError::ForgedSender { peer, claimed } if *peer == node(7) && *claimed == node(1)),
+            "{error}"
+        );
+        assert!(world.swims[0].handle_packet(&node(1), &packet).is_ok());
+        let error = world.swims[0]
+            .handle_packet(&node(1), &[0xff; 8])
+            .unwrap_err();
+        assert!(matches!(error, SwimError::Malformed(_)), "{error}");
+        let large = vec![0u8; PACKET_BYTES_MAX + 1];
+        let error = world.swims[0].handle_packet(&node(1), &large).unwrap_err();
+        assert!(matches!(error, SwimError::TooLarge { .. }), "{error}");
+    }
+
+    #[test]
+    fn a_restarted_member_replaces_its_old_identity_at_once() {
+        let mut world = world(3);
+        world.run(5_000);
+        let config = SwimConfig {
+            cluster_size: 3,
+            ..SwimConfig::default()
+        };
+        world.restart(2, 2_000, &config, 0);
+        world.run(8_000);
+        for observer in [0, 1] {
+            assert_eq!(world.state_of(observer, 2), Some(PeerState::Alive));
+            let known = world.swims[observer]
+                .foca
+                .iter_members()
+                .find(|member| member.id().node == node(2))
+                .map(|member| member.id().started_ms);
+            assert_eq!(known, Some(2_000), "n{observer} knows the new start");
+        }
+    }
+
+    #[test]
+    fn two_halves_declared_down_to_each_other_find_each_other_again_after_the_heal() {
+        // 40 members: with foca left disconnected after its renewal, this never healed
+        // (`take_outbox` reconnects it).
+        let members = 40;
+        let mut world = world(members);
+        world.run(10_000);
+        world.sides = Some(
+            (0..members)
+                .map(|index| u8::from(index >= members / 2))
+                .collect(),
+        );
+        world.run(40_000);
+        let (left, right): (Vec<usize>, Vec<usize>) =
+            (0..members).partition(|index| *index < members / 2);
+        assert!(world.all_see(&left, &right, PeerState::Down));
+        world.sides = None;
+        world.run(60_000);
+        let all: Vec<usize> = (0..members).collect();
+        assert!(world.all_see(&all, &all, PeerState::Alive));
+    }
+}
