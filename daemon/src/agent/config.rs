@@ -409,44 +409,46 @@ impl Config {
                 return Err(invalid(key, "must be greater than 0".to_string()));
             }
         }
-        if membership.probe_timeout_ms >= membership.probe_period_ms {
-            return Err(invalid(
+        // Bounds of one key relative to another, each refused naming both.
+        for (holds, key, rule, other_key, other) in [
+            (
+                membership.probe_timeout_ms < membership.probe_period_ms,
                 "membership.probe_timeout_ms",
-                format!(
-                    "must be less than membership.probe_period_ms ({})",
-                    membership.probe_period_ms
-                ),
-            ));
-        }
-        if membership.suspect_to_down_ms < membership.probe_period_ms {
-            return Err(invalid(
+                "less than",
+                "membership.probe_period_ms",
+                membership.probe_period_ms,
+            ),
+            (
+                membership.suspect_to_down_ms >= membership.probe_period_ms,
                 "membership.suspect_to_down_ms",
-                format!(
-                    "must be at least membership.probe_period_ms ({})",
-                    membership.probe_period_ms
-                ),
-            ));
+                "at least",
+                "membership.probe_period_ms",
+                membership.probe_period_ms,
+            ),
+            (
+                sync.down_after_ms > sync.heartbeat_interval_ms,
+                "sync.down_after_ms",
+                "greater than",
+                "sync.heartbeat_interval_ms",
+                sync.heartbeat_interval_ms,
+            ),
+            (
+                sync.evict_after_ms >= sync.down_after_ms,
+                "sync.evict_after_ms",
+                "at least",
+                "sync.down_after_ms",
+                sync.down_after_ms,
+            ),
+        ] {
+            if !holds {
+                return Err(invalid(
+                    key,
+                    format!("must be {rule} {other_key} ({other})"),
+                ));
+            }
         }
         if sync.fanout == 0 {
             return Err(invalid("sync.fanout", "must be at least 1".to_string()));
-        }
-        if sync.down_after_ms <= sync.heartbeat_interval_ms {
-            return Err(invalid(
-                "sync.down_after_ms",
-                format!(
-                    "must be greater than sync.heartbeat_interval_ms ({})",
-                    sync.heartbeat_interval_ms
-                ),
-            ));
-        }
-        if sync.evict_after_ms < sync.down_after_ms {
-            return Err(invalid(
-                "sync.evict_after_ms",
-                format!(
-                    "must be at least sync.down_after_ms ({})",
-                    sync.down_after_ms
-                ),
-            ));
         }
         if sync.body_bytes_max < 4096 || sync.body_bytes_max > BODY_BYTES_LIMIT {
             return Err(invalid(
