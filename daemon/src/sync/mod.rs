@@ -2,7 +2,7 @@
 //!
 //! - [`wire`]: the protocol: versioned paths, body framing, status codes.
 //! - [`server`]: [`serve`] answers `POST /v1/sync`, `POST /v1/push`, `GET /v1/logs`,
-//!   `GET /v1/snapshot` and `POST /v1/drain` on the endpoint.
+//!   `GET /v1/snapshot`, `POST /v1/drain` and `POST /v1/swim` on the endpoint.
 //! - [`client`]: [`sync_once`] (one push-pull with a peer) and [`push`] (eager push).
 //! - [`logs`]: remote `shoal logs`: the [`LogSource`] seam the server reads this node's
 //!   containers through, and [`fetch_log`] for the caller.
@@ -10,6 +10,8 @@
 //!   the node named, which writes its own drain; [`ask_drain`] for the caller.
 //! - [`membership`]: sans-IO choice of whom to sync with, with seeded randomness.
 //! - [`gossip`]: [`run_gossip`], the anti-entropy loop plus eager push of local changes.
+//! - [`swim`]: [`run_swim`], the SWIM membership driver (`crate::swim` on tokio): packets
+//!   as `POST /v1/swim` on the kept connections, SWIM's view handed to the node.
 //! - [`transfer`]: a state too large for one body travels as a snapshot in pieces
 //!   (`GET /v1/snapshot`): the server's cache and the caller's download.
 //!
