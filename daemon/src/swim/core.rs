@@ -182,27 +182,16 @@ impl Swim {
     /// What to send and when to be called back, since the last call.
     pub fn take_outbox(&mut self) -> Outbox {
         let mut outbox = Outbox::default();
-        let mut rejoined = false;
-        while let Some(notification) = self.runtime.to_notify() {
-            match notification {
-                Notification::MemberUp(_)
-                | Notification::MemberDown(_)
-                | Notification::Rename(..) => {
-                    outbox.members_changed = true;
-                }
-                Notification::Rejoin(_) => rejoined = true,
-                _ => {}
-            }
-        }
-        if rejoined {
+        if self.take_notifications(&mut outbox) {
             // A renewed identity starts disconnected, and foca reconnects only when its set
             // of active members changes; with its members all still alive that never
-            // happens, and it would stop probing and announcing for good (seen with 100
-            // members healing from a partition). Reconnect it now.
+            // happens, and it would stop probing and announcing for good (seen with 40 and
+            // more members healing from a partition). Reconnect it now.
             if let Err(error) = self.foca.apply_many(std::iter::empty(), &mut self.runtime) {
                 tracing::debug!(%error, "SWIM reconnect after a rejoin");
             }
             outbox.members_changed = true;
+            self.take_notifications(&mut outbox);
         }
         while let Some((to, packet)) = self.runtime.to_send() {
             outbox.sends.push((to, packet));
@@ -210,15 +199,23 @@ impl Swim {
         while let Some((after, timer)) = self.runtime.to_schedule() {
             outbox.timers.push((after, timer));
         }
+        outbox
+    }
+
+    /// Notes in `outbox` whether members changed; returns whether this member renewed its
+    /// identity (foca's `Rejoin`).
+    fn take_notifications(&mut self, outbox: &mut Outbox) -> bool {
+        let mut rejoined = false;
         while let Some(notification) = self.runtime.to_notify() {
-            if matches!(
-                notification,
-                Notification::MemberUp(_) | Notification::MemberDown(_) | Notification::Rename(..)
-            ) {
-                outbox.members_changed = true;
+            match notification {
+                Notification::MemberUp(_)
+                | Notification::MemberDown(_)
+                | Notification::Rename(..) => outbox.members_changed = true,
+                Notification::Rejoin(_) => rejoined = true,
+                _ => {}
             }
         }
-        outbox
+        rejoined
     }
 
     /// Whether SWIM has an entry (alive, suspect or down) for `node`.
