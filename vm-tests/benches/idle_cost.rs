@@ -10,6 +10,11 @@
 //! table gives the mean per node and the ratio of each size to the smallest, the
 //! baseline: a flat cost is a ratio near 1.
 //!
+//! A second table says where the bytes go: per node and second, what each node started in
+//! the window (anti-entropy exchanges, eager pushes, SWIM packets, connections dialed, sync
+//! body bytes, durable commits), read from the daemons' metrics (`[metrics]` on each node's
+//! loopback, scraped before and after the window).
+//!
 //! `SHOAL_IDLE_NODES=3,12,24,48` (the default) picks the sizes; `SHOAL_IDLE_SECONDS`
 //! the window (default 30: one metadata refresh per node falls in it),
 //! `SHOAL_IDLE_SETTLE_SECONDS` the wait before it (default 60: every node has probed every
@@ -36,6 +41,42 @@ struct Cost {
     bytes_per_second: f64,
     cpu_percent: f64,
     rss_mib: f64,
+    /// [`ACTIVITY`]'s counters, per node per second, in its order.
+    activity: Vec<f64>,
+}
+
+/// The counters of the breakdown: a column title and the series summed (every sample line
+/// whose name and labels begin with it).
+const ACTIVITY: &[(&str, &str)] = &[
+    ("exchanges/s", "shoal_sync_exchanges_total{"),
+    ("pushes/s", "shoal_eager_pushes_total{"),
+    ("SWIM sent/s", "shoal_swim_packets_total{outcome=\"sent\"}"),
+    (
+        "SWIM failed/s",
+        "shoal_swim_packets_total{outcome=\"failed\"}",
+    ),
+    ("dials/s", "shoal_sync_connections_total{how=\"dialed\"}"),
+    ("body B sent/s", "shoal_sync_sent_bytes_total "),
+    ("commits/s", "shoal_state_commits_total "),
+];
+
+/// The sum of the samples of `series` in the OpenMetrics `text`.
+fn sample_sum(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(series))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Every [`ACTIVITY`] counter, summed over the nodes of `cluster`.
+fn activity(cluster: &Cluster) -> Vec<f64> {
+    let texts: Vec<String> = (0..cluster.len())
+        .map(|index| cluster.metrics(index).expect("metrics"))
+        .collect();
+    ACTIVITY
+        .iter()
+        .map(|(_, series)| texts.iter().map(|text| sample_sum(text, series)).sum())
+        .collect()
 }
 
 /// `/proc/<pid>/stat` counts CPU time in USER_HZ ticks, 100 a second on Linux.
@@ -70,6 +111,7 @@ fn measure(nodes: usize, window: Duration) -> Cost {
         heartbeat_interval_ms: REFRESH_MS,
         down_after_ms: DOWN_AFTER_MS,
         membership: None,
+        metrics: true,
         ..ClusterOptions::default()
     })
     .expect("cluster");
@@ -89,6 +131,8 @@ fn measure(nodes: usize, window: Duration) -> Cost {
     let pids: Vec<u32> = (0..nodes)
         .map(|index| cluster.node(index).pid().expect("a running daemon"))
         .collect();
+    // Scraped first, so the scrapes' own work falls outside the window's CPU time.
+    let activity_before = activity(&cluster);
     let sent = |index: usize| cluster.lab().sent_bytes(index).expect("tx counter");
     let bytes_before: Vec<u64> = (0..nodes).map(sent).collect();
     let ticks_before: Vec<u64> = pids.iter().map(|pid| cpu_ticks(*pid)).collect();
@@ -104,12 +148,18 @@ fn measure(nodes: usize, window: Duration) -> Cost {
         .map(|(pid, before)| cpu_ticks(*pid) - before)
         .sum();
     let rss: u64 = pids.iter().map(|pid| rss_kib(*pid)).sum();
+    let activity_after = activity(&cluster);
     let per_node = nodes as f64;
     Cost {
         nodes,
         bytes_per_second: bytes as f64 / elapsed / per_node,
         cpu_percent: ticks as f64 / TICKS_PER_SECOND / elapsed / per_node * 100.0,
         rss_mib: rss as f64 / 1024.0 / per_node,
+        activity: activity_after
+            .iter()
+            .zip(&activity_before)
+            .map(|(after, before)| (after - before) / elapsed / per_node)
+            .collect(),
     }
 }
 
@@ -157,5 +207,17 @@ fn main() {
             cost.cpu_percent / base.cpu_percent,
             cost.rss_mib
         );
+    }
+    println!("\nwhat each node started, per second in the window (from its metrics):\n");
+    let titles: Vec<&str> = ACTIVITY.iter().map(|(title, _)| *title).collect();
+    println!("| nodes | {} |", titles.join(" | "));
+    println!("|---:|{}", "---:|".repeat(titles.len()));
+    for cost in &costs {
+        let cells: Vec<String> = cost
+            .activity
+            .iter()
+            .map(|value| format!("{value:.2}"))
+            .collect();
+        println!("| {} | {} |", cost.nodes, cells.join(" | "));
     }
 }

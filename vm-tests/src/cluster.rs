@@ -19,6 +19,11 @@ use crate::lab::Lab;
 /// UDP port every node listens on, inside its own namespace.
 pub const SYNC_PORT: u16 = 7443;
 
+/// Where a node of a cluster started with [`ClusterOptions::metrics`] serves its metrics:
+/// the loopback of its own namespace.
+pub const METRICS_ADDRESS: std::net::SocketAddrV4 =
+    std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9464);
+
 /// Why the harness could not do what a test asked.
 #[derive(Debug, thiserror::Error)]
 pub enum HarnessError {
@@ -47,6 +52,8 @@ pub enum HarnessError {
     },
     #[error("timed out after {waited_ms} ms waiting for {what}")]
     Timeout { what: String, waited_ms: u128 },
+    #[error("node {node}: metrics scrape failed: {reason}")]
+    Metrics { node: String, reason: String },
     #[error("cannot send {signal} to {node} (pid {pid}): {source}")]
     Signal {
         node: String,
@@ -81,6 +88,9 @@ pub struct ClusterOptions {
     pub labels: Vec<Vec<(String, String)>>,
     /// SWIM timing (`[membership]`); the daemon's defaults when `None`.
     pub membership: Option<Membership>,
+    /// Serve metrics on the node's loopback ([`METRICS_ADDRESS`], `[metrics] listen`), for
+    /// [`Cluster::metrics`].
+    pub metrics: bool,
 }
 
 /// `[membership]` in a test node's config.
@@ -114,6 +124,7 @@ impl Default for ClusterOptions {
             labels: Vec::new(),
             outside_host: false,
             membership: Some(Membership::QUICK),
+            metrics: false,
         }
     }
 }
@@ -238,6 +249,7 @@ impl Cluster {
                  down_after_ms = {down}\n\
                  evict_after_ms = {evict}\n\
                  {membership}\
+                 {metrics}\
                  {containers}",
                 state = node_dir.join("state").display(),
                 ca = ca_dir.join("ca.pem").display(),
@@ -257,6 +269,11 @@ impl Cluster {
                         membership.suspect_to_down_ms
                     ),
                     None => String::new(),
+                },
+                metrics = if options.metrics {
+                    format!("[metrics]\nlisten = \"{METRICS_ADDRESS}\"\n")
+                } else {
+                    String::new()
                 },
                 labels = match options.labels.get(index) {
                     Some(labels) if !labels.is_empty() => format!(
@@ -361,7 +378,10 @@ impl Cluster {
             .arg(&self.shoal)
             .args(["daemon", "--config"])
             .arg(&node.config)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("HACK_LOG").unwrap_or("info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -470,6 +490,27 @@ impl Cluster {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Node `index`'s metrics (OpenMetrics text), scraped inside its namespace; the cluster
+    /// must have been started with [`ClusterOptions::metrics`].
+    pub fn metrics(&self, index: usize) -> Result<String, HarnessError> {
+        let node = &self.nodes[index];
+        let failed = |reason: String| HarnessError::Metrics {
+            node: node.name.clone(),
+            reason,
+        };
+        let response = crate::probe::get_in(
+            &node.netns,
+            METRICS_ADDRESS,
+            "/metrics",
+            Duration::from_secs(5),
+        )
+        .map_err(|error| failed(error.to_string()))?;
+        if response.status != 200 {
+            return Err(failed(format!("status {}", response.status)));
+        }
+        Ok(response.body)
     }
 
     /// Runs `shoal --socket <node's socket> --json ARGS` and parses its output.

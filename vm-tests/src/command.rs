@@ -16,6 +16,11 @@ pub enum CommandError {
         status: std::process::ExitStatus,
         stderr: String,
     },
+    #[error("cannot read or write {path}: {source}")]
+    File {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// Runs `program args...` to completion and returns its output, or an error

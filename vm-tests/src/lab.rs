@@ -6,6 +6,13 @@
 //! is not a cluster node, standing for a client of published ports or a server
 //! that containers reach through their node. The addresses exist only inside
 //! this lab's namespaces; nothing here is routed to the real network.
+//!
+//! The kernel's neighbour (ARP) table is one for every namespace, and its default limit
+//! (`gc_thresh3`, 1,024 entries) is below what a lab of 48 hosts needs (every host resolves
+//! every other: 48 × 47 entries); beyond it the kernel drops packets (`SndbufErrors`,
+//! "neighbor table overflow"), which no real fleet sees, each machine having its own table.
+//! [`Lab::create`] raises the three thresholds to what the lab needs, never lowers them, and
+//! leaves them raised (other labs may be running).
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -51,6 +58,7 @@ impl Lab {
             "a lab holds 1..={HOSTS_MAX} hosts, asked for {host_count}"
         );
         netns::sweep_stale();
+        make_neighbour_room(host_count)?;
         let prefix = format!(
             "{}{}-{}",
             netns::NAME_PREFIX,
@@ -266,6 +274,39 @@ impl Lab {
         )?;
         Ok(())
     }
+}
+
+/// The kernel's neighbour-table thresholds (IPv4), shared by every namespace.
+const NEIGHBOUR_THRESHOLDS: [&str; 3] = [
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh1",
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh2",
+    "/proc/sys/net/ipv4/neigh/default/gc_thresh3",
+];
+
+/// Raises the neighbour-table thresholds so that `host_count` hosts, each resolving every
+/// other host, the outside host and its containers' bridge, fit beside whatever else the
+/// machine holds: below `gc_thresh1` nothing is collected, `gc_thresh3` is the hard limit.
+/// The defaults (128, 512, 1,024) are left alone for labs that fit in them.
+fn make_neighbour_room(host_count: usize) -> Result<(), CommandError> {
+    let lab_entries = (host_count * (host_count + 2)) as u64;
+    let wanted = [lab_entries, lab_entries + 256, lab_entries + 512];
+    for (path, wanted) in NEIGHBOUR_THRESHOLDS.iter().zip(wanted) {
+        let file_error = |source| CommandError::File {
+            path: (*path).to_owned(),
+            source,
+        };
+        let current: u64 = std::fs::read_to_string(path)
+            .map_err(file_error)?
+            .trim()
+            .parse()
+            .map_err(|error| {
+                file_error(std::io::Error::new(std::io::ErrorKind::InvalidData, error))
+            })?;
+        if current < wanted {
+            std::fs::write(path, wanted.to_string()).map_err(file_error)?;
+        }
+    }
+    Ok(())
 }
 
 /// The address of host `index` inside every lab.

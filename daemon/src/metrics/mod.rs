@@ -35,6 +35,9 @@ pub const PREFIX: &str = "shoal";
 /// is declared down or refutes.
 pub const MEMBER_STATES: [&str; 3] = ["live", "suspect", "down"];
 
+/// Outcomes of a SWIM packet send, the `outcome` label of `shoal_swim_packets_total`.
+pub const SWIM_OUTCOMES: [&str; 3] = ["sent", "failed", "dropped"];
+
 /// Container states, as `shoal_containers{state}` reports them (`crdt::RunState`'s kinds).
 pub const CONTAINER_STATES: [&str; 5] = ["starting", "running", "exited", "restarting", "failed"];
 
@@ -76,6 +79,7 @@ pub struct Metrics {
     eager_pushes: Family<OutcomeLabels, Counter>,
     eager_pushes_dropped: Counter,
     sync_connections: Family<HowLabels, Counter>,
+    swim_packets: Family<OutcomeLabels, Counter>,
     state_commits: Counter,
     state_commit_duration: Histogram,
     apply_errors: Family<KindLabels, Counter>,
@@ -112,6 +116,7 @@ impl Metrics {
             eager_pushes: Family::default(),
             eager_pushes_dropped: Counter::default(),
             sync_connections: Family::default(),
+            swim_packets: Family::default(),
             state_commits: Counter::default(),
             state_commit_duration: Histogram::new(commit_buckets()),
             apply_errors: Family::default(),
@@ -133,6 +138,12 @@ impl Metrics {
                 .inc_by(0);
             metrics
                 .eager_pushes
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(0);
+        }
+        for outcome in SWIM_OUTCOMES {
+            metrics
+                .swim_packets
                 .get_or_create(&OutcomeLabels { outcome })
                 .inc_by(0);
         }
@@ -186,8 +197,13 @@ impl Metrics {
         );
         registry.register(
             "sync_connections",
-            "Connections the successful exchanges and pushes this node started ran on, by whether they were dialed for it or kept from an earlier one",
+            "Connections the successful exchanges, pushes and SWIM packets this node started ran on, by whether they were dialed for it or kept from an earlier one",
             self.sync_connections.clone(),
+        );
+        registry.register(
+            "swim_packets",
+            "SWIM packets this node sent, by outcome: sent (the peer took it), failed (no answer, or refused), dropped (too many sends in flight)",
+            self.swim_packets.clone(),
         );
         registry.register(
             "state_commits",
@@ -251,6 +267,13 @@ impl Metrics {
         let how = if dialed { "dialed" } else { "reused" };
         self.sync_connections
             .get_or_create(&HowLabels { how })
+            .inc();
+    }
+
+    /// A SWIM packet this node sent ended with `outcome`, one of [`SWIM_OUTCOMES`].
+    pub fn swim_packet(&self, outcome: &'static str) {
+        self.swim_packets
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 
@@ -343,6 +366,8 @@ mod tests {
             "shoal_sync_received_bytes_total",
             "shoal_eager_pushes_total{outcome=\"ok\"}",
             "shoal_eager_pushes_dropped_total",
+            "shoal_swim_packets_total{outcome=\"sent\"}",
+            "shoal_swim_packets_total{outcome=\"dropped\"}",
             "shoal_state_commits_total",
             "shoal_state_commit_duration_seconds_count",
             "shoal_reconcile_passes_total",
@@ -390,6 +415,11 @@ mod tests {
             1.0,
         );
         check(|m| m.reconcile_pass(), "shoal_reconcile_passes_total", 1.0);
+        check(
+            |m| m.swim_packet("failed"),
+            "shoal_swim_packets_total{outcome=\"failed\"}",
+            1.0,
+        );
         check(
             |m| m.set_members([("live", 2), ("suspect", 0), ("down", 1)]),
             "shoal_members{state=\"live\"}",

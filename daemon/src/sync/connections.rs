@@ -202,7 +202,12 @@ impl Lease<'_> {
         let (sent, received) = self.current.session.udp_bytes();
         stats.udp_bytes_sent = sent.saturating_sub(self.udp_before.0);
         stats.udp_bytes_received = received.saturating_sub(self.udp_before.1);
-        stats.dialed = !self.reused;
+        stats.dialed = self.dialed();
+    }
+
+    /// Whether this use dialed its connection (a handshake) rather than reusing a kept one.
+    pub fn dialed(&self) -> bool {
+        !self.reused
     }
 
     /// After an attempt that failed with `error`: whether to run it once more. Yes when a

@@ -240,8 +240,10 @@ impl Driver {
     }
 
     fn send(&self, to: SwimId, packet: Bytes) {
+        let metrics = self.node.metrics().clone();
         let Ok(permit) = self.sends.clone().try_acquire_owned() else {
             tracing::debug!(peer = %to.node, "SWIM send dropped: too many in flight");
+            metrics.swim_packet("dropped");
             return;
         };
         let connections = self.connections.clone();
@@ -253,20 +255,32 @@ impl Driver {
                 let mut lease = connections
                     .lease(to.address, Some(&to.node), &limits)
                     .await?;
+                let dialed = lease.dialed();
                 let result = lease.session().post(PATH_SWIM, packet.to_vec()).await;
                 let ok = matches!(&result, Ok(reply) if reply.status == StatusCode::NO_CONTENT);
                 lease.finish(ok);
+                if ok {
+                    metrics.connection_used(dialed);
+                }
                 result
             })
             .await;
-            match sent {
-                Ok(Ok(reply)) if reply.status == StatusCode::NO_CONTENT => {}
+            let ok = match sent {
+                Ok(Ok(reply)) if reply.status == StatusCode::NO_CONTENT => true,
                 Ok(Ok(reply)) => {
-                    tracing::debug!(peer = %to.node, status = %reply.status, reason = %reply.message(), "SWIM packet refused")
+                    tracing::debug!(peer = %to.node, status = %reply.status, reason = %reply.message(), "SWIM packet refused");
+                    false
                 }
-                Ok(Err(error)) => tracing::debug!(peer = %to.node, %error, "SWIM send failed"),
-                Err(_) => tracing::debug!(peer = %to.node, "SWIM send timed out"),
-            }
+                Ok(Err(error)) => {
+                    tracing::debug!(peer = %to.node, %error, "SWIM send failed");
+                    false
+                }
+                Err(_) => {
+                    tracing::debug!(peer = %to.node, "SWIM send timed out");
+                    false
+                }
+            };
+            metrics.swim_packet(if ok { "sent" } else { "failed" });
         });
     }
 }
