@@ -421,6 +421,19 @@ struct Inner {
     duplicates_seen: BTreeMap<NodeId, (u64, u64)>,
     /// SWIM's view of the other members, once a SWIM driver runs (`set_peer_states`).
     swim: Option<PeerStates>,
+    /// Our own counter before the first write committed but not broadcast (a metadata
+    /// refresh, see `heartbeat`): the next broadcast carries everything since, so that a peer
+    /// taking the push holds its base.
+    withheld_since: Option<u64>,
+}
+
+/// Whether a local commit is broadcast to the eager push at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Broadcast {
+    Now,
+    /// Only a metadata refresh: anti-entropy carries it (no push to every member every
+    /// refresh interval), or the next broadcast does.
+    Withhold,
 }
 
 /// The node's state and everything that makes it durable and observable.
@@ -506,6 +519,7 @@ impl Node {
                 announce_contest: false,
                 duplicates_seen: BTreeMap::new(),
                 swim: None,
+                withheld_since: None,
             }),
             changes,
             plan_inputs,
@@ -814,6 +828,16 @@ impl Node {
         &self,
         operations: impl FnOnce(&mut Replica, NTP64) -> T,
     ) -> Result<T, NodeError> {
+        self.commit(|replica, now| (operations(replica, now), Broadcast::Now))
+    }
+
+    /// [`Node::write_batch`] whose operations say whether to broadcast what they wrote. A
+    /// withheld change is durable and reaches peers by anti-entropy, or with the next
+    /// broadcast, whose delta starts where the withheld writes began.
+    fn commit<T>(
+        &self,
+        operations: impl FnOnce(&mut Replica, NTP64) -> (T, Broadcast),
+    ) -> Result<T, NodeError> {
         let mut inner = self.lock();
         if inner.poisoned {
             return Err(NodeError::Poisoned);
@@ -821,13 +845,21 @@ impl Node {
         self.settle_identity(&mut inner);
         let now = self.physical(&inner);
         let since = inner.replica.own_counter();
-        let value = operations(&mut inner.replica, now);
+        let (value, broadcast) = operations(&mut inner.replica, now);
         let delta = inner.replica.own_delta_since(since);
         if delta.is_empty() {
             return Ok(value);
         }
         let origin = self.options.node.clone();
         self.persist(&mut inner, &origin, &delta)?;
+        if broadcast == Broadcast::Withhold {
+            inner.withheld_since.get_or_insert(since);
+            return Ok(value);
+        }
+        let delta = match inner.withheld_since.take() {
+            Some(withheld) => inner.replica.own_delta_since(withheld),
+            None => delta,
+        };
         drop(inner);
         self.broadcasts.fetch_add(1, Ordering::Relaxed);
         // No subscriber (eager push disabled, no peers yet) is fine.
@@ -1133,9 +1165,8 @@ impl Node {
             return Ok(());
         }
         let node = self.options.node.clone();
-        let first = self.write_one(
-            || "heartbeat".to_string(),
-            |replica, now| {
+        let first = self
+            .commit(|replica, now| {
                 let own = replica.state().node(&node).cloned();
                 // Our first write ever is a heartbeat, so a state with writes of ours but
                 // without our metadata means a peer evicted us (silent longer than
@@ -1146,14 +1177,33 @@ impl Node {
                 {
                     tracing::error!(
                         "this node was evicted by a peer; writes of ours concurrent with removals \
-                         the cluster already collected may diverge: stop the daemon, empty its \
-                         state_dir and start it again to rejoin with a clean state"
+                     the cluster already collected may diverge: stop the daemon, empty its \
+                     state_dir and start it again to rejoin with a clean state"
                     );
                 }
                 let meta = self.own_meta(own.as_ref());
-                replica.put_node_meta(now, meta).map(|_| own.is_none())
-            },
-        )?;
+                // Nothing but the heartbeat changes: a refresh, left to anti-entropy. Liveness
+                // is SWIM's; the refresh only keeps eviction and the heartbeat rule informed.
+                let refresh = own.as_ref().is_some_and(|stored| {
+                    NodeMeta {
+                        heartbeat: stored.heartbeat,
+                        ..meta.clone()
+                    } == *stored
+                });
+                let broadcast = if refresh {
+                    Broadcast::Withhold
+                } else {
+                    Broadcast::Now
+                };
+                (
+                    replica.put_node_meta(now, meta).map(|_| own.is_none()),
+                    broadcast,
+                )
+            })?
+            .map_err(|source| NodeError::Operation {
+                what: "heartbeat".to_string(),
+                source,
+            })?;
         if first {
             // Our metadata (and subnet) is new: the planner can place on us now.
             self.wake_planner();

@@ -372,6 +372,58 @@ fn a_batch_is_one_commit_and_one_broadcast_and_no_change_is_none() {
 }
 
 #[test]
+fn a_metadata_refresh_is_durable_but_not_pushed_and_the_next_push_carries_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let a_options = options(dir.path(), "node-a", 1000);
+    let a = open(a_options.clone(), &clock);
+    let b = open(options(dir.path(), "node-b", 1000), &clock);
+    let mut changes = a.subscribe_changes();
+    a.heartbeat().unwrap();
+    let first = changes.try_recv().expect("new metadata is pushed");
+    b.apply_push(a.node_id(), (*first).clone()).unwrap();
+
+    clock.advance_ms(1_000);
+    let before = a.commit_counts();
+    a.heartbeat().unwrap();
+    let after = a.commit_counts();
+    assert_eq!(after.durable - before.durable, 1, "the refresh is durable");
+    assert_eq!(after.broadcast, before.broadcast, "a refresh is not pushed");
+    assert!(changes.try_recv().is_err());
+
+    // The next change is pushed with the refresh, so a peer that took every push holds
+    // its base and ends equal.
+    clock.advance_ms(1_000);
+    a.heartbeat().unwrap();
+    assert!(changes.try_recv().is_err());
+    a.apply_services(vec![spec("web", "/web.tar")]).unwrap();
+    let next = changes.try_recv().expect("a service change is pushed");
+    b.apply_push(a.node_id(), (*next).clone()).unwrap();
+    assert_eq!(b.digest(), a.digest());
+
+    // A refresh survives a restart.
+    clock.advance_ms(1_000);
+    a.heartbeat().unwrap();
+    let refreshed = a.read_state(|state| state.node(a.node_id()).unwrap().heartbeat);
+    drop(a);
+    let a = open(a_options, &clock);
+    let reopened = a.read_state(|state| state.node(a.node_id()).unwrap().heartbeat);
+    assert_eq!(reopened, refreshed);
+
+    // Metadata that changes (here: labels) is pushed at once.
+    let mut labelled = options(dir.path(), "node-c", 1000);
+    let c = open(labelled.clone(), &clock);
+    c.heartbeat().unwrap();
+    drop(c);
+    labelled.labels.insert("zone".into(), "eu-1".into());
+    let c = open(labelled, &clock);
+    let mut changes = c.subscribe_changes();
+    clock.advance_ms(1_000);
+    c.heartbeat().unwrap();
+    assert!(changes.try_recv().is_ok(), "changed metadata is pushed");
+}
+
+#[test]
 fn remote_changes_that_matter_to_the_planner_wake_it_and_heartbeats_do_not() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::at_ms(START_MS));
