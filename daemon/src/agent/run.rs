@@ -95,8 +95,13 @@ fn swim_settings(config: &Config) -> SwimSettings {
             probe_period_ms: membership.probe_period_ms,
             probe_timeout_ms: membership.probe_timeout_ms,
             suspect_to_down_ms: membership.suspect_to_down_ms,
-            // Remembered down for longer than its metadata counts it live.
-            forget_down_after_ms: config.sync.down_after_ms.saturating_mul(2),
+            // Remembered down for longer than its metadata counts it live, which in a large
+            // cluster is beyond down_after_ms (refreshes come further apart): until it is
+            // evicted from the document.
+            forget_down_after_ms: config
+                .sync
+                .evict_after_ms
+                .saturating_add(config.sync.down_after_ms),
             announce_down_every_ms: membership.probe_period_ms.saturating_mul(2),
             cluster_size: 1,
         },

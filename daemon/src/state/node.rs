@@ -58,6 +58,11 @@ pub const CHANGES_CAPACITY: usize = 1024;
 pub const EVICT_AFTER_MS: u64 = 86_400_000;
 /// Default silence after which a member counts as down (`sync.down_after_ms`).
 pub const DOWN_AFTER_MS: u64 = 5_000;
+/// While SWIM runs, a metadata refresh (nothing but the heartbeat changes) waits at least
+/// this many milliseconds per member of the cluster after our last metadata write: the fleet
+/// writes about one refresh a second whatever its size, so what each node receives of them
+/// stays flat.
+pub const REFRESH_MS_PER_MEMBER: u64 = 1_000;
 /// Default largest clock drift accepted from a peer (`sync.max_clock_drift_ms`).
 pub const MAX_CLOCK_DRIFT_MS: u64 = 1_000;
 /// Default quiet time after which a contested identity clears: nothing new seen of another
@@ -1165,6 +1170,7 @@ impl Node {
             return Ok(());
         }
         let node = self.options.node.clone();
+        let refresh_every_ms = self.refresh_every_ms();
         let first = self
             .commit(|replica, now| {
                 let own = replica.state().node(&node).cloned();
@@ -1190,6 +1196,12 @@ impl Node {
                         ..meta.clone()
                     } == *stored
                 });
+                if let Some(stored) = own.as_ref().filter(|_| refresh)
+                    && millis_between(now, *stored.heartbeat.get_time()) < refresh_every_ms
+                {
+                    // Not due yet: the cluster is large (`refresh_every_ms`).
+                    return (Ok(false), Broadcast::Withhold);
+                }
                 let broadcast = if refresh {
                     Broadcast::Withhold
                 } else {
@@ -1403,11 +1415,37 @@ impl Node {
 
     /// How liveness is judged at `now`: by SWIM's view once a driver runs, else heartbeats.
     fn liveness<'a>(&self, inner: &'a Inner, now: NTP64) -> Liveness<'a> {
+        // With SWIM, refreshes come further apart in a large cluster (`refresh_every_ms`):
+        // a member SWIM does not know stays live for twice that stretch beyond down_after_ms.
+        let down_after_ms = match &inner.swim {
+            Some(_) => self
+                .options
+                .down_after_ms
+                .saturating_add(2 * self.refresh_stretch_ms(inner.replica.state().nodes().count())),
+            None => self.options.down_after_ms,
+        };
         Liveness {
             now,
-            down_after_ms: self.options.down_after_ms,
+            down_after_ms,
             swim: inner.swim.as_ref(),
         }
+    }
+
+    /// How long after our last metadata write a mere refresh is due: `REFRESH_MS_PER_MEMBER`
+    /// per member while SWIM runs (at most a quarter of `evict_after_ms`), so the heartbeat
+    /// interval decides below 30 members; every heartbeat without SWIM (its rule needs them).
+    fn refresh_every_ms(&self) -> u64 {
+        let inner = self.lock();
+        match &inner.swim {
+            Some(_) => self.refresh_stretch_ms(inner.replica.state().nodes().count()),
+            None => 0,
+        }
+    }
+
+    fn refresh_stretch_ms(&self, members: usize) -> u64 {
+        (members as u64)
+            .saturating_mul(REFRESH_MS_PER_MEMBER)
+            .min(self.options.evict_after_ms / 4)
     }
 
     /// SWIM's view of the other members, once a SWIM driver runs.

@@ -424,6 +424,52 @@ fn a_metadata_refresh_is_durable_but_not_pushed_and_the_next_push_carries_it() {
 }
 
 #[test]
+fn with_swim_refreshes_wait_a_second_per_member_and_unknown_members_stay_live_as_long() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let (a, b) = watcher_and_member(dir.path(), &clock, 5_000, 86_400_000);
+    a.heartbeat().unwrap();
+    // SWIM runs on a but has met nobody yet: b is judged by the age of its metadata.
+    a.set_peer_states(PeerStates::new());
+    let stretch_ms = 2 * REFRESH_MS_PER_MEMBER;
+    let live = |node: &Node| {
+        node.members()
+            .iter()
+            .find(|member| member.id.as_str() == "node-b")
+            .unwrap()
+            .live
+    };
+
+    clock.advance_ms(stretch_ms - 1);
+    let before = a.commit_counts();
+    a.heartbeat().unwrap();
+    assert_eq!(
+        a.commit_counts(),
+        before,
+        "a refresh waits {stretch_ms} ms with 2 members"
+    );
+    clock.advance_ms(1);
+    a.heartbeat().unwrap();
+    assert_eq!(
+        a.commit_counts().durable,
+        before.durable + 1,
+        "then it is written"
+    );
+
+    // b last wrote at the start: down after 5 s plus twice the stretch, not after 5 s.
+    clock.advance_ms(5_000 + 2 * stretch_ms - 1 - stretch_ms);
+    assert!(live(&a));
+    clock.advance_ms(1);
+    assert!(!live(&a));
+    // Without SWIM, every heartbeat writes.
+    let before = b.commit_counts();
+    b.heartbeat().unwrap();
+    clock.advance_ms(1);
+    b.heartbeat().unwrap();
+    assert_eq!(b.commit_counts().durable, before.durable + 2);
+}
+
+#[test]
 fn remote_changes_that_matter_to_the_planner_wake_it_and_heartbeats_do_not() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::at_ms(START_MS));
