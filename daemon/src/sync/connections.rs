@@ -8,7 +8,8 @@
 //!
 //! A cached connection is used by one exchange at a time; a second one that finds it busy
 //! dials a connection of its own for that exchange and closes it after, so nothing waits
-//! behind a slow exchange. A connection is dropped, and the next use dials again, when an
+//! behind a slow exchange (a SWIM packet waits up to half its deadline first: a handshake
+//! costs a hundred times the packet). A connection is dropped, and the next use dials again, when an
 //! exchange on it fails, when it has been idle for nearly the QUIC idle timeout (so it is not
 //! used just as the peer drops it), when it is older than `CONNECTION_AGE_MAX_MS` (so a
 //! reloaded certificate or CA is in force everywhere within that bound), and when the peer's
@@ -137,13 +138,31 @@ impl Connections {
         expected: Option<&NodeId>,
         limits: &SyncLimits,
     ) -> Result<Lease<'_>, SyncError> {
+        self.lease_waiting(address, expected, limits, Duration::ZERO)
+            .await
+    }
+
+    /// [`Connections::lease`] that waits up to `wait` for the kept connection when another
+    /// use holds it, and dials only after that: for short messages (SWIM's), for which a
+    /// handshake costs far more than waiting behind an exchange.
+    pub async fn lease_waiting(
+        &self,
+        address: SocketAddr,
+        expected: Option<&NodeId>,
+        limits: &SyncLimits,
+        wait: Duration,
+    ) -> Result<Lease<'_>, SyncError> {
         let slot = if self.reuse {
             self.slot(address)
         } else {
             Slot::default()
         };
-        // In use by another exchange: this one dials a connection of its own.
-        let mut guard = slot.try_lock_owned().ok();
+        // In use by another exchange (after `wait`): this one dials a connection of its own.
+        let mut guard = match slot.clone().try_lock_owned() {
+            Ok(guard) => Some(guard),
+            Err(_) if wait.is_zero() => None,
+            Err(_) => tokio::time::timeout(wait, slot.lock_owned()).await.ok(),
+        };
         let now = Instant::now();
         let kept = guard.as_mut().and_then(|guard| guard.take());
         let kept = match kept {

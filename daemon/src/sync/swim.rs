@@ -252,8 +252,10 @@ impl Driver {
         tokio::spawn(async move {
             let _permit = permit;
             let sent = tokio::time::timeout(timeout, async {
+                // Behind an exchange on the kept connection rather than beside it on a new
+                // one: half the send's time, then a connection of its own.
                 let mut lease = connections
-                    .lease(to.address, Some(&to.node), &limits)
+                    .lease_waiting(to.address, Some(&to.node), &limits, timeout / 2)
                     .await?;
                 let dialed = lease.dialed();
                 let result = lease.session().post(PATH_SWIM, packet.to_vec()).await;
