@@ -533,6 +533,7 @@ in
               default = null;
               description = "Push local changes at once instead of waiting for the next round. `null` leaves the daemon's default.";
             };
+            push_fanout = optionalPositive "Live members a local change is pushed to, and each member forwards a change new to it to (epidemic push); the daemon's default is ln N + 3 for N members.";
           };
           membership = {
             probe_period_ms = optionalPositive "SWIM: one member is probed per period; a failed node is down after about `probe_period_ms + probe_timeout_ms + suspect_to_down_ms`.";

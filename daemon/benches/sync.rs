@@ -337,6 +337,7 @@ fn main() {
                     rng_seed: 0,
                     eager_push,
                     push_queue_max: 256,
+                    push_fanout: None,
                 },
             )
             .await;

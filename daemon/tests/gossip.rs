@@ -1,6 +1,7 @@
 //! Gossip over real HTTP/3 between in-process nodes (real redb, real certificates): membership
-//! is learned from node metadata beyond the seeds, anti-entropy alone converges, and eager
-//! push alone delivers a change when the anti-entropy interval is far too long to.
+//! is learned from node metadata beyond the seeds, anti-entropy alone converges, eager
+//! push alone delivers a change when the anti-entropy interval is far too long to, and a
+//! member that a push reached forwards it (epidemic push).
 
 mod net_support;
 
@@ -105,6 +106,66 @@ async fn eager_push_delivers_without_waiting_for_anti_entropy() {
     cluster.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pushed_change_is_forwarded_by_the_members_it_reaches() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    // A change goes to one member (push_fanout 1) and anti-entropy waits a minute: only a
+    // forward by that member brings it to the third within the deadline.
+    let gossip = GossipConfig {
+        interval_ms: 60_000,
+        jitter_ms: 0,
+        eager_push: true,
+        push_fanout: Some(1),
+        ..GossipConfig::default()
+    };
+    let cluster = GossipCluster::start(
+        &pki,
+        dir.path(),
+        &["node-a", "node-b", "node-c"],
+        &[vec![1, 2], vec![0, 2], vec![0, 1]],
+        gossip,
+    )
+    .await;
+    cluster
+        .wait_until(
+            "everyone sees two live peers",
+            Duration::from_secs(20),
+            |nodes| {
+                nodes
+                    .iter()
+                    .all(|node| node.peers().iter().filter(|peer| peer.live).count() == 2)
+            },
+        )
+        .await;
+    apply_service(&cluster.nodes[0], "web", "/images/web");
+    cluster
+        .wait_until(
+            "B and C see A's change, one of them by a forward",
+            Duration::from_secs(10),
+            |nodes| has_service(&nodes[1], "web") && has_service(&nodes[2], "web"),
+        )
+        .await;
+    // The first of B and C forwards to the other, which forwards to A (never back to the
+    // sender); A holds the change, so the epidemic stops there.
+    let forwards = |node: &shoal::state::Node| {
+        let text = node.metrics().encode();
+        text.lines()
+            .find_map(|line| line.strip_prefix("shoal_push_forwards_total{outcome=\"ok\"} "))
+            .map(|count| count.to_owned())
+            .unwrap_or_else(|| panic!("no forward count in:\n{text}"))
+    };
+    // (A forward is counted once its receiver answered, after the change is in.)
+    cluster
+        .wait_until(
+            "B and C each count one forward, A none",
+            Duration::from_secs(5),
+            |nodes| nodes.iter().map(|node| forwards(node)).collect::<Vec<_>>() == ["0", "1", "1"],
+        )
+        .await;
+    cluster.stop().await;
+}
+
 /// Exchanges and pushes through one `Connections` reuse one kept connection: only the
 /// first pays for a handshake; one that finds the connection busy dials its own and
 /// leaves the kept one in place; asking an address for another node than the one its kept
@@ -161,6 +222,7 @@ async fn exchanges_reuse_one_kept_connection_and_handshake_once() {
         server.address,
         Some(&b),
         &delta,
+        0,
         &limits,
         &gate,
     )

@@ -183,6 +183,20 @@ async fn bad_bodies_are_refused_with_their_status_and_change_nothing() {
             "",
         ),
         (
+            "push asking for too many forwards",
+            "/v1/push?hops=17",
+            valid.clone(),
+            StatusCode::BAD_REQUEST,
+            "push query: hops=17 is more than the 16 allowed",
+        ),
+        (
+            "push with another query",
+            "/v1/push?ttl=3",
+            valid.clone(),
+            StatusCode::BAD_REQUEST,
+            "expected hops=<n>",
+        ),
+        (
             "other protocol version",
             "/v2/push",
             valid.clone(),

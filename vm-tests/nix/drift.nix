@@ -79,6 +79,7 @@ let
             body_bytes_max = 4194304;
             request_timeout_ms = 4000;
             eager_push = false;
+            push_fanout = 3;
           };
           membership = {
             probe_period_ms = 500;

@@ -207,6 +207,10 @@ pub struct SyncSettings {
     pub body_bytes_max: usize,
     pub request_timeout_ms: u64,
     pub eager_push: bool,
+    /// Live members a local change is pushed to, and each member forwards a change new to it
+    /// to; absent: ln N + 3 for N members (`sync::membership::automatic_push_fanout`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub push_fanout: Option<usize>,
 }
 
 impl Default for SyncSettings {
@@ -222,6 +226,7 @@ impl Default for SyncSettings {
             body_bytes_max: 8 * 1024 * 1024,
             request_timeout_ms: 5000,
             eager_push: true,
+            push_fanout: None,
         }
     }
 }
@@ -450,6 +455,12 @@ impl Config {
         if sync.fanout == 0 {
             return Err(invalid("sync.fanout", "must be at least 1".to_string()));
         }
+        if sync.push_fanout == Some(0) {
+            return Err(invalid(
+                "sync.push_fanout",
+                "must be at least 1 (leave it out for ln N + 3)".to_string(),
+            ));
+        }
         if sync.body_bytes_max < 4096 || sync.body_bytes_max > BODY_BYTES_LIMIT {
             return Err(invalid(
                 "sync.body_bytes_max",
@@ -611,7 +622,10 @@ impl Config {
                 cert_file: PathBuf::from("/etc/shoal/node.pem"),
                 key_file: PathBuf::from("/etc/shoal/node.key"),
             },
-            sync: SyncSettings::default(),
+            sync: SyncSettings {
+                push_fanout: Some(7),
+                ..SyncSettings::default()
+            },
             api: ApiSettings {
                 socket: Some(PathBuf::from("/var/lib/shoal/shoal.sock")),
             },
@@ -681,7 +695,8 @@ pub fn example_config_text() -> String {
          # Relative [tls] paths are under $CREDENTIALS_DIRECTORY (systemd LoadCredential=),\n\
          # or else under this file's directory.\n\
          # advertise is required when listen is 0.0.0.0 or [::].\n\
-         # [sync] intervals are milliseconds; body_bytes_max bounds every sync body.\n\
+         # [sync] intervals are milliseconds; body_bytes_max bounds every sync body;\n\
+         # push_fanout left out is ln N + 3 for N members (7 for 48).\n\
          # [capacity] is optional: without it the host's CPUs and memory are offered.\n\
          # [metrics] is off unless listen is set: plain HTTP GET /metrics, keep it private.\n\n",
     );
@@ -823,6 +838,7 @@ key_file = "/etc/shoal/node.key"
             "sync.body_bytes_max",
             "sync.request_timeout_ms",
             "sync.eager_push",
+            "sync.push_fanout",
             "membership.probe_period_ms",
             "membership.probe_timeout_ms",
             "membership.suspect_to_down_ms",
@@ -842,7 +858,7 @@ key_file = "/etc/shoal/node.key"
         ] {
             assert!(keys.contains(&key.to_string()), "missing {key}");
         }
-        assert_eq!(keys.len(), 35, "{keys:?}");
+        assert_eq!(keys.len(), 36, "{keys:?}");
         let mut sorted = keys.clone();
         sorted.sort();
         assert_eq!(keys, sorted);
@@ -873,6 +889,10 @@ key_file = "/etc/shoal/node.key"
         check_error(
             &format!("{MINIMAL}\n[sync]\nfanout = 0\n"),
             &["/etc/shoal/shoal.toml", "sync.fanout"],
+        );
+        check_error(
+            &format!("{MINIMAL}\n[sync]\npush_fanout = 0\n"),
+            &["/etc/shoal/shoal.toml", "sync.push_fanout", "ln N + 3"],
         );
         check_error(
             &format!("{MINIMAL}\n[membership]\nprobe_period_ms = 500\nprobe_timeout_ms = 500\n"),

@@ -201,6 +201,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         down_after_ms: config.membership.detection_ms(),
         rng_seed: rng_seed(),
         eager_push: config.sync.eager_push,
+        push_fanout: config.sync.push_fanout,
         ..GossipConfig::default()
     };
     let mut tasks = JoinSet::new();

@@ -17,7 +17,8 @@ use crate::state::Node;
 use crate::sync::connections::Connections;
 use crate::sync::wire::{LogPiece, LogQuery};
 use crate::sync::{
-    self, GossipConfig, Handlers, LogSource, LogSourceError, SwimInbox, SwimSettings, SyncLimits,
+    self, Forwards, GossipConfig, GossipInputs, Handlers, LogSource, LogSourceError, SwimInbox,
+    SwimSettings, SyncLimits,
 };
 
 /// The reconciler as the sync server's source of this node's container logs.
@@ -74,7 +75,12 @@ pub fn spawn_sync_tasks(
     stop: &watch::Receiver<bool>,
 ) {
     let connections = Arc::new(Connections::new(endpoint.clone()));
-    let mut handlers = Handlers { logs, swim: None };
+    let (forwards, forwarded) = Forwards::new(node.metrics().clone());
+    let mut handlers = Handlers {
+        logs,
+        swim: None,
+        forwards: gossip.eager_push.then_some(forwards),
+    };
     let mut returned_members = None;
     if let Some(settings) = swim {
         let (inbox, packets) = SwimInbox::new();
@@ -107,7 +113,10 @@ pub fn spawn_sync_tasks(
         node.clone(),
         gossip,
         limits,
-        returned_members,
+        GossipInputs {
+            returned: returned_members,
+            forwards: Some(forwarded),
+        },
         stopped(stop.clone()),
     ));
     tasks.spawn(heartbeat_loop(

@@ -38,6 +38,9 @@ pub const MEMBER_STATES: [&str; 3] = ["live", "suspect", "down"];
 /// Outcomes of a SWIM packet send, the `outcome` label of `shoal_swim_packets_total`.
 pub const SWIM_OUTCOMES: [&str; 3] = ["sent", "failed", "dropped"];
 
+/// Outcomes of forwarding a push, the `outcome` label of `shoal_push_forwards_total`.
+pub const FORWARD_OUTCOMES: [&str; 3] = ["ok", "failed", "dropped"];
+
 /// Container states, as `shoal_containers{state}` reports them (`crdt::RunState`'s kinds).
 pub const CONTAINER_STATES: [&str; 5] = ["starting", "running", "exited", "restarting", "failed"];
 
@@ -80,6 +83,7 @@ pub struct Metrics {
     eager_pushes_dropped: Counter,
     sync_connections: Family<HowLabels, Counter>,
     swim_packets: Family<OutcomeLabels, Counter>,
+    push_forwards: Family<OutcomeLabels, Counter>,
     state_commits: Counter,
     state_commit_duration: Histogram,
     apply_errors: Family<KindLabels, Counter>,
@@ -117,6 +121,7 @@ impl Metrics {
             eager_pushes_dropped: Counter::default(),
             sync_connections: Family::default(),
             swim_packets: Family::default(),
+            push_forwards: Family::default(),
             state_commits: Counter::default(),
             state_commit_duration: Histogram::new(commit_buckets()),
             apply_errors: Family::default(),
@@ -144,6 +149,12 @@ impl Metrics {
         for outcome in SWIM_OUTCOMES {
             metrics
                 .swim_packets
+                .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(0);
+        }
+        for outcome in FORWARD_OUTCOMES {
+            metrics
+                .push_forwards
                 .get_or_create(&OutcomeLabels { outcome })
                 .inc_by(0);
         }
@@ -199,6 +210,11 @@ impl Metrics {
             "sync_connections",
             "Connections the successful exchanges, pushes and SWIM packets this node started ran on, by whether they were dialed for it or kept from an earlier one",
             self.sync_connections.clone(),
+        );
+        registry.register(
+            "push_forwards",
+            "Eager pushes of other members' changes this node forwarded to one peer (epidemic push), by outcome: ok, failed, dropped (the forward queue was full)",
+            self.push_forwards.clone(),
         );
         registry.register(
             "swim_packets",
@@ -273,6 +289,14 @@ impl Metrics {
     /// A SWIM packet this node sent ended with `outcome`, one of [`SWIM_OUTCOMES`].
     pub fn swim_packet(&self, outcome: &'static str) {
         self.swim_packets
+            .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// A forward of another member's push to one peer ended with `outcome`, one of
+    /// [`FORWARD_OUTCOMES`].
+    pub fn forward_done(&self, outcome: &'static str) {
+        self.push_forwards
             .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
@@ -368,6 +392,7 @@ mod tests {
             "shoal_eager_pushes_dropped_total",
             "shoal_swim_packets_total{outcome=\"sent\"}",
             "shoal_swim_packets_total{outcome=\"dropped\"}",
+            "shoal_push_forwards_total{outcome=\"ok\"}",
             "shoal_state_commits_total",
             "shoal_state_commit_duration_seconds_count",
             "shoal_reconcile_passes_total",
@@ -415,6 +440,11 @@ mod tests {
             1.0,
         );
         check(|m| m.reconcile_pass(), "shoal_reconcile_passes_total", 1.0);
+        check(
+            |m| m.forward_done("dropped"),
+            "shoal_push_forwards_total{outcome=\"dropped\"}",
+            1.0,
+        );
         check(
             |m| m.swim_packet("failed"),
             "shoal_swim_packets_total{outcome=\"failed\"}",

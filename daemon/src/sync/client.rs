@@ -21,7 +21,7 @@ use shoal_crdt::{Delta, NodeId, codec};
 use super::connections::Connections;
 use super::tls::{peer_node_id, peer_not_after, server_name_for};
 use super::transfer::{SNAPSHOT_TRANSFERS_PER_SYNC_MAX, TransferGate, fetch_snapshot};
-use super::wire::{self, CONTENT_TYPE, PATH_PUSH, PATH_SYNC};
+use super::wire::{self, CONTENT_TYPE, PATH_PUSH, PATH_SYNC, PushQuery};
 use super::{SyncError, SyncLimits};
 use crate::state::{Node, NodeError, SyncOutcome};
 
@@ -535,21 +535,25 @@ pub async fn push(
         address,
         expected,
         delta,
+        0,
         limits,
         &TransferGate::default(),
     )
     .await
 }
 
-/// [`push`], whose fallback push-pull is [`sync_once_with`] `gate`. A delta whose encoding
-/// exceeds `body_bytes_max` is refused here with [`SyncError::PushTooLarge`], unsent: the
-/// peers pull it (in pieces) by anti-entropy.
+/// [`push`], whose fallback push-pull is [`sync_once_with`] `gate`, and which the peer may
+/// forward `hops` more times (`/v1/push?hops=`). A delta whose encoding exceeds
+/// `body_bytes_max` is refused here with [`SyncError::PushTooLarge`], unsent: the peers pull
+/// it (in pieces) by anti-entropy.
+#[allow(clippy::too_many_arguments)]
 pub async fn push_with(
     connections: &Connections,
     node: &Arc<Node>,
     address: SocketAddr,
     expected: Option<&NodeId>,
     delta: &Delta,
+    hops: u8,
     limits: &SyncLimits,
     gate: &TransferGate,
 ) -> Result<SyncStats, SyncError> {
@@ -561,22 +565,12 @@ pub async fn push_with(
         });
     }
     let body = codec::encode_delta(delta);
-    let result = async {
-        let mut lease = connections.lease(address, expected, limits).await?;
-        let mut result = push_on(lease.session(), node, delta, &body, limits).await;
-        if let Err(error) = &result
-            && lease.redial_after(error).await?
-        {
-            result = push_on(lease.session(), node, delta, &body, limits).await;
-        }
-        if let Ok(stats) = &mut result {
-            lease.account(stats);
-        }
-        lease.finish(result.is_ok());
-        result
-    }
-    .await;
-    match result {
+    let push = Push {
+        body: &body,
+        entries: delta.entry_count(),
+        query: PushQuery { hops },
+    };
+    match push_body(connections, node, address, expected, push, limits).await {
         Err(SyncError::Status { status, .. }) if status == StatusCode::CONFLICT.as_u16() => {
             sync_once_with(connections, node, address, expected, limits, gate).await
         }
@@ -584,28 +578,81 @@ pub async fn push_with(
     }
 }
 
-/// One `POST /v1/push` of `body` (the encoding of `delta`) on `session`.
+/// Forwards another member's eager push (`body`, as this node received it) to the peer at
+/// `address`, which may forward it `hops` more times. No fallback: a peer that lacks the
+/// delta's base (409) gets it by anti-entropy.
+pub async fn forward_with(
+    connections: &Connections,
+    node: &Arc<Node>,
+    address: SocketAddr,
+    expected: Option<&NodeId>,
+    body: &[u8],
+    hops: u8,
+    limits: &SyncLimits,
+) -> Result<SyncStats, SyncError> {
+    let push = Push {
+        body,
+        entries: 0,
+        query: PushQuery { hops },
+    };
+    push_body(connections, node, address, expected, push, limits).await
+}
+
+/// One push's body and what it says.
+#[derive(Clone, Copy)]
+struct Push<'a> {
+    body: &'a [u8],
+    /// Entries in the body, for the stats (0 when not decoded here).
+    entries: usize,
+    query: PushQuery,
+}
+
+/// `push` on the kept connection to `address`, once more on a new connection when the
+/// kept one broke under it.
+async fn push_body(
+    connections: &Connections,
+    node: &Arc<Node>,
+    address: SocketAddr,
+    expected: Option<&NodeId>,
+    push: Push<'_>,
+    limits: &SyncLimits,
+) -> Result<SyncStats, SyncError> {
+    let mut lease = connections.lease(address, expected, limits).await?;
+    let mut result = push_on(lease.session(), node, push, limits).await;
+    if let Err(error) = &result
+        && lease.redial_after(error).await?
+    {
+        result = push_on(lease.session(), node, push, limits).await;
+    }
+    if let Ok(stats) = &mut result {
+        lease.account(stats);
+    }
+    lease.finish(result.is_ok());
+    result
+}
+
+/// One `POST /v1/push` of `push` on `session`.
 async fn push_on(
     session: &mut PeerSession,
     node: &Arc<Node>,
-    delta: &Delta,
-    body: &[u8],
+    push: Push<'_>,
     limits: &SyncLimits,
 ) -> Result<SyncStats, SyncError> {
     let address = session.address();
     if session.peer() == node.node_id() {
         return Err(SyncError::SelfConnection { peer: address });
     }
-    let reply = within(limits, address, session.post(PATH_PUSH, body.to_vec())).await?;
+    let path = push.query.path_and_query();
+    let reply = within(limits, address, session.post(&path, push.body.to_vec())).await?;
     expect_status(session, PATH_PUSH, &reply, StatusCode::NO_CONTENT)?;
     Ok(SyncStats {
         peer: session.peer().clone(),
-        bytes_sent: body.len() as u64,
+        bytes_sent: push.body.len() as u64,
         bytes_received: reply.body.len() as u64,
         udp_bytes_sent: 0,
         udp_bytes_received: 0,
         entries_received: 0,
-        entries_sent: delta.entry_count(),
+        entries_sent: push.entries,
         snapshot_bytes_received: 0,
         dialed: false,
     })

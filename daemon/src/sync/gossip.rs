@@ -7,9 +7,16 @@
 //! - Eager push: local changes from `Node::subscribe_changes` go into a bounded queue of
 //!   `push_queue_max` deltas; when it is full (or the broadcast lagged) the change is dropped
 //!   and counted: anti-entropy delivers it within an interval anyway. A pusher sends each delta
-//!   to every live member concurrently; a peer that lacks the delta's base (409) gets a full
-//!   push-pull instead. A delta whose encoding exceeds `body_bytes_max` is not pushed (counted
-//!   as dropped): peers pull it by anti-entropy, as a snapshot in pieces.
+//!   to `push_fanout` live members at random concurrently (ln N + 3 unless configured); a
+//!   peer that lacks the delta's base (409) gets a full push-pull instead. A delta whose
+//!   encoding exceeds `body_bytes_max` is not pushed (counted as dropped): peers pull it by
+//!   anti-entropy, as a snapshot in pieces.
+//! - Epidemic push: a peer for which a push held something new forwards it (the body as
+//!   received, `hops` one less) to `push_fanout` live members other than the sender, once; so
+//!   a change reaches N members in about log N hops, each member sending `push_fanout`
+//!   messages per change rather than the writer N - 1. The sync server queues them
+//!   ([`super::server::Forwards`]); the forwarder here sends them, without retry or fallback
+//!   (what a member misses, anti-entropy brings).
 //! - Large states: an exchange whose delta does not fit in one body fetches the peer's snapshot
 //!   in pieces ([`super::transfer`]); every exchange of this loop shares one
 //!   [`TransferGate`], so the node fetches one snapshot at a time.
@@ -31,11 +38,17 @@ use tokio::task::JoinSet;
 
 use super::SyncError;
 use super::SyncLimits;
-use super::client::{push_with, sync_once_with};
+use super::client::{forward_with, push_with, sync_once_with};
 use super::connections::Connections;
-use super::membership::{Member, PeerSelector, Target};
+use super::membership::{Member, PeerSelector, Target, automatic_push_fanout};
+use super::server::Forward;
 use super::transfer::TransferGate;
 use crate::state::Node;
+
+/// How many times a local change may be forwarded beyond the members it is pushed to: a
+/// bound on the epidemic, far beyond the depth it needs (about log N / log fanout: 2 for 48
+/// members at the automatic fanout of 7, 3 for 1,000 at 10).
+pub const PUSH_HOPS: u8 = 8;
 
 /// How the gossip loop behaves.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +66,9 @@ pub struct GossipConfig {
     pub eager_push: bool,
     /// Local changes waiting to be pushed; beyond this they are dropped (and counted).
     pub push_queue_max: usize,
+    /// Live members an eager push goes to, and each member forwards a change new to it to;
+    /// `None`: [`automatic_push_fanout`] of the cluster's size.
+    pub push_fanout: Option<usize>,
 }
 
 impl Default for GossipConfig {
@@ -65,6 +81,7 @@ impl Default for GossipConfig {
             rng_seed: 0,
             eager_push: true,
             push_queue_max: 256,
+            push_fanout: None,
         }
     }
 }
@@ -108,25 +125,34 @@ pub async fn run_gossip(
         node,
         cfg,
         limits,
-        None,
+        GossipInputs::default(),
         shutdown,
     )
     .await;
 }
 
-/// [`run_gossip`] on `connections` (kept connections shared with SWIM). Each node id that
-/// arrives on `returned` (SWIM saw it come back) gets an exchange at once, not at a random
-/// later round, so a healed partition converges within one round trip of SWIM noticing.
+/// What other tasks hand the gossip loop.
+#[derive(Default)]
+pub struct GossipInputs {
+    /// Members SWIM saw come back: each gets an exchange at once, not at a random later
+    /// round, so a healed partition converges within one round trip of SWIM noticing.
+    pub returned: Option<mpsc::Receiver<NodeId>>,
+    /// Eager pushes the sync server took that were new here and may go further
+    /// ([`super::server::Forwards`]): each goes on to `push_fanout` other live members.
+    pub forwards: Option<mpsc::Receiver<Forward>>,
+}
+
+/// [`run_gossip`] on `connections` (kept connections shared with SWIM), with `inputs`.
 pub async fn run_gossip_on(
     connections: Arc<Connections>,
     node: Arc<Node>,
     cfg: GossipConfig,
     limits: SyncLimits,
-    returned: Option<mpsc::Receiver<NodeId>>,
+    inputs: GossipInputs,
     shutdown: impl Future<Output = ()>,
 ) {
     let counters = Arc::new(GossipCounters::default());
-    run_gossip_with_counters(connections, node, cfg, limits, counters, returned, shutdown).await;
+    run_gossip_with_counters(connections, node, cfg, limits, counters, inputs, shutdown).await;
 }
 
 /// [`run_gossip_on`], reporting into `counters`.
@@ -136,11 +162,12 @@ pub async fn run_gossip_with_counters(
     cfg: GossipConfig,
     limits: SyncLimits,
     counters: Arc<GossipCounters>,
-    returned: Option<mpsc::Receiver<NodeId>>,
+    inputs: GossipInputs,
     shutdown: impl Future<Output = ()>,
 ) {
     assert!(cfg.fanout > 0, "fanout must be positive");
     assert!(cfg.push_queue_max > 0, "push_queue_max must be positive");
+    assert!(cfg.push_fanout != Some(0), "push_fanout must be positive");
     let (stop_sender, stop) = watch::channel(false);
     let selector = Arc::new(std::sync::Mutex::new(PeerSelector::new(cfg.rng_seed)));
     let driver = Driver {
@@ -156,9 +183,10 @@ pub async fn run_gossip_with_counters(
     let changes = driver.node.subscribe_changes();
     let work = async {
         tokio::join!(
-            driver.anti_entropy(returned, stop.clone()),
+            driver.anti_entropy(inputs.returned, stop.clone()),
             driver.forward_changes(changes, queue_sender, stop.clone()),
             driver.pusher(queue, stop.clone()),
+            driver.forwarder(inputs.forwards, stop.clone()),
         );
     };
     let stopper = async {
@@ -420,8 +448,10 @@ impl Driver {
                 continue;
             }
             let targets = {
-                let selector = self.selector();
-                selector.push_targets(&self.members(), &self.node.seed_peers())
+                let members = self.members();
+                let fanout = self.push_fanout(&members);
+                self.selector()
+                    .push_targets(&members, &self.node.seed_peers(), fanout, None)
             };
             let pushes = targets.iter().map(|target| {
                 let delta = delta.clone();
@@ -432,6 +462,7 @@ impl Driver {
                         target.address,
                         target.expected.as_ref(),
                         &delta,
+                        PUSH_HOPS,
                         &self.limits,
                         &self.transfers,
                     )
@@ -446,6 +477,73 @@ impl Driver {
             };
             for (target, result) in results {
                 self.note_result(target, &result, true);
+            }
+        }
+    }
+
+    /// The fanout of an eager push: the configured one, else ln N + 3 of the members known.
+    fn push_fanout(&self, members: &[Member]) -> usize {
+        self.cfg
+            .push_fanout
+            .unwrap_or_else(|| automatic_push_fanout(members.len() + 1))
+    }
+
+    /// Forwards the pushes the sync server took as new (epidemic push): each to
+    /// `push_fanout` live members other than the one it came from, all at once, none
+    /// retried (a peer that misses one gets it by anti-entropy).
+    async fn forwarder(
+        &self,
+        forwards: Option<mpsc::Receiver<Forward>>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let Some(mut forwards) = forwards else {
+            return;
+        };
+        loop {
+            let forward = tokio::select! {
+                () = stopped(&mut stop) => return,
+                forward = forwards.recv() => match forward {
+                    Some(forward) => forward,
+                    None => return,
+                },
+            };
+            let targets = {
+                let members = self.members();
+                let fanout = self.push_fanout(&members);
+                self.selector()
+                    .push_targets(&members, &[], fanout, Some(&forward.from))
+            };
+            let sends = targets.iter().map(|target| {
+                let forward = &forward;
+                async move {
+                    forward_with(
+                        &self.connections,
+                        &self.node,
+                        target.address,
+                        target.expected.as_ref(),
+                        &forward.body,
+                        forward.hops,
+                        &self.limits,
+                    )
+                    .await
+                }
+            });
+            let all = futures::future::join_all(sends);
+            let results = tokio::select! {
+                () = stopped(&mut stop) => return,
+                results = all => results,
+            };
+            for result in results {
+                match result {
+                    Ok(stats) => {
+                        self.node.metrics().forward_done("ok");
+                        self.node.metrics().connection_used(stats.dialed);
+                    }
+                    Err(error) => {
+                        self.node.metrics().forward_done("failed");
+                        tracing::debug!(reason = %error, "forward failed");
+                    }
+                }
             }
         }
     }

@@ -5,7 +5,8 @@
 //! - a round picks up to `fanout` live members at random; if fewer are live, the remaining
 //!   slots go to random others: down members (so a returning node is noticed) and seeds not
 //!   yet known as members (so a fresh node finds the cluster);
-//! - an eager push goes to every live member, or to the seeds while no member is live;
+//! - an eager push goes to `fanout` live members at random (a forwarded one never back to
+//!   the member it came from), or to the seeds while no member is live;
 //! - addresses found to be this node itself ([`PeerSelector::mark_self`]) are never chosen;
 //! - a target carries the expected node id when known, so the TLS handshake checks it.
 
@@ -99,19 +100,34 @@ impl PeerSelector {
         chosen
     }
 
-    /// Targets of an eager push: every live member, or the seeds while none is live.
-    pub fn push_targets(&self, members: &[Member], seeds: &[SocketAddr]) -> Vec<Target> {
+    /// Targets of an eager push: `fanout` live members at random, never `exclude` (the
+    /// member a forwarded push came from); the seeds while no member is live and nothing is
+    /// excluded (a local change of a node that knows no one yet).
+    pub fn push_targets(
+        &mut self,
+        members: &[Member],
+        seeds: &[SocketAddr],
+        fanout: usize,
+        exclude: Option<&NodeId>,
+    ) -> Vec<Target> {
         let mut seen = self.own_addresses.clone();
-        let live: Vec<Target> = members
+        let mut live: Vec<Target> = members
             .iter()
-            .filter(|member| member.live && seen.insert(member.address))
+            .filter(|member| {
+                member.live && exclude != Some(&member.node) && seen.insert(member.address)
+            })
             .map(|member| Target {
                 address: member.address,
                 expected: Some(member.node.clone()),
             })
             .collect();
         if !live.is_empty() {
+            live.shuffle(&mut self.rng);
+            live.truncate(fanout);
             return live;
+        }
+        if exclude.is_some() {
+            return Vec::new();
         }
         seeds
             .iter()
@@ -122,6 +138,15 @@ impl PeerSelector {
             })
             .collect()
     }
+}
+
+/// The eager-push fanout for a cluster of `members` (this node included) when none is
+/// configured: ln N + 3, rounded up (5 for 3 members, 7 for 48, 10 for 1,000). With every
+/// node forwarding a change new to it once to that many, the chance that some node is left
+/// for anti-entropy is about N·e^-fanout: 5 % whatever N.
+pub fn automatic_push_fanout(members: usize) -> usize {
+    let members = members.max(1) as f64;
+    (members.ln() + 3.0).ceil() as usize
 }
 
 #[cfg(test)]
@@ -153,7 +178,17 @@ mod tests {
         let targets = selector.round_targets(&[], &seeds, 2);
         assert_eq!(targets.len(), 2);
         assert!(targets.iter().all(|target| target.expected.is_none()));
-        assert_eq!(ports(&selector.push_targets(&[], &seeds)), [1, 2, 3, 4]);
+        assert_eq!(
+            ports(&selector.push_targets(&[], &seeds, 2, None)),
+            [1, 2, 3, 4]
+        );
+        // A forward goes to members only.
+        let from: NodeId = "a".parse().unwrap();
+        assert!(
+            selector
+                .push_targets(&[], &seeds, 2, Some(&from))
+                .is_empty()
+        );
     }
 
     #[test]
@@ -188,11 +223,33 @@ mod tests {
         );
         let unique: BTreeSet<u16> = chosen.iter().copied().collect();
         assert_eq!(unique.len(), chosen.len());
-        // Push: every live member, never seeds while members are live.
+        // Push: live members up to the fanout, never seeds while members are live.
         assert_eq!(
-            ports(&selector.push_targets(&members, &[address(20)])),
+            ports(&selector.push_targets(&members, &[address(20)], 5, None)),
             [10, 12, 13]
         );
+        let mut seen = BTreeSet::new();
+        for _ in 0..50 {
+            let targets = ports(&selector.push_targets(&members, &[address(20)], 2, None));
+            assert_eq!(targets.len(), 2);
+            assert!(targets.iter().all(|port| [10, 12, 13].contains(port)));
+            seen.extend(targets);
+        }
+        assert_eq!(seen.len(), 3, "the fanout's members are chosen at random");
+        // A forward never goes back to the member it came from.
+        let from: NodeId = "c".parse().unwrap();
+        for _ in 0..20 {
+            let targets = ports(&selector.push_targets(&members, &[], 2, Some(&from)));
+            assert_eq!(targets, [10, 13]);
+        }
+    }
+
+    #[test]
+    fn the_automatic_fanout_grows_as_log_n() {
+        assert_eq!(automatic_push_fanout(0), 3);
+        assert_eq!(automatic_push_fanout(3), 5);
+        assert_eq!(automatic_push_fanout(48), 7);
+        assert_eq!(automatic_push_fanout(1_000), 10);
     }
 
     #[test]
@@ -203,7 +260,7 @@ mod tests {
         for _ in 0..20 {
             assert_eq!(ports(&selector.round_targets(&[], &seeds, 3)), [2]);
         }
-        assert_eq!(ports(&selector.push_targets(&[], &seeds)), [2]);
+        assert_eq!(ports(&selector.push_targets(&[], &seeds, 3, None)), [2]);
     }
 
     #[test]

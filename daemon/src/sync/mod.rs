@@ -42,12 +42,13 @@ use std::time::Duration;
 use shoal_crdt::NodeId;
 
 pub use client::{
-    PeerSession, Reply, SyncStats, connect, push, push_with, sync_once, sync_once_with,
+    PeerSession, Reply, SyncStats, connect, forward_with, push, push_with, sync_once,
+    sync_once_with,
 };
 pub use drain::ask_drain;
-pub use gossip::{GossipConfig, GossipCounters, run_gossip, run_gossip_on};
+pub use gossip::{GossipConfig, GossipCounters, GossipInputs, run_gossip, run_gossip_on};
 pub use logs::{LogSource, LogSourceError, fetch_log};
-pub use server::{Handlers, serve};
+pub use server::{Forward, Forwards, Handlers, serve};
 pub use swim::{SwimInbox, SwimSettings, run_swim};
 pub use tls::{CertificateExpiry, TlsError, TlsHandle, TlsMaterial, node_id_from_cert};
 

@@ -53,6 +53,46 @@ pub struct Handlers {
     pub logs: Option<Arc<dyn LogSource>>,
     /// Takes `POST /v1/swim` packets; without it they are refused with 404.
     pub swim: Option<SwimInbox>,
+    /// Takes eager pushes to forward (new to this node, hops left); without it none is.
+    pub forwards: Option<Forwards>,
+}
+
+/// An eager push this node took and forwards: its encoded delta, as received.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// The member that pushed it here (not sent it back).
+    pub from: NodeId,
+    pub body: Bytes,
+    /// How many more times the receivers may forward it.
+    pub hops: u8,
+}
+
+/// Most pushes waiting to be forwarded; beyond it they are dropped (and counted):
+/// anti-entropy delivers them.
+pub const FORWARDS_QUEUED_MAX: usize = 256;
+
+/// The sync server's side of the forward queue (the gossip loop takes from the other).
+#[derive(Clone)]
+pub struct Forwards {
+    queue: tokio::sync::mpsc::Sender<Forward>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl Forwards {
+    /// A bounded queue of [`FORWARDS_QUEUED_MAX`] forwards and its receiving end.
+    pub fn new(
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> (Forwards, tokio::sync::mpsc::Receiver<Forward>) {
+        let (queue, receiver) = tokio::sync::mpsc::channel(FORWARDS_QUEUED_MAX);
+        (Forwards { queue, metrics }, receiver)
+    }
+
+    /// Queues `forward`, or drops and counts it when the queue is full or gone.
+    fn offer(&self, forward: Forward) {
+        if self.queue.try_send(forward).is_err() {
+            self.metrics.forward_done("dropped");
+        }
+    }
 }
 
 /// Serves sync requests on `endpoint` until `shutdown` completes or the endpoint is closed.
@@ -401,6 +441,8 @@ impl RequestContext {
                 Ok(Some((StatusCode::OK, Bytes::from(response))))
             }
             Route::Push => {
+                let query =
+                    wire::PushQuery::parse(request.uri().query()).map_err(decode_refusal)?;
                 let delta = wire::decode_delta(&body, max).map_err(decode_refusal)?;
                 let node = self.node.clone();
                 let peer = self.peer.clone();
@@ -410,7 +452,19 @@ impl RequestContext {
                     .map_err(|error| {
                         Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
                     })?;
-                applied.map_err(|error| Refusal::new(status_for(&error), error.to_string()))?;
+                let applied =
+                    applied.map_err(|error| Refusal::new(status_for(&error), error.to_string()))?;
+                // New to us and allowed further: on to other members (epidemic push).
+                if query.hops > 0
+                    && applied.entries_applied > 0
+                    && let Some(forwards) = &self.handlers.forwards
+                {
+                    forwards.offer(Forward {
+                        from: self.peer.clone(),
+                        body,
+                        hops: query.hops - 1,
+                    });
+                }
                 Ok(Some((StatusCode::NO_CONTENT, Bytes::new())))
             }
             Route::Logs => {

@@ -7,6 +7,10 @@
 //!   lacks with `/v1/push`.
 //! - `/v1/push`: body = an encoded `Delta`. Response 204 once it is durable and applied.
 //!   A caller does not push a delta whose encoding exceeds `body_bytes_max`; the peer pulls it.
+//!   An eager push says how many more times it may be forwarded: `/v1/push?hops=<n>`
+//!   ([`PushQuery`], at most [`PUSH_HOPS_MAX`]); a receiver for which it held something new
+//!   forwards the same body with `hops=<n - 1>` (epidemic push, see `super::gossip`). No
+//!   query is `hops=0`: the push-back of an exchange, never forwarded.
 //!
 //! When the delta for a `/v1/sync` caller does not fit in the server's `body_bytes_max`
 //! (a new node joining a large state, or one that fell far behind), the server answers
@@ -91,6 +95,46 @@ const LOG_FRAMING: Framing = Framing {
 /// two offsets and two flags, each varint at most 10 bytes.
 pub const LOG_PIECE_OVERHEAD_BYTES: usize = 64;
 
+/// Most forwards an eager push may ask for (`/v1/push?hops=<n>`); more is refused with 400.
+pub const PUSH_HOPS_MAX: u8 = 16;
+
+/// `POST /v1/push`'s query: how many more times the receiver may forward the delta.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PushQuery {
+    pub hops: u8,
+}
+
+impl PushQuery {
+    /// The path and query of a push that may be forwarded `hops` more times.
+    pub fn path_and_query(&self) -> String {
+        if self.hops == 0 {
+            PATH_PUSH.to_owned()
+        } else {
+            format!("{PATH_PUSH}?hops={}", self.hops)
+        }
+    }
+
+    /// Parses a query string: nothing, or `hops=<n>` with `n` at most [`PUSH_HOPS_MAX`].
+    pub fn parse(query: Option<&str>) -> Result<PushQuery, WireError> {
+        let Some(query) = query.filter(|query| !query.is_empty()) else {
+            return Ok(PushQuery::default());
+        };
+        let refuse = |reason: String| WireError::PushQuery(reason);
+        let value = query
+            .strip_prefix("hops=")
+            .ok_or_else(|| refuse(format!("{query:?}: expected hops=<n> and nothing else")))?;
+        let hops: u8 = value
+            .parse()
+            .map_err(|_| refuse(format!("hops={value:?} is not a whole number up to 255")))?;
+        if hops > PUSH_HOPS_MAX {
+            return Err(refuse(format!(
+                "hops={hops} is more than the {PUSH_HOPS_MAX} allowed"
+            )));
+        }
+        Ok(PushQuery { hops })
+    }
+}
+
 /// Largest `POST /v1/drain` body: a node id of at most 63 bytes and a deadline need under 90.
 pub const DRAIN_BODY_BYTES_MAX: usize = 256;
 /// Largest `POST /v1/swim` body: one SWIM packet.
@@ -151,6 +195,8 @@ pub enum WireError {
     SnapshotQueryTooLong { bytes: usize, max: usize },
     #[error("snapshot piece: {0}")]
     SnapshotPiece(String),
+    #[error("push query: {0}")]
+    PushQuery(String),
 }
 
 impl WireError {
@@ -691,6 +737,31 @@ impl Framing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn push_queries_say_the_hops_left_and_anything_else_is_refused() {
+        for hops in [0, 1, PUSH_HOPS_MAX] {
+            let query = PushQuery { hops };
+            let path = query.path_and_query();
+            let parsed = PushQuery::parse(path.split_once('?').map(|(_, query)| query));
+            assert_eq!(parsed.unwrap(), query, "{path}");
+        }
+        assert_eq!(PushQuery::parse(Some("")).unwrap().hops, 0);
+        for bad in [
+            "hops=17",
+            "hops=-1",
+            "hops=x",
+            "hops=1&hops=2",
+            "ttl=3",
+            "hops=300",
+        ] {
+            let error = PushQuery::parse(Some(bad)).unwrap_err();
+            assert!(
+                error.to_string().starts_with("push query: "),
+                "{bad}: {error}"
+            );
+        }
+    }
     use std::time::Duration;
 
     fn replica(name: &str) -> shoal_crdt::Replica {

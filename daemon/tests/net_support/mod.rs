@@ -140,7 +140,10 @@ impl Server {
         let address = endpoint.local_addr().unwrap();
         let node = open_node(dir, name, address);
         let (stop, stopped) = oneshot::channel::<()>();
-        let handlers = sync::Handlers { logs, swim: None };
+        let handlers = sync::Handlers {
+            logs,
+            ..sync::Handlers::default()
+        };
         let serving = sync::serve(endpoint.clone(), node.clone(), limits, handlers, async {
             let _ = stopped.await;
         });
