@@ -157,6 +157,46 @@ async fn members_meet_through_swim_and_one_that_stops_answering_is_down_everywhe
     assert_eq!(swim_state(&b.node, "node-a"), Some(PeerState::Alive));
 }
 
+/// A member that died while this node was away (its metadata fresh in the document, its
+/// address silent) is never met by SWIM: it is down once announces to it went unanswered for
+/// SWIM's detection time, not live for as long as its metadata is young.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_in_the_document_that_never_answers_is_down_after_the_detection_time() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let ghost_address = silent.local_addr().unwrap();
+    drop(silent);
+    let ghost = open_node_with(dir.path(), "node-g", ghost_address, Vec::new());
+    ghost.heartbeat().unwrap();
+    let a = start(&pki, dir.path(), "node-a", Vec::new(), 1);
+    let join = ghost.delta_for(a.node.node_id(), &a.node.summary());
+    a.node.apply_push(ghost.node_id(), join).unwrap();
+    let live = |node: &Node| {
+        node.members()
+            .into_iter()
+            .find(|m| m.id == node_id("node-g"))
+            .is_some_and(|m| m.live)
+    };
+    let joined = Instant::now();
+    wait_for(
+        "node-g to be down at node-a",
+        Duration::from_secs(10),
+        || swim_state(&a.node, "node-g") == Some(PeerState::Down),
+    )
+    .await;
+    // Detection is 1.3 s with this timing; the announces start at the next probe tick.
+    assert!(
+        joined.elapsed() >= Duration::from_millis(1_300),
+        "{:?}",
+        joined.elapsed()
+    );
+    assert!(
+        !live(&a.node),
+        "not live, though its metadata was written just now"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swim_packets_are_believed_only_from_the_certificate_that_sends_them() {
     let pki = Pki::new();

@@ -10,7 +10,10 @@
 //!
 //! Joining: every `probe_period_ms` the members in the node metadata that SWIM has no entry
 //! for are announced to (at most [`ANNOUNCES_PER_TICK_MAX`] a tick, in turn), so a node
-//! learns its first peers from the document and the rest from their replies. A stopping
+//! learns its first peers from the document and the rest from their replies. A member
+//! announced to that SWIM still has no entry for after its detection time (probe period,
+//! timeout and suspicion) is handed to the node as down: a member that died while this node
+//! was away never answers, and its metadata alone would count it live. A stopping
 //! daemon does not say it leaves: its containers keep running and the next daemon adopts
 //! them, so a restart quicker than SWIM's detection time moves no replica (the restarted
 //! daemon is a newer identity that replaces the old one at once).
@@ -21,6 +24,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +38,7 @@ use super::SyncLimits;
 use super::connections::Connections;
 use super::wire::PATH_SWIM;
 use crate::state::Node;
-use crate::state::members::{PeerState, PeerStates};
+use crate::state::members::{PeerState, PeerStates, PeerView};
 use crate::swim::{Swim, SwimConfig, SwimError, SwimId, SwimTimer, core::check_packet};
 
 /// Packets waiting for the driver.
@@ -115,6 +119,13 @@ pub async fn run_swim(
     let me = SwimId::new(node.node_id().clone(), node.address(), settings.started_ms);
     let probe_period = Duration::from_millis(settings.swim.probe_period_ms.max(1));
     let send_timeout = Duration::from_millis(settings.swim.probe_timeout_ms.max(1));
+    let detection = Duration::from_millis(
+        settings
+            .swim
+            .probe_period_ms
+            .saturating_add(settings.swim.probe_timeout_ms)
+            .saturating_add(settings.swim.suspect_to_down_ms),
+    );
     let mut driver = Driver {
         swim: Swim::new(me, settings.swim, settings.seed),
         timers: BTreeMap::new(),
@@ -125,6 +136,8 @@ pub async fn run_swim(
         sends: Arc::new(Semaphore::new(SENDS_IN_FLIGHT_MAX)),
         send_timeout,
         announce_turn: 0,
+        unanswered: BTreeMap::new(),
+        detection,
         node,
         returned,
     };
@@ -166,6 +179,11 @@ struct Driver {
     sends: Arc<Semaphore>,
     send_timeout: Duration,
     announce_turn: usize,
+    /// Members of the document SWIM has no entry for, since our first announce to each: one
+    /// that never answers within `detection` is published as down (a member that died while
+    /// this node was away is never met by SWIM, and its metadata alone would count it live).
+    unanswered: BTreeMap<NodeId, (Instant, SocketAddr)>,
+    detection: Duration,
     node: Arc<Node>,
     returned: mpsc::Sender<NodeId>,
 }
@@ -196,15 +214,21 @@ impl Driver {
             .into_iter()
             .filter(|peer| !self.swim.knows(&peer.node))
             .collect();
+        self.unanswered
+            .retain(|node, _| unknown.iter().any(|peer| &peer.node == node));
         if unknown.is_empty() {
             return;
         }
+        let now = Instant::now();
         for index in 0..unknown.len().min(ANNOUNCES_PER_TICK_MAX) {
             let peer = &unknown[(self.announce_turn + index) % unknown.len()];
             let to = SwimId::placeholder(peer.node.clone(), peer.address);
             if let Err(error) = self.swim.announce(to) {
                 tracing::debug!(peer = %peer.node, %error, "SWIM announce");
             }
+            self.unanswered
+                .entry(peer.node.clone())
+                .or_insert((now, peer.address));
         }
         self.announce_turn = self.announce_turn.wrapping_add(ANNOUNCES_PER_TICK_MAX);
     }
@@ -220,7 +244,20 @@ impl Driver {
         for (to, packet) in outbox.sends {
             self.send(to, packet);
         }
-        let peers = self.swim.peers();
+        let mut peers = self.swim.peers();
+        let now = Instant::now();
+        for (node, (first, address)) in &self.unanswered {
+            if now.duration_since(*first) >= self.detection && !peers.contains_key(node) {
+                peers.insert(
+                    node.clone(),
+                    PeerView {
+                        state: PeerState::Down,
+                        incarnation: 0,
+                        address: *address,
+                    },
+                );
+            }
+        }
         if self.published.as_ref() == Some(&peers) {
             return;
         }
