@@ -9,7 +9,10 @@
 //! - [`drain`]: `shoal node drain|undrain` of another node: `POST /v1/drain`, answered by
 //!   the node named, which writes its own drain; [`ask_drain`] for the caller.
 //! - [`membership`]: sans-IO choice of whom to sync with, with seeded randomness.
-//! - [`gossip`]: [`run_gossip`], the anti-entropy loop plus eager push of local changes.
+//! - [`gossip`]: [`run_gossip`], the anti-entropy loop plus eager push of local changes and
+//!   forwards of pushes new to this node (epidemic push).
+//! - [`sim`]: the sync protocol and SWIM for many replicas in one process, virtual time, one
+//!   seed (the scale bench, `cargo bench -p shoal --bench sync_scale`).
 //! - [`swim`]: [`run_swim`], the SWIM membership driver (`crate::swim` on tokio): packets
 //!   as `POST /v1/swim` on the kept connections, SWIM's view handed to the node.
 //! - [`transfer`]: a state too large for one body travels as a snapshot in pieces
@@ -30,6 +33,7 @@ pub mod logs;
 pub mod membership;
 pub mod pki;
 pub mod server;
+pub mod sim;
 pub mod swim;
 pub mod tls;
 pub mod transfer;
