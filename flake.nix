@@ -33,6 +33,8 @@
         "drain_moves_replicas_with_no_failed_request"
         "partition_during_update_ends_on_one_version"
         "global_service_follows_the_fleet_and_constraints_hold"
+        # Issue 14: named as the netns test in vm-tests/tests/scenarios.rs.
+        "fleet_of_48_split_in_halves_converges_after_the_heal"
       ];
     in
     {

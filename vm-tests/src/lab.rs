@@ -204,6 +204,30 @@ impl Lab {
         self.drop_between(b, a)
     }
 
+    /// Splits the lab in two: the hosts in `side` and all the others no longer reach each
+    /// other, in both directions (one rule per direction in each host, naming the other
+    /// side's addresses). [`Lab::heal`] joins them again.
+    pub fn split(&self, side: &[usize]) -> Result<(), CommandError> {
+        let addresses = |inside: bool| -> String {
+            let listed: Vec<String> = (0..self.hosts.len())
+                .filter(|index| side.contains(index) == inside)
+                .map(|index| self.hosts[index].address.to_string())
+                .collect();
+            format!("{{ {} }}", listed.join(", "))
+        };
+        let (ours, theirs) = (addresses(true), addresses(false));
+        for index in 0..self.hosts.len() {
+            let other = if side.contains(&index) {
+                &theirs
+            } else {
+                &ours
+            };
+            self.add_rule(index, "input", &["ip", "saddr", other, "drop"])?;
+            self.add_rule(index, "output", &["ip", "daddr", other, "drop"])?;
+        }
+        Ok(())
+    }
+
     /// Drops `percent` of the packets host `index` sends or receives on its
     /// link, at random (loopback traffic is spared).
     pub fn lossy(&self, index: usize, percent: u8) -> Result<(), CommandError> {
