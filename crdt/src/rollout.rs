@@ -193,15 +193,28 @@ struct Full {
     rollback_of: Option<Timestamp>,
 }
 
+/// `Full`, borrowed: what a record serializes through, so encoding it (or counting its
+/// encoding's bytes) copies nothing. Same fields, same attributes, same output.
+#[derive(Serialize)]
+struct FullRef<'a> {
+    spec: &'a ServiceSpec,
+    #[serde(skip_serializing_if = "<[PastVersion]>::is_empty")]
+    history: &'a [PastVersion],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failed: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rollback_of: Option<Timestamp>,
+}
+
 impl Serialize for ServiceRecord {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         if self.history.is_empty() && self.failed.is_none() && self.rollback_of.is_none() {
             return self.spec.serialize(serializer);
         }
-        Full {
-            spec: self.spec.clone(),
-            history: self.history.clone(),
-            failed: self.failed.clone(),
+        FullRef {
+            spec: &self.spec,
+            history: &self.history,
+            failed: self.failed.as_deref(),
             rollback_of: self.rollback_of,
         }
         .serialize(serializer)
@@ -455,6 +468,25 @@ mod tests {
         let text = serde_json::to_string(&third).expect("encodes");
         let back: ServiceRecord = serde_json::from_str(&text).expect("decodes");
         assert_eq!(back, third);
+    }
+
+    #[test]
+    fn the_borrowed_encoding_is_the_owned_one() {
+        let first = ServiceRecord::from(spec("/img/a"));
+        let second = ServiceRecord::succeeding(Some((&first, at(1))), spec("/img/b"));
+        let mut marked = second.after_failure(at(2), "not healthy \"in\" time");
+        marked.rollback_of = Some(at(3));
+        for record in [second, marked] {
+            let owned = Full {
+                spec: record.spec.clone(),
+                history: record.history.clone(),
+                failed: record.failed.clone(),
+                rollback_of: record.rollback_of,
+            };
+            let text = serde_json::to_string(&record).expect("encodes");
+            assert_eq!(text, serde_json::to_string(&owned).expect("encodes"));
+            assert_eq!(record.encoded_bytes(), text.len());
+        }
     }
 
     #[test]
