@@ -22,6 +22,34 @@ fn has_service(node: &shoal::state::Node, name: &str) -> bool {
         .any(|service| service.name.as_ref() == name)
 }
 
+/// Nodes a, b and c, each seeded with the other two, once each sees both others live.
+async fn three_that_see_each_other(
+    pki: &Pki,
+    dir: &std::path::Path,
+    gossip: GossipConfig,
+) -> GossipCluster {
+    let cluster = GossipCluster::start(
+        pki,
+        dir,
+        &["node-a", "node-b", "node-c"],
+        &[vec![1, 2], vec![0, 2], vec![0, 1]],
+        gossip,
+    )
+    .await;
+    cluster
+        .wait_until(
+            "everyone sees two live peers",
+            Duration::from_secs(20),
+            |nodes| {
+                nodes
+                    .iter()
+                    .all(|node| node.peers().iter().filter(|peer| peer.live).count() == 2)
+            },
+        )
+        .await;
+    cluster
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn anti_entropy_alone_converges_and_members_are_learned_beyond_seeds() {
     let pki = Pki::new();
@@ -76,25 +104,7 @@ async fn eager_push_delivers_without_waiting_for_anti_entropy() {
         eager_push: true,
         ..GossipConfig::default()
     };
-    let cluster = GossipCluster::start(
-        &pki,
-        dir.path(),
-        &["node-a", "node-b", "node-c"],
-        &[vec![1, 2], vec![0, 2], vec![0, 1]],
-        gossip,
-    )
-    .await;
-    cluster
-        .wait_until(
-            "everyone sees two live peers",
-            Duration::from_secs(20),
-            |nodes| {
-                nodes
-                    .iter()
-                    .all(|node| node.peers().iter().filter(|peer| peer.live).count() == 2)
-            },
-        )
-        .await;
+    let cluster = three_that_see_each_other(&pki, dir.path(), gossip).await;
     apply_service(&cluster.nodes[0], "web", "/images/web");
     cluster
         .wait_until(
@@ -119,25 +129,7 @@ async fn a_pushed_change_is_forwarded_by_the_members_it_reaches() {
         push_fanout: Some(1),
         ..GossipConfig::default()
     };
-    let cluster = GossipCluster::start(
-        &pki,
-        dir.path(),
-        &["node-a", "node-b", "node-c"],
-        &[vec![1, 2], vec![0, 2], vec![0, 1]],
-        gossip,
-    )
-    .await;
-    cluster
-        .wait_until(
-            "everyone sees two live peers",
-            Duration::from_secs(20),
-            |nodes| {
-                nodes
-                    .iter()
-                    .all(|node| node.peers().iter().filter(|peer| peer.live).count() == 2)
-            },
-        )
-        .await;
+    let cluster = three_that_see_each_other(&pki, dir.path(), gossip).await;
     apply_service(&cluster.nodes[0], "web", "/images/web");
     cluster
         .wait_until(
