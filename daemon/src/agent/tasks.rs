@@ -75,7 +75,7 @@ pub fn spawn_sync_tasks(
     stop: &watch::Receiver<bool>,
 ) {
     let connections = Arc::new(Connections::new(endpoint.clone()));
-    let (forwards, forwarded) = Forwards::new(node.metrics().clone());
+    let (forwards, forwarded) = Forwards::new();
     let mut handlers = Handlers {
         logs,
         swim: None,

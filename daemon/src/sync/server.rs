@@ -75,23 +75,18 @@ pub const FORWARDS_QUEUED_MAX: usize = 256;
 #[derive(Clone)]
 pub struct Forwards {
     queue: tokio::sync::mpsc::Sender<Forward>,
-    metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Forwards {
     /// A bounded queue of [`FORWARDS_QUEUED_MAX`] forwards and its receiving end.
-    pub fn new(
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> (Forwards, tokio::sync::mpsc::Receiver<Forward>) {
+    pub fn new() -> (Forwards, tokio::sync::mpsc::Receiver<Forward>) {
         let (queue, receiver) = tokio::sync::mpsc::channel(FORWARDS_QUEUED_MAX);
-        (Forwards { queue, metrics }, receiver)
+        (Forwards { queue }, receiver)
     }
 
-    /// Queues `forward`, or drops and counts it when the queue is full or gone.
-    fn offer(&self, forward: Forward) {
-        if self.queue.try_send(forward).is_err() {
-            self.metrics.forward_done("dropped");
-        }
+    /// Queues `forward`; false when the queue is full or gone (the forward is dropped).
+    fn offer(&self, forward: Forward) -> bool {
+        self.queue.try_send(forward).is_ok()
     }
 }
 
@@ -459,11 +454,14 @@ impl RequestContext {
                     && applied.entries_applied > 0
                     && let Some(forwards) = &self.handlers.forwards
                 {
-                    forwards.offer(Forward {
+                    let forward = Forward {
                         from: self.peer.clone(),
                         body,
                         hops: query.hops - 1,
-                    });
+                    };
+                    if !forwards.offer(forward) {
+                        self.node.metrics().forward_done("dropped");
+                    }
                 }
                 Ok(Some((StatusCode::NO_CONTENT, Bytes::new())))
             }
