@@ -38,6 +38,10 @@ pub enum HarnessError {
         "shoal binary not found at {0}; build it first (`cargo build -p shoal`) or set SHOAL_BIN"
     )]
     NoBinary(PathBuf),
+    #[error(
+        "optimised shoal binary not found at {0}; build it first (`cargo build --release -p shoal`) or set SHOAL_RELEASE_BIN"
+    )]
+    NoReleaseBinary(PathBuf),
     #[error("node {node}: `shoal {args}` failed: {stderr}")]
     Cli {
         node: String,
@@ -88,6 +92,8 @@ pub struct ClusterOptions {
     pub labels: Vec<Vec<(String, String)>>,
     /// SWIM timing (`[membership]`); the daemon's defaults when `None`.
     pub membership: Option<Membership>,
+    /// Run the optimised daemon ([`release_shoal_binary`]): many nodes on few cores need it.
+    pub optimised: bool,
     /// Serve metrics on the node's loopback ([`METRICS_ADDRESS`], `[metrics] listen`), for
     /// [`Cluster::metrics`].
     pub metrics: bool,
@@ -125,6 +131,7 @@ impl Default for ClusterOptions {
             outside_host: false,
             membership: Some(Membership::QUICK),
             metrics: false,
+            optimised: false,
         }
     }
 }
@@ -172,7 +179,11 @@ impl Cluster {
     /// Creates a lab, a CA and one certificate per node, writes the configs and
     /// starts every daemon; returns once every node answers on its API socket.
     pub fn start(options: ClusterOptions) -> Result<Cluster, HarnessError> {
-        let shoal = shoal_binary()?;
+        let shoal = if options.optimised {
+            release_shoal_binary()?
+        } else {
+            shoal_binary()?
+        };
         let mut lab = Lab::create(options.nodes)?;
         if options.outside_host {
             lab.add_outside()?;
@@ -849,25 +860,47 @@ fn walk_files(dir: &Path, name: &str) -> Vec<PathBuf> {
 pub fn shoal_binary() -> Result<PathBuf, HarnessError> {
     let path = match std::env::var_os("SHOAL_BIN") {
         Some(path) => PathBuf::from(path),
-        None => {
-            let exe = std::env::current_exe().map_err(|source| HarnessError::Io {
-                path: PathBuf::from("/proc/self/exe"),
-                source,
-            })?;
-            // target/<profile>/deps/<test> -> target/<profile>/shoal
-            let profile_dir = exe
-                .parent()
-                .and_then(Path::parent)
-                .map(Path::to_path_buf)
-                .unwrap_or_default();
-            profile_dir.join("shoal")
-        }
+        None => profile_dir()?.join("shoal"),
     };
     if path.is_file() {
         Ok(path)
     } else {
         Err(HarnessError::NoBinary(path))
     }
+}
+
+/// The optimised `shoal` binary: `SHOAL_RELEASE_BIN`, else `release/shoal` in the target
+/// directory this test executable was built in.
+pub fn release_shoal_binary() -> Result<PathBuf, HarnessError> {
+    let path = match std::env::var_os("SHOAL_RELEASE_BIN") {
+        Some(path) => PathBuf::from(path),
+        None => {
+            let profile_dir = profile_dir()?;
+            profile_dir
+                .parent()
+                .unwrap_or(&profile_dir)
+                .join("release")
+                .join("shoal")
+        }
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(HarnessError::NoReleaseBinary(path))
+    }
+}
+
+/// target/<profile> of this test executable (target/<profile>/deps/<test>).
+fn profile_dir() -> Result<PathBuf, HarnessError> {
+    let exe = std::env::current_exe().map_err(|source| HarnessError::Io {
+        path: PathBuf::from("/proc/self/exe"),
+        source,
+    })?;
+    Ok(exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default())
 }
 
 fn run_shoal(shoal: &Path, node: &str, args: &[&str]) -> Result<String, HarnessError> {

@@ -245,11 +245,10 @@ fn tombstones_are_collected_after_deletes_and_a_heal() {
 /// its own; after the heal every node lists both within the deadline (SWIM finds the other
 /// half again and the first exchange carries what each side wrote).
 ///
-/// Run with the release daemon (`scripts/test-all.sh` builds it and runs this with
-/// `--ignored`): 48 unoptimised daemons need more than two cores, so SWIM's probes time out
+/// Runs the optimised daemon (`cargo build --release -p shoal`, which `scripts/test-all.sh`
+/// does first): 48 unoptimised daemons need more than two cores, so SWIM's probes time out
 /// for want of CPU and the cluster never settles, which says nothing about shoal.
 #[test]
-#[ignore = "needs the release daemon: scripts/test-all.sh runs it with SHOAL_BIN=target/release/shoal"]
 fn fleet_of_48_split_in_halves_converges_after_the_heal() {
     if !shoal_vm_tests::require_root() {
         return;
@@ -260,6 +259,7 @@ fn fleet_of_48_split_in_halves_converges_after_the_heal() {
     let cluster = Cluster::start(ClusterOptions {
         nodes,
         membership: None,
+        optimised: true,
         ..ClusterOptions::default()
     })
     .expect("cluster of 48");
