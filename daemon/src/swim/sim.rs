@@ -44,13 +44,22 @@ pub fn member_name(index: usize) -> NodeId {
         .unwrap_or_else(|_| unreachable!("n<digits> is a valid node id"))
 }
 
+/// The first port of the members' addresses: member `index` listens on this plus `index`.
+const FIRST_PORT: usize = 7000;
+
+/// The address of member `index` (loopback; nothing listens, it only names the member).
+pub fn member_address(index: usize) -> std::net::SocketAddr {
+    let port = u16::try_from(FIRST_PORT + index % 50_000).unwrap_or(7000);
+    std::net::SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The member an address of [`member_address`] names.
+pub fn member_at(address: std::net::SocketAddr) -> usize {
+    usize::from(address.port()).saturating_sub(FIRST_PORT)
+}
+
 fn identity(index: usize, started_ms: u64) -> SwimId {
-    let port = u16::try_from(7000 + index % 50_000).unwrap_or(7000);
-    SwimId::new(
-        member_name(index),
-        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        started_ms,
-    )
+    SwimId::new(member_name(index), member_address(index), started_ms)
 }
 
 impl SwimWorld {

@@ -11,7 +11,6 @@
 //! message (a state here fits).
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use shoal_crdt::{
@@ -22,7 +21,7 @@ use super::gossip::PUSH_HOPS;
 use super::membership::{Member, PeerSelector, automatic_push_fanout};
 use crate::state::members::PeerState;
 use crate::swim::SwimConfig;
-use crate::swim::sim::{SwimWorld, member_name};
+use crate::swim::sim::{SwimWorld, member_address as address, member_at as index_of, member_name};
 
 /// Virtual time 0 is this instant (2026-01-01T00:00:00Z), so HLC stamps look like real ones.
 const EPOCH_MS: u64 = 1_767_225_600_000;
@@ -90,15 +89,6 @@ pub struct SyncWorld {
     pub sent_messages: Vec<u64>,
     pub sent_bytes: Vec<u64>,
     followed: Option<(shoal_crdt::ServiceName, Vec<Option<Reached>>)>,
-}
-
-fn address(index: usize) -> SocketAddr {
-    let port = u16::try_from(7000 + index % 50_000).unwrap_or(7000);
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
-
-fn index_of(address: SocketAddr) -> usize {
-    usize::from(address.port()) - 7000
 }
 
 fn physical(now_ms: u64) -> NTP64 {
