@@ -214,8 +214,9 @@ impl Driver {
             .into_iter()
             .filter(|peer| !self.swim.knows(&peer.node))
             .collect();
-        self.unanswered
-            .retain(|node, _| unknown.iter().any(|peer| &peer.node == node));
+        let unknown_ids: std::collections::BTreeSet<&NodeId> =
+            unknown.iter().map(|peer| &peer.node).collect();
+        self.unanswered.retain(|node, _| unknown_ids.contains(node));
         if unknown.is_empty() {
             return;
         }
