@@ -50,6 +50,12 @@ fn commit_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.000_5, 2.0, 14)
 }
 
+/// Upper bounds (seconds) of the service write lag buckets: 1 ms doubling to about 16 s,
+/// from one push hop on a quiet network to several anti-entropy rounds.
+fn lag_buckets() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.001, 2.0, 15)
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
@@ -86,6 +92,7 @@ pub struct Metrics {
     push_forwards: Family<OutcomeLabels, Counter>,
     state_commits: Counter,
     state_commit_duration: Histogram,
+    service_write_lag: Histogram,
     apply_errors: Family<KindLabels, Counter>,
     reconcile_passes: Counter,
 }
@@ -124,6 +131,7 @@ impl Metrics {
             push_forwards: Family::default(),
             state_commits: Counter::default(),
             state_commit_duration: Histogram::new(commit_buckets()),
+            service_write_lag: Histogram::new(lag_buckets()),
             apply_errors: Family::default(),
             reconcile_passes: Counter::default(),
         };
@@ -232,6 +240,14 @@ impl Metrics {
             Unit::Seconds,
             self.state_commit_duration.clone(),
         );
+        registry.register_with_unit(
+            "service_write_lag",
+            "From a service write on the node that made it (its HLC time) to this node \
+             holding it durably, for writes received from peers; includes the clock offset \
+             between the two nodes",
+            Unit::Seconds,
+            self.service_write_lag.clone(),
+        );
         registry.register(
             "apply_errors",
             "Deltas from peers this node refused, by kind",
@@ -318,6 +334,12 @@ impl Metrics {
             .observe(timer.0.elapsed().as_secs_f64());
     }
 
+    /// A service write received from a peer is durable here, `lag_seconds` after its writer
+    /// stamped it.
+    pub fn service_write_arrived(&self, lag_seconds: f64) {
+        self.service_write_lag.observe(lag_seconds.max(0.0));
+    }
+
     /// A delta from a peer was refused; `kind` is a short fixed name (`NodeError::kind`).
     pub fn apply_error(&self, kind: &'static str) {
         self.apply_errors.get_or_create(&KindLabels { kind }).inc();
@@ -395,6 +417,7 @@ mod tests {
             "shoal_push_forwards_total{outcome=\"ok\"}",
             "shoal_state_commits_total",
             "shoal_state_commit_duration_seconds_count",
+            "shoal_service_write_lag_seconds_count",
             "shoal_reconcile_passes_total",
         ] {
             assert_eq!(value(&text, series), Some(0.0), "{series} in:\n{text}");
@@ -440,6 +463,16 @@ mod tests {
             1.0,
         );
         check(|m| m.reconcile_pass(), "shoal_reconcile_passes_total", 1.0);
+        check(
+            |m| m.service_write_arrived(0.003),
+            "shoal_service_write_lag_seconds_bucket{le=\"0.004\"}",
+            1.0,
+        );
+        check(
+            |m| m.service_write_arrived(-0.5),
+            "shoal_service_write_lag_seconds_bucket{le=\"0.001\"}",
+            1.0,
+        );
         check(
             |m| m.forward_done("dropped"),
             "shoal_push_forwards_total{outcome=\"dropped\"}",

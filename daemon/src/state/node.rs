@@ -987,18 +987,19 @@ impl Node {
         let mut inner = self.lock();
         let mut results = Vec::with_capacity(group.len());
         let mut to_persist = Vec::new();
+        let mut arrived: Vec<NTP64> = Vec::new();
         let mut wakes = false;
         for (index, remote) in group.iter().enumerate() {
-            results.push(
-                self.apply_one(&mut inner, remote)
-                    .map(|(applied, persist, wake)| {
-                        if persist {
-                            to_persist.push(index);
-                        }
-                        wakes |= wake && applied.entries_applied > 0;
-                        applied
-                    }),
-            );
+            results.push(self.apply_one(&mut inner, remote).map(
+                |(applied, persist, wake, services)| {
+                    if persist {
+                        to_persist.push(index);
+                        arrived.extend(services);
+                    }
+                    wakes |= wake && applied.entries_applied > 0;
+                    applied
+                },
+            ));
         }
         if !to_persist.is_empty() {
             let changes: Vec<(&NodeId, &Delta)> = to_persist
@@ -1010,9 +1011,19 @@ impl Node {
                     results[*index] = Err(error.clone().into());
                 }
                 wakes = false;
+                arrived.clear();
             }
         }
         drop(inner);
+        if !arrived.is_empty() {
+            let now = self.clock.now().to_duration();
+            for written in arrived {
+                let lag = now.saturating_sub(written.to_duration());
+                self.options
+                    .metrics
+                    .service_write_arrived(lag.as_secs_f64());
+            }
+        }
         if wakes {
             self.wake_planner();
         }
@@ -1020,12 +1031,13 @@ impl Node {
     }
 
     /// Validates and applies one peer's delta in memory: what it applied, whether it must be
-    /// made durable, and whether it changes what the reconcile loop plans from.
+    /// made durable, whether it changes what the reconcile loop plans from, and when the
+    /// service writes in it that were new here were made (for the lag metric).
     fn apply_one(
         &self,
         inner: &mut Inner,
         remote: &Remote,
-    ) -> Result<(Applied, bool, bool), NodeError> {
+    ) -> Result<(Applied, bool, bool, Vec<NTP64>), NodeError> {
         let Remote {
             peer,
             delta,
@@ -1038,6 +1050,13 @@ impl Node {
             return Err(NodeError::NotMember { peer: peer.clone() });
         }
         let before = inner.replica.version_vector().clone();
+        let services: Vec<NTP64> = delta
+            .changes()
+            .iter()
+            .filter(|change| matches!(change, shoal_crdt::state::Change::Service { .. }))
+            .filter(|change| before.get(&change.dot().node) < change.dot().counter)
+            .map(|change| *change.hlc().get_time())
+            .collect();
         let now = self.physical(inner);
         let wakes = changes_plan_inputs(inner.replica.state(), delta, &self.liveness(inner, now));
         let result = inner.replica.apply_delta(now, peer, delta);
@@ -1048,7 +1067,7 @@ impl Node {
         let persist = applied.entries_applied > 0
             || delta.is_full()
             || inner.replica.version_vector() != &before;
-        Ok((applied, persist, wakes))
+        Ok((applied, persist, wakes, services))
     }
 
     /// Local changes, for the eager push.

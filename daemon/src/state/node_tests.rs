@@ -631,3 +631,38 @@ fn peers_deltas_arriving_together_are_applied_on_their_own_and_made_durable_in_o
     assert_eq!(reopened.digest(), digest);
     assert_eq!(reopened.services().len(), 12);
 }
+
+#[test]
+fn a_service_write_from_a_peer_is_counted_once_with_its_lag() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let a = open(options(dir.path(), "node-a", 1000), &clock);
+    let b = open(options(dir.path(), "node-b", 1000), &clock);
+    b.heartbeat().unwrap();
+    b.apply_services(vec![spec("web", "/web.tar")]).unwrap();
+    clock.advance_ms(30);
+    let delta = b.delta_for(a.node_id(), &a.summary());
+    a.apply_push(b.node_id(), delta.clone()).unwrap();
+    // The same write again (a second push of it) is not new here: not counted twice.
+    a.apply_push(b.node_id(), delta).unwrap();
+    // b's metadata is not a service write.
+    let text = a.metrics().encode();
+    let value = |series: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .unwrap_or_else(|| panic!("{series} missing in:\n{text}"))
+            .to_string()
+    };
+    assert_eq!(value("shoal_service_write_lag_seconds_count"), "1");
+    // The HLC's fixed-point fraction of a second: 30 ms to within a microsecond.
+    let sum: f64 = value("shoal_service_write_lag_seconds_sum").parse().unwrap();
+    assert!((sum - 0.03).abs() < 1e-6, "{sum}");
+    assert_eq!(
+        value("shoal_service_write_lag_seconds_bucket{le=\"0.016\"}"),
+        "0"
+    );
+    assert_eq!(
+        value("shoal_service_write_lag_seconds_bucket{le=\"0.032\"}"),
+        "1"
+    );
+}
