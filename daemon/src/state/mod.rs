@@ -18,6 +18,6 @@ pub use load::STORED_BYTES_MAX;
 pub use members::Member;
 pub use node::{
     CONTEST_QUIET_MS, ClockAhead, CommitCounts, Duplicated, EvictRefused, IdentityContest, Node,
-    NodeError, NodeOptions, NodeStatus, PeerInfo, PeerStatus, RefusedWrites, ServiceEntry,
+    NodeError, NodeOptions, NodeStatus, OnNew, PeerInfo, PeerStatus, RefusedWrites, ServiceEntry,
     SyncOutcome,
 };

@@ -484,7 +484,13 @@ struct Remote {
     peer: NodeId,
     delta: Delta,
     members_only: bool,
+    /// Runs once the delta is validated and applied with something new, before the batch
+    /// is durable ([`Node::apply_push_then`]).
+    on_new: Option<OnNew>,
 }
+
+/// What a push's receiver does as soon as the push proved new (the epidemic forward).
+pub type OnNew = Box<dyn FnOnce() + Send>;
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -931,7 +937,23 @@ impl Node {
     /// certificate of the cluster CA cannot relay, forge or advance another node's writes
     /// before it is a member.
     pub fn apply_push(&self, peer: &NodeId, delta: Delta) -> Result<Applied, NodeError> {
-        self.apply(peer, delta, true)
+        self.apply(peer, delta, true, None)
+            .inspect_err(|error| self.options.metrics.apply_error(error.kind()))
+    }
+
+    /// [`Node::apply_push`], running `on_new` as soon as the delta is validated and applied
+    /// in memory with something new, before it is durable here: the epidemic forward, which
+    /// need not wait for this node's disk (the writer made the change durable before pushing
+    /// it, and a receiver validates what it gets on its own). It runs under the node's lock:
+    /// it must be quick and never block. Not run when the delta is refused or held nothing
+    /// new; when making it durable then fails, the push is still refused.
+    pub fn apply_push_then(
+        &self,
+        peer: &NodeId,
+        delta: Delta,
+        on_new: OnNew,
+    ) -> Result<Applied, NodeError> {
+        self.apply(peer, delta, true, Some(on_new))
             .inspect_err(|error| self.options.metrics.apply_error(error.kind()))
     }
 
@@ -962,11 +984,17 @@ impl Node {
     /// what this node's reconcile loop plans from (a service, a member joining, leaving,
     /// coming back or changing its address, capacity or subnet) wakes the loop at once.
     pub fn apply_remote(&self, peer: &NodeId, delta: Delta) -> Result<Applied, NodeError> {
-        self.apply(peer, delta, false)
+        self.apply(peer, delta, false, None)
             .inspect_err(|error| self.options.metrics.apply_error(error.kind()))
     }
 
-    fn apply(&self, peer: &NodeId, delta: Delta, members_only: bool) -> Result<Applied, NodeError> {
+    fn apply(
+        &self,
+        peer: &NodeId,
+        delta: Delta,
+        members_only: bool,
+        on_new: Option<OnNew>,
+    ) -> Result<Applied, NodeError> {
         if peer == &self.options.node {
             return Err(NodeError::OwnName { peer: peer.clone() });
         }
@@ -974,6 +1002,7 @@ impl Node {
             peer: peer.clone(),
             delta,
             members_only,
+            on_new,
         };
         self.remote
             .submit(remote, |group| self.apply_group(group))
@@ -983,23 +1012,28 @@ impl Node {
     /// Validates and applies each delta of `group` on its own, all or nothing, then makes
     /// those accepted durable in one transaction. A failed write undoes them all (memory is
     /// reloaded from disk) and each of them gets the error.
-    fn apply_group(&self, group: Vec<Remote>) -> Vec<Result<Applied, NodeError>> {
+    fn apply_group(&self, mut group: Vec<Remote>) -> Vec<Result<Applied, NodeError>> {
         let mut inner = self.lock();
         let mut results = Vec::with_capacity(group.len());
         let mut to_persist = Vec::new();
         let mut arrived: Vec<NTP64> = Vec::new();
         let mut wakes = false;
-        for (index, remote) in group.iter().enumerate() {
-            results.push(self.apply_one(&mut inner, remote).map(
-                |(applied, persist, wake, services)| {
-                    if persist {
-                        to_persist.push(index);
-                        arrived.extend(services);
-                    }
-                    wakes |= wake && applied.entries_applied > 0;
-                    applied
-                },
-            ));
+        for (index, remote) in group.iter_mut().enumerate() {
+            let result = self.apply_one(&mut inner, remote);
+            if let Ok((applied, ..)) = &result
+                && applied.entries_applied > 0
+                && let Some(on_new) = remote.on_new.take()
+            {
+                on_new();
+            }
+            results.push(result.map(|(applied, persist, wake, services)| {
+                if persist {
+                    to_persist.push(index);
+                    arrived.extend(services);
+                }
+                wakes |= wake && applied.entries_applied > 0;
+                applied
+            }));
         }
         if !to_persist.is_empty() {
             let changes: Vec<(&NodeId, &Delta)> = to_persist
@@ -1042,6 +1076,7 @@ impl Node {
             peer,
             delta,
             members_only,
+            ..
         } = remote;
         if inner.poisoned {
             return Err(NodeError::Poisoned);

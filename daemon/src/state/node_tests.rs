@@ -655,7 +655,9 @@ fn a_service_write_from_a_peer_is_counted_once_with_its_lag() {
     };
     assert_eq!(value("shoal_service_write_lag_seconds_count"), "1");
     // The HLC's fixed-point fraction of a second: 30 ms to within a microsecond.
-    let sum: f64 = value("shoal_service_write_lag_seconds_sum").parse().unwrap();
+    let sum: f64 = value("shoal_service_write_lag_seconds_sum")
+        .parse()
+        .unwrap();
     assert!((sum - 0.03).abs() < 1e-6, "{sum}");
     assert_eq!(
         value("shoal_service_write_lag_seconds_bucket{le=\"0.016\"}"),
@@ -665,4 +667,44 @@ fn a_service_write_from_a_peer_is_counted_once_with_its_lag() {
         value("shoal_service_write_lag_seconds_bucket{le=\"0.032\"}"),
         "1"
     );
+}
+
+#[test]
+fn a_push_new_here_runs_its_hook_once_before_it_is_durable_and_a_repeat_or_refusal_never() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(START_MS));
+    let a = open(options(dir.path(), "node-a", 1000), &clock);
+    let b = open(options(dir.path(), "node-b", 1000), &clock);
+    b.heartbeat().unwrap();
+    b.apply_services(vec![spec("web", "/web.tar")]).unwrap();
+    let delta = b.delta_for(a.node_id(), &a.summary());
+    let commits = |metrics: &crate::metrics::Metrics| {
+        metrics
+            .encode()
+            .lines()
+            .find_map(|line| line.strip_prefix("shoal_state_commits_total "))
+            .unwrap()
+            .to_string()
+    };
+    let before = commits(a.metrics());
+    let ran = Arc::new(Mutex::new(Vec::new()));
+    let hook = |ran: &Arc<Mutex<Vec<String>>>, metrics: &Arc<crate::metrics::Metrics>| {
+        let ran = ran.clone();
+        let metrics = metrics.clone();
+        Box::new(move || ran.lock().unwrap().push(commits(&metrics))) as OnNew
+    };
+    a.apply_push_then(b.node_id(), delta.clone(), hook(&ran, a.metrics()))
+        .unwrap();
+    // It ran once, when the write was not yet durable here; it is durable once the push
+    // is answered.
+    assert_eq!(*ran.lock().unwrap(), vec![before.clone()]);
+    assert_ne!(commits(a.metrics()), before);
+    // The same push again holds nothing new: no hook.
+    a.apply_push_then(b.node_id(), delta.clone(), hook(&ran, a.metrics()))
+        .unwrap();
+    assert_eq!(ran.lock().unwrap().len(), 1);
+    // A refused push (the receiver's own name): no hook.
+    let refused = a.apply_push_then(a.node_id(), delta, hook(&ran, a.metrics()));
+    assert!(matches!(refused, Err(NodeError::OwnName { .. })), "{refused:?}");
+    assert_eq!(ran.lock().unwrap().len(), 1);
 }

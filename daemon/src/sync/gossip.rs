@@ -15,8 +15,10 @@
 //!   received, `hops` one less) to `push_fanout` live members other than the sender, once; so
 //!   a change reaches N members in about log N hops, each member sending `push_fanout`
 //!   messages per change rather than the writer N - 1. The sync server queues them
-//!   ([`super::server::Forwards`]); the forwarder here sends them, without retry or fallback
-//!   (what a member misses, anti-entropy brings).
+//!   ([`super::server::Forwards`]) as soon as the push proved valid and new, before its own
+//!   commit is durable (the writer's is; a hop waits for no receiver's disk); the forwarder
+//!   here sends them, without retry or fallback (what a member misses, anti-entropy
+//!   brings).
 //! - Large states: an exchange whose delta does not fit in one body fetches the peer's snapshot
 //!   in pieces ([`super::transfer`]); every exchange of this loop shares one
 //!   [`TransferGate`], so the node fetches one snapshot at a time.

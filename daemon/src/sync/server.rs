@@ -42,7 +42,7 @@ use super::tls::{peer_node_id, peer_not_after};
 use super::transfer::{self, SnapshotCache};
 use super::wire::{self, CONTENT_TYPE, Route};
 use super::{SyncError, SyncLimits};
-use crate::state::{Node, NodeError};
+use crate::state::{Node, NodeError, OnNew};
 
 type ServerStream = RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>;
 
@@ -441,28 +441,35 @@ impl RequestContext {
                 let delta = wire::decode_delta(&body, max).map_err(decode_refusal)?;
                 let node = self.node.clone();
                 let peer = self.peer.clone();
-                // apply_push commits to redb (fsync) before applying: off the async workers.
-                let applied = tokio::task::spawn_blocking(move || node.apply_push(&peer, delta))
-                    .await
-                    .map_err(|error| {
-                        Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
-                    })?;
-                let applied =
-                    applied.map_err(|error| Refusal::new(status_for(&error), error.to_string()))?;
-                // New to us and allowed further: on to other members (epidemic push).
-                if query.hops > 0
-                    && applied.entries_applied > 0
-                    && let Some(forwards) = &self.handlers.forwards
-                {
-                    let forward = Forward {
-                        from: self.peer.clone(),
-                        body,
-                        hops: query.hops - 1,
-                    };
-                    if !forwards.offer(forward) {
-                        self.node.metrics().forward_done("dropped");
+                // New to us and allowed further: on to other members (epidemic push), as
+                // soon as it proved valid and new, not after this node's fsync.
+                let forward = match &self.handlers.forwards {
+                    Some(forwards) if query.hops > 0 => {
+                        let forwards = forwards.clone();
+                        let metrics = self.node.metrics().clone();
+                        let forward = Forward {
+                            from: self.peer.clone(),
+                            body,
+                            hops: query.hops - 1,
+                        };
+                        Some(Box::new(move || {
+                            if !forwards.offer(forward) {
+                                metrics.forward_done("dropped");
+                            }
+                        }) as OnNew)
                     }
-                }
+                    _ => None,
+                };
+                // apply_push commits to redb (fsync) before applying: off the async workers.
+                let applied = tokio::task::spawn_blocking(move || match forward {
+                    Some(forward) => node.apply_push_then(&peer, delta, forward),
+                    None => node.apply_push(&peer, delta),
+                })
+                .await
+                .map_err(|error| {
+                    Refusal::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+                })?;
+                applied.map_err(|error| Refusal::new(status_for(&error), error.to_string()))?;
                 Ok(Some((StatusCode::NO_CONTENT, Bytes::new())))
             }
             Route::Logs => {
