@@ -170,6 +170,11 @@ pub struct Replica {
     /// Per origin, the highest counter of a tombstone this replica collected.
     gc_floor: VersionVector,
     peers: BTreeMap<NodeId, PeerView>,
+    /// Peers whose latest summary this replica did not cover when it came: the only ones
+    /// whose summary a later apply may make stable (`promote_stable_summaries`), so an apply
+    /// checks those rather than every peer's whole summary (N^2 at N members).
+    /// Not persisted: recomputed from `peers` on restore.
+    unstable_peers: BTreeSet<NodeId>,
     /// Writers' HLC ids, so validating an entry does not hash its writer's name.
     hlc_ids: BTreeMap<NodeId, uhlc::ID>,
     /// What this replica saw of two writers with one name (`identity`); not persisted.
@@ -210,6 +215,7 @@ impl Replica {
             vv: VersionVector::new(),
             gc_floor: VersionVector::new(),
             peers: BTreeMap::new(),
+            unstable_peers: BTreeSet::new(),
             hlc_ids: BTreeMap::new(),
             identity: IdentityWatch::default(),
             replaying: false,
@@ -549,6 +555,7 @@ impl Replica {
         let since = self.vv.get(&self.node);
         let (hlc, dot) = self.stamp(now)?;
         self.peers.remove(node);
+        self.unstable_peers.remove(node);
         Ok(self.commit(
             since,
             vec![Change::Node {
@@ -1299,16 +1306,26 @@ impl Replica {
         view.latest = summary.vv.clone();
         if stable {
             view.stable = Some(summary.vv.clone());
+            self.unstable_peers.remove(peer);
+        } else {
+            self.unstable_peers.insert(peer.clone());
         }
         corrected
     }
 
     fn promote_stable_summaries(&mut self) {
-        for view in self.peers.values_mut() {
-            if covers(&self.vv, &view.latest) && view.stable.as_ref() != Some(&view.latest) {
-                view.stable = Some(view.latest.clone());
+        let vv = &self.vv;
+        let peers = &mut self.peers;
+        self.unstable_peers.retain(|peer| {
+            let Some(view) = peers.get_mut(peer) else {
+                return false;
+            };
+            if !covers(vv, &view.latest) {
+                return true;
             }
-        }
+            view.stable = Some(view.latest.clone());
+            false
+        });
     }
 
     /// The writes every member is known to have seen, and this replica too.
@@ -1334,6 +1351,7 @@ impl Replica {
             .collect();
         for peer in evicted {
             self.peers.remove(&peer);
+            self.unstable_peers.remove(&peer);
         }
         self.identity.prune(&self.state);
         let Some(stable) = self.stable_vv() else {
@@ -1418,6 +1436,12 @@ impl Replica {
             state,
             vv: snapshot.vv,
             gc_floor: snapshot.gc_floor,
+            unstable_peers: snapshot
+                .peers
+                .iter()
+                .filter(|(_, view)| view.stable.as_ref() != Some(&view.latest))
+                .map(|(peer, _)| peer.clone())
+                .collect(),
             peers: snapshot.peers,
             hlc_ids: BTreeMap::new(),
             identity: IdentityWatch::default(),
@@ -1552,6 +1576,34 @@ mod tests {
             }
         );
         assert!(b.state().service(&"web".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn a_summary_ahead_of_this_replica_becomes_stable_once_it_catches_up_even_across_a_restore() {
+        let (mut a, mut b) = (replica("a"), replica("b"));
+        a.put_node_meta(ms(1), meta("10.88.1.0/24")).unwrap();
+        b.put_node_meta(ms(1), meta("10.88.2.0/24")).unwrap();
+        pull(&a, &mut b, ms(2));
+        pull(&b, &mut a, ms(2));
+        a.put_service(ms(3), "web".parse().unwrap(), ServiceSpec::new("/img"))
+            .unwrap();
+        a.remove_service(ms(4), &"web".parse().unwrap()).unwrap();
+        pull(&a, &mut b, ms(5));
+        // b has seen the tombstone, but also wrote something a lacks: its summary is ahead.
+        b.put_service(ms(6), "db".parse().unwrap(), ServiceSpec::new("/img"))
+            .unwrap();
+        a.observe_summary(b.node(), &b.summary());
+        assert_eq!(
+            a.collect_garbage(),
+            0,
+            "b's summary is not covered by a yet"
+        );
+        let mut a = Replica::from_snapshot(node("a"), DRIFT, a.to_snapshot()).unwrap();
+        assert_eq!(a.collect_garbage(), 0, "nor after a restore");
+        // a catches up with b's summary: it is stable now, and the tombstone goes.
+        pull(&b, &mut a, ms(7));
+        assert_eq!(a.collect_garbage(), 1);
+        assert_eq!(a.state().tombstone_count(), 0);
     }
 
     #[test]

@@ -705,6 +705,9 @@ fn a_push_new_here_runs_its_hook_once_before_it_is_durable_and_a_repeat_or_refus
     assert_eq!(ran.lock().unwrap().len(), 1);
     // A refused push (the receiver's own name): no hook.
     let refused = a.apply_push_then(a.node_id(), delta, hook(&ran, a.metrics()));
-    assert!(matches!(refused, Err(NodeError::OwnName { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(NodeError::OwnName { .. })),
+        "{refused:?}"
+    );
     assert_eq!(ran.lock().unwrap().len(), 1);
 }
