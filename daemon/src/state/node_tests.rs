@@ -632,27 +632,41 @@ fn peers_deltas_arriving_together_are_applied_on_their_own_and_made_durable_in_o
     assert_eq!(reopened.services().len(), 12);
 }
 
+/// Node a, and node b with a service written and the delta a lacks of it (b's metadata
+/// and the service), taken `delay_ms` after the write.
+fn a_and_bs_service_delta(
+    dir: &std::path::Path,
+    clock: &Arc<ManualClock>,
+    delay_ms: u64,
+) -> (Node, Node, Delta) {
+    let a = open(options(dir, "node-a", 1000), clock);
+    let b = open(options(dir, "node-b", 1000), clock);
+    b.heartbeat().unwrap();
+    b.apply_services(vec![spec("web", "/web.tar")]).unwrap();
+    clock.advance_ms(delay_ms);
+    let delta = b.delta_for(a.node_id(), &a.summary());
+    (a, b, delta)
+}
+
+/// The value of sample `series` (name and labels) in `metrics`.
+fn metric(metrics: &crate::metrics::Metrics, series: &str) -> String {
+    let text = metrics.encode();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("{series} missing in:\n{text}"))
+        .to_string()
+}
+
 #[test]
 fn a_service_write_from_a_peer_is_counted_once_with_its_lag() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::at_ms(START_MS));
-    let a = open(options(dir.path(), "node-a", 1000), &clock);
-    let b = open(options(dir.path(), "node-b", 1000), &clock);
-    b.heartbeat().unwrap();
-    b.apply_services(vec![spec("web", "/web.tar")]).unwrap();
-    clock.advance_ms(30);
-    let delta = b.delta_for(a.node_id(), &a.summary());
+    let (a, b, delta) = a_and_bs_service_delta(dir.path(), &clock, 30);
     a.apply_push(b.node_id(), delta.clone()).unwrap();
     // The same write again (a second push of it) is not new here: not counted twice.
     a.apply_push(b.node_id(), delta).unwrap();
     // b's metadata is not a service write.
-    let text = a.metrics().encode();
-    let value = |series: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-            .unwrap_or_else(|| panic!("{series} missing in:\n{text}"))
-            .to_string()
-    };
+    let value = |series: &str| metric(a.metrics(), series);
     assert_eq!(value("shoal_service_write_lag_seconds_count"), "1");
     // The HLC's fixed-point fraction of a second: 30 ms to within a microsecond.
     let sum: f64 = value("shoal_service_write_lag_seconds_sum")
@@ -673,19 +687,8 @@ fn a_service_write_from_a_peer_is_counted_once_with_its_lag() {
 fn a_push_new_here_runs_its_hook_once_before_it_is_durable_and_a_repeat_or_refusal_never() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::at_ms(START_MS));
-    let a = open(options(dir.path(), "node-a", 1000), &clock);
-    let b = open(options(dir.path(), "node-b", 1000), &clock);
-    b.heartbeat().unwrap();
-    b.apply_services(vec![spec("web", "/web.tar")]).unwrap();
-    let delta = b.delta_for(a.node_id(), &a.summary());
-    let commits = |metrics: &crate::metrics::Metrics| {
-        metrics
-            .encode()
-            .lines()
-            .find_map(|line| line.strip_prefix("shoal_state_commits_total "))
-            .unwrap()
-            .to_string()
-    };
+    let (a, b, delta) = a_and_bs_service_delta(dir.path(), &clock, 0);
+    let commits = |metrics: &crate::metrics::Metrics| metric(metrics, "shoal_state_commits_total");
     let before = commits(a.metrics());
     let ran = Arc::new(Mutex::new(Vec::new()));
     let hook = |ran: &Arc<Mutex<Vec<String>>>, metrics: &Arc<crate::metrics::Metrics>| {
