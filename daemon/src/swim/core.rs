@@ -228,22 +228,28 @@ impl Swim {
     /// Every member SWIM has an entry for, this one excluded.
     pub fn peers(&self) -> PeerStates {
         let mut peers = BTreeMap::new();
-        for member in self.foca.iter_membership_state() {
+        for (id, view) in self.views() {
+            peers.insert(id.node.clone(), view);
+        }
+        peers
+    }
+
+    /// Each entry SWIM holds, in foca's order, without building a map (a simulator asks
+    /// this of every member, often).
+    pub fn views(&self) -> impl Iterator<Item = (&SwimId, PeerView)> {
+        self.foca.iter_membership_state().map(|member| {
             let state = match member.state() {
                 foca::State::Alive => PeerState::Alive,
                 foca::State::Suspect => PeerState::Suspect,
                 foca::State::Down => PeerState::Down,
             };
-            peers.insert(
-                member.id().node.clone(),
-                PeerView {
-                    state,
-                    incarnation: member.incarnation(),
-                    address: member.id().address,
-                },
-            );
-        }
-        peers
+            let view = PeerView {
+                state,
+                incarnation: member.incarnation(),
+                address: member.id().address,
+            };
+            (member.id(), view)
+        })
     }
 }
 

@@ -171,12 +171,13 @@ impl SyncWorld {
 
     /// The members as member `index` sees them: live unless its SWIM says down.
     fn members_seen_by(&self, index: usize) -> Vec<Member> {
+        let states = self.swim.states_seen_by(index);
         (0..self.replicas.len())
             .filter(|other| *other != index)
             .map(|other| Member {
-                node: member_name(other),
+                node: self.replicas[other].node().clone(),
                 address: address(other),
-                live: self.swim.state_of(index, other) != Some(PeerState::Down),
+                live: states[other] != Some(PeerState::Down),
             })
             .collect()
     }
