@@ -1,11 +1,12 @@
 //! The sync protocol at fleet scale, sans-IO (issue 14): `cargo bench -p shoal --bench
 //! sync_scale`.
 //!
-//! N replicas exchange what the daemon exchanges, with SWIM (foca) deciding who is live, in
-//! one process from one seed (`sync::sim::SyncWorld`: virtual time, 1 ms per message), the
-//! daemon's default timing (anti-entropy with one peer every 1 s + up to 200 ms, the
-//! automatic push fanout ln N + 3), for N = 10, 100 and 1,000 (`SHOAL_SYNC_SIZES`). For
-//! each N:
+//! N replicas exchange what the daemon exchanges, with SWIM (foca, tuned to N as the daemon
+//! tunes it) deciding who is live, in one process from one seed (`sync::sim::SyncWorld`:
+//! virtual time, 1 ms per message), the daemon's default timing (anti-entropy with one peer
+//! every 1 s + up to 200 ms, the automatic push fanout ln N + 3), for N = 10, 100 and 1,000
+//! (`SHOAL_SYNC_SIZES`). Each world starts once SWIM's join is over: every member sees every
+//! other alive and the join's updates are out. For each N:
 //! - idle: sync messages and body bytes each member sends per round (1 s), over 30 rounds,
 //!   beside SWIM's packets and bytes in the same rounds;
 //! - a change written on one member: the push hops and the time until every member holds

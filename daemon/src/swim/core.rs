@@ -218,6 +218,11 @@ impl Swim {
         rejoined
     }
 
+    /// Updates about members still to be piggybacked on this member's packets.
+    pub fn updates_backlog(&self) -> usize {
+        self.foca.updates_backlog()
+    }
+
     /// Whether SWIM has an entry (alive, suspect or down) for `node`.
     pub fn knows(&self, node: &NodeId) -> bool {
         self.foca
