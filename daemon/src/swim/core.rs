@@ -107,10 +107,10 @@ pub fn check_packet(from: &NodeId, packet: &[u8]) -> Result<(), SwimError> {
         });
     }
     let header = Codec::<SwimId>::decode_header(&mut PostcardCodec, packet)?;
-    if &header.src.node != from {
+    if header.src.node() != from {
         return Err(SwimError::ForgedSender {
             peer: from.clone(),
-            claimed: header.src.node,
+            claimed: header.src.node().clone(),
         });
     }
     Ok(())
@@ -227,14 +227,14 @@ impl Swim {
     pub fn knows(&self, node: &NodeId) -> bool {
         self.foca
             .iter_membership_state()
-            .any(|member| &member.id().node == node)
+            .any(|member| member.id().node() == node)
     }
 
     /// Every member SWIM has an entry for, this one excluded.
     pub fn peers(&self) -> PeerStates {
         let mut peers = BTreeMap::new();
         for (id, view) in self.views() {
-            peers.insert(id.node.clone(), view);
+            peers.insert(id.node().clone(), view);
         }
         peers
     }
@@ -383,7 +383,7 @@ mod tests {
             let known = world.swims[observer]
                 .foca
                 .iter_members()
-                .find(|member| member.id().node == node(2))
+                .find(|member| *member.id().node() == node(2))
                 .map(|member| member.id().started_ms);
             assert_eq!(known, Some(2_000), "n{observer} knows the new start");
         }

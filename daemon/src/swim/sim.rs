@@ -116,7 +116,7 @@ impl SwimWorld {
             );
         }
         for (to, packet) in outbox.sends {
-            let Some(&target) = self.index_of.get(&to.node) else {
+            let Some(&target) = self.index_of.get(to.node()) else {
                 continue;
             };
             self.sent_packets[index] += 1;
@@ -185,7 +185,7 @@ impl SwimWorld {
         // The last entry for a node, as in `Swim::peers`.
         self.swims[observer]
             .views()
-            .filter(|(id, _)| id.node == name)
+            .filter(|(id, _)| *id.node() == name)
             .map(|(_, view)| view.state)
             .last()
     }
@@ -195,7 +195,7 @@ impl SwimWorld {
     pub fn states_seen_by(&self, observer: usize) -> Vec<Option<PeerState>> {
         let mut states = vec![None; self.swims.len()];
         for (id, view) in self.swims[observer].views() {
-            if let Some(&index) = self.index_of.get(&id.node) {
+            if let Some(&index) = self.index_of.get(id.node()) {
                 states[index] = Some(view.state);
             }
         }
