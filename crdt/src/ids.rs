@@ -38,6 +38,9 @@ pub type NodeIdError = NameError;
 const LABEL_ALLOWED: &str = "a-z, 0-9 and '-'";
 const LABEL_MAX: usize = 63;
 
+/// The longest node id in bytes (a node id is ASCII, checked when parsed or deserialized).
+pub const NODE_ID_BYTES_MAX: usize = LABEL_MAX;
+
 fn check_label(kind: &'static str, name: &str) -> Result<(), NameError> {
     if name.is_empty() {
         return Err(NameError::Empty { kind });

@@ -95,7 +95,7 @@ pub use drain::{DRAIN_DEADLINE_MS_MAX, DRAIN_DEADLINE_MS_MIN, Drain, DrainError}
 pub use entry::{Dot, Merge};
 pub use health::{HealthCheck, HealthProbe};
 pub use identity::{Evidence, Sighting};
-pub use ids::{ContainerId, NameError, NodeId, NodeIdError, ServiceName};
+pub use ids::{ContainerId, NODE_ID_BYTES_MAX, NameError, NodeId, NodeIdError, ServiceName};
 pub use records::{
     Capacity, ContainerRecord, IpAllocation, IpConflict, NodeMeta, Resource, Resources,
     RestartPolicy, SPEC_ENCODED_BYTES_MAX, ServiceSpec, SpecError, Subnet, SubnetConflict,

@@ -1,11 +1,12 @@
 //! The sync protocol at fleet scale, sans-IO (issue 14): `cargo bench -p shoal --bench
 //! sync_scale`.
 //!
-//! N replicas exchange what the daemon exchanges, with SWIM (foca) deciding who is live, in
-//! one process from one seed (`sync::sim::SyncWorld`: virtual time, 1 ms per message), the
-//! daemon's default timing (anti-entropy with one peer every 1 s + up to 200 ms, the
-//! automatic push fanout ln N + 3), for N = 10, 100 and 1,000 (`SHOAL_SYNC_SIZES`). For
-//! each N:
+//! N replicas exchange what the daemon exchanges, with SWIM (foca, tuned to N as the daemon
+//! tunes it) deciding who is live, in one process from one seed (`sync::sim::SyncWorld`:
+//! virtual time, 1 ms per message), the daemon's default timing (anti-entropy with one peer
+//! every 1 s + up to 200 ms, the automatic push fanout ln N + 3), for N = 10, 100 and 1,000
+//! (`SHOAL_SYNC_SIZES`). Each world starts once SWIM's join is over: every member sees every
+//! other alive and the join's updates are out. For each N:
 //! - idle: sync messages and body bytes each member sends per round (1 s), over 30 rounds,
 //!   beside SWIM's packets and bytes in the same rounds;
 //! - a change written on one member: the push hops and the time until every member holds
@@ -44,6 +45,30 @@ struct Figures {
     wall_seconds: f64,
 }
 
+/// Wall time of each phase, on stderr: where a large N spends its time.
+struct Phase {
+    members: usize,
+    started: Instant,
+}
+
+impl Phase {
+    fn new(members: usize) -> Phase {
+        Phase {
+            members,
+            started: Instant::now(),
+        }
+    }
+
+    fn done(&mut self, name: &str) {
+        eprintln!(
+            "  {} members: {name} in {:.1} s",
+            self.members,
+            self.started.elapsed().as_secs_f64()
+        );
+        self.started = Instant::now();
+    }
+}
+
 /// Runs until every member holds the followed change; the virtual time it took.
 fn until_reached(world: &mut SyncWorld, start: u64, step_ms: u64) -> Option<u64> {
     while !world.reached().iter().all(Option::is_some) {
@@ -66,8 +91,10 @@ fn measure(members: usize) -> Figures {
     let swim = SwimConfig::default();
     let n = members as f64;
 
+    let mut phase = Phase::new(members);
     // Idle, then a change pushed.
     let mut world = SyncWorld::new(members, SyncSimConfig::default(), &swim, SEED);
+    phase.done("world and SWIM join");
     let (messages, bytes) = world.sent();
     let (swim_packets, swim_bytes) = world.swim.sent();
     let start = world.now_ms();
@@ -79,6 +106,7 @@ fn measure(members: usize) -> Figures {
     let idle_bytes = (bytes_after - bytes) as f64 / per;
     let swim_packets = (swim_packets_after - swim_packets) as f64 / per;
     let swim_bytes = (swim_bytes_after - swim_bytes) as f64 / per;
+    phase.done("idle rounds");
 
     let start = world.now_ms();
     let (before, _) = world.sent();
@@ -98,6 +126,7 @@ fn measure(members: usize) -> Figures {
     // Messages in the window of the change: its pushes and forwards, and the anti-entropy
     // requests of those milliseconds.
     let change_messages = (after - before) as f64 / n;
+    phase.done("eager push");
 
     // Anti-entropy alone.
     let config = SyncSimConfig {
@@ -105,13 +134,16 @@ fn measure(members: usize) -> Figures {
         ..SyncSimConfig::default()
     };
     let mut world = SyncWorld::new(members, config, &swim, SEED);
+    phase.done("world and SWIM join");
     let start = world.now_ms();
     world.write_followed(members / 3, "web");
     let anti_entropy_rounds =
         until_reached(&mut world, start, ROUND_MS).map(|ms| ms.div_ceil(ROUND_MS));
+    phase.done("anti-entropy only");
 
     // A partition of two halves, a change on each side, the heal.
     let mut world = SyncWorld::new(members, SyncSimConfig::default(), &swim, SEED);
+    phase.done("world and SWIM join");
     world.swim.sides = Some(
         (0..members)
             .map(|index| u8::from(index >= members / 2))
@@ -121,6 +153,7 @@ fn measure(members: usize) -> Figures {
     world.write_followed(1, "left");
     world.write_followed(members - 2, "right");
     world.run(start + PARTITION_MS);
+    phase.done("partition");
     world.swim.sides = None;
     let healed = world.now_ms();
     let mut heal_ms = None;
@@ -132,6 +165,8 @@ fn measure(members: usize) -> Figures {
         let next = world.now_ms() + 100;
         world.run(next);
     }
+
+    phase.done("heal");
 
     Figures {
         members,

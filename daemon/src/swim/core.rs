@@ -107,10 +107,10 @@ pub fn check_packet(from: &NodeId, packet: &[u8]) -> Result<(), SwimError> {
         });
     }
     let header = Codec::<SwimId>::decode_header(&mut PostcardCodec, packet)?;
-    if &header.src.node != from {
+    if header.src.node() != from {
         return Err(SwimError::ForgedSender {
             peer: from.clone(),
-            claimed: header.src.node,
+            claimed: header.src.node().clone(),
         });
     }
     Ok(())
@@ -218,32 +218,43 @@ impl Swim {
         rejoined
     }
 
+    /// Updates about members still to be piggybacked on this member's packets.
+    pub fn updates_backlog(&self) -> usize {
+        self.foca.updates_backlog()
+    }
+
     /// Whether SWIM has an entry (alive, suspect or down) for `node`.
     pub fn knows(&self, node: &NodeId) -> bool {
         self.foca
             .iter_membership_state()
-            .any(|member| &member.id().node == node)
+            .any(|member| member.id().node() == node)
     }
 
     /// Every member SWIM has an entry for, this one excluded.
     pub fn peers(&self) -> PeerStates {
         let mut peers = BTreeMap::new();
-        for member in self.foca.iter_membership_state() {
+        for (id, view) in self.views() {
+            peers.insert(id.node().clone(), view);
+        }
+        peers
+    }
+
+    /// Each entry SWIM holds, in foca's order, without building a map (a simulator asks
+    /// this of every member, often).
+    pub fn views(&self) -> impl Iterator<Item = (&SwimId, PeerView)> {
+        self.foca.iter_membership_state().map(|member| {
             let state = match member.state() {
                 foca::State::Alive => PeerState::Alive,
                 foca::State::Suspect => PeerState::Suspect,
                 foca::State::Down => PeerState::Down,
             };
-            peers.insert(
-                member.id().node.clone(),
-                PeerView {
-                    state,
-                    incarnation: member.incarnation(),
-                    address: member.id().address,
-                },
-            );
-        }
-        peers
+            let view = PeerView {
+                state,
+                incarnation: member.incarnation(),
+                address: member.id().address,
+            };
+            (member.id(), view)
+        })
     }
 }
 
@@ -372,7 +383,7 @@ mod tests {
             let known = world.swims[observer]
                 .foca
                 .iter_members()
-                .find(|member| member.id().node == node(2))
+                .find(|member| *member.id().node() == node(2))
                 .map(|member| member.id().started_ms);
             assert_eq!(known, Some(2_000), "n{observer} knows the new start");
         }

@@ -116,7 +116,7 @@ impl SwimWorld {
             );
         }
         for (to, packet) in outbox.sends {
-            let Some(&target) = self.index_of.get(&to.node) else {
+            let Some(&target) = self.index_of.get(to.node()) else {
                 continue;
             };
             self.sent_packets[index] += 1;
@@ -181,20 +181,36 @@ impl SwimWorld {
 
     /// What member `observer` thinks of member `member`.
     pub fn state_of(&self, observer: usize, member: usize) -> Option<PeerState> {
+        let name = member_name(member);
+        // The last entry for a node, as in `Swim::peers`.
         self.swims[observer]
-            .peers()
-            .get(&member_name(member))
-            .map(|view| view.state)
+            .views()
+            .filter(|(id, _)| *id.node() == name)
+            .map(|(_, view)| view.state)
+            .last()
+    }
+
+    /// What member `observer` thinks of every member, by index (`None`: no entry, as for
+    /// itself). One pass over its SWIM's entries: what `state_of` says of each member.
+    pub fn states_seen_by(&self, observer: usize) -> Vec<Option<PeerState>> {
+        let mut states = vec![None; self.swims.len()];
+        for (id, view) in self.swims[observer].views() {
+            if let Some(&index) = self.index_of.get(id.node()) {
+                states[index] = Some(view.state);
+            }
+        }
+        states
     }
 
     /// Whether every member in `observers` sees every member in `members` (but itself) in
     /// `state`.
     pub fn all_see(&self, observers: &[usize], members: &[usize], state: PeerState) -> bool {
         observers.iter().all(|observer| {
+            let states = self.states_seen_by(*observer);
             members
                 .iter()
                 .filter(|member| *member != observer)
-                .all(|member| self.state_of(*observer, *member) == Some(state))
+                .all(|member| states[*member] == Some(state))
         })
     }
 

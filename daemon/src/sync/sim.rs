@@ -3,8 +3,9 @@
 //! round, eager pushes to `push_fanout` random live members, forwards of pushes new to their
 //! receiver with one hop less — as encoded bodies counted in bytes, over a network that
 //! delivers each message 1 ms after it is sent unless a cut is in its way. Who is live comes
-//! from the daemon's own SWIM ([`SwimWorld`], foca) run in the same virtual time; peer choice
-//! is the daemon's own [`PeerSelector`]. One seed replays a run exactly.
+//! from the daemon's own SWIM ([`SwimWorld`], foca, tuned to the fleet's size as the daemon
+//! tunes it) run in the same virtual time; peer choice is the daemon's own [`PeerSelector`].
+//! One seed replays a run exactly.
 //!
 //! What it leaves out: TLS, HTTP/3 framing and QUIC (counted bytes are bodies), durability,
 //! the node's trust checks (every member here is honest) and bodies too large for one
@@ -27,6 +28,8 @@ use crate::swim::sim::{SwimWorld, member_address as address, member_at as index_
 const EPOCH_MS: u64 = 1_767_225_600_000;
 /// Clock drift the replicas accept (they share one clock).
 const MAX_DRIFT: Duration = Duration::from_secs(1);
+/// The join's updates are out within this many SWIM periods (about 25 for 1,000 members).
+const SETTLE_PERIODS_MAX: u64 = 600;
 
 /// How the replicas sync (the daemon's `[sync]` and gossip settings).
 #[derive(Debug, Clone)]
@@ -97,7 +100,8 @@ fn physical(now_ms: u64) -> NTP64 {
 
 impl SyncWorld {
     /// `members` members whose replicas already hold every member's node metadata (as after
-    /// the join), and whose SWIM has met everyone; `seed` seeds every random choice.
+    /// the join), and whose SWIM, tuned to `members` as the daemon tunes it, has met everyone
+    /// and has no update about the join left to send; `seed` seeds every random choice.
     pub fn new(members: usize, config: SyncSimConfig, swim: &SwimConfig, seed: u64) -> SyncWorld {
         let mut replicas: Vec<Replica> = (0..members)
             .map(|index| Replica::new(member_name(index), MAX_DRIFT))
@@ -134,12 +138,33 @@ impl SyncWorld {
                 .apply_delta(physical(0), everyone.node(), &all)
                 .unwrap_or_else(|error| panic!("{node} takes everyone's metadata: {error}"));
         }
+        // The daemon's SWIM driver tunes SWIM to the members of the document
+        // (`Swim::resize`): how many times an update is piggybacked grows as log N.
+        let swim = &SwimConfig {
+            cluster_size: u32::try_from(members).unwrap_or(u32::MAX),
+            ..swim.clone()
+        };
         let mut swim_world = SwimWorld::new(members, swim, seed);
         // SWIM's join: run until every member sees every other alive.
         let everyone_index: Vec<usize> = (0..members).collect();
         let step = (members / 50).max(1);
         let observers: Vec<usize> = everyone_index.iter().copied().step_by(step).collect();
         while !swim_world.all_see(&observers, &everyone_index, PeerState::Alive) {
+            let next = swim_world.now_ms + swim.probe_period_ms;
+            swim_world.run(next);
+        }
+        // Then until the join's updates are out (no member has one left to piggyback), so
+        // that SWIM is idle when the sync starts.
+        let joined_ms = swim_world.now_ms;
+        while swim_world
+            .swims
+            .iter()
+            .any(|swim| swim.updates_backlog() > 0)
+        {
+            assert!(
+                swim_world.now_ms - joined_ms < SETTLE_PERIODS_MAX * swim.probe_period_ms,
+                "seed {seed}: SWIM still has updates to send {SETTLE_PERIODS_MAX} periods after the join"
+            );
             let next = swim_world.now_ms + swim.probe_period_ms;
             swim_world.run(next);
         }
@@ -171,12 +196,13 @@ impl SyncWorld {
 
     /// The members as member `index` sees them: live unless its SWIM says down.
     fn members_seen_by(&self, index: usize) -> Vec<Member> {
+        let states = self.swim.states_seen_by(index);
         (0..self.replicas.len())
             .filter(|other| *other != index)
             .map(|other| Member {
-                node: member_name(other),
+                node: self.replicas[other].node().clone(),
                 address: address(other),
-                live: self.swim.state_of(index, other) != Some(PeerState::Down),
+                live: states[other] != Some(PeerState::Down),
             })
             .collect()
     }

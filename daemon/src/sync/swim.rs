@@ -280,7 +280,7 @@ impl Driver {
     fn send(&self, to: SwimId, packet: Bytes) {
         let metrics = self.node.metrics().clone();
         let Ok(permit) = self.sends.clone().try_acquire_owned() else {
-            tracing::debug!(peer = %to.node, "SWIM send dropped: too many in flight");
+            tracing::debug!(peer = %to.node(), "SWIM send dropped: too many in flight");
             metrics.swim_packet("dropped");
             return;
         };
@@ -293,7 +293,7 @@ impl Driver {
                 // Behind an exchange on the kept connection rather than beside it on a new
                 // one: half the send's time, then a connection of its own.
                 let mut lease = connections
-                    .lease_waiting(to.address, Some(&to.node), &limits, timeout / 2)
+                    .lease_waiting(to.address, Some(to.node()), &limits, timeout / 2)
                     .await?;
                 let dialed = lease.dialed();
                 let result = lease.session().post(PATH_SWIM, packet.to_vec()).await;
@@ -308,15 +308,15 @@ impl Driver {
             let ok = match sent {
                 Ok(Ok(reply)) if reply.status == StatusCode::NO_CONTENT => true,
                 Ok(Ok(reply)) => {
-                    tracing::debug!(peer = %to.node, status = %reply.status, reason = %reply.message(), "SWIM packet refused");
+                    tracing::debug!(peer = %to.node(), status = %reply.status, reason = %reply.message(), "SWIM packet refused");
                     false
                 }
                 Ok(Err(error)) => {
-                    tracing::debug!(peer = %to.node, %error, "SWIM send failed");
+                    tracing::debug!(peer = %to.node(), %error, "SWIM send failed");
                     false
                 }
                 Err(_) => {
-                    tracing::debug!(peer = %to.node, "SWIM send timed out");
+                    tracing::debug!(peer = %to.node(), "SWIM send timed out");
                     false
                 }
             };
