@@ -937,8 +937,7 @@ impl Node {
     /// certificate of the cluster CA cannot relay, forge or advance another node's writes
     /// before it is a member.
     pub fn apply_push(&self, peer: &NodeId, delta: Delta) -> Result<Applied, NodeError> {
-        self.apply(peer, delta, true, None)
-            .inspect_err(|error| self.options.metrics.apply_error(error.kind()))
+        self.apply_push_then(peer, delta, None)
     }
 
     /// [`Node::apply_push`], running `on_new` as soon as the delta is validated and applied
@@ -951,9 +950,9 @@ impl Node {
         &self,
         peer: &NodeId,
         delta: Delta,
-        on_new: OnNew,
+        on_new: Option<OnNew>,
     ) -> Result<Applied, NodeError> {
-        self.apply(peer, delta, true, Some(on_new))
+        self.apply(peer, delta, true, on_new)
             .inspect_err(|error| self.options.metrics.apply_error(error.kind()))
     }
 

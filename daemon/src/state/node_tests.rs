@@ -694,7 +694,7 @@ fn a_push_new_here_runs_its_hook_once_before_it_is_durable_and_a_repeat_or_refus
     let hook = |ran: &Arc<Mutex<Vec<String>>>, metrics: &Arc<crate::metrics::Metrics>| {
         let ran = ran.clone();
         let metrics = metrics.clone();
-        Box::new(move || ran.lock().unwrap().push(commits(&metrics))) as OnNew
+        Some(Box::new(move || ran.lock().unwrap().push(commits(&metrics))) as OnNew)
     };
     a.apply_push_then(b.node_id(), delta.clone(), hook(&ran, a.metrics()))
         .unwrap();

@@ -460,10 +460,9 @@ impl RequestContext {
                     }
                     _ => None,
                 };
-                // apply_push commits to redb (fsync) before applying: off the async workers.
-                let applied = tokio::task::spawn_blocking(move || match forward {
-                    Some(forward) => node.apply_push_then(&peer, delta, forward),
-                    None => node.apply_push(&peer, delta),
+                // Making the push durable is an fsync: off the async workers.
+                let applied = tokio::task::spawn_blocking(move || {
+                    node.apply_push_then(&peer, delta, forward)
                 })
                 .await
                 .map_err(|error| {
