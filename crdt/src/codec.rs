@@ -3,6 +3,8 @@
 //! postcard body. Decoding checks the size limit before anything else and
 //! refuses unknown versions, wrong kinds and trailing bytes.
 //!
+//! Compact summaries and the replies to them (`compact`) are kinds 4 and 5, version 3 only.
+//!
 //! Version 3 (written now) adds the digest to summaries and the repair delta. Version 2
 //! carries service specs and container statuses as JSON text inside the postcard body, so
 //! spec fields added later with defaults need no new version; its deltas and snapshots are
@@ -18,7 +20,7 @@ mod v1;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{Delta, Snapshot, Summary};
+use crate::{CompactSummary, Delta, Snapshot, Summary, SummaryReply};
 
 /// Bump on an incompatible change, and keep a decode path from the previous one.
 pub const FORMAT_VERSION: u16 = 3;
@@ -37,6 +39,8 @@ pub enum Kind {
     Delta = 1,
     Summary = 2,
     Snapshot = 3,
+    CompactSummary = 4,
+    SummaryReply = 5,
 }
 
 /// Why bytes were refused.
@@ -134,6 +138,47 @@ pub fn decode_summary(bytes: &[u8], max_bytes: usize) -> Result<Summary, DecodeE
         }
         found => Err(unsupported(found)),
     }
+}
+
+pub fn encode_compact_summary(summary: &CompactSummary) -> Vec<u8> {
+    encode(Kind::CompactSummary, summary)
+}
+
+/// A compact summary, checked (`CompactSummary::check`). Only the current version has them.
+pub fn decode_compact_summary(
+    bytes: &[u8],
+    max_bytes: usize,
+) -> Result<CompactSummary, DecodeError> {
+    let summary: CompactSummary = match header(Kind::CompactSummary, bytes, max_bytes)? {
+        FORMAT_VERSION => body(bytes)?,
+        found => return Err(unsupported(found)),
+    };
+    summary
+        .check()
+        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
+    Ok(summary)
+}
+
+pub fn encode_summary_reply(reply: &SummaryReply) -> Vec<u8> {
+    encode(Kind::SummaryReply, reply)
+}
+
+/// A reply to a compact summary, checked (`SummaryReply::check`).
+pub fn decode_summary_reply(bytes: &[u8], max_bytes: usize) -> Result<SummaryReply, DecodeError> {
+    let reply: SummaryReply = match header(Kind::SummaryReply, bytes, max_bytes)? {
+        FORMAT_VERSION => body(bytes)?,
+        found => return Err(unsupported(found)),
+    };
+    reply
+        .check()
+        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
+    Ok(reply)
+}
+
+/// The kind byte of an encoding (after its magic), when it has one: what a `/v1/sync` body
+/// is, a summary or a compact summary.
+pub fn kind_of(bytes: &[u8]) -> Option<u8> {
+    (bytes.len() >= HEADER_BYTES && &bytes[..4] == MAGIC).then(|| bytes[4])
 }
 
 pub fn encode_snapshot(snapshot: &Snapshot) -> Vec<u8> {

@@ -3,7 +3,7 @@
 //! Bottom up: validated names (`ids`), the hybrid logical clock (`clock`), the
 //! records (`records`), the entry table every CRDT is made of (`entry`), the
 //! document (`state`), what replicas exchange (`delta`), a node's replica with
-//! local operations, sync and GC (`replica`), deltas bounded in size and the whole-state
+//! local operations, sync and GC (`replica`), summaries in a few bytes (`compact`), deltas bounded in size and the whole-state
 //! delta a large transfer carries (`transfer`), and the wire/disk encoding (`codec`).
 //! `sim` (feature `sim`) is the deterministic simulator of replicas.
 //!
@@ -34,7 +34,10 @@
 //!   `since <= own` per origin (else `StaleBase`: pull first) and is all-or-nothing:
 //!   ranges, dots, owners, specs and clock drift are validated before anything changes.
 //!   A local operation returns the delta of exactly its writes; `own_delta_since` joins
-//!   the writes of several operations into one.
+//!   the writes of several operations into one. Between members that hold nearly the same
+//!   state a `CompactSummary` stands for the version vector: its digest and the counters
+//!   that moved lately, from which the receiver rebuilds it exactly or asks for the whole
+//!   (`compact`).
 //!   *Invariant:* for every dot a replica's version vector covers, the replica holds that
 //!   write or one that supersedes it; an incoming entry whose dot is covered is ignored,
 //!   which is what keeps collected removals from coming back. Against a lying or buggy
@@ -68,6 +71,7 @@
 
 mod clock;
 pub mod codec;
+pub mod compact;
 pub mod constraints;
 mod delta;
 pub mod drain;
@@ -89,6 +93,7 @@ mod transfer;
 pub mod workload;
 
 pub use clock::{Clock, ClockError};
+pub use compact::{CompactSummary, SummaryReply};
 pub use constraints::{Constraint, Mode};
 pub use delta::{Delta, DeltaBase, OriginRange, Summary};
 pub use drain::{DRAIN_DEADLINE_MS_MAX, DRAIN_DEADLINE_MS_MIN, Drain, DrainError};

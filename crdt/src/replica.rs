@@ -41,6 +41,7 @@ use serde::{Deserialize, Serialize};
 use uhlc::{NTP64, Timestamp};
 
 use crate::clock::{Clock, ClockError};
+use crate::compact::RecentOrigins;
 use crate::delta::{Delta, DeltaBase, OriginRange, Summary};
 use crate::entry::{Dot, Entry, MergeOutcome};
 use crate::identity::{IdentityWatch, Sighting};
@@ -181,6 +182,8 @@ pub struct Replica {
     identity: IdentityWatch,
     /// Replaying its own log (`set_replaying`).
     replaying: bool,
+    /// The origins the version vector moved for lately (`compact`); not persisted.
+    recent: RecentOrigins,
 }
 
 const HLC_ID_CACHE_ENTRIES_MAX: usize = 4096;
@@ -219,6 +222,7 @@ impl Replica {
             hlc_ids: BTreeMap::new(),
             identity: IdentityWatch::default(),
             replaying: false,
+            recent: RecentOrigins::default(),
         }
     }
 
@@ -237,6 +241,25 @@ impl Replica {
     /// This replica's version vector.
     pub fn version_vector(&self) -> &VersionVector {
         &self.vv
+    }
+
+    pub(crate) fn recent_origins(&self) -> &RecentOrigins {
+        &self.recent
+    }
+
+    /// Sets this replica's coverage of `origin`'s writes (0: none) at `at`; the one place
+    /// the version vector changes, so the origins it moved for lately are known (`compact`).
+    fn set_covered(&mut self, origin: &NodeId, counter: u64, at: NTP64) {
+        let before = self.vv.get(origin);
+        if before == counter {
+            return;
+        }
+        if counter == 0 {
+            self.vv.dots.remove(origin);
+        } else {
+            self.vv.dots.insert(origin.clone(), counter);
+        }
+        self.recent.moved(origin, before, at);
     }
 
     /// What this replica knows of its peers.
@@ -301,14 +324,15 @@ impl Replica {
             .ok_or_else(|| ReplicaError::DotsExhausted {
                 node: self.node.clone(),
             })?;
-        self.vv.dots.insert(self.node.clone(), counter - 1);
+        let own = self.node.clone();
+        self.set_covered(&own, counter - 1, now);
         self.identity.clear_contest();
         let result = self.put_node_meta(now, meta);
         self.identity.restore_contest(contest);
         let mut delta = match result {
             Ok(delta) => delta,
             Err(error) => {
-                self.vv.dots.insert(self.node.clone(), since);
+                self.set_covered(&own, since, now);
                 return Err(error);
             }
         };
@@ -365,7 +389,8 @@ impl Replica {
                 node: self.node.clone(),
             })?;
         let hlc = self.clock.now(now);
-        self.vv.dots.insert(self.node.clone(), counter);
+        let own = self.node.clone();
+        self.set_covered(&own, counter, now);
         Ok((
             hlc,
             Dot {
@@ -922,7 +947,7 @@ impl Replica {
             DeltaBase::Ranges(ranges) => {
                 self.merge_changes(&delta.changes, &mut applied);
                 for range in ranges {
-                    self.cover(from, &range.node, range.until, &mut applied);
+                    self.cover(from, &range.node, range.until, now, &mut applied);
                 }
             }
             DeltaBase::Full { vv, gc_floor } => {
@@ -941,7 +966,7 @@ impl Replica {
                 }
                 self.merge_changes(&delta.changes, &mut applied);
                 for (node, counter) in &vv.dots {
-                    self.cover(from, node, *counter, &mut applied);
+                    self.cover(from, node, *counter, now, &mut applied);
                 }
                 for (node, counter) in &gc_floor.dots {
                     // The floor stays within what this replica covers.
@@ -967,7 +992,14 @@ impl Replica {
     /// node that is not a member (evicted, or never seen) are covered as claimed: it writes
     /// no more, and should it come back as itself, its own summary corrects this replica
     /// (`observe_summary`).
-    fn cover(&mut self, from: &NodeId, origin: &NodeId, until: u64, applied: &mut Applied) {
+    fn cover(
+        &mut self,
+        from: &NodeId,
+        origin: &NodeId,
+        until: u64,
+        at: NTP64,
+        applied: &mut Applied,
+    ) {
         let current = self.vv.get(origin);
         if until <= current {
             return;
@@ -986,7 +1018,7 @@ impl Replica {
             until.min(shown)
         };
         if vouched > current {
-            self.vv.dots.insert(origin.clone(), vouched);
+            self.set_covered(origin, vouched, at);
         }
     }
 
@@ -1293,11 +1325,8 @@ impl Replica {
                 .highest_counter(peer)
                 .max(self.gc_floor.get(peer));
             if shown < covered {
-                if shown == 0 {
-                    self.vv.dots.remove(peer);
-                } else {
-                    self.vv.dots.insert(peer.clone(), shown);
-                }
+                let at = *self.clock.last().get_time();
+                self.set_covered(peer, shown, at);
                 corrected = true;
             }
         }
@@ -1446,6 +1475,7 @@ impl Replica {
             hlc_ids: BTreeMap::new(),
             identity: IdentityWatch::default(),
             replaying: false,
+            recent: RecentOrigins::default(),
         })
     }
 
