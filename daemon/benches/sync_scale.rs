@@ -7,8 +7,11 @@
 //! every 1 s + up to 200 ms, the automatic push fanout ln N + 3), for N = 10, 100 and 1,000
 //! (`SHOAL_SYNC_SIZES`). Each world starts once SWIM's join is over: every member sees every
 //! other alive and the join's updates are out. For each N:
-//! - idle: sync messages and body bytes each member sends per round (1 s), over 30 rounds,
-//!   beside SWIM's packets and bytes in the same rounds;
+//! - idle, every member refreshing its metadata as the daemon does (about one refresh a
+//!   second in the fleet, carried by anti-entropy): sync messages and body bytes each member
+//!   sends per round (1 s) over 30 rounds with compact summaries, beside the same with full
+//!   summaries only (the baseline, the 30 rounds before, same world), the share of compact
+//!   summaries the receiver could not rebuild, and SWIM's packets and bytes;
 //! - a change written on one member: the push hops and the time until every member holds
 //!   it, how many got it by push, and the messages each member sent for it;
 //! - the same change with eager push off: rounds of anti-entropy until every member holds
@@ -34,6 +37,10 @@ struct Figures {
     members: usize,
     idle_messages: f64,
     idle_bytes: f64,
+    /// Idle bytes with full summaries only (the baseline for the compact ones).
+    idle_bytes_full: f64,
+    /// Compact summaries the receiver could not rebuild, of those sent.
+    compact_refused: f64,
     swim_packets: f64,
     swim_bytes: f64,
     push_hops: u8,
@@ -92,9 +99,23 @@ fn measure(members: usize) -> Figures {
     let n = members as f64;
 
     let mut phase = Phase::new(members);
-    // Idle, then a change pushed.
-    let mut world = SyncWorld::new(members, SyncSimConfig::default(), &swim, SEED);
+    // Idle (members refreshing their metadata as the daemon does), first with full summaries
+    // only, then with compact ones; then a change pushed.
+    let idle = SyncSimConfig {
+        refreshes: true,
+        compact_summaries: false,
+        ..SyncSimConfig::default()
+    };
+    let mut world = SyncWorld::new(members, idle, &swim, SEED);
     phase.done("world and SWIM join");
+    let (_, bytes) = world.sent();
+    let start = world.now_ms();
+    world.run(start + IDLE_ROUNDS * ROUND_MS);
+    let (_, bytes_after) = world.sent();
+    let idle_bytes_full = (bytes_after - bytes) as f64 / (n * IDLE_ROUNDS as f64);
+    phase.done("idle rounds, full summaries");
+    world.config_mut().compact_summaries = true;
+    let (compact_sent, compact_refused) = (world.compact_sent, world.compact_refused);
     let (messages, bytes) = world.sent();
     let (swim_packets, swim_bytes) = world.swim.sent();
     let start = world.now_ms();
@@ -106,7 +127,9 @@ fn measure(members: usize) -> Figures {
     let idle_bytes = (bytes_after - bytes) as f64 / per;
     let swim_packets = (swim_packets_after - swim_packets) as f64 / per;
     let swim_bytes = (swim_bytes_after - swim_bytes) as f64 / per;
-    phase.done("idle rounds");
+    let compact_refused = (world.compact_refused - compact_refused) as f64
+        / (world.compact_sent - compact_sent).max(1) as f64;
+    phase.done("idle rounds, compact summaries");
 
     let start = world.now_ms();
     let (before, _) = world.sent();
@@ -172,6 +195,8 @@ fn measure(members: usize) -> Figures {
         members,
         idle_messages,
         idle_bytes,
+        idle_bytes_full,
+        compact_refused,
         swim_packets,
         swim_bytes,
         push_hops,
@@ -213,16 +238,18 @@ fn main() {
         base.members
     );
     println!(
-        "| members | sync msgs | sync bytes | x | SWIM pkts | SWIM bytes | change: hops | ms | by push | msgs per member | anti-entropy only: rounds | heal after 60 s halves |"
+        "| members | sync msgs | sync bytes | x | full summaries: bytes | compact refused | SWIM pkts | SWIM bytes | change: hops | ms | by push | msgs per member | anti-entropy only: rounds | heal after 60 s halves |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for f in &figures {
         println!(
-            "| {} | {:.2} | {:.0} B | {:.2} | {:.2} | {:.0} B | {} | {} | {}/{} | {:.1} | {} | {} |",
+            "| {} | {:.2} | {:.0} B | {:.2} | {:.0} B | {:.1} % | {:.2} | {:.0} B | {} | {} | {}/{} | {:.1} | {} | {} |",
             f.members,
             f.idle_messages,
             f.idle_bytes,
             f.idle_bytes / base.idle_bytes,
+            f.idle_bytes_full,
+            100.0 * f.compact_refused,
             f.swim_packets,
             f.swim_bytes,
             f.push_hops,

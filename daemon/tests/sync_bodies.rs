@@ -14,7 +14,10 @@ use http::StatusCode;
 use net_support::{Pki, Server, apply_service, limits, node_id};
 use shoal::state::{Clock, SystemClock};
 use shoal::sync::{self, PeerSession, wire};
-use shoal_crdt::{Capacity, NTP64, NodeMeta, Replica, Timestamp, codec};
+use shoal_crdt::compact::{RECENT_ORIGINS_MAX, expand_reply, vv_digest};
+use shoal_crdt::{
+    Capacity, CompactSummary, NTP64, NodeMeta, Replica, SummaryReply, Timestamp, codec,
+};
 
 fn service(name: &str) -> shoal::api::NamedSpec {
     shoal::cli::spec_file::parse(&format!("name = \"{name}\"\nimage = \"/images/{name}\"\n"))
@@ -111,7 +114,48 @@ async fn bad_bodies_are_refused_with_their_status_and_change_nothing() {
         "future",
     ));
 
+    // Compact summaries: counters out of order, too many, and one that does not rebuild here.
+    let compact = |recent: Vec<(shoal_crdt::NodeId, u64)>, vv_digest| {
+        codec::encode_compact_summary(&CompactSummary {
+            vv_digest,
+            digest: client.digest(),
+            recent,
+        })
+    };
+    let unordered = compact(
+        vec![(node_id("server"), 1), (node_id("client"), 1)],
+        [0; 16],
+    );
+    let too_many = compact(
+        (0..=RECENT_ORIGINS_MAX)
+            .map(|index| (node_id(&format!("m{index:03}")), 1))
+            .collect(),
+        [0; 16],
+    );
+    let wrong_digest = compact(Vec::new(), [7; 16]);
+
     let cases: Vec<(&str, &str, Vec<u8>, StatusCode, &str)> = vec![
+        (
+            "compact summary out of order",
+            wire::PATH_SYNC,
+            unordered,
+            StatusCode::BAD_REQUEST,
+            "not in strict node order",
+        ),
+        (
+            "compact summary listing too many counters",
+            wire::PATH_SYNC,
+            too_many,
+            StatusCode::BAD_REQUEST,
+            "more than the limit of 64",
+        ),
+        (
+            "compact summary that does not rebuild",
+            wire::PATH_SYNC,
+            wrong_digest,
+            StatusCode::CONFLICT,
+            wire::SEND_FULL_SUMMARY,
+        ),
         (
             "malformed push",
             wire::PATH_PUSH,
@@ -405,6 +449,59 @@ async fn sync_returns_what_the_caller_lacks_and_the_server_summary() {
         .unwrap();
     let (delta, _) = wire::decode_sync_response(&reply.body, limits().body_bytes_max).unwrap();
     assert!(delta.is_empty(), "{delta:?}");
+    session.close();
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_compact_summary_is_answered_with_what_the_caller_lacks_and_the_difference() {
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(&pki, dir.path(), "server").await;
+    apply_service(&server.node, "web", "/images/web");
+    let (_endpoint, mut session) = session(&pki, &server).await;
+
+    // The client holds what the server held, then the server writes once more.
+    let mut replica = client_replica();
+    let delta = server
+        .node
+        .delta_for(&node_id("client"), &replica.summary());
+    replica
+        .apply_delta(SystemClock.now(), &node_id("server"), &delta)
+        .unwrap();
+    apply_service(&server.node, "db", "/images/db");
+
+    // A compact summary that lists every counter rebuilds on any receiver.
+    let sent = replica.version_vector().clone();
+    let compact = CompactSummary {
+        vv_digest: vv_digest(&sent),
+        digest: replica.digest(),
+        recent: sent.dots.iter().map(|(n, c)| (n.clone(), *c)).collect(),
+    };
+    let reply = session
+        .post(wire::PATH_SYNC, codec::encode_compact_summary(&compact))
+        .await
+        .unwrap();
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.message());
+    let (delta, answer) =
+        wire::decode_compact_sync_response(&reply.body, limits().body_bytes_max).unwrap();
+    match &answer {
+        SummaryReply::Diff { counters, .. } => {
+            assert_eq!(
+                counters,
+                &[(
+                    node_id("server"),
+                    server.node.summary().vv.get(&node_id("server"))
+                )]
+            );
+        }
+        full => panic!("expected the difference, got {full:?}"),
+    }
+    assert_eq!(expand_reply(&sent, answer), Some(server.node.summary()));
+    replica
+        .apply_delta(SystemClock.now(), &node_id("server"), &delta)
+        .unwrap();
+    assert_eq!(replica.digest(), server.node.digest());
     session.close();
     server.stop().await;
 }

@@ -23,7 +23,7 @@
 
 use std::time::{Duration, Instant};
 
-use shoal_vm_tests::cluster::{Cluster, ClusterOptions};
+use shoal_vm_tests::cluster::{Cluster, ClusterOptions, metric_sum};
 
 const DEFAULT_SIZES: &[usize] = &[3, 12, 24, 48];
 const DEFAULT_WINDOW_SECONDS: u64 = 30;
@@ -58,17 +58,15 @@ const ACTIVITY: &[(&str, &str)] = &[
     ),
     ("dials/s", "shoal_sync_connections_total{how=\"dialed\"}"),
     ("body B sent/s", "shoal_sync_sent_bytes_total "),
+    ("compact/s", "shoal_sync_summaries_total{form=\"compact\"}"),
+    (
+        "compact refused/s",
+        "shoal_sync_summaries_total{form=\"compact_refused\"}",
+    ),
     ("commits/s", "shoal_state_commits_total "),
 ];
 
 /// The sum of the samples of `series` in the OpenMetrics `text`.
-fn sample_sum(text: &str, series: &str) -> f64 {
-    text.lines()
-        .filter(|line| line.starts_with(series))
-        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// Every [`ACTIVITY`] counter, summed over the nodes of `cluster`.
 fn activity(cluster: &Cluster) -> Vec<f64> {
     let texts: Vec<String> = (0..cluster.len())
@@ -76,7 +74,7 @@ fn activity(cluster: &Cluster) -> Vec<f64> {
         .collect();
     ACTIVITY
         .iter()
-        .map(|(_, series)| texts.iter().map(|text| sample_sum(text, series)).sum())
+        .map(|(_, series)| texts.iter().map(|text| metric_sum(text, series)).sum())
         .collect()
 }
 

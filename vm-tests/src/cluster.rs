@@ -503,6 +503,13 @@ impl Cluster {
         }
     }
 
+    /// The sum of every sample of node `index`'s metrics whose line starts with `series`
+    /// (`shoal_sync_summaries_total{form="compact"}`, or `shoal_sync_exchanges_total{` for
+    /// every label); see [`metric_sum`].
+    pub fn metric_sum(&self, index: usize, series: &str) -> Result<f64, HarnessError> {
+        Ok(metric_sum(&self.metrics(index)?, series))
+    }
+
     /// Node `index`'s metrics (OpenMetrics text), scraped inside its namespace; the cluster
     /// must have been started with [`ClusterOptions::metrics`].
     pub fn metrics(&self, index: usize) -> Result<String, HarnessError> {
@@ -950,4 +957,12 @@ fn write_file(path: &Path, text: &str) -> Result<(), HarnessError> {
 fn path_str(path: &Path) -> &str {
     // The harness makes every path itself under a UTF-8 temp dir.
     path.to_str().expect("harness paths are UTF-8")
+}
+
+/// The sum of the samples in OpenMetrics `text` whose line starts with `series`.
+pub fn metric_sum(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter(|line| line.starts_with(series))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -260,6 +260,7 @@ fn fleet_of_48_split_in_halves_converges_after_the_heal() {
         nodes,
         membership: None,
         optimised: true,
+        metrics: true,
         ..ClusterOptions::default()
     })
     .expect("cluster of 48");
@@ -326,4 +327,25 @@ fn fleet_of_48_split_in_halves_converges_after_the_heal() {
         );
     }
     eprintln!("48 nodes converged {} ms after the heal", took.as_millis());
+    // Anti-entropy ran on compact summaries (the version vector's digest and the counters
+    // that moved lately), which the receivers rebuilt nearly always.
+    for index in [0, 47] {
+        let summaries = |form: &str| {
+            cluster
+                .metric_sum(
+                    index,
+                    &format!("shoal_sync_summaries_total{{form=\"{form}\"}}"),
+                )
+                .expect("metrics")
+        };
+        let (compact, refused) = (summaries("compact"), summaries("compact_refused"));
+        eprintln!(
+            "node {index}: {compact} compact summaries, {refused} refused, {} full",
+            summaries("full")
+        );
+        assert!(
+            compact > 0.0 && refused < compact,
+            "node {index}: {compact} compact, {refused} refused"
+        );
+    }
 }

@@ -41,6 +41,9 @@ pub const SWIM_OUTCOMES: [&str; 3] = ["sent", "failed", "dropped"];
 /// Outcomes of forwarding a push, the `outcome` label of `shoal_push_forwards_total`.
 pub const FORWARD_OUTCOMES: [&str; 3] = ["ok", "failed", "dropped"];
 
+/// Forms of the summary an exchange sends, the `form` label of `shoal_sync_summaries_total`.
+pub const SUMMARY_FORMS: [&str; 3] = ["compact", "full", "compact_refused"];
+
 /// Container states, as `shoal_containers{state}` reports them (`crdt::RunState`'s kinds).
 pub const CONTAINER_STATES: [&str; 5] = ["starting", "running", "exited", "restarting", "failed"];
 
@@ -67,6 +70,11 @@ struct OutcomeLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FormLabels {
+    form: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HowLabels {
     how: &'static str,
 }
@@ -83,6 +91,7 @@ pub struct Metrics {
     members: Family<StateLabels, Gauge>,
     containers: Family<StateLabels, Gauge>,
     sync_exchanges: Family<OutcomeLabels, Counter>,
+    sync_summaries: Family<FormLabels, Counter>,
     sync_sent_bytes: Counter,
     sync_received_bytes: Counter,
     eager_pushes: Family<OutcomeLabels, Counter>,
@@ -122,6 +131,7 @@ impl Metrics {
             members: Family::default(),
             containers: Family::default(),
             sync_exchanges: Family::default(),
+            sync_summaries: Family::default(),
             sync_sent_bytes: Counter::default(),
             sync_received_bytes: Counter::default(),
             eager_pushes: Family::default(),
@@ -152,6 +162,12 @@ impl Metrics {
             metrics
                 .eager_pushes
                 .get_or_create(&OutcomeLabels { outcome })
+                .inc_by(0);
+        }
+        for form in SUMMARY_FORMS {
+            metrics
+                .sync_summaries
+                .get_or_create(&FormLabels { form })
                 .inc_by(0);
         }
         for outcome in SWIM_OUTCOMES {
@@ -191,6 +207,11 @@ impl Metrics {
             "sync_exchanges",
             "Anti-entropy exchanges this node started, by outcome",
             self.sync_exchanges.clone(),
+        );
+        registry.register(
+            "sync_summaries",
+            "Summaries the anti-entropy exchanges this node started sent, by form: compact (the version vector's digest and the counters that moved lately), full, compact_refused (the peer could not rebuild it, or does not know the form; a full one follows)",
+            self.sync_summaries.clone(),
         );
         registry.register_with_unit(
             "sync_sent",
@@ -306,6 +327,13 @@ impl Metrics {
     pub fn swim_packet(&self, outcome: &'static str) {
         self.swim_packets
             .get_or_create(&OutcomeLabels { outcome })
+            .inc();
+    }
+
+    /// An exchange this node started sent a summary of `form`, one of [`SUMMARY_FORMS`].
+    pub fn summary_sent(&self, form: &'static str) {
+        self.sync_summaries
+            .get_or_create(&FormLabels { form })
             .inc();
     }
 
@@ -471,6 +499,11 @@ mod tests {
         check(
             |m| m.service_write_arrived(-0.5),
             "shoal_service_write_lag_seconds_bucket{le=\"0.001\"}",
+            1.0,
+        );
+        check(
+            |m| m.summary_sent("compact_refused"),
+            "shoal_sync_summaries_total{form=\"compact_refused\"}",
             1.0,
         );
         check(

@@ -36,9 +36,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use shoal_crdt::{
-    Applied, ApplyError, Capacity, ClusterState, Delta, NTP64, NodeId, NodeMeta, Replica,
-    ReplicaError, ServiceName, ServiceRecord, ServiceSpec, SpecError, Subnet, Summary, Timestamp,
-    codec,
+    Applied, ApplyError, Capacity, ClusterState, CompactSummary, Delta, NTP64, NodeId, NodeMeta,
+    Replica, ReplicaError, ServiceName, ServiceRecord, ServiceSpec, SpecError, Subnet, Summary,
+    SummaryReply, Timestamp, VersionVector, codec,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -912,6 +912,25 @@ impl Node {
     /// What this node has seen.
     pub fn summary(&self) -> Summary {
         self.lock().replica.summary()
+    }
+
+    /// What this node has seen in a few bytes, with the version vector it stands for
+    /// (`Replica::compact_summary`); `None` when the full summary is the better choice.
+    pub fn compact_summary(&self) -> Option<(CompactSummary, VersionVector)> {
+        let now = self.clock.now();
+        self.lock().replica.compact_summary(now)
+    }
+
+    /// A peer's compact summary rebuilt into its summary, or `None` when it does not rebuild
+    /// here (`Replica::expand_summary`): the peer then sends the full one.
+    pub fn expand_summary(&self, theirs: &CompactSummary) -> Option<Summary> {
+        let now = self.clock.now();
+        self.lock().replica.expand_summary(now, theirs)
+    }
+
+    /// The answer to a compact summary that rebuilt into `theirs` (`Replica::summary_reply`).
+    pub fn summary_reply(&self, theirs: &VersionVector) -> SummaryReply {
+        self.lock().replica.summary_reply(theirs)
     }
 
     /// What `peer` lacks given its summary; remembers the summary for GC and status. When

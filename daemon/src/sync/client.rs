@@ -16,7 +16,8 @@ use std::time::SystemTime;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::StatusCode;
-use shoal_crdt::{Delta, NodeId, codec};
+use shoal_crdt::compact::expand_reply;
+use shoal_crdt::{Delta, NodeId, Summary, codec};
 
 use super::connections::Connections;
 use super::tls::{peer_node_id, peer_not_after, server_name_for};
@@ -472,7 +473,10 @@ async fn exchange_on(
 }
 
 /// `POST /v1/sync` with our summary, apply what we lack, `POST /v1/push` what the peer lacks.
-/// A delta for the peer that does not fit in one body is not pushed: the peer pulls it.
+/// The summary is compact when that is smaller (`Node::compact_summary`); when the peer
+/// cannot rebuild it (409) or does not know the form (400, a daemon built before it), the
+/// full summary follows on the same session. A delta for the peer that does not fit in one
+/// body is not pushed: the peer pulls it.
 async fn push_pull(
     session: &mut PeerSession,
     node: &Arc<Node>,
@@ -480,7 +484,44 @@ async fn push_pull(
     stats: &mut SyncStats,
 ) -> Result<PushPull, SyncError> {
     let address = session.address();
-    let peer = session.peer().clone();
+    let decode_error = |source| SyncError::Decode {
+        peer: address,
+        source,
+    };
+    if let Some((compact, sent)) = node.compact_summary() {
+        let body = codec::encode_compact_summary(&compact);
+        stats.bytes_sent += body.len() as u64;
+        let reply = session.post(PATH_SYNC, body).await?;
+        match reply.status {
+            StatusCode::SEE_OTHER => return Ok(PushPull::SnapshotNeeded),
+            StatusCode::OK => {
+                node.metrics().summary_sent("compact");
+                stats.bytes_received += reply.body.len() as u64;
+                let (delta, answer) =
+                    wire::decode_compact_sync_response(&reply.body, limits.body_bytes_max)
+                        .map_err(decode_error)?;
+                let theirs = expand_reply(&sent, answer);
+                if theirs.is_none() {
+                    tracing::debug!(
+                        peer = %session.peer(),
+                        "the peer's reply to our compact summary does not add up to its digest; \
+                         nothing pushed back"
+                    );
+                }
+                return finish_push_pull(session, node, limits, stats, delta, theirs).await;
+            }
+            StatusCode::CONFLICT | StatusCode::BAD_REQUEST => {
+                node.metrics().summary_sent("compact_refused");
+                tracing::debug!(
+                    peer = %session.peer(),
+                    status = reply.status.as_u16(),
+                    reason = %reply.message(),
+                    "compact summary refused; sending the full summary"
+                );
+            }
+            _ => expect_status(session, PATH_SYNC, &reply, StatusCode::OK)?,
+        }
+    }
     let summary = codec::encode_summary(&node.summary());
     stats.bytes_sent += summary.len() as u64;
     let reply = session.post(PATH_SYNC, summary).await?;
@@ -488,18 +529,31 @@ async fn push_pull(
         return Ok(PushPull::SnapshotNeeded);
     }
     expect_status(session, PATH_SYNC, &reply, StatusCode::OK)?;
+    node.metrics().summary_sent("full");
     stats.bytes_received += reply.body.len() as u64;
     let (delta, theirs) =
-        wire::decode_sync_response(&reply.body, limits.body_bytes_max).map_err(|source| {
-            SyncError::Decode {
-                peer: address,
-                source,
-            }
-        })?;
+        wire::decode_sync_response(&reply.body, limits.body_bytes_max).map_err(decode_error)?;
+    finish_push_pull(session, node, limits, stats, delta, Some(theirs)).await
+}
+
+/// The rest of a push-pull once the peer answered: apply `delta` (what we lack), then push
+/// what the peer lacks according to `theirs`, its summary, when known.
+async fn finish_push_pull(
+    session: &mut PeerSession,
+    node: &Arc<Node>,
+    limits: &SyncLimits,
+    stats: &mut SyncStats,
+    delta: Delta,
+    theirs: Option<Summary>,
+) -> Result<PushPull, SyncError> {
+    let peer = session.peer().clone();
     stats.entries_received += delta.entry_count();
     if !delta.is_empty() {
         apply_blocking(node, &peer, delta).await?;
     }
+    let Some(theirs) = theirs else {
+        return Ok(PushPull::Done);
+    };
     match node.delta_within(&peer, &theirs, limits.body_bytes_max) {
         Some(back) if !back.is_empty() => {
             stats.entries_sent += back.entry_count();

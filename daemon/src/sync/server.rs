@@ -31,7 +31,7 @@ use std::time::{Duration, SystemTime};
 use bytes::{Buf, Bytes, BytesMut};
 use h3::server::RequestStream;
 use http::StatusCode;
-use shoal_crdt::NodeId;
+use shoal_crdt::{NodeId, codec};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
@@ -413,9 +413,23 @@ impl RequestContext {
             |error: wire::WireError| Refusal::new(error.status(), error.to_string());
         match route {
             Route::Sync => {
-                let theirs = wire::decode_summary(&body, max).map_err(decode_refusal)?;
-                let ours = self.node.summary();
-                let room = wire::sync_delta_bytes_max(max, &ours);
+                let request = wire::decode_sync_request(&body, max).map_err(decode_refusal)?;
+                let (theirs, tail) = match request {
+                    wire::SyncRequest::Full(theirs) => {
+                        (theirs, codec::encode_summary(&self.node.summary()))
+                    }
+                    wire::SyncRequest::Compact(compact) => {
+                        let Some(theirs) = self.node.expand_summary(&compact) else {
+                            return Ok(Some((
+                                StatusCode::CONFLICT,
+                                Bytes::from_static(wire::SEND_FULL_SUMMARY.as_bytes()),
+                            )));
+                        };
+                        let reply = self.node.summary_reply(&theirs.vv);
+                        (theirs, codec::encode_summary_reply(&reply))
+                    }
+                };
+                let room = wire::sync_delta_bytes_max(max, tail.len());
                 let Some(delta) = self.node.delta_within(&self.peer, &theirs, room) else {
                     tracing::debug!(
                         peer = %self.peer,
@@ -431,7 +445,7 @@ impl RequestContext {
                         )),
                     )));
                 };
-                let response = wire::encode_sync_response(&delta, &ours);
+                let response = wire::encode_sync_response(&delta, &tail);
                 debug_assert!(response.len() <= max, "a bounded delta overflows its body");
                 Ok(Some((StatusCode::OK, Bytes::from(response))))
             }

@@ -14,13 +14,17 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use shoal_crdt::compact::expand_reply;
 use shoal_crdt::{
-    ApplyError, Capacity, Delta, NTP64, NodeMeta, Replica, ServiceSpec, Summary, Timestamp, codec,
+    ApplyError, Capacity, CompactSummary, Delta, NTP64, NodeMeta, Replica, ServiceSpec, Summary,
+    SummaryReply, Timestamp, VersionVector, codec,
 };
 
 use super::gossip::PUSH_HOPS;
 use super::membership::{Member, PeerSelector, automatic_push_fanout};
+use super::wire::SEND_FULL_SUMMARY;
 use crate::state::members::PeerState;
+use crate::state::node::REFRESH_MS_PER_MEMBER;
 use crate::swim::SwimConfig;
 use crate::swim::sim::{SwimWorld, member_address as address, member_at as index_of, member_name};
 
@@ -41,6 +45,12 @@ pub struct SyncSimConfig {
     pub eager_push: bool,
     /// `None`: `automatic_push_fanout` of the fleet's size.
     pub push_fanout: Option<usize>,
+    /// Members write metadata refreshes as the daemon does with SWIM: each one
+    /// `REFRESH_MS_PER_MEMBER` per member after its last (about one a second in the fleet),
+    /// not pushed, so anti-entropy carries them. Off, the idle state is all equal.
+    pub refreshes: bool,
+    /// Anti-entropy sends compact summaries when they are smaller (the daemon does).
+    pub compact_summaries: bool,
 }
 
 impl Default for SyncSimConfig {
@@ -51,6 +61,8 @@ impl Default for SyncSimConfig {
             fanout: 1,
             eager_push: true,
             push_fanout: None,
+            refreshes: false,
+            compact_summaries: true,
         }
     }
 }
@@ -59,8 +71,21 @@ impl Default for SyncSimConfig {
 enum Message {
     /// `POST /v1/sync`: the caller's summary.
     SyncRequest(Summary),
+    /// `POST /v1/sync` with a compact summary; `sent` is what the caller keeps, not sent.
+    CompactRequest {
+        compact: CompactSummary,
+        sent: VersionVector,
+    },
     /// Its answer: what the caller lacks and the answering node's summary.
     SyncResponse(Delta, Summary),
+    /// The answer to a compact summary; `sent` is the caller's own, kept, not sent.
+    CompactResponse {
+        delta: Delta,
+        reply: SummaryReply,
+        sent: VersionVector,
+    },
+    /// 409: the compact summary did not rebuild; the caller sends its full summary.
+    SendFull,
     /// `POST /v1/push?hops=`; `origin` marks the writer's own push, which falls back to an
     /// exchange when the receiver lacks its base.
     Push {
@@ -91,11 +116,24 @@ pub struct SyncWorld {
     /// Sync messages and body bytes each member sent (SWIM's are counted by `swim`).
     pub sent_messages: Vec<u64>,
     pub sent_bytes: Vec<u64>,
+    /// Anti-entropy requests by form: compact summaries sent, and those refused (409).
+    pub compact_sent: u64,
+    pub compact_refused: u64,
+    pub full_sent: u64,
+    /// When each member writes its next metadata refresh (`SyncSimConfig::refreshes`).
+    next_refresh_ms: Vec<u64>,
     followed: Option<(shoal_crdt::ServiceName, Vec<Option<Reached>>)>,
 }
 
 fn physical(now_ms: u64) -> NTP64 {
     crate::state::clock::ms_to_ntp(EPOCH_MS + now_ms)
+}
+
+/// How often each member refreshes its metadata: the daemon's rule with SWIM.
+fn refresh_period_ms(members: usize) -> u64 {
+    (members as u64)
+        .saturating_mul(REFRESH_MS_PER_MEMBER)
+        .max(1_000)
 }
 
 impl SyncWorld {
@@ -176,6 +214,14 @@ impl SyncWorld {
             .iter_mut()
             .map(|selector| start_ms + selector.next_delay_ms(config.interval_ms, config.jitter_ms))
             .collect();
+        // Refreshes start spread over one period, as after a fleet's staggered starts.
+        let refresh_ms = refresh_period_ms(members);
+        let next_refresh_ms = (0..members)
+            .map(|index| {
+                let spread = (seed ^ index as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 16;
+                start_ms + spread % refresh_ms
+            })
+            .collect();
         SyncWorld {
             swim: swim_world,
             replicas,
@@ -186,12 +232,21 @@ impl SyncWorld {
             sequence: 0,
             sent_messages: vec![0; members],
             sent_bytes: vec![0; members],
+            compact_sent: 0,
+            compact_refused: 0,
+            full_sent: 0,
+            next_refresh_ms,
             followed: None,
         }
     }
 
     pub fn now_ms(&self) -> u64 {
         self.swim.now_ms
+    }
+
+    /// The configuration, to change from now on (refreshes, compact summaries).
+    pub fn config_mut(&mut self) -> &mut SyncSimConfig {
+        &mut self.config
     }
 
     /// The members as member `index` sees them: live unless its SWIM says down.
@@ -226,9 +281,14 @@ impl SyncWorld {
     fn send(&mut self, from: usize, to: usize, message: Message) {
         let bytes = match &message {
             Message::SyncRequest(summary) => codec::encode_summary(summary).len(),
+            Message::CompactRequest { compact, .. } => codec::encode_compact_summary(compact).len(),
             Message::SyncResponse(delta, summary) => {
                 codec::encode_delta(delta).len() + codec::encode_summary(summary).len() + 4
             }
+            Message::CompactResponse { delta, reply, .. } => {
+                codec::encode_delta(delta).len() + codec::encode_summary_reply(reply).len() + 4
+            }
+            Message::SendFull => SEND_FULL_SUMMARY.len(),
             Message::Push { delta, .. } => shoal_crdt::encoded_delta_bytes(delta),
         };
         self.sent_messages[from] += 1;
@@ -329,19 +389,49 @@ impl SyncWorld {
     }
 
     fn round(&mut self, index: usize) {
+        if self.config.refreshes && self.now_ms() >= self.next_refresh_ms[index] {
+            self.refresh(index);
+        }
         let members = self.members_seen_by(index);
         let targets = self.selectors[index].round_targets(&members, &[], self.config.fanout);
         for target in targets {
-            let summary = self.replicas[index].summary();
-            self.send(
-                index,
-                index_of(target.address),
-                Message::SyncRequest(summary),
-            );
+            let to = index_of(target.address);
+            let compact = self
+                .config
+                .compact_summaries
+                .then(|| self.replicas[index].compact_summary(physical(self.now_ms())))
+                .flatten();
+            match compact {
+                Some((compact, sent)) => {
+                    self.compact_sent += 1;
+                    self.send(index, to, Message::CompactRequest { compact, sent });
+                }
+                None => {
+                    self.full_sent += 1;
+                    let summary = self.replicas[index].summary();
+                    self.send(index, to, Message::SyncRequest(summary));
+                }
+            }
         }
         let delay =
             self.selectors[index].next_delay_ms(self.config.interval_ms, self.config.jitter_ms);
         self.next_round_ms[index] = self.now_ms() + delay;
+    }
+
+    /// Member `index` writes its metadata again, with a new heartbeat; not pushed.
+    fn refresh(&mut self, index: usize) {
+        let node = member_name(index);
+        let now = physical(self.now_ms());
+        let mut meta = self.replicas[index]
+            .state()
+            .node(&node)
+            .cloned()
+            .unwrap_or_else(|| panic!("{node} holds its own metadata"));
+        meta.heartbeat = Timestamp::new(now, node.hlc_id());
+        self.replicas[index]
+            .put_node_meta(now, meta)
+            .unwrap_or_else(|error| panic!("{node} refreshes its metadata: {error}"));
+        self.next_refresh_ms[index] = self.now_ms() + refresh_period_ms(self.replicas.len());
     }
 
     fn apply(&mut self, to: usize, from: usize, delta: &Delta) -> Result<usize, ApplyError> {
@@ -357,24 +447,31 @@ impl SyncWorld {
                 let ours = self.replicas[to].summary();
                 self.send(to, from, Message::SyncResponse(delta, ours));
             }
-            Message::SyncResponse(delta, theirs) => {
-                if !delta.is_empty() {
-                    self.apply(to, from, &delta)
-                        .unwrap_or_else(|error| panic!("n{to} refused n{from}'s answer: {error}"));
-                    self.note_reached(to, None);
+            Message::CompactRequest { compact, sent } => {
+                let now = physical(self.now_ms());
+                match self.replicas[to].expand_summary(now, &compact) {
+                    Some(theirs) => {
+                        let delta = self.replicas[to].delta_for(&theirs);
+                        let reply = self.replicas[to].summary_reply(&theirs.vv);
+                        let message = Message::CompactResponse { delta, reply, sent };
+                        self.send(to, from, message);
+                    }
+                    None => {
+                        self.compact_refused += 1;
+                        self.send(to, from, Message::SendFull);
+                    }
                 }
-                let back = self.replicas[to].delta_for(&theirs);
-                if !back.is_empty() {
-                    self.send(
-                        to,
-                        from,
-                        Message::Push {
-                            delta: std::sync::Arc::new(back),
-                            hops: 0,
-                            origin: false,
-                        },
-                    );
-                }
+            }
+            Message::SendFull => {
+                self.full_sent += 1;
+                let summary = self.replicas[to].summary();
+                self.send(to, from, Message::SyncRequest(summary));
+            }
+            Message::SyncResponse(delta, theirs) => self.answered(to, from, &delta, &theirs),
+            Message::CompactResponse { delta, reply, sent } => {
+                let theirs = expand_reply(&sent, reply)
+                    .unwrap_or_else(|| panic!("n{to} cannot read n{from}'s reply"));
+                self.answered(to, from, &delta, &theirs);
             }
             Message::Push {
                 delta,
@@ -409,6 +506,28 @@ impl SyncWorld {
                 Err(ApplyError::StaleBase { .. }) => {}
                 Err(error) => panic!("n{to} refused n{from}'s push: {error}"),
             },
+        }
+    }
+
+    /// The caller `to` got `from`'s answer: applies what it lacked, pushes back what `from`
+    /// lacks.
+    fn answered(&mut self, to: usize, from: usize, delta: &Delta, theirs: &Summary) {
+        if !delta.is_empty() {
+            self.apply(to, from, delta)
+                .unwrap_or_else(|error| panic!("n{to} refused n{from}'s answer: {error}"));
+            self.note_reached(to, None);
+        }
+        let back = self.replicas[to].delta_for(theirs);
+        if !back.is_empty() {
+            self.send(
+                to,
+                from,
+                Message::Push {
+                    delta: std::sync::Arc::new(back),
+                    hops: 0,
+                    origin: false,
+                },
+            );
         }
     }
 
@@ -498,6 +617,40 @@ mod tests {
         }
         let left: shoal_crdt::ServiceName = "left".parse().unwrap();
         assert!(world.replicas[39].state().service(&left).is_some());
+    }
+
+    #[test]
+    fn idle_members_that_refresh_exchange_compact_summaries_in_fewer_bytes_and_converge() {
+        let config = SyncSimConfig {
+            refreshes: true,
+            compact_summaries: false,
+            ..SyncSimConfig::default()
+        };
+        let mut world = SyncWorld::new(60, config, &quick_swim(), 21);
+        let idle_bytes = |world: &mut SyncWorld| {
+            let (_, before) = world.sent();
+            let start = world.now_ms();
+            world.run(start + 30_000);
+            world.sent().1 - before
+        };
+        let full = idle_bytes(&mut world);
+        assert_eq!(world.compact_sent, 0);
+        world.config_mut().compact_summaries = true;
+        let compact = idle_bytes(&mut world);
+        let (sent, refused) = (world.compact_sent, world.compact_refused);
+        // About one exchange per member per second, nearly all of them compact and rebuilt.
+        assert!(sent > 60 * 25, "{sent} compact summaries sent");
+        assert!(refused * 20 < sent, "{refused} of {sent} refused");
+        assert!(
+            compact * 4 < full * 3,
+            "{compact} bytes compact, {full} full"
+        );
+        // The refreshes stop; what they wrote spreads to everyone.
+        world.config_mut().refreshes = false;
+        let start = world.now_ms();
+        world.run(start + 20_000);
+        assert!(world.converged());
+        assert!(world.compact_sent > sent, "compact summaries still in use");
     }
 
     #[test]

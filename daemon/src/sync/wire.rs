@@ -4,7 +4,12 @@
 //! - `/v1/sync`: body = our `Summary` (shoal_crdt::codec). Response 200, body =
 //!   `u32 big-endian length of D` ++ `D` ++ `S`, where `D` is the encoded `Delta` the caller
 //!   lacks and `S` the server's encoded `Summary`, so the caller can push back what the server
-//!   lacks with `/v1/push`.
+//!   lacks with `/v1/push`. The body may instead be a `CompactSummary` (the version vector's
+//!   digest and the counters that moved lately; `shoal_crdt::compact`): then `S` is the
+//!   server's `SummaryReply` (its counters where they differ, or its whole summary), and when
+//!   the server cannot rebuild the caller's version vector from it the answer is **409**
+//!   ([`SEND_FULL_SUMMARY`]) and the caller sends the full summary. A server built before
+//!   compact summaries refuses one with 400; the caller then sends the full summary too.
 //! - `/v1/push`: body = an encoded `Delta`. Response 204 once it is durable and applied.
 //!   A caller does not push a delta whose encoding exceeds `body_bytes_max`; the peer pulls it.
 //!   An eager push says how many more times it may be forwarded: `/v1/push?hops=<n>`
@@ -68,7 +73,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use shoal_crdt::codec::{self, DecodeError};
-use shoal_crdt::{ContainerId, Delta, NodeId, Summary};
+use shoal_crdt::{CompactSummary, ContainerId, Delta, NodeId, Summary, SummaryReply};
 
 pub const PATH_SYNC: &str = "/v1/sync";
 pub const PATH_PUSH: &str = "/v1/push";
@@ -303,24 +308,45 @@ pub fn decode_delta(bytes: &[u8], body_bytes_max: usize) -> Result<Delta, WireEr
     })
 }
 
-/// Frames the `/v1/sync` response body.
-pub fn encode_sync_response(delta: &Delta, summary: &Summary) -> Vec<u8> {
+/// What a `/v1/sync` body holds: the caller's summary, or its compact summary (told apart
+/// by the codec's kind byte).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncRequest {
+    Full(Summary),
+    Compact(CompactSummary),
+}
+
+/// The 409 body of `/v1/sync` for a compact summary that did not rebuild here.
+pub const SEND_FULL_SUMMARY: &str =
+    "your compact summary does not rebuild here; send the full summary";
+
+/// Parses a `/v1/sync` request body.
+pub fn decode_sync_request(bytes: &[u8], body_bytes_max: usize) -> Result<SyncRequest, WireError> {
+    if codec::kind_of(bytes) == Some(codec::Kind::CompactSummary as u8) {
+        return codec::decode_compact_summary(bytes, body_bytes_max)
+            .map(SyncRequest::Compact)
+            .map_err(|source| WireError::Decode {
+                part: "compact summary",
+                source,
+            });
+    }
+    decode_summary(bytes, body_bytes_max).map(SyncRequest::Full)
+}
+
+/// Frames the `/v1/sync` response body: the delta, then `tail` (the server's encoded
+/// `Summary`, or its encoded `SummaryReply` to a compact summary).
+pub fn encode_sync_response(delta: &Delta, tail: &[u8]) -> Vec<u8> {
     let delta_bytes = codec::encode_delta(delta);
-    let summary_bytes = codec::encode_summary(summary);
     let length = u32::try_from(delta_bytes.len()).expect("an encoded delta is under 4 GiB");
-    let mut body =
-        Vec::with_capacity(LENGTH_PREFIX_BYTES + delta_bytes.len() + summary_bytes.len());
+    let mut body = Vec::with_capacity(LENGTH_PREFIX_BYTES + delta_bytes.len() + tail.len());
     body.extend_from_slice(&length.to_be_bytes());
     body.extend_from_slice(&delta_bytes);
-    body.extend_from_slice(&summary_bytes);
+    body.extend_from_slice(tail);
     body
 }
 
-/// Parses the `/v1/sync` response body.
-pub fn decode_sync_response(
-    bytes: &[u8],
-    body_bytes_max: usize,
-) -> Result<(Delta, Summary), WireError> {
+/// Splits a `/v1/sync` response body into the delta, decoded, and the tail's bytes.
+fn split_sync_response(bytes: &[u8], body_bytes_max: usize) -> Result<(Delta, &[u8]), WireError> {
     let Some((prefix, rest)) = bytes.split_first_chunk::<LENGTH_PREFIX_BYTES>() else {
         return Err(WireError::Truncated(format!(
             "{} bytes, no length prefix",
@@ -334,11 +360,31 @@ pub fn decode_sync_response(
             rest.len()
         )));
     }
-    let (delta_bytes, summary_bytes) = rest.split_at(delta_length);
-    Ok((
-        decode_delta(delta_bytes, body_bytes_max)?,
-        decode_summary(summary_bytes, body_bytes_max)?,
-    ))
+    let (delta_bytes, tail) = rest.split_at(delta_length);
+    Ok((decode_delta(delta_bytes, body_bytes_max)?, tail))
+}
+
+/// Parses the `/v1/sync` response to a full summary.
+pub fn decode_sync_response(
+    bytes: &[u8],
+    body_bytes_max: usize,
+) -> Result<(Delta, Summary), WireError> {
+    let (delta, tail) = split_sync_response(bytes, body_bytes_max)?;
+    Ok((delta, decode_summary(tail, body_bytes_max)?))
+}
+
+/// Parses the `/v1/sync` response to a compact summary.
+pub fn decode_compact_sync_response(
+    bytes: &[u8],
+    body_bytes_max: usize,
+) -> Result<(Delta, SummaryReply), WireError> {
+    let (delta, tail) = split_sync_response(bytes, body_bytes_max)?;
+    let reply =
+        codec::decode_summary_reply(tail, body_bytes_max).map_err(|source| WireError::Decode {
+            part: "summary reply",
+            source,
+        })?;
+    Ok((delta, reply))
 }
 
 /// `GET /v1/logs`: which container, from which offsets, and how much of each stream.
@@ -481,11 +527,12 @@ pub fn decode_log_piece(
     Ok(piece)
 }
 
-/// Room for the delta of a `/v1/sync` response next to `summary` within `body_bytes_max`.
-pub fn sync_delta_bytes_max(body_bytes_max: usize, summary: &Summary) -> usize {
+/// Room for the delta of a `/v1/sync` response next to a tail of `tail_bytes` within
+/// `body_bytes_max`.
+pub fn sync_delta_bytes_max(body_bytes_max: usize, tail_bytes: usize) -> usize {
     body_bytes_max
         .saturating_sub(LENGTH_PREFIX_BYTES)
-        .saturating_sub(codec::encode_summary(summary).len())
+        .saturating_sub(tail_bytes)
 }
 
 /// Longest query string `GET /v1/snapshot` accepts (a 64-digit transfer id and two 20-digit
@@ -982,7 +1029,7 @@ mod tests {
         let a = replica("a");
         let b = replica("b");
         let delta = a.delta_for(&b.summary());
-        let body = encode_sync_response(&delta, &a.summary());
+        let body = encode_sync_response(&delta, &codec::encode_summary(&a.summary()));
         let (got_delta, got_summary) = decode_sync_response(&body, 1 << 20).unwrap();
         assert_eq!(got_delta, delta);
         assert_eq!(got_summary, a.summary());
@@ -1173,10 +1220,10 @@ mod tests {
             .unwrap();
         }
         let theirs = replica("b").summary();
-        let summary = a.summary();
+        let summary = codec::encode_summary(&a.summary());
         let exact = encode_sync_response(&a.delta_for(&theirs), &summary).len();
         for body_bytes_max in [exact - 1, exact, exact + 1] {
-            let room = sync_delta_bytes_max(body_bytes_max, &summary);
+            let room = sync_delta_bytes_max(body_bytes_max, summary.len());
             match a.delta_for_within(&theirs, room) {
                 Some(delta) => {
                     assert!(body_bytes_max >= exact);
