@@ -17,8 +17,11 @@
 //! - `api_request`: one line on the API socket. What decodes re-encodes to itself, and the
 //!   services of an apply that validate replicate as above.
 //! - `sync_wire`: the sync protocol's other parts: the `GET /v1/logs` query (also through
-//!   `http::Uri`, as the server sees it), a `/v1/sync` response body and a log piece as a
-//!   client reads them. What parses re-encodes to itself.
+//!   `http::Uri`, as the server sees it), a `/v1/sync` response body (to a full or a compact
+//!   summary) and a log piece as a client reads them, and a compact summary as a server
+//!   reads it. What parses re-encodes to itself; a compact summary that rebuilds has the
+//!   digest it names, and the reply to it leads back to the receiver's summary; a reply is
+//!   read against the receiver's version vector and what it describes is answered.
 
 pub mod sample;
 pub mod seeds;
@@ -34,7 +37,10 @@ use shoal::containers::logs::locate;
 use shoal::schedule::view::ClusterView;
 use shoal::sync::wire::{self, LogQuery};
 use shoal_crdt::codec::{self, DecodeError};
-use shoal_crdt::{Delta, NodeId, PortMapping, Replica, Snapshot, Summary};
+use shoal_crdt::compact;
+use shoal_crdt::{
+    CompactSummary, Delta, NodeId, PortMapping, Replica, Snapshot, Summary, SummaryReply,
+};
 
 use sample::{MAX_DRIFT, at, node, now};
 
@@ -137,6 +143,40 @@ fn answer_summary(summary: &Summary) {
     replica.observe_summary(&node(sample::SENDER), summary);
     replica.collect_garbage();
     assert_restarts(&replica);
+}
+
+/// A compact summary as a server gets it: rebuilt against the receiver's version vector, and
+/// when that works, answered like the full summary it stands for.
+fn answer_compact_summary(compact: &CompactSummary) {
+    let (base, _) = receiver();
+    let encoded = codec::encode_compact_summary(compact);
+    assert_eq!(
+        codec::decode_compact_summary(&encoded, usize::MAX).as_ref(),
+        Ok(compact)
+    );
+    if let Some(summary) = base.expand_summary(now(), compact) {
+        assert_eq!(
+            compact::vv_digest(&summary.vv),
+            compact.vv_digest,
+            "a compact summary rebuilt into a vector of another digest"
+        );
+        let reply = base.summary_reply(&summary.vv);
+        assert_eq!(
+            compact::expand_reply(&summary.vv, reply),
+            Some(base.summary()),
+            "the reply to a rebuilt summary does not lead back to the receiver's"
+        );
+        answer_summary(&summary);
+    }
+}
+
+/// A reply to our compact summary, as a caller reads it: either the peer's summary it
+/// describes (then answered like any summary) or nothing.
+fn read_reply(reply: SummaryReply) {
+    let (base, _) = receiver();
+    if let Some(summary) = compact::expand_reply(base.version_vector(), reply) {
+        answer_summary(&summary);
+    }
 }
 
 /// A state file read at startup (`state::load`).
@@ -351,9 +391,22 @@ pub fn sync_wire(data: &[u8]) {
     }
     let max = body_bytes_max();
     if let Ok((delta, summary)) = wire::decode_sync_response(data, max) {
-        let body = wire::encode_sync_response(&delta, &summary);
+        let body = wire::encode_sync_response(&delta, &codec::encode_summary(&summary));
         let decoded = wire::decode_sync_response(&body, usize::MAX).ok();
         assert_eq!(decoded, Some((delta, summary)), "a sync response changed");
+    }
+    if let Ok((delta, reply)) = wire::decode_compact_sync_response(data, max) {
+        let body = wire::encode_sync_response(&delta, &codec::encode_summary_reply(&reply));
+        let decoded = wire::decode_compact_sync_response(&body, usize::MAX).ok();
+        assert_eq!(
+            decoded,
+            Some((delta, reply.clone())),
+            "a compact sync response changed"
+        );
+        read_reply(reply);
+    }
+    if let Ok(wire::SyncRequest::Compact(compact)) = wire::decode_sync_request(data, max) {
+        answer_compact_summary(&compact);
     }
     let stream_bytes_max = wire::log_stream_bytes_max(max);
     if let Ok(piece) = wire::decode_log_piece(data, max, stream_bytes_max) {

@@ -10,10 +10,11 @@ use std::collections::BTreeMap;
 
 use shoal::api::{API_VERSION, Envelope, NamedSpec, Request};
 use shoal::sync::wire::{self, LogPiece, LogQuery};
-use shoal_crdt::codec;
 use shoal_crdt::{
-    ContainerStatus, NodeStatus, Replica, Resource, RunState, ServiceName, ServiceSpec, Summary,
+    CompactSummary, ContainerStatus, NodeStatus, Replica, Resource, RunState, ServiceName,
+    ServiceSpec, Summary,
 };
+use shoal_crdt::{codec, compact};
 
 use crate::sample::{self, MAX_DRIFT, at, node};
 
@@ -353,13 +354,42 @@ fn sync_wire(seeds: &mut Vec<Seed>) {
         seeds,
         target,
         "sync-response-one-service",
-        wire::encode_sync_response(&n1.delta_for(&n3.summary()), &n1.summary()),
+        wire::encode_sync_response(
+            &n1.delta_for(&n3.summary()),
+            &codec::encode_summary(&n1.summary()),
+        ),
+    );
+    // A compact summary listing every counter of n3 (so it rebuilds anywhere), and n1's
+    // answer to it: the delta and the difference.
+    let vv = n3.version_vector();
+    let compact = CompactSummary {
+        vv_digest: compact::vv_digest(vv),
+        digest: n3.digest(),
+        recent: vv.dots.iter().map(|(n, c)| (n.clone(), *c)).collect(),
+    };
+    push(
+        seeds,
+        target,
+        "sync-request-compact",
+        codec::encode_compact_summary(&compact),
+    );
+    push(
+        seeds,
+        target,
+        "sync-response-compact",
+        wire::encode_sync_response(
+            &n1.delta_for(&n3.summary()),
+            &codec::encode_summary_reply(&n1.summary_reply(vv)),
+        ),
     );
     push(
         seeds,
         target,
         "sync-response-full",
-        wire::encode_sync_response(&n1.delta_for(&Summary::default()), &n1.summary()),
+        wire::encode_sync_response(
+            &n1.delta_for(&Summary::default()),
+            &codec::encode_summary(&n1.summary()),
+        ),
     );
     for (file, piece) in [
         (

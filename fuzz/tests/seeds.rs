@@ -120,8 +120,16 @@ fn seeds_reach_what_they_are_for() {
                 if name.starts_with("query-") {
                     let text = std::str::from_utf8(&seed.bytes).expect(&label);
                     wire::LogQuery::parse(Some(text)).expect(&label);
+                } else if name == "sync-response-compact" {
+                    wire::decode_compact_sync_response(&seed.bytes, max).expect(&label);
                 } else if name.starts_with("sync-response-") {
                     wire::decode_sync_response(&seed.bytes, max).expect(&label);
+                } else if name.starts_with("sync-request-") {
+                    let request = wire::decode_sync_request(&seed.bytes, max).expect(&label);
+                    assert!(
+                        matches!(request, wire::SyncRequest::Compact(_)),
+                        "{label}: {request:?}"
+                    );
                 } else {
                     let stream_bytes_max = wire::log_stream_bytes_max(max);
                     wire::decode_log_piece(&seed.bytes, max, stream_bytes_max).expect(&label);
