@@ -522,7 +522,7 @@ in
               description = "Random delay added to each anti-entropy round. `null` leaves the daemon's default.";
             };
             fanout = optionalPositive "Random live peers per anti-entropy round (default 1: pushes carry changes at once and SWIM starts an exchange with a member that comes back).";
-            heartbeat_interval_ms = optionalPositive "Period of this node's metadata refresh, no sooner than a second per member after the last (liveness itself is SWIM's, see `membership`).";
+            heartbeat_interval_ms = optionalPositive "Period of this node's metadata refresh, give or take a quarter, no sooner than a second per member after the last (liveness itself is SWIM's, see `membership`).";
             down_after_ms = optionalPositive "A peer SWIM has no entry for counts as down once its metadata is this old; must exceed `heartbeat_interval_ms`.";
             evict_after_ms = optionalPositive "Silence after which a member is evicted (unblocks tombstone collection).";
             max_clock_drift_ms = optionalPositive "A peer whose clock is further ahead is refused.";

@@ -59,6 +59,7 @@ const ACTIVITY: &[(&str, &str)] = &[
     ("dials/s", "shoal_sync_connections_total{how=\"dialed\"}"),
     ("body B sent/s", "shoal_sync_sent_bytes_total "),
     ("compact/s", "shoal_sync_summaries_total{form=\"compact\"}"),
+    ("full/s", "shoal_sync_summaries_total{form=\"full\"}"),
     (
         "compact refused/s",
         "shoal_sync_summaries_total{form=\"compact_refused\"}",

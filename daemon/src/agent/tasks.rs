@@ -8,6 +8,8 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
@@ -61,7 +63,8 @@ pub async fn stopped(mut receiver: watch::Receiver<bool>) {
 /// Spawns what keeps a node in sync on `endpoint`: the sync server (answering other nodes'
 /// log requests from `logs`), the gossip loop (anti-entropy and eager push), SWIM membership
 /// when `swim` is given (else liveness is judged by heartbeats alone), and a heartbeat (the
-/// metadata refresh) every `heartbeat_every`. Gossip and SWIM share the kept connections.
+/// metadata refresh) every `heartbeat_every` (give or take a quarter with SWIM). Gossip and
+/// SWIM share the kept connections.
 #[allow(clippy::too_many_arguments)]
 pub fn spawn_sync_tasks(
     tasks: &mut JoinSet<()>,
@@ -74,6 +77,10 @@ pub fn spawn_sync_tasks(
     swim: Option<SwimSettings>,
     stop: &watch::Receiver<bool>,
 ) {
+    // With SWIM a heartbeat is a metadata refresh, which may come late: spread them.
+    let jitter_seed = swim
+        .is_some()
+        .then_some(gossip.rng_seed ^ HEARTBEAT_SEED_SALT);
     let connections = Arc::new(Connections::new(endpoint.clone()));
     let (forwards, forwarded) = Forwards::new();
     let mut handlers = Handlers {
@@ -122,19 +129,42 @@ pub fn spawn_sync_tasks(
     tasks.spawn(heartbeat_loop(
         node.clone(),
         heartbeat_every,
+        jitter_seed,
         stopped(stop.clone()),
     ));
 }
 
-async fn heartbeat_loop(node: Arc<Node>, every: Duration, stop: impl Future<Output = ()>) {
+/// Mixed into the gossip's seed for the heartbeat's jitter, so the two draw apart.
+const HEARTBEAT_SEED_SALT: u64 = 0x6865_6172_7462_6561;
+
+/// The wait before the next heartbeat: `every`, or with a jitter source `every` give or take
+/// a quarter. Nodes of a fleet started together (a reboot after an upgrade) would otherwise
+/// write their metadata refreshes in the same second every period: a burst of writes every
+/// member receives, during which anti-entropy's compact summaries list so many moved origins
+/// that full summaries are sent instead.
+fn heartbeat_wait(every: Duration, jitter: Option<&mut ChaCha8Rng>) -> Duration {
+    match jitter {
+        Some(rng) => {
+            let quarter = every / 4;
+            every - quarter + rng.gen_range(Duration::ZERO..=quarter * 2)
+        }
+        None => every,
+    }
+}
+
+async fn heartbeat_loop(
+    node: Arc<Node>,
+    every: Duration,
+    jitter_seed: Option<u64>,
+    stop: impl Future<Output = ()>,
+) {
     tokio::pin!(stop);
-    let mut ticker = tokio::time::interval(every);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticker.tick().await;
+    let mut jitter = jitter_seed.map(ChaCha8Rng::seed_from_u64);
     loop {
+        let wait = heartbeat_wait(every, jitter.as_mut());
         tokio::select! {
             _ = &mut stop => return,
-            _ = ticker.tick() => {}
+            _ = tokio::time::sleep(wait) => {}
         }
         let node = node.clone();
         match tokio::task::spawn_blocking(move || node.heartbeat()).await {
@@ -179,6 +209,32 @@ pub async fn watchdog_loop(
         if last_status.elapsed() >= status_every {
             notifier.status(&format!("running; {line}"));
             last_status = tokio::time::Instant::now();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn heartbeats_with_a_jitter_source_spread_over_half_the_period_and_without_one_do_not() {
+        let every = Duration::from_secs(30);
+        assert_eq!(heartbeat_wait(every, None), every);
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let waits: Vec<Duration> = (0..1_000)
+            .map(|_| heartbeat_wait(every, Some(&mut rng)))
+            .collect();
+        let (low, high) = (Duration::from_millis(22_500), Duration::from_millis(37_500));
+        assert!(waits.iter().all(|wait| (low..=high).contains(wait)));
+        // Spread over the whole range, not bunched: each sixth of it gets some.
+        for sixth in 0..6u32 {
+            let from = low + (high - low) * sixth / 6;
+            let to = low + (high - low) * (sixth + 1) / 6;
+            assert!(
+                waits.iter().any(|wait| (from..to).contains(wait)),
+                "none in {from:?}..{to:?}"
+            );
         }
     }
 }
