@@ -149,14 +149,12 @@ pub fn decode_compact_summary(
     bytes: &[u8],
     max_bytes: usize,
 ) -> Result<CompactSummary, DecodeError> {
-    let summary: CompactSummary = match header(Kind::CompactSummary, bytes, max_bytes)? {
-        FORMAT_VERSION => body(bytes)?,
-        found => return Err(unsupported(found)),
-    };
-    summary
-        .check()
-        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
-    Ok(summary)
+    decode_current(
+        Kind::CompactSummary,
+        bytes,
+        max_bytes,
+        CompactSummary::check,
+    )
 }
 
 pub fn encode_summary_reply(reply: &SummaryReply) -> Vec<u8> {
@@ -165,14 +163,22 @@ pub fn encode_summary_reply(reply: &SummaryReply) -> Vec<u8> {
 
 /// A reply to a compact summary, checked (`SummaryReply::check`).
 pub fn decode_summary_reply(bytes: &[u8], max_bytes: usize) -> Result<SummaryReply, DecodeError> {
-    let reply: SummaryReply = match header(Kind::SummaryReply, bytes, max_bytes)? {
+    decode_current(Kind::SummaryReply, bytes, max_bytes, SummaryReply::check)
+}
+
+/// Decodes a kind only the current version has, then runs its `check`.
+fn decode_current<T: DeserializeOwned, E: std::fmt::Display>(
+    kind: Kind,
+    bytes: &[u8],
+    max_bytes: usize,
+    check: impl FnOnce(&T) -> Result<(), E>,
+) -> Result<T, DecodeError> {
+    let value: T = match header(kind, bytes, max_bytes)? {
         FORMAT_VERSION => body(bytes)?,
         found => return Err(unsupported(found)),
     };
-    reply
-        .check()
-        .map_err(|error| DecodeError::Malformed(error.to_string()))?;
-    Ok(reply)
+    check(&value).map_err(|error| DecodeError::Malformed(error.to_string()))?;
+    Ok(value)
 }
 
 /// The kind byte of an encoding (after its magic), when it has one: what a `/v1/sync` body
