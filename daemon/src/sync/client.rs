@@ -1,13 +1,13 @@
 //! The dialing side of sync: a session with one peer, one push-pull ([`sync_once`]) and an eager
 //! push ([`push`]). Remote logs ask through the same session (`super::logs::fetch_log`).
 //!
-//! A push-pull is: `POST /v1/sync` with our summary; apply the delta we lack (durable before
-//! applied, by `Node::apply_remote`); then `POST /v1/push` with what the peer lacks according to
-//! the summary it returned. Each step is bounded by `SyncLimits` (body size, one deadline for
-//! the whole exchange). A session sends no request once the peer's certificate has expired
-//! (the handshake verified it, nothing does later): it closes the connection instead.
-//! the whole exchange). When what we lack does not fit in one body the peer answers 303: we
-//! fetch its snapshot in pieces ([`super::transfer`]) and push-pull again. What the peer lacks
+//! A push-pull is: `POST /v1/sync` with our summary (compact when smaller, then the full one
+//! if the peer cannot rebuild it); apply the delta we lack (durable before applied, by
+//! `Node::apply_remote`); then `POST /v1/push` with what the peer lacks according to the
+//! summary it returned. Each step is bounded by `SyncLimits` (body size, one deadline for the
+//! whole exchange). A session sends no request once the peer's certificate has expired (the
+//! handshake verified it, nothing does later): it closes the connection instead. When what
+//! we lack does not fit in one body the peer answers 303: we fetch its snapshot in pieces ([`super::transfer`]) and push-pull again. What the peer lacks
 //! is pushed only when it fits in one body; otherwise the peer pulls it the same way.
 
 use std::net::SocketAddr;

@@ -62,7 +62,7 @@
 //! or from a peer with the answering node's own name; 404 unknown path (including other
 //! protocol versions), or a container that is not on the answering node; 405 wrong method
 //! (`POST` for sync and push, `GET` for logs and snapshots); 409 stale base (the caller pulls
-//! first); 410 snapshot transfer no longer held; 413 body over the limit (refused before it
+//! first), or a compact summary that does not rebuild (the caller sends the full one); 410 snapshot transfer no longer held; 413 body over the limit (refused before it
 //! is read in full); 414 log or snapshot query over its limit; 416 snapshot offset past the
 //! end; 422 clock too far ahead; 500 storage or log file failure; 503 server busy. A refused
 //! request changes nothing, and only `/v1/push` and `/v1/drain` change the answering node's
