@@ -7,8 +7,9 @@
 //! summary it returned. Each step is bounded by `SyncLimits` (body size, one deadline for the
 //! whole exchange). A session sends no request once the peer's certificate has expired (the
 //! handshake verified it, nothing does later): it closes the connection instead. When what
-//! we lack does not fit in one body the peer answers 303: we fetch its snapshot in pieces ([`super::transfer`]) and push-pull again. What the peer lacks
-//! is pushed only when it fits in one body; otherwise the peer pulls it the same way.
+//! we lack does not fit in one body the peer answers 303: we fetch its snapshot in pieces
+//! ([`super::transfer`]) and push-pull again. What the peer lacks is pushed only when it fits
+//! in one body; otherwise the peer pulls it the same way.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
