@@ -169,7 +169,8 @@ pub fn expand_reply(sent: &VersionVector, reply: SummaryReply) -> Option<Summary
     }
 }
 
-fn set(vv: &mut VersionVector, node: NodeId, counter: u64) {
+/// Sets `node`'s counter in `vv`; 0 removes it (a version vector holds no zero counters).
+pub(crate) fn set(vv: &mut VersionVector, node: NodeId, counter: u64) {
     if counter == 0 {
         vv.dots.remove(&node);
     } else {

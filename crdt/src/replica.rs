@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use uhlc::{NTP64, Timestamp};
 
 use crate::clock::{Clock, ClockError};
-use crate::compact::RecentOrigins;
+use crate::compact::{self, RecentOrigins};
 use crate::delta::{Delta, DeltaBase, OriginRange, Summary};
 use crate::entry::{Dot, Entry, MergeOutcome};
 use crate::identity::{IdentityWatch, Sighting};
@@ -254,11 +254,7 @@ impl Replica {
         if before == counter {
             return;
         }
-        if counter == 0 {
-            self.vv.dots.remove(origin);
-        } else {
-            self.vv.dots.insert(origin.clone(), counter);
-        }
+        compact::set(&mut self.vv, origin.clone(), counter);
         self.recent.moved(origin, before, at);
     }
 
