@@ -45,6 +45,7 @@ use crate::compact::{self, RecentOrigins};
 use crate::delta::{Delta, DeltaBase, OriginRange, Summary};
 use crate::entry::{Dot, Entry, MergeOutcome};
 use crate::identity::{IdentityWatch, Sighting};
+use crate::record_check::{Held, RecordBounds};
 use crate::state::{Change, ClusterState, Counts, IpClaim, NodeRecord};
 use crate::status::{NodeStatus, StatusError};
 use crate::{
@@ -184,6 +185,9 @@ pub struct Replica {
     replaying: bool,
     /// The origins the version vector moved for lately (`compact`); not persisted.
     recent: RecentOrigins,
+    /// Upper bounds of stored service records' encodings, so the next write of a service is
+    /// checked beside its record without encoding it again (`record_check`); not persisted.
+    record_bounds: RecordBounds,
 }
 
 const HLC_ID_CACHE_ENTRIES_MAX: usize = 4096;
@@ -223,6 +227,7 @@ impl Replica {
             identity: IdentityWatch::default(),
             replaying: false,
             recent: RecentOrigins::default(),
+            record_bounds: RecordBounds::default(),
         }
     }
 
@@ -902,16 +907,23 @@ impl Replica {
         delta: &Delta,
     ) -> Result<Applied, ApplyError> {
         self.remember_writer_ids(delta);
-        if let Err(error) = self.validate_delta(now, from, delta) {
-            // Writes of this node it did not make: its name is contested. Nothing else
-            // changes; the next such delta is adopted (`check_own_origin`).
-            if let ApplyError::OwnOrigin { until, own, .. } = &error
-                && !self.replaying
-            {
-                self.identity.coverage_beyond(from, *until, *own);
+        // The bounds are a cache the check fills; they are put back whatever it finds.
+        let mut record_bounds = std::mem::take(&mut self.record_bounds);
+        let checked = self.validate_delta(now, from, delta, &mut record_bounds);
+        self.record_bounds = record_bounds;
+        let bounds = match checked {
+            Ok(bounds) => bounds,
+            Err(error) => {
+                // Writes of this node it did not make: its name is contested. Nothing else
+                // changes; the next such delta is adopted (`check_own_origin`).
+                if let ApplyError::OwnOrigin { until, own, .. } = &error
+                    && !self.replaying
+                {
+                    self.identity.coverage_beyond(from, *until, *own);
+                }
+                return Err(error);
             }
-            return Err(error);
-        }
+        };
         if let Some(max) = delta.max_timestamp() {
             self.clock
                 .observe(now, &max)
@@ -974,8 +986,28 @@ impl Replica {
             }
             DeltaBase::Repair { .. } => self.merge_repair(&delta.changes, &mut applied),
         }
+        self.keep_record_bounds(&delta.changes, &bounds);
         self.promote_stable_summaries();
         Ok(applied)
+    }
+
+    /// Keeps the bound of each service record of `changes` that is now stored, and forgets
+    /// the bound of a name whose stored record came without one.
+    fn keep_record_bounds(&mut self, changes: &[Change], bounds: &[(usize, usize)]) {
+        let mut bounds = bounds.iter().peekable();
+        for (index, change) in changes.iter().enumerate() {
+            let bytes = bounds
+                .next_if(|(at, _)| *at == index)
+                .map(|(_, bytes)| *bytes);
+            if let Change::Service { name, entry } = change
+                && self
+                    .state
+                    .service_entry(name)
+                    .is_some_and(|held| held.dot == entry.dot && held.hlc == entry.hlc)
+            {
+                self.record_bounds.set(name, entry, bytes);
+            }
+        }
     }
 
     /// Raises this replica's coverage of `origin`'s writes towards `until`, as far as it can
@@ -1079,16 +1111,32 @@ impl Replica {
         }
     }
 
-    fn validate_delta(&self, now: NTP64, from: &NodeId, delta: &Delta) -> Result<(), ApplyError> {
-        for change in &delta.changes {
+    /// Checks `delta` whole before anything changes. Returns, for the service entries that
+    /// needed one, the bound of their record's encoding, by entry index.
+    fn validate_delta(
+        &self,
+        now: NTP64,
+        from: &NodeId,
+        delta: &Delta,
+        record_bounds: &mut RecordBounds,
+    ) -> Result<Vec<(usize, usize)>, ApplyError> {
+        let mut bounds = Vec::new();
+        for (index, change) in delta.changes.iter().enumerate() {
             let writer = &change.dot().node;
             let id = match self.hlc_ids.get(writer) {
                 Some(id) => *id,
                 None => writer.hlc_id(),
             };
-            change
-                .validate_with_writer_id(&id)
-                .map_err(|error| ApplyError::Invalid(error.to_string()))?;
+            let held = match change {
+                Change::Service { name, entry } => self.held_record(name, entry, record_bounds),
+                _ => None,
+            };
+            if let Some(bytes) = change
+                .validate_beside(&id, held)
+                .map_err(|error| ApplyError::Invalid(error.to_string()))?
+            {
+                bounds.push((index, bytes));
+            }
             if change.dot().counter > DOT_COUNTER_MAX {
                 return Err(ApplyError::Invalid(format!(
                     "entry {:?} is beyond the highest counter {DOT_COUNTER_MAX}",
@@ -1176,7 +1224,32 @@ impl Replica {
                     source,
                 })?;
         }
-        Ok(())
+        Ok(bounds)
+    }
+
+    /// The record stored under `name` that `incoming`, a write of that service, is checked
+    /// beside, with the bound kept for it (counted now if none is kept: after a restart, or
+    /// a write made here). None when `incoming` needs no bound (no history).
+    fn held_record<'a>(
+        &'a self,
+        name: &ServiceName,
+        incoming: &Entry<ServiceRecord>,
+        record_bounds: &mut RecordBounds,
+    ) -> Option<Held<'a>> {
+        if incoming.value.as_ref()?.history.is_empty() {
+            return None;
+        }
+        let held = self.state.service_entry(name)?;
+        let record = held.value.as_ref()?;
+        let bytes_max = match record_bounds.get(name, held) {
+            Some(bytes) => bytes,
+            None => {
+                let bytes = record.encoded_bytes();
+                record_bounds.set(name, held, Some(bytes));
+                bytes
+            }
+        };
+        Some(Held { record, bytes_max })
     }
 
     fn validate_ranges(
@@ -1472,6 +1545,7 @@ impl Replica {
             identity: IdentityWatch::default(),
             replaying: false,
             recent: RecentOrigins::default(),
+            record_bounds: RecordBounds::default(),
         })
     }
 
@@ -1745,6 +1819,61 @@ mod tests {
             Err(ApplyError::Invalid(_))
         ));
         assert_eq!(b.digest(), before);
+    }
+
+    /// A spec of about 250 KiB: every field in bounds, three fill a record.
+    fn large_spec(image: &str) -> ServiceSpec {
+        let mut spec = ServiceSpec::new(image);
+        for index in 0..60 {
+            spec.env.insert(format!("VAR_{index}"), "x".repeat(4096));
+        }
+        spec
+    }
+
+    #[test]
+    fn a_record_on_top_of_the_held_one_is_still_refused_over_the_size_limit() {
+        let (mut a, mut b) = (replica("a"), replica("b"));
+        let name: ServiceName = "big".parse().unwrap();
+        for (at, image) in [(1, "/img/1"), (2, "/img/2"), (3, "/img/3")] {
+            a.put_service(ms(at), name.clone(), large_spec(image))
+                .unwrap();
+            pull(&a, &mut b, ms(at));
+        }
+        let (held, _) = b.state().service_record(&name).unwrap();
+        assert_eq!(held.history.len(), 2, "three versions fill the record");
+        let oldest = held.history[1].clone();
+        let since = a.own_counter();
+        a.put_service(ms(4), name.clone(), large_spec("/img/4"))
+            .unwrap();
+        let honest = a.own_delta_since(since);
+        // The writer dropped the oldest version to stay within the limit; a forged copy
+        // keeps it. Every version lines up with what b holds.
+        let mut forged = honest.clone();
+        if let Some(Change::Service { entry, .. }) = forged.changes.first_mut()
+            && let Some(record) = entry.value.as_mut()
+        {
+            assert_eq!(record.history.len(), 2);
+            record.history.push(oldest);
+            assert!(record.encoded_bytes() > crate::rollout::SERVICE_RECORD_BYTES_MAX);
+        }
+        let before = b.digest();
+        let refused = b.apply_delta(ms(5), a.node(), &forged).unwrap_err();
+        assert!(
+            refused.to_string().contains("encodes to"),
+            "refused for its size: {refused}"
+        );
+        assert_eq!(b.digest(), before);
+        b.apply_delta(ms(5), a.node(), &honest).unwrap();
+        assert_eq!(b.digest(), a.digest());
+        // After a restart nothing is known of the records' sizes: they are counted again.
+        let mut restored = Replica::from_snapshot(node("b"), DRIFT, b.to_snapshot()).unwrap();
+        let since = a.own_counter();
+        a.put_service(ms(6), name.clone(), large_spec("/img/5"))
+            .unwrap();
+        restored
+            .apply_delta(ms(6), a.node(), &a.own_delta_since(since))
+            .unwrap();
+        assert_eq!(restored.digest(), a.digest());
     }
 
     #[test]

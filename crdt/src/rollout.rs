@@ -390,6 +390,23 @@ impl ServiceRecord {
     /// Checks what the spec's own validation does not: the history's length and specs,
     /// the reasons' lengths and the whole encoding's size.
     pub fn validate_history(&self) -> Result<(), RecordError> {
+        self.validate_marks()?;
+        for (index, past) in self.history.iter().enumerate() {
+            past.spec
+                .validate_fields()
+                .map_err(|source| RecordError::PastSpec { index, source })?;
+        }
+        if !self.history.is_empty() {
+            let bytes = self.encoded_bytes();
+            if bytes > SERVICE_RECORD_BYTES_MAX {
+                return Err(RecordError::TooLarge { bytes });
+            }
+        }
+        Ok(())
+    }
+
+    /// The history's length and the failure reasons' lengths.
+    pub(crate) fn validate_marks(&self) -> Result<(), RecordError> {
         if self.history.len() > HISTORY_VERSIONS_MAX {
             return Err(RecordError::HistoryTooLong {
                 count: self.history.len(),
@@ -403,17 +420,6 @@ impl ServiceRecord {
         for reason in reasons {
             if reason.len() > ROLLOUT_REASON_BYTES_MAX {
                 return Err(RecordError::ReasonTooLong);
-            }
-        }
-        for (index, past) in self.history.iter().enumerate() {
-            past.spec
-                .validate_fields()
-                .map_err(|source| RecordError::PastSpec { index, source })?;
-        }
-        if !self.history.is_empty() {
-            let bytes = self.encoded_bytes();
-            if bytes > SERVICE_RECORD_BYTES_MAX {
-                return Err(RecordError::TooLarge { bytes });
             }
         }
         Ok(())

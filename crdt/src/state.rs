@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 use uhlc::Timestamp;
 
 use crate::entry::{Dot, Entry, MergeOutcome, Table};
+use crate::record_check::{self, Held, RecordFault};
 use crate::status::{NodeStatus, StatusError};
 use crate::{
     ContainerId, ContainerRecord, IpAllocation, IpConflict, NodeId, NodeMeta, Resource,
@@ -162,6 +163,18 @@ impl Change {
     /// `validate` with the writer's HLC id already computed (it is a hash, and
     /// a delta carries many entries of few writers).
     pub fn validate_with_writer_id(&self, writer_id: &uhlc::ID) -> Result<(), InvalidChange> {
+        self.validate_beside(writer_id, None).map(|_| ())
+    }
+
+    /// `validate_with_writer_id` for a service entry whose name holds `held` here: the
+    /// versions of the record it shares with `held` are not checked again
+    /// (`record_check`). Returns an upper bound of a service record's encoded length when
+    /// the check needed one.
+    pub(crate) fn validate_beside(
+        &self,
+        writer_id: &uhlc::ID,
+        held: Option<Held<'_>>,
+    ) -> Result<Option<usize>, InvalidChange> {
         let dot = self.dot();
         if dot.counter == 0 {
             return Err(InvalidChange::ZeroCounter { dot: dot.clone() });
@@ -174,19 +187,16 @@ impl Change {
                 // Fields only: a spec written before its size was bounded still loads and
                 // travels (see `ServiceSpec::validate_fields`).
                 if let Some(record) = &entry.value {
-                    record
-                        .spec
-                        .validate_fields()
-                        .map_err(|source| InvalidChange::Spec {
+                    return record_check::check(record, held).map_err(|fault| match fault {
+                        RecordFault::Spec(source) => InvalidChange::Spec {
                             service: name.clone(),
                             source,
-                        })?;
-                    record
-                        .validate_history()
-                        .map_err(|source| InvalidChange::ServiceRecord {
+                        },
+                        RecordFault::Record(source) => InvalidChange::ServiceRecord {
                             service: name.clone(),
                             source,
-                        })?;
+                        },
+                    });
                 }
             }
             Change::Node { node, entry } => {
@@ -257,7 +267,7 @@ impl Change {
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 
@@ -646,6 +656,11 @@ impl ClusterState {
         self.services
             .live()
             .map(|(name, entry, record)| (name, &record.spec, entry.hlc))
+    }
+
+    /// A service's stored entry (a tombstone too).
+    pub(crate) fn service_entry(&self, name: &ServiceName) -> Option<&Entry<ServiceRecord>> {
+        self.services.get(name)
     }
 
     /// One live service's record (its spec, history and rollout marks) and its version.
