@@ -48,7 +48,9 @@ pub(crate) fn check(
 ) -> Result<Option<usize>, RecordFault> {
     let stored =
         |spec: &ServiceSpec| held.is_some_and(|held| versions(held.record).any(|v| v == spec));
-    if !stored(&record.spec) {
+    // A new spec is the usual case, and the held one (a version marked failed) the next:
+    // the spec is compared with that one only (a rollback's is checked again).
+    if held.is_none_or(|held| held.record.spec != record.spec) {
         record.spec.validate_fields().map_err(RecordFault::Spec)?;
     }
     record.validate_marks().map_err(RecordFault::Record)?;
