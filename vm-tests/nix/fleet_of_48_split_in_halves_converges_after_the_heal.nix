@@ -2,7 +2,9 @@
 # 48 nodes split 24|24 by nftables rules in the guests. Each half writes a
 # service of its own and sees only its own; after the heal every node lists
 # both (SWIM finds the other half again and the first exchange carries what
-# each side wrote).
+# each side wrote). Once the heal's writes are older than the compact window,
+# anti-entropy runs on compact summaries: n0 and n47 serve their metrics, and
+# both must have sent compact summaries after the heal, fewer refused than sent.
 { pkgs }:
 let
   inherit (pkgs) lib;
@@ -14,7 +16,15 @@ let
 in
 pkgs.testers.runNixOSTest {
   name = "shoal-fleet-of-48-split-in-halves";
-  nodes = common.cluster names;
+  # The two nodes whose summaries are counted serve their metrics on loopback.
+  nodes = lib.mapAttrs
+    (name: node:
+      if lib.elem name [ "n0" "n47" ] then {
+        imports = [ node ];
+        services.shoal.metrics.listen = "127.0.0.1:9464";
+        environment.systemPackages = [ pkgs.curl ];
+      } else node)
+    (common.cluster names);
   testScript = { nodes, ... }: ''
     ${common.prelude}
 
@@ -36,6 +46,13 @@ pkgs.testers.runNixOSTest {
             f"nft add rule inet shoal_cut input ip saddr {{ {listed} }} drop",
             f"nft add rule inet shoal_cut output ip daddr {{ {listed} }} drop",
         )
+
+
+    def summaries(machine, form):
+        """The node's count of anti-entropy summaries of `form` sent (compact, full, compact_refused)."""
+        text = machine.succeed("curl --silent --fail --max-time 3 http://127.0.0.1:9464/metrics")
+        series = f'shoal_sync_summaries_total{{form="{form}"}} '
+        return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(series))
 
 
     start_all()
@@ -65,5 +82,13 @@ pkgs.testers.runNixOSTest {
         wait_converged(machines, 48)
         for machine in machines:
             assert {"web", "left", "right"} <= set(services(machine))
+
+    with subtest("after the compact window, anti-entropy runs on compact summaries"):
+        at_heal = {machine.name: summaries(machine, "compact") for machine in [n0, n47]}
+        n0.sleep(35)
+        for machine in [n0, n47]:
+            compact = summaries(machine, "compact") - at_heal[machine.name]
+            refused = summaries(machine, "compact_refused")
+            assert compact > 0 and refused < compact, f"{machine.name}: {compact} compact since the heal, {refused} refused"
   '';
 }
