@@ -6,13 +6,15 @@
 //! this same check when it was stored (every stored record did: from a peer, from the
 //! snapshot, or written here), so only the versions that are new here are checked field by
 //! field. The record's encoded size is bounded the same way: when its earlier versions line
-//! up with the held record's (one write on top of it, or the same history), their specs'
-//! encodings are part of the held record's, so the new record encodes to at most the held
-//! record's bound, plus its own spec, plus its frame (the versions' stamps and marks, and the
-//! JSON around them), which is counted exactly and is small. Only when that bound is over
-//! `SERVICE_RECORD_BYTES_MAX`, or nothing lines up, is the whole record encoded and counted,
-//! as a snapshot's records are. The bound a stored record gets is kept (`RecordBounds`) for
-//! the next write of its service; it grows by each write's new spec, and a count resets it.
+//! up with the held record's (one write on top of it, or the same history), those versions'
+//! encodings are parts of the held record's, so the new record encodes to at most the held
+//! record's bound, plus its own spec, plus what is new around them (stamps, marks and JSON
+//! punctuation), which is counted exactly and is small. The whole record is encoded and
+//! counted, as a snapshot's records are, only when that bound is over
+//! `SERVICE_RECORD_BYTES_MAX`, when nothing lines up, or when no bound is kept for the held
+//! record (after a restart, for a record written here, or one stored without history). The
+//! bound a stored record gets is kept (`RecordBounds`) for the next write of its service; it
+//! grows by each write's new spec, and a count resets it.
 
 use std::collections::BTreeMap;
 
@@ -22,13 +24,15 @@ use uhlc::Timestamp;
 use crate::entry::Entry;
 use crate::records::json_bytes;
 use crate::rollout::{PastVersion, RecordError, SERVICE_RECORD_BYTES_MAX, ServiceRecord};
-use crate::{ServiceName, ServiceSpec, SpecError};
+use crate::{ServiceSpec, SpecError};
 
-/// A record this replica stores, with an upper bound of its encoding's length.
+/// A record this replica stores, with an upper bound of its encoding's length when one is
+/// kept (none after a restart, or for a record written here: the next record is then
+/// counted, and its count kept).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Held<'a> {
     pub record: &'a ServiceRecord,
-    pub bytes_max: usize,
+    pub bytes_max: Option<usize>,
 }
 
 /// Why a record is refused: its current spec, or the rest of it.
@@ -68,6 +72,9 @@ pub(crate) fn check(
         }
     }
     let bound = lined_up.map_or(usize::MAX, |(held, lineup)| {
+        let Some(held_bytes) = held.bytes_max else {
+            return usize::MAX;
+        };
         let new_frame = match lineup {
             // The first earlier version's spec is the held spec, its stamp and marks are new.
             Lineup::OnTop => record.history.first().map_or(0, past_frame_bytes),
@@ -76,7 +83,7 @@ pub(crate) fn check(
         outer_frame_bytes(record)
             .saturating_add(new_frame)
             .saturating_add(json_bytes(&record.spec))
-            .saturating_add(held.bytes_max)
+            .saturating_add(held_bytes)
     });
     if bound <= SERVICE_RECORD_BYTES_MAX {
         return Ok(Some(bound));
@@ -165,42 +172,48 @@ fn outer_frame_bytes(record: &ServiceRecord) -> usize {
     OPEN + commas + close
 }
 
-/// Upper bounds of the encoded length of stored records, by service, each for one write: the
-/// HLC and the dot's counter of the entry it was kept for name it (the dot's writer is the
-/// HLC's id, checked), so a bound of another write is not used. Bounded: it is emptied when
-/// full, and filled again as services are written.
+/// Upper bounds of the encoded length of stored records, each for one write, named by its
+/// entry's dot counter and HLC (the dot's writer is the HLC's id, checked, and one dot names
+/// one write): no service name is copied, and the bound of a write is not found for another.
+/// Bounded: it is emptied when full, and filled again as services are written.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct RecordBounds {
-    by_service: BTreeMap<ServiceName, (Timestamp, u64, usize)>,
+    by_write: BTreeMap<WriteKey, usize>,
+}
+
+/// What names a write here: its dot's counter and its HLC.
+pub(crate) type WriteKey = (u64, Timestamp);
+
+pub(crate) fn write_key(entry: &Entry<ServiceRecord>) -> WriteKey {
+    (entry.dot.counter, entry.hlc)
 }
 
 const RECORD_BOUNDS_MAX: usize = 65_536;
 
 impl RecordBounds {
-    /// The bound kept for the write `entry` of `name`.
-    pub fn get(&self, name: &ServiceName, entry: &Entry<ServiceRecord>) -> Option<usize> {
-        self.by_service
-            .get(name)
-            .and_then(|&(hlc, counter, bytes)| {
-                (hlc == entry.hlc && counter == entry.dot.counter).then_some(bytes)
-            })
+    /// The bound kept for the write `entry`.
+    pub fn get(&self, entry: &Entry<ServiceRecord>) -> Option<usize> {
+        self.by_write.get(&write_key(entry)).copied()
     }
 
-    /// Keeps `bytes` for the write `entry` of `name`, or forgets the name's bound.
-    pub fn set(&mut self, name: &ServiceName, entry: &Entry<ServiceRecord>, bytes: Option<usize>) {
-        let Some(bytes) = bytes else {
-            self.by_service.remove(name);
-            return;
-        };
-        let kept = (entry.hlc, entry.dot.counter, bytes);
-        if let Some(slot) = self.by_service.get_mut(name) {
-            *slot = kept;
-            return;
+    /// Keeps `bytes` for the write `stored`, which replaced the write `replaced`.
+    pub fn keep(
+        &mut self,
+        replaced: Option<WriteKey>,
+        stored: &Entry<ServiceRecord>,
+        bytes: usize,
+    ) {
+        if let Some(replaced) = replaced {
+            self.by_write.remove(&replaced);
         }
-        if self.by_service.len() >= RECORD_BOUNDS_MAX {
-            self.by_service.clear();
+        if self.by_write.len() >= RECORD_BOUNDS_MAX {
+            self.by_write.clear();
         }
-        self.by_service.insert(name.clone(), kept);
+        self.by_write.insert(write_key(stored), bytes);
+    }
+
+    pub fn forget(&mut self, entry: &Entry<ServiceRecord>) {
+        self.by_write.remove(&write_key(entry));
     }
 }
 
@@ -278,7 +291,7 @@ mod tests {
             &next,
             Some(Held {
                 record: &held,
-                bytes_max: held_bytes,
+                bytes_max: Some(held_bytes),
             }),
         )
         .expect("valid")
@@ -302,7 +315,7 @@ mod tests {
             &next,
             Some(Held {
                 record: &held,
-                bytes_max: held.encoded_bytes(),
+                bytes_max: Some(held.encoded_bytes()),
             }),
         )
         .expect("valid");
@@ -317,7 +330,7 @@ mod tests {
             &next,
             Some(Held {
                 record: &held,
-                bytes_max: SERVICE_RECORD_BYTES_MAX,
+                bytes_max: Some(SERVICE_RECORD_BYTES_MAX),
             }),
         )
         .expect("the count is under the limit");
@@ -344,7 +357,7 @@ mod tests {
                 &next,
                 Some(Held {
                     record: &held,
-                    bytes_max: held.encoded_bytes(),
+                    bytes_max: Some(held.encoded_bytes()),
                 }),
             ),
             Err(RecordFault::Record(RecordError::TooLarge { .. }))
@@ -358,7 +371,7 @@ mod tests {
         let held = ServiceRecord::from(invalid.clone());
         let held = Held {
             record: &held,
-            bytes_max: held.encoded_bytes(),
+            bytes_max: Some(held.encoded_bytes()),
         };
         // Stored as it is (a record stored here passed the check; this one is made up to
         // show which versions are looked at).

@@ -45,7 +45,7 @@ use crate::compact::{self, RecentOrigins};
 use crate::delta::{Delta, DeltaBase, OriginRange, Summary};
 use crate::entry::{Dot, Entry, MergeOutcome};
 use crate::identity::{IdentityWatch, Sighting};
-use crate::record_check::{Held, RecordBounds};
+use crate::record_check::{Held, RecordBounds, WriteKey, write_key};
 use crate::state::{Change, ClusterState, Counts, IpClaim, NodeRecord};
 use crate::status::{NodeStatus, StatusError};
 use crate::{
@@ -120,6 +120,15 @@ pub enum ApplyError {
     OwnOrigin { from: NodeId, until: u64, own: u64 },
     #[error("invalid delta or snapshot: {0}")]
     Invalid(String),
+}
+
+/// The bound of a service record's encoding found while checking a delta: entry `index`
+/// encodes to at most `bytes`, and replaces the write `replaced` if it is `stored`.
+struct RecordBound {
+    index: usize,
+    bytes: usize,
+    replaced: Option<WriteKey>,
+    stored: bool,
 }
 
 /// What applying a delta did.
@@ -907,11 +916,7 @@ impl Replica {
         delta: &Delta,
     ) -> Result<Applied, ApplyError> {
         self.remember_writer_ids(delta);
-        // The bounds are a cache the check fills; they are put back whatever it finds.
-        let mut record_bounds = std::mem::take(&mut self.record_bounds);
-        let checked = self.validate_delta(now, from, delta, &mut record_bounds);
-        self.record_bounds = record_bounds;
-        let bounds = match checked {
+        let mut bounds = match self.validate_delta(now, from, delta) {
             Ok(bounds) => bounds,
             Err(error) => {
                 // Writes of this node it did not make: its name is contested. Nothing else
@@ -953,7 +958,7 @@ impl Replica {
         let mut applied = Applied::default();
         match &delta.base {
             DeltaBase::Ranges(ranges) => {
-                self.merge_changes(&delta.changes, &mut applied);
+                self.merge_changes(&delta.changes, &mut applied, &mut bounds);
                 for range in ranges {
                     self.cover(from, &range.node, range.until, now, &mut applied);
                 }
@@ -972,7 +977,7 @@ impl Replica {
                 for key in dropped {
                     self.state.remove_key(&key);
                 }
-                self.merge_changes(&delta.changes, &mut applied);
+                self.merge_changes(&delta.changes, &mut applied, &mut bounds);
                 for (node, counter) in &vv.dots {
                     self.cover(from, node, *counter, now, &mut applied);
                 }
@@ -984,28 +989,29 @@ impl Replica {
                     }
                 }
             }
-            DeltaBase::Repair { .. } => self.merge_repair(&delta.changes, &mut applied),
+            DeltaBase::Repair { .. } => {
+                // A repair may replace a record by another write with the same dot (and
+                // HLC, from a lying peer): the bounds of the writes it names are dropped.
+                for change in &delta.changes {
+                    if let Change::Service { entry, .. } = change {
+                        self.record_bounds.forget(entry);
+                    }
+                }
+                self.merge_repair(&delta.changes, &mut applied)
+            }
         }
         self.keep_record_bounds(&delta.changes, &bounds);
         self.promote_stable_summaries();
         Ok(applied)
     }
 
-    /// Keeps the bound of each service record of `changes` that is now stored, and forgets
-    /// the bound of a name whose stored record came without one.
-    fn keep_record_bounds(&mut self, changes: &[Change], bounds: &[(usize, usize)]) {
-        let mut bounds = bounds.iter().peekable();
-        for (index, change) in changes.iter().enumerate() {
-            let bytes = bounds
-                .next_if(|(at, _)| *at == index)
-                .map(|(_, bytes)| *bytes);
-            if let Change::Service { name, entry } = change
-                && self
-                    .state
-                    .service_entry(name)
-                    .is_some_and(|held| held.dot == entry.dot && held.hlc == entry.hlc)
-            {
-                self.record_bounds.set(name, entry, bytes);
+    /// Keeps the bound of each service record of `changes` that was stored, in place of the
+    /// bound of the write it replaced. (A record stored and then replaced by a later entry of
+    /// the same delta keeps a bound no lookup finds; the bounds are emptied when full.)
+    fn keep_record_bounds(&mut self, changes: &[Change], bounds: &[RecordBound]) {
+        for bound in bounds.iter().filter(|bound| bound.stored) {
+            if let Some(Change::Service { entry, .. }) = changes.get(bound.index) {
+                self.record_bounds.keep(bound.replaced, entry, bound.bytes);
             }
         }
     }
@@ -1050,8 +1056,16 @@ impl Replica {
         }
     }
 
-    fn merge_changes(&mut self, changes: &[Change], applied: &mut Applied) {
-        for change in changes {
+    /// Merges `changes` by the version vector, and marks the `bounds` of those stored.
+    fn merge_changes(
+        &mut self,
+        changes: &[Change],
+        applied: &mut Applied,
+        bounds: &mut [RecordBound],
+    ) {
+        let mut bounds = bounds.iter_mut().peekable();
+        for (index, change) in changes.iter().enumerate() {
+            let bound = bounds.next_if(|bound| bound.index == index);
             // Covered dot: this replica holds that write or one that superseded
             // it (possibly a tombstone since collected). Ignoring it is what
             // keeps removed things from coming back.
@@ -1062,7 +1076,12 @@ impl Replica {
             // An uncovered dot is not stored (every stored dot is covered; checked in
             // `validate_delta` too), so the change cannot be refused here.
             match self.state.apply_change(change.clone()) {
-                Ok(MergeOutcome::Stored { .. }) => applied.entries_applied += 1,
+                Ok(MergeOutcome::Stored { .. }) => {
+                    applied.entries_applied += 1;
+                    if let Some(bound) = bound {
+                        bound.stored = true;
+                    }
+                }
                 Ok(MergeOutcome::Ignored) | Err(_) => applied.entries_ignored += 1,
             }
         }
@@ -1118,8 +1137,7 @@ impl Replica {
         now: NTP64,
         from: &NodeId,
         delta: &Delta,
-        record_bounds: &mut RecordBounds,
-    ) -> Result<Vec<(usize, usize)>, ApplyError> {
+    ) -> Result<Vec<RecordBound>, ApplyError> {
         let mut bounds = Vec::new();
         for (index, change) in delta.changes.iter().enumerate() {
             let writer = &change.dot().node;
@@ -1127,15 +1145,20 @@ impl Replica {
                 Some(id) => *id,
                 None => writer.hlc_id(),
             };
-            let held = match change {
-                Change::Service { name, entry } => self.held_record(name, entry, record_bounds),
-                _ => None,
+            let (held, replaced) = match change {
+                Change::Service { name, entry } => self.held_record(name, entry),
+                _ => (None, None),
             };
             if let Some(bytes) = change
                 .validate_beside(&id, held)
                 .map_err(|error| ApplyError::Invalid(error.to_string()))?
             {
-                bounds.push((index, bytes));
+                bounds.push(RecordBound {
+                    index,
+                    bytes,
+                    replaced,
+                    stored: false,
+                });
             }
             if change.dot().counter > DOT_COUNTER_MAX {
                 return Err(ApplyError::Invalid(format!(
@@ -1228,28 +1251,25 @@ impl Replica {
     }
 
     /// The record stored under `name` that `incoming`, a write of that service, is checked
-    /// beside, with the bound kept for it (counted now if none is kept: after a restart, or
-    /// a write made here). None when `incoming` needs no bound (no history).
-    fn held_record<'a>(
-        &'a self,
+    /// beside, with the bound kept for it, and the write that holds it. No record when
+    /// `incoming` needs no bound (no history).
+    fn held_record(
+        &self,
         name: &ServiceName,
         incoming: &Entry<ServiceRecord>,
-        record_bounds: &mut RecordBounds,
-    ) -> Option<Held<'a>> {
-        if incoming.value.as_ref()?.history.is_empty() {
-            return None;
-        }
-        let held = self.state.service_entry(name)?;
-        let record = held.value.as_ref()?;
-        let bytes_max = match record_bounds.get(name, held) {
-            Some(bytes) => bytes,
-            None => {
-                let bytes = record.encoded_bytes();
-                record_bounds.set(name, held, Some(bytes));
-                bytes
-            }
+    ) -> (Option<Held<'_>>, Option<WriteKey>) {
+        let needs_bound = incoming
+            .value
+            .as_ref()
+            .is_some_and(|record| !record.history.is_empty());
+        let Some(held) = self.state.service_entry(name).filter(|_| needs_bound) else {
+            return (None, None);
         };
-        Some(Held { record, bytes_max })
+        let record = held.value.as_ref().map(|record| Held {
+            record,
+            bytes_max: self.record_bounds.get(held),
+        });
+        (record, Some(write_key(held)))
     }
 
     fn validate_ranges(
