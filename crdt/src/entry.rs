@@ -141,6 +141,11 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Table<K, V> {
         self.entries.get(key)
     }
 
+    /// The entry at `key`, to change in place; the caller keeps whatever indexes it.
+    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut Entry<V>> {
+        self.entries.get_mut(key)
+    }
+
     /// The live value at `key`, if it is not a tombstone.
     pub fn value(&self, key: &K) -> Option<&V> {
         self.entries.get(key).and_then(|entry| entry.value.as_ref())

@@ -42,14 +42,21 @@ pub(crate) enum RecordFault {
     Record(RecordError),
 }
 
+/// What checking a record with history found: an upper bound of its encoded length, and how
+/// its earlier versions line up with the held record's, if they do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Checked {
+    pub bytes_max: usize,
+    pub lineup: Option<Lineup>,
+}
+
 /// Checks `record` as `ServiceSpec::validate_fields` and `ServiceRecord::validate_history`
-/// do, trusting the versions it shares with `held`. Returns an upper bound of the record's
-/// encoded length when one was needed (a record without history is not bounded here: its
-/// spec alone travels as it always did).
+/// do, trusting the versions it shares with `held`. Returns what it found for a record with
+/// history (a record without is not bounded here: its spec alone travels as it always did).
 pub(crate) fn check(
     record: &ServiceRecord,
     held: Option<Held<'_>>,
-) -> Result<Option<usize>, RecordFault> {
+) -> Result<Option<Checked>, RecordFault> {
     let stored =
         |spec: &ServiceSpec| held.is_some_and(|held| versions(held.record).any(|v| v == spec));
     // A new spec is the usual case, and the held one (a version marked failed) the next:
@@ -85,14 +92,58 @@ pub(crate) fn check(
             .saturating_add(json_bytes(&record.spec))
             .saturating_add(held_bytes)
     });
+    let lineup = lined_up.map(|(_, lineup)| lineup);
     if bound <= SERVICE_RECORD_BYTES_MAX {
-        return Ok(Some(bound));
+        return Ok(Some(Checked {
+            bytes_max: bound,
+            lineup,
+        }));
     }
     let bytes = record.encoded_bytes();
     if bytes > SERVICE_RECORD_BYTES_MAX {
         return Err(RecordFault::Record(RecordError::TooLarge { bytes }));
     }
-    Ok(Some(bytes))
+    Ok(Some(Checked {
+        bytes_max: bytes,
+        lineup,
+    }))
+}
+
+/// The record `incoming` whose versions line up with `held` as `lineup` says (checked by
+/// `check`), built from `incoming`'s new parts and `held`'s versions, moved rather than
+/// copied: equal to `incoming`.
+pub(crate) fn rebuild(
+    incoming: &ServiceRecord,
+    held: ServiceRecord,
+    lineup: Lineup,
+) -> ServiceRecord {
+    let count = incoming.history.len();
+    let history = match (lineup, incoming.history.first()) {
+        (Lineup::OnTop, Some(first)) => {
+            let mut history = Vec::with_capacity(count);
+            history.push(PastVersion {
+                spec: held.spec,
+                version: first.version,
+                failed: first.failed.clone(),
+                rollback_of: first.rollback_of,
+            });
+            history.extend(held.history.into_iter().take(count - 1));
+            history
+        }
+        (Lineup::Rewrite, _) | (Lineup::OnTop, None) => {
+            let mut history = held.history;
+            history.truncate(count);
+            history
+        }
+    };
+    let record = ServiceRecord {
+        spec: incoming.spec.clone(),
+        history,
+        failed: incoming.failed.clone(),
+        rollback_of: incoming.rollback_of,
+    };
+    debug_assert_eq!(&record, incoming, "a lined-up record rebuilds as it came");
+    record
 }
 
 /// The held record's specs, newest first: its current spec, then its history's.
@@ -103,7 +154,7 @@ fn versions(record: &ServiceRecord) -> impl Iterator<Item = &ServiceSpec> {
 /// How a record's earlier versions are the held record's, position for position (distinct
 /// positions, so their encodings are distinct parts of the held record's encoding).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lineup {
+pub(crate) enum Lineup {
     /// One write on top of the held record: the first earlier version has the held spec
     /// (with the held write's stamp and marks), the others are the held history's.
     OnTop,
@@ -296,14 +347,37 @@ mod tests {
         )
         .expect("valid")
         .expect("a record with history is bounded");
-        assert!(bound >= next.encoded_bytes());
+        assert_eq!(bound.lineup, Some(Lineup::OnTop));
+        assert!(bound.bytes_max >= next.encoded_bytes());
         assert_eq!(
-            bound,
+            bound.bytes_max,
             outer_frame_bytes(&next)
                 + past_frame_bytes(&next.history[0])
                 + json_bytes(&next.spec)
                 + held_bytes
         );
+        assert_eq!(rebuild(&next, held, Lineup::OnTop), next);
+    }
+
+    #[test]
+    fn a_rewrite_of_the_held_history_lines_up_and_rebuilds() {
+        let held = record("/img/a", vec![past("/img/b", 2), past("/img/c", 1)]);
+        let marked = ServiceRecord {
+            failed: Some("not healthy in time".to_owned()),
+            ..held.clone()
+        };
+        let checked = check(
+            &marked,
+            Some(Held {
+                record: &held,
+                bytes_max: Some(held.encoded_bytes()),
+            }),
+        )
+        .expect("valid")
+        .expect("bounded");
+        assert_eq!(checked.lineup, Some(Lineup::Rewrite));
+        assert!(checked.bytes_max >= marked.encoded_bytes());
+        assert_eq!(rebuild(&marked, held, Lineup::Rewrite), marked);
     }
 
     #[test]
@@ -319,7 +393,13 @@ mod tests {
             }),
         )
         .expect("valid");
-        assert_eq!(bound, Some(next.encoded_bytes()));
+        assert_eq!(
+            bound,
+            Some(Checked {
+                bytes_max: next.encoded_bytes(),
+                lineup: None
+            })
+        );
     }
 
     #[test]
@@ -334,7 +414,13 @@ mod tests {
             }),
         )
         .expect("the count is under the limit");
-        assert_eq!(bound, Some(next.encoded_bytes()));
+        assert_eq!(
+            bound,
+            Some(Checked {
+                bytes_max: next.encoded_bytes(),
+                lineup: Some(Lineup::OnTop)
+            })
+        );
 
         // 100 variables of 4 KiB each: every field in bounds, 400 KiB per spec.
         let mut huge = spec("/img/huge");

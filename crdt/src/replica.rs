@@ -45,7 +45,7 @@ use crate::compact::{self, RecentOrigins};
 use crate::delta::{Delta, DeltaBase, OriginRange, Summary};
 use crate::entry::{Dot, Entry, MergeOutcome};
 use crate::identity::{IdentityWatch, Sighting};
-use crate::record_check::{Held, RecordBounds, WriteKey, write_key};
+use crate::record_check::{Held, Lineup, RecordBounds, WriteKey, write_key};
 use crate::state::{Change, ClusterState, Counts, IpClaim, NodeRecord};
 use crate::status::{NodeStatus, StatusError};
 use crate::{
@@ -128,6 +128,8 @@ struct RecordBound {
     index: usize,
     bytes: usize,
     replaced: Option<WriteKey>,
+    /// How its versions line up with the record of `replaced`.
+    lineup: Option<Lineup>,
     stored: bool,
 }
 
@@ -1075,7 +1077,20 @@ impl Replica {
             }
             // An uncovered dot is not stored (every stored dot is covered; checked in
             // `validate_delta` too), so the change cannot be refused here.
-            match self.state.apply_change(change.clone()) {
+            let merged = match (change, &bound) {
+                (
+                    Change::Service { name, entry },
+                    Some(RecordBound {
+                        replaced: Some(replaced),
+                        lineup: Some(lineup),
+                        ..
+                    }),
+                ) => self
+                    .state
+                    .apply_service_lined_up(name, entry, *replaced, *lineup),
+                _ => self.state.apply_change(change.clone()),
+            };
+            match merged {
                 Ok(MergeOutcome::Stored { .. }) => {
                     applied.entries_applied += 1;
                     if let Some(bound) = bound {
@@ -1149,14 +1164,15 @@ impl Replica {
                 Change::Service { name, entry } => self.held_record(name, entry),
                 _ => (None, None),
             };
-            if let Some(bytes) = change
+            if let Some(checked) = change
                 .validate_beside(&id, held)
                 .map_err(|error| ApplyError::Invalid(error.to_string()))?
             {
                 bounds.push(RecordBound {
                     index,
-                    bytes,
+                    bytes: checked.bytes_max,
                     replaced,
+                    lineup: checked.lineup,
                     stored: false,
                 });
             }

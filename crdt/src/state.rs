@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use uhlc::Timestamp;
 
 use crate::entry::{Dot, Entry, MergeOutcome, Table};
-use crate::record_check::{self, Held, RecordFault};
+use crate::record_check::{self, Checked, Held, Lineup, RecordFault, WriteKey};
 use crate::status::{NodeStatus, StatusError};
 use crate::{
     ContainerId, ContainerRecord, IpAllocation, IpConflict, NodeId, NodeMeta, Resource,
@@ -168,13 +168,12 @@ impl Change {
 
     /// `validate_with_writer_id` for a service entry whose name holds `held` here: the
     /// versions of the record it shares with `held` are not checked again
-    /// (`record_check`). Returns an upper bound of a service record's encoded length when
-    /// the check needed one.
+    /// (`record_check`). Returns what the check of a service record with history found.
     pub(crate) fn validate_beside(
         &self,
         writer_id: &uhlc::ID,
         held: Option<Held<'_>>,
-    ) -> Result<Option<usize>, InvalidChange> {
+    ) -> Result<Option<Checked>, InvalidChange> {
         let dot = self.dot();
         if dot.counter == 0 {
             return Err(InvalidChange::ZeroCounter { dot: dot.clone() });
@@ -421,6 +420,48 @@ impl ClusterState {
             self.digest = HashCache::default();
         }
         Ok(outcome)
+    }
+
+    /// `apply_change` of a service write whose record's versions line up with the record of
+    /// the write `held` stored under `name` (`record_check::check` found `lineup`): when it
+    /// replaces that write, the record stored takes the held record's versions instead of a
+    /// copy of the incoming ones (they are equal). Otherwise the incoming entry is copied.
+    pub(crate) fn apply_service_lined_up(
+        &mut self,
+        name: &ServiceName,
+        entry: &Entry<ServiceRecord>,
+        held: WriteKey,
+        lineup: Lineup,
+    ) -> Result<MergeOutcome, DotTaken> {
+        let copied = |entry: &Entry<ServiceRecord>| Change::Service {
+            name: name.clone(),
+            entry: entry.clone(),
+        };
+        let Some(incoming) = &entry.value else {
+            return self.apply_change(copied(entry));
+        };
+        if self.indexed(&entry.dot).is_some() {
+            return self.apply_change(copied(entry));
+        }
+        let Some(current) = self.services.get_mut(name) else {
+            return self.apply_change(copied(entry));
+        };
+        if record_check::write_key(current) != held || !entry.supersedes(current) {
+            return self.apply_change(copied(entry));
+        }
+        // Replaced just below: `entry` supersedes it and its dot is free.
+        let Some(held_record) = current.value.take() else {
+            return self.apply_change(copied(entry));
+        };
+        let record = record_check::rebuild(incoming, held_record, lineup);
+        self.apply_change(Change::Service {
+            name: name.clone(),
+            entry: Entry {
+                hlc: entry.hlc,
+                dot: entry.dot.clone(),
+                value: Some(record),
+            },
+        })
     }
 
     fn indexed(&self, dot: &Dot) -> Option<&Indexed> {
