@@ -17,9 +17,10 @@
 //! grows by each write's new spec, and a count resets it.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use serde::Serialize;
-use uhlc::Timestamp;
+use uhlc::{ID, NTP64, Timestamp};
 
 use crate::entry::Entry;
 use crate::records::json_bytes;
@@ -84,7 +85,7 @@ pub(crate) fn check(
         };
         let new_frame = match lineup {
             // The first earlier version's spec is the held spec, its stamp and marks are new.
-            Lineup::OnTop => record.history.first().map_or(0, past_frame_bytes),
+            Lineup::OnTop => record.history.first().map_or(0, past_frame_bytes_max),
             Lineup::Rewrite => 0,
         };
         outer_frame_bytes(record)
@@ -194,15 +195,31 @@ struct Marks<'a> {
 
 const SPEC_FIELD: &str = r#"{"spec":"#;
 
-/// The length of an earlier version's encoding without its spec's:
-/// `{"spec":` S `,` + its marks' object without the `{`.
-fn past_frame_bytes(past: &PastVersion) -> usize {
-    SPEC_FIELD.len()
-        + json_bytes(&Marks {
-            version: Some(past.version),
-            failed: past.failed.as_deref(),
-            rollback_of: past.rollback_of,
+/// An upper bound of the length of an earlier version's encoding without its spec's
+/// (`{"spec":` S `,"version":` stamp [`,"failed":` reason] [`,"rollback_of":` stamp] `}`):
+/// only the failure reason, if any, is encoded; the stamps are taken at their widest.
+fn past_frame_bytes_max(past: &PastVersion) -> usize {
+    let stamp = stamp_bytes_max();
+    let failed = past.failed.as_ref().map_or(0, |reason| {
+        r#","failed":"#.len().saturating_add(json_bytes(reason))
+    });
+    let rollback_of = past
+        .rollback_of
+        .map_or(0, |_| r#","rollback_of":"#.len().saturating_add(stamp));
+    (SPEC_FIELD.len() + r#"{"version":"#.len() + "}".len())
+        .saturating_add(stamp)
+        .saturating_add(failed)
+        .saturating_add(rollback_of)
+}
+
+/// The longest encoding of an HLC stamp: its time and every byte of its id at their widest.
+fn stamp_bytes_max() -> usize {
+    static BYTES: OnceLock<usize> = OnceLock::new();
+    *BYTES.get_or_init(|| {
+        ID::try_from([u8::MAX; ID::MAX_SIZE]).map_or(usize::MAX, |id| {
+            json_bytes(&Timestamp::new(NTP64(u64::MAX), id))
         })
+    })
 }
 
 /// The length of a record's encoding (one with history) without its earlier versions' and
@@ -271,7 +288,17 @@ impl RecordBounds {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use uhlc::{ID, NTP64};
+
+    /// The length of an earlier version's encoding without its spec's:
+    /// `{"spec":` S `,` + its marks' object without the `{`.
+    fn past_frame_bytes(past: &PastVersion) -> usize {
+        SPEC_FIELD.len()
+            + json_bytes(&Marks {
+                version: Some(past.version),
+                failed: past.failed.as_deref(),
+                rollback_of: past.rollback_of,
+            })
+    }
 
     fn at(seconds: u64) -> Timestamp {
         Timestamp::new(NTP64(seconds << 32), ID::try_from([7u8; 16]).expect("id"))
@@ -325,12 +352,39 @@ mod tests {
         for shape in shapes {
             let specs: usize = versions(&shape).map(json_bytes).sum();
             let frames: usize = shape.history.iter().map(past_frame_bytes).sum();
+            for past in &shape.history {
+                assert!(
+                    past_frame_bytes_max(past) >= past_frame_bytes(past),
+                    "{past:?}"
+                );
+            }
             assert_eq!(
                 outer_frame_bytes(&shape) + frames + specs,
                 shape.encoded_bytes(),
                 "{shape:?}"
             );
         }
+    }
+
+    #[test]
+    fn no_stamp_encodes_longer_than_the_widest() {
+        let widest = stamp_bytes_max();
+        for (time, id) in [
+            (0, [1u8; 16]),
+            (u64::MAX, [u8::MAX; 16]),
+            (u64::MAX / 3, [100; 16]),
+            (1 << 40, [7; 16]),
+        ] {
+            let stamp = Timestamp::new(NTP64(time), ID::try_from(id).expect("id"));
+            assert!(json_bytes(&stamp) <= widest);
+        }
+        assert_eq!(
+            widest,
+            json_bytes(&Timestamp::new(
+                NTP64(u64::MAX),
+                ID::try_from([u8::MAX; 16]).expect("id")
+            ))
+        );
     }
 
     #[test]
@@ -352,7 +406,7 @@ mod tests {
         assert_eq!(
             bound.bytes_max,
             outer_frame_bytes(&next)
-                + past_frame_bytes(&next.history[0])
+                + past_frame_bytes_max(&next.history[0])
                 + json_bytes(&next.spec)
                 + held_bytes
         );
