@@ -29,6 +29,9 @@ pub const OUTSIDE_ADDRESS: Ipv4Addr = Ipv4Addr::new(10, 231, 0, 250);
 /// The outside host's port on the bridge (the hosts' ports are `h<index>`).
 const OUTSIDE_PORT: &str = "out";
 
+/// The nftables table (bridge family) of [`Lab::split_at_bridge`], in the bridge's namespace.
+const BRIDGE_TABLE: &str = "shoal_lab";
+
 static LAB_SEQUENCE: AtomicU32 = AtomicU32::new(0);
 
 /// One host of the lab: its namespace and address.
@@ -208,14 +211,10 @@ impl Lab {
     /// other, in both directions (one rule per direction in each host, naming the other
     /// side's addresses). [`Lab::heal`] joins them again.
     pub fn split(&self, side: &[usize]) -> Result<(), CommandError> {
-        let addresses = |inside: bool| -> String {
-            let listed: Vec<String> = (0..self.hosts.len())
-                .filter(|index| side.contains(index) == inside)
-                .map(|index| self.hosts[index].address.to_string())
-                .collect();
-            format!("{{ {} }}", listed.join(", "))
-        };
-        let (ours, theirs) = (addresses(true), addresses(false));
+        let (ours, theirs) = (
+            self.side_addresses(side, true),
+            self.side_addresses(side, false),
+        );
         for index in 0..self.hosts.len() {
             let other = if side.contains(&index) {
                 &theirs
@@ -226,6 +225,46 @@ impl Lab {
             self.add_rule(index, "output", &["ip", "daddr", other, "drop"])?;
         }
         Ok(())
+    }
+
+    /// Splits the lab in two as [`Lab::split`] does, but in the bridge: IPv4 packets between
+    /// the hosts in `side` and all the others are dropped as they cross it (ARP still
+    /// passes), so a host's own sends succeed and are lost on the way, as on a real network.
+    /// [`Lab::heal_at_bridge`] ends it for every host at one instant, in one nftables
+    /// transaction: what timing a heal needs, where [`Lab::heal`] edits the hosts one after
+    /// the other (three processes each).
+    pub fn split_at_bridge(&self, side: &[usize]) -> Result<(), CommandError> {
+        let (ours, theirs) = (
+            self.side_addresses(side, true),
+            self.side_addresses(side, false),
+        );
+        // One transaction: the table, its chain and both directions' rules.
+        let script = format!(
+            "add table bridge {BRIDGE_TABLE} ; \
+             add chain bridge {BRIDGE_TABLE} forward \
+             {{ type filter hook forward priority 0 ; policy accept ; }} ; \
+             add rule bridge {BRIDGE_TABLE} forward ip saddr {ours} ip daddr {theirs} drop ; \
+             add rule bridge {BRIDGE_TABLE} forward ip saddr {theirs} ip daddr {ours} drop"
+        );
+        command::run_in(self.bridge.name(), "nft", &[&script])?;
+        Ok(())
+    }
+
+    /// Ends every [`Lab::split_at_bridge`] at once: the bridge's namespace holds no other
+    /// nftables rules, so its whole ruleset goes, in one transaction.
+    pub fn heal_at_bridge(&self) -> Result<(), CommandError> {
+        command::run_in(self.bridge.name(), "nft", &["flush", "ruleset"])?;
+        Ok(())
+    }
+
+    /// The addresses of the hosts in `side` (`inside`) or of all the others, as an nftables
+    /// set.
+    fn side_addresses(&self, side: &[usize], inside: bool) -> String {
+        let listed: Vec<String> = (0..self.hosts.len())
+            .filter(|index| side.contains(index) == inside)
+            .map(|index| self.hosts[index].address.to_string())
+            .collect();
+        format!("{{ {} }}", listed.join(", "))
     }
 
     /// Drops `percent` of the packets host `index` sends or receives on its
@@ -248,7 +287,8 @@ impl Lab {
         Ok(())
     }
 
-    /// Removes every cut and loss rule and brings every host back on the network.
+    /// Removes every cut and loss rule (a split at the bridge too) and brings every host back
+    /// on the network.
     pub fn heal(&self) -> Result<(), CommandError> {
         for (index, host) in self.hosts.iter().enumerate() {
             let name = host.netns.name();
@@ -257,7 +297,7 @@ impl Lab {
             }
             self.set_port(index, "up")?;
         }
-        Ok(())
+        self.heal_at_bridge()
     }
 
     /// Bytes host `index` has sent on its link so far (`eth0` tx counter).
@@ -384,6 +424,27 @@ mod tests {
         // Partial loss is random, so only its rule is checked: nft accepts it.
         lab.lossy(0, 30).expect("partial loss rule");
         lab.heal().expect("heal");
+    }
+
+    #[test]
+    fn a_split_at_the_bridge_cuts_only_between_sides_and_heals_at_once() {
+        if !crate::require_root() {
+            return;
+        }
+        let lab = Lab::create(3).expect("lab");
+        lab.split_at_bridge(&[0]).expect("split");
+        assert!(
+            !ping(&lab, 0, 1) && !ping(&lab, 2, 0),
+            "the split let through"
+        );
+        assert!(ping(&lab, 1, 2), "the split cut within a side");
+        lab.heal_at_bridge().expect("heal");
+        assert!(ping(&lab, 0, 1) && ping(&lab, 2, 0));
+        // A second split works on the healed bridge, and the full heal ends it too.
+        lab.split_at_bridge(&[0, 1]).expect("split again");
+        assert!(!ping(&lab, 1, 2));
+        lab.heal().expect("heal");
+        assert!(ping(&lab, 1, 2));
     }
 
     #[test]
