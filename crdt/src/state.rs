@@ -401,25 +401,30 @@ impl ClusterState {
             Change::Status { node, entry } => self.statuses.merge_entry(node, entry),
         };
         if let MergeOutcome::Stored { replaced } = &outcome {
-            if let Some(old) = replaced {
-                self.unindex(old);
-            }
-            let counters = match self.by_dot.get_mut(&dot.node) {
-                Some(counters) => counters,
-                None => self.by_dot.entry(dot.node.clone()).or_default(),
-            };
-            // Free: checked above, and the entry it replaced was unindexed.
-            counters.insert(
-                dot.counter,
-                Indexed {
-                    key,
-                    live,
-                    hash: HashCache::default(),
-                },
-            );
-            self.digest = HashCache::default();
+            self.index_stored(&dot, key, live, replaced.as_ref());
         }
         Ok(outcome)
+    }
+
+    /// Indexes the entry just stored at `key` with `dot` (free: checked by the caller), in
+    /// place of the entry it `replaced`.
+    fn index_stored(&mut self, dot: &Dot, key: Key, live: bool, replaced: Option<&Dot>) {
+        if let Some(old) = replaced {
+            self.unindex(old);
+        }
+        let counters = match self.by_dot.get_mut(&dot.node) {
+            Some(counters) => counters,
+            None => self.by_dot.entry(dot.node.clone()).or_default(),
+        };
+        counters.insert(
+            dot.counter,
+            Indexed {
+                key,
+                live,
+                hash: HashCache::default(),
+            },
+        );
+        self.digest = HashCache::default();
     }
 
     /// `apply_change` of a service write whose record's versions line up with the record of
@@ -437,30 +442,36 @@ impl ClusterState {
             name: name.clone(),
             entry: entry.clone(),
         };
-        let Some(incoming) = &entry.value else {
-            return self.apply_change(copied(entry));
-        };
         if self.indexed(&entry.dot).is_some() {
             return self.apply_change(copied(entry));
         }
-        let Some(current) = self.services.get_mut(name) else {
+        let (Some(incoming), Some(current)) = (&entry.value, self.services.get_mut(name)) else {
             return self.apply_change(copied(entry));
         };
         if record_check::write_key(current) != held || !entry.supersedes(current) {
             return self.apply_change(copied(entry));
         }
-        // Replaced just below: `entry` supersedes it and its dot is free.
         let Some(held_record) = current.value.take() else {
             return self.apply_change(copied(entry));
         };
-        let record = record_check::rebuild(incoming, held_record, lineup);
-        self.apply_change(Change::Service {
-            name: name.clone(),
-            entry: Entry {
+        // `entry` supersedes the held write and its dot is free: it is stored, as
+        // `apply_change` would store it.
+        let replaced = std::mem::replace(
+            current,
+            Entry {
                 hlc: entry.hlc,
                 dot: entry.dot.clone(),
-                value: Some(record),
+                value: Some(record_check::rebuild(incoming, held_record, lineup)),
             },
+        );
+        self.index_stored(
+            &entry.dot,
+            Key::Service(name.clone()),
+            true,
+            Some(&replaced.dot),
+        );
+        Ok(MergeOutcome::Stored {
+            replaced: Some(replaced.dot),
         })
     }
 
