@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 #[path = "../../oci/tests/common/mod.rs"]
 mod image_support;
 
+use shoal_vm_tests::bench::percentile;
 use shoal_vm_tests::checker::spec_with_marker;
 use shoal_vm_tests::cluster::{Cluster, ClusterOptions};
 
@@ -29,12 +30,6 @@ const SYNC_INTERVAL_MS: u64 = 300;
 /// of the previous round would delay the next apply's start.
 const SERVICE_COMMAND: &str =
     r#"["/bin/sh", "-c", "trap 'exit 0' TERM; while true; do sleep 1 & wait $!; done"]"#;
-
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    assert!(!sorted.is_empty());
-    let rank = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
-    sorted[rank]
-}
 
 /// Per heal: time to converge and bytes every host sent meanwhile.
 struct Heal {

@@ -21,28 +21,13 @@
 use std::time::{Duration, Instant};
 
 use shoal::api::{Client, NamedSpec, Request};
+use shoal_vm_tests::bench::{env_or, exit_unless_root, percentile, sizes_from_env};
 use shoal_vm_tests::cluster::{Cluster, ClusterOptions};
 
 const DEFAULT_SIZES: &[usize] = &[3, 12, 24, 48];
 const DEFAULT_ROUNDS: usize = 20;
 const DEADLINE: Duration = Duration::from_secs(30);
 const SETTLE_SECONDS: u64 = 10;
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .map(|value| {
-            value
-                .parse()
-                .unwrap_or_else(|_| panic!("{name}: not a valid value"))
-        })
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    let rank = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
-    sorted[rank]
-}
 
 /// Whether the node holds service `name`: its history answers (one small reply; an unknown
 /// service is an error reply), cheaper to poll than the whole listing.
@@ -168,17 +153,8 @@ fn sweep_time(clients: &mut [Client], name: &str) -> Duration {
 }
 
 fn main() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("fleet_apply needs root (network namespaces)");
-        std::process::exit(1);
-    }
-    let sizes: Vec<usize> = match std::env::var("SHOAL_FLEET_NODES") {
-        Ok(list) => list
-            .split(',')
-            .map(|size| size.trim().parse().expect("SHOAL_FLEET_NODES: numbers"))
-            .collect(),
-        Err(_) => DEFAULT_SIZES.to_vec(),
-    };
+    exit_unless_root("fleet_apply");
+    let sizes = sizes_from_env("SHOAL_FLEET_NODES", DEFAULT_SIZES);
     let rounds = env_or("SHOAL_FLEET_ROUNDS", DEFAULT_ROUNDS);
     println!(
         "service apply until every node lists it, {rounds} rounds per size, default settings:\n"

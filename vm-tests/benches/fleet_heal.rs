@@ -40,6 +40,7 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shoal::api::{ApiError, Client, NamedSpec, Request, ServiceView};
+use shoal_vm_tests::bench::{env_or, exit_unless_root, percentile, sizes_from_env};
 use shoal_vm_tests::cluster::{Cluster, ClusterOptions, metric_sum};
 
 const DEFAULT_SIZES: &[usize] = &[3, 12, 24, 48];
@@ -59,22 +60,6 @@ const SETTLE_SECONDS: u64 = 15;
 const BETWEEN_ROUNDS: Duration = Duration::from_secs(2);
 /// What (b) may exceed (a) by (issue 14).
 const TARGET_MARGIN: Duration = Duration::from_millis(100);
-
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
-    std::env::var(name)
-        .ok()
-        .map(|value| {
-            value
-                .parse()
-                .unwrap_or_else(|_| panic!("{name}: not a valid value"))
-        })
-        .unwrap_or(default)
-}
-
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    let rank = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
-    sorted[rank]
-}
 
 /// How node `index` counts the members: (live, suspect, down), from its metrics.
 fn members(cluster: &Cluster, index: usize) -> (f64, f64, f64) {
@@ -358,21 +343,8 @@ fn ms(duration: Duration) -> f64 {
 }
 
 fn main() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("fleet_heal needs root (network namespaces)");
-        std::process::exit(1);
-    }
-    let sizes: Vec<usize> = match std::env::var("SHOAL_HEAL_NODES") {
-        Ok(list) => list
-            .split(',')
-            .map(|size| {
-                size.trim()
-                    .parse()
-                    .expect("SHOAL_HEAL_NODES: numbers, comma-separated")
-            })
-            .collect(),
-        Err(_) => DEFAULT_SIZES.to_vec(),
-    };
+    exit_unless_root("fleet_heal");
+    let sizes = sizes_from_env("SHOAL_HEAL_NODES", DEFAULT_SIZES);
     assert!(
         sizes.iter().all(|&nodes| nodes >= 2),
         "SHOAL_HEAL_NODES: a heal needs two halves, so at least 2 nodes"

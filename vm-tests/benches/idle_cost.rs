@@ -23,6 +23,7 @@
 
 use std::time::{Duration, Instant};
 
+use shoal_vm_tests::bench::{exit_unless_root, sizes_from_env};
 use shoal_vm_tests::cluster::{Cluster, ClusterOptions, metric_sum};
 
 const DEFAULT_SIZES: &[usize] = &[3, 12, 24, 48];
@@ -164,21 +165,8 @@ fn measure(nodes: usize, window: Duration) -> Cost {
 }
 
 fn main() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("idle_cost needs root (network namespaces)");
-        std::process::exit(1);
-    }
-    let sizes: Vec<usize> = match std::env::var("SHOAL_IDLE_NODES") {
-        Ok(list) => list
-            .split(',')
-            .map(|size| {
-                size.trim()
-                    .parse()
-                    .expect("SHOAL_IDLE_NODES: numbers, comma-separated")
-            })
-            .collect(),
-        Err(_) => DEFAULT_SIZES.to_vec(),
-    };
+    exit_unless_root("idle_cost");
+    let sizes = sizes_from_env("SHOAL_IDLE_NODES", DEFAULT_SIZES);
     let window = Duration::from_secs(
         std::env::var("SHOAL_IDLE_SECONDS")
             .ok()

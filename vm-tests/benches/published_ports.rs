@@ -22,6 +22,7 @@ use std::time::{Duration, Instant};
 #[path = "../../oci/tests/common/mod.rs"]
 mod image_support;
 
+use shoal_vm_tests::bench::percentile;
 use shoal_vm_tests::cluster::{Cluster, ClusterOptions};
 use shoal_vm_tests::probe;
 
@@ -93,11 +94,6 @@ struct Path {
     addr: SocketAddrV4,
     latencies: Vec<Duration>,
     throughputs: Vec<f64>,
-}
-
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    let rank = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
-    sorted[rank]
 }
 
 fn median(values: &mut [f64]) -> f64 {

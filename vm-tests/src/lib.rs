@@ -13,6 +13,7 @@
 //! when a test panics; namespaces left over by a killed run are swept the next
 //! time a lab starts.
 
+pub mod bench;
 pub mod checker;
 pub mod cluster;
 pub mod command;
