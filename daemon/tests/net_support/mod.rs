@@ -347,6 +347,29 @@ impl GossipCluster {
         }
     }
 
+    /// Waits until `observe` sees `expected`, or panics after `deadline` with what it saw
+    /// last.
+    pub async fn wait_for<T: PartialEq + std::fmt::Debug>(
+        &self,
+        what: &str,
+        deadline: Duration,
+        observe: impl Fn(&[Arc<Node>]) -> T,
+        expected: T,
+    ) {
+        let started = std::time::Instant::now();
+        loop {
+            let seen = observe(&self.nodes);
+            if seen == expected {
+                return;
+            }
+            assert!(
+                started.elapsed() < deadline,
+                "{what}: not within {deadline:?}; last seen {seen:?}, expected {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     pub async fn stop(mut self) {
         let _ = self.stop.send(true);
         while let Some(joined) = self.tasks.join_next().await {
