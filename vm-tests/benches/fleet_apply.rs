@@ -21,8 +21,10 @@
 use std::time::{Duration, Instant};
 
 use shoal::api::{Client, NamedSpec, Request};
-use shoal_vm_tests::bench::{env_or, exit_unless_root, percentile, sizes_from_env};
-use shoal_vm_tests::cluster::{Cluster, ClusterOptions};
+use shoal_vm_tests::bench::{
+    env_or, exit_unless_root, percentile, sizes_from_env, start_default_fleet,
+};
+use shoal_vm_tests::cluster::Cluster;
 
 const DEFAULT_SIZES: &[usize] = &[3, 12, 24, 48];
 const DEFAULT_ROUNDS: usize = 20;
@@ -66,16 +68,7 @@ struct Round {
 
 /// Rounds of one cluster size, and the median sweep.
 fn measure(nodes: usize, rounds: usize) -> (Vec<Round>, Duration) {
-    let cluster = Cluster::start(ClusterOptions {
-        nodes,
-        sync_interval_ms: 1_000,
-        heartbeat_interval_ms: 30_000,
-        down_after_ms: 90_000,
-        membership: None,
-        metrics: true,
-        ..ClusterOptions::default()
-    })
-    .expect("cluster");
+    let cluster = start_default_fleet(nodes);
     std::thread::sleep(Duration::from_secs(SETTLE_SECONDS));
     let connect = |index: usize| {
         Client::connect(&cluster.node(index).socket, Duration::from_secs(5)).expect("api socket")

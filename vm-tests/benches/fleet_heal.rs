@@ -40,8 +40,10 @@
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use shoal::api::{ApiError, Client, NamedSpec, Request, ServiceView};
-use shoal_vm_tests::bench::{env_or, exit_unless_root, percentile, sizes_from_env};
-use shoal_vm_tests::cluster::{Cluster, ClusterOptions, metric_sum};
+use shoal_vm_tests::bench::{
+    env_or, exit_unless_root, percentile, sizes_from_env, start_default_fleet,
+};
+use shoal_vm_tests::cluster::{Cluster, metric_sum};
 
 const DEFAULT_SIZES: &[usize] = &[3, 12, 24, 48];
 const DEFAULT_ROUNDS: usize = 8;
@@ -186,21 +188,7 @@ struct Round {
 
 /// Rounds of one cluster size, and the median of one sweep of a quiet cluster.
 fn measure(nodes: usize, rounds: usize) -> (Vec<Round>, Duration) {
-    let started = Instant::now();
-    let cluster = Cluster::start(ClusterOptions {
-        nodes,
-        sync_interval_ms: 1_000,
-        heartbeat_interval_ms: 30_000,
-        down_after_ms: 90_000,
-        membership: None,
-        metrics: true,
-        ..ClusterOptions::default()
-    })
-    .expect("cluster");
-    eprintln!(
-        "{nodes} nodes up and members in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    let cluster = start_default_fleet(nodes);
     std::thread::sleep(Duration::from_secs(SETTLE_SECONDS));
     let all: Vec<usize> = (0..nodes).collect();
     let (first_half, second_half) = all.split_at(nodes / 2);

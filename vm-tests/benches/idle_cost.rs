@@ -23,8 +23,10 @@
 
 use std::time::{Duration, Instant};
 
-use shoal_vm_tests::bench::{exit_unless_root, sizes_from_env};
-use shoal_vm_tests::cluster::{Cluster, ClusterOptions, metric_sum};
+use shoal_vm_tests::bench::{
+    REFRESH_MS, SYNC_INTERVAL_MS, exit_unless_root, sizes_from_env, start_default_fleet,
+};
+use shoal_vm_tests::cluster::{Cluster, metric_sum};
 
 const DEFAULT_SIZES: &[usize] = &[3, 12, 24, 48];
 const DEFAULT_WINDOW_SECONDS: u64 = 30;
@@ -32,10 +34,6 @@ const DEFAULT_WINDOW_SECONDS: u64 = 30;
 /// every node to have probed every other once (so the connections SWIM keeps are made)
 /// at the largest default size. `SHOAL_IDLE_SETTLE_SECONDS` overrides it.
 const SETTLE_SECONDS: u64 = 60;
-/// The daemon's defaults (`sync.*` in its config).
-const INTERVAL_MS: u64 = 1_000;
-const REFRESH_MS: u64 = 30_000;
-const DOWN_AFTER_MS: u64 = 90_000;
 
 /// One size's figures, means per node.
 struct Cost {
@@ -105,21 +103,7 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 fn measure(nodes: usize, window: Duration) -> Cost {
-    let started = Instant::now();
-    let cluster = Cluster::start(ClusterOptions {
-        nodes,
-        sync_interval_ms: INTERVAL_MS,
-        heartbeat_interval_ms: REFRESH_MS,
-        down_after_ms: DOWN_AFTER_MS,
-        membership: None,
-        metrics: true,
-        ..ClusterOptions::default()
-    })
-    .expect("cluster");
-    eprintln!(
-        "{nodes} nodes up and members in {:.1} s",
-        started.elapsed().as_secs_f64()
-    );
+    let cluster = start_default_fleet(nodes);
     let settle = std::env::var("SHOAL_IDLE_SETTLE_SECONDS")
         .ok()
         .map(|seconds| {
@@ -176,7 +160,7 @@ fn main() {
     let costs: Vec<Cost> = sizes.iter().map(|nodes| measure(*nodes, window)).collect();
     let base = &costs[0];
     println!(
-        "idle cluster, default settings (SWIM and anti-entropy every {INTERVAL_MS} ms, \
+        "idle cluster, default settings (SWIM and anti-entropy every {SYNC_INTERVAL_MS} ms, \
          metadata refresh every {REFRESH_MS} ms or 1 s per member), per node over {} s:\n",
         window.as_secs()
     );

@@ -2,7 +2,35 @@
 //! environment, the root check, and percentiles of measured times.
 
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use crate::cluster::{Cluster, ClusterOptions};
+
+/// The daemon's defaults (`sync.*` in its config), which the fleet benches measure.
+pub const SYNC_INTERVAL_MS: u64 = 1_000;
+pub const REFRESH_MS: u64 = 30_000;
+pub const DOWN_AFTER_MS: u64 = 90_000;
+
+/// A fleet of `nodes` daemons with the default settings (SWIM membership) and metrics
+/// served, once every node sees every member; says how long that took.
+pub fn start_default_fleet(nodes: usize) -> Cluster {
+    let started = Instant::now();
+    let cluster = Cluster::start(ClusterOptions {
+        nodes,
+        sync_interval_ms: SYNC_INTERVAL_MS,
+        heartbeat_interval_ms: REFRESH_MS,
+        down_after_ms: DOWN_AFTER_MS,
+        membership: None,
+        metrics: true,
+        ..ClusterOptions::default()
+    })
+    .expect("cluster");
+    eprintln!(
+        "{nodes} nodes up and members in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    cluster
+}
 
 /// Exits with a message unless this process is root: a bench needs network namespaces.
 pub fn exit_unless_root(bench: &str) {
