@@ -731,6 +731,12 @@ impl ClusterState {
 
     /// Live containers, one per id (the latest add if an id was re-added), by id.
     pub fn containers(&self) -> impl Iterator<Item = &ContainerRecord> {
+        self.containers_written().map(|(_, record)| record)
+    }
+
+    /// Live containers as `containers` gives them, each with the HLC of its add: when the
+    /// record was written, which is when its container was first placed.
+    pub fn containers_written(&self) -> impl Iterator<Item = (Timestamp, &ContainerRecord)> {
         let mut latest: BTreeMap<&ContainerId, (Timestamp, &ContainerRecord)> = BTreeMap::new();
         for ((id, _), entry, record) in self.containers.live() {
             let slot = latest.entry(id).or_insert((entry.hlc, record));
@@ -738,7 +744,7 @@ impl ClusterState {
                 *slot = (entry.hlc, record);
             }
         }
-        latest.into_values().map(|(_, record)| record)
+        latest.into_values()
     }
 
     /// One live container.

@@ -1,6 +1,8 @@
 # Scenarios 4 and 5: a rolling restart of every daemon restarts no container
 # and loses no state; a daemon killed with SIGKILL is restarted by systemd
-# (Restart=on-failure) and re-converges.
+# (Restart=on-failure) and re-converges; a daemon away long enough for its
+# replica to move comes back to its own container, and the node that stood
+# in stops the stand-in, not the replica it ran all along.
 { pkgs }:
 let
   common = import ./common.nix { inherit pkgs; };
@@ -42,5 +44,24 @@ pkgs.testers.runNixOSTest {
         wait_converged(machines, 3)
         assert "web" in services(b)
         wait_replicas(machines, "web", 3)
+
+    with subtest("a daemon away until its replica moves: the stand-in goes"):
+        before = containers(a, "web")
+        b.succeed("systemctl stop shoal.service")
+
+        def moved(last_try):
+            records = json.loads(a.succeed("shoal ps --json"))["containers"]
+            elsewhere = [r for r in records if r["service"] == "web" and r["node"] != "b"]
+            if last_try:
+                print(f"web off b: {elsewhere}")
+            return len(elsewhere) == 3
+
+        retry(moved, 120)
+        b.succeed("systemctl start shoal.service")
+        b.wait_for_unit("shoal.service")
+        wait_converged(machines, 3)
+        wait_replicas(machines, "web", 3)
+        for machine in machines:
+            assert containers(machine, "web") == before, "the stand-in stayed, or an original went"
   '';
 }

@@ -120,7 +120,8 @@ fn deploy_spreads_replicas_and_containers_reach_each_other_across_nodes() {
 
 /// Scenario 4: kill -9 one node's daemon; its replica comes up on another
 /// node; when it returns it keeps (adopts) its container, the surplus copy
-/// elsewhere is stopped, and the count is back to one per node.
+/// elsewhere is stopped, and the count is back to one per node. The node that
+/// stood in keeps the replica it ran all along and stops the stand-in.
 #[test]
 fn node_loss_moves_its_replica_and_its_return_stops_the_surplus() {
     if !image_support::require_root() {
@@ -165,6 +166,10 @@ fn node_loss_moves_its_replica_and_its_return_stops_the_surplus() {
             .iter()
             .any(|(node, id, _)| node == "n2" && *id == lost_id),
         "n2 did not keep its adopted container {lost_id}: {after:?}"
+    );
+    assert_eq!(
+        after, before,
+        "a node stopped the replica it ran before n2 was lost, not its stand-in"
     );
 }
 

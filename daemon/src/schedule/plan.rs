@@ -9,8 +9,11 @@
 //! - placement (`placement::place`) says how many replicas of each service this node runs;
 //! - every runtime container without a record is an orphan: removed;
 //! - per service, this node's records are ranked current-spec first, running before not,
-//!   then by id; the first `wanted` that run the current spec are kept, the rest (surplus
-//!   after a partition healed, replicas reduced, spec replaced, service removed) removed.
+//!   then oldest record first (then by id); the first `wanted` that run the current spec are
+//!   kept, the rest (surplus after a partition healed or a member came back, replicas
+//!   reduced, spec replaced, service removed) removed. Oldest first: a replica started here
+//!   to stand in for a member that was down goes when the member returns, and the one that
+//!   served all along stays.
 //!   A container runs the current spec when its record has the current version, or when
 //!   the spec digest written on it at create equals the current spec's (a change of the
 //!   replica count alone replaces nothing, also across daemon restarts);
@@ -601,7 +604,7 @@ impl Planner {
         for (service, mut records) in by_service {
             let current = view.services.get(service);
             let wanted = desired.get(service).copied().unwrap_or(0) as usize;
-            // Current-spec containers first, running before the rest, then by id.
+            // Current-spec containers first, running before the rest, then the oldest.
             records.sort_by_key(|record| {
                 let running = matches!(
                     observed.containers.get(record.id.as_str()),
@@ -610,6 +613,7 @@ impl Planner {
                 (
                     is_outdated(record, current, observed),
                     !running,
+                    view.own_written.get(&record.id).copied(),
                     record.id.clone(),
                 )
             });

@@ -57,6 +57,7 @@ fn view(me: &str, nodes: &[&str], services: &[(&str, ServiceSpec, Timestamp)]) -
             })
             .collect(),
         own_records: Vec::new(),
+        own_written: BTreeMap::new(),
         fleet: Default::default(),
         subnet: None,
         peer_subnets: Vec::new(),
@@ -158,6 +159,32 @@ fn orphans_and_surplus_are_removed_and_a_running_replica_is_kept() {
         plan.starts.is_empty() && plan.restarts.is_empty(),
         "{plan:?}"
     );
+}
+
+/// A member was down and this node started a stand-in for its replica; the member came
+/// back and placement gives this node one replica again. The stand-in goes, whatever the
+/// ids say: the replica that served all along keeps running.
+#[test]
+fn of_a_surplus_the_replica_placed_first_is_kept() {
+    let v1 = version(10, "a");
+    let mut view = view("a", &["a", "b"], &[("web", spec(2, 100), v1)]);
+    let (serving, stand_in) = ("web-ffffffff", "web-00000001");
+    view.own_records = vec![
+        record(stand_in, "web", "a", v1),
+        record(serving, "web", "a", v1),
+    ];
+    view.own_written = [
+        (serving.parse().unwrap(), version(20, "a")),
+        (stand_in.parse().unwrap(), version(500, "a")),
+    ]
+    .into();
+    let observed = observed(&[
+        (serving, ObservedState::Running),
+        (stand_in, ObservedState::Running),
+    ]);
+    let plan = Planner::new(node("a"), SETTINGS, 1).plan(&view, &observed, 0);
+    assert_eq!(removed_ids(&plan), [stand_in], "{plan:?}");
+    assert!(plan.starts.is_empty(), "{plan:?}");
 }
 
 #[test]

@@ -156,6 +156,7 @@ mod tests {
                 .collect(),
             live_nodes: Vec::new(),
             own_records: records,
+            own_written: BTreeMap::new(),
             fleet: Default::default(),
             subnet: Some("10.88.1.0/24".parse().unwrap()),
             peer_subnets: vec![(

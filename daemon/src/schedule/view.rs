@@ -6,8 +6,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use shoal_crdt::{
-    Capacity, ClusterState, ContainerRecord, Drain, NodeId, ServiceName, ServiceSpec, Subnet,
-    Timestamp,
+    Capacity, ClusterState, ContainerId, ContainerRecord, Drain, NodeId, ServiceName, ServiceSpec,
+    Subnet, Timestamp,
 };
 
 use super::placement::{self, NodeInput, Placement, ServiceInput};
@@ -50,6 +50,9 @@ pub struct ClusterView {
     pub live_nodes: Vec<NodeInput>,
     /// This node's container records.
     pub own_records: Vec<ContainerRecord>,
+    /// When each of `own_records` was written (the HLC of its add): of a surplus, the
+    /// planner keeps the replicas placed first. A record missing here counts as oldest.
+    pub own_written: BTreeMap<ContainerId, Timestamp>,
     /// The subnet this node claims, if any: new containers get an address from it.
     pub subnet: Option<Subnet>,
     /// The other live members' container subnets (those that won their claims), with the
@@ -99,11 +102,11 @@ impl ClusterView {
             .filter(|(id, _)| live.contains(*id))
             .filter_map(|(id, meta)| Some((id.clone(), meta.drain?)))
             .collect();
-        let own_records = state
-            .containers()
-            .filter(|record| &record.node == me)
-            .cloned()
-            .collect();
+        let (own_written, own_records) = state
+            .containers_written()
+            .filter(|(_, record)| &record.node == me)
+            .map(|(written, record)| ((record.id.clone(), written), record.clone()))
+            .unzip();
         let peer_subnets = state
             .nodes()
             .filter(|(id, _)| *id != me && live.contains(*id))
@@ -168,6 +171,7 @@ impl ClusterView {
             fleet,
             live_nodes,
             own_records,
+            own_written,
             subnet: state.node(me).and_then(|meta| meta.subnet),
             peer_subnets,
             mesh_backends,
@@ -252,5 +256,45 @@ mod tests {
             .map(|node| (node.id.to_string(), node.drained))
             .collect();
         assert_eq!(flags, [("a".to_string(), false), ("b".to_string(), true)]);
+    }
+
+    #[test]
+    fn own_records_come_with_when_they_were_written() {
+        let a: NodeId = "a".parse().unwrap();
+        let mut mine = Replica::new(a.clone(), Duration::from_secs(1));
+        let mut theirs = Replica::new("b".parse().unwrap(), Duration::from_secs(1));
+        let at = |ms| NTP64::from(Duration::from_millis(ms));
+        let record = |id: &str, node: &NodeId| ContainerRecord {
+            id: id.parse().unwrap(),
+            service: "web".parse().unwrap(),
+            node: node.clone(),
+            spec_version: Timestamp::new(at(1), node.hlc_id()),
+            ip: None,
+        };
+        // The older record has the larger id: the stamps, not the ids, say which is first.
+        mine.add_container(at(100), record("web-ffffffff", &a))
+            .unwrap();
+        mine.add_container(at(900), record("web-00000001", &a))
+            .unwrap();
+        let b = theirs.node().clone();
+        let delta = theirs
+            .add_container(at(50), record("web-0000000b", &b))
+            .unwrap();
+        mine.apply_delta(at(900), &b, &delta).unwrap();
+
+        let view = ClusterView::read(mine.state(), &a, &[a.clone()].into());
+        let written: Vec<(String, NTP64)> = view
+            .own_written
+            .iter()
+            .map(|(id, stamp)| (id.to_string(), *stamp.get_time()))
+            .collect();
+        assert_eq!(
+            written,
+            [
+                ("web-00000001".to_string(), at(900)),
+                ("web-ffffffff".to_string(), at(100)),
+            ]
+        );
+        assert_eq!(view.own_records.len(), 2, "b's record is not ours");
     }
 }
