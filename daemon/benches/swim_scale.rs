@@ -7,16 +7,20 @@
 //!   60 periods after all members see each other (flat in N is the target);
 //! - a failure: one member goes silent; periods until every other member counts it down
 //!   (suspicion, then the word spreading on probes: grows as log N);
-//! - a partition into two halves for 60 s, each declaring the other down, then the heal:
-//!   periods until every member sees every other alive again.
+//! - a partition into two halves for 60 s: periods until every member counts the whole
+//!   other half down (the split), then, after the 60 s, the heal: periods until every
+//!   member sees every other alive again.
 //!
-//! The baseline for "flat" is the smallest N, in the same run.
+//! The baseline for "flat" is the smallest N, in the same run. Each N runs twice: with the
+//! daemon's dissemination and, as the baseline for the failure, split and heal figures,
+//! with foca's own (`Dissemination::PIGGYBACK_ONLY`: news on probes and acks only, passed
+//! on 4 log10(N + 1) times, suspicions timed out by their prober only).
 
 use std::time::Instant;
 
 use shoal::state::members::PeerState;
-use shoal::swim::SwimConfig;
 use shoal::swim::sim::SwimWorld;
+use shoal::swim::{Dissemination, SwimConfig};
 
 const SEED: u64 = 14;
 const IDLE_PERIODS: u64 = 30;
@@ -31,6 +35,7 @@ struct Figures {
     packets_per_period: f64,
     bytes_per_period: f64,
     failure_periods: u64,
+    split_periods: Option<u64>,
     heal_periods: Option<u64>,
     wall_seconds: f64,
 }
@@ -60,10 +65,11 @@ fn everyone_sees(world: &SwimWorld, members: &[usize], state: PeerState) -> bool
     world.all_see(&observers, members, state)
 }
 
-fn measure(members: usize) -> Figures {
+fn measure(members: usize, dissemination: Dissemination) -> Figures {
     let wall = Instant::now();
     let config = SwimConfig {
         cluster_size: u32::try_from(members).expect("members fit u32"),
+        dissemination,
         ..SwimConfig::default()
     };
     let period = config.probe_period_ms;
@@ -104,9 +110,20 @@ fn measure(members: usize) -> Figures {
     })
     .expect("the silent member comes back");
 
-    world.sides = Some(all.iter().map(|m| u8::from(*m >= members / 2)).collect());
+    let sides: Vec<u8> = all.iter().map(|m| u8::from(*m >= members / 2)).collect();
+    world.sides = Some(sides.clone());
     let until = world.now_ms + PARTITION_MS;
-    world.run(until);
+    let step = (members / 50).max(1);
+    let split_periods = periods_until(&mut world, period, |world| {
+        all.iter().step_by(step).all(|observer| {
+            let states = world.states_seen_by(*observer);
+            all.iter()
+                .filter(|member| sides[**member] != sides[*observer])
+                .all(|member| states[*member] == Some(PeerState::Down))
+        })
+    })
+    .filter(|periods| periods * period <= PARTITION_MS);
+    world.run(until.max(world.now_ms));
     world.sides = None;
     let heal_periods = periods_until(&mut world, period, |world| {
         everyone_sees(world, &all, PeerState::Alive)
@@ -117,6 +134,7 @@ fn measure(members: usize) -> Figures {
         packets_per_period,
         bytes_per_period,
         failure_periods,
+        split_periods,
         heal_periods,
         wall_seconds: wall.elapsed().as_secs_f64(),
     }
@@ -135,31 +153,53 @@ fn main() {
                 .collect()
         })
         .unwrap_or_else(|| vec![10, 100, 1_000]);
-    let figures: Vec<Figures> = sizes.iter().map(|members| measure(*members)).collect();
-    let base = &figures[0];
+    let runs: Vec<(Figures, Figures)> = sizes
+        .iter()
+        .map(|members| {
+            let daemon = SwimConfig::default().dissemination;
+            (
+                measure(*members, daemon),
+                measure(*members, Dissemination::PIGGYBACK_ONLY),
+            )
+        })
+        .collect();
+    let base = &runs[0].0;
     println!(
         "SWIM, sans-IO, default [membership] timing (probe every 1 s), seed {SEED}; \
-         per member per probe period; x = ratio to {} members\n",
+         per member per probe period; x = ratio to {} members; (foca's) = the same world \
+         with foca's own dissemination (news on probes and acks only)\n",
         base.members
     );
     println!(
-        "| members | join (periods) | packets sent | x | bytes sent | x | failure known to all (periods) | heal of a {} s half/half partition (periods) |",
+        "| members | join (periods) | (foca's) | packets sent | (foca's) | x | bytes sent | (foca's) | x | failure known to all (periods) | (foca's) | half/half split known to all (periods) | (foca's) | heal of a {} s split (periods) | (foca's) |",
         PARTITION_MS / 1000
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for f in &figures {
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let shown = |periods: Option<u64>, within: &str| {
+        periods.map_or_else(|| format!("not within {within}"), |p| p.to_string())
+    };
+    for (f, foca) in &runs {
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.0} B | {:.2} | {} | {} |",
+            "| {} | {} | {} | {:.2} | {:.2} | {:.2} | {:.0} B | {:.0} B | {:.2} | {} | {} | {} | {} | {} | {} |",
             f.members,
             f.join_periods,
+            foca.join_periods,
             f.packets_per_period,
+            foca.packets_per_period,
             f.packets_per_period / base.packets_per_period,
             f.bytes_per_period,
+            foca.bytes_per_period,
             f.bytes_per_period / base.bytes_per_period,
             f.failure_periods,
-            f.heal_periods
-                .map_or_else(|| "not within 600 s".to_string(), |p| p.to_string()),
+            foca.failure_periods,
+            shown(f.split_periods, "60 s"),
+            shown(foca.split_periods, "60 s"),
+            shown(f.heal_periods, "600 s"),
+            shown(foca.heal_periods, "600 s"),
         );
-        eprintln!("{} members simulated in {:.1} s", f.members, f.wall_seconds);
+        eprintln!(
+            "{} members simulated in {:.1} s (foca's: {:.1} s)",
+            f.members, f.wall_seconds, foca.wall_seconds
+        );
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use net_support::{Pki, limits, node_id, open_node_with, raw_client};
 use shoal::state::Node;
 use shoal::state::members::PeerState;
-use shoal::swim::{Swim, SwimConfig, SwimId};
+use shoal::swim::{Dissemination, Swim, SwimConfig, SwimId};
 use shoal::sync::{self, GossipConfig, SwimSettings, wire};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -25,6 +25,7 @@ fn quick() -> SwimConfig {
         suspect_to_down_ms: 1_000,
         forget_down_after_ms: 60_000,
         announce_down_every_ms: 400,
+        dissemination: Dissemination::for_probe_period(200),
         cluster_size: 3,
     }
 }

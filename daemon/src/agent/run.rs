@@ -35,7 +35,7 @@ use crate::metrics::{self, Metrics};
 use crate::schedule::PlannerSettings;
 use crate::schedule::plan::STARTS_PER_PASS_MAX;
 use crate::state::{Clock, Node, NodeError, NodeOptions, SystemClock};
-use crate::swim::SwimConfig;
+use crate::swim::{Dissemination, SwimConfig};
 use crate::sync::{self, GossipConfig, SwimSettings, SyncLimits, TlsHandle};
 
 /// Time given to tasks to finish after shutdown begins, before they are aborted.
@@ -103,6 +103,7 @@ fn swim_settings(config: &Config) -> SwimSettings {
                 .evict_after_ms
                 .saturating_add(config.sync.down_after_ms),
             announce_down_every_ms: membership.probe_period_ms.saturating_mul(2),
+            dissemination: Dissemination::for_probe_period(membership.probe_period_ms),
             cluster_size: 1,
         },
         seed: rng_seed(),

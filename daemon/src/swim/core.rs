@@ -5,14 +5,31 @@
 //! Each packet is checked before foca sees it: at most `max_packet_bytes`, a header that
 //! decodes, and a sender whose node id is the authenticated peer's. Everything else about
 //! the protocol (probes, indirect probes, suspicion, refutation, piggybacked updates) is
-//! foca's.
+//! foca's, spread as [`Dissemination`] says. The daemon's way differs from foca's in three
+//! points, all for failures of many members at once (half a fleet cut off), when half of
+//! all news goes to members that failed too:
+//! - news is also gossiped to three random members every fifth of a probe period while
+//!   there is any (foca sends nothing when there is none: idle costs the same);
+//! - it is passed on twice foca's 4 log10(N + 1) times, so that the chance a member misses
+//!   it stays small over N² pairs;
+//! - in foca only the member whose probe failed times a suspicion out; the others learn the
+//!   member is down only from its word, and one that misses it holds the member suspect
+//!   until its own probes reach it, up to N periods. Here every member times out each
+//!   suspicion it holds, as in the SWIM paper: checked once a probe period
+//!   (`SwimTimer::SuspicionCheck`), a member suspect at one incarnation for
+//!   `suspect_to_down_ms` is declared down here too (the prober, whose timer started
+//!   first, has normally said so already).
+//!
+//! `swim_scale` measures the difference against foca's way ([`Dissemination::PIGGYBACK_ONLY`]).
 
 use std::collections::BTreeMap;
 use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use bytes::Bytes;
-use foca::{AccumulatingRuntime, Codec, Foca, NoCustomBroadcast, Notification, PostcardCodec};
+use foca::{
+    AccumulatingRuntime, Codec, Foca, Member, NoCustomBroadcast, Notification, PostcardCodec,
+};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use shoal_crdt::NodeId;
@@ -20,11 +37,56 @@ use shoal_crdt::NodeId;
 use super::identity::SwimId;
 use crate::state::members::{PeerState, PeerStates, PeerView};
 
-/// A timer event foca asked for.
-pub type SwimTimer = foca::Timer<SwimId>;
+/// A timer event to hand back to [`Swim::handle_timer`] after its delay.
+#[derive(Debug, Clone)]
+pub enum SwimTimer {
+    /// One foca asked for.
+    Foca(foca::Timer<SwimId>),
+    /// Once a probe period: time out the suspicions this member holds.
+    SuspicionCheck,
+}
 
 /// Largest SWIM packet, sent or accepted (a QUIC datagram's worth).
 pub const PACKET_BYTES_MAX: usize = 1_400;
+
+/// How SWIM's news (a member suspected, down, back or new) spreads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dissemination {
+    /// While there is news, this often it is also sent to [`Self::GOSSIP_MEMBERS`] random
+    /// members, besides riding on probes and their acks; with none, nothing is sent for it.
+    /// `None`: probes and acks only.
+    pub gossip_every_ms: Option<u64>,
+    /// Each piece of news is passed on this many times foca's 4 log10(N + 1).
+    pub transmissions_factor: u8,
+    /// Every member times out the suspicions it holds, not only the one whose probe failed.
+    pub suspicions_time_out_everywhere: bool,
+}
+
+impl Dissemination {
+    /// Members each gossip round sends to.
+    pub const GOSSIP_MEMBERS: NonZeroUsize = NonZeroUsize::new(3).unwrap();
+
+    /// News on probes and acks only, passed on 4 log10(N + 1) times, suspicions timed out
+    /// by their prober only: foca's own way, and shoal's before the 48-node split showed
+    /// it (39 to 54 s until every node saw the other half down). The benches' baseline.
+    pub const PIGGYBACK_ONLY: Dissemination = Dissemination {
+        gossip_every_ms: None,
+        transmissions_factor: 1,
+        suspicions_time_out_everywhere: false,
+    };
+
+    /// The daemon's: gossip every fifth of a probe period, news passed on twice as often,
+    /// every member timing suspicions out. When half a fleet fails at once, half of all
+    /// news goes to the failed members; the word reaches every member anyway. An idle
+    /// fleet holds no news and sends nothing more.
+    pub fn for_probe_period(probe_period_ms: u64) -> Dissemination {
+        Dissemination {
+            gossip_every_ms: Some((probe_period_ms / 5).max(1)),
+            transmissions_factor: 2,
+            suspicions_time_out_everywhere: true,
+        }
+    }
+}
 
 /// The protocol's timing, from `[membership]` in the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +102,8 @@ pub struct SwimConfig {
     /// While members are down, this often one of them is sent an announce, so the two
     /// sides of a healed partition find each other.
     pub announce_down_every_ms: u64,
+    /// How news spreads.
+    pub dissemination: Dissemination,
     /// Members in the cluster, for how many times an update is piggybacked (log N).
     pub cluster_size: u32,
 }
@@ -52,6 +116,7 @@ impl Default for SwimConfig {
             suspect_to_down_ms: 4_000,
             forget_down_after_ms: 180_000,
             announce_down_every_ms: 2_000,
+            dissemination: Dissemination::for_probe_period(1_000),
             cluster_size: 3,
         }
     }
@@ -68,9 +133,14 @@ impl SwimConfig {
         config.remove_down_after = Duration::from_millis(self.forget_down_after_ms);
         config.max_packet_size = NonZeroUsize::new(PACKET_BYTES_MAX).unwrap_or(NonZeroUsize::MIN);
         config.notify_down_members = true;
-        // Updates ride on probes and their acks; no separate gossip rounds, which would
-        // cost packets every period whatever happens.
-        config.periodic_gossip = None;
+        // foca gossips only while it holds updates: an idle fleet sends nothing for it.
+        config.periodic_gossip =
+            self.dissemination
+                .gossip_every_ms
+                .map(|every_ms| foca::PeriodicParams {
+                    frequency: Duration::from_millis(every_ms.max(1)),
+                    num_members: Dissemination::GOSSIP_MEMBERS,
+                });
         config.periodic_announce = Some(foca::PeriodicParams {
             frequency: Duration::from_millis(self.probe_period_ms.saturating_mul(30)),
             num_members: NonZeroUsize::MIN,
@@ -79,7 +149,13 @@ impl SwimConfig {
             frequency: Duration::from_millis(self.announce_down_every_ms),
             num_members: NonZeroUsize::MIN,
         });
-        config.max_transmissions = config.max_transmissions.max(NonZeroU8::MIN);
+        config.max_transmissions = NonZeroU8::new(
+            config
+                .max_transmissions
+                .get()
+                .saturating_mul(self.dissemination.transmissions_factor.max(1)),
+        )
+        .unwrap_or(NonZeroU8::MAX);
         config
     }
 }
@@ -132,6 +208,11 @@ pub struct Swim {
     foca: Foca<SwimId, PostcardCodec, ChaCha8Rng, NoCustomBroadcast>,
     runtime: AccumulatingRuntime<SwimId>,
     config: SwimConfig,
+    /// Members suspect at the last check: the identity, its incarnation, and how many
+    /// checks since it was first seen suspect at that incarnation.
+    suspicions: BTreeMap<NodeId, (SwimId, u16, u64)>,
+    /// Timers of this wrapper's own, for the next outbox.
+    timers: Vec<(Duration, SwimTimer)>,
 }
 
 impl Swim {
@@ -143,10 +224,18 @@ impl Swim {
             ChaCha8Rng::seed_from_u64(seed),
             PostcardCodec,
         );
+        let check_every = Duration::from_millis(config.probe_period_ms.max(1));
+        let timers = if config.dissemination.suspicions_time_out_everywhere {
+            vec![(check_every, SwimTimer::SuspicionCheck)]
+        } else {
+            Vec::new()
+        };
         Swim {
             foca,
             runtime: AccumulatingRuntime::new(),
             config,
+            suspicions: BTreeMap::new(),
+            timers,
         }
     }
 
@@ -167,7 +256,42 @@ impl Swim {
 
     /// A timer event whose delay has passed.
     pub fn handle_timer(&mut self, timer: SwimTimer) -> Result<(), SwimError> {
-        Ok(self.foca.handle_timer(timer, &mut self.runtime)?)
+        match timer {
+            SwimTimer::Foca(timer) => Ok(self.foca.handle_timer(timer, &mut self.runtime)?),
+            SwimTimer::SuspicionCheck => {
+                let period_ms = self.config.probe_period_ms.max(1);
+                self.timers
+                    .push((Duration::from_millis(period_ms), SwimTimer::SuspicionCheck));
+                self.time_out_suspicions(period_ms)
+            }
+        }
+    }
+
+    /// Declares down every member suspect at one incarnation for `suspect_to_down_ms`
+    /// (counted in checks, one a `period_ms`), and forgets suspicions that ended.
+    fn time_out_suspicions(&mut self, period_ms: u64) -> Result<(), SwimError> {
+        let mut held = BTreeMap::new();
+        let mut down = Vec::new();
+        for member in self.foca.iter_membership_state() {
+            if member.state() != foca::State::Suspect {
+                continue;
+            }
+            let (id, incarnation) = (member.id(), member.incarnation());
+            let checks = match self.suspicions.get(id.node()) {
+                Some((seen, at, checks)) if seen == id && *at == incarnation => checks + 1,
+                _ => 0,
+            };
+            if checks.saturating_mul(period_ms) >= self.config.suspect_to_down_ms {
+                down.push(Member::new(id.clone(), incarnation, foca::State::Down));
+            } else {
+                held.insert(id.node().clone(), (id.clone(), incarnation, checks));
+            }
+        }
+        self.suspicions = held;
+        if down.is_empty() {
+            return Ok(());
+        }
+        Ok(self.foca.apply_many(down.into_iter(), &mut self.runtime)?)
     }
 
     /// Retunes for a cluster of `members` (how often updates are piggybacked grows as log N).
@@ -197,8 +321,9 @@ impl Swim {
             outbox.sends.push((to, packet));
         }
         while let Some((after, timer)) = self.runtime.to_schedule() {
-            outbox.timers.push((after, timer));
+            outbox.timers.push((after, SwimTimer::Foca(timer)));
         }
+        outbox.timers.append(&mut self.timers);
         outbox
     }
 
@@ -296,6 +421,58 @@ mod tests {
             4 * config.probe_period_ms + config.probe_timeout_ms + config.suspect_to_down_ms;
         world.run(5_000 + detection + 1_000);
         assert!(world.all_see(&[0, 1, 2, 4], &[3], PeerState::Down));
+    }
+
+    /// Periods after cutting 48 members into halves until every member counts the whole
+    /// other half down, with `dissemination`; `None` past 60 periods.
+    fn periods_to_see_a_split(dissemination: Dissemination) -> Option<u64> {
+        let members = 48;
+        let config = SwimConfig {
+            cluster_size: u32::try_from(members).unwrap(),
+            dissemination,
+            ..SwimConfig::default()
+        };
+        let mut world = SwimWorld::new(members, &config, 3);
+        let all: Vec<usize> = (0..members).collect();
+        while !world.all_see(&all, &all, PeerState::Alive) {
+            assert!(world.now_ms < 120_000, "48 members never found each other");
+            let next = world.now_ms + 1_000;
+            world.run(next);
+        }
+        let next = world.now_ms + 30_000;
+        world.run(next);
+        let sides: Vec<u8> = all.iter().map(|m| u8::from(*m >= members / 2)).collect();
+        world.sides = Some(sides.clone());
+        for period in 0..=60 {
+            let known = all.iter().all(|observer| {
+                let states = world.states_seen_by(*observer);
+                all.iter()
+                    .filter(|member| sides[**member] != sides[*observer])
+                    .all(|member| states[*member] == Some(PeerState::Down))
+            });
+            if known {
+                return Some(period);
+            }
+            let next = world.now_ms + 1_000;
+            world.run(next);
+        }
+        None
+    }
+
+    /// Half a fleet cut off at once: half of all news goes to the members that are gone.
+    /// With foca's own dissemination a few members miss the word about a few others and
+    /// hold them alive or suspect until their own probes reach them (52 periods for 48
+    /// members in `swim_scale`); the daemon's gets it to everyone in about the time one
+    /// failure takes.
+    #[test]
+    fn half_a_fleet_cut_off_is_known_down_everywhere_within_a_few_detection_times() {
+        let daemon = periods_to_see_a_split(SwimConfig::default().dissemination);
+        assert!(daemon.is_some_and(|periods| periods <= 20), "{daemon:?}");
+        let piggyback_only = periods_to_see_a_split(Dissemination::PIGGYBACK_ONLY);
+        assert!(
+            piggyback_only.is_none_or(|periods| periods > 20),
+            "foca's own way is as quick ({piggyback_only:?}): what does this test show?"
+        );
     }
 
     #[test]

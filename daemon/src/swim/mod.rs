@@ -13,5 +13,5 @@ pub mod core;
 pub mod identity;
 pub mod sim;
 
-pub use self::core::{Outbox, Swim, SwimConfig, SwimError, SwimTimer};
+pub use self::core::{Dissemination, Outbox, Swim, SwimConfig, SwimError, SwimTimer};
 pub use self::identity::SwimId;
