@@ -342,8 +342,21 @@ impl NodeFirewall {
         match self.firewall.apply(&rules) {
             Ok(()) => {
                 if last.as_ref() != Some(&rules) {
+                    // Each forward with its backends: which replica got new connections
+                    // from when is what a failed request to a published port asks.
+                    let published = rules
+                        .forwards
+                        .iter()
+                        .map(|forward| {
+                            let backends: Vec<String> =
+                                forward.backends.iter().map(|ip| ip.to_string()).collect();
+                            format!("{forward} -> {}", backends.join(","))
+                        })
+                        .collect::<Vec<_>>()
+                        .join("; ");
                     tracing::info!(
                         forwards = rules.forwards.len(),
+                        %published,
                         "firewall updated (published ports, egress)"
                     );
                 }

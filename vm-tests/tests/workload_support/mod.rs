@@ -200,6 +200,21 @@ pub fn web(image: &str, body: &str, healthy: bool) -> String {
     )
 }
 
+/// Now as `HH:MM:SS.mmm` UTC, the time of day the daemons' log lines start with.
+fn time_of_day_utc() -> String {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let millis = since_epoch.as_millis() % 86_400_000;
+    format!(
+        "{:02}:{:02}:{:02}.{:03}",
+        millis / 3_600_000,
+        millis / 60_000 % 60,
+        millis / 1_000 % 60,
+        millis % 1_000
+    )
+}
+
 /// What the outside client saw.
 #[derive(Debug, Default)]
 pub struct Seen {
@@ -232,7 +247,11 @@ impl Client {
                     Ok(answer) if answer.status == 200 => {
                         seen.answers.push(answer.body.trim().to_owned())
                     }
-                    other => seen.failures.push(format!("{target}: {other:?}")),
+                    // When, in the daemons' log time (UTC), so a failure can be matched
+                    // with what each node did at that moment.
+                    other => seen
+                        .failures
+                        .push(format!("at {} {target}: {other:?}", time_of_day_utc())),
                 }
                 std::thread::sleep(POLL_INTERVAL);
             }
