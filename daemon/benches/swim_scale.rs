@@ -40,15 +40,17 @@ struct Figures {
     wall_seconds: f64,
 }
 
-/// Runs in steps of one period until `done` holds; the periods it took.
+/// Runs in steps of one period until `done` holds; the periods it took, or `None` once
+/// `within_ms` passed.
 fn periods_until(
     world: &mut SwimWorld,
     period_ms: u64,
+    within_ms: u64,
     mut done: impl FnMut(&SwimWorld) -> bool,
 ) -> Option<u64> {
     let started = world.now_ms;
     while !done(world) {
-        if world.now_ms - started > PHASE_MS_MAX {
+        if world.now_ms - started >= within_ms {
             return None;
         }
         let next = world.now_ms + period_ms;
@@ -75,7 +77,7 @@ fn measure(members: usize, dissemination: Dissemination) -> Figures {
     let period = config.probe_period_ms;
     let mut world = SwimWorld::new(members, &config, SEED);
     let all: Vec<usize> = (0..members).collect();
-    let join_periods = periods_until(&mut world, period, |world| {
+    let join_periods = periods_until(&mut world, period, PHASE_MS_MAX, |world| {
         everyone_sees(world, &all, PeerState::Alive)
     })
     .expect("members find each other");
@@ -95,7 +97,7 @@ fn measure(members: usize, dissemination: Dissemination) -> Figures {
     let silent = members / 2;
     world.isolated.insert(silent);
     let others: Vec<usize> = all.iter().copied().filter(|m| *m != silent).collect();
-    let failure_periods = periods_until(&mut world, period, |world| {
+    let failure_periods = periods_until(&mut world, period, PHASE_MS_MAX, |world| {
         let step = (others.len() / 50).max(1);
         others
             .iter()
@@ -105,37 +107,20 @@ fn measure(members: usize, dissemination: Dissemination) -> Figures {
     .expect("the silent member is found down");
     world.isolated.clear();
     // Let it come back (it renews itself) before the partition.
-    periods_until(&mut world, period, |world| {
+    periods_until(&mut world, period, PHASE_MS_MAX, |world| {
         everyone_sees(world, &all, PeerState::Alive)
     })
     .expect("the silent member comes back");
 
-    let sides: Vec<u8> = all.iter().map(|m| u8::from(*m >= members / 2)).collect();
-    world.sides = Some(sides.clone());
+    world.sides = Some(all.iter().map(|m| u8::from(*m >= members / 2)).collect());
     let until = world.now_ms + PARTITION_MS;
-    let step = (members / 50).max(1);
-    // The split, watched a period at a time within the partition's 60 s.
-    let split_known = |world: &SwimWorld| {
-        all.iter().step_by(step).all(|observer| {
-            let states = world.states_seen_by(*observer);
-            all.iter()
-                .filter(|member| sides[**member] != sides[*observer])
-                .all(|member| states[*member] == Some(PeerState::Down))
-        })
-    };
-    let started = world.now_ms;
-    let mut split_periods = None;
-    while world.now_ms < until {
-        if split_known(&world) {
-            split_periods = Some((world.now_ms - started) / period);
-            break;
-        }
-        let next = world.now_ms + period;
-        world.run(next);
-    }
+    let observers: Vec<usize> = all.iter().copied().step_by((members / 50).max(1)).collect();
+    let split_periods = periods_until(&mut world, period, PARTITION_MS, |world| {
+        world.all_see_the_other_side_down(&observers)
+    });
     world.run(until);
     world.sides = None;
-    let heal_periods = periods_until(&mut world, period, |world| {
+    let heal_periods = periods_until(&mut world, period, PHASE_MS_MAX, |world| {
         everyone_sees(world, &all, PeerState::Alive)
     });
     Figures {
@@ -166,7 +151,7 @@ fn main() {
     let runs: Vec<(Figures, Figures)> = sizes
         .iter()
         .map(|members| {
-            let daemon = SwimConfig::default().dissemination;
+            let daemon = Dissemination::DAEMON;
             (
                 measure(*members, daemon),
                 measure(*members, Dissemination::PIGGYBACK_ONLY),

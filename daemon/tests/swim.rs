@@ -25,7 +25,7 @@ fn quick() -> SwimConfig {
         suspect_to_down_ms: 1_000,
         forget_down_after_ms: 60_000,
         announce_down_every_ms: 400,
-        dissemination: Dissemination::for_probe_period(200),
+        dissemination: Dissemination::DAEMON,
         cluster_size: 3,
     }
 }

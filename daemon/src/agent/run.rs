@@ -103,7 +103,7 @@ fn swim_settings(config: &Config) -> SwimSettings {
                 .evict_after_ms
                 .saturating_add(config.sync.down_after_ms),
             announce_down_every_ms: membership.probe_period_ms.saturating_mul(2),
-            dissemination: Dissemination::for_probe_period(membership.probe_period_ms),
+            dissemination: Dissemination::DAEMON,
             cluster_size: 1,
         },
         seed: rng_seed(),

@@ -52,10 +52,10 @@ pub const PACKET_BYTES_MAX: usize = 1_400;
 /// How SWIM's news (a member suspected, down, back or new) spreads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Dissemination {
-    /// While there is news, this often it is also sent to [`Self::GOSSIP_MEMBERS`] random
-    /// members, besides riding on probes and their acks; with none, nothing is sent for it.
-    /// `None`: probes and acks only.
-    pub gossip_every_ms: Option<u64>,
+    /// While there is news, it is also sent to [`Self::GOSSIP_MEMBERS`] random members
+    /// [`Self::GOSSIPS_PER_PROBE_PERIOD`] times a probe period, besides riding on probes and
+    /// their acks; with none, nothing is sent for it. `false`: probes and acks only.
+    pub gossip: bool,
     /// Each piece of news is passed on this many times foca's 4 log10(N + 1).
     pub transmissions_factor: u8,
     /// Every member times out the suspicions it holds, not only the one whose probe failed.
@@ -65,27 +65,27 @@ pub struct Dissemination {
 impl Dissemination {
     /// Members each gossip round sends to.
     pub const GOSSIP_MEMBERS: NonZeroUsize = NonZeroUsize::new(3).unwrap();
+    /// Gossip rounds per probe period while there is news.
+    pub const GOSSIPS_PER_PROBE_PERIOD: u64 = 5;
+
+    /// The daemon's: gossip, news passed on twice as often, every member timing suspicions
+    /// out. When half a fleet fails at once, half of all news goes to the failed members;
+    /// the word reaches every member anyway. An idle fleet holds no news and sends nothing
+    /// more.
+    pub const DAEMON: Dissemination = Dissemination {
+        gossip: true,
+        transmissions_factor: 2,
+        suspicions_time_out_everywhere: true,
+    };
 
     /// News on probes and acks only, passed on 4 log10(N + 1) times, suspicions timed out
     /// by their prober only: foca's own way, and shoal's before the 48-node split showed
     /// it (39 to 54 s until every node saw the other half down). The benches' baseline.
     pub const PIGGYBACK_ONLY: Dissemination = Dissemination {
-        gossip_every_ms: None,
+        gossip: false,
         transmissions_factor: 1,
         suspicions_time_out_everywhere: false,
     };
-
-    /// The daemon's: gossip every fifth of a probe period, news passed on twice as often,
-    /// every member timing suspicions out. When half a fleet fails at once, half of all
-    /// news goes to the failed members; the word reaches every member anyway. An idle
-    /// fleet holds no news and sends nothing more.
-    pub fn for_probe_period(probe_period_ms: u64) -> Dissemination {
-        Dissemination {
-            gossip_every_ms: Some((probe_period_ms / 5).max(1)),
-            transmissions_factor: 2,
-            suspicions_time_out_everywhere: true,
-        }
-    }
 }
 
 /// The protocol's timing, from `[membership]` in the config.
@@ -116,7 +116,7 @@ impl Default for SwimConfig {
             suspect_to_down_ms: 4_000,
             forget_down_after_ms: 180_000,
             announce_down_every_ms: 2_000,
-            dissemination: Dissemination::for_probe_period(1_000),
+            dissemination: Dissemination::DAEMON,
             cluster_size: 3,
         }
     }
@@ -134,13 +134,13 @@ impl SwimConfig {
         config.max_packet_size = NonZeroUsize::new(PACKET_BYTES_MAX).unwrap_or(NonZeroUsize::MIN);
         config.notify_down_members = true;
         // foca gossips only while it holds updates: an idle fleet sends nothing for it.
-        config.periodic_gossip =
-            self.dissemination
-                .gossip_every_ms
-                .map(|every_ms| foca::PeriodicParams {
-                    frequency: Duration::from_millis(every_ms.max(1)),
-                    num_members: Dissemination::GOSSIP_MEMBERS,
-                });
+        config.periodic_gossip = self.dissemination.gossip.then(|| {
+            let every_ms = self.probe_period_ms / Dissemination::GOSSIPS_PER_PROBE_PERIOD;
+            foca::PeriodicParams {
+                frequency: Duration::from_millis(every_ms.max(1)),
+                num_members: Dissemination::GOSSIP_MEMBERS,
+            }
+        });
         config.periodic_announce = Some(foca::PeriodicParams {
             frequency: Duration::from_millis(self.probe_period_ms.saturating_mul(30)),
             num_members: NonZeroUsize::MIN,
@@ -441,16 +441,9 @@ mod tests {
         }
         let next = world.now_ms + 30_000;
         world.run(next);
-        let sides: Vec<u8> = all.iter().map(|m| u8::from(*m >= members / 2)).collect();
-        world.sides = Some(sides.clone());
+        world.sides = Some(all.iter().map(|m| u8::from(*m >= members / 2)).collect());
         for period in 0..=60 {
-            let known = all.iter().all(|observer| {
-                let states = world.states_seen_by(*observer);
-                all.iter()
-                    .filter(|member| sides[**member] != sides[*observer])
-                    .all(|member| states[*member] == Some(PeerState::Down))
-            });
-            if known {
+            if world.all_see_the_other_side_down(&all) {
                 return Some(period);
             }
             let next = world.now_ms + 1_000;

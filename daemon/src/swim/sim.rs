@@ -214,6 +214,20 @@ impl SwimWorld {
         })
     }
 
+    /// Whether, with the world cut into `sides`, every member in `observers` sees every
+    /// member of the other side down. `false` while the world is not cut.
+    pub fn all_see_the_other_side_down(&self, observers: &[usize]) -> bool {
+        let Some(sides) = &self.sides else {
+            return false;
+        };
+        observers.iter().all(|observer| {
+            let states = self.states_seen_by(*observer);
+            (0..self.swims.len())
+                .filter(|member| sides[*member] != sides[*observer])
+                .all(|member| states[member] == Some(PeerState::Down))
+        })
+    }
+
     /// Total packets and bytes sent so far.
     pub fn sent(&self) -> (u64, u64) {
         (self.sent_packets.iter().sum(), self.sent_bytes.iter().sum())
