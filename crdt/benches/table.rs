@@ -119,6 +119,30 @@ fn main() {
         small_baseline,
     );
 
+    // The same workloads with a spec like a fleet's service's (a command, variables, ports,
+    // volumes, a health check): validation and copies grow with the spec.
+    let service_like = format!("LWW-Map set, service-like spec ({MAP_KEYS} keys)");
+    for ops in [APPLY_OPS, AUTOMERGE_OPS] {
+        let crdts_ops = crdts_map_set_of(ops, service_like_spec);
+        let shoal_ops = shoal_map_set_of(ops, service_like_spec);
+        let baseline = time(REPETITIONS, || crdts_apply(&crdts_ops));
+        let shoal = time(REPETITIONS, || shoal_apply(&shoal_ops, late));
+        row(
+            &service_like,
+            "crdts BTreeMap<K, LWWReg> (baseline)",
+            ops,
+            baseline,
+            baseline,
+        );
+        row(
+            &service_like,
+            "shoal Replica::apply_delta",
+            ops,
+            shoal,
+            baseline,
+        );
+    }
+
     let crdts_set_ops = crdts_or_set(APPLY_OPS);
     let shoal_set_ops = shoal_or_set(APPLY_OPS);
     let set_baseline = time(REPETITIONS, || crdts_or_set_apply(&crdts_set_ops));

@@ -199,7 +199,7 @@ impl ServiceSpec {
         indexed("tmpfs", &self.tmpfs, |text| text.parse::<TmpfsMount>())
     }
 
-    fn validate_workload(&self) -> Result<(), SpecError> {
+    fn validate_workload<'a>(&'a self) -> Result<(), SpecError> {
         for (field, list) in [
             ("ports", &self.ports),
             ("volumes", &self.volumes),
@@ -213,7 +213,7 @@ impl ServiceSpec {
                 ));
             }
             for (index, text) in list.iter().enumerate() {
-                check_string(&format!("{field}[{index}]"), text)?;
+                check_string_of(|| format!("{field}[{index}]"), text)?;
             }
         }
         let ports = self.port_mappings()?;
@@ -231,23 +231,24 @@ impl ServiceSpec {
                 ));
             }
         }
-        let mut targets: BTreeMap<String, String> = BTreeMap::new();
-        let mut claim = |field: String, target: &str| -> Result<(), SpecError> {
-            let normal = target.trim_end_matches('/').to_owned();
-            if let Some(earlier) = targets.get(&normal) {
+        // Every mount's target (without trailing slashes) with the field that mounts it.
+        let mut targets: BTreeMap<String, Mount<'_>> = BTreeMap::new();
+        let mut claim = |mount: Mount<'a>, target: &str| -> Result<(), SpecError> {
+            let normal = target.trim_end_matches('/');
+            if let Some(earlier) = targets.get(normal) {
                 return Err(field_error(
-                    field,
+                    mount.to_string(),
                     format!("target {target:?} is already mounted by {earlier}"),
                 ));
             }
-            targets.insert(normal, field);
+            targets.insert(normal.to_owned(), mount);
             Ok(())
         };
         for (index, volume) in self.volume_mounts()?.iter().enumerate() {
-            claim(format!("volumes[{index}]"), &volume.target)?;
+            claim(Mount::Volume(index), &volume.target)?;
         }
         for (index, tmpfs) in self.tmpfs_mounts()?.iter().enumerate() {
-            claim(format!("tmpfs[{index}]"), &tmpfs.target)?;
+            claim(Mount::Tmpfs(index), &tmpfs.target)?;
         }
         if self.secrets.len() > SPEC_LIST_LEN_MAX {
             return Err(field_error(
@@ -256,11 +257,11 @@ impl ServiceSpec {
             ));
         }
         for (name, path) in &self.secrets {
-            let field = format!("secrets.{name}");
-            check_string(&field, path)?;
-            check_name(name).map_err(|reason| field_error(&field, reason.to_string()))?;
-            check_host_path(path).map_err(|reason| field_error(&field, reason.to_string()))?;
-            claim(field, &secret_target(name))?;
+            let field = || format!("secrets.{name}");
+            check_string_of(field, path)?;
+            check_name(name).map_err(|reason| field_error(field(), reason.to_string()))?;
+            check_host_path(path).map_err(|reason| field_error(field(), reason.to_string()))?;
+            claim(Mount::Secret(name), &secret_target(name))?;
         }
         for (index, path) in self.env_files.iter().enumerate() {
             check_host_path(path)
@@ -339,7 +340,7 @@ impl ServiceSpec {
             ));
         }
         for (index, argument) in self.command.iter().enumerate() {
-            check_string(&format!("command[{index}]"), argument)?;
+            check_string_of(|| format!("command[{index}]"), argument)?;
         }
         if self.env.len() > SPEC_LIST_LEN_MAX {
             return Err(field_error(
@@ -348,15 +349,15 @@ impl ServiceSpec {
             ));
         }
         for (key, value) in &self.env {
-            let field = format!("env.{key}");
+            let field = || format!("env.{key}");
             if key.is_empty() || key.contains('=') {
                 return Err(field_error(
-                    field,
+                    field(),
                     "variable name must be non-empty and contain no '='",
                 ));
             }
-            check_string(&field, key)?;
-            check_string(&field, value)?;
+            check_string_of(field, key)?;
+            check_string_of(field, value)?;
         }
         if self.replicas > SPEC_REPLICAS_MAX {
             return Err(field_error(
@@ -423,16 +424,41 @@ fn indexed<T>(
 }
 
 fn check_string(field: &str, value: &str) -> Result<(), SpecError> {
+    check_string_of(|| field.to_owned(), value)
+}
+
+/// `check_string` of an element whose field name is built only for an error: a spec is
+/// checked on every write that reaches a node, and a name built for each element of each
+/// list was most of the check's work.
+fn check_string_of(field: impl FnOnce() -> String, value: &str) -> Result<(), SpecError> {
     if value.len() > SPEC_STRING_BYTES_MAX {
         return Err(field_error(
-            field,
+            field(),
             format!("is longer than {SPEC_STRING_BYTES_MAX} bytes"),
         ));
     }
     if value.contains('\0') {
-        return Err(field_error(field, "contains a NUL byte"));
+        return Err(field_error(field(), "contains a NUL byte"));
     }
     Ok(())
+}
+
+/// The field of a mount, named in an error when two mounts share a target.
+#[derive(Debug, Clone, Copy)]
+enum Mount<'a> {
+    Volume(usize),
+    Tmpfs(usize),
+    Secret(&'a str),
+}
+
+impl std::fmt::Display for Mount<'_> {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Mount::Volume(index) => write!(formatter, "volumes[{index}]"),
+            Mount::Tmpfs(index) => write!(formatter, "tmpfs[{index}]"),
+            Mount::Secret(name) => write!(formatter, "secrets.{name}"),
+        }
+    }
 }
 
 /// A container that a node runs (an element of the container OR-Set).
@@ -777,6 +803,40 @@ mod tests {
             },
             Some("secrets.k"),
         );
+    }
+
+    /// The names of list elements, variables and mounts are built only for an error; they
+    /// are the same names as when they were built for every element.
+    #[test]
+    fn element_names_are_built_for_the_error() {
+        check_spec(
+            |s| s.command = vec!["/bin/app".into(), "x".repeat(SPEC_STRING_BYTES_MAX + 1)],
+            Some("command[1]"),
+        );
+        check_spec(
+            |s| _ = s.env.insert("KEY".into(), "a\0b".into()),
+            Some("env.KEY"),
+        );
+        check_spec(
+            |s| s.volumes = vec!["a:/data".into(), "b:/x\0".into()],
+            Some("volumes[1]"),
+        );
+        // Over /proc, /sys or /dev only under them, not beside them.
+        check_spec(|s| s.volumes = vec!["v:/procfs".into()], None);
+        check_spec(|s| s.volumes = vec!["v:/dev/".into()], Some("volumes[0]"));
+        let mut spec = ServiceSpec::new("/images/web");
+        spec.volumes = vec!["a:/data".into(), "b:/cache".into()];
+        spec.tmpfs = vec!["/cache/".into()];
+        match spec.validate() {
+            Err(SpecError::Field { field, reason }) => {
+                assert_eq!(field, "tmpfs[0]");
+                assert_eq!(
+                    reason,
+                    "target \"/cache/\" is already mounted by volumes[1]"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

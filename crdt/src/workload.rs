@@ -368,7 +368,10 @@ pub fn check_target(target: &str) -> Result<(), PathCheckError> {
         return Err(PathCheckError::TargetRoot);
     }
     for owned in ["/proc", "/sys", "/dev"] {
-        if normal == owned || normal.starts_with(&format!("{owned}/")) {
+        let under = normal
+            .strip_prefix(owned)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'));
+        if under {
             return Err(PathCheckError::TargetOwned {
                 target: target_owned(),
                 owned,

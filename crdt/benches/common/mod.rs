@@ -45,20 +45,56 @@ pub struct ShoalMapSet {
 }
 
 pub fn shoal_map_set(ops: usize) -> ShoalMapSet {
+    shoal_map_set_of(ops, minimal_spec)
+}
+
+/// The map-set workload with `spec(op)` as op `op`'s spec.
+pub fn shoal_map_set_of(ops: usize, spec: fn(usize) -> ServiceSpec) -> ShoalMapSet {
     let source = node("source");
     let mut replica = Replica::new(source.clone(), max_drift());
     let deltas = (0..ops)
         .map(|op| {
             replica
-                .put_service(
-                    physical(op),
-                    service_name(op % MAP_KEYS),
-                    ServiceSpec::new(image(op)),
-                )
+                .put_service(physical(op), service_name(op % MAP_KEYS), spec(op))
                 .expect("valid spec")
         })
         .collect();
     ShoalMapSet { source, deltas }
+}
+
+/// A spec with only its image set (every other field at its default).
+pub fn minimal_spec(op: usize) -> ServiceSpec {
+    ServiceSpec::new(image(op))
+}
+
+/// A spec as a fleet's service has one: a command, a dozen variables, published ports,
+/// volumes, a secret, constraints, a health check and an update policy.
+pub fn service_like_spec(op: usize) -> ServiceSpec {
+    let env: serde_json::Map<String, serde_json::Value> = (0..12)
+        .map(|index| {
+            (
+                format!("APP_SETTING_{index}"),
+                format!("value-{index}-of-release-{op}").into(),
+            )
+        })
+        .collect();
+    serde_json::from_value(serde_json::json!({
+        "image": image(op),
+        "command": ["/bin/app", "--listen", "0.0.0.0:8080", "--config", "/etc/app/app.toml"],
+        "env": env,
+        "replicas": 3,
+        "resources": {"cpu_millis": 500, "memory_bytes": 268435456u64, "pids_max": 256},
+        "ports": ["80:8080", "127.0.0.1:9100:9100"],
+        "volumes": ["/srv/app:/data:ro", "cache:/var/cache/app"],
+        "tmpfs": ["/tmp:size=64m"],
+        "env_files": ["/run/keys/app.env"],
+        "secrets": {"tls_key": "/run/keys/app-key"},
+        "constraints": ["zone != lab"],
+        "spread": "zone",
+        "health": {"http": "http://127.0.0.1:8080/healthz", "interval_ms": 2000, "timeout_ms": 1000},
+        "update": {"max_parallel": 1, "order": "start-first"}
+    }))
+    .expect("a valid spec")
 }
 
 /// Applies every delta to a fresh replica; returns it so the work is kept.
@@ -81,12 +117,20 @@ pub type CrdtsMap = BTreeMap<ServiceName, LWWReg<ServiceRecord, Timestamp>>;
 /// a service's register holds its record, the spec with its earlier versions, so both
 /// sides merge values of the same size.
 pub fn crdts_map_set(ops: usize) -> Vec<(ServiceName, LWWReg<ServiceRecord, Timestamp>)> {
+    crdts_map_set_of(ops, minimal_spec)
+}
+
+/// `crdts_map_set` with `spec(op)` as op `op`'s spec.
+pub fn crdts_map_set_of(
+    ops: usize,
+    spec: fn(usize) -> ServiceSpec,
+) -> Vec<(ServiceName, LWWReg<ServiceRecord, Timestamp>)> {
     let mut replica = Replica::new(node("source"), max_drift());
     (0..ops)
         .map(|op| {
             let name = service_name(op % MAP_KEYS);
             replica
-                .put_service(physical(op), name.clone(), ServiceSpec::new(image(op)))
+                .put_service(physical(op), name.clone(), spec(op))
                 .expect("valid spec");
             let (record, marker) = replica.state().service_record(&name).expect("just written");
             (
