@@ -21,6 +21,8 @@ const APPLY_OPS: usize = 20_000;
 /// shoal and crdts measured on that same smaller run.
 const AUTOMERGE_OPS: usize = 2_000;
 const REPETITIONS: usize = 7;
+/// Copies of each write a member receives in a fleet of 48 (`sync.push_fanout`'s default).
+const FANOUT_AT_48: usize = 7;
 
 fn median(mut samples: Vec<Duration>) -> Duration {
     samples.sort();
@@ -138,6 +140,39 @@ fn main() {
             &service_like,
             "shoal Replica::apply_delta",
             ops,
+            shoal,
+            baseline,
+        );
+    }
+
+    // The push delivers a write to a member from about `push_fanout` others (ln N + 3: 7 at
+    // 48 members); the copies after the first are writes the member holds already.
+    for (workload, spec) in [
+        (
+            "LWW-Map set, each write delivered 7 times",
+            minimal_spec as fn(usize) -> ServiceSpec,
+        ),
+        (
+            "LWW-Map set, service-like spec, each write delivered 7 times",
+            service_like_spec,
+        ),
+    ] {
+        let crdts_ops = crdts_map_set_of(APPLY_OPS, spec);
+        let shoal_ops = shoal_map_set_of(APPLY_OPS, spec);
+        let baseline = time(3, || crdts_apply_copies(&crdts_ops, FANOUT_AT_48));
+        let shoal = time(3, || shoal_apply_copies(&shoal_ops, late, FANOUT_AT_48));
+        let deliveries = APPLY_OPS * FANOUT_AT_48;
+        row(
+            workload,
+            "crdts BTreeMap<K, LWWReg> (baseline)",
+            deliveries,
+            baseline,
+            baseline,
+        );
+        row(
+            workload,
+            "shoal Replica::apply_delta",
+            deliveries,
             shoal,
             baseline,
         );

@@ -218,9 +218,9 @@ impl IdentityWatch {
     ) {
         for change in changes {
             let dot = change.dot();
-            match state.change_at_dot(dot) {
-                Some(held) if &held != change => self.colliding(me, from, &dot.node, dot.counter),
-                Some(_) => {}
+            match state.holds_write(change) {
+                Some(false) => self.colliding(me, from, &dot.node, dot.counter),
+                Some(true) => {}
                 None if &dot.node == me => self.out_of_order(me, from, state, change),
                 None => {}
             }

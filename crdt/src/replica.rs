@@ -1154,12 +1154,30 @@ impl Replica {
         delta: &Delta,
     ) -> Result<Vec<RecordBound>, ApplyError> {
         let mut bounds = Vec::new();
+        // A repair merges every entry, covered or not; the other deltas ignore a covered one.
+        let merges_covered = matches!(delta.base, DeltaBase::Repair { .. });
         for (index, change) in delta.changes.iter().enumerate() {
             let writer = &change.dot().node;
             let id = match self.hlc_ids.get(writer) {
                 Some(id) => *id,
                 None => writer.hlc_id(),
             };
+            // A covered write is one this replica holds, or one it holds a successor of, so
+            // the merge ignores it and its value is not checked again: the fleet's push
+            // delivers every write about `push_fanout` times. Its stamp is still checked, and
+            // the identity watch compares it with the held write.
+            if !merges_covered && covers_dot(&self.vv, change.dot()) {
+                change
+                    .validate_stamp(&id)
+                    .map_err(|error| ApplyError::Invalid(error.to_string()))?;
+                if change.dot().counter > DOT_COUNTER_MAX {
+                    return Err(ApplyError::Invalid(format!(
+                        "entry {:?} is beyond the highest counter {DOT_COUNTER_MAX}",
+                        change.dot()
+                    )));
+                }
+                continue;
+            }
             let (held, replaced) = match change {
                 Change::Service { name, entry } => self.held_record(name, entry),
                 _ => (None, None),
@@ -1855,6 +1873,66 @@ mod tests {
             Err(ApplyError::Invalid(_))
         ));
         assert_eq!(b.digest(), before);
+    }
+
+    /// A write delivered again (the push reaches a member from several others) changes
+    /// nothing and is not checked again. A copy with a different value for that dot is still
+    /// ignored, and the identity watch sees two writes with one dot; its stamp is checked, and
+    /// a repair, which merges covered writes too, still refuses a bad one.
+    #[test]
+    fn a_write_delivered_again_is_ignored_and_a_different_copy_is_seen() {
+        let (mut a, mut b) = (replica("a"), replica("b"));
+        let delta = a
+            .put_service(ms(1), "one".parse().unwrap(), ServiceSpec::new("/img"))
+            .unwrap();
+        assert_eq!(
+            b.apply_delta(ms(2), a.node(), &delta)
+                .unwrap()
+                .entries_applied,
+            1
+        );
+        let held = b.digest();
+        let again = b.apply_delta(ms(3), a.node(), &delta).unwrap();
+        assert_eq!((again.entries_applied, again.entries_ignored), (0, 1));
+        assert_eq!(b.digest(), held);
+        assert!(b.duplicates().is_empty());
+
+        // The same dot with a spec no honest node writes: ignored, not stored, and seen as a
+        // second write with that dot (as a valid one would be).
+        let mut other = delta.clone();
+        if let Some(Change::Service { entry, .. }) = other.changes.first_mut() {
+            entry.value = Some(ServiceSpec::new("").into());
+        }
+        let ignored = b.apply_delta(ms(4), a.node(), &other).unwrap();
+        assert_eq!(ignored.entries_applied, 0);
+        assert_eq!(b.digest(), held);
+        assert!(
+            b.duplicates().contains_key(a.node()),
+            "{:?}",
+            b.duplicates()
+        );
+
+        // A covered write still needs its writer's stamp.
+        let mut foreign = delta.clone();
+        if let Some(Change::Service { entry, .. }) = foreign.changes.first_mut() {
+            entry.hlc = Timestamp::new(*entry.hlc.get_time(), node("c").hlc_id());
+        }
+        assert!(matches!(
+            b.apply_delta(ms(5), a.node(), &foreign),
+            Err(ApplyError::Invalid(_))
+        ));
+        // A repair merges covered writes: the bad value is refused there.
+        let repair = Delta {
+            base: DeltaBase::Repair {
+                vv: b.version_vector().clone(),
+            },
+            changes: other.changes.clone(),
+        };
+        assert!(matches!(
+            b.apply_delta(ms(6), a.node(), &repair),
+            Err(ApplyError::Invalid(_))
+        ));
+        assert_eq!(b.digest(), held);
     }
 
     /// A spec of about 250 KiB: every field in bounds, three fill a record.

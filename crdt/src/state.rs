@@ -166,6 +166,19 @@ impl Change {
         self.validate_beside(writer_id, None).map(|_| ())
     }
 
+    /// The part of `validate` that does not look at the value: a counter above 0 and the
+    /// writer's id in the HLC.
+    pub(crate) fn validate_stamp(&self, writer_id: &uhlc::ID) -> Result<(), InvalidChange> {
+        let dot = self.dot();
+        if dot.counter == 0 {
+            return Err(InvalidChange::ZeroCounter { dot: dot.clone() });
+        }
+        if self.hlc().get_id() != writer_id {
+            return Err(InvalidChange::ForeignHlc { dot: dot.clone() });
+        }
+        Ok(())
+    }
+
     /// `validate_with_writer_id` for a service entry whose name holds `held` here: the
     /// versions of the record it shares with `held` are not checked again
     /// (`record_check`). Returns what the check of a service record with history found.
@@ -174,13 +187,7 @@ impl Change {
         writer_id: &uhlc::ID,
         held: Option<Held<'_>>,
     ) -> Result<Option<Checked>, InvalidChange> {
-        let dot = self.dot();
-        if dot.counter == 0 {
-            return Err(InvalidChange::ZeroCounter { dot: dot.clone() });
-        }
-        if self.hlc().get_id() != writer_id {
-            return Err(InvalidChange::ForeignHlc { dot: dot.clone() });
-        }
+        self.validate_stamp(writer_id)?;
         match self {
             Change::Service { name, entry } => {
                 // Fields only: a spec written before its size was bounded still loads and
@@ -556,6 +563,59 @@ impl ClusterState {
                     .range(lower..=until)
                     .map(|(_, indexed)| &indexed.key)
             })
+    }
+
+    /// Whether the entry stored with `change`'s dot is `change` itself; `None` when no entry
+    /// has that dot. Compared in place: `change_at_dot` copies the stored entry, a whole
+    /// service record with its history.
+    pub(crate) fn holds_write(&self, change: &Change) -> Option<bool> {
+        let key = &self.indexed(change.dot())?.key;
+        Some(match (key, change) {
+            (Key::Service(name), Change::Service { name: other, entry }) => {
+                name == other && self.services.get(name) == Some(entry)
+            }
+            (Key::Node(node), Change::Node { node: other, entry }) => {
+                node == other && self.nodes.get(node) == Some(entry)
+            }
+            (
+                Key::Container(id, add),
+                Change::Container {
+                    id: other,
+                    add: other_add,
+                    entry,
+                },
+            ) => {
+                id == other
+                    && add == other_add
+                    && self.containers.get(&(id.clone(), add.clone())) == Some(entry)
+            }
+            (
+                Key::Counter(node, resource),
+                Change::Counter {
+                    node: other,
+                    resource: other_resource,
+                    entry,
+                },
+            ) => {
+                node == other
+                    && resource == other_resource
+                    && self.counters.get(&(node.clone(), *resource)) == Some(entry)
+            }
+            (
+                Key::Ip(ip, add),
+                Change::Ip {
+                    ip: other,
+                    add: other_add,
+                    entry,
+                },
+            ) => {
+                ip == other && add == other_add && self.ips.get(&(*ip, add.clone())) == Some(entry)
+            }
+            (Key::Status(node), Change::Status { node: other, entry }) => {
+                node == other && self.statuses.get(node) == Some(entry)
+            }
+            _ => false,
+        })
     }
 
     /// Whether an entry with exactly this dot is stored.

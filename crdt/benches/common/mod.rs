@@ -108,6 +108,20 @@ pub fn shoal_apply(workload: &ShoalMapSet, at: NTP64) -> Replica {
     target
 }
 
+/// `shoal_apply` with every delta delivered `copies` times in a row, as the fleet's push
+/// delivers a write from several members.
+pub fn shoal_apply_copies(workload: &ShoalMapSet, at: NTP64, copies: usize) -> Replica {
+    let mut target = Replica::new(node("target"), max_drift());
+    for delta in &workload.deltas {
+        for _ in 0..copies {
+            target
+                .apply_delta(at, &workload.source, delta)
+                .expect("in-order deltas apply");
+        }
+    }
+    target
+}
+
 /// The fair raw-`crdts` equivalent of shoal's LWW map: one `LWWReg` per key
 /// in a `BTreeMap`, the op being the writer's register, stamped with the same
 /// HLC type shoal uses.
@@ -151,6 +165,25 @@ pub fn crdts_apply(ops: &[(ServiceName, LWWReg<ServiceRecord, Timestamp>)]) -> C
             Some(current) => current.merge(register.clone()),
             None => {
                 target.insert(key.clone(), register.clone());
+            }
+        }
+    }
+    target
+}
+
+/// `crdts_apply` with every register merged `copies` times in a row.
+pub fn crdts_apply_copies(
+    ops: &[(ServiceName, LWWReg<ServiceRecord, Timestamp>)],
+    copies: usize,
+) -> CrdtsMap {
+    let mut target = CrdtsMap::new();
+    for (key, register) in ops {
+        for _ in 0..copies {
+            match target.get_mut(key) {
+                Some(current) => current.merge(register.clone()),
+                None => {
+                    target.insert(key.clone(), register.clone());
+                }
             }
         }
     }
