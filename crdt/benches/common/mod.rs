@@ -99,13 +99,7 @@ pub fn service_like_spec(op: usize) -> ServiceSpec {
 
 /// Applies every delta to a fresh replica; returns it so the work is kept.
 pub fn shoal_apply(workload: &ShoalMapSet, at: NTP64) -> Replica {
-    let mut target = Replica::new(node("target"), max_drift());
-    for delta in &workload.deltas {
-        target
-            .apply_delta(at, &workload.source, delta)
-            .expect("in-order deltas apply");
-    }
-    target
+    shoal_apply_copies(workload, at, 1)
 }
 
 /// `shoal_apply` with every delta delivered `copies` times in a row, as the fleet's push
@@ -159,16 +153,7 @@ pub fn crdts_map_set_of(
 }
 
 pub fn crdts_apply(ops: &[(ServiceName, LWWReg<ServiceRecord, Timestamp>)]) -> CrdtsMap {
-    let mut target = CrdtsMap::new();
-    for (key, register) in ops {
-        match target.get_mut(key) {
-            Some(current) => current.merge(register.clone()),
-            None => {
-                target.insert(key.clone(), register.clone());
-            }
-        }
-    }
-    target
+    crdts_apply_copies(ops, 1)
 }
 
 /// `crdts_apply` with every register merged `copies` times in a row.
