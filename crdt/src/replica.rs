@@ -1162,6 +1162,12 @@ impl Replica {
                 Some(id) => *id,
                 None => writer.hlc_id(),
             };
+            if change.dot().counter > DOT_COUNTER_MAX {
+                return Err(ApplyError::Invalid(format!(
+                    "entry {:?} is beyond the highest counter {DOT_COUNTER_MAX}",
+                    change.dot()
+                )));
+            }
             // A covered write is one this replica holds, or one it holds a successor of, so
             // the merge ignores it and its value is not checked again: the fleet's push
             // delivers every write about `push_fanout` times. Its stamp is still checked, and
@@ -1170,12 +1176,6 @@ impl Replica {
                 change
                     .validate_stamp(&id)
                     .map_err(|error| ApplyError::Invalid(error.to_string()))?;
-                if change.dot().counter > DOT_COUNTER_MAX {
-                    return Err(ApplyError::Invalid(format!(
-                        "entry {:?} is beyond the highest counter {DOT_COUNTER_MAX}",
-                        change.dot()
-                    )));
-                }
                 continue;
             }
             let (held, replaced) = match change {
@@ -1193,12 +1193,6 @@ impl Replica {
                     lineup: checked.lineup,
                     stored: false,
                 });
-            }
-            if change.dot().counter > DOT_COUNTER_MAX {
-                return Err(ApplyError::Invalid(format!(
-                    "entry {:?} is beyond the highest counter {DOT_COUNTER_MAX}",
-                    change.dot()
-                )));
             }
         }
         // One dot names one write. (Two entries for one key are harmless: the
