@@ -79,6 +79,7 @@ pub mod entry;
 pub mod health;
 pub mod identity;
 mod ids;
+mod json_bound;
 mod record_check;
 mod records;
 mod replica;

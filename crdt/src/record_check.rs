@@ -8,8 +8,9 @@
 //! field. The record's encoded size is bounded the same way: when its earlier versions line
 //! up with the held record's (one write on top of it, or the same history), those versions'
 //! encodings are parts of the held record's, so the new record encodes to at most the held
-//! record's bound, plus its own spec, plus what is new around them (stamps, marks and JSON
-//! punctuation), which is counted exactly and is small. The whole record is encoded and
+//! record's bound, plus its own spec (bounded from its strings' lengths without encoding it:
+//! `json_bound`), plus what is new around them (stamps, marks and JSON punctuation), which is
+//! counted exactly and is small. The whole record is encoded and
 //! counted, as a snapshot's records are, only when that bound is over
 //! `SERVICE_RECORD_BYTES_MAX`, when nothing lines up, or when no bound is kept for the held
 //! record (after a restart, for a record written here, or one stored without history). The
@@ -23,6 +24,7 @@ use serde::Serialize;
 use uhlc::{ID, NTP64, Timestamp};
 
 use crate::entry::Entry;
+use crate::json_bound::json_bytes_max;
 use crate::records::json_bytes;
 use crate::rollout::{PastVersion, RecordError, SERVICE_RECORD_BYTES_MAX, ServiceRecord};
 use crate::{ServiceSpec, SpecError};
@@ -90,7 +92,7 @@ pub(crate) fn check(
         };
         outer_frame_bytes(record)
             .saturating_add(new_frame)
-            .saturating_add(json_bytes(&record.spec))
+            .saturating_add(json_bytes_max(&record.spec))
             .saturating_add(held_bytes)
     });
     let lineup = lined_up.map(|(_, lineup)| lineup);
@@ -407,7 +409,7 @@ mod tests {
             bound.bytes_max,
             outer_frame_bytes(&next)
                 + past_frame_bytes_max(&next.history[0])
-                + json_bytes(&next.spec)
+                + json_bytes_max(&next.spec)
                 + held_bytes
         );
         assert_eq!(rebuild(&next, held, Lineup::OnTop), next);
