@@ -112,41 +112,30 @@ pub(crate) fn check(
     }))
 }
 
-/// The record `incoming` whose versions line up with `held` as `lineup` says (checked by
-/// `check`), built from `incoming`'s new parts and `held`'s versions, moved rather than
-/// copied: equal to `incoming`.
-pub(crate) fn rebuild(
-    incoming: &ServiceRecord,
-    held: ServiceRecord,
-    lineup: Lineup,
-) -> ServiceRecord {
+/// Turns `held` into the record `incoming` whose versions line up with it as `lineup` says
+/// (checked by `check`): `incoming`'s new parts are copied, `held`'s versions stay where they
+/// are (shifted by one for a write on top of it). After it, `held` equals `incoming`.
+pub(crate) fn rebuild(incoming: &ServiceRecord, held: &mut ServiceRecord, lineup: Lineup) {
     let count = incoming.history.len();
-    let history = match (lineup, incoming.history.first()) {
+    let spec = std::mem::replace(&mut held.spec, incoming.spec.clone());
+    match (lineup, incoming.history.first()) {
         (Lineup::OnTop, Some(first)) => {
-            let mut history = Vec::with_capacity(count);
-            history.push(PastVersion {
-                spec: held.spec,
-                version: first.version,
-                failed: first.failed.clone(),
-                rollback_of: first.rollback_of,
-            });
-            history.extend(held.history.into_iter().take(count - 1));
-            history
+            held.history.truncate(count - 1);
+            held.history.insert(
+                0,
+                PastVersion {
+                    spec,
+                    version: first.version,
+                    failed: first.failed.clone(),
+                    rollback_of: first.rollback_of,
+                },
+            );
         }
-        (Lineup::Rewrite, _) | (Lineup::OnTop, None) => {
-            let mut history = held.history;
-            history.truncate(count);
-            history
-        }
-    };
-    let record = ServiceRecord {
-        spec: incoming.spec.clone(),
-        history,
-        failed: incoming.failed.clone(),
-        rollback_of: incoming.rollback_of,
-    };
-    debug_assert_eq!(&record, incoming, "a lined-up record rebuilds as it came");
-    record
+        (Lineup::Rewrite, _) | (Lineup::OnTop, None) => held.history.truncate(count),
+    }
+    held.failed.clone_from(&incoming.failed);
+    held.rollback_of = incoming.rollback_of;
+    debug_assert_eq!(held, incoming, "a lined-up record rebuilds as it came");
 }
 
 /// The held record's specs, newest first: its current spec, then its history's.
@@ -412,7 +401,9 @@ mod tests {
                 + json_bytes_max(&next.spec)
                 + held_bytes
         );
-        assert_eq!(rebuild(&next, held, Lineup::OnTop), next);
+        let mut rebuilt = held;
+        rebuild(&next, &mut rebuilt, Lineup::OnTop);
+        assert_eq!(rebuilt, next);
     }
 
     #[test]
@@ -433,7 +424,9 @@ mod tests {
         .expect("bounded");
         assert_eq!(checked.lineup, Some(Lineup::Rewrite));
         assert!(checked.bytes_max >= marked.encoded_bytes());
-        assert_eq!(rebuild(&marked, held, Lineup::Rewrite), marked);
+        let mut rebuilt = held;
+        rebuild(&marked, &mut rebuilt, Lineup::Rewrite);
+        assert_eq!(rebuilt, marked);
     }
 
     #[test]

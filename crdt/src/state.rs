@@ -434,6 +434,17 @@ impl ClusterState {
         self.digest = HashCache::default();
     }
 
+    /// Removes the index of the write at `dot` and returns the key it named.
+    fn take_index(&mut self, dot: &Dot) -> Option<Key> {
+        self.digest = HashCache::default();
+        let counters = self.by_dot.get_mut(&dot.node)?;
+        let taken = counters.remove(&dot.counter);
+        if counters.is_empty() {
+            self.by_dot.remove(&dot.node);
+        }
+        taken.map(|indexed| indexed.key)
+    }
+
     /// `apply_change` of a service write whose record's versions line up with the record of
     /// the write `held` stored under `name` (`record_check::check` found `lineup`): when it
     /// replaces that write, the record stored takes the held record's versions instead of a
@@ -458,27 +469,21 @@ impl ClusterState {
         if record_check::write_key(current) != held || !entry.supersedes(current) {
             return self.apply_change(copied(entry));
         }
-        let Some(held_record) = current.value.take() else {
+        let Some(held_record) = current.value.as_mut() else {
             return self.apply_change(copied(entry));
         };
         // `entry` supersedes the held write and its dot is free: it is stored, as
-        // `apply_change` would store it.
-        let replaced = std::mem::replace(
-            current,
-            Entry {
-                hlc: entry.hlc,
-                dot: entry.dot.clone(),
-                value: Some(record_check::rebuild(incoming, held_record, lineup)),
-            },
-        );
-        self.index_stored(
-            &entry.dot,
-            Key::Service(name.clone()),
-            true,
-            Some(&replaced.dot),
-        );
+        // `apply_change` would store it, in the held write's place.
+        record_check::rebuild(incoming, held_record, lineup);
+        current.hlc = entry.hlc;
+        let replaced = std::mem::replace(&mut current.dot, entry.dot.clone());
+        // The replaced write's key names the same service: moved to the new dot, not copied.
+        let key = self
+            .take_index(&replaced)
+            .unwrap_or_else(|| Key::Service(name.clone()));
+        self.index_stored(&entry.dot, key, true, None);
         Ok(MergeOutcome::Stored {
-            replaced: Some(replaced.dot),
+            replaced: Some(replaced),
         })
     }
 
@@ -489,13 +494,7 @@ impl ClusterState {
     }
 
     fn unindex(&mut self, dot: &Dot) {
-        if let Some(counters) = self.by_dot.get_mut(&dot.node) {
-            counters.remove(&dot.counter);
-            if counters.is_empty() {
-                self.by_dot.remove(&dot.node);
-            }
-        }
-        self.digest = HashCache::default();
+        self.take_index(dot);
     }
 
     /// The entry stored at `key`, as a change.
