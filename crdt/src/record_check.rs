@@ -12,10 +12,11 @@
 //! `json_bound`), plus what is new around them (stamps, marks and JSON punctuation), which is
 //! counted exactly and is small. The whole record is encoded and
 //! counted, as a snapshot's records are, only when that bound is over
-//! `SERVICE_RECORD_BYTES_MAX`, when nothing lines up, or when no bound is kept for the held
-//! record (after a restart, for a record written here, or one stored without history). The
-//! bound a stored record gets is kept (`RecordBounds`) for the next write of its service; it
-//! grows by each write's new spec, and a count resets it.
+//! `SERVICE_RECORD_BYTES_MAX` or when nothing lines up. The bound a stored record gets is
+//! kept (`RecordBounds`) for the next write of its service; it grows by each write's new
+//! spec, and a count resets it. When none is kept for the held record (after a restart, for
+//! a record written here, or one stored without history), the held record is bounded as the
+//! new spec is.
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -30,8 +31,8 @@ use crate::rollout::{PastVersion, RecordError, SERVICE_RECORD_BYTES_MAX, Service
 use crate::{ServiceSpec, SpecError};
 
 /// A record this replica stores, with an upper bound of its encoding's length when one is
-/// kept (none after a restart, or for a record written here: the next record is then
-/// counted, and its count kept).
+/// kept (none after a restart, or for a record written here: the held record is then
+/// bounded from its strings' lengths).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Held<'a> {
     pub record: &'a ServiceRecord,
@@ -82,9 +83,10 @@ pub(crate) fn check(
         }
     }
     let bound = lined_up.map_or(usize::MAX, |(held, lineup)| {
-        let Some(held_bytes) = held.bytes_max else {
-            return usize::MAX;
-        };
+        // Without a kept bound, the held record's own is found as the new spec's is.
+        let held_bytes = held
+            .bytes_max
+            .unwrap_or_else(|| json_bytes_max(held.record));
         let new_frame = match lineup {
             // The first earlier version's spec is the held spec, its stamp and marks are new.
             Lineup::OnTop => record.history.first().map_or(0, past_frame_bytes_max),
@@ -404,6 +406,58 @@ mod tests {
         let mut rebuilt = held;
         rebuild(&next, &mut rebuilt, Lineup::OnTop);
         assert_eq!(rebuilt, next);
+    }
+
+    #[test]
+    fn a_held_record_without_a_kept_bound_is_bounded_from_its_strings() {
+        let held = record("/img/b", vec![past("/img/c", 1)]);
+        let next = record("/img/a", vec![past("/img/b", 2), past("/img/c", 1)]);
+        let bound = check(
+            &next,
+            Some(Held {
+                record: &held,
+                bytes_max: None,
+            }),
+        )
+        .expect("valid")
+        .expect("a record with history is bounded");
+        assert_eq!(bound.lineup, Some(Lineup::OnTop));
+        assert!(bound.bytes_max >= next.encoded_bytes());
+        assert_eq!(
+            bound.bytes_max,
+            outer_frame_bytes(&next)
+                + past_frame_bytes_max(&next.history[0])
+                + json_bytes_max(&next.spec)
+                + json_bytes_max(&held)
+        );
+
+        // A held record whose strings' bound is over the limit: the new record is counted.
+        let mut large = spec("/img/large");
+        for index in 0..40 {
+            large.env.insert(format!("VAR_{index}"), "x".repeat(4096));
+        }
+        let held = ServiceRecord::from(large.clone());
+        assert!(json_bytes_max(&held) > SERVICE_RECORD_BYTES_MAX);
+        let next = ServiceRecord {
+            history: vec![PastVersion {
+                spec: large.clone(),
+                ..past("", 1)
+            }],
+            ..ServiceRecord::from(spec("/img/small"))
+        };
+        assert_eq!(
+            check(
+                &next,
+                Some(Held {
+                    record: &held,
+                    bytes_max: None,
+                }),
+            ),
+            Ok(Some(Checked {
+                bytes_max: next.encoded_bytes(),
+                lineup: Some(Lineup::OnTop),
+            }))
+        );
     }
 
     #[test]
