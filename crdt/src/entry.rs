@@ -25,6 +25,7 @@
 //! do use) summarise the whole document.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry as Slot;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -153,23 +154,25 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Table<K, V> {
 
     /// Keeps `entry` if it supersedes what is stored at `key`.
     pub fn merge_entry(&mut self, key: K, entry: Entry<V>) -> MergeOutcome {
-        match self.entries.get_mut(&key) {
-            Some(current) if !entry.supersedes(current) => {
-                debug_assert!(
-                    current.dot != entry.dot || current == &entry,
-                    "one dot, two writes at {:?}",
-                    entry.dot
-                );
-                MergeOutcome::Ignored
-            }
-            Some(current) => {
+        // One search of the table, whether the key is stored or new.
+        match self.entries.entry(key) {
+            Slot::Occupied(mut slot) => {
+                let current = slot.get_mut();
+                if !entry.supersedes(current) {
+                    debug_assert!(
+                        current.dot != entry.dot || current == &entry,
+                        "one dot, two writes at {:?}",
+                        entry.dot
+                    );
+                    return MergeOutcome::Ignored;
+                }
                 let replaced = std::mem::replace(current, entry);
                 MergeOutcome::Stored {
                     replaced: Some(replaced.dot),
                 }
             }
-            None => {
-                self.entries.insert(key, entry);
+            Slot::Vacant(slot) => {
+                slot.insert(entry);
                 MergeOutcome::Stored { replaced: None }
             }
         }
