@@ -29,6 +29,7 @@ use std::fmt;
 use uhlc::{NTP64, Timestamp};
 
 use crate::NodeId;
+use crate::entry::Dot;
 use crate::state::{Change, ClusterState};
 
 /// What showed that two writers use one node name.
@@ -208,17 +209,25 @@ impl IdentityWatch {
     }
 
     /// Looks at every change of an accepted delta from `from` before it is merged into
-    /// `state` (the replica of node `me`).
+    /// `state` (the replica of node `me`), whose version vector `covers` a dot or not. An
+    /// accepted delta's uncovered dots are free (`Replica::apply_delta` checked), so only a
+    /// covered one is looked up among the stored writes.
     pub(crate) fn observe(
         &mut self,
         me: &NodeId,
         state: &ClusterState,
+        covers: impl Fn(&Dot) -> bool,
         from: &NodeId,
         changes: &[Change],
     ) {
         for change in changes {
             let dot = change.dot();
-            match state.holds_write(change) {
+            let held = if covers(dot) {
+                state.holds_write(change)
+            } else {
+                None
+            };
+            match held {
                 Some(false) => self.colliding(me, from, &dot.node, dot.counter),
                 Some(true) => {}
                 None if &dot.node == me => self.out_of_order(me, from, state, change),

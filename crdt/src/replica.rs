@@ -954,8 +954,14 @@ impl Replica {
             if claimed > own && !self.is_fresh() && !self.leftover_writes(&delta.changes) {
                 self.identity.coverage_beyond(from, claimed, own);
             }
-            self.identity
-                .observe(&self.node, &self.state, from, &delta.changes);
+            let vv = &self.vv;
+            self.identity.observe(
+                &self.node,
+                &self.state,
+                |dot| covers_dot(vv, dot),
+                from,
+                &delta.changes,
+            );
         }
         let mut applied = Applied::default();
         match &delta.base {
