@@ -1082,7 +1082,7 @@ impl Replica {
                 continue;
             }
             // An uncovered dot is not stored (every stored dot is covered; checked in
-            // `validate_delta` too), so the change cannot be refused here.
+            // `validate_delta` too), so it is free and not looked up again.
             let merged = match (change, &bound) {
                 (
                     Change::Service { name, entry },
@@ -1094,16 +1094,16 @@ impl Replica {
                 ) => self
                     .state
                     .apply_service_lined_up(name, entry, *replaced, *lineup),
-                _ => self.state.apply_change(change.clone()),
+                _ => self.state.apply_free_change(change.clone()),
             };
             match merged {
-                Ok(MergeOutcome::Stored { .. }) => {
+                MergeOutcome::Stored { .. } => {
                     applied.entries_applied += 1;
                     if let Some(bound) = bound {
                         bound.stored = true;
                     }
                 }
-                Ok(MergeOutcome::Ignored) | Err(_) => applied.entries_ignored += 1,
+                MergeOutcome::Ignored => applied.entries_ignored += 1,
             }
         }
     }

@@ -386,13 +386,20 @@ impl ClusterState {
     /// Merges one entry; keeps the by-dot index in step. A change whose dot already names a
     /// stored entry is refused and changes nothing.
     pub(crate) fn apply_change(&mut self, change: Change) -> Result<MergeOutcome, DotTaken> {
-        let dot = change.dot().clone();
-        if let Some(indexed) = self.indexed(&dot) {
+        if let Some(indexed) = self.indexed(change.dot()) {
             return Err(DotTaken {
-                dot,
+                dot: change.dot().clone(),
                 held: indexed.key.clone(),
             });
         }
+        Ok(self.apply_free_change(change))
+    }
+
+    /// `apply_change` of a change whose dot the caller found free (an uncovered dot of a
+    /// delta the replica checked: every stored dot is covered).
+    pub(crate) fn apply_free_change(&mut self, change: Change) -> MergeOutcome {
+        debug_assert!(self.indexed(change.dot()).is_none(), "the dot is free");
+        let dot = change.dot().clone();
         let key = change.key();
         let live = !change.is_tombstone();
         let outcome = match change {
@@ -410,7 +417,7 @@ impl ClusterState {
         if let MergeOutcome::Stored { replaced } = &outcome {
             self.index_stored(&dot, key, live, replaced.as_ref());
         }
-        Ok(outcome)
+        outcome
     }
 
     /// Indexes the entry just stored at `key` with `dot` (free: checked by the caller), in
@@ -455,22 +462,20 @@ impl ClusterState {
         entry: &Entry<ServiceRecord>,
         held: WriteKey,
         lineup: Lineup,
-    ) -> Result<MergeOutcome, DotTaken> {
+    ) -> MergeOutcome {
         let copied = |entry: &Entry<ServiceRecord>| Change::Service {
             name: name.clone(),
             entry: entry.clone(),
         };
-        if self.indexed(&entry.dot).is_some() {
-            return self.apply_change(copied(entry));
-        }
+        debug_assert!(self.indexed(&entry.dot).is_none(), "the dot is free");
         let (Some(incoming), Some(current)) = (&entry.value, self.services.get_mut(name)) else {
-            return self.apply_change(copied(entry));
+            return self.apply_free_change(copied(entry));
         };
         if record_check::write_key(current) != held || !entry.supersedes(current) {
-            return self.apply_change(copied(entry));
+            return self.apply_free_change(copied(entry));
         }
         let Some(held_record) = current.value.as_mut() else {
-            return self.apply_change(copied(entry));
+            return self.apply_free_change(copied(entry));
         };
         // `entry` supersedes the held write and its dot is free: it is stored, as
         // `apply_change` would store it, in the held write's place.
@@ -482,9 +487,9 @@ impl ClusterState {
             .take_index(&replaced)
             .unwrap_or_else(|| Key::Service(name.clone()));
         self.index_stored(&entry.dot, key, true, None);
-        Ok(MergeOutcome::Stored {
+        MergeOutcome::Stored {
             replaced: Some(replaced),
-        })
+        }
     }
 
     fn indexed(&self, dot: &Dot) -> Option<&Indexed> {
