@@ -10,15 +10,14 @@
 //! encodings are parts of the held record's, so the new record encodes to at most the held
 //! record's bound, plus its own spec (bounded from its strings' lengths without encoding it:
 //! `json_bound`), plus what is new around them (stamps, marks and JSON punctuation), which is
-//! counted exactly and is small. The whole record is encoded and
-//! counted, as a snapshot's records are, only when that bound is over
-//! `SERVICE_RECORD_BYTES_MAX` or when nothing lines up. The bound a stored record gets is
-//! kept (`RecordBounds`) for the next write of its service; it grows by each write's new
-//! spec, and a count resets it. When none is kept for the held record (after a restart, for
-//! a record written here, or one stored without history), the held record is bounded as the
-//! new spec is.
+//! counted exactly and is small. The whole record is encoded and counted, as a snapshot's
+//! records are, only when that bound is over `SERVICE_RECORD_BYTES_MAX` or when nothing lines
+//! up. The bound a stored record gets is kept with its write's index entry
+//! (`ClusterState::keep_record_bound`) for the next write of its service; it grows by each
+//! write's new spec, and a count resets it. When none is kept for the held record (after a
+//! restart, for a record written here, or one stored without history), the held record is
+//! bounded as the new spec is.
 
-use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
 use serde::Serialize;
@@ -233,49 +232,11 @@ fn outer_frame_bytes(record: &ServiceRecord) -> usize {
     OPEN + commas + close
 }
 
-/// Upper bounds of the encoded length of stored records, each for one write, named by its
-/// entry's dot counter and HLC (the dot's writer is the HLC's id, checked, and one dot names
-/// one write): no service name is copied, and the bound of a write is not found for another.
-/// Bounded: it is emptied when full, and filled again as services are written.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct RecordBounds {
-    by_write: BTreeMap<WriteKey, usize>,
-}
-
 /// What names a write here: its dot's counter and its HLC.
 pub(crate) type WriteKey = (u64, Timestamp);
 
 pub(crate) fn write_key(entry: &Entry<ServiceRecord>) -> WriteKey {
     (entry.dot.counter, entry.hlc)
-}
-
-const RECORD_BOUNDS_MAX: usize = 65_536;
-
-impl RecordBounds {
-    /// The bound kept for the write `entry`.
-    pub fn get(&self, entry: &Entry<ServiceRecord>) -> Option<usize> {
-        self.by_write.get(&write_key(entry)).copied()
-    }
-
-    /// Keeps `bytes` for the write `stored`, which replaced the write `replaced`.
-    pub fn keep(
-        &mut self,
-        replaced: Option<WriteKey>,
-        stored: &Entry<ServiceRecord>,
-        bytes: usize,
-    ) {
-        if let Some(replaced) = replaced {
-            self.by_write.remove(&replaced);
-        }
-        if self.by_write.len() >= RECORD_BOUNDS_MAX {
-            self.by_write.clear();
-        }
-        self.by_write.insert(write_key(stored), bytes);
-    }
-
-    pub fn forget(&mut self, entry: &Entry<ServiceRecord>) {
-        self.by_write.remove(&write_key(entry));
-    }
 }
 
 #[cfg(test)]

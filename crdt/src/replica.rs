@@ -45,7 +45,7 @@ use crate::compact::{self, RecentOrigins};
 use crate::delta::{Delta, DeltaBase, OriginRange, Summary};
 use crate::entry::{Dot, Entry, MergeOutcome};
 use crate::identity::{IdentityWatch, Sighting};
-use crate::record_check::{Held, Lineup, RecordBounds, WriteKey, write_key};
+use crate::record_check::{Held, Lineup, WriteKey, write_key};
 use crate::state::{Change, ClusterState, Counts, IpClaim, NodeRecord};
 use crate::status::{NodeStatus, StatusError};
 use crate::{
@@ -123,14 +123,14 @@ pub enum ApplyError {
 }
 
 /// The bound of a service record's encoding found while checking a delta: entry `index`
-/// encodes to at most `bytes`, and replaces the write `replaced` if it is `stored`.
+/// encodes to at most `bytes`; if it is stored it replaces the write `replaced`, and the
+/// bound is kept with it (`ClusterState::keep_record_bound`).
 struct RecordBound {
     index: usize,
     bytes: usize,
     replaced: Option<WriteKey>,
     /// How its versions line up with the record of `replaced`.
     lineup: Option<Lineup>,
-    stored: bool,
 }
 
 /// What applying a delta did.
@@ -196,9 +196,6 @@ pub struct Replica {
     replaying: bool,
     /// The origins the version vector moved for lately (`compact`); not persisted.
     recent: RecentOrigins,
-    /// Upper bounds of stored service records' encodings, so the next write of a service is
-    /// checked beside its record without encoding it again (`record_check`); not persisted.
-    record_bounds: RecordBounds,
 }
 
 const HLC_ID_CACHE_ENTRIES_MAX: usize = 4096;
@@ -238,7 +235,6 @@ impl Replica {
             identity: IdentityWatch::default(),
             replaying: false,
             recent: RecentOrigins::default(),
-            record_bounds: RecordBounds::default(),
         }
     }
 
@@ -918,7 +914,7 @@ impl Replica {
         delta: &Delta,
     ) -> Result<Applied, ApplyError> {
         self.remember_writer_ids(delta);
-        let mut bounds = match self.validate_delta(now, from, delta) {
+        let bounds = match self.validate_delta(now, from, delta) {
             Ok(bounds) => bounds,
             Err(error) => {
                 // Writes of this node it did not make: its name is contested. Nothing else
@@ -966,7 +962,7 @@ impl Replica {
         let mut applied = Applied::default();
         match &delta.base {
             DeltaBase::Ranges(ranges) => {
-                self.merge_changes(&delta.changes, &mut applied, &mut bounds);
+                self.merge_changes(&delta.changes, &mut applied, &bounds);
                 for range in ranges {
                     self.cover(from, &range.node, range.until, now, &mut applied);
                 }
@@ -985,7 +981,7 @@ impl Replica {
                 for key in dropped {
                     self.state.remove_key(&key);
                 }
-                self.merge_changes(&delta.changes, &mut applied, &mut bounds);
+                self.merge_changes(&delta.changes, &mut applied, &bounds);
                 for (node, counter) in &vv.dots {
                     self.cover(from, node, *counter, now, &mut applied);
                 }
@@ -997,31 +993,12 @@ impl Replica {
                     }
                 }
             }
-            DeltaBase::Repair { .. } => {
-                // A repair may replace a record by another write with the same dot (and
-                // HLC, from a lying peer): the bounds of the writes it names are dropped.
-                for change in &delta.changes {
-                    if let Change::Service { entry, .. } = change {
-                        self.record_bounds.forget(entry);
-                    }
-                }
-                self.merge_repair(&delta.changes, &mut applied)
-            }
+            // A repair may replace a record by another write with the same dot (and HLC, from
+            // a lying peer): the bound kept with the index entry goes with the write it bounds.
+            DeltaBase::Repair { .. } => self.merge_repair(&delta.changes, &mut applied),
         }
-        self.keep_record_bounds(&delta.changes, &bounds);
         self.promote_stable_summaries();
         Ok(applied)
-    }
-
-    /// Keeps the bound of each service record of `changes` that was stored, in place of the
-    /// bound of the write it replaced. (A record stored and then replaced by a later entry of
-    /// the same delta keeps a bound no lookup finds; the bounds are emptied when full.)
-    fn keep_record_bounds(&mut self, changes: &[Change], bounds: &[RecordBound]) {
-        for bound in bounds.iter().filter(|bound| bound.stored) {
-            if let Some(Change::Service { entry, .. }) = changes.get(bound.index) {
-                self.record_bounds.keep(bound.replaced, entry, bound.bytes);
-            }
-        }
     }
 
     /// Raises this replica's coverage of `origin`'s writes towards `until`, as far as it can
@@ -1064,14 +1041,9 @@ impl Replica {
         }
     }
 
-    /// Merges `changes` by the version vector, and marks the `bounds` of those stored.
-    fn merge_changes(
-        &mut self,
-        changes: &[Change],
-        applied: &mut Applied,
-        bounds: &mut [RecordBound],
-    ) {
-        let mut bounds = bounds.iter_mut().peekable();
+    /// Merges `changes` by the version vector, and keeps the `bounds` of those stored.
+    fn merge_changes(&mut self, changes: &[Change], applied: &mut Applied, bounds: &[RecordBound]) {
+        let mut bounds = bounds.iter().peekable();
         for (index, change) in changes.iter().enumerate() {
             let bound = bounds.next_if(|bound| bound.index == index);
             // Covered dot: this replica holds that write or one that superseded
@@ -1083,26 +1055,23 @@ impl Replica {
             }
             // An uncovered dot is not stored (every stored dot is covered; checked in
             // `validate_delta` too), so it is free and not looked up again.
-            let merged = match (change, &bound) {
+            let merged = match (change, bound) {
                 (
                     Change::Service { name, entry },
                     Some(RecordBound {
                         replaced: Some(replaced),
                         lineup: Some(lineup),
+                        bytes,
                         ..
                     }),
                 ) => self
                     .state
-                    .apply_service_lined_up(name, entry, *replaced, *lineup),
-                _ => self.state.apply_free_change(change.clone()),
+                    .apply_service_lined_up(name, entry, *replaced, *lineup, *bytes),
+                (_, Some(bound)) => self.state.apply_free_bounded(change.clone(), bound.bytes),
+                (_, None) => self.state.apply_free_change(change.clone()),
             };
             match merged {
-                MergeOutcome::Stored { .. } => {
-                    applied.entries_applied += 1;
-                    if let Some(bound) = bound {
-                        bound.stored = true;
-                    }
-                }
+                MergeOutcome::Stored { .. } => applied.entries_applied += 1,
                 MergeOutcome::Ignored => applied.entries_ignored += 1,
             }
         }
@@ -1197,7 +1166,6 @@ impl Replica {
                     bytes: checked.bytes_max,
                     replaced,
                     lineup: checked.lineup,
-                    stored: false,
                 });
             }
         }
@@ -1301,7 +1269,7 @@ impl Replica {
         };
         let record = held.value.as_ref().map(|record| Held {
             record,
-            bytes_max: self.record_bounds.get(held),
+            bytes_max: self.state.record_bound(&held.dot),
         });
         (record, Some(write_key(held)))
     }
@@ -1599,7 +1567,6 @@ impl Replica {
             identity: IdentityWatch::default(),
             replaying: false,
             recent: RecentOrigins::default(),
-            record_bounds: RecordBounds::default(),
         })
     }
 
@@ -1988,6 +1955,41 @@ mod tests {
             .apply_delta(ms(6), a.node(), &a.own_delta_since(since))
             .unwrap();
         assert_eq!(restored.digest(), a.digest());
+    }
+
+    #[test]
+    fn a_record_bound_is_kept_with_its_write_and_goes_with_it() {
+        let (mut a, mut b) = (replica("a"), replica("b"));
+        let name: ServiceName = "web".parse().unwrap();
+        let mut earlier = None;
+        for (at, image) in [(1, "/img/1"), (2, "/img/2"), (3, "/img/3")] {
+            a.put_service(ms(at), name.clone(), ServiceSpec::new(image))
+                .unwrap();
+            pull(&a, &mut b, ms(at));
+            let entry = b.state().service_entry(&name).unwrap().clone();
+            let record = entry.value.as_ref().unwrap();
+            let bound = b.state().record_bound(&entry.dot);
+            if record.history.is_empty() {
+                assert_eq!(bound, None, "a bare spec is not bounded");
+            } else {
+                let bound = bound.expect("a record from a peer keeps its bound");
+                assert!(bound >= record.encoded_bytes(), "{bound} bounds the record");
+            }
+            if let Some(dot) = earlier.replace(entry.dot.clone()) {
+                assert_eq!(
+                    b.state().record_bound(&dot),
+                    None,
+                    "replaced with its write"
+                );
+            }
+        }
+        let entry = b.state().service_entry(&name).unwrap().clone();
+        let restored = Replica::from_snapshot(node("b"), DRIFT, b.to_snapshot()).unwrap();
+        assert_eq!(
+            restored.state().record_bound(&entry.dot),
+            None,
+            "not persisted"
+        );
     }
 
     #[test]

@@ -335,15 +335,31 @@ pub struct DotTaken {
     pub held: Key,
 }
 
-/// What the by-dot index holds for one dot: where the entry is, whether it is live, and its
-/// hash once a digest needed it.
+/// What the by-dot index holds for one dot: where the entry is, whether it is live, its
+/// hash once a digest needed it, and for a service record from a peer the bound of its
+/// encoding that `record_check` found (the next write of the service is bounded from it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Indexed {
     key: Key,
     /// Tombstones are left out of the digest.
     live: bool,
     hash: HashCache,
+    record_bytes_max: KeptBound,
 }
+
+/// A service record's encoded-length bound, kept with its write's index entry: it goes
+/// when the write is replaced or removed, and after a restart there is none. Derived data,
+/// so not part of equality.
+#[derive(Debug, Clone, Copy, Default)]
+struct KeptBound(Option<usize>);
+
+impl PartialEq for KeptBound {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for KeptBound {}
 
 /// A hash computed from the state on first use and kept until the state changes. Derived
 /// data, so not part of equality.
@@ -415,14 +431,32 @@ impl ClusterState {
             Change::Status { node, entry } => self.statuses.merge_entry(node, entry),
         };
         if let MergeOutcome::Stored { replaced } = &outcome {
-            self.index_stored(&dot, key, live, replaced.as_ref());
+            self.index_stored(&dot, key, live, replaced.as_ref(), None);
+        }
+        outcome
+    }
+
+    /// `apply_free_change` of a service record whose encoding `record_check` bounded by
+    /// `bytes_max`: the bound is kept with the write if it is stored.
+    pub(crate) fn apply_free_bounded(&mut self, change: Change, bytes_max: usize) -> MergeOutcome {
+        let dot = change.dot().clone();
+        let outcome = self.apply_free_change(change);
+        if let MergeOutcome::Stored { .. } = outcome {
+            self.keep_record_bound(&dot, bytes_max);
         }
         outcome
     }
 
     /// Indexes the entry just stored at `key` with `dot` (free: checked by the caller), in
-    /// place of the entry it `replaced`.
-    fn index_stored(&mut self, dot: &Dot, key: Key, live: bool, replaced: Option<&Dot>) {
+    /// place of the entry it `replaced`, with its record's bound if one was found.
+    fn index_stored(
+        &mut self,
+        dot: &Dot,
+        key: Key,
+        live: bool,
+        replaced: Option<&Dot>,
+        record_bytes_max: Option<usize>,
+    ) {
         if let Some(old) = replaced {
             self.unindex(old);
         }
@@ -436,9 +470,26 @@ impl ClusterState {
                 key,
                 live,
                 hash: HashCache::default(),
+                record_bytes_max: KeptBound(record_bytes_max),
             },
         );
         self.digest = HashCache::default();
+    }
+
+    /// The bound kept for the service record stored with `dot` (`keep_record_bound`).
+    pub(crate) fn record_bound(&self, dot: &Dot) -> Option<usize> {
+        self.indexed(dot)?.record_bytes_max.0
+    }
+
+    /// Keeps `bytes` as the bound of the service record stored with `dot`, if it is stored.
+    pub(crate) fn keep_record_bound(&mut self, dot: &Dot, bytes: usize) {
+        if let Some(indexed) = self
+            .by_dot
+            .get_mut(&dot.node)
+            .and_then(|counters| counters.get_mut(&dot.counter))
+        {
+            indexed.record_bytes_max = KeptBound(Some(bytes));
+        }
     }
 
     /// Removes the index of the write at `dot` and returns the key it named.
@@ -462,6 +513,7 @@ impl ClusterState {
         entry: &Entry<ServiceRecord>,
         held: WriteKey,
         lineup: Lineup,
+        bytes_max: usize,
     ) -> MergeOutcome {
         let copied = |entry: &Entry<ServiceRecord>| Change::Service {
             name: name.clone(),
@@ -469,13 +521,13 @@ impl ClusterState {
         };
         debug_assert!(self.indexed(&entry.dot).is_none(), "the dot is free");
         let (Some(incoming), Some(current)) = (&entry.value, self.services.get_mut(name)) else {
-            return self.apply_free_change(copied(entry));
+            return self.apply_free_bounded(copied(entry), bytes_max);
         };
         if record_check::write_key(current) != held || !entry.supersedes(current) {
-            return self.apply_free_change(copied(entry));
+            return self.apply_free_bounded(copied(entry), bytes_max);
         }
         let Some(held_record) = current.value.as_mut() else {
-            return self.apply_free_change(copied(entry));
+            return self.apply_free_bounded(copied(entry), bytes_max);
         };
         // `entry` supersedes the held write and its dot is free: it is stored, as
         // `apply_change` would store it, in the held write's place.
@@ -486,7 +538,7 @@ impl ClusterState {
         let key = self
             .take_index(&replaced)
             .unwrap_or_else(|| Key::Service(name.clone()));
-        self.index_stored(&entry.dot, key, true, None);
+        self.index_stored(&entry.dot, key, true, None, Some(bytes_max));
         MergeOutcome::Stored {
             replaced: Some(replaced),
         }
