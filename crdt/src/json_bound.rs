@@ -405,7 +405,10 @@ mod tests {
     use serde::Serialize;
 
     use super::*;
+    use uhlc::{ID, NTP64, Timestamp};
+
     use crate::records::json_bytes;
+    use crate::rollout::{PastVersion, ServiceRecord};
     use crate::{HealthCheck, ServiceSpec};
 
     /// Every shape `serde` has: what a derive can ask of the bound.
@@ -527,8 +530,68 @@ mod tests {
             })
     }
 
+    /// A record as a replica holds one: a spec, earlier versions with their stamps, failure
+    /// reasons with any text, rollback marks.
+    fn record() -> impl Strategy<Value = ServiceRecord> {
+        let stamp = (any::<u64>(), 1..=u128::MAX).prop_map(|(time, id)| {
+            Timestamp::new(NTP64(time), ID::try_from(id).expect("a non-zero id"))
+        });
+        let past = (
+            spec(),
+            stamp.clone(),
+            any::<Option<String>>(),
+            prop::option::of(stamp.clone()),
+        )
+            .prop_map(|(spec, version, failed, rollback_of)| PastVersion {
+                spec,
+                version,
+                failed,
+                rollback_of,
+            });
+        (
+            spec(),
+            prop::collection::vec(past, 0..6),
+            any::<Option<String>>(),
+            prop::option::of(stamp),
+        )
+            .prop_map(|(spec, history, failed, rollback_of)| ServiceRecord {
+                spec,
+                history,
+                failed,
+                rollback_of,
+            })
+    }
+
+    /// Text that escapes the most: control characters, quotes and backslashes, with a little
+    /// of anything else.
+    fn escaping_text() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                4 => (0u32..0x20).prop_map(|code| char::from_u32(code).expect("a control")),
+                1 => Just('"'),
+                1 => Just('\\'),
+                1 => any::<char>(),
+            ],
+            0..64,
+        )
+        .prop_map(|chars| chars.into_iter().collect())
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// What `record_check` bounds a held record with when it kept no bound.
+        #[test]
+        fn a_record_is_bounded(record in record()) {
+            prop_assert!(json_bytes_max(&record) >= record.encoded_bytes());
+        }
+
+        /// A string alone, with no other token's slack to hide a short count.
+        #[test]
+        fn a_string_is_bounded(text in escaping_text()) {
+            prop_assert!(json_bytes_max(&text) >= json_bytes(&text));
+            prop_assert!(json_bytes_max(&[(text.clone(), text.clone())]) >= json_bytes(&[(text.clone(), text)]));
+        }
 
         #[test]
         fn every_shape_is_bounded(value in everything()) {
@@ -542,26 +605,36 @@ mod tests {
         }
     }
 
+    /// Each token at its widest, alone: no other token's slack hides a short count.
     #[test]
     fn the_widest_tokens_are_bounded() {
-        let widest = (
-            i64::MIN,
-            u64::MAX,
-            i128::MIN,
-            u128::MAX,
-            -f64::MIN_POSITIVE,
-            -1.234_567_890_123_456_7e-300_f64,
-            f64::NAN,
-            '\u{1}',
-            '\u{10ffff}',
-            "\u{0}\u{1f}\"\\",
-            Shape::Struct {
-                wide: u128::MAX,
-                narrow: i128::MIN,
-                ratio: f64::MAX,
-            },
-        );
-        assert!(json_bytes_max(&widest) >= serde_json::to_vec(&widest).expect("encodes").len());
+        fn bounded(value: &impl Serialize) {
+            let exact = serde_json::to_vec(value).expect("encodes").len();
+            assert!(json_bytes_max(value) >= exact, "{exact} bytes");
+        }
+        bounded(&i64::MIN);
+        bounded(&u64::MAX);
+        bounded(&i128::MIN);
+        bounded(&u128::MAX);
+        bounded(&-f64::MIN_POSITIVE);
+        bounded(&-1.234_567_890_123_456_7e-300_f64);
+        bounded(&f64::NAN);
+        bounded(&-f32::MIN_POSITIVE);
+        bounded(&'\u{1}');
+        bounded(&'\u{10ffff}');
+        bounded(&"\u{0}".repeat(100));
+        bounded(&"\u{1f}\"\\".repeat(100));
+        bounded(&[255u8; 0]);
+        bounded(&Shape::Newtype("\u{0}".repeat(10)));
+        bounded(&Shape::Tuple(i64::MIN, u8::MAX, '\u{0}'));
+        bounded(&Shape::Struct {
+            wide: u128::MAX,
+            narrow: i128::MIN,
+            ratio: f64::MAX,
+        });
+        let mut by_number = BTreeMap::new();
+        by_number.insert(u16::MAX, Some("\u{0}".repeat(10)));
+        bounded(&by_number);
     }
 
     /// A plain spec's bound is within a small multiple of its length: its strings are most
