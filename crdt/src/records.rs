@@ -80,7 +80,10 @@ pub const SPEC_MEMORY_BYTES_MIN: u64 = 1024 * 1024;
 pub const SPEC_ENCODED_BYTES_MAX: usize = 256 * 1024;
 
 /// The desired state of a service: what to run and how many.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+// `PartialEq` (below) is the derive's relation, every field compared, only in another order,
+// so the derived `Hash` agrees with it.
+#[allow(clippy::derived_hash_with_manual_eq)]
+#[derive(Debug, Clone, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// Path to an OCI layout directory, an oci-archive or a docker-archive.
@@ -131,6 +134,59 @@ pub struct ServiceSpec {
     /// How a new version replaces the running replicas; see `crate::rollout`.
     #[serde(default, skip_serializing_if = "UpdatePolicy::is_default")]
     pub update: UpdatePolicy,
+}
+
+/// Field by field, as a derive would, but the numbers first and an empty list or map without
+/// walking it: a peer's record is compared with the held one version by version
+/// (`record_check`), and most of a spec's lists are empty.
+impl PartialEq for ServiceSpec {
+    fn eq(&self, other: &Self) -> bool {
+        // Every field named, so that one added cannot be left out of the comparison.
+        let ServiceSpec {
+            image,
+            image_digest,
+            command,
+            env,
+            replicas,
+            resources,
+            restart,
+            ports,
+            volumes,
+            tmpfs,
+            env_files,
+            secrets,
+            publish,
+            mode,
+            constraints,
+            spread,
+            health,
+            update,
+        } = self;
+        fn same_list(a: &[String], b: &[String]) -> bool {
+            a.len() == b.len() && (a.is_empty() || a == b)
+        }
+        fn same_map(a: &BTreeMap<String, String>, b: &BTreeMap<String, String>) -> bool {
+            a.len() == b.len() && (a.is_empty() || a == b)
+        }
+        *replicas == other.replicas
+            && *resources == other.resources
+            && *restart == other.restart
+            && *publish == other.publish
+            && *mode == other.mode
+            && *update == other.update
+            && *image == other.image
+            && *image_digest == other.image_digest
+            && same_list(command, &other.command)
+            && same_map(env, &other.env)
+            && same_list(ports, &other.ports)
+            && same_list(volumes, &other.volumes)
+            && same_list(tmpfs, &other.tmpfs)
+            && same_list(env_files, &other.env_files)
+            && same_map(secrets, &other.secrets)
+            && same_list(constraints, &other.constraints)
+            && *spread == other.spread
+            && *health == other.health
+    }
 }
 
 impl ServiceSpec {
@@ -415,6 +471,9 @@ fn indexed<T>(
     list: &[String],
     parse: impl Fn(&str) -> Result<T, WorkloadError>,
 ) -> Result<Vec<T>, SpecError> {
+    if list.is_empty() {
+        return Ok(Vec::new());
+    }
     list.iter()
         .enumerate()
         .map(|(index, text)| {
@@ -807,6 +866,70 @@ mod tests {
 
     /// The names of list elements, variables and mounts are built only for an error; they
     /// are the same names as when they were built for every element.
+    #[test]
+    fn specs_differing_in_any_one_field_are_unequal() {
+        let mut base = ServiceSpec::new("/img/a");
+        base.command = vec!["/bin/app".to_owned()];
+        base.env.insert("KEY".to_owned(), "value".to_owned());
+        base.ports = vec!["80:8080".to_owned()];
+        base.volumes = vec!["/srv:/data".to_owned()];
+        base.tmpfs = vec!["/tmp".to_owned()];
+        base.env_files = vec!["/run/app.env".to_owned()];
+        base.secrets.insert("key".to_owned(), "/run/key".to_owned());
+        base.constraints = vec!["zone == a".to_owned()];
+        base.spread = Some("zone".to_owned());
+        let changes: Vec<(&str, fn(&mut ServiceSpec))> = vec![
+            ("image", |s| s.image.push('x')),
+            ("image_digest", |s| {
+                s.image_digest = Some("sha256:0".to_owned())
+            }),
+            ("command", |s| s.command[0].push('x')),
+            ("command length", |s| s.command.clear()),
+            ("env value", |s| {
+                s.env.insert("KEY".to_owned(), "other".to_owned());
+            }),
+            ("env key", |s| {
+                s.env.insert("OTHER".to_owned(), "value".to_owned());
+            }),
+            ("replicas", |s| s.replicas += 1),
+            ("resources", |s| s.resources.pids_max += 1),
+            ("restart", |s| s.restart = RestartPolicy::Always),
+            ("ports", |s| s.ports[0].push('0')),
+            ("volumes", |s| s.volumes[0].push('x')),
+            ("tmpfs", |s| s.tmpfs[0].push('x')),
+            ("env_files", |s| s.env_files[0].push('x')),
+            ("secrets", |s| {
+                s.secrets.insert("key".to_owned(), "/run/other".to_owned());
+            }),
+            ("publish", |s| {
+                s.publish.mode = crate::workload::PublishMode::Mesh
+            }),
+            ("mode", |s| s.mode = crate::constraints::Mode::Global),
+            ("constraints", |s| s.constraints[0].push('x')),
+            ("spread", |s| s.spread = None),
+            ("health", |s| {
+                s.health = Some(Box::new(crate::HealthCheck {
+                    http: None,
+                    tcp: Some(80),
+                    cmd: None,
+                    interval_ms: 1000,
+                    timeout_ms: 500,
+                    retries: 3,
+                    start_period_ms: 0,
+                }))
+            }),
+            ("update", |s| s.update.max_parallel += 1),
+        ];
+        assert_eq!(base, base.clone());
+        for (field, change) in changes {
+            let mut changed = base.clone();
+            change(&mut changed);
+            assert_ne!(base, changed, "a change of {field}");
+            assert_ne!(changed, base, "a change of {field}");
+            assert_eq!(changed, changed.clone(), "{field}");
+        }
+    }
+
     #[test]
     fn element_names_are_built_for_the_error() {
         check_spec(
