@@ -878,7 +878,8 @@ mod tests {
         base.secrets.insert("key".to_owned(), "/run/key".to_owned());
         base.constraints = vec!["zone == a".to_owned()];
         base.spread = Some("zone".to_owned());
-        let changes: Vec<(&str, fn(&mut ServiceSpec))> = vec![
+        type Change = (&'static str, fn(&mut ServiceSpec));
+        let changes: Vec<Change> = vec![
             ("image", |s| s.image.push('x')),
             ("image_digest", |s| {
                 s.image_digest = Some("sha256:0".to_owned())
