@@ -217,11 +217,11 @@ impl<'a> Serializer for &'a mut Bound {
     }
 
     fn serialize_seq(self, _: Option<usize>) -> Result<Compound<'a>, Unencodable> {
-        Ok(Compound::open(self, 0))
+        Ok(Compound::open(self))
     }
 
     fn serialize_tuple(self, _: usize) -> Result<Compound<'a>, Unencodable> {
-        Ok(Compound::open(self, 0))
+        Ok(Compound::open(self))
     }
 
     fn serialize_tuple_struct(
@@ -229,7 +229,7 @@ impl<'a> Serializer for &'a mut Bound {
         _: &'static str,
         _: usize,
     ) -> Result<Compound<'a>, Unencodable> {
-        Ok(Compound::open(self, 0))
+        Ok(Compound::open(self))
     }
 
     /// `{"variant":[...]}`.
@@ -240,17 +240,15 @@ impl<'a> Serializer for &'a mut Bound {
         variant: &'static str,
         _: usize,
     ) -> Result<Compound<'a>, Unencodable> {
-        self.add("{}".len());
-        self.key(variant);
-        Ok(Compound::open(self, 0))
+        Ok(Compound::wrapped(self, variant))
     }
 
     fn serialize_map(self, _: Option<usize>) -> Result<Compound<'a>, Unencodable> {
-        Ok(Compound::open(self, 0))
+        Ok(Compound::open(self))
     }
 
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<Compound<'a>, Unencodable> {
-        Ok(Compound::open(self, 0))
+        Ok(Compound::open(self))
     }
 
     /// `{"variant":{...}}`.
@@ -261,9 +259,7 @@ impl<'a> Serializer for &'a mut Bound {
         variant: &'static str,
         _: usize,
     ) -> Result<Compound<'a>, Unencodable> {
-        self.add("{}".len());
-        self.key(variant);
-        Ok(Compound::open(self, 0))
+        Ok(Compound::wrapped(self, variant))
     }
 }
 
@@ -275,9 +271,16 @@ struct Compound<'a> {
 }
 
 impl<'a> Compound<'a> {
-    fn open(bound: &'a mut Bound, _: usize) -> Self {
+    fn open(bound: &'a mut Bound) -> Self {
         bound.add("[]".len());
         Compound { bound }
+    }
+
+    /// An enum variant's array or object, inside its wrapper object `{"variant":...}`.
+    fn wrapped(bound: &'a mut Bound, variant: &str) -> Self {
+        bound.add("{}".len());
+        bound.key(variant);
+        Compound::open(bound)
     }
 
     fn element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unencodable> {
@@ -292,57 +295,31 @@ impl<'a> Compound<'a> {
     }
 }
 
-impl SerializeSeq for Compound<'_> {
-    type Ok = ();
-    type Error = Unencodable;
+/// The four kinds of array (`[a,b]`, and a tuple variant's inside its wrapper object) are
+/// bounded alike; only the method's name differs.
+macro_rules! array_of_elements {
+    ($($kind:ident :: $method:ident),*) => {$(
+        impl $kind for Compound<'_> {
+            type Ok = ();
+            type Error = Unencodable;
 
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unencodable> {
-        self.element(value)
-    }
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unencodable> {
+                self.element(value)
+            }
 
-    fn end(self) -> Result<(), Unencodable> {
-        Ok(())
-    }
+            fn end(self) -> Result<(), Unencodable> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl SerializeTuple for Compound<'_> {
-    type Ok = ();
-    type Error = Unencodable;
-
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unencodable> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<(), Unencodable> {
-        Ok(())
-    }
-}
-
-impl SerializeTupleStruct for Compound<'_> {
-    type Ok = ();
-    type Error = Unencodable;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unencodable> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<(), Unencodable> {
-        Ok(())
-    }
-}
-
-impl SerializeTupleVariant for Compound<'_> {
-    type Ok = ();
-    type Error = Unencodable;
-
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Unencodable> {
-        self.element(value)
-    }
-
-    fn end(self) -> Result<(), Unencodable> {
-        Ok(())
-    }
-}
+array_of_elements!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 impl SerializeMap for Compound<'_> {
     type Ok = ();
@@ -363,39 +340,29 @@ impl SerializeMap for Compound<'_> {
     }
 }
 
-impl SerializeStruct for Compound<'_> {
-    type Ok = ();
-    type Error = Unencodable;
+/// A struct's fields and a struct variant's (inside its wrapper object) are bounded alike.
+macro_rules! object_of_fields {
+    ($($kind:ident),*) => {$(
+        impl $kind for Compound<'_> {
+            type Ok = ();
+            type Error = Unencodable;
 
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        name: &'static str,
-        value: &T,
-    ) -> Result<(), Unencodable> {
-        self.field(name, value)
-    }
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                name: &'static str,
+                value: &T,
+            ) -> Result<(), Unencodable> {
+                self.field(name, value)
+            }
 
-    fn end(self) -> Result<(), Unencodable> {
-        Ok(())
-    }
+            fn end(self) -> Result<(), Unencodable> {
+                Ok(())
+            }
+        }
+    )*};
 }
 
-impl SerializeStructVariant for Compound<'_> {
-    type Ok = ();
-    type Error = Unencodable;
-
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        name: &'static str,
-        value: &T,
-    ) -> Result<(), Unencodable> {
-        self.field(name, value)
-    }
-
-    fn end(self) -> Result<(), Unencodable> {
-        Ok(())
-    }
-}
+object_of_fields!(SerializeStruct, SerializeStructVariant);
 
 #[cfg(test)]
 mod tests {

@@ -341,24 +341,30 @@ mod tests {
         );
     }
 
+    /// `check` of `next`, one write on top of `held` (with the bound kept for it, if any):
+    /// lined up, and bounded at least at its length.
+    fn checked_on_top(held: &ServiceRecord, next: &ServiceRecord, kept: Option<usize>) -> usize {
+        let checked = check(
+            next,
+            Some(Held {
+                record: held,
+                bytes_max: kept,
+            }),
+        )
+        .expect("valid")
+        .expect("a record with history is bounded");
+        assert_eq!(checked.lineup, Some(Lineup::OnTop));
+        assert!(checked.bytes_max >= next.encoded_bytes());
+        checked.bytes_max
+    }
+
     #[test]
     fn a_write_on_top_of_the_held_record_is_bounded_without_counting_it() {
         let held = record("/img/b", vec![past("/img/c", 1)]);
         let held_bytes = held.encoded_bytes();
         let next = record("/img/a", vec![past("/img/b", 2), past("/img/c", 1)]);
-        let bound = check(
-            &next,
-            Some(Held {
-                record: &held,
-                bytes_max: Some(held_bytes),
-            }),
-        )
-        .expect("valid")
-        .expect("a record with history is bounded");
-        assert_eq!(bound.lineup, Some(Lineup::OnTop));
-        assert!(bound.bytes_max >= next.encoded_bytes());
         assert_eq!(
-            bound.bytes_max,
+            checked_on_top(&held, &next, Some(held_bytes)),
             outer_frame_bytes(&next)
                 + past_frame_bytes_max(&next.history[0])
                 + json_bytes_max(&next.spec)
@@ -373,19 +379,8 @@ mod tests {
     fn a_held_record_without_a_kept_bound_is_bounded_from_its_strings() {
         let held = record("/img/b", vec![past("/img/c", 1)]);
         let next = record("/img/a", vec![past("/img/b", 2), past("/img/c", 1)]);
-        let bound = check(
-            &next,
-            Some(Held {
-                record: &held,
-                bytes_max: None,
-            }),
-        )
-        .expect("valid")
-        .expect("a record with history is bounded");
-        assert_eq!(bound.lineup, Some(Lineup::OnTop));
-        assert!(bound.bytes_max >= next.encoded_bytes());
         assert_eq!(
-            bound.bytes_max,
+            checked_on_top(&held, &next, None),
             outer_frame_bytes(&next)
                 + past_frame_bytes_max(&next.history[0])
                 + json_bytes_max(&next.spec)
