@@ -13,7 +13,7 @@
 //! counted exactly and is small. The whole record is encoded and counted, as a snapshot's
 //! records are, only when that bound is over `SERVICE_RECORD_BYTES_MAX` or when nothing lines
 //! up. The bound a stored record gets is kept with its write's index entry
-//! (`ClusterState::keep_record_bound`) for the next write of its service; it grows by each
+//! (`ClusterState::record_bound`) for the next write of its service; it grows by each
 //! write's new spec, and a count resets it. When none is kept for the held record (after a
 //! restart, for a record written here, or one stored without history), the held record is
 //! bounded as the new spec is.

@@ -124,7 +124,7 @@ pub enum ApplyError {
 
 /// The bound of a service record's encoding found while checking a delta: entry `index`
 /// encodes to at most `bytes`; if it is stored it replaces the write `replaced`, and the
-/// bound is kept with it (`ClusterState::keep_record_bound`).
+/// bound is kept with it in the index by dot.
 struct RecordBound {
     index: usize,
     bytes: usize,
@@ -1067,8 +1067,9 @@ impl Replica {
                 ) => self
                     .state
                     .apply_service_lined_up(name, entry, *replaced, *lineup, *bytes),
-                (_, Some(bound)) => self.state.apply_free_bounded(change.clone(), bound.bytes),
-                (_, None) => self.state.apply_free_change(change.clone()),
+                (_, bound) => self
+                    .state
+                    .apply_free_change(change.clone(), bound.map(|bound| bound.bytes)),
             };
             match merged {
                 MergeOutcome::Stored { .. } => applied.entries_applied += 1,

@@ -348,31 +348,23 @@ struct Indexed {
 }
 
 /// A service record's encoded-length bound, kept with its write's index entry: it goes
-/// when the write is replaced or removed, and after a restart there is none. Derived data,
-/// so not part of equality.
-#[derive(Debug, Clone, Copy, Default)]
-struct KeptBound(Option<usize>);
+/// when the write is replaced or removed, and after a restart there is none.
+type KeptBound = Derived<Option<usize>>;
 
-impl PartialEq for KeptBound {
-    fn eq(&self, _: &Self) -> bool {
-        true
-    }
-}
+/// A hash computed from the state on first use and kept until the state changes.
+type HashCache = Derived<OnceLock<[u8; 32]>>;
 
-impl Eq for KeptBound {}
-
-/// A hash computed from the state on first use and kept until the state changes. Derived
-/// data, so not part of equality.
+/// Data derived from the state and kept beside it, so not part of equality.
 #[derive(Debug, Clone, Default)]
-struct HashCache(OnceLock<[u8; 32]>);
+struct Derived<T>(T);
 
-impl PartialEq for HashCache {
+impl<T> PartialEq for Derived<T> {
     fn eq(&self, _: &Self) -> bool {
         true
     }
 }
 
-impl Eq for HashCache {}
+impl<T> Eq for Derived<T> {}
 
 /// The hash of one entry as the digest uses it: over its wire encoding (specs and statuses
 /// as JSON, whose new fields are skipped while default), so replicas of different releases
@@ -408,12 +400,17 @@ impl ClusterState {
                 held: indexed.key.clone(),
             });
         }
-        Ok(self.apply_free_change(change))
+        Ok(self.apply_free_change(change, None))
     }
 
     /// `apply_change` of a change whose dot the caller found free (an uncovered dot of a
-    /// delta the replica checked: every stored dot is covered).
-    pub(crate) fn apply_free_change(&mut self, change: Change) -> MergeOutcome {
+    /// delta the replica checked: every stored dot is covered), with the bound `record_check`
+    /// found for a service record's encoding, kept with the write if it is stored.
+    pub(crate) fn apply_free_change(
+        &mut self,
+        change: Change,
+        record_bytes_max: Option<usize>,
+    ) -> MergeOutcome {
         debug_assert!(self.indexed(change.dot()).is_none(), "the dot is free");
         let dot = change.dot().clone();
         let key = change.key();
@@ -431,18 +428,7 @@ impl ClusterState {
             Change::Status { node, entry } => self.statuses.merge_entry(node, entry),
         };
         if let MergeOutcome::Stored { replaced } = &outcome {
-            self.index_stored(&dot, key, live, replaced.as_ref(), None);
-        }
-        outcome
-    }
-
-    /// `apply_free_change` of a service record whose encoding `record_check` bounded by
-    /// `bytes_max`: the bound is kept with the write if it is stored.
-    pub(crate) fn apply_free_bounded(&mut self, change: Change, bytes_max: usize) -> MergeOutcome {
-        let dot = change.dot().clone();
-        let outcome = self.apply_free_change(change);
-        if let MergeOutcome::Stored { .. } = outcome {
-            self.keep_record_bound(&dot, bytes_max);
+            self.index_stored(&dot, key, live, replaced.as_ref(), record_bytes_max);
         }
         outcome
     }
@@ -470,26 +456,15 @@ impl ClusterState {
                 key,
                 live,
                 hash: HashCache::default(),
-                record_bytes_max: KeptBound(record_bytes_max),
+                record_bytes_max: Derived(record_bytes_max),
             },
         );
         self.digest = HashCache::default();
     }
 
-    /// The bound kept for the service record stored with `dot` (`keep_record_bound`).
+    /// The bound kept for the service record stored with `dot` (`apply_free_change`).
     pub(crate) fn record_bound(&self, dot: &Dot) -> Option<usize> {
         self.indexed(dot)?.record_bytes_max.0
-    }
-
-    /// Keeps `bytes` as the bound of the service record stored with `dot`, if it is stored.
-    pub(crate) fn keep_record_bound(&mut self, dot: &Dot, bytes: usize) {
-        if let Some(indexed) = self
-            .by_dot
-            .get_mut(&dot.node)
-            .and_then(|counters| counters.get_mut(&dot.counter))
-        {
-            indexed.record_bytes_max = KeptBound(Some(bytes));
-        }
     }
 
     /// Removes the index of the write at `dot` and returns the key it named.
@@ -521,13 +496,13 @@ impl ClusterState {
         };
         debug_assert!(self.indexed(&entry.dot).is_none(), "the dot is free");
         let (Some(incoming), Some(current)) = (&entry.value, self.services.get_mut(name)) else {
-            return self.apply_free_bounded(copied(entry), bytes_max);
+            return self.apply_free_change(copied(entry), Some(bytes_max));
         };
         if record_check::write_key(current) != held || !entry.supersedes(current) {
-            return self.apply_free_bounded(copied(entry), bytes_max);
+            return self.apply_free_change(copied(entry), Some(bytes_max));
         }
         let Some(held_record) = current.value.as_mut() else {
-            return self.apply_free_bounded(copied(entry), bytes_max);
+            return self.apply_free_change(copied(entry), Some(bytes_max));
         };
         // `entry` supersedes the held write and its dot is free: it is stored, as
         // `apply_change` would store it, in the held write's place.
