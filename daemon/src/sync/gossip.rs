@@ -24,10 +24,13 @@
 //!   [`TransferGate`], so the node fetches one snapshot at a time.
 //! - Connections: one kept per peer and reused by every exchange and push
 //!   ([`super::connections`]), so handshakes happen on (re)connect only.
-//! - Liveness: a member is live when the node says so (HLC heartbeat in node metadata within
-//!   `down_after_ms`) or we synced with it successfully within `down_after_ms`.
+//! - Liveness: a member is live when the node says so (SWIM does not hold it down; without a
+//!   SWIM view, its metadata refresh is within `down_after_ms`) or we synced with it
+//!   successfully within `down_after_ms`.
+//! - A member coming back (SWIM says alive again) is exchanged with at once; if an exchange to
+//!   its address was under way (dialed while it was down), as soon as that one fails
+//!   ([`super::membership::UnderWay`]).
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,7 +45,7 @@ use super::SyncError;
 use super::SyncLimits;
 use super::client::{forward_with, push_with, sync_once_with};
 use super::connections::Connections;
-use super::membership::{Member, PeerSelector, Target, automatic_push_fanout};
+use super::membership::{Member, PeerSelector, Target, UnderWay, automatic_push_fanout};
 use super::server::Forward;
 use super::transfer::TransferGate;
 use crate::state::Node;
@@ -303,7 +306,7 @@ impl Driver {
         mut stop: watch::Receiver<bool>,
     ) {
         let mut exchanges: JoinSet<(Target, Result<super::SyncStats, SyncError>)> = JoinSet::new();
-        let mut in_flight: BTreeSet<SocketAddr> = BTreeSet::new();
+        let mut under_way = UnderWay::default();
         // The first round comes after the jitter only: a starting node catches up at once.
         let mut first = true;
         loop {
@@ -324,8 +327,14 @@ impl Driver {
                     () = &mut sleep => break,
                     Some(joined) = exchanges.join_next(), if !exchanges.is_empty() => {
                         if let Ok((target, result)) = joined {
-                            in_flight.remove(&target.address);
                             self.note_result(&target, &result, false);
+                            if let Some(heal) = under_way.finished(target.address, result.is_ok()) {
+                                tracing::debug!(
+                                    address = %heal.address,
+                                    "member came back during a failed exchange: exchanging at once"
+                                );
+                                self.spawn_exchange(&mut exchanges, heal);
+                            }
                         }
                     }
                     Some(peer) = next_returned(&mut returned) => {
@@ -336,7 +345,7 @@ impl Driver {
                             .find(|known| known.node == peer)
                             .map(|known| known.address);
                         if let Some(address) = address
-                            && in_flight.insert(address)
+                            && under_way.returned(peer.clone(), address)
                         {
                             tracing::debug!(%peer, "member came back: exchanging at once");
                             self.spawn_exchange(&mut exchanges, Target { address, expected: Some(peer) });
@@ -348,20 +357,21 @@ impl Driver {
             let members: Vec<Member> = self
                 .members()
                 .into_iter()
-                .filter(|member| !in_flight.contains(&member.address))
+                .filter(|member| !under_way.contains(&member.address))
                 .collect();
             let seeds: Vec<SocketAddr> = self
                 .node
                 .seed_peers()
                 .into_iter()
-                .filter(|seed| !in_flight.contains(seed))
+                .filter(|seed| !under_way.contains(seed))
                 .collect();
             let targets = self
                 .selector()
                 .round_targets(&members, &seeds, self.cfg.fanout);
             for target in targets {
-                in_flight.insert(target.address);
-                self.spawn_exchange(&mut exchanges, target);
+                if under_way.start(target.address) {
+                    self.spawn_exchange(&mut exchanges, target);
+                }
             }
         }
     }

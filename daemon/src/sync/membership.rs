@@ -8,9 +8,12 @@
 //! - an eager push goes to `fanout` live members at random (a forwarded one never back to
 //!   the member it came from), or to the seeds while no member is live;
 //! - addresses found to be this node itself ([`PeerSelector::mark_self`]) are never chosen;
-//! - a target carries the expected node id when known, so the TLS handshake checks it.
+//! - a target carries the expected node id when known, so the TLS handshake checks it;
+//! - at most one anti-entropy exchange per address is under way ([`UnderWay`]); a member
+//!   that comes back while one to its address is under way is exchanged with as soon as
+//!   that one fails, not a random round later.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
 use rand::Rng;
@@ -140,6 +143,58 @@ impl PeerSelector {
     }
 }
 
+/// The anti-entropy exchanges under way, one at most per address, and the members that came
+/// back while one to their address was under way (it was dialed before they returned, and
+/// most likely fails). Bounded by the addresses under way.
+#[derive(Debug, Default)]
+pub struct UnderWay {
+    addresses: BTreeSet<SocketAddr>,
+    /// Returned members waiting for the exchange under way to their address; a subset of
+    /// `addresses`.
+    returned: BTreeMap<SocketAddr, NodeId>,
+}
+
+impl UnderWay {
+    /// Whether an exchange with `address` is under way.
+    pub fn contains(&self, address: &SocketAddr) -> bool {
+        self.addresses.contains(address)
+    }
+
+    /// Marks an exchange with `address` as started; false (and nothing changes) when one
+    /// is under way already.
+    pub fn start(&mut self, address: SocketAddr) -> bool {
+        self.addresses.insert(address)
+    }
+
+    /// `peer`, at `address`, came back (SWIM says alive again): true when the caller starts
+    /// an exchange with it now (marked as under way). When one to that address is under way
+    /// already, the member waits for it ([`UnderWay::finished`]).
+    pub fn returned(&mut self, peer: NodeId, address: SocketAddr) -> bool {
+        if self.start(address) {
+            return true;
+        }
+        self.returned.insert(address, peer);
+        false
+    }
+
+    /// The exchange with `address` ended. When a member came back while it was under way
+    /// and it failed, that member is exchanged with at once: the target to start, already
+    /// marked as under way. A successful one did exchange with the member.
+    pub fn finished(&mut self, address: SocketAddr, succeeded: bool) -> Option<Target> {
+        let waiting = self.returned.remove(&address);
+        match waiting {
+            Some(peer) if !succeeded => Some(Target {
+                address,
+                expected: Some(peer),
+            }),
+            _ => {
+                self.addresses.remove(&address);
+                None
+            }
+        }
+    }
+}
+
 /// The eager-push fanout for a cluster of `members` (this node included) when none is
 /// configured: ln N + 3, rounded up (5 for 3 members, 7 for 48, 10 for 1,000). With every
 /// node forwarding a change new to it once to that many, the chance that some node is left
@@ -169,6 +224,42 @@ mod tests {
         let mut ports: Vec<u16> = targets.iter().map(|target| target.address.port()).collect();
         ports.sort_unstable();
         ports
+    }
+
+    #[test]
+    fn a_member_returning_during_an_exchange_to_its_address_is_exchanged_with_when_it_fails() {
+        let mut under_way = UnderWay::default();
+        let back: NodeId = "back".parse().unwrap();
+        // Nothing under way: the returned member is exchanged with at once.
+        assert!(under_way.returned(back.clone(), address(1)));
+        assert!(under_way.contains(&address(1)));
+        assert!(!under_way.start(address(1)), "one exchange per address");
+        assert_eq!(under_way.finished(address(1), true), None);
+        assert!(!under_way.contains(&address(1)));
+
+        // A round dialed the address while the member was down; it comes back meanwhile.
+        assert!(under_way.start(address(2)));
+        assert!(!under_way.returned(back.clone(), address(2)));
+        // The old exchange fails: the member's exchange starts now, under way at once.
+        assert_eq!(
+            under_way.finished(address(2), false),
+            Some(Target {
+                address: address(2),
+                expected: Some(back.clone()),
+            })
+        );
+        assert!(under_way.contains(&address(2)));
+        assert!(!under_way.start(address(2)));
+        // That one ends: nothing more waits.
+        assert_eq!(under_way.finished(address(2), false), None);
+        assert!(!under_way.contains(&address(2)));
+
+        // An exchange under way that succeeds did reach the returned member: no second one.
+        assert!(under_way.start(address(3)));
+        assert!(!under_way.returned(back, address(3)));
+        assert_eq!(under_way.finished(address(3), true), None);
+        assert!(!under_way.contains(&address(3)));
+        assert!(under_way.returned.is_empty());
     }
 
     #[test]
