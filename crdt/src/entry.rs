@@ -124,40 +124,145 @@ pub enum MergeOutcome {
 }
 
 /// A map from keys to LWW entries.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// The entries sit in slots the key map points into, so a caller that found an entry can
+/// come back to it by its [`Position`] without searching the keys again: the replica checks
+/// an incoming service write beside the held one, then stores it in that one's place.
+#[derive(Debug, Clone)]
 pub struct Table<K: Ord, V> {
-    entries: BTreeMap<K, Entry<V>>,
+    positions: BTreeMap<K, Position>,
+    slots: Slots<V>,
+}
+
+/// Where a table keeps one key's entry, until that key is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Position(usize);
+
+/// Entries kept in chunks of `SLOTS_PER_CHUNK`, so growing never moves the entries held (a
+/// service's is large). Freed slots are reused: there are never more than the most keys
+/// held at once, rounded up to a chunk.
+#[derive(Debug, Clone)]
+struct Slots<V> {
+    /// Every chunk but the last is full; `None` is a free slot, listed in `free`.
+    chunks: Vec<Vec<Option<Entry<V>>>>,
+    free: Vec<Position>,
+}
+
+const SLOTS_PER_CHUNK: usize = 64;
+
+impl<V> Slots<V> {
+    fn get(&self, position: Position) -> Option<&Entry<V>> {
+        self.chunks
+            .get(position.0 / SLOTS_PER_CHUNK)?
+            .get(position.0 % SLOTS_PER_CHUNK)?
+            .as_ref()
+    }
+
+    fn get_mut(&mut self, position: Position) -> Option<&mut Entry<V>> {
+        self.chunks
+            .get_mut(position.0 / SLOTS_PER_CHUNK)?
+            .get_mut(position.0 % SLOTS_PER_CHUNK)?
+            .as_mut()
+    }
+
+    /// The entry of a key the table holds at `position`.
+    fn held(&self, position: Position) -> &Entry<V> {
+        self.get(position)
+            .expect("a key's position holds its entry")
+    }
+
+    /// Keeps `entry` in a free slot, or a new one.
+    fn place(&mut self, entry: Entry<V>) -> Position {
+        if let Some(position) = self.free.pop() {
+            self.chunks[position.0 / SLOTS_PER_CHUNK][position.0 % SLOTS_PER_CHUNK] = Some(entry);
+            return position;
+        }
+        let full = self
+            .chunks
+            .last()
+            .is_none_or(|chunk| chunk.len() == SLOTS_PER_CHUNK);
+        if full {
+            self.chunks.push(Vec::with_capacity(SLOTS_PER_CHUNK));
+        }
+        let chunk_index = self.chunks.len() - 1;
+        let chunk = &mut self.chunks[chunk_index];
+        chunk.push(Some(entry));
+        Position(chunk_index * SLOTS_PER_CHUNK + chunk.len() - 1)
+    }
+
+    fn take(&mut self, position: Position) -> Option<Entry<V>> {
+        let taken = self
+            .chunks
+            .get_mut(position.0 / SLOTS_PER_CHUNK)?
+            .get_mut(position.0 % SLOTS_PER_CHUNK)?
+            .take();
+        if taken.is_some() {
+            self.free.push(position);
+        }
+        taken
+    }
+
+    fn entries(&self) -> impl Iterator<Item = &Entry<V>> {
+        self.chunks.iter().flatten().flatten()
+    }
 }
 
 impl<K: Ord, V> Default for Table<K, V> {
     fn default() -> Self {
         Self {
-            entries: BTreeMap::new(),
+            positions: BTreeMap::new(),
+            slots: Slots {
+                chunks: Vec::new(),
+                free: Vec::new(),
+            },
         }
     }
 }
 
+/// Tables are equal when they hold the same entries under the same keys, wherever the slots.
+impl<K: Ord + Clone, V: Clone + PartialEq> PartialEq for Table<K, V> {
+    fn eq(&self, other: &Self) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl<K: Ord + Clone, V: Clone + Eq> Eq for Table<K, V> {}
+
 impl<K: Ord + Clone, V: Clone + PartialEq> Table<K, V> {
     pub fn get(&self, key: &K) -> Option<&Entry<V>> {
-        self.entries.get(key)
+        self.positions
+            .get(key)
+            .map(|position| self.slots.held(*position))
     }
 
-    /// The entry at `key`, to change in place; the caller keeps whatever indexes it.
-    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut Entry<V>> {
-        self.entries.get_mut(key)
+    /// The entry at `key` and where it is kept, to come back to it with
+    /// [`Table::at_mut`].
+    pub(crate) fn find(&self, key: &K) -> Option<(Position, &Entry<V>)> {
+        let position = *self.positions.get(key)?;
+        Some((position, self.slots.held(position)))
+    }
+
+    /// The entry kept at `position` (from [`Table::find`]), to change in place. After its
+    /// key was removed the position may hold another key's entry, or none: the caller checks
+    /// it is the write it found.
+    pub(crate) fn at_mut(&mut self, position: Position) -> Option<&mut Entry<V>> {
+        self.slots.get_mut(position)
     }
 
     /// The live value at `key`, if it is not a tombstone.
     pub fn value(&self, key: &K) -> Option<&V> {
-        self.entries.get(key).and_then(|entry| entry.value.as_ref())
+        self.get(key).and_then(|entry| entry.value.as_ref())
     }
 
     /// Keeps `entry` if it supersedes what is stored at `key`.
     pub fn merge_entry(&mut self, key: K, entry: Entry<V>) -> MergeOutcome {
-        // One search of the table, whether the key is stored or new.
-        match self.entries.entry(key) {
-            Slot::Occupied(mut slot) => {
-                let current = slot.get_mut();
+        // One search of the keys, whether the key is stored or new.
+        match self.positions.entry(key) {
+            Slot::Occupied(slot) => {
+                let current = self
+                    .slots
+                    .get_mut(*slot.get())
+                    .expect("a key's position holds its entry");
                 if !entry.supersedes(current) {
                     debug_assert!(
                         current.dot != entry.dot || current == &entry,
@@ -172,7 +277,7 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Table<K, V> {
                 }
             }
             Slot::Vacant(slot) => {
-                slot.insert(entry);
+                slot.insert(self.slots.place(entry));
                 MergeOutcome::Stored { replaced: None }
             }
         }
@@ -180,17 +285,19 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Table<K, V> {
 
     /// Removes a key outright (tombstone collection, snapshot replacement).
     pub fn remove(&mut self, key: &K) -> Option<Entry<V>> {
-        self.entries.remove(key)
+        let position = self.positions.remove(key)?;
+        self.slots.take(position)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&K, &Entry<V>)> {
-        self.entries.iter()
+        self.positions
+            .iter()
+            .map(|(key, position)| (key, self.slots.held(*position)))
     }
 
     /// Live entries only, in key order.
     pub fn live(&self) -> impl Iterator<Item = (&K, &Entry<V>, &V)> {
-        self.entries
-            .iter()
+        self.iter()
             .filter_map(|(key, entry)| entry.value.as_ref().map(|value| (key, entry, value)))
     }
 
@@ -198,20 +305,22 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Table<K, V> {
         &self,
         range: R,
     ) -> impl Iterator<Item = (&K, &Entry<V>)> {
-        self.entries.range(range)
+        self.positions
+            .range(range)
+            .map(|(key, position)| (key, self.slots.held(*position)))
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.positions.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.positions.is_empty()
     }
 
     pub fn tombstone_count(&self) -> usize {
-        self.entries
-            .values()
+        self.slots
+            .entries()
             .filter(|entry| entry.is_tombstone())
             .count()
     }
@@ -219,7 +328,7 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Table<K, V> {
 
 impl<K: Ord + Clone, V: Clone + PartialEq> Merge for Table<K, V> {
     fn merge(&mut self, other: &Self) {
-        for (key, entry) in &other.entries {
+        for (key, entry) in other.iter() {
             self.merge_entry(key.clone(), entry.clone());
         }
     }
@@ -293,6 +402,48 @@ pub(crate) mod tests {
             let mut parts = replay(&writes, |i| i % 2 == 0);
             parts.merge(&replay(&writes, |i| i % 2 == 1));
             prop_assert_eq!(parts, all);
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Against a plain ordered map of the same entries: removals free slots that later
+        /// keys reuse, across chunks, and nothing shows where an entry is kept.
+        #[test]
+        fn a_table_holds_what_an_ordered_map_holds(
+            operations in prop::collection::vec((0u16..100, prop::option::of(0u8..4)), 0..1500),
+        ) {
+            let mut table = Table::default();
+            let mut model: BTreeMap<u16, Entry<u8>> = BTreeMap::new();
+            for (counter, (key, value)) in (1u64..).zip(&operations) {
+                match value {
+                    Some(value) => {
+                        let entry = Entry {
+                            hlc: Timestamp::new(NTP64(counter), node(0).hlc_id()),
+                            dot: Dot { node: node(0), counter },
+                            value: Some(*value),
+                        };
+                        table.merge_entry(*key, entry.clone());
+                        model.insert(*key, entry);
+                    }
+                    None => prop_assert_eq!(table.remove(key), model.remove(key)),
+                }
+            }
+            prop_assert_eq!(table.len(), model.len());
+            prop_assert!(table.iter().eq(model.iter()));
+            for (key, entry) in &model {
+                let (position, found) = table.find(key).expect("held");
+                prop_assert_eq!(found, entry);
+                prop_assert_eq!(table.at_mut(position).map(|held| &*held), Some(entry));
+            }
+            // The same entries written afresh, in another order: an equal table.
+            let mut fresh = Table::default();
+            for (key, entry) in model.iter().rev() {
+                fresh.merge_entry(*key, entry.clone());
+            }
+            prop_assert_eq!(&fresh, &table);
+            prop_assert!(table.slots.chunks.len() <= 100_usize.div_ceil(SLOTS_PER_CHUNK));
         }
     }
 

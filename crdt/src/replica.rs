@@ -45,8 +45,8 @@ use crate::compact::{self, RecentOrigins};
 use crate::delta::{Delta, DeltaBase, OriginRange, Summary};
 use crate::entry::{Dot, Entry, MergeOutcome};
 use crate::identity::{IdentityWatch, Sighting};
-use crate::record_check::{Held, Lineup, WriteKey, write_key};
-use crate::state::{Change, ClusterState, Counts, IpClaim, NodeRecord};
+use crate::record_check::{Held, Lineup};
+use crate::state::{Change, ClusterState, Counts, HeldAt, IpClaim, NodeRecord};
 use crate::status::{NodeStatus, StatusError};
 use crate::{
     ContainerId, ContainerRecord, NodeId, NodeMeta, Resource, ServiceName, ServiceRecord,
@@ -128,7 +128,7 @@ pub enum ApplyError {
 struct RecordBound {
     index: usize,
     bytes: usize,
-    replaced: Option<WriteKey>,
+    replaced: Option<HeldAt>,
     /// How its versions line up with the record of `replaced`.
     lineup: Option<Lineup>,
 }
@@ -1260,19 +1260,22 @@ impl Replica {
         &self,
         name: &ServiceName,
         incoming: &Entry<ServiceRecord>,
-    ) -> (Option<Held<'_>>, Option<WriteKey>) {
+    ) -> (Option<Held<'_>>, Option<HeldAt>) {
         let needs_bound = incoming
             .value
             .as_ref()
             .is_some_and(|record| !record.history.is_empty());
-        let Some(held) = self.state.service_entry(name).filter(|_| needs_bound) else {
+        if !needs_bound {
+            return (None, None);
+        }
+        let Some((at, held)) = self.state.find_service(name) else {
             return (None, None);
         };
         let record = held.value.as_ref().map(|record| Held {
             record,
             bytes_max: self.state.record_bound(&held.dot),
         });
-        (record, Some(write_key(held)))
+        (record, Some(at))
     }
 
     fn validate_ranges(

@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use uhlc::Timestamp;
 
-use crate::entry::{Dot, Entry, MergeOutcome, Table};
+use crate::entry::{Dot, Entry, MergeOutcome, Position, Table};
 use crate::record_check::{self, Checked, Held, Lineup, RecordFault, WriteKey};
 use crate::status::{NodeStatus, StatusError};
 use crate::{
@@ -374,6 +374,15 @@ fn entry_hash(change: &Change) -> [u8; 32] {
     Sha256::digest(&bytes).into()
 }
 
+/// A service write as held when a write of that service was checked beside it: where the
+/// services table keeps it, and which write it is (a position is reused once its key is
+/// removed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct HeldAt {
+    position: Position,
+    write: WriteKey,
+}
+
 /// The replicated document.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterState {
@@ -486,7 +495,7 @@ impl ClusterState {
         &mut self,
         name: &ServiceName,
         entry: &Entry<ServiceRecord>,
-        held: WriteKey,
+        held: HeldAt,
         lineup: Lineup,
         bytes_max: usize,
     ) -> MergeOutcome {
@@ -495,10 +504,13 @@ impl ClusterState {
             entry: entry.clone(),
         };
         debug_assert!(self.indexed(&entry.dot).is_none(), "the dot is free");
-        let (Some(incoming), Some(current)) = (&entry.value, self.services.get_mut(name)) else {
+        // The held write is where it was found unless a key was removed since (a snapshot's
+        // drop): then the position holds another write, or none, and the entry is copied.
+        let (Some(incoming), Some(current)) = (&entry.value, self.services.at_mut(held.position))
+        else {
             return self.apply_free_change(copied(entry), Some(bytes_max));
         };
-        if record_check::write_key(current) != held || !entry.supersedes(current) {
+        if record_check::write_key(current) != held.write || !entry.supersedes(current) {
             return self.apply_free_change(copied(entry), Some(bytes_max));
         }
         let Some(held_record) = current.value.as_mut() else {
@@ -802,8 +814,25 @@ impl ClusterState {
     }
 
     /// A service's stored entry (a tombstone too).
+    #[cfg(test)]
     pub(crate) fn service_entry(&self, name: &ServiceName) -> Option<&Entry<ServiceRecord>> {
         self.services.get(name)
+    }
+
+    /// A service's stored entry (a tombstone too) and where it is kept, to store a write in
+    /// its place without finding it again (`apply_service_lined_up`).
+    pub(crate) fn find_service(
+        &self,
+        name: &ServiceName,
+    ) -> Option<(HeldAt, &Entry<ServiceRecord>)> {
+        let (position, entry) = self.services.find(name)?;
+        Some((
+            HeldAt {
+                position,
+                write: record_check::write_key(entry),
+            },
+            entry,
+        ))
     }
 
     /// One live service's record (its spec, history and rollout marks) and its version.
