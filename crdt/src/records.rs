@@ -255,7 +255,27 @@ impl ServiceSpec {
         indexed("tmpfs", &self.tmpfs, |text| text.parse::<TmpfsMount>())
     }
 
-    fn validate_workload<'a>(&'a self) -> Result<(), SpecError> {
+    fn validate_workload(&self) -> Result<(), SpecError> {
+        // Most specs list none of these; their checks would walk empty lists.
+        let listed = !self.ports.is_empty()
+            || !self.volumes.is_empty()
+            || !self.tmpfs.is_empty()
+            || !self.env_files.is_empty()
+            || !self.secrets.is_empty()
+            || !self.constraints.is_empty()
+            || self.spread.is_some()
+            || self.health.is_some();
+        if listed {
+            self.validate_listed()?;
+        }
+        self.update
+            .validate(self.health.as_ref().map(|health| health.interval_ms))
+            .map_err(|error| field_error(format!("update.{}", error.field), error.reason))
+    }
+
+    /// The checks of the lists, mounts, spread and health check: none of them finds anything
+    /// wrong when the spec has none (`validate_workload` skips them then).
+    fn validate_listed<'a>(&'a self) -> Result<(), SpecError> {
         for (field, list) in [
             ("ports", &self.ports),
             ("volumes", &self.volumes),
@@ -338,9 +358,6 @@ impl ServiceSpec {
                 .validate()
                 .map_err(|error| field_error(format!("health.{}", error.field), error.reason))?;
         }
-        self.update
-            .validate(self.health.as_ref().map(|health| health.interval_ms))
-            .map_err(|error| field_error(format!("update.{}", error.field), error.reason))?;
         Ok(())
     }
 
@@ -861,6 +878,39 @@ mod tests {
                 s.volumes = vec!["v:/run/secrets/k".into()];
             },
             Some("secrets.k"),
+        );
+    }
+
+    /// The update policy is checked whether or not the spec lists anything (the list checks
+    /// are skipped for a spec without lists), against the health check's interval when there
+    /// is one; a health check alone is checked too.
+    #[test]
+    fn the_update_policy_and_health_are_checked_with_or_without_lists() {
+        check_spec(|s| s.update.max_parallel = 0, Some("update.max_parallel"));
+        check_spec(
+            |s| {
+                s.update.max_parallel = 0;
+                s.ports = vec!["8080:80".into()];
+            },
+            Some("update.max_parallel"),
+        );
+        let mut health = crate::HealthCheck::http("http://127.0.0.1:8080/");
+        health.interval_ms = 5_000;
+        health.timeout_ms = 1_000;
+        let checked = health.clone();
+        check_spec(
+            |s| {
+                s.health = Some(Box::new(checked));
+                s.update.min_healthy_ms = 1_000;
+                s.update.healthy_deadline_ms = 4_000;
+            },
+            Some("update.healthy_deadline_ms"),
+        );
+        check_spec(|s| s.health = Some(Box::new(health.clone())), None);
+        health.timeout_ms = 9_000;
+        check_spec(
+            |s| s.health = Some(Box::new(health)),
+            Some("health.timeout_ms"),
         );
     }
 

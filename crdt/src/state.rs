@@ -663,7 +663,15 @@ impl ClusterState {
 
     /// Whether an entry with exactly this dot is stored.
     pub(crate) fn holds_dot(&self, dot: &Dot) -> bool {
-        self.indexed(dot).is_some()
+        let Some(counters) = self.by_dot.get(&dot.node) else {
+            return false;
+        };
+        // The dots asked about are mostly a writer's next writes, above every one stored: the
+        // greatest stored counter answers those without a search.
+        counters
+            .last_key_value()
+            .is_some_and(|(greatest, _)| *greatest >= dot.counter)
+            && counters.contains_key(&dot.counter)
     }
 
     /// The stored entry with exactly this dot.
