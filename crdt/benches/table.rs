@@ -3,8 +3,10 @@
 //! measured in the same run, and delta sizes against the full state.
 //!
 //! Run: `cargo bench -p shoal-crdt --bench table`. Times are medians of a few
-//! repetitions on whatever core the process gets; compare the ratios, which
-//! are measured side by side, rather than the absolute numbers.
+//! repetitions on whatever core the process gets; compare the ratios rather than
+//! the absolute numbers. A shoal row and its baseline run alternately, and the
+//! ratio is the median of each pair's: a machine whose speed drifts during the
+//! run moves both sides of a pair alike.
 
 mod common;
 
@@ -20,7 +22,7 @@ const APPLY_OPS: usize = 20_000;
 /// change grows with the history), so it is compared on a smaller run with
 /// shoal and crdts measured on that same smaller run.
 const AUTOMERGE_OPS: usize = 2_000;
-const REPETITIONS: usize = 7;
+const REPETITIONS: usize = 15;
 /// Copies of each write a member receives in a fleet of 48 (`sync.push_fanout`'s default).
 const FANOUT_AT_48: usize = 7;
 
@@ -42,17 +44,69 @@ fn time<T>(repetitions: usize, mut work: impl FnMut() -> T) -> Duration {
     )
 }
 
+/// Medians of `baseline` and `subject` run alternately `repetitions` times, and the
+/// median of their ratio within each pair.
+struct Paired {
+    baseline: Duration,
+    subject: Duration,
+    ratio: f64,
+}
+
+fn paired<A, B>(
+    repetitions: usize,
+    mut baseline: impl FnMut() -> A,
+    mut subject: impl FnMut() -> B,
+) -> Paired {
+    black_box(baseline()); // warm up
+    black_box(subject());
+    let mut baselines = Vec::with_capacity(repetitions);
+    let mut subjects = Vec::with_capacity(repetitions);
+    let mut ratios = Vec::with_capacity(repetitions);
+    for _ in 0..repetitions {
+        let start = Instant::now();
+        black_box(baseline());
+        let base = start.elapsed();
+        let start = Instant::now();
+        black_box(subject());
+        let took = start.elapsed();
+        ratios.push(took.as_secs_f64() / base.as_secs_f64());
+        baselines.push(base);
+        subjects.push(took);
+    }
+    ratios.sort_by(f64::total_cmp);
+    Paired {
+        baseline: median(baselines),
+        subject: median(subjects),
+        ratio: ratios[ratios.len() / 2],
+    }
+}
+
 fn ops_per_second(ops: usize, elapsed: Duration) -> f64 {
     ops as f64 / elapsed.as_secs_f64()
 }
 
-fn row(workload: &str, implementation: &str, ops: usize, elapsed: Duration, baseline: Duration) {
+fn row(workload: &str, implementation: &str, ops: usize, elapsed: Duration, ratio: f64) {
     println!(
-        "| {workload} | {implementation} | {ops} | {:.2} ms | {:.0} | {:.2}x |",
+        "| {workload} | {implementation} | {ops} | {:.2} ms | {:.0} | {ratio:.2}x |",
         elapsed.as_secs_f64() * 1e3,
         ops_per_second(ops, elapsed),
-        elapsed.as_secs_f64() / baseline.as_secs_f64()
     );
+}
+
+/// A baseline row and its shoal row.
+fn rows(workload: &str, baseline_name: &str, ops: usize, pair: &Paired) {
+    row(workload, baseline_name, ops, pair.baseline, 1.0);
+    row(
+        workload,
+        "shoal Replica::apply_delta",
+        ops,
+        pair.subject,
+        pair.ratio,
+    );
+}
+
+fn ratio(elapsed: Duration, baseline: Duration) -> f64 {
+    elapsed.as_secs_f64() / baseline.as_secs_f64()
 }
 
 fn main() {
@@ -60,65 +114,46 @@ fn main() {
     let late = physical(APPLY_OPS + 1);
 
     println!(
-        "### Remote-op apply (one core, median of {REPETITIONS}; ratio = time / raw crdts time)\n"
+        "### Remote-op apply (one core, median of {REPETITIONS} alternate runs; ratio = time / raw crdts time, median of the pairs')\n"
     );
     println!("| workload | implementation | ops | time | ops/s | time vs crdts |");
     println!("|---|---|---:|---:|---:|---:|");
+    let map_baseline = "crdts BTreeMap<K, LWWReg> (baseline)";
 
     let crdts_ops = crdts_map_set(APPLY_OPS);
     let shoal_ops = shoal_map_set(APPLY_OPS);
-    let baseline = time(REPETITIONS, || crdts_apply(&crdts_ops));
-    let shoal = time(REPETITIONS, || shoal_apply(&shoal_ops, late));
     let map_set = format!("LWW-Map set ({MAP_KEYS} keys)");
-    row(
-        &map_set,
-        "crdts BTreeMap<K, LWWReg> (baseline)",
-        APPLY_OPS,
-        baseline,
-        baseline,
+    let pair = paired(
+        REPETITIONS,
+        || crdts_apply(&crdts_ops),
+        || shoal_apply(&shoal_ops, late),
     );
-    row(
-        &map_set,
-        "shoal Replica::apply_delta",
-        APPLY_OPS,
-        shoal,
-        baseline,
-    );
+    rows(&map_set, map_baseline, APPLY_OPS, &pair);
 
     let small_crdts_ops = crdts_map_set(AUTOMERGE_OPS);
     let small_shoal_ops = shoal_map_set(AUTOMERGE_OPS);
     let automerge_ops = automerge_map_set(AUTOMERGE_OPS);
-    let small_baseline = time(REPETITIONS, || crdts_apply(&small_crdts_ops));
-    let small_shoal = time(REPETITIONS, || shoal_apply(&small_shoal_ops, late));
+    let small = paired(
+        REPETITIONS,
+        || crdts_apply(&small_crdts_ops),
+        || shoal_apply(&small_shoal_ops, late),
+    );
     let automerge = time(3, || automerge_apply(&automerge_ops));
     let automerge_batch = time(3, || automerge_apply_batch(&automerge_ops));
-    row(
-        &map_set,
-        "crdts BTreeMap<K, LWWReg> (baseline)",
-        AUTOMERGE_OPS,
-        small_baseline,
-        small_baseline,
-    );
-    row(
-        &map_set,
-        "shoal Replica::apply_delta",
-        AUTOMERGE_OPS,
-        small_shoal,
-        small_baseline,
-    );
+    rows(&map_set, map_baseline, AUTOMERGE_OPS, &small);
     row(
         &map_set,
         "automerge 0.12 apply_changes",
         AUTOMERGE_OPS,
         automerge,
-        small_baseline,
+        ratio(automerge, small.baseline),
     );
     row(
         &map_set,
         "automerge 0.12, all changes in one batch",
         AUTOMERGE_OPS,
         automerge_batch,
-        small_baseline,
+        ratio(automerge_batch, small.baseline),
     );
 
     // The same workloads with a spec like a fleet's service's (a command, variables, ports,
@@ -127,22 +162,12 @@ fn main() {
     for ops in [APPLY_OPS, AUTOMERGE_OPS] {
         let crdts_ops = crdts_map_set_of(ops, service_like_spec);
         let shoal_ops = shoal_map_set_of(ops, service_like_spec);
-        let baseline = time(REPETITIONS, || crdts_apply(&crdts_ops));
-        let shoal = time(REPETITIONS, || shoal_apply(&shoal_ops, late));
-        row(
-            &service_like,
-            "crdts BTreeMap<K, LWWReg> (baseline)",
-            ops,
-            baseline,
-            baseline,
+        let pair = paired(
+            REPETITIONS,
+            || crdts_apply(&crdts_ops),
+            || shoal_apply(&shoal_ops, late),
         );
-        row(
-            &service_like,
-            "shoal Replica::apply_delta",
-            ops,
-            shoal,
-            baseline,
-        );
+        rows(&service_like, map_baseline, ops, &pair);
     }
 
     // The push delivers a write to a member from about `push_fanout` others (ln N + 3: 7 at
@@ -159,47 +184,32 @@ fn main() {
     ] {
         let crdts_ops = crdts_map_set_of(APPLY_OPS, spec);
         let shoal_ops = shoal_map_set_of(APPLY_OPS, spec);
-        let baseline = time(3, || crdts_apply_copies(&crdts_ops, FANOUT_AT_48));
-        let shoal = time(3, || shoal_apply_copies(&shoal_ops, late, FANOUT_AT_48));
-        let deliveries = APPLY_OPS * FANOUT_AT_48;
-        row(
-            workload,
-            "crdts BTreeMap<K, LWWReg> (baseline)",
-            deliveries,
-            baseline,
-            baseline,
+        let pair = paired(
+            3,
+            || crdts_apply_copies(&crdts_ops, FANOUT_AT_48),
+            || shoal_apply_copies(&shoal_ops, late, FANOUT_AT_48),
         );
-        row(
-            workload,
-            "shoal Replica::apply_delta",
-            deliveries,
-            shoal,
-            baseline,
-        );
+        rows(workload, map_baseline, APPLY_OPS * FANOUT_AT_48, &pair);
     }
 
     let crdts_set_ops = crdts_or_set(APPLY_OPS);
     let shoal_set_ops = shoal_or_set(APPLY_OPS);
-    let set_baseline = time(REPETITIONS, || crdts_or_set_apply(&crdts_set_ops));
-    let shoal_set = time(REPETITIONS, || shoal_apply(&shoal_set_ops, late));
-    row(
+    let pair = paired(
+        REPETITIONS,
+        || crdts_or_set_apply(&crdts_set_ops),
+        || shoal_apply(&shoal_set_ops, late),
+    );
+    rows(
         "OR-Set add/remove (2:1)",
         "crdts Orswot (baseline)",
         APPLY_OPS,
-        set_baseline,
-        set_baseline,
-    );
-    row(
-        "OR-Set add/remove (2:1)",
-        "shoal Replica::apply_delta",
-        APPLY_OPS,
-        shoal_set,
-        set_baseline,
+        &pair,
     );
 
     println!(
-        "\nshoal vs automerge on the {AUTOMERGE_OPS}-op map-set workload: {:.1}x faster\n",
-        automerge.as_secs_f64() / small_shoal.as_secs_f64()
+        "\nshoal vs automerge on the {AUTOMERGE_OPS}-op map-set workload: {:.1}x faster one change at a time, {:.1}x in one batch\n",
+        ratio(automerge, small.subject),
+        ratio(automerge_batch, small.subject),
     );
 
     println!("### Delta size after k changes in a state of n services (encoded bytes)\n");
