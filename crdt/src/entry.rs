@@ -128,10 +128,14 @@ pub enum MergeOutcome {
 /// The entries sit in slots the key map points into, so a caller that found an entry can
 /// come back to it by its [`Position`] without searching the keys again: the replica checks
 /// an incoming service write beside the held one, then stores it in that one's place.
+///
+/// Each entry may carry data derived from it, `D` (a service record's size bound), set as
+/// the entry is stored: it goes when another write replaces the entry or the key is removed,
+/// and it is not part of the table's equality.
 #[derive(Debug, Clone)]
-pub struct Table<K: Ord, V> {
+pub struct Table<K: Ord, V, D = ()> {
     positions: BTreeMap<K, Position>,
-    slots: Slots<V>,
+    slots: Slots<V, D>,
 }
 
 /// Where a table keeps one key's entry, until that key is removed.
@@ -142,23 +146,23 @@ pub(crate) struct Position(usize);
 /// service's is large). Freed slots are reused: there are never more than the most keys
 /// held at once, rounded up to a chunk.
 #[derive(Debug, Clone)]
-struct Slots<V> {
+struct Slots<V, D> {
     /// Every chunk but the last is full; `None` is a free slot, listed in `free`.
-    chunks: Vec<Vec<Option<Entry<V>>>>,
+    chunks: Vec<Vec<Option<Kept<V, D>>>>,
     free: Vec<Position>,
+}
+
+/// An entry in its slot, with the data derived from it.
+#[derive(Debug, Clone)]
+struct Kept<V, D> {
+    entry: Entry<V>,
+    derived: D,
 }
 
 const SLOTS_PER_CHUNK: usize = 64;
 
-impl<V> Slots<V> {
-    fn get(&self, position: Position) -> Option<&Entry<V>> {
-        self.chunks
-            .get(position.0 / SLOTS_PER_CHUNK)?
-            .get(position.0 % SLOTS_PER_CHUNK)?
-            .as_ref()
-    }
-
-    fn get_mut(&mut self, position: Position) -> Option<&mut Entry<V>> {
+impl<V, D> Slots<V, D> {
+    fn get_mut(&mut self, position: Position) -> Option<&mut Kept<V, D>> {
         self.chunks
             .get_mut(position.0 / SLOTS_PER_CHUNK)?
             .get_mut(position.0 % SLOTS_PER_CHUNK)?
@@ -166,15 +170,18 @@ impl<V> Slots<V> {
     }
 
     /// The entry of a key the table holds at `position`.
-    fn held(&self, position: Position) -> &Entry<V> {
-        self.get(position)
+    fn held(&self, position: Position) -> &Kept<V, D> {
+        self.chunks
+            .get(position.0 / SLOTS_PER_CHUNK)
+            .and_then(|chunk| chunk.get(position.0 % SLOTS_PER_CHUNK))
+            .and_then(Option::as_ref)
             .expect("a key's position holds its entry")
     }
 
-    /// Keeps `entry` in a free slot, or a new one.
-    fn place(&mut self, entry: Entry<V>) -> Position {
+    /// Keeps `kept` in a free slot, or a new one.
+    fn place(&mut self, kept: Kept<V, D>) -> Position {
         if let Some(position) = self.free.pop() {
-            self.chunks[position.0 / SLOTS_PER_CHUNK][position.0 % SLOTS_PER_CHUNK] = Some(entry);
+            self.chunks[position.0 / SLOTS_PER_CHUNK][position.0 % SLOTS_PER_CHUNK] = Some(kept);
             return position;
         }
         let full = self
@@ -186,7 +193,7 @@ impl<V> Slots<V> {
         }
         let chunk_index = self.chunks.len() - 1;
         let chunk = &mut self.chunks[chunk_index];
-        chunk.push(Some(entry));
+        chunk.push(Some(kept));
         Position(chunk_index * SLOTS_PER_CHUNK + chunk.len() - 1)
     }
 
@@ -199,15 +206,19 @@ impl<V> Slots<V> {
         if taken.is_some() {
             self.free.push(position);
         }
-        taken
+        taken.map(|kept| kept.entry)
     }
 
     fn entries(&self) -> impl Iterator<Item = &Entry<V>> {
-        self.chunks.iter().flatten().flatten()
+        self.chunks
+            .iter()
+            .flatten()
+            .flatten()
+            .map(|kept| &kept.entry)
     }
 }
 
-impl<K: Ord, V> Default for Table<K, V> {
+impl<K: Ord, V, D> Default for Table<K, V, D> {
     fn default() -> Self {
         Self {
             positions: BTreeMap::new(),
@@ -219,34 +230,37 @@ impl<K: Ord, V> Default for Table<K, V> {
     }
 }
 
-/// Tables are equal when they hold the same entries under the same keys, wherever the slots.
-impl<K: Ord + Clone, V: Clone + PartialEq> PartialEq for Table<K, V> {
+/// Tables are equal when they hold the same entries under the same keys, wherever the slots
+/// and whatever was derived from them.
+impl<K: Ord + Clone, V: Clone + PartialEq, D: Default> PartialEq for Table<K, V, D> {
     fn eq(&self, other: &Self) -> bool {
         self.len() == other.len() && self.iter().eq(other.iter())
     }
 }
 
-impl<K: Ord + Clone, V: Clone + Eq> Eq for Table<K, V> {}
+impl<K: Ord + Clone, V: Clone + Eq, D: Default> Eq for Table<K, V, D> {}
 
-impl<K: Ord + Clone, V: Clone + PartialEq> Table<K, V> {
+impl<K: Ord + Clone, V: Clone + PartialEq, D: Default> Table<K, V, D> {
     pub fn get(&self, key: &K) -> Option<&Entry<V>> {
         self.positions
             .get(key)
-            .map(|position| self.slots.held(*position))
+            .map(|position| &self.slots.held(*position).entry)
     }
 
-    /// The entry at `key` and where it is kept, to come back to it with
-    /// [`Table::at_mut`].
-    pub(crate) fn find(&self, key: &K) -> Option<(Position, &Entry<V>)> {
+    /// The entry at `key`, where it is kept (to come back to it with [`Table::at_mut`]) and
+    /// what was derived from it.
+    pub(crate) fn find(&self, key: &K) -> Option<(Position, &Entry<V>, &D)> {
         let position = *self.positions.get(key)?;
-        Some((position, self.slots.held(position)))
+        let kept = self.slots.held(position);
+        Some((position, &kept.entry, &kept.derived))
     }
 
-    /// The entry kept at `position` (from [`Table::find`]), to change in place. After its
-    /// key was removed the position may hold another key's entry, or none: the caller checks
-    /// it is the write it found.
-    pub(crate) fn at_mut(&mut self, position: Position) -> Option<&mut Entry<V>> {
-        self.slots.get_mut(position)
+    /// The entry kept at `position` (from [`Table::find`]) and what was derived from it, to
+    /// change in place. After its key was removed the position may hold another key's entry,
+    /// or none: the caller checks it is the write it found.
+    pub(crate) fn at_mut(&mut self, position: Position) -> Option<(&mut Entry<V>, &mut D)> {
+        let kept = self.slots.get_mut(position)?;
+        Some((&mut kept.entry, &mut kept.derived))
     }
 
     /// The live value at `key`, if it is not a tombstone.
@@ -254,30 +268,41 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Table<K, V> {
         self.get(key).and_then(|entry| entry.value.as_ref())
     }
 
-    /// Keeps `entry` if it supersedes what is stored at `key`.
+    /// Keeps `entry` if it supersedes what is stored at `key`, with nothing derived from it.
     pub fn merge_entry(&mut self, key: K, entry: Entry<V>) -> MergeOutcome {
+        self.merge_entry_deriving(key, entry, D::default())
+    }
+
+    /// Keeps `entry`, with `derived` from it, if it supersedes what is stored at `key`.
+    pub(crate) fn merge_entry_deriving(
+        &mut self,
+        key: K,
+        entry: Entry<V>,
+        derived: D,
+    ) -> MergeOutcome {
         // One search of the keys, whether the key is stored or new.
         match self.positions.entry(key) {
             Slot::Occupied(slot) => {
-                let current = self
+                let kept = self
                     .slots
                     .get_mut(*slot.get())
                     .expect("a key's position holds its entry");
-                if !entry.supersedes(current) {
+                if !entry.supersedes(&kept.entry) {
                     debug_assert!(
-                        current.dot != entry.dot || current == &entry,
+                        kept.entry.dot != entry.dot || kept.entry == entry,
                         "one dot, two writes at {:?}",
                         entry.dot
                     );
                     return MergeOutcome::Ignored;
                 }
-                let replaced = std::mem::replace(current, entry);
+                let replaced = std::mem::replace(&mut kept.entry, entry);
+                kept.derived = derived;
                 MergeOutcome::Stored {
                     replaced: Some(replaced.dot),
                 }
             }
             Slot::Vacant(slot) => {
-                slot.insert(self.slots.place(entry));
+                slot.insert(self.slots.place(Kept { entry, derived }));
                 MergeOutcome::Stored { replaced: None }
             }
         }
@@ -292,7 +317,7 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Table<K, V> {
     pub fn iter(&self) -> impl Iterator<Item = (&K, &Entry<V>)> {
         self.positions
             .iter()
-            .map(|(key, position)| (key, self.slots.held(*position)))
+            .map(|(key, position)| (key, &self.slots.held(*position).entry))
     }
 
     /// Live entries only, in key order.
@@ -307,7 +332,7 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Table<K, V> {
     ) -> impl Iterator<Item = (&K, &Entry<V>)> {
         self.positions
             .range(range)
-            .map(|(key, position)| (key, self.slots.held(*position)))
+            .map(|(key, position)| (key, &self.slots.held(*position).entry))
     }
 
     pub fn len(&self) -> usize {
@@ -326,7 +351,7 @@ impl<K: Ord + Clone, V: Clone + PartialEq> Table<K, V> {
     }
 }
 
-impl<K: Ord + Clone, V: Clone + PartialEq> Merge for Table<K, V> {
+impl<K: Ord + Clone, V: Clone + PartialEq, D: Default> Merge for Table<K, V, D> {
     fn merge(&mut self, other: &Self) {
         for (key, entry) in other.iter() {
             self.merge_entry(key.clone(), entry.clone());
@@ -433,9 +458,9 @@ pub(crate) mod tests {
             prop_assert_eq!(table.len(), model.len());
             prop_assert!(table.iter().eq(model.iter()));
             for (key, entry) in &model {
-                let (position, found) = table.find(key).expect("held");
+                let (position, found, ()) = table.find(key).expect("held");
                 prop_assert_eq!(found, entry);
-                prop_assert_eq!(table.at_mut(position).map(|held| &*held), Some(entry));
+                prop_assert_eq!(table.at_mut(position).map(|(held, _)| &*held), Some(entry));
             }
             // The same entries written afresh, in another order: an equal table.
             let mut fresh = Table::default();
@@ -445,6 +470,43 @@ pub(crate) mod tests {
             prop_assert_eq!(&fresh, &table);
             prop_assert!(table.slots.chunks.len() <= 100_usize.div_ceil(SLOTS_PER_CHUNK));
         }
+    }
+
+    #[test]
+    fn derived_data_goes_with_its_entry() {
+        let write = |counter: u64, value: u8| Entry {
+            hlc: Timestamp::new(NTP64(counter), node(0).hlc_id()),
+            dot: Dot {
+                node: node(0),
+                counter,
+            },
+            value: Some(value),
+        };
+        let mut table: Table<u8, u8, Option<usize>> = Table::default();
+        table.merge_entry_deriving(1, write(1, 10), Some(100));
+        assert_eq!(
+            table.find(&1).map(|(_, _, derived)| *derived),
+            Some(Some(100))
+        );
+        // An older write is ignored and leaves the derived data; a newer one replaces both.
+        table.merge_entry_deriving(1, write(0, 9), Some(7));
+        assert_eq!(
+            table.find(&1).map(|(_, _, derived)| *derived),
+            Some(Some(100))
+        );
+        table.merge_entry(1, write(2, 11));
+        assert_eq!(table.find(&1).map(|(_, _, derived)| *derived), Some(None));
+        // A removed key's slot goes to the next key with nothing derived.
+        let (position, _, _) = table.find(&1).unwrap();
+        *table.at_mut(position).unwrap().1 = Some(5);
+        table.remove(&1);
+        table.merge_entry(2, write(3, 12));
+        let (reused, entry, derived) = table.find(&2).unwrap();
+        assert_eq!((reused, entry.value, *derived), (position, Some(12), None));
+        // Equality ignores what was derived.
+        let mut other: Table<u8, u8, Option<usize>> = Table::default();
+        other.merge_entry_deriving(2, write(3, 12), Some(1));
+        assert_eq!(table, other);
     }
 
     #[test]
@@ -467,7 +529,7 @@ pub(crate) mod tests {
             },
             value: Some("two"),
         };
-        let mut left = Table::default();
+        let mut left: Table<_, _> = Table::default();
         left.merge_entry("k", first.clone());
         left.merge_entry("k", second.clone());
         let mut right = Table::default();

@@ -1268,13 +1268,10 @@ impl Replica {
         if !needs_bound {
             return (None, None);
         }
-        let Some((at, held)) = self.state.find_service(name) else {
+        let Some((at, held, bytes_max)) = self.state.find_service(name) else {
             return (None, None);
         };
-        let record = held.value.as_ref().map(|record| Held {
-            record,
-            bytes_max: self.state.record_bound(&held.dot),
-        });
+        let record = held.value.as_ref().map(|record| Held { record, bytes_max });
         (record, Some(at))
     }
 
@@ -1965,34 +1962,37 @@ mod tests {
     fn a_record_bound_is_kept_with_its_write_and_goes_with_it() {
         let (mut a, mut b) = (replica("a"), replica("b"));
         let name: ServiceName = "web".parse().unwrap();
-        let mut earlier = None;
         for (at, image) in [(1, "/img/1"), (2, "/img/2"), (3, "/img/3")] {
             a.put_service(ms(at), name.clone(), ServiceSpec::new(image))
                 .unwrap();
             pull(&a, &mut b, ms(at));
             let entry = b.state().service_entry(&name).unwrap().clone();
             let record = entry.value.as_ref().unwrap();
-            let bound = b.state().record_bound(&entry.dot);
+            let bound = b.state().record_bound(&name);
             if record.history.is_empty() {
                 assert_eq!(bound, None, "a bare spec is not bounded");
             } else {
                 let bound = bound.expect("a record from a peer keeps its bound");
                 assert!(bound >= record.encoded_bytes(), "{bound} bounds the record");
             }
-            if let Some(dot) = earlier.replace(entry.dot.clone()) {
-                assert_eq!(
-                    b.state().record_bound(&dot),
-                    None,
-                    "replaced with its write"
-                );
-            }
         }
-        let entry = b.state().service_entry(&name).unwrap().clone();
         let restored = Replica::from_snapshot(node("b"), DRIFT, b.to_snapshot()).unwrap();
+        assert_eq!(restored.state().record_bound(&name), None, "not persisted");
+        // A write made here replaces the peer's: the bound goes with the write it bounded.
+        b.put_service(ms(4), name.clone(), ServiceSpec::new("/img/4"))
+            .unwrap();
+        assert!(
+            !b.state()
+                .service_record(&name)
+                .unwrap()
+                .0
+                .history
+                .is_empty()
+        );
         assert_eq!(
-            restored.state().record_bound(&entry.dot),
+            b.state().record_bound(&name),
             None,
-            "not persisted"
+            "replaced with its write"
         );
     }
 

@@ -335,21 +335,15 @@ pub struct DotTaken {
     pub held: Key,
 }
 
-/// What the by-dot index holds for one dot: where the entry is, whether it is live, its
-/// hash once a digest needed it, and for a service record from a peer the bound of its
-/// encoding that `record_check` found (the next write of the service is bounded from it).
+/// What the by-dot index holds for one dot: where the entry is, whether it is live, and its
+/// hash once a digest needed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Indexed {
     key: Key,
     /// Tombstones are left out of the digest.
     live: bool,
     hash: HashCache,
-    record_bytes_max: KeptBound,
 }
-
-/// A service record's encoded-length bound, kept with its write's index entry: it goes
-/// when the write is replaced or removed, and after a restart there is none.
-type KeptBound = Derived<Option<usize>>;
 
 /// A hash computed from the state on first use and kept until the state changes.
 type HashCache = Derived<OnceLock<[u8; 32]>>;
@@ -386,7 +380,10 @@ pub(crate) struct HeldAt {
 /// The replicated document.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterState {
-    services: Table<ServiceName, ServiceRecord>,
+    /// With, for a record from a peer, the bound of its encoding that `record_check` found
+    /// (the next write of the service is bounded from it): it goes when the write is replaced
+    /// or removed, and after a restart there is none.
+    services: Table<ServiceName, ServiceRecord, Option<usize>>,
     nodes: Table<NodeId, NodeRecord>,
     containers: Table<(ContainerId, Dot), ContainerRecord>,
     counters: Table<(NodeId, Resource), Counts>,
@@ -425,7 +422,10 @@ impl ClusterState {
         let key = change.key();
         let live = !change.is_tombstone();
         let outcome = match change {
-            Change::Service { name, entry } => self.services.merge_entry(name, entry),
+            Change::Service { name, entry } => {
+                self.services
+                    .merge_entry_deriving(name, entry, record_bytes_max)
+            }
             Change::Node { node, entry } => self.nodes.merge_entry(node, entry),
             Change::Container { id, add, entry } => self.containers.merge_entry((id, add), entry),
             Change::Counter {
@@ -437,21 +437,14 @@ impl ClusterState {
             Change::Status { node, entry } => self.statuses.merge_entry(node, entry),
         };
         if let MergeOutcome::Stored { replaced } = &outcome {
-            self.index_stored(&dot, key, live, replaced.as_ref(), record_bytes_max);
+            self.index_stored(&dot, key, live, replaced.as_ref());
         }
         outcome
     }
 
     /// Indexes the entry just stored at `key` with `dot` (free: checked by the caller), in
-    /// place of the entry it `replaced`, with its record's bound if one was found.
-    fn index_stored(
-        &mut self,
-        dot: &Dot,
-        key: Key,
-        live: bool,
-        replaced: Option<&Dot>,
-        record_bytes_max: Option<usize>,
-    ) {
+    /// place of the entry it `replaced`.
+    fn index_stored(&mut self, dot: &Dot, key: Key, live: bool, replaced: Option<&Dot>) {
         if let Some(old) = replaced {
             self.unindex(old);
         }
@@ -465,15 +458,9 @@ impl ClusterState {
                 key,
                 live,
                 hash: HashCache::default(),
-                record_bytes_max: Derived(record_bytes_max),
             },
         );
         self.digest = HashCache::default();
-    }
-
-    /// The bound kept for the service record stored with `dot` (`apply_free_change`).
-    pub(crate) fn record_bound(&self, dot: &Dot) -> Option<usize> {
-        self.indexed(dot)?.record_bytes_max.0
     }
 
     /// Removes the index of the write at `dot` and returns the key it named.
@@ -506,7 +493,8 @@ impl ClusterState {
         debug_assert!(self.indexed(&entry.dot).is_none(), "the dot is free");
         // The held write is where it was found unless a key was removed since (a snapshot's
         // drop): then the position holds another write, or none, and the entry is copied.
-        let (Some(incoming), Some(current)) = (&entry.value, self.services.at_mut(held.position))
+        let (Some(incoming), Some((current, bound))) =
+            (&entry.value, self.services.at_mut(held.position))
         else {
             return self.apply_free_change(copied(entry), Some(bytes_max));
         };
@@ -519,13 +507,14 @@ impl ClusterState {
         // `entry` supersedes the held write and its dot is free: it is stored, as
         // `apply_change` would store it, in the held write's place.
         record_check::rebuild(incoming, held_record, lineup);
+        *bound = Some(bytes_max);
         current.hlc = entry.hlc;
         let replaced = std::mem::replace(&mut current.dot, entry.dot.clone());
         // The replaced write's key names the same service: moved to the new dot, not copied.
         let key = self
             .take_index(&replaced)
             .unwrap_or_else(|| Key::Service(name.clone()));
-        self.index_stored(&entry.dot, key, true, None, Some(bytes_max));
+        self.index_stored(&entry.dot, key, true, None);
         MergeOutcome::Stored {
             replaced: Some(replaced),
         }
@@ -827,20 +816,27 @@ impl ClusterState {
         self.services.get(name)
     }
 
-    /// A service's stored entry (a tombstone too) and where it is kept, to store a write in
-    /// its place without finding it again (`apply_service_lined_up`).
+    /// A service's stored entry (a tombstone too), where it is kept, to store a write in its
+    /// place without finding it again (`apply_service_lined_up`), and its record's kept bound.
     pub(crate) fn find_service(
         &self,
         name: &ServiceName,
-    ) -> Option<(HeldAt, &Entry<ServiceRecord>)> {
-        let (position, entry) = self.services.find(name)?;
+    ) -> Option<(HeldAt, &Entry<ServiceRecord>, Option<usize>)> {
+        let (position, entry, bound) = self.services.find(name)?;
         Some((
             HeldAt {
                 position,
                 write: record_check::write_key(entry),
             },
             entry,
+            *bound,
         ))
+    }
+
+    /// The bound kept for the service record stored under `name` (`apply_free_change`).
+    #[cfg(test)]
+    pub(crate) fn record_bound(&self, name: &ServiceName) -> Option<usize> {
+        self.services.find(name).and_then(|(_, _, bound)| *bound)
     }
 
     /// One live service's record (its spec, history and rollout marks) and its version.
