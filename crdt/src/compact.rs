@@ -159,7 +159,7 @@ pub fn expand_reply(sent: &VersionVector, reply: SummaryReply) -> Option<Summary
         } => {
             let mut vv = sent.clone();
             for (node, counter) in counters {
-                set(&mut vv, node, counter);
+                set(&mut vv, &node, counter);
             }
             (vv_digest(&vv) == expected).then_some(Summary {
                 vv,
@@ -170,11 +170,14 @@ pub fn expand_reply(sent: &VersionVector, reply: SummaryReply) -> Option<Summary
 }
 
 /// Sets `node`'s counter in `vv`; 0 removes it (a version vector holds no zero counters).
-pub(crate) fn set(vv: &mut VersionVector, node: NodeId, counter: u64) {
+/// The name is copied only for a node `vv` did not list.
+pub(crate) fn set(vv: &mut VersionVector, node: &NodeId, counter: u64) {
     if counter == 0 {
-        vv.dots.remove(&node);
+        vv.dots.remove(node);
+    } else if let Some(held) = vv.dots.get_mut(node) {
+        *held = counter;
     } else {
-        vv.dots.insert(node, counter);
+        vv.dots.insert(node.clone(), counter);
     }
 }
 
@@ -206,19 +209,18 @@ impl RecentOrigins {
     /// [`RECENT_WINDOW_MS`], so its `before` is never much older than the window.
     pub(crate) fn moved(&mut self, origin: &NodeId, before: u64, at: NTP64) {
         let at_ms = ms(at);
+        let fresh = Run {
+            before,
+            started_ms: at_ms,
+            moved_ms: at_ms,
+        };
         match self.runs.get_mut(origin) {
             Some(run) if at_ms.saturating_sub(run.started_ms) <= RECENT_WINDOW_MS => {
                 run.moved_ms = run.moved_ms.max(at_ms);
             }
-            _ => {
-                self.runs.insert(
-                    origin.clone(),
-                    Run {
-                        before,
-                        started_ms: at_ms,
-                        moved_ms: at_ms,
-                    },
-                );
+            Some(run) => *run = fresh,
+            None => {
+                self.runs.insert(origin.clone(), fresh);
             }
         }
         if self.runs.len() > RECENT_ORIGINS_MAX {
@@ -294,10 +296,10 @@ impl Replica {
             .within(now_ms, RECENT_SUBSTITUTE_MS)
             .filter(|(node, _)| !listed(node))
         {
-            set(&mut vv, node.clone(), run.before);
+            set(&mut vv, node, run.before);
         }
         for (node, counter) in &theirs.recent {
-            set(&mut vv, node.clone(), *counter);
+            set(&mut vv, node, *counter);
         }
         (vv_digest(&vv) == theirs.vv_digest).then_some(Summary {
             vv,

@@ -266,7 +266,7 @@ impl Replica {
         if before == counter {
             return;
         }
-        compact::set(&mut self.vv, origin.clone(), counter);
+        compact::set(&mut self.vv, origin, counter);
         self.recent.moved(origin, before, at);
     }
 
