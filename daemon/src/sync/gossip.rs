@@ -31,6 +31,7 @@
 //!   its address was under way (dialed while it was down), as soon as that one fails
 //!   ([`super::membership::UnderWay`]).
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -307,6 +308,9 @@ impl Driver {
     ) {
         let mut exchanges: JoinSet<(Target, Result<super::SyncStats, SyncError>)> = JoinSet::new();
         let mut under_way = UnderWay::default();
+        // Which address each exchange task is for, so one that panicked is not under way for
+        // good.
+        let mut tasks: HashMap<tokio::task::Id, SocketAddr> = HashMap::new();
         // The first round comes after the jitter only: a starting node catches up at once.
         let mut first = true;
         loop {
@@ -325,16 +329,28 @@ impl Driver {
                         return;
                     }
                     () = &mut sleep => break,
-                    Some(joined) = exchanges.join_next(), if !exchanges.is_empty() => {
-                        if let Ok((target, result)) = joined {
-                            self.note_result(&target, &result, false);
-                            if let Some(heal) = under_way.finished(target.address, result.is_ok()) {
-                                tracing::debug!(
-                                    address = %heal.address,
-                                    "member came back during a failed exchange: exchanging at once"
-                                );
-                                self.spawn_exchange(&mut exchanges, heal);
+                    Some(joined) = exchanges.join_next_with_id(), if !exchanges.is_empty() => {
+                        let (address, succeeded) = match joined {
+                            Ok((id, (target, result))) => {
+                                tasks.remove(&id);
+                                self.note_result(&target, &result, false);
+                                (target.address, result.is_ok())
                             }
+                            Err(error) => {
+                                tracing::warn!(reason = %error, "a sync exchange task ended abnormally");
+                                let Some(address) = tasks.remove(&error.id()) else {
+                                    continue;
+                                };
+                                (address, false)
+                            }
+                        };
+                        if let Some(heal) = under_way.finished(address, succeeded) {
+                            tracing::debug!(
+                                address = %heal.address,
+                                "member came back during a failed exchange: exchanging at once"
+                            );
+                            let id = self.spawn_exchange(&mut exchanges, heal);
+                            tasks.insert(id, address);
                         }
                     }
                     Some(peer) = next_returned(&mut returned) => {
@@ -348,7 +364,11 @@ impl Driver {
                             && under_way.returned(peer.clone(), address)
                         {
                             tracing::debug!(%peer, "member came back: exchanging at once");
-                            self.spawn_exchange(&mut exchanges, Target { address, expected: Some(peer) });
+                            let id = self.spawn_exchange(
+                                &mut exchanges,
+                                Target { address, expected: Some(peer) },
+                            );
+                            tasks.insert(id, address);
                         }
                     }
                 }
@@ -370,7 +390,9 @@ impl Driver {
                 .round_targets(&members, &seeds, self.cfg.fanout);
             for target in targets {
                 if under_way.start(target.address) {
-                    self.spawn_exchange(&mut exchanges, target);
+                    let address = target.address;
+                    let id = self.spawn_exchange(&mut exchanges, target);
+                    tasks.insert(id, address);
                 }
             }
         }
@@ -380,23 +402,25 @@ impl Driver {
         &self,
         exchanges: &mut JoinSet<(Target, Result<super::SyncStats, SyncError>)>,
         target: Target,
-    ) {
+    ) -> tokio::task::Id {
         let connections = self.connections.clone();
         let node = self.node.clone();
         let limits = self.limits.clone();
         let transfers = self.transfers.clone();
-        exchanges.spawn(async move {
-            let result = sync_once_with(
-                &connections,
-                &node,
-                target.address,
-                target.expected.as_ref(),
-                &limits,
-                &transfers,
-            )
-            .await;
-            (target, result)
-        });
+        exchanges
+            .spawn(async move {
+                let result = sync_once_with(
+                    &connections,
+                    &node,
+                    target.address,
+                    target.expected.as_ref(),
+                    &limits,
+                    &transfers,
+                )
+                .await;
+                (target, result)
+            })
+            .id()
     }
 
     async fn finish<T: 'static>(&self, mut tasks: JoinSet<T>) {
