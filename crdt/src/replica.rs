@@ -1996,6 +1996,54 @@ mod tests {
         );
     }
 
+    /// A write checked beside the held one comes back to it by position; when that key was
+    /// removed meanwhile and its slot went to another service, the write is stored as a copy
+    /// under its own name and the other service is left alone.
+    #[test]
+    fn a_lined_up_write_whose_held_slot_was_reused_is_stored_as_a_copy() {
+        let writer = node("x");
+        let write = |counter: u64, record: ServiceRecord| Entry {
+            hlc: Timestamp::new(ms(counter), writer.hlc_id()),
+            dot: Dot {
+                node: writer.clone(),
+                counter,
+            },
+            value: Some(record),
+        };
+        let (a, b): (ServiceName, ServiceName) = ("a".parse().unwrap(), "b".parse().unwrap());
+        let first = ServiceRecord::from(ServiceSpec::new("/img/a1"));
+        let mut state = ClusterState::default();
+        let service = |name: &ServiceName, entry| Change::Service {
+            name: name.clone(),
+            entry,
+        };
+        state
+            .apply_change(service(&a, write(1, first.clone())))
+            .unwrap();
+        let (held, _, _) = state.find_service(&a).unwrap();
+        state.remove_key(&crate::state::Key::Service(a.clone()));
+        let other = write(2, ServiceRecord::from(ServiceSpec::new("/img/b")));
+        state.apply_change(service(&b, other.clone())).unwrap();
+        assert!(
+            state.find_service(&b).unwrap().0.same_slot(&held),
+            "the slot is reused"
+        );
+
+        let next = write(
+            3,
+            ServiceRecord::succeeding(
+                Some((&first, write(1, first.clone()).hlc)),
+                ServiceSpec::new("/img/a2"),
+            ),
+        );
+        let outcome = state.apply_service_lined_up(&a, &next, held, Lineup::OnTop, 1_000);
+        assert_eq!(outcome, MergeOutcome::Stored { replaced: None });
+        assert_eq!(state.service_entry(&a), Some(&next));
+        assert_eq!(state.service_entry(&b), Some(&other));
+        assert_eq!(state.record_bound(&a), Some(1_000));
+        assert_eq!(state.record_bound(&b), None);
+    }
+
     #[test]
     fn malformed_ranges_are_refused() {
         let (mut a, mut b) = (replica("a"), replica("b"));

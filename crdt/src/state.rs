@@ -377,6 +377,14 @@ pub(crate) struct HeldAt {
     write: WriteKey,
 }
 
+#[cfg(test)]
+impl HeldAt {
+    /// Whether both were found in the same slot.
+    pub(crate) fn same_slot(&self, other: &HeldAt) -> bool {
+        self.position == other.position
+    }
+}
+
 /// The replicated document.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ClusterState {
