@@ -162,18 +162,25 @@ struct Kept<V, D> {
 const SLOTS_PER_CHUNK: usize = 64;
 
 impl<V, D> Slots<V, D> {
-    fn get_mut(&mut self, position: Position) -> Option<&mut Kept<V, D>> {
+    fn slot(&self, position: Position) -> Option<&Option<Kept<V, D>>> {
+        self.chunks
+            .get(position.0 / SLOTS_PER_CHUNK)?
+            .get(position.0 % SLOTS_PER_CHUNK)
+    }
+
+    fn slot_mut(&mut self, position: Position) -> Option<&mut Option<Kept<V, D>>> {
         self.chunks
             .get_mut(position.0 / SLOTS_PER_CHUNK)?
-            .get_mut(position.0 % SLOTS_PER_CHUNK)?
-            .as_mut()
+            .get_mut(position.0 % SLOTS_PER_CHUNK)
+    }
+
+    fn get_mut(&mut self, position: Position) -> Option<&mut Kept<V, D>> {
+        self.slot_mut(position)?.as_mut()
     }
 
     /// The entry of a key the table holds at `position`.
     fn held(&self, position: Position) -> &Kept<V, D> {
-        self.chunks
-            .get(position.0 / SLOTS_PER_CHUNK)
-            .and_then(|chunk| chunk.get(position.0 % SLOTS_PER_CHUNK))
+        self.slot(position)
             .and_then(Option::as_ref)
             .expect("a key's position holds its entry")
     }
@@ -181,7 +188,9 @@ impl<V, D> Slots<V, D> {
     /// Keeps `kept` in a free slot, or a new one.
     fn place(&mut self, kept: Kept<V, D>) -> Position {
         if let Some(position) = self.free.pop() {
-            self.chunks[position.0 / SLOTS_PER_CHUNK][position.0 % SLOTS_PER_CHUNK] = Some(kept);
+            *self
+                .slot_mut(position)
+                .expect("a free position names a slot") = Some(kept);
             return position;
         }
         let full = self
@@ -198,11 +207,7 @@ impl<V, D> Slots<V, D> {
     }
 
     fn take(&mut self, position: Position) -> Option<Entry<V>> {
-        let taken = self
-            .chunks
-            .get_mut(position.0 / SLOTS_PER_CHUNK)?
-            .get_mut(position.0 % SLOTS_PER_CHUNK)?
-            .take();
+        let taken = self.slot_mut(position)?.take();
         if taken.is_some() {
             self.free.push(position);
         }

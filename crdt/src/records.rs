@@ -256,15 +256,36 @@ impl ServiceSpec {
     }
 
     fn validate_workload(&self) -> Result<(), SpecError> {
-        // Most specs list none of these; their checks would walk empty lists.
-        let listed = !self.ports.is_empty()
-            || !self.volumes.is_empty()
-            || !self.tmpfs.is_empty()
-            || !self.env_files.is_empty()
-            || !self.secrets.is_empty()
-            || !self.constraints.is_empty()
-            || self.spread.is_some()
-            || self.health.is_some();
+        // Most specs list none of what `validate_listed` checks; its checks would walk empty
+        // lists. Every field is named, so one added is placed on one side or the other.
+        let ServiceSpec {
+            image: _,
+            image_digest: _,
+            command: _,
+            env: _,
+            replicas: _,
+            resources: _,
+            restart: _,
+            publish: _,
+            mode: _,
+            update: _,
+            ports,
+            volumes,
+            tmpfs,
+            env_files,
+            secrets,
+            constraints,
+            spread,
+            health,
+        } = self;
+        let listed = !ports.is_empty()
+            || !volumes.is_empty()
+            || !tmpfs.is_empty()
+            || !env_files.is_empty()
+            || !secrets.is_empty()
+            || !constraints.is_empty()
+            || spread.is_some()
+            || health.is_some();
         if listed {
             self.validate_listed()?;
         }

@@ -224,6 +224,38 @@ struct Driver {
     transfers: TransferGate,
 }
 
+/// An exchange's target and how it went.
+type Exchanged = (Target, Result<super::SyncStats, SyncError>);
+
+/// The anti-entropy exchanges running as tasks, with the address each is for: one that ends
+/// abnormally (a panic) is known by its address too, so it is not under way for good.
+#[derive(Default)]
+struct ExchangeTasks {
+    set: JoinSet<Exchanged>,
+    addresses: HashMap<tokio::task::Id, SocketAddr>,
+}
+
+impl ExchangeTasks {
+    /// The next exchange to end: its address, and its target and result (`None` when the
+    /// task did not finish normally).
+    async fn join_next(&mut self) -> Option<(SocketAddr, Option<Exchanged>)> {
+        loop {
+            match self.set.join_next_with_id().await? {
+                Ok((id, ended)) => {
+                    self.addresses.remove(&id);
+                    return Some((ended.0.address, Some(ended)));
+                }
+                Err(error) => {
+                    tracing::warn!(reason = %error, "a sync exchange task ended abnormally");
+                    if let Some(address) = self.addresses.remove(&error.id()) {
+                        return Some((address, None));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The next member SWIM saw come back; never, without SWIM or once it stopped.
 async fn next_returned(returned: &mut Option<mpsc::Receiver<NodeId>>) -> Option<NodeId> {
     match returned {
@@ -306,11 +338,8 @@ impl Driver {
         mut returned: Option<mpsc::Receiver<NodeId>>,
         mut stop: watch::Receiver<bool>,
     ) {
-        let mut exchanges: JoinSet<(Target, Result<super::SyncStats, SyncError>)> = JoinSet::new();
+        let mut exchanges = ExchangeTasks::default();
         let mut under_way = UnderWay::default();
-        // Which address each exchange task is for, so one that panicked is not under way for
-        // good.
-        let mut tasks: HashMap<tokio::task::Id, SocketAddr> = HashMap::new();
         // The first round comes after the jitter only: a starting node catches up at once.
         let mut first = true;
         loop {
@@ -325,32 +354,24 @@ impl Driver {
             loop {
                 tokio::select! {
                     () = stopped(&mut stop) => {
-                        self.finish(exchanges).await;
+                        self.finish(exchanges.set).await;
                         return;
                     }
                     () = &mut sleep => break,
-                    Some(joined) = exchanges.join_next_with_id(), if !exchanges.is_empty() => {
-                        let (address, succeeded) = match joined {
-                            Ok((id, (target, result))) => {
-                                tasks.remove(&id);
+                    Some((address, ended)) = exchanges.join_next(), if !exchanges.set.is_empty() => {
+                        let succeeded = match ended {
+                            Some((target, result)) => {
                                 self.note_result(&target, &result, false);
-                                (target.address, result.is_ok())
+                                result.is_ok()
                             }
-                            Err(error) => {
-                                tracing::warn!(reason = %error, "a sync exchange task ended abnormally");
-                                let Some(address) = tasks.remove(&error.id()) else {
-                                    continue;
-                                };
-                                (address, false)
-                            }
+                            None => false,
                         };
                         if let Some(heal) = under_way.finished(address, succeeded) {
                             tracing::debug!(
                                 address = %heal.address,
                                 "member came back during a failed exchange: exchanging at once"
                             );
-                            let id = self.spawn_exchange(&mut exchanges, heal);
-                            tasks.insert(id, address);
+                            self.spawn_exchange(&mut exchanges, heal);
                         }
                     }
                     Some(peer) = next_returned(&mut returned) => {
@@ -364,11 +385,7 @@ impl Driver {
                             && under_way.returned(peer.clone(), address)
                         {
                             tracing::debug!(%peer, "member came back: exchanging at once");
-                            let id = self.spawn_exchange(
-                                &mut exchanges,
-                                Target { address, expected: Some(peer) },
-                            );
-                            tasks.insert(id, address);
+                            self.spawn_exchange(&mut exchanges, Target { address, expected: Some(peer) });
                         }
                     }
                 }
@@ -390,24 +407,20 @@ impl Driver {
                 .round_targets(&members, &seeds, self.cfg.fanout);
             for target in targets {
                 if under_way.start(target.address) {
-                    let address = target.address;
-                    let id = self.spawn_exchange(&mut exchanges, target);
-                    tasks.insert(id, address);
+                    self.spawn_exchange(&mut exchanges, target);
                 }
             }
         }
     }
 
-    fn spawn_exchange(
-        &self,
-        exchanges: &mut JoinSet<(Target, Result<super::SyncStats, SyncError>)>,
-        target: Target,
-    ) -> tokio::task::Id {
+    fn spawn_exchange(&self, exchanges: &mut ExchangeTasks, target: Target) {
         let connections = self.connections.clone();
         let node = self.node.clone();
         let limits = self.limits.clone();
         let transfers = self.transfers.clone();
-        exchanges
+        let address = target.address;
+        let id = exchanges
+            .set
             .spawn(async move {
                 let result = sync_once_with(
                     &connections,
@@ -420,7 +433,8 @@ impl Driver {
                 .await;
                 (target, result)
             })
-            .id()
+            .id();
+        exchanges.addresses.insert(id, address);
     }
 
     async fn finish<T: 'static>(&self, mut tasks: JoinSet<T>) {
