@@ -1,7 +1,8 @@
 //! Gossip over real HTTP/3 between in-process nodes (real redb, real certificates): membership
 //! is learned from node metadata beyond the seeds, anti-entropy alone converges, eager
-//! push alone delivers a change when the anti-entropy interval is far too long to, and a
-//! member that a push reached forwards it (epidemic push).
+//! push alone delivers a change when the anti-entropy interval is far too long to, a
+//! member that a push reached forwards it (epidemic push), and a compact summary the peer
+//! cannot rebuild is followed by the full one.
 
 mod net_support;
 
@@ -367,4 +368,93 @@ fn a_restarted_peer_is_reached_again_in_the_same_exchange() {
     assert_eq!(connections.kept(), 1);
     drop(connections);
     drop(second_run);
+}
+
+/// The value of one series in a node's metrics text.
+fn series(node: &shoal::state::Node, series: &str) -> f64 {
+    let text = node.metrics().encode();
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .map_or(0.0, |value| value.parse().expect("a number"))
+}
+
+/// A compact summary the peer cannot rebuild (409: the two are further apart than the
+/// windows tell) is followed by the full summary on the same session, and the exchange
+/// converges both ways. An older daemon that does not know the form answers 400, which the
+/// client takes the same way. The client holds the writes of six other nodes, made a minute
+/// ago on its clock, so no origin moved lately: its summary is compact; the server has
+/// never heard of those nodes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_compact_summary_the_peer_cannot_rebuild_is_followed_by_the_full_one() {
+    use shoal::state::{Clock, ManualClock, Node, NodeOptions, SystemClock};
+    use std::sync::Arc;
+
+    let pki = Pki::new();
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint =
+        shoal::sync::bind_endpoint("127.0.0.1:0".parse().unwrap(), &pki.material("node-a"))
+            .unwrap();
+    let address = endpoint.local_addr().unwrap();
+    let clock = Arc::new(ManualClock::at_ms(SystemClock.now_ms() - 60_000));
+    let open = |name: &str| {
+        let options = NodeOptions::new(
+            node_id(name),
+            dir.path().join(format!("{name}.redb")),
+            address,
+        );
+        Arc::new(Node::open(options, clock.clone()).unwrap())
+    };
+    let a = node_id("node-a");
+    let b = node_id("node-b");
+    let server = net_support::Server::start(&pki, dir.path(), "node-b").await;
+    apply_service(&server.node, "db", "/images/db");
+    // The client is a member of the server's cluster (its node metadata is there), so the
+    // server takes what it pushes back.
+    let client = open("node-a");
+    client.heartbeat().unwrap();
+    let join = client.delta_for(&b, &server.node.summary());
+    server.node.apply_remote(&a, join).unwrap();
+    for index in 1..=6 {
+        let name = format!("writer-{index}");
+        let writer = open(&name);
+        apply_service(&writer, &format!("svc-{index}"), "/images/app");
+        let delta = writer.delta_for(&a, &client.summary());
+        client.apply_remote(&node_id(&name), delta).unwrap();
+    }
+    assert!(
+        client.compact_summary().is_none(),
+        "every origin moved just now"
+    );
+    clock.set_ms(SystemClock.now_ms());
+    assert!(
+        client.compact_summary().is_some(),
+        "a minute on, no origin moved lately"
+    );
+
+    shoal::sync::sync_once(
+        &endpoint,
+        &client,
+        server.address,
+        Some(&b),
+        &net_support::limits(),
+    )
+    .await
+    .unwrap();
+
+    let form = |form: &str| {
+        series(
+            &client,
+            &format!("shoal_sync_summaries_total{{form=\"{form}\"}}"),
+        )
+    };
+    assert_eq!(form("compact_refused"), 1.0);
+    assert_eq!(form("full"), 1.0);
+    assert_eq!(form("compact"), 0.0);
+    assert!(has_service(&client, "db"));
+    for index in 1..=6 {
+        assert!(has_service(&server.node, &format!("svc-{index}")));
+    }
+    assert_eq!(client.digest(), server.node.digest());
+    server.stop().await;
 }
