@@ -23,6 +23,15 @@ fn has_service(node: &shoal::state::Node, name: &str) -> bool {
         .any(|service| service.name.as_ref() == name)
 }
 
+/// The value of one series in a node's metrics text.
+fn series(node: &shoal::state::Node, series: &str) -> f64 {
+    let text = node.metrics().encode();
+    let prefix = format!("{series} ");
+    text.lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str()))
+        .map_or(0.0, |value| value.parse().expect("a number"))
+}
+
 /// Nodes a, b and c, each seeded with the other two, once each sees both others live.
 async fn three_that_see_each_other(
     pki: &Pki,
@@ -51,14 +60,13 @@ async fn three_that_see_each_other(
     // Each node starts one exchange at once; with a long interval there is no other for a
     // while. Once each has ended, nothing but what a test does moves a change.
     let exchanges_ended = |node: &shoal::state::Node| {
-        let text = node.metrics().encode();
         ["ok", "failed"]
             .iter()
-            .filter_map(|outcome| {
-                let series = format!("shoal_sync_exchanges_total{{outcome=\"{outcome}\"}} ");
-                text.lines()
-                    .find_map(|line| line.strip_prefix(series.as_str()))
-                    .map(|count| count.parse::<f64>().expect("a count"))
+            .map(|outcome| {
+                series(
+                    node,
+                    &format!("shoal_sync_exchanges_total{{outcome=\"{outcome}\"}}"),
+                )
             })
             .sum::<f64>()
     };
@@ -368,15 +376,6 @@ fn a_restarted_peer_is_reached_again_in_the_same_exchange() {
     assert_eq!(connections.kept(), 1);
     drop(connections);
     drop(second_run);
-}
-
-/// The value of one series in a node's metrics text.
-fn series(node: &shoal::state::Node, series: &str) -> f64 {
-    let text = node.metrics().encode();
-    let prefix = format!("{series} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .map_or(0.0, |value| value.parse().expect("a number"))
 }
 
 /// A compact summary the peer cannot rebuild (409: the two are further apart than the
