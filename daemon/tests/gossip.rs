@@ -23,13 +23,11 @@ fn has_service(node: &shoal::state::Node, name: &str) -> bool {
         .any(|service| service.name.as_ref() == name)
 }
 
-/// The value of one series in a node's metrics text.
+/// The value of a series every node exposes from its start.
 fn series(node: &shoal::state::Node, series: &str) -> f64 {
-    let text = node.metrics().encode();
-    let prefix = format!("{series} ");
-    text.lines()
-        .find_map(|line| line.strip_prefix(prefix.as_str()))
-        .map_or(0.0, |value| value.parse().expect("a number"))
+    node.metrics()
+        .sample(series)
+        .unwrap_or_else(|| panic!("{series} is not exposed"))
 }
 
 /// Nodes a, b and c, each seeded with the other two, once each sees both others live.
@@ -172,13 +170,11 @@ async fn a_pushed_change_is_forwarded_by_the_members_it_reaches() {
     // sender); A holds the change, so the epidemic stops there. Each forward is counted once
     // its receiver answered (after the change is in), or failed.
     let forwards = |node: &shoal::state::Node| {
-        let text = node.metrics().encode();
         let count = |outcome: &str| {
-            let series = format!("shoal_push_forwards_total{{outcome=\"{outcome}\"}} ");
-            text.lines()
-                .find_map(|line| line.strip_prefix(series.as_str()))
-                .map(|count| count.parse::<f64>().expect("a count"))
-                .unwrap_or_else(|| panic!("no forward count in:\n{text}"))
+            series(
+                node,
+                &format!("shoal_push_forwards_total{{outcome=\"{outcome}\"}}"),
+            )
         };
         (count("ok"), count("failed"))
     };

@@ -11,6 +11,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use host_support::{Cluster, wait_for};
+use shoal::metrics::sample;
 
 const TIMEOUT_MS: u64 = 30_000;
 
@@ -43,14 +44,6 @@ fn get(address: SocketAddr, path: &str) -> Option<(u16, String)> {
     Some((status, body.to_string()))
 }
 
-/// The value of the sample `series` (name and labels as exposed) in `text`.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
-        rest.parse().ok()
-    })
-}
-
 /// A series and what its value must satisfy.
 type Check<'a> = (&'a str, fn(f64) -> bool);
 
@@ -64,7 +57,7 @@ fn scrape_until(address: SocketAddr, what: &str, checks: &[Check]) -> String {
             last = body.clone();
             checks
                 .iter()
-                .all(|(series, check)| value(&body, series).is_some_and(check))
+                .all(|(series, check)| sample(&body, series).is_some_and(check))
                 .then_some(body)
         })
     }));
@@ -98,7 +91,7 @@ fn a_daemon_serves_its_metrics_and_nothing_else() {
         ],
     );
     assert!(body.ends_with("# EOF\n"), "{body}");
-    let commits_before = value(&body, "shoal_state_commits_total").unwrap();
+    let commits_before = sample(&body, "shoal_state_commits_total").unwrap();
 
     cluster.nodes[0].apply("web", "/images/web.tar");
     let body = scrape_until(
@@ -106,7 +99,7 @@ fn a_daemon_serves_its_metrics_and_nothing_else() {
         "node-a's metrics to count the eager push of the applied service",
         &[("shoal_eager_pushes_total{outcome=\"ok\"}", |v| v > 0.0)],
     );
-    assert!(value(&body, "shoal_state_commits_total").unwrap() > commits_before);
+    assert!(sample(&body, "shoal_state_commits_total").unwrap() > commits_before);
 
     for path in ["/", "/metrics/", "/other"] {
         let (status, _) = get(metrics_address, path).expect("the endpoint answers");

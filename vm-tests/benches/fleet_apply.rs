@@ -44,11 +44,8 @@ fn lists(client: &mut Client, name: &str) -> bool {
 fn lag_so_far(cluster: &Cluster, index: usize) -> (u64, f64) {
     let text = cluster.metrics(index).expect("metrics");
     let value = |series: &str| -> f64 {
-        text.lines()
-            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        shoal::metrics::sample(&text, series)
             .unwrap_or_else(|| panic!("{series} missing in the metrics of node {index}"))
-            .parse()
-            .expect("a metric value")
     };
     (
         value("shoal_service_write_lag_seconds_count") as u64,

@@ -291,6 +291,12 @@ impl Metrics {
         text
     }
 
+    /// The value of the sample `series` (name and labels, as encoded) in this registry
+    /// now; `None` when no sample line is named so.
+    pub fn sample(&self, series: &str) -> Option<f64> {
+        sample(&self.encode(), series)
+    }
+
     // ---- recording: one call at each site ----
 
     /// An exchange or eager push (`pushed`) this node started succeeded, with the body bytes
@@ -406,24 +412,29 @@ impl Metrics {
     }
 }
 
+/// The value of the sample `series` (name and labels, as exposed) in OpenMetrics `text`
+/// (`Metrics::encode`, or a scrape of the endpoint); `None` when no sample line is named so.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
+        rest.parse().ok()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// The value of the sample line `series` (name and labels, as encoded) in `text`.
-    fn value(text: &str, series: &str) -> Option<f64> {
-        text.lines().find_map(|line| {
-            let rest = line.strip_prefix(series)?.strip_prefix(' ')?;
-            rest.parse().ok()
-        })
-    }
-
     fn check(record: impl FnOnce(&Metrics), series: &str, expected: f64) {
         let metrics = Metrics::new();
-        assert_eq!(value(&metrics.encode(), series).unwrap_or(-1.0), 0.0);
+        assert_eq!(sample(&metrics.encode(), series).unwrap_or(-1.0), 0.0);
         record(&metrics);
         let text = metrics.encode();
-        assert_eq!(value(&text, series), Some(expected), "{series} in:\n{text}");
+        assert_eq!(
+            sample(&text, series),
+            Some(expected),
+            "{series} in:\n{text}"
+        );
     }
 
     #[test]
@@ -448,7 +459,7 @@ mod tests {
             "shoal_service_write_lag_seconds_count",
             "shoal_reconcile_passes_total",
         ] {
-            assert_eq!(value(&text, series), Some(0.0), "{series} in:\n{text}");
+            assert_eq!(sample(&text, series), Some(0.0), "{series} in:\n{text}");
         }
         assert!(text.contains("# TYPE shoal_state_commit_duration_seconds histogram"));
         assert!(text.contains("# TYPE shoal_members gauge"));
@@ -536,11 +547,11 @@ mod tests {
         metrics.apply_error("not_member");
         let text = metrics.encode();
         assert_eq!(
-            value(&text, "shoal_apply_errors_total{kind=\"clock_drift\"}"),
+            sample(&text, "shoal_apply_errors_total{kind=\"clock_drift\"}"),
             Some(2.0)
         );
         assert_eq!(
-            value(&text, "shoal_apply_errors_total{kind=\"not_member\"}"),
+            sample(&text, "shoal_apply_errors_total{kind=\"not_member\"}"),
             Some(1.0)
         );
     }
@@ -552,11 +563,11 @@ mod tests {
         metrics.set_containers(["running"]);
         let text = metrics.encode();
         assert_eq!(
-            value(&text, "shoal_containers{state=\"running\"}"),
+            sample(&text, "shoal_containers{state=\"running\"}"),
             Some(1.0)
         );
         assert_eq!(
-            value(&text, "shoal_containers{state=\"exited\"}"),
+            sample(&text, "shoal_containers{state=\"exited\"}"),
             Some(0.0)
         );
     }

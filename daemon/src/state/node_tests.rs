@@ -649,12 +649,10 @@ fn a_and_bs_service_delta(
 }
 
 /// The value of sample `series` (name and labels) in `metrics`.
-fn metric(metrics: &crate::metrics::Metrics, series: &str) -> String {
-    let text = metrics.encode();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
-        .unwrap_or_else(|| panic!("{series} missing in:\n{text}"))
-        .to_string()
+fn metric(metrics: &crate::metrics::Metrics, series: &str) -> f64 {
+    metrics
+        .sample(series)
+        .unwrap_or_else(|| panic!("{series} missing in:\n{}", metrics.encode()))
 }
 
 #[test]
@@ -667,19 +665,17 @@ fn a_service_write_from_a_peer_is_counted_once_with_its_lag() {
     a.apply_push(b.node_id(), delta).unwrap();
     // b's metadata is not a service write.
     let value = |series: &str| metric(a.metrics(), series);
-    assert_eq!(value("shoal_service_write_lag_seconds_count"), "1");
+    assert_eq!(value("shoal_service_write_lag_seconds_count"), 1.0);
     // The HLC's fixed-point fraction of a second: 30 ms to within a microsecond.
-    let sum: f64 = value("shoal_service_write_lag_seconds_sum")
-        .parse()
-        .unwrap();
+    let sum = value("shoal_service_write_lag_seconds_sum");
     assert!((sum - 0.03).abs() < 1e-6, "{sum}");
     assert_eq!(
         value("shoal_service_write_lag_seconds_bucket{le=\"0.016\"}"),
-        "0"
+        0.0
     );
     assert_eq!(
         value("shoal_service_write_lag_seconds_bucket{le=\"0.032\"}"),
-        "1"
+        1.0
     );
 }
 
@@ -691,7 +687,7 @@ fn a_push_new_here_runs_its_hook_once_before_it_is_durable_and_a_repeat_or_refus
     let commits = |metrics: &crate::metrics::Metrics| metric(metrics, "shoal_state_commits_total");
     let before = commits(a.metrics());
     let ran = Arc::new(Mutex::new(Vec::new()));
-    let hook = |ran: &Arc<Mutex<Vec<String>>>, metrics: &Arc<crate::metrics::Metrics>| {
+    let hook = |ran: &Arc<Mutex<Vec<f64>>>, metrics: &Arc<crate::metrics::Metrics>| {
         let ran = ran.clone();
         let metrics = metrics.clone();
         Some(Box::new(move || ran.lock().unwrap().push(commits(&metrics))) as OnNew)
@@ -700,7 +696,7 @@ fn a_push_new_here_runs_its_hook_once_before_it_is_durable_and_a_repeat_or_refus
         .unwrap();
     // It ran once, when the write was not yet durable here; it is durable once the push
     // is answered.
-    assert_eq!(*ran.lock().unwrap(), vec![before.clone()]);
+    assert_eq!(*ran.lock().unwrap(), vec![before]);
     assert_ne!(commits(a.metrics()), before);
     // The same push again holds nothing new: no hook.
     a.apply_push_then(b.node_id(), delta.clone(), hook(&ran, a.metrics()))
