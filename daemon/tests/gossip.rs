@@ -382,7 +382,7 @@ fn a_restarted_peer_is_reached_again_in_the_same_exchange() {
 /// never heard of those nodes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_compact_summary_the_peer_cannot_rebuild_is_followed_by_the_full_one() {
-    use shoal::state::{Clock, ManualClock, Node, NodeOptions, SystemClock};
+    use shoal::state::{Clock, ManualClock, SystemClock};
     use std::sync::Arc;
 
     let pki = Pki::new();
@@ -392,14 +392,7 @@ async fn a_compact_summary_the_peer_cannot_rebuild_is_followed_by_the_full_one()
             .unwrap();
     let address = endpoint.local_addr().unwrap();
     let clock = Arc::new(ManualClock::at_ms(SystemClock.now_ms() - 60_000));
-    let open = |name: &str| {
-        let options = NodeOptions::new(
-            node_id(name),
-            dir.path().join(format!("{name}.redb")),
-            address,
-        );
-        Arc::new(Node::open(options, clock.clone()).unwrap())
-    };
+    let open = |name: &str| net_support::open_node_on(dir.path(), name, address, clock.clone());
     let a = node_id("node-a");
     let b = node_id("node-b");
     let server = net_support::Server::start(&pki, dir.path(), "node-b").await;

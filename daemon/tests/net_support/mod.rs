@@ -92,6 +92,17 @@ pub fn open_node_with(
     Arc::new(Node::open(options, Arc::new(SystemClock)).unwrap())
 }
 
+/// A node with the default options on `clock`.
+pub fn open_node_on(
+    dir: &Path,
+    name: &str,
+    address: SocketAddr,
+    clock: Arc<dyn shoal::state::Clock>,
+) -> Arc<Node> {
+    let options = NodeOptions::new(node_id(name), dir.join(format!("{name}.redb")), address);
+    Arc::new(Node::open(options, clock).unwrap())
+}
+
 /// A one-service spec file's services.
 pub fn named_spec(
     name: &str,
